@@ -1,0 +1,33 @@
+import type { ModelManifest } from "./manifest.js";
+
+const MiB = 1024 * 1024;
+
+/**
+ * The built-in image generator. Its VRAM figures are shaped like a real diffusion pipeline's
+ * (weights once, activations growing with width × height), scaled down; the scheduler places
+ * items by them, and the CPU build here really uses far less.
+ */
+export const IMAGEGEN_TINY: ModelManifest = {
+  name: "imagegen-tiny",
+  version: "1",
+  description:
+    "A tiny text-to-image pipeline built by Shoal itself as ONNX graphs: prompt encoder, a denoiser run `steps` times on a latent, and a decoder to RGB pixels.",
+  builtin: true,
+  params: {
+    prompt: { type: "string", required: true, minLength: 1, maxLength: 2000, description: "What to draw." },
+    width: { type: "integer", minimum: 64, maximum: 1024, multipleOf: 8, default: 256, description: "Image width in pixels." },
+    height: { type: "integer", minimum: 64, maximum: 1024, multipleOf: 8, default: 256, description: "Image height in pixels." },
+    seed: { type: "integer", minimum: 0, maximum: 4294967295, description: "Noise seed; default derived from the prompt." },
+    steps: { type: "integer", minimum: 1, maximum: 50, default: 4, description: "Denoising steps." },
+    guidance_scale: { type: "number", minimum: 0, maximum: 20, default: 7.5, description: "How strongly the prompt steers the image." },
+    style: { type: "string", minLength: 1, maxLength: 100, description: "Optional style word, e.g. photorealistic." },
+  },
+  vram: {
+    weights_bytes: 256 * MiB,
+    activation_bytes: 64 * MiB,
+    // 1024 × 1024 → 512 MiB of activations; 256 × 256 → 32 MiB.
+    activation_bytes_per_pixel: 512,
+  },
+};
+
+export const BUILTIN_MODELS: readonly ModelManifest[] = [IMAGEGEN_TINY];

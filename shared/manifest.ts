@@ -1,0 +1,220 @@
+// Model manifests: what a model accepts (params), what it needs (VRAM) and how its tensors map
+// to params and artifacts. The coordinator validates every item against the manifest before a
+// batch is accepted, so a worker only ever sees params that already passed these checks.
+
+export type ParamType = "string" | "integer" | "number" | "boolean" | "tensor";
+
+export interface ParamSpec {
+  type: ParamType;
+  required?: boolean;
+  description?: string;
+  default?: unknown;
+  minimum?: number;
+  maximum?: number;
+  multipleOf?: number;
+  minLength?: number;
+  maxLength?: number;
+  /** For `tensor` params: the element count limits of the flat array. */
+  maxElements?: number;
+}
+
+export interface VramSpec {
+  /** Bytes of the loaded weights; paid once per GPU where the model is resident. */
+  weights_bytes: number;
+  /** Bytes one running item needs on top of the weights. */
+  activation_bytes: number;
+  /** Extra bytes per output pixel (width × height) for image models. */
+  activation_bytes_per_pixel?: number;
+}
+
+/** How a tensor input of a generic ONNX model is fed from an item's params. */
+export interface TensorInputSpec {
+  name: string;
+  param: string;
+  dtype: "float32" | "int64" | "int32";
+  /** Use -1 for the one dimension inferred from the param's length. */
+  shape: number[];
+}
+
+export interface TensorOutputSpec {
+  name: string;
+  /** The artifact name the tensor is written to, as JSON {dims, type, data}. */
+  artifact: string;
+}
+
+export interface ModelManifest {
+  name: string;
+  version: string;
+  description?: string;
+  params: Record<string, ParamSpec>;
+  vram: VramSpec;
+  /** Generic ONNX models: the model file relative to the manifest. */
+  file?: string;
+  inputs?: TensorInputSpec[];
+  outputs?: TensorOutputSpec[];
+  builtin?: boolean;
+}
+
+export interface ParamProblem {
+  /** Path relative to the item, e.g. `params.width`. */
+  path: string;
+  message: string;
+}
+
+const MODEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+
+/** Checks a manifest read from disk or from the wire; returns the problems, empty when valid. */
+export function checkManifest(value: unknown): string[] {
+  const problems: string[] = [];
+  if (!isRecord(value)) return ["manifest: must be a JSON object"];
+  const m = value as Partial<ModelManifest>;
+  if (typeof m.name !== "string" || !MODEL_NAME.test(m.name)) {
+    problems.push("name: must match " + MODEL_NAME.source);
+  }
+  if (typeof m.version !== "string" || m.version.length === 0) problems.push("version: required string");
+  if (!isRecord(m.params)) problems.push("params: must be an object of param specs");
+  else {
+    for (const [name, spec] of Object.entries(m.params)) {
+      if (!isRecord(spec)) {
+        problems.push(`params.${name}: must be an object`);
+        continue;
+      }
+      const t = (spec as ParamSpec).type;
+      if (!["string", "integer", "number", "boolean", "tensor"].includes(t)) {
+        problems.push(`params.${name}.type: must be string, integer, number, boolean or tensor`);
+      }
+    }
+  }
+  if (!isRecord(m.vram)) problems.push("vram: required object");
+  else {
+    for (const key of ["weights_bytes", "activation_bytes"] as const) {
+      const v = (m.vram as VramSpec)[key];
+      if (!Number.isSafeInteger(v) || v < 0) problems.push(`vram.${key}: must be a non-negative integer`);
+    }
+    const pp = (m.vram as VramSpec).activation_bytes_per_pixel;
+    if (pp !== undefined && (!Number.isFinite(pp) || pp < 0)) {
+      problems.push("vram.activation_bytes_per_pixel: must be a non-negative number");
+    }
+  }
+  if (m.inputs !== undefined) {
+    if (!Array.isArray(m.inputs)) problems.push("inputs: must be an array");
+    else
+      m.inputs.forEach((input, i) => {
+        if (!isRecord(input) || typeof input.name !== "string" || typeof input.param !== "string") {
+          problems.push(`inputs[${i}]: needs name and param`);
+        } else if (!isRecord(m.params) || !(input.param in m.params)) {
+          problems.push(`inputs[${i}].param: "${input.param}" is not a declared param`);
+        }
+        if (isRecord(input) && !["float32", "int64", "int32"].includes(input.dtype as string)) {
+          problems.push(`inputs[${i}].dtype: must be float32, int64 or int32`);
+        }
+        if (isRecord(input) && (!Array.isArray(input.shape) || !input.shape.every(Number.isInteger))) {
+          problems.push(`inputs[${i}].shape: must be an array of integers`);
+        }
+      });
+  }
+  if (m.outputs !== undefined) {
+    if (!Array.isArray(m.outputs)) problems.push("outputs: must be an array");
+    else
+      m.outputs.forEach((output, i) => {
+        if (!isRecord(output) || typeof output.name !== "string" || typeof output.artifact !== "string") {
+          problems.push(`outputs[${i}]: needs name and artifact`);
+        }
+      });
+  }
+  return problems;
+}
+
+/**
+ * Validates one item's params against a manifest and returns them with defaults applied.
+ * Unknown params are refused: a typo like `widht` must not silently give a 256px image.
+ */
+export function validateParams(
+  manifest: ModelManifest,
+  params: Record<string, unknown> | undefined,
+): { params: Record<string, unknown>; problems: ParamProblem[] } {
+  const problems: ParamProblem[] = [];
+  const input = params ?? {};
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(input)) {
+    if (!(key in manifest.params)) {
+      problems.push({ path: `params.${key}`, message: `unknown param for model ${manifest.name}` });
+    }
+  }
+  for (const [name, spec] of Object.entries(manifest.params)) {
+    const path = `params.${name}`;
+    const raw = input[name];
+    if (raw === undefined || raw === null) {
+      if (spec.required) problems.push({ path, message: "is required" });
+      else if (spec.default !== undefined) out[name] = spec.default;
+      continue;
+    }
+    const problem = checkValue(spec, raw);
+    if (problem) problems.push({ path, message: problem });
+    else out[name] = raw;
+  }
+  return { params: out, problems };
+}
+
+function checkValue(spec: ParamSpec, value: unknown): string | undefined {
+  switch (spec.type) {
+    case "string": {
+      if (typeof value !== "string") return "must be a string";
+      const min = spec.minLength ?? 0;
+      const max = spec.maxLength ?? Number.MAX_SAFE_INTEGER;
+      if (value.length < min || value.length > max) {
+        return `must be a string of ${min}..${max} characters (got ${value.length})`;
+      }
+      return undefined;
+    }
+    case "boolean":
+      return typeof value === "boolean" ? undefined : "must be true or false";
+    case "integer":
+    case "number": {
+      if (typeof value !== "number" || !Number.isFinite(value)) return `must be ${spec.type === "integer" ? "an integer" : "a number"}`;
+      if (spec.type === "integer" && !Number.isSafeInteger(value)) return "must be an integer";
+      return rangeProblem(spec, value);
+    }
+    case "tensor": {
+      if (!Array.isArray(value) || !value.every((v) => typeof v === "number" && Number.isFinite(v))) {
+        return "must be an array of numbers";
+      }
+      if (value.length === 0) return "must not be empty";
+      if (spec.maxElements !== undefined && value.length > spec.maxElements) {
+        return `must have at most ${spec.maxElements} elements (got ${value.length})`;
+      }
+      return undefined;
+    }
+  }
+}
+
+function rangeProblem(spec: ParamSpec, value: number): string | undefined {
+  const { minimum, maximum, multipleOf } = spec;
+  const outOfRange = (minimum !== undefined && value < minimum) || (maximum !== undefined && value > maximum);
+  const notMultiple = multipleOf !== undefined && value % multipleOf !== 0;
+  if (!outOfRange && !notMultiple) return undefined;
+  const range = minimum !== undefined || maximum !== undefined ? ` between ${minimum ?? "-∞"} and ${maximum ?? "∞"}` : "";
+  if (multipleOf !== undefined) return `must be a multiple of ${multipleOf}${range} (got ${value})`;
+  return `must be${range} (got ${value})`;
+}
+
+/** VRAM one item of this model needs, excluding the weights (paid once per resident GPU). */
+export function activationBytes(manifest: ModelManifest, params: Record<string, unknown>): number {
+  const { activation_bytes, activation_bytes_per_pixel } = manifest.vram;
+  let need = activation_bytes;
+  if (activation_bytes_per_pixel) {
+    const w = typeof params.width === "number" ? params.width : 0;
+    const h = typeof params.height === "number" ? params.height : 0;
+    need += Math.ceil(activation_bytes_per_pixel * w * h);
+  }
+  return need;
+}
+
+/** Everything an item needs on a GPU where its model is not yet loaded. */
+export function vramNeed(manifest: ModelManifest, params: Record<string, unknown>): number {
+  return manifest.vram.weights_bytes + activationBytes(manifest, params);
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}

@@ -1,0 +1,66 @@
+// The seam between the worker's NATS side and whatever computes items. The worker runtime only
+// knows this interface; `OnnxBackend` runs real ONNX models in worker_threads, and a simulated
+// backend (load tests and benchmarks only) sleeps for a declared time instead.
+
+import type { ModelManifest } from "../../shared/manifest.js";
+
+export interface InferenceJob {
+  /** Unique per attempt (the lease token); used to cancel. */
+  id: string;
+  model: string;
+  /** Already validated against the manifest, defaults applied. */
+  params: Record<string, unknown>;
+  /** For logs only. */
+  batchId: string;
+  index: number;
+}
+
+export interface ArtifactData {
+  name: string;
+  contentType: string;
+  data: Uint8Array;
+}
+
+export interface InferenceOutput {
+  artifacts: ArtifactData[];
+  /** Measured peak memory of the run where the backend can tell; 0 when unknown. */
+  peakBytes: number;
+}
+
+/** Stable failure codes, the ItemError codes of the contract. */
+export type InferenceErrorCode =
+  | "INVALID_PARAMS"
+  | "MODEL_NOT_FOUND"
+  | "OUT_OF_MEMORY"
+  | "TIMEOUT"
+  | "INFERENCE_FAILED"
+  | "CANCELLED";
+
+export class InferenceError extends Error {
+  override readonly name = "InferenceError";
+  constructor(
+    readonly code: InferenceErrorCode,
+    message: string,
+    readonly retryable: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface InferenceBackend {
+  /** Loads manifests (built-in and from the model directory) and starts the threads. */
+  start(): Promise<void>;
+  /** Every model this backend can run. Valid after start(). */
+  models(): ModelManifest[];
+  /** Models whose sessions are loaded now. */
+  residentModels(): string[];
+  /**
+   * Runs one item. Rejects with InferenceError; a thread that crashes fails its item with
+   * INFERENCE_FAILED (retryable) and is replaced. Aborting the signal stops the item as soon as
+   * the backend can (between denoising steps for imagegen-tiny) with CANCELLED.
+   */
+  run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput>;
+  /** Idempotent: terminates the threads and releases sessions. */
+  close(): Promise<void>;
+}
