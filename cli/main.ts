@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+// The `shoal` command: servers (up, coordinator, worker) and client commands (submit, get, ...).
+
+import { Command, Option } from "commander";
+import { startCoordinatorProcess } from "../coordinator/main.js";
+import { startWorkerProcess } from "../worker/main.js";
+import { registerClientCommands } from "./client-commands.js";
+import {
+  commonOptions,
+  coordinatorFlags,
+  coordinatorOptionsFrom,
+  loggerFrom,
+  parseOrExit,
+  runUntilSignal,
+  workerFlags,
+  workerOptionsFrom,
+} from "./server-commands.js";
+import { Fleet, upOptionsFrom } from "./up.js";
+
+const program = new Command("shoal")
+  .description("Shoal: batches of ONNX inference placed on a GPU fleet by free VRAM, over NATS")
+  .version("0.1.0")
+  .showHelpAfterError();
+
+commonOptions(coordinatorFlags(program.command("coordinator").description("run the coordinator (gRPC API, scheduler)"))).action(async (raw) => {
+  const log = loggerFrom(raw, "coordinator");
+  await runUntilSignal(log, async () => {
+    const running = await startCoordinatorProcess(parseOrExit(() => coordinatorOptionsFrom(raw)), log);
+    return { stop: running.stop };
+  });
+});
+
+commonOptions(workerFlags(program.command("worker").description("run a worker for one GPU (or a CPU VRAM budget)"))).action(async (raw) => {
+  const opts = parseOrExit(() => workerOptionsFrom(raw));
+  const log = loggerFrom(raw, "worker", { workerId: opts.id });
+  await runUntilSignal(log, async () => {
+    const running = await startWorkerProcess(opts, log);
+    return { stop: running.stop, done: running.done };
+  });
+});
+
+const up = program
+  .command("up")
+  .description("start nats-server (JetStream), a coordinator and N workers on this machine; Ctrl-C stops them all")
+  .addOption(new Option("--workers <n>", "workers to start").env("SHOAL_WORKERS").default("2"))
+  .addOption(new Option("--grpc-port <port>", "coordinator gRPC port").env("SHOAL_GRPC_PORT").default("50051"))
+  .addOption(new Option("--metrics-port <port>", "coordinator /metrics port; worker i gets port + i (0 = off)").env("SHOAL_METRICS_PORT").default("9464"))
+  .addOption(new Option("--data-dir <dir>", "where the embedded nats-server keeps its JetStream store").env("SHOAL_DATA_DIR").default(".shoal"))
+  .addOption(new Option("--nats <url>", "use this NATS server instead of starting one").env("SHOAL_NATS_URL"))
+  .addOption(new Option("--nats-port <port>", "port of the embedded nats-server").env("SHOAL_NATS_PORT").default("4222"))
+  .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default("50"))
+  .addOption(new Option("--gpu <which>", "auto, none or an index, for every worker").env("SHOAL_GPU").default("auto"))
+  .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").default("info"))
+  .addOption(new Option("--log-format <format>", "json or pretty").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
+workerFlags(up, true).action(async (raw) => {
+  const log = loggerFrom({ ...raw, logLevel: raw.logLevel }, "up");
+  const common = ["--log-level", String(raw.logLevel), ...(raw.logFormat ? ["--log-format", String(raw.logFormat)] : [])];
+  const worker = [
+    "--gpu", String(raw.gpu),
+    "--vram", String(raw.vram ?? "8GiB"),
+    "--threads", String(raw.threads),
+    "--heartbeat-interval", String(raw.heartbeatInterval),
+    "--drain-grace", String(raw.drainGrace),
+    "--execution-provider", String(raw.executionProvider),
+    ...(raw.maxInFlight ? ["--max-in-flight", String(raw.maxInFlight)] : []),
+    ...(raw.modelDir ? ["--model-dir", String(raw.modelDir)] : []),
+    ...(raw.simulate ? ["--simulate"] : []),
+  ];
+  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems)], common }));
+  await runUntilSignal(log, async () => {
+    const fleet = new Fleet(opts, log);
+    try {
+      const { natsUrl, grpcAddr, workerMetricsPorts } = await fleet.start();
+      const lines = [
+        "",
+        "Shoal is up:",
+        `  gRPC API        ${grpcAddr}   (export SHOAL_ADDR=${grpcAddr})`,
+        `  NATS            ${natsUrl}${opts.natsUrl ? "" : `   (JetStream store in ${opts.dataDir}/jetstream)`}`,
+        `  metrics         http://127.0.0.1:${opts.metricsPort}/metrics (coordinator)`,
+        ...workerMetricsPorts.map((p, i) => `                  http://127.0.0.1:${p}/metrics (worker w${i + 1})`),
+        "  try             shoal submit examples/demo-batch.json --wait",
+        "  stop            Ctrl-C",
+        "",
+      ];
+      process.stdout.write(lines.join("\n") + "\n");
+    } catch (err) {
+      await fleet.stop(5000);
+      throw err;
+    }
+    return { stop: () => fleet.stop() };
+  });
+});
+
+registerClientCommands(program);
+
+await program.parseAsync(process.argv);

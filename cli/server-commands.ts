@@ -1,0 +1,182 @@
+// The long-running commands: `shoal coordinator`, `shoal worker`, `shoal up`. Every flag has an
+// env var (commander's .env()) and a default; the values are parsed and checked once here, and
+// the components receive complete, typed options. Signals are handled here and nowhere else.
+
+import { Command, Option } from "commander";
+import { COORDINATOR_DEFAULTS, type CoordinatorOptions } from "../coordinator/options.js";
+import { ConfigError, errorMessage } from "../shared/errors.js";
+import { createLogger, defaultLogFormat, LOG_LEVELS, type LogFormat, type Logger } from "../shared/logger.js";
+import { parseBytes, parseDuration, parseIntOption } from "../shared/units.js";
+import { checkWorkerOptions, defaultWorkerId, parseGpuSelection, type WorkerOptions } from "../worker/options.js";
+
+export const DEFAULT_NATS_URL = "nats://127.0.0.1:4222";
+
+export function commonOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option("--nats <url>", "NATS server URL(s), comma-separated").env("SHOAL_NATS_URL").default(DEFAULT_NATS_URL))
+    .addOption(new Option("--prefix <name>", "subject/stream prefix, so fleets can share a NATS cluster").env("SHOAL_PREFIX").default("shoal"))
+    .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
+    .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
+}
+
+export function coordinatorFlags(cmd: Command): Command {
+  const d = COORDINATOR_DEFAULTS;
+  return cmd
+    .addOption(new Option("--grpc-host <host>", "gRPC listen address").env("SHOAL_GRPC_HOST").default(d.grpcHost))
+    .addOption(new Option("--grpc-port <port>", "gRPC port").env("SHOAL_GRPC_PORT").default(String(d.grpcPort)))
+    .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_METRICS_PORT").default(String(d.metricsPort)))
+    .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default(String(d.maxItems)))
+    .addOption(new Option("--max-attempts <n>", "attempts per item before it fails").env("SHOAL_MAX_ATTEMPTS").default(String(d.maxAttempts)))
+    .addOption(new Option("--heartbeat-timeout <duration>", "a worker silent this long is lost").env("SHOAL_HEARTBEAT_TIMEOUT").default("3s"))
+    .addOption(new Option("--item-timeout <duration>", "an attempt running longer fails with TIMEOUT (retryable)").env("SHOAL_ITEM_TIMEOUT").default("10m"))
+    .addOption(new Option("--placement <policy>", "best-fit packs GPUs, spread balances them").env("SHOAL_PLACEMENT").choices(["best-fit", "spread"]).default(d.policy))
+    .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"));
+}
+
+export function workerFlags(cmd: Command, forUp = false): Command {
+  if (!forUp) {
+    cmd
+      .addOption(new Option("--id <id>", "worker id (stable across restarts of the same GPU)").env("SHOAL_WORKER_ID"))
+      .addOption(new Option("--gpu <which>", "auto, none or a GPU index").env("SHOAL_GPU").default("auto"))
+      .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_WORKER_METRICS_PORT").default("9465"));
+  }
+  return cmd
+    .addOption(new Option("--vram <size>", "VRAM budget when no GPU is measured, e.g. 8GiB").env("SHOAL_VRAM"))
+    .addOption(new Option("--model-dir <dir>", "directory of extra models (<name>/manifest.json + .onnx)").env("SHOAL_MODEL_DIR"))
+    .addOption(new Option("--threads <n>", "inference threads per worker").env("SHOAL_THREADS").default("1"))
+    .addOption(new Option("--max-in-flight <n>", "items a worker holds at once (default 2 × threads)").env("SHOAL_MAX_IN_FLIGHT"))
+    .addOption(new Option("--heartbeat-interval <duration>", "how often workers report").env("SHOAL_HEARTBEAT_INTERVAL").default("1s"))
+    .addOption(new Option("--drain-grace <duration>", "on SIGTERM/drain, how long in-flight items may finish").env("SHOAL_DRAIN_GRACE").default("30s"))
+    .addOption(new Option("--execution-provider <ep>", "onnxruntime execution provider").env("SHOAL_EXECUTION_PROVIDER").choices(["cpu", "cuda"]).default("cpu"))
+    .addOption(new Option("--simulate", "SIMULATION: run the sim-* models (sleep instead of compute), for load tests").env("SHOAL_SIMULATE"))
+    .addOption(new Option("--nvidia-smi <path>", "nvidia-smi binary").env("SHOAL_NVIDIA_SMI").default("nvidia-smi"));
+}
+
+type Raw = Record<string, string | boolean | undefined>;
+
+export function loggerFrom(raw: Raw, component: string, base?: Record<string, unknown>): Logger {
+  return createLogger({
+    level: raw.logLevel as never,
+    format: (raw.logFormat as LogFormat | undefined) ?? defaultLogFormat(),
+    component,
+    base,
+  });
+}
+
+function port(option: string, v: unknown): number {
+  return parseIntOption(option, String(v), 0, 65535);
+}
+
+export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
+  const apiKeys = new Map<string, string>();
+  if (typeof raw.apiKeys === "string" && raw.apiKeys.trim() !== "") {
+    for (const [i, pair] of raw.apiKeys.split(",").entries()) {
+      const [tenant, key] = pair.includes(":") ? pair.split(/:(.*)/s, 2) : [`tenant${i}`, pair];
+      if (!key || key.length < 8) throw new ConfigError("--api-keys", `entry ${i + 1} needs tenant:key with a key of at least 8 characters`);
+      apiKeys.set(tenant!.trim(), key.trim());
+    }
+  }
+  return {
+    natsUrl: String(raw.nats),
+    prefix: String(raw.prefix),
+    grpcHost: String(raw.grpcHost),
+    grpcPort: port("--grpc-port", raw.grpcPort),
+    metricsPort: port("--metrics-port", raw.metricsPort),
+    maxItems: parseIntOption("--max-items", String(raw.maxItems), 1, 100_000),
+    maxAttempts: parseIntOption("--max-attempts", String(raw.maxAttempts), 1, 100),
+    heartbeatTimeoutMs: parseDuration("--heartbeat-timeout", String(raw.heartbeatTimeout)),
+    itemTimeoutMs: parseDuration("--item-timeout", String(raw.itemTimeout)),
+    policy: raw.placement as CoordinatorOptions["policy"],
+    apiKeys,
+    assignTimeoutMs: COORDINATOR_DEFAULTS.assignTimeoutMs,
+  };
+}
+
+export function workerOptionsFrom(raw: Raw): WorkerOptions {
+  const threads = parseIntOption("--threads", String(raw.threads), 1, 256);
+  return checkWorkerOptions({
+    natsUrl: String(raw.nats),
+    id: typeof raw.id === "string" ? raw.id : defaultWorkerId(),
+    prefix: String(raw.prefix),
+    gpu: parseGpuSelection(String(raw.gpu ?? "auto")),
+    vramBytes: typeof raw.vram === "string" ? parseBytes("--vram", raw.vram) : undefined,
+    modelDir: typeof raw.modelDir === "string" ? raw.modelDir : undefined,
+    threads,
+    maxInFlight: raw.maxInFlight !== undefined ? parseIntOption("--max-in-flight", String(raw.maxInFlight), 1, 100_000) : threads * 2,
+    heartbeatIntervalMs: parseDuration("--heartbeat-interval", String(raw.heartbeatInterval)),
+    itemTimeoutMs: 600_000,
+    drainGraceMs: parseDuration("--drain-grace", String(raw.drainGrace)),
+    metricsPort: port("--metrics-port", raw.metricsPort ?? 9465),
+    executionProviders: [String(raw.executionProvider ?? "cpu")],
+    simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
+    nvidiaSmi: String(raw.nvidiaSmi ?? "nvidia-smi"),
+  });
+}
+
+/**
+ * Runs a component until SIGINT/SIGTERM, then stops it once (a second signal forces exit).
+ * Configuration errors exit 2 with a one-line message naming the option.
+ */
+export async function runUntilSignal(log: Logger | undefined, start: () => Promise<{ stop: () => Promise<void>; done?: Promise<void> }>): Promise<void> {
+  let stopping = false;
+  let handle: { stop: () => Promise<void>; done?: Promise<void> } | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopping) {
+      log?.warn({ signal: sig }, "second signal: exiting now");
+      process.exit(130);
+    }
+    stopping = true;
+    log?.info({ signal: sig }, "stopping");
+    void (handle?.stop() ?? Promise.resolve()).then(() => process.exit(0));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  watchParent(log);
+  try {
+    handle = await start();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`shoal: ${err.message}\n`);
+      process.exit(2);
+    }
+    log?.fatal({ err: errorMessage(err) }, "failed to start");
+    process.stderr.write(`shoal: failed to start: ${errorMessage(err)}\n`);
+    process.exit(1);
+  }
+  if (stopping) await handle.stop();
+  if (handle.done) {
+    await handle.done;
+    process.exit(0);
+  }
+}
+
+/**
+ * `shoal up` sets SHOAL_PARENT_PID for its children: if `up` dies without cleaning up
+ * (kill -9), its coordinator and workers notice and exit instead of living on as orphans.
+ */
+function watchParent(log: Logger | undefined): void {
+  const parent = Number(process.env.SHOAL_PARENT_PID);
+  if (!Number.isInteger(parent) || parent <= 1) return;
+  const timer = setInterval(() => {
+    try {
+      process.kill(parent, 0);
+    } catch {
+      log?.warn({ parent }, "parent process is gone; exiting");
+      process.kill(process.pid, "SIGTERM");
+    }
+  }, 1000);
+  timer.unref();
+}
+
+/** Parses options; a ConfigError ends the process with a one-line message and exit code 2. */
+export function parseOrExit<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`shoal: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}

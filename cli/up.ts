@@ -1,0 +1,183 @@
+// `shoal up`: the embedded default. Starts nats-server with JetStream (store under the data dir),
+// one coordinator and N workers as child processes, prints where they serve, and on
+// SIGINT/SIGTERM stops them all in order (workers drain first), leaving nothing behind.
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { connect as tcpConnect } from "node:net";
+import { delimiter, join, resolve } from "node:path";
+import { credentials } from "@grpc/grpc-js";
+import { HealthClient, HealthCheckResponse_ServingStatus } from "../proto/gen/grpc/health/v1/health.js";
+import { FleetServiceClient, WorkerState } from "../proto/gen/shoal/v1/shoal.js";
+import { ConfigError } from "../shared/errors.js";
+import type { Logger } from "../shared/logger.js";
+import { parseIntOption } from "../shared/units.js";
+
+export interface UpOptions {
+  workers: number;
+  grpcPort: number;
+  metricsPort: number;
+  dataDir: string;
+  /** An existing NATS; when absent, up starts its own. */
+  natsUrl: string | undefined;
+  natsPort: number;
+  /** Flags passed through to every worker / the coordinator. */
+  workerArgs: string[];
+  coordinatorArgs: string[];
+  commonArgs: string[];
+}
+
+/** Finds nats-server: $SHOAL_NATS_SERVER, then PATH, then /usr/sbin. */
+export function findNatsServer(env = process.env): string {
+  const explicit = env.SHOAL_NATS_SERVER;
+  if (explicit) {
+    if (!existsSync(explicit)) throw new ConfigError("SHOAL_NATS_SERVER", `${explicit} does not exist`);
+    return explicit;
+  }
+  for (const dir of [...(env.PATH ?? "").split(delimiter), "/usr/sbin", "/usr/local/sbin"]) {
+    if (dir && existsSync(join(dir, "nats-server"))) return join(dir, "nats-server");
+  }
+  throw new ConfigError(
+    "nats-server",
+    "not found on PATH, in /usr/sbin or in $SHOAL_NATS_SERVER. Install it (Debian/Ubuntu: sudo apt-get install nats-server), point SHOAL_NATS_SERVER at the binary, or pass --nats URL of a running server.",
+  );
+}
+
+function waitForPort(port: number, host: string, child: ChildProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolvePromise, reject) => {
+    const attempt = () => {
+      if (child.exitCode !== null) return reject(new Error(`exited with code ${child.exitCode} before listening on ${port}`));
+      const sock = tcpConnect({ port, host }, () => {
+        sock.destroy();
+        resolvePromise();
+      });
+      sock.on("error", () => {
+        sock.destroy();
+        if (Date.now() > deadline) reject(new Error(`nothing listening on ${host}:${port} after ${timeoutMs} ms`));
+        else setTimeout(attempt, 100);
+      });
+    };
+    attempt();
+  });
+}
+
+async function poll(what: string, timeoutMs: number, check: () => Promise<boolean>, children: ChildProcess[]): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const dead = children.find((c) => c.exitCode !== null);
+    if (dead) throw new Error(`${what}: a child process exited with code ${dead.exitCode}; see its log above`);
+    if (await check().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export class Fleet {
+  private readonly children: { name: string; child: ChildProcess }[] = [];
+  private stopping: Promise<void> | undefined;
+
+  constructor(
+    private readonly opts: UpOptions,
+    private readonly log: Logger,
+  ) {}
+
+  private spawnChild(name: string, cmd: string, args: string[]): ChildProcess {
+    const child = spawn(cmd, args, {
+      stdio: ["ignore", "inherit", "inherit"],
+      env: { ...process.env, SHOAL_PARENT_PID: String(process.pid) },
+    });
+    child.on("exit", (code, signal) => {
+      if (!this.stopping) this.log.error({ child: name, code, signal }, "child process exited unexpectedly");
+    });
+    this.children.push({ name, child });
+    this.log.debug({ child: name, pid: child.pid }, "started");
+    return child;
+  }
+
+  async start(): Promise<{ natsUrl: string; grpcAddr: string; workerMetricsPorts: number[] }> {
+    const o = this.opts;
+    const dataDir = resolve(o.dataDir);
+    mkdirSync(dataDir, { recursive: true });
+    let natsUrl = o.natsUrl;
+    if (!natsUrl) {
+      const bin = findNatsServer();
+      const conf = join(dataDir, "nats-server.conf");
+      // Terminal batches of thousands of items are one KV value: allow 8 MB messages.
+      writeFileSync(conf, "max_payload: 8MB\n");
+      const nats = this.spawnChild("nats-server", bin, ["-js", "-sd", join(dataDir, "jetstream"), "-a", "127.0.0.1", "-p", String(o.natsPort), "-c", conf]);
+      await waitForPort(o.natsPort, "127.0.0.1", nats, 15_000);
+      natsUrl = `nats://127.0.0.1:${o.natsPort}`;
+    }
+    const self = process.argv[1]!;
+    const coordinator = this.spawnChild("coordinator", process.execPath, [
+      self, "coordinator", "--nats", natsUrl, "--grpc-port", String(o.grpcPort), "--metrics-port", String(o.metricsPort), ...o.commonArgs, ...o.coordinatorArgs,
+    ]);
+    const workerMetricsPorts: number[] = [];
+    for (let i = 1; i <= o.workers; i++) {
+      const mport = o.metricsPort === 0 ? 0 : o.metricsPort + i;
+      workerMetricsPorts.push(mport);
+      this.spawnChild(`worker w${i}`, process.execPath, [
+        self, "worker", "--nats", natsUrl, "--id", `w${i}`, "--metrics-port", String(mport), ...o.commonArgs, ...o.workerArgs,
+      ]);
+    }
+    const grpcAddr = `127.0.0.1:${o.grpcPort}`;
+    const children = this.children.map((c) => c.child);
+    const health = new HealthClient(grpcAddr, credentials.createInsecure());
+    const fleet = new FleetServiceClient(grpcAddr, credentials.createInsecure());
+    try {
+      await waitForPort(o.grpcPort, "127.0.0.1", coordinator, 60_000);
+      await poll("coordinator", 30_000, () =>
+        new Promise((res) => health.check({ service: "" }, (err, r) => res(!err && r.status === HealthCheckResponse_ServingStatus.SERVING))),
+      children);
+      await poll(`${o.workers} workers`, 120_000, () =>
+        new Promise((res) => fleet.listWorkers({}, (err, r) => res(!err && r.workers.filter((w) => w.state === WorkerState.WORKER_STATE_READY).length >= o.workers))),
+      children);
+    } finally {
+      health.close();
+      fleet.close();
+    }
+    return { natsUrl, grpcAddr, workerMetricsPorts };
+  }
+
+  /** Workers first (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
+  stop(graceMs = 40_000): Promise<void> {
+    return (this.stopping ??= (async () => {
+      const order = [
+        this.children.filter((c) => c.name.startsWith("worker")),
+        this.children.filter((c) => c.name === "coordinator"),
+        this.children.filter((c) => c.name === "nats-server"),
+      ];
+      for (const group of order) await Promise.all(group.map(({ name, child }) => stopChild(name, child, graceMs, this.log)));
+    })());
+  }
+}
+
+function stopChild(name: string, child: ChildProcess, graceMs: number, log: Logger): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((res) => {
+    const timer = setTimeout(() => {
+      log.warn({ child: name, pid: child.pid }, "did not stop in time; killing");
+      child.kill("SIGKILL");
+    }, graceMs);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      res();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worker: string[]; coordinator: string[]; common: string[] }): UpOptions {
+  return {
+    workers: parseIntOption("--workers", String(raw.workers), 1, 64),
+    grpcPort: parseIntOption("--grpc-port", String(raw.grpcPort), 1, 65535),
+    metricsPort: parseIntOption("--metrics-port", String(raw.metricsPort), 0, 65535),
+    dataDir: String(raw.dataDir),
+    natsUrl: typeof raw.natsUrl === "string" && raw.natsUrl !== "" ? raw.natsUrl : undefined,
+    natsPort: parseIntOption("--nats-port", String(raw.natsPort), 1, 65535),
+    workerArgs: passthrough.worker,
+    coordinatorArgs: passthrough.coordinator,
+    commonArgs: passthrough.common,
+  };
+}

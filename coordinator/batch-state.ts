@@ -1,0 +1,190 @@
+// One batch while it runs: the coordinator's in-memory projection of the durable record plus the
+// outcomes in the results log. The rules here decide which outcome counts; they give the same
+// answer live and when the log is replayed after a restart (see applyOutcome).
+
+import { BatchState, ItemStatus, type Batch, type ItemError, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
+import type { BatchRecord, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
+import { leaseAttempt } from "../shared/ids.js";
+
+export interface Lease {
+  token: string;
+  workerId: string;
+  gpuIndex: number;
+  assignedAtMs: number;
+}
+
+export interface ItemSlot {
+  model: string;
+  params: Record<string, unknown>;
+  activationBytes: number;
+  weightsBytes: number;
+  state: "pending" | "leased" | "done";
+  attempts: number;
+  lease: Lease | undefined;
+  /** Attempts that ended without a result that counts (failed and retried, or taken back). */
+  closed: Set<string>;
+  result: ItemResult | undefined;
+  queuedAtMs: number;
+  firstQueuedAtMs: number;
+}
+
+export type OutcomeEffect =
+  | { kind: "ignored"; reason: "item-done" | "lease-closed" | "unknown-item" }
+  | { kind: "done" }
+  | { kind: "retry" }
+  | { kind: "closed" };
+
+export class ActiveBatch {
+  readonly items: ItemSlot[];
+  succeeded = 0;
+  failed = 0;
+  cancelled = 0;
+  cancelRequested = false;
+  finalizing = false;
+  started = false;
+
+  constructor(
+    readonly record: BatchRecord,
+    public revision: number,
+    slots: ItemSlot[],
+    readonly maxAttempts: number,
+  ) {
+    this.items = slots;
+  }
+
+  get id(): string {
+    return this.record.batch!.id;
+  }
+
+  get total(): number {
+    return this.items.length;
+  }
+
+  get doneCount(): number {
+    return this.succeeded + this.failed + this.cancelled;
+  }
+
+  get isComplete(): boolean {
+    return this.doneCount === this.items.length;
+  }
+
+  running(): number {
+    let n = 0;
+    for (const s of this.items) if (s.state === "leased") n++;
+    return n;
+  }
+
+  /**
+   * Applies one outcome from the results log. An outcome counts when its item is not done yet
+   * and its attempt was not closed; a closed attempt is one that failed and was retried or one
+   * the coordinator took back (and logged, before placing the item again). Because every
+   * closing is itself in the log, replaying the log reaches the same decisions.
+   */
+  applyOutcome(o: ItemOutcome, workerId: string, nowMs: number): OutcomeEffect {
+    const lease = o.lease!;
+    const slot = this.items[lease.index];
+    if (!slot) return { kind: "ignored", reason: "unknown-item" };
+    if (slot.state === "done") return { kind: "ignored", reason: "item-done" };
+    if (slot.closed.has(lease.token)) return { kind: "ignored", reason: "lease-closed" };
+    slot.attempts = Math.max(slot.attempts, leaseAttempt(lease.token));
+    const isCurrent = slot.lease?.token === lease.token;
+    const assignedAtMs = isCurrent ? slot.lease!.assignedAtMs : nowMs - o.runMs;
+    const queueMs = Math.max(0, assignedAtMs - slot.firstQueuedAtMs);
+    const base = { index: lease.index, workerId, attempts: slot.attempts, queueMs, runMs: o.runMs, model: slot.model };
+    if (o.status === ItemStatus.ITEM_STATUS_FAILED && o.error?.retryable) {
+      slot.closed.add(lease.token);
+      if (slot.attempts >= this.maxAttempts) {
+        this.finish(slot, { ...base, status: ItemStatus.ITEM_STATUS_FAILED, error: withAttempts(o.error, slot.attempts), artifacts: [] });
+        return { kind: "done" };
+      }
+      if (slot.lease && !isCurrent) return { kind: "closed" }; // another attempt is running
+      slot.lease = undefined;
+      slot.state = "pending";
+      slot.queuedAtMs = nowMs;
+      return { kind: "retry" };
+    }
+    const status = o.status === ItemStatus.ITEM_STATUS_UNSPECIFIED ? ItemStatus.ITEM_STATUS_FAILED : o.status;
+    this.finish(slot, { ...base, status, error: o.error, artifacts: o.artifacts });
+    return { kind: "done" };
+  }
+
+  /** The coordinator took an attempt back (worker lost, not delivered). Same rules as above. */
+  applyRevocation(index: number, token: string, error: ItemError, nowMs: number): OutcomeEffect {
+    const slot = this.items[index];
+    if (!slot) return { kind: "ignored", reason: "unknown-item" };
+    if (slot.state === "done") return { kind: "ignored", reason: "item-done" };
+    if (slot.closed.has(token)) return { kind: "ignored", reason: "lease-closed" };
+    return this.applyOutcome(
+      { lease: { batchId: this.id, index, token }, status: ItemStatus.ITEM_STATUS_FAILED, error: { ...error, retryable: true }, artifacts: [], runMs: 0, vramUsedBytes: 0 },
+      slot.lease?.workerId ?? "",
+      nowMs,
+    );
+  }
+
+  /** Marks every item not yet done CANCELLED; returns the leases that were running. */
+  cancelAll(): { index: number; lease: Lease }[] {
+    const running: { index: number; lease: Lease }[] = [];
+    this.cancelRequested = true;
+    for (const [index, slot] of this.items.entries()) {
+      if (slot.state === "done") continue;
+      if (slot.lease) running.push({ index, lease: slot.lease });
+      this.finish(slot, {
+        index,
+        status: ItemStatus.ITEM_STATUS_CANCELLED,
+        error: { code: "CANCELLED", message: "the batch was cancelled", retryable: false },
+        artifacts: [],
+        workerId: slot.lease?.workerId ?? "",
+        attempts: slot.attempts,
+        queueMs: 0,
+        runMs: 0,
+        model: slot.model,
+      });
+    }
+    return running;
+  }
+
+  private finish(slot: ItemSlot, result: ItemResult): void {
+    slot.state = "done";
+    slot.result = result;
+    slot.lease = undefined;
+    if (result.status === ItemStatus.ITEM_STATUS_SUCCEEDED) this.succeeded++;
+    else if (result.status === ItemStatus.ITEM_STATUS_CANCELLED) this.cancelled++;
+    else this.failed++;
+  }
+
+  terminalState(): BatchState {
+    if (this.cancelRequested) return BatchState.BATCH_STATE_CANCELLED;
+    if (this.succeeded > 0) return BatchState.BATCH_STATE_COMPLETED;
+    if (this.failed === this.total) return BatchState.BATCH_STATE_FAILED;
+    return BatchState.BATCH_STATE_CANCELLED;
+  }
+
+  /** The batch as clients see it while it runs: counts, no results. */
+  snapshot(): Batch {
+    return {
+      ...this.record.batch!,
+      state: this.started || this.doneCount > 0 ? BatchState.BATCH_STATE_RUNNING : BatchState.BATCH_STATE_QUEUED,
+      total: this.total,
+      succeeded: this.succeeded,
+      failed: this.failed,
+      cancelled: this.cancelled,
+      running: this.running(),
+      results: [],
+    };
+  }
+
+  /** The terminal batch, every result in item order; written in one step. */
+  final(completedAt: Date): Batch {
+    return {
+      ...this.snapshot(),
+      state: this.terminalState(),
+      running: 0,
+      completedAt,
+      results: this.items.map((s) => s.result!),
+    };
+  }
+}
+
+function withAttempts(error: ItemError, attempts: number): ItemError {
+  return { ...error, message: `${error.message} (after ${attempts} attempt${attempts === 1 ? "" : "s"})` };
+}

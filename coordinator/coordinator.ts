@@ -1,0 +1,688 @@
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import {
+  BatchState,
+  ItemStatus,
+  WorkerState,
+  type Batch,
+  type BatchEvent,
+  type ItemResult,
+  type SubmitBatchRequest,
+} from "../proto/gen/shoal/v1/shoal.js";
+import { AssignReply, Assignment, CancelItems, Heartbeat, type BatchRecord, type ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
+import { decodeMessage, encodeMessage } from "../shared/codec.js";
+import { errorMessage } from "../shared/errors.js";
+import { BATCH_ID, leaseAttempt, newBatchId, newLeaseToken } from "../shared/ids.js";
+import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
+import type { Logger } from "../shared/logger.js";
+import { activationBytes } from "../shared/manifest.js";
+import { connectNats } from "../shared/nats.js";
+import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
+import { ActiveBatch, type ItemSlot, type Lease } from "./batch-state.js";
+import { BatchQueue } from "./batch-queue.js";
+import { BatchStore, FinalizeConflict, isTerminal } from "./batch-store.js";
+import { failedPrecondition, notFound, unavailable } from "./errors.js";
+import { Fleet, type WorkerRecord } from "./fleet.js";
+import type { CoordinatorMetrics } from "./metrics.js";
+import { ModelRegistry } from "./model-registry.js";
+import type { CoordinatorOptions } from "./options.js";
+import { placeItem, type PlaceableWorker } from "./placement.js";
+import { ResultLog } from "./result-log.js";
+import { validateSubmit } from "./validation.js";
+import { VramLedger } from "./vram-ledger.js";
+
+type BatchListener = (ev: BatchEvent) => void;
+
+interface BatchSummary {
+  batch: Batch;
+  tenant: string;
+}
+
+interface PendingAssign {
+  batch: ActiveBatch;
+  index: number;
+  lease: Lease;
+}
+
+/**
+ * The coordinator: accepts batches, places their items on workers by free VRAM, collects
+ * outcomes from the results log and writes each terminal batch once. Its memory is a projection
+ * of what JetStream holds (batch records in KV, outcomes in the results stream), rebuilt at start.
+ */
+export class Coordinator {
+  private nc: NatsConnection | undefined;
+  private infra: Infrastructure | undefined;
+  private store: BatchStore | undefined;
+  private resultLog: ResultLog | undefined;
+  readonly models: ModelRegistry;
+  private readonly names: Names;
+  private readonly fleet: Fleet;
+  private readonly ledger = new VramLedger();
+  private readonly queue = new BatchQueue();
+  private readonly active = new Map<string, ActiveBatch>();
+  private readonly summaries = new Map<string, BatchSummary>();
+  private readonly listeners = new Map<string, Set<BatchListener>>();
+  private readonly subs: Subscription[] = [];
+  private tickTimer: NodeJS.Timeout | undefined;
+  private scheduleQueued = false;
+  /** Until this time after a restart, items are not placed: workers first report what they hold. */
+  private recoveringUntil = 0;
+  private staleResults = 0;
+  private closePromise: Promise<void> | undefined;
+  private started = false;
+
+  constructor(
+    private readonly opts: CoordinatorOptions,
+    private readonly log: Logger,
+    private readonly metrics?: CoordinatorMetrics,
+  ) {
+    this.names = new Names(opts.prefix);
+    this.fleet = new Fleet(opts.heartbeatTimeoutMs);
+    this.models = new ModelRegistry(log.child({ component: "models" }));
+  }
+
+  async start(): Promise<void> {
+    this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log);
+    this.infra = await ensureInfrastructure(this.nc, this.names);
+    this.store = new BatchStore(this.infra.batches, this.infra.idempotency);
+    this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
+    await this.models.start(this.infra.models);
+    await this.recover();
+    this.subs.push(
+      this.nc.subscribe(this.names.heartbeats, {
+        callback: (err, msg) => {
+          if (err) return;
+          try {
+            this.onHeartbeat(decodeMessage(Heartbeat, msg.subject, msg.data));
+          } catch (e) {
+            this.log.warn({ subject: msg.subject, err: errorMessage(e) }, "ignoring a bad heartbeat");
+          }
+        },
+      }),
+    );
+    await this.resultLog.startConsuming((entry) => this.onLogEntry(entry));
+    // Ask every worker to report now rather than within its next interval.
+    this.nc.publish(this.names.coordinatorHello);
+    this.tickTimer = setInterval(() => this.tick(), Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6)));
+    this.tickTimer.unref();
+    this.started = true;
+    this.log.info({ active: this.active.size, batches: this.summaries.size }, "coordinator ready");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Recovery
+
+  private async recover(): Promise<void> {
+    const keys = await this.store!.keys();
+    let resumed = 0;
+    for (const id of keys) {
+      const got = await this.store!.get(id);
+      if (!got) continue;
+      const { record, revision } = got;
+      const batch = record.batch!;
+      this.summaries.set(id, { batch: { ...batch, results: [] }, tenant: record.tenant });
+      if (isTerminal(batch)) continue;
+      const active = this.activate(record, revision);
+      for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true);
+      resumed++;
+      if (active.isComplete) await this.finalize(active);
+    }
+    if (resumed > 0) {
+      this.recoveringUntil = Date.now() + this.opts.heartbeatTimeoutMs;
+      this.log.info({ resumed, waitMs: this.opts.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
+    }
+  }
+
+  private activate(record: BatchRecord, revision: number): ActiveBatch {
+    const now = Date.now();
+    const created = record.batch!.createdAt?.getTime() ?? now;
+    const slots: ItemSlot[] = record.items.map((item) => {
+      const manifest = this.models.get(item.model);
+      const params = item.params ?? {};
+      return {
+        model: item.model,
+        params,
+        activationBytes: manifest ? activationBytes(manifest, params) : 0,
+        weightsBytes: manifest?.vram.weights_bytes ?? 0,
+        state: "pending",
+        attempts: 0,
+        lease: undefined,
+        closed: new Set(),
+        result: undefined,
+        queuedAtMs: now,
+        firstQueuedAtMs: created,
+      };
+    });
+    const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts);
+    this.active.set(active.id, active);
+    for (let i = 0; i < slots.length; i++) this.queue.add(active.id, i, record.batch!.priority);
+    return active;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // API
+
+  async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
+    this.ensureStarted();
+    const valid = validateSubmit(req, (m) => this.models.get(m), { maxItems: this.opts.maxItems });
+    const batchId = newBatchId();
+    if (req.idempotencyKey) {
+      const existing = await this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId);
+      if (existing) {
+        const known = this.summaries.get(existing) ?? (await this.loadSummary(existing));
+        if (known) return { batchId: existing, itemCount: known.batch.total };
+        await this.store!.overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId);
+      }
+    }
+    const now = new Date();
+    const record: BatchRecord = {
+      batch: {
+        id: batchId,
+        state: BatchState.BATCH_STATE_QUEUED,
+        total: valid.length,
+        succeeded: 0,
+        failed: 0,
+        cancelled: 0,
+        results: [],
+        createdAt: now,
+        completedAt: undefined,
+        labels: req.labels,
+        running: 0,
+        priority: req.priority,
+      },
+      // Stored with defaults applied, so a replay does not depend on today's manifest defaults.
+      items: valid.map((v) => ({ model: v.model.name, params: v.params })),
+      idempotencyKey: req.idempotencyKey,
+      webhook: req.webhook,
+      tenant,
+      retryOf,
+      sourceIndices,
+    };
+    const revision = await this.store!.create(record);
+    this.summaries.set(batchId, { batch: record.batch!, tenant });
+    this.activate(record, revision);
+    this.metrics?.batchSubmitted();
+    this.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
+    this.scheduleSoon();
+    return { batchId, itemCount: valid.length };
+  }
+
+  async getBatch(batchId: string, tenant: string): Promise<Batch> {
+    this.ensureStarted();
+    const active = this.active.get(batchId);
+    if (active && active.record.tenant === tenant) return active.snapshot();
+    const got = BATCH_ID.test(batchId) ? await this.store!.get(batchId) : undefined;
+    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${JSON.stringify(batchId)} not found`);
+    return got.record.batch!;
+  }
+
+  /**
+   * Streams one event per finished item (those already finished first), then the terminal
+   * batch. The caller's signal ends the watch early.
+   */
+  async *watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
+    const first = await this.getBatch(batchId, tenant);
+    if (isTerminal(first)) {
+      for (const r of first.results) yield { event: { $case: "item", item: r } };
+      yield { event: { $case: "batch", batch: first } };
+      return;
+    }
+    const active = this.active.get(batchId)!;
+    const buffer: BatchEvent[] = [];
+    let wake: (() => void) | undefined;
+    const listener: BatchListener = (ev) => {
+      buffer.push(ev);
+      wake?.();
+    };
+    this.listen(batchId, listener);
+    const onAbort = () => wake?.();
+    signal.addEventListener("abort", onAbort);
+    try {
+      for (const s of active.items) if (s.state === "done") yield { event: { $case: "item", item: s.result! } };
+      while (!signal.aborted) {
+        if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+        while (buffer.length > 0) {
+          const ev = buffer.shift()!;
+          yield ev;
+          if (ev.event?.$case === "batch") return;
+        }
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      this.unlisten(batchId, listener);
+    }
+  }
+
+  /** Resolves with the terminal batch. */
+  async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
+    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch") return ev.event.batch;
+    throw new Error("watch ended before the batch was terminal");
+  }
+
+  async cancel(batchId: string, tenant: string): Promise<Batch> {
+    const current = await this.getBatch(batchId, tenant);
+    const active = this.active.get(batchId);
+    if (isTerminal(current) || !active) return current;
+    this.queue.removeBatch(batchId);
+    const running = active.cancelAll();
+    this.cancelOnWorkers(batchId, running);
+    this.log.info({ batchId, running: running.length }, "batch cancelled");
+    return await this.finalize(active);
+  }
+
+  async retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
+    const batch = await this.getBatch(batchId, tenant);
+    if (!isTerminal(batch)) throw failedPrecondition(`batch ${batchId} is not finished yet; cancel it or wait`);
+    const got = await this.store!.get(batchId);
+    const retryable = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_FAILED && r.error?.retryable);
+    if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error`);
+    const items = retryable.map((r) => got!.record.items[r.index]!);
+    return this.submit(
+      { items, idempotencyKey: "", webhook: got!.record.webhook, priority: batch.priority, labels: batch.labels },
+      tenant,
+      batchId,
+      retryable.map((r) => r.index),
+    );
+  }
+
+  list(tenant: string, pageSize: number, pageToken: string): { batches: Batch[]; nextPageToken: string } {
+    const size = Math.min(Math.max(pageSize || 50, 1), 1000);
+    const ids = [...this.summaries.keys()].filter((id) => this.summaries.get(id)!.tenant === tenant).sort().reverse();
+    const start = pageToken ? ids.findIndex((id) => id < pageToken) : 0;
+    const page = start < 0 ? [] : ids.slice(start, start + size);
+    const batches = page.map((id) => this.active.get(id)?.snapshot() ?? { ...this.summaries.get(id)!.batch, results: [] });
+    const next = start >= 0 && start + size < ids.length ? page[page.length - 1]! : "";
+    return { batches, nextPageToken: next };
+  }
+
+  async artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
+    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${JSON.stringify(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
+    const name = uri.slice(ARTIFACT_URI_PREFIX.length);
+    const batchId = name.split("/", 1)[0]!;
+    await this.getBatch(batchId, tenant); // tenancy check: another tenant's artifact is NOT_FOUND
+    const obj = await this.infra!.artifacts.get(name);
+    if (!obj) throw notFound(`artifact ${JSON.stringify(uri)} not found`);
+    return obj.data;
+  }
+
+  workers(): { record: WorkerRecord; gpus: ReturnType<VramLedger["gpusOf"]> }[] {
+    return this.fleet.all().map((record) => ({ record, gpus: this.ledger.gpusOf(record.id) }));
+  }
+
+  async drainWorker(workerId: string): Promise<WorkerRecord> {
+    const w = this.fleet.get(workerId);
+    if (!w) throw notFound(`worker ${JSON.stringify(workerId)} not found`);
+    if (w.state === WorkerState.WORKER_STATE_LOST) return w;
+    w.state = WorkerState.WORKER_STATE_DRAINING;
+    try {
+      await this.nc!.request(this.names.drain(workerId), new Uint8Array(), { timeout: this.opts.assignTimeoutMs });
+    } catch (err) {
+      throw unavailable(`worker ${workerId} did not answer the drain request: ${errorMessage(err)}`);
+    }
+    this.log.info({ workerId }, "worker draining");
+    return w;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Events from NATS
+
+  private onHeartbeat(hb: Heartbeat): void {
+    const now = Date.now();
+    const { worker, change } = this.fleet.observe(hb, now);
+    if (change === "stale") return;
+    if (change === "joined" || change === "restarted") {
+      this.log.info({ workerId: worker.id, change, gpus: hb.gpus.length, models: hb.models }, "worker registered");
+      if (change === "restarted") this.takeBack(worker, "the worker restarted");
+    }
+    const held = new Set(hb.inFlight.map((l) => l.token));
+    this.ledger.observe(
+      worker.id,
+      hb.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
+      held,
+    );
+    if (now < this.recoveringUntil) this.adopt(worker, hb);
+    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
+    this.scheduleSoon();
+  }
+
+  /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
+  private adopt(worker: WorkerRecord, hb: Heartbeat): void {
+    for (const l of hb.inFlight) {
+      const batch = this.active.get(l.batchId);
+      const slot = batch?.items[l.index];
+      if (!batch || !slot || slot.state !== "pending" || slot.closed.has(l.token)) continue;
+      // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
+      slot.state = "leased";
+      slot.lease = { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() };
+      slot.attempts = Math.max(slot.attempts, leaseAttempt(l.token));
+      worker.leases.add(l.token);
+      batch.started = true;
+    }
+  }
+
+  private onLogEntry(entry: ResultLogEntry): void {
+    this.applyEntry(entry, false);
+    this.scheduleSoon();
+  }
+
+  private applyEntry(entry: ResultLogEntry, replaying: boolean): void {
+    const now = Date.now();
+    if (entry.entry?.$case === "revoked") {
+      const r = entry.entry.revoked;
+      const batch = this.active.get(r.lease!.batchId);
+      if (batch && replaying) this.afterEffect(batch, r.lease!.index, batch.applyRevocation(r.lease!.index, r.lease!.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now), replaying);
+      return;
+    }
+    if (entry.entry?.$case !== "results") return;
+    const { workerId, outcomes } = entry.entry.results;
+    const worker = this.fleet.get(workerId);
+    for (const o of outcomes) {
+      if (!o.lease) continue;
+      this.ledger.release(o.lease.token);
+      worker?.leases.delete(o.lease.token);
+      const batch = this.active.get(o.lease.batchId);
+      if (!batch) {
+        if (!replaying) this.countStale("batch-finished");
+        continue;
+      }
+      const effect = batch.applyOutcome(o, workerId, now);
+      if (effect.kind === "ignored") {
+        if (!replaying) this.countStale(effect.reason);
+        continue;
+      }
+      this.metrics?.attempt(effect.kind === "retry" ? "retried" : o.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? "succeeded" : "failed");
+      this.afterEffect(batch, o.lease.index, effect, replaying);
+    }
+  }
+
+  private afterEffect(batch: ActiveBatch, index: number, effect: ReturnType<ActiveBatch["applyOutcome"]>, replaying: boolean): void {
+    const slot = batch.items[index]!;
+    if (effect.kind === "retry") {
+      if (!replaying) this.log.info({ batchId: batch.id, item: index, attempts: slot.attempts }, "item will be placed again");
+      this.queue.add(batch.id, index, batch.record.batch!.priority);
+    } else if (effect.kind === "done") {
+      const result = slot.result!;
+      this.metrics?.itemFinished(result, slot.firstQueuedAtMs);
+      if (!replaying) {
+        this.emit(batch.id, { event: { $case: "item", item: result } });
+        if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
+      }
+    }
+  }
+
+  private countStale(reason: string): void {
+    this.staleResults++;
+    this.metrics?.attempt("stale_ignored");
+    this.log.debug({ reason }, "stale or duplicate result ignored");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Placement
+
+  private scheduleSoon(): void {
+    if (this.scheduleQueued || !this.started) return;
+    this.scheduleQueued = true;
+    setImmediate(() => {
+      this.scheduleQueued = false;
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (Date.now() < this.recoveringUntil || this.queue.size === 0) return;
+    const workers = new Map<string, PlaceableWorker & { record: WorkerRecord }>();
+    for (const w of this.fleet.ready()) {
+      workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - w.leases.size, resident: w.resident, models: w.models, record: w });
+    }
+    if (workers.size === 0) return;
+    const outgoing = new Map<string, PendingAssign[]>();
+    const now = Date.now();
+    this.queue.drain(({ batchId, index }) => {
+      const batch = this.active.get(batchId);
+      const slot = batch?.items[index];
+      if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
+      const placement = placeItem(
+        { model: slot.model, activationBytes: slot.activationBytes, weightsBytes: slot.weightsBytes },
+        workers.values(),
+        this.ledger,
+        this.opts.policy,
+      );
+      if (!placement) return false;
+      const attempt = slot.attempts + 1;
+      const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now };
+      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, placement.loads);
+      const w = workers.get(placement.workerId)!;
+      w.slotsFree--;
+      w.record.leases.add(lease.token);
+      slot.state = "leased";
+      slot.lease = lease;
+      slot.attempts = attempt;
+      batch.started = true;
+      let list = outgoing.get(placement.workerId);
+      if (!list) outgoing.set(placement.workerId, (list = []));
+      list.push({ batch, index, lease });
+      return true;
+    });
+    for (const [workerId, list] of outgoing) void this.sendAssignments(workerId, list);
+    this.metrics?.queue(this.queueDepthByModel());
+  }
+
+  private async sendAssignments(workerId: string, list: PendingAssign[]): Promise<void> {
+    const assignment = encodeMessage(Assignment, {
+      items: list.map(({ batch, index, lease }) => {
+        const slot = batch.items[index]!;
+        return {
+          lease: { batchId: batch.id, index, token: lease.token },
+          model: slot.model,
+          params: slot.params,
+          gpuIndex: lease.gpuIndex,
+          vramBytes: slot.activationBytes,
+          attempt: slot.attempts,
+          timeoutMs: this.opts.itemTimeoutMs,
+        };
+      }),
+    });
+    let accepted = new Set<string>();
+    let answered = false;
+    let why = "";
+    try {
+      const reply = await this.nc!.request(this.names.assign(workerId), assignment, { timeout: this.opts.assignTimeoutMs });
+      const decoded = decodeMessage(AssignReply, reply.subject, reply.data);
+      accepted = new Set(decoded.accepted);
+      answered = true;
+      why = decoded.error;
+    } catch (err) {
+      why = errorMessage(err);
+    }
+    const refused = list.filter((p) => !accepted.has(p.lease.token));
+    if (refused.length === 0) return;
+    this.log.warn({ workerId, refused: refused.length, why }, "assignment not taken; items go back to the queue");
+    if (answered) {
+      // The worker said no (draining): it never held them, so this was no attempt.
+      for (const p of refused) this.requeueUntaken(p);
+    } else {
+      // No answer: the worker may have taken them and lost the reply, so close those attempts
+      // durably before placing the items again.
+      await Promise.all(refused.map((p) => this.takeBackLease(p.batch, p.index, p.lease, `assignment to ${workerId} not confirmed: ${why}`)));
+    }
+    this.scheduleSoon();
+  }
+
+  private requeueUntaken({ batch, index, lease }: PendingAssign): void {
+    const slot = batch.items[index]!;
+    this.ledger.release(lease.token);
+    this.fleet.get(lease.workerId)?.leases.delete(lease.token);
+    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
+    slot.state = "pending";
+    slot.lease = undefined;
+    slot.attempts--;
+    this.queue.add(batch.id, index, batch.record.batch!.priority);
+  }
+
+  /**
+   * Takes an attempt back from a worker: logged as revoked before the item is placed again, so
+   * a late result from that attempt is ignored now and after any restart.
+   */
+  private async takeBackLease(batch: ActiveBatch, index: number, lease: Lease, reason: string): Promise<void> {
+    const slot = batch.items[index]!;
+    this.ledger.release(lease.token);
+    this.fleet.get(lease.workerId)?.leases.delete(lease.token);
+    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
+    await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
+    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return; // a result won the race
+    const effect = batch.applyRevocation(index, lease.token, { code: "WORKER_LOST", message: reason, retryable: true }, Date.now());
+    this.afterEffect(batch, index, effect, false);
+  }
+
+  private takeBack(worker: WorkerRecord, reason: string): void {
+    const tokens = new Set(worker.leases);
+    if (tokens.size === 0) return;
+    this.log.warn({ workerId: worker.id, items: tokens.size, reason }, "taking items back from a worker");
+    for (const batch of this.active.values()) {
+      for (const [index, slot] of batch.items.entries()) {
+        if (slot.lease && tokens.has(slot.lease.token)) void this.takeBackLease(batch, index, slot.lease, `worker ${worker.id} lost: ${reason}`);
+      }
+    }
+    worker.leases.clear();
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const w of this.fleet.sweep(now)) {
+      this.log.warn({ workerId: w.id, silentMs: now - w.lastSeenMs }, "worker lost (no heartbeat)");
+      this.ledger.removeWorker(w.id);
+      this.takeBack(w, `no heartbeat for ${now - w.lastSeenMs} ms`);
+    }
+    this.fleet.forget(now, 10 * 60_000);
+    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
+    this.scheduleSoon();
+  }
+
+  private cancelOnWorkers(batchId: string, running: { index: number; lease: Lease }[]): void {
+    const byWorker = new Map<string, { batchId: string; index: number; token: string }[]>();
+    for (const { index, lease } of running) {
+      let list = byWorker.get(lease.workerId);
+      if (!list) byWorker.set(lease.workerId, (list = []));
+      list.push({ batchId, index, token: lease.token });
+    }
+    for (const [workerId, leases] of byWorker) {
+      try {
+        this.nc!.publish(this.names.cancel(workerId), encodeMessage(CancelItems, { leases }));
+      } catch (err) {
+        this.log.warn({ workerId, err: errorMessage(err) }, "cancel not sent");
+      }
+    }
+  }
+
+  private queueDepthByModel(): Map<string, { items: number; bytes: number }> {
+    const out = new Map<string, { items: number; bytes: number }>();
+    for (const b of this.active.values()) {
+      for (const s of b.items) {
+        if (s.state !== "pending") continue;
+        const e = out.get(s.model) ?? { items: 0, bytes: 0 };
+        e.items++;
+        e.bytes += s.activationBytes;
+        out.set(s.model, e);
+      }
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Terminal write
+
+  private async finalize(batch: ActiveBatch): Promise<Batch> {
+    if (batch.finalizing) return (await this.waitTerminal(batch.id, batch.record.tenant, new AbortController().signal));
+    batch.finalizing = true;
+    this.queue.removeBatch(batch.id);
+    const final = batch.final(new Date());
+    const record: BatchRecord = { ...batch.record, batch: final };
+    let stored = final;
+    try {
+      await this.store!.finalize(record, batch.revision);
+    } catch (err) {
+      if (!(err instanceof FinalizeConflict)) {
+        batch.finalizing = false;
+        throw err;
+      }
+      const current = await this.store!.get(batch.id);
+      if (!current || !isTerminal(current.record.batch!)) {
+        batch.finalizing = false;
+        throw err;
+      }
+      stored = current.record.batch!;
+      this.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
+    }
+    this.active.delete(batch.id);
+    this.summaries.set(batch.id, { batch: { ...stored, results: [] }, tenant: batch.record.tenant });
+    this.metrics?.batchFinished(stored);
+    this.log.info(
+      { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled },
+      "batch finished",
+    );
+    this.emit(batch.id, { event: { $case: "batch", batch: stored } });
+    this.listeners.delete(batch.id);
+    void this.resultLog!.purge(batch.id);
+    return stored;
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  private listen(batchId: string, l: BatchListener): void {
+    let set = this.listeners.get(batchId);
+    if (!set) this.listeners.set(batchId, (set = new Set()));
+    set.add(l);
+  }
+
+  private unlisten(batchId: string, l: BatchListener): void {
+    this.listeners.get(batchId)?.delete(l);
+  }
+
+  private emit(batchId: string, ev: BatchEvent): void {
+    for (const l of this.listeners.get(batchId) ?? []) l(ev);
+  }
+
+  private async loadSummary(batchId: string): Promise<BatchSummary | undefined> {
+    const got = await this.store!.get(batchId);
+    return got ? { batch: got.record.batch!, tenant: got.record.tenant } : undefined;
+  }
+
+  private ensureStarted(): void {
+    if (!this.started) throw unavailable("the coordinator is starting");
+    if (this.closePromise) throw unavailable("the coordinator is shutting down");
+  }
+
+  /** For ResourceExhausted checks and metrics. */
+  get queuedItems(): number {
+    return this.queue.size;
+  }
+
+  get staleResultCount(): number {
+    return this.staleResults;
+  }
+
+  /** Idempotent. Batches stay durable; a later start resumes them. */
+  close(): Promise<void> {
+    if (this.closePromise) return this.closePromise;
+    this.closePromise = (async () => {
+      if (this.tickTimer) clearInterval(this.tickTimer);
+      for (const s of this.subs) {
+        try {
+          s.unsubscribe();
+        } catch {
+          /* closed */
+        }
+      }
+      this.models.stop();
+      await this.resultLog?.stop();
+      try {
+        await this.nc?.drain();
+      } catch {
+        /* closed */
+      }
+      this.log.info("coordinator stopped");
+    })();
+    return this.closePromise;
+  }
+}
+

@@ -1,0 +1,25 @@
+import { status } from "@grpc/grpc-js";
+
+/**
+ * What a handler throws to answer with a gRPC status. Every other error becomes INTERNAL at the
+ * edge (grpc/handlers.ts) and is logged with its stack.
+ */
+export class ServerError extends Error {
+  override readonly name = "ServerError";
+  constructor(
+    readonly code: status,
+    message: string,
+    /** For INVALID_ARGUMENT: each bad field as `path: problem`. */
+    readonly violations: string[] = [],
+  ) {
+    super(message);
+  }
+}
+
+export const invalidArgument = (violations: string[]) =>
+  new ServerError(status.INVALID_ARGUMENT, `the batch was refused: ${violations.join("; ")}`, violations);
+export const notFound = (what: string) => new ServerError(status.NOT_FOUND, what);
+export const resourceExhausted = (what: string) => new ServerError(status.RESOURCE_EXHAUSTED, what);
+export const unauthenticated = (what: string) => new ServerError(status.UNAUTHENTICATED, what);
+export const unavailable = (what: string) => new ServerError(status.UNAVAILABLE, what);
+export const failedPrecondition = (what: string) => new ServerError(status.FAILED_PRECONDITION, what);

@@ -1,0 +1,94 @@
+// The workers the coordinator knows, built only from heartbeats. A worker that misses
+// `lostAfterMs` of heartbeats is LOST: its leases are taken back by the coordinator.
+
+import { WorkerState } from "../proto/gen/shoal/v1/shoal.js";
+import type { Heartbeat } from "../proto/gen/shoal/v1/wire.js";
+
+export interface WorkerRecord {
+  id: string;
+  incarnation: string;
+  state: WorkerState;
+  lastSeenMs: number;
+  lastSeq: number;
+  hostname: string;
+  resident: Set<string>;
+  models: Set<string>;
+  maxInFlight: number;
+  itemsDone: number;
+  /** Tokens of items this coordinator assigned to the worker and has not seen end. */
+  leases: Set<string>;
+  heldReported: number;
+}
+
+export type FleetChange = "joined" | "restarted" | "updated" | "stale";
+
+export class Fleet {
+  private readonly workers = new Map<string, WorkerRecord>();
+
+  constructor(private readonly lostAfterMs: number) {}
+
+  /** Applies a heartbeat; returns what it means. Out-of-order heartbeats are ignored. */
+  observe(hb: Heartbeat, nowMs: number): { worker: WorkerRecord; change: FleetChange } {
+    const prev = this.workers.get(hb.workerId);
+    if (prev && prev.incarnation === hb.incarnation && hb.seq <= prev.lastSeq) return { worker: prev, change: "stale" };
+    const change: FleetChange = !prev ? "joined" : prev.incarnation !== hb.incarnation ? "restarted" : "updated";
+    const w: WorkerRecord = prev ?? {
+      id: hb.workerId,
+      incarnation: hb.incarnation,
+      state: hb.state,
+      lastSeenMs: nowMs,
+      lastSeq: hb.seq,
+      hostname: hb.hostname,
+      resident: new Set(),
+      models: new Set(),
+      maxInFlight: 1,
+      itemsDone: 0,
+      leases: new Set(),
+      heldReported: 0,
+    };
+    w.incarnation = hb.incarnation;
+    w.lastSeq = hb.seq;
+    w.lastSeenMs = nowMs;
+    // A coordinator-side DRAINING stays until the worker itself says so or leaves.
+    if (!(w.state === WorkerState.WORKER_STATE_DRAINING && hb.state === WorkerState.WORKER_STATE_READY && change === "updated")) {
+      w.state = hb.state;
+    }
+    w.hostname = hb.hostname;
+    w.resident = new Set(hb.residentModels);
+    w.models = new Set(hb.models);
+    w.maxInFlight = Math.max(1, hb.maxInFlight);
+    w.itemsDone = hb.itemsDone;
+    w.heldReported = hb.inFlight.length;
+    this.workers.set(w.id, w);
+    return { worker: w, change };
+  }
+
+  /** Workers whose last heartbeat is older than the timeout; they are marked LOST. */
+  sweep(nowMs: number): WorkerRecord[] {
+    const lost: WorkerRecord[] = [];
+    for (const w of this.workers.values()) {
+      if (w.state !== WorkerState.WORKER_STATE_LOST && nowMs - w.lastSeenMs > this.lostAfterMs) {
+        w.state = WorkerState.WORKER_STATE_LOST;
+        lost.push(w);
+      }
+    }
+    return lost;
+  }
+
+  /** Forgets LOST workers after a while so the list does not grow forever. */
+  forget(nowMs: number, afterMs: number): void {
+    for (const [id, w] of this.workers) if (w.state === WorkerState.WORKER_STATE_LOST && nowMs - w.lastSeenMs > afterMs) this.workers.delete(id);
+  }
+
+  get(id: string): WorkerRecord | undefined {
+    return this.workers.get(id);
+  }
+
+  all(): WorkerRecord[] {
+    return [...this.workers.values()].sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  ready(): WorkerRecord[] {
+    return this.all().filter((w) => w.state === WorkerState.WORKER_STATE_READY);
+  }
+}

@@ -1,0 +1,102 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { BatchState, ItemStatus, WorkerState, type Batch, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
+import type { WorkerRecord } from "./fleet.js";
+import type { GpuView } from "./vram-ledger.js";
+
+const lower = (s: string, prefix: string) => s.replace(prefix, "").toLowerCase();
+
+/**
+ * The coordinator's registry (`:9464/metrics`). Labels are bounded sets: model, status, code,
+ * state, worker, gpu; never a batch id, item index, prompt or key.
+ */
+export class CoordinatorMetrics {
+  readonly registry = new Registry();
+  private readonly batches: Counter;
+  private readonly items: Counter;
+  private readonly attempts: Counter;
+  private readonly queueSeconds: Histogram;
+  private readonly runSeconds: Histogram;
+  private readonly batchSeconds: Histogram;
+  private readonly queueItems: Gauge;
+  private readonly queueVram: Gauge;
+  private readonly inFlight: Gauge;
+  private readonly workers: Gauge;
+  private readonly vramTotal: Gauge;
+  private readonly vramFree: Gauge;
+  private readonly vramReserved: Gauge;
+  readonly grpcHandled: Counter;
+  readonly grpcSeconds: Histogram;
+  private knownModels = new Set<string>();
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+    const registers = [this.registry];
+    this.batches = new Counter({ name: "shoal_batches_total", help: "Batches by state: submitted, then their terminal state", labelNames: ["state"], registers });
+    this.items = new Counter({ name: "shoal_items_total", help: "Items that reached a terminal state", labelNames: ["model", "status", "code"], registers });
+    this.attempts = new Counter({ name: "shoal_item_attempts_total", help: "Attempt outcomes: succeeded, failed, retried, stale_ignored", labelNames: ["outcome"], registers });
+    const latency = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+    this.queueSeconds = new Histogram({ name: "shoal_item_queue_seconds", help: "Time from submission to the attempt that finished the item", labelNames: ["model"], buckets: latency, registers });
+    this.runSeconds = new Histogram({ name: "shoal_item_run_seconds", help: "Time a worker spent on the item's last attempt", labelNames: ["model"], buckets: latency, registers });
+    this.batchSeconds = new Histogram({ name: "shoal_batch_duration_seconds", help: "Time from submission to the terminal batch", buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600], registers });
+    this.queueItems = new Gauge({ name: "shoal_queue_items", help: "Items waiting for a GPU", labelNames: ["model"], registers });
+    this.queueVram = new Gauge({ name: "shoal_queue_vram_bytes", help: "VRAM the waiting items need (activations), for autoscaling", labelNames: ["model"], registers });
+    this.inFlight = new Gauge({ name: "shoal_items_in_flight", help: "Items assigned to workers and not finished", registers });
+    this.workers = new Gauge({ name: "shoal_workers", help: "Workers by state", labelNames: ["state"], registers });
+    this.vramTotal = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM per GPU as reported by its worker", labelNames: ["worker", "gpu"], registers });
+    this.vramFree = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM per GPU as last reported", labelNames: ["worker", "gpu"], registers });
+    this.vramReserved = new Gauge({ name: "shoal_worker_vram_reserved_bytes", help: "VRAM the coordinator reserved on the GPU and the worker has not counted yet", labelNames: ["worker", "gpu"], registers });
+    this.grpcHandled = new Counter({ name: "grpc_server_handled_total", help: "RPCs completed", labelNames: ["grpc_service", "grpc_method", "grpc_code"], registers });
+    this.grpcSeconds = new Histogram({ name: "grpc_server_handling_seconds", help: "RPC handling time", labelNames: ["grpc_service", "grpc_method"], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers });
+  }
+
+  batchSubmitted(): void {
+    this.batches.inc({ state: "submitted" });
+  }
+
+  batchFinished(b: Batch): void {
+    this.batches.inc({ state: lower(BatchState[b.state], "BATCH_STATE_") });
+    if (b.createdAt && b.completedAt) this.batchSeconds.observe((b.completedAt.getTime() - b.createdAt.getTime()) / 1000);
+  }
+
+  itemFinished(r: ItemResult, _firstQueuedAtMs: number): void {
+    const status = lower(ItemStatus[r.status], "ITEM_STATUS_");
+    this.items.inc({ model: r.model, status, code: r.error?.code ?? "" });
+    if (r.status !== ItemStatus.ITEM_STATUS_CANCELLED) {
+      this.queueSeconds.observe({ model: r.model }, r.queueMs / 1000);
+      this.runSeconds.observe({ model: r.model }, r.runMs / 1000);
+    }
+  }
+
+  attempt(outcome: "succeeded" | "failed" | "retried" | "stale_ignored"): void {
+    this.attempts.inc({ outcome });
+  }
+
+  queue(byModel: Map<string, { items: number; bytes: number }>): void {
+    for (const m of this.knownModels) if (!byModel.has(m)) byModel.set(m, { items: 0, bytes: 0 });
+    for (const [model, { items, bytes }] of byModel) {
+      this.knownModels.add(model);
+      this.queueItems.set({ model }, items);
+      this.queueVram.set({ model }, bytes);
+    }
+  }
+
+  observeWorkers(workers: WorkerRecord[], gpus: GpuView[]): void {
+    const counts: Record<string, number> = { ready: 0, draining: 0, lost: 0 };
+    let inFlight = 0;
+    for (const w of workers) {
+      counts[lower(WorkerState[w.state], "WORKER_STATE_")] = (counts[lower(WorkerState[w.state], "WORKER_STATE_")] ?? 0) + 1;
+      inFlight += w.leases.size;
+    }
+    for (const [state, n] of Object.entries(counts)) this.workers.set({ state }, n);
+    this.inFlight.set(inFlight);
+    this.vramTotal.reset();
+    this.vramFree.reset();
+    this.vramReserved.reset();
+    for (const g of gpus) {
+      const labels = { worker: g.workerId, gpu: String(g.index) };
+      this.vramTotal.set(labels, g.totalBytes);
+      this.vramFree.set(labels, g.freeBytes);
+      this.vramReserved.set(labels, g.reservedBytes);
+    }
+  }
+}

@@ -1,0 +1,32 @@
+import type { PlacementPolicy } from "./placement.js";
+
+/** Every field present, durations in ms: what the coordinator runs with. */
+export interface CoordinatorOptions {
+  natsUrl: string;
+  prefix: string;
+  grpcHost: string;
+  grpcPort: number;
+  metricsPort: number;
+  maxItems: number;
+  maxAttempts: number;
+  /** A worker is lost after this long without a heartbeat. */
+  heartbeatTimeoutMs: number;
+  itemTimeoutMs: number;
+  policy: PlacementPolicy;
+  /** API keys as tenant → key; empty means no authentication. */
+  apiKeys: Map<string, string>;
+  /** How long an assignment request waits for the worker's answer. */
+  assignTimeoutMs: number;
+}
+
+export const COORDINATOR_DEFAULTS = {
+  grpcHost: "0.0.0.0",
+  grpcPort: 50051,
+  metricsPort: 9464,
+  maxItems: 50,
+  maxAttempts: 3,
+  heartbeatTimeoutMs: 3000,
+  itemTimeoutMs: 600_000,
+  policy: "best-fit" as PlacementPolicy,
+  assignTimeoutMs: 5000,
+};

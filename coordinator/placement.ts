@@ -1,0 +1,57 @@
+// Where one item goes. Pure: takes the fleet as seen now, returns a decision or nothing (the item
+// waits in the queue).
+
+import type { VramLedger } from "./vram-ledger.js";
+
+export type PlacementPolicy = "best-fit" | "spread";
+
+export interface PlaceableWorker {
+  id: string;
+  /** How many more items the worker may take now. */
+  slotsFree: number;
+  resident: ReadonlySet<string>;
+  models: ReadonlySet<string>;
+}
+
+export interface ItemNeed {
+  model: string;
+  /** Bytes the item needs besides the weights. */
+  activationBytes: number;
+  weightsBytes: number;
+}
+
+export interface Placement {
+  workerId: string;
+  gpuKey: string;
+  gpuIndex: number;
+  /** What to reserve: activations, plus the weights where the model must be loaded. */
+  bytes: number;
+  loads: string | undefined;
+}
+
+/**
+ * Best-fit (default) picks the GPU that leaves the least VRAM unused, keeping large holes for
+ * large items; spread picks the one that leaves the most. Either way a GPU where the model is
+ * resident (or already being loaded) wins over one that would have to load it.
+ */
+export function placeItem(item: ItemNeed, workers: Iterable<PlaceableWorker>, ledger: VramLedger, policy: PlacementPolicy): Placement | undefined {
+  let best: Placement | undefined;
+  let bestScore = Infinity;
+  for (const w of workers) {
+    if (w.slotsFree <= 0 || !w.models.has(item.model)) continue;
+    for (const g of ledger.gpusOf(w.id)) {
+      const warm = w.resident.has(item.model) || ledger.loading(g.key, item.model);
+      const bytes = item.activationBytes + (warm ? 0 : item.weightsBytes);
+      const left = g.freeBytes - g.reservedBytes - bytes;
+      if (left < 0) continue;
+      // Lower is better; being warm outweighs any difference in leftover bytes.
+      const fit = policy === "best-fit" ? left : -left;
+      const score = (warm ? 0 : 1) * 1e18 + fit;
+      if (score < bestScore) {
+        bestScore = score;
+        best = { workerId: w.id, gpuKey: g.key, gpuIndex: g.index, bytes, loads: warm ? undefined : item.model };
+      }
+    }
+  }
+  return best;
+}

@@ -1,0 +1,111 @@
+import { AckPolicy, DeliverPolicy, jetstream, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { ResultLogEntry, type LeaseRevoked } from "../proto/gen/shoal/v1/wire.js";
+import { decodeMessage, encodeMessage } from "../shared/codec.js";
+import { errorMessage } from "../shared/errors.js";
+import type { Logger } from "../shared/logger.js";
+import type { Names } from "../shared/subjects.js";
+
+export type LogEntryHandler = (entry: ResultLogEntry, subject: string) => void;
+
+/**
+ * The results stream seen from the coordinator: a durable consumer for live outcomes (so
+ * results published while the coordinator was down are not lost), a per-batch replay for
+ * rebuilding state at start, revocations written before an item is placed again, and a purge
+ * once a batch's terminal record is stored.
+ */
+export class ResultLog {
+  private readonly js: JetStreamClient;
+  private messages: ConsumerMessages | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    nc: NatsConnection,
+    private readonly jsm: JetStreamManager,
+    private readonly names: Names,
+    private readonly log: Logger,
+  ) {
+    this.js = jetstream(nc);
+  }
+
+  /** Reads every entry stored for one batch, in order. */
+  async replay(batchId: string): Promise<ResultLogEntry[]> {
+    const subject = this.names.results(batchId);
+    const consumer = await this.js.consumers.get(this.names.resultsStream, { filter_subjects: subject, deliver_policy: DeliverPolicy.All });
+    const info = await consumer.info(true);
+    const out: ResultLogEntry[] = [];
+    if (info.num_pending === 0) {
+      await consumer.delete().catch(() => undefined);
+      return out;
+    }
+    const iter = await consumer.consume();
+    for await (const m of iter) {
+      try {
+        out.push(decodeMessage(ResultLogEntry, m.subject, m.data));
+      } catch (err) {
+        this.log.error({ batchId, seq: m.seq, err: errorMessage(err) }, "skipping an unreadable results entry");
+      }
+      if (m.info.pending === 0) break;
+    }
+    await iter.close().catch(() => undefined);
+    return out;
+  }
+
+  async startConsuming(handler: LogEntryHandler): Promise<void> {
+    const stream = this.names.resultsStream;
+    const durable = this.names.resultsConsumer;
+    try {
+      await this.jsm.consumers.info(stream, durable);
+    } catch {
+      await this.jsm.consumers.add(stream, {
+        durable_name: durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        filter_subject: this.names.allResults,
+        max_ack_pending: 10_000,
+        ack_wait: 30 * 1e9,
+      });
+    }
+    const consumer = await this.js.consumers.get(stream, durable);
+    this.messages = await consumer.consume({ max_messages: 512 });
+    const messages = this.messages;
+    this.loop = (async () => {
+      for await (const m of messages) {
+        try {
+          handler(decodeMessage(ResultLogEntry, m.subject, m.data), m.subject);
+        } catch (err) {
+          // A garbled entry from a misbehaving worker must not stop the consumer.
+          this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "dropping an unreadable results entry");
+        }
+        m.ack();
+      }
+    })();
+  }
+
+  /** Durable before the item is placed again, so a replay ignores the old attempt too. */
+  async revoke(batchId: string, revoked: LeaseRevoked): Promise<void> {
+    const data = encodeMessage(ResultLogEntry, { entry: { $case: "revoked", revoked } });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.js.publish(this.names.results(batchId), data, { timeout: 5000 });
+        return;
+      } catch (err) {
+        this.log.warn({ batchId, attempt, err: errorMessage(err) }, "revocation not stored yet, retrying");
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
+      }
+    }
+  }
+
+  async purge(batchId: string): Promise<void> {
+    try {
+      await this.jsm.streams.purge(this.names.resultsStream, { filter: this.names.results(batchId) });
+    } catch (err) {
+      this.log.warn({ batchId, err: errorMessage(err) }, "results of a finished batch not purged (the age limit will)");
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.messages?.close().catch(() => undefined);
+    await this.loop?.catch(() => undefined);
+  }
+}

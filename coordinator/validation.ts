@@ -1,0 +1,72 @@
+// Everything that decides whether a SubmitBatch is accepted. The whole request is checked and
+// every problem reported at once, each as a path into the request.
+
+import type { SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
+import { activationBytes, validateParams, type ModelManifest } from "../shared/manifest.js";
+import { invalidArgument, resourceExhausted } from "./errors.js";
+
+export interface ValidItem {
+  model: ModelManifest;
+  params: Record<string, unknown>;
+  activationBytes: number;
+}
+
+export interface SubmitLimits {
+  maxItems: number;
+}
+
+const LABEL_KEY = /^[a-zA-Z0-9_.\/-]{1,63}$/;
+const WEBHOOK_EVENTS = new Set(["batch.completed", "batch.failed", "batch.cancelled"]);
+
+export function validateSubmit(
+  req: SubmitBatchRequest,
+  lookup: (model: string) => ModelManifest | undefined,
+  limits: SubmitLimits,
+): ValidItem[] {
+  if (req.items.length > limits.maxItems) {
+    throw resourceExhausted(`items: ${req.items.length} items exceed the limit of ${limits.maxItems} per batch (coordinator flag --max-items)`);
+  }
+  const problems: string[] = [];
+  if (req.items.length === 0) problems.push("items: at least one item is required");
+  const valid: ValidItem[] = [];
+  req.items.forEach((item, i) => {
+    const at = `items[${i}]`;
+    if (!item.model) {
+      problems.push(`${at}.model: is required`);
+      return;
+    }
+    const manifest = lookup(item.model);
+    if (!manifest) {
+      problems.push(`${at}.model: unknown model "${item.model}" (see ListModels / shoal models)`);
+      return;
+    }
+    const { params, problems: paramProblems } = validateParams(manifest, item.params);
+    for (const p of paramProblems) problems.push(`${at}.${p.path}: ${p.message}`);
+    valid.push({ model: manifest, params, activationBytes: activationBytes(manifest, params) });
+  });
+  if (req.idempotencyKey.length > 256) problems.push("idempotency_key: must be at most 256 characters");
+  if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) problems.push("priority: must be between -100 and 100");
+  const labels = Object.entries(req.labels);
+  if (labels.length > 32) problems.push("labels: at most 32 labels");
+  for (const [k, v] of labels) {
+    if (!LABEL_KEY.test(k)) problems.push(`labels.${k}: key must be 1-63 of a-z A-Z 0-9 _ . / -`);
+    if (v.length > 256) problems.push(`labels.${k}: value must be at most 256 characters`);
+  }
+  if (req.webhook && (req.webhook.url || req.webhook.events.length || req.webhook.secret)) {
+    let url: URL | undefined;
+    try {
+      url = new URL(req.webhook.url);
+    } catch {
+      problems.push("webhook.url: must be an absolute http(s) URL");
+    }
+    if (url && url.protocol !== "http:" && url.protocol !== "https:") problems.push("webhook.url: must be http or https");
+    req.webhook.events.forEach((e, i) => {
+      if (!WEBHOOK_EVENTS.has(e)) problems.push(`webhook.events[${i}]: "${e}" is not one of ${[...WEBHOOK_EVENTS].join(", ")}`);
+    });
+    if (req.webhook.secret && !/^(whsec_)?[A-Za-z0-9+/=]{16,}$/.test(req.webhook.secret)) {
+      problems.push("webhook.secret: must be a Standard Webhooks secret (whsec_ + base64, at least 16 chars)");
+    }
+  }
+  if (problems.length > 0) throw invalidArgument(problems);
+  return valid;
+}

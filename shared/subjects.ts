@@ -1,0 +1,55 @@
+// Every NATS subject, stream and bucket name in one place, all under a configurable prefix so
+// two fleets can share a NATS cluster and permissions can be written per role.
+
+export class Names {
+  readonly prefix: string;
+  constructor(prefix = "shoal") {
+    if (!/^[A-Za-z0-9_-]+$/.test(prefix)) throw new Error(`invalid subject prefix "${prefix}"`);
+    this.prefix = prefix;
+  }
+  heartbeat(workerId: string): string {
+    return `${this.prefix}.hb.${workerId}`;
+  }
+  get heartbeats(): string {
+    return `${this.prefix}.hb.*`;
+  }
+  /** The coordinator announces itself here at start so workers heartbeat at once. */
+  get coordinatorHello(): string {
+    return `${this.prefix}.coordinator.hello`;
+  }
+  assign(workerId: string): string {
+    return `${this.prefix}.worker.${workerId}.assign`;
+  }
+  cancel(workerId: string): string {
+    return `${this.prefix}.worker.${workerId}.cancel`;
+  }
+  drain(workerId: string): string {
+    return `${this.prefix}.worker.${workerId}.drain`;
+  }
+  results(batchId: string): string {
+    return `${this.prefix}.results.${batchId}`;
+  }
+  get allResults(): string {
+    return `${this.prefix}.results.>`;
+  }
+  get resultsStream(): string {
+    return `${this.prefix.toUpperCase().replace(/-/g, "_")}_RESULTS`;
+  }
+  get resultsConsumer(): string {
+    return "coordinator";
+  }
+  get batchesBucket(): string {
+    return `${this.prefix}-batches`;
+  }
+  get idempotencyBucket(): string {
+    return `${this.prefix}-idempotency`;
+  }
+  get modelsBucket(): string {
+    return `${this.prefix}-models`;
+  }
+  get artifactsBucket(): string {
+    return `${this.prefix}-artifacts`;
+  }
+}
+
+export const ARTIFACT_URI_PREFIX = "shoal://artifacts/";

@@ -1,0 +1,44 @@
+import type { Logger } from "../shared/logger.js";
+import { startMetricsServer } from "../shared/metrics-server.js";
+import type { InferenceBackend } from "./inference/backend.js";
+import { OnnxBackend } from "./inference/onnx-backend.js";
+import { WorkerMetrics } from "./metrics.js";
+import type { WorkerOptions } from "./options.js";
+import { SimulatedBackend } from "./simulated-backend.js";
+import { ShoalWorker } from "./worker.js";
+
+export interface RunningWorker {
+  worker: ShoalWorker;
+  metricsPort: number | undefined;
+  /** Drains (in-flight items finish within the grace period), then stops. */
+  stop(): Promise<void>;
+  /** Resolves when the worker stopped on its own (drained through FleetService.DrainWorker). */
+  done: Promise<void>;
+}
+
+export function createBackend(opts: WorkerOptions, log: Logger): InferenceBackend {
+  if (opts.simulate) {
+    log.warn("SIMULATED backend: items sleep for work_ms instead of running a model");
+    return new SimulatedBackend();
+  }
+  return new OnnxBackend({ modelDir: opts.modelDir, threads: opts.threads, executionProviders: opts.executionProviders, logger: log });
+}
+
+export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {
+  const metrics = new WorkerMetrics(opts.id);
+  const worker = new ShoalWorker(opts, createBackend(opts, log), log, metrics);
+  await worker.start();
+  const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort) : undefined;
+  let stopping: Promise<void> | undefined;
+  return {
+    worker,
+    metricsPort: http?.port,
+    done: worker.stopped.then(() => http?.close()),
+    stop: () =>
+      (stopping ??= (async () => {
+        await worker.drain();
+        await worker.close();
+        await http?.close();
+      })()),
+  };
+}

@@ -1,0 +1,69 @@
+// SIMULATION ONLY. A backend that computes nothing: each item "runs" for the time its
+// `work_ms` param declares (a timer, or a busy loop with `busy: true`) and returns a small JSON
+// artifact. It exists so load tests and benchmarks can drive the real coordinator, NATS,
+// JetStream and worker code at fleet scale on a machine without GPUs. Never used unless the
+// worker is started with --simulate.
+
+import type { ModelManifest } from "../shared/manifest.js";
+import { InferenceError, type InferenceBackend, type InferenceJob, type InferenceOutput } from "./inference/backend.js";
+
+const GB = 1e9;
+
+function simModel(name: string, weightsGb: number, activationGb: number): ModelManifest {
+  return {
+    name,
+    version: "sim-1",
+    description: `SIMULATED model: needs ${weightsGb + activationGb} GB of VRAM, runs for work_ms`,
+    params: {
+      work_ms: { type: "integer", minimum: 0, maximum: 3_600_000, default: 0 },
+      busy: { type: "boolean", default: false },
+      fail: { type: "boolean", default: false },
+      tag: { type: "string", maxLength: 200 },
+    },
+    vram: { weights_bytes: Math.round(weightsGb * GB), activation_bytes: Math.round(activationGb * GB) },
+  };
+}
+
+export const SIMULATED_MODELS: readonly ModelManifest[] = [
+  simModel("sim-6g", 4, 2),
+  simModel("sim-12g", 8, 4),
+  simModel("sim-30g", 20, 10),
+  simModel("sim-zero", 0, 0),
+];
+
+export class SimulatedBackend implements InferenceBackend {
+  private readonly resident = new Set<string>();
+  constructor(private readonly extraModels: ModelManifest[] = []) {}
+
+  async start(): Promise<void> {}
+
+  models(): ModelManifest[] {
+    return [...SIMULATED_MODELS, ...this.extraModels];
+  }
+
+  residentModels(): string[] {
+    return [...this.resident];
+  }
+
+  async run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput> {
+    if (!this.models().some((m) => m.name === job.model)) {
+      throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served here`, false);
+    }
+    this.resident.add(job.model);
+    const workMs = Number(job.params.work_ms ?? 0);
+    if (job.params.busy === true) {
+      const end = performance.now() + workMs;
+      while (performance.now() < end) if (signal.aborted) break;
+    } else if (workMs > 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, workMs);
+        signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+      });
+    }
+    if (signal.aborted) throw new InferenceError("CANCELLED", "cancelled", false);
+    if (job.params.fail === true) throw new InferenceError("INFERENCE_FAILED", "simulated failure", false);
+    return { artifacts: [], peakBytes: 0 };
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,366 @@
+import { createHash } from "node:crypto";
+import { hostname } from "node:os";
+import { jetstream } from "@nats-io/jetstream";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
+import { ItemStatus, WorkerState, type Artifact } from "../proto/gen/shoal/v1/shoal.js";
+import {
+  AssignReply,
+  Assignment,
+  CancelItems,
+  Heartbeat,
+  ModelRegistration,
+  type AssignedItem,
+  type ItemOutcome,
+  type LeaseRef,
+} from "../proto/gen/shoal/v1/wire.js";
+import { decodeMessage, encodeMessage } from "../shared/codec.js";
+import { errorMessage } from "../shared/errors.js";
+import { randomToken } from "../shared/ids.js";
+import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
+import type { Logger } from "../shared/logger.js";
+import { activationBytes, type ModelManifest } from "../shared/manifest.js";
+import { connectNats } from "../shared/nats.js";
+import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
+import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
+import { InferenceError, type InferenceBackend } from "./inference/backend.js";
+import type { WorkerOptions } from "./options.js";
+import { ResultPublisher } from "./result-publisher.js";
+import type { WorkerMetrics } from "./metrics.js";
+
+export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING" | "STOPPED";
+
+interface HeldItem {
+  lease: LeaseRef;
+  model: ModelManifest;
+  gpuIndex: number;
+  activation: number;
+  controller: AbortController;
+  started: boolean;
+  acceptedAt: number;
+}
+
+/**
+ * One worker process: registers with the fleet through heartbeats, takes assignments from the
+ * coordinator, runs them on its InferenceBackend and publishes outcomes durably.
+ */
+export class ShoalWorker {
+  private state: WorkerLifecycle = "INITIALIZED";
+  private nc: NatsConnection | undefined;
+  private infra: Infrastructure | undefined;
+  private publisher: ResultPublisher | undefined;
+  private vram: VramSource | undefined;
+  private devices: GpuDevice[] = [];
+  private measuredFree: Map<number, number> | undefined;
+  private readonly held = new Map<string, HeldItem>();
+  private readonly subs: Subscription[] = [];
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeatSeq = 0;
+  private itemsDone = 0;
+  private readonly incarnation = randomToken(8);
+  private readonly names: Names;
+  private manifests = new Map<string, ModelManifest>();
+  private closePromise: Promise<void> | undefined;
+  private drainPromise: Promise<void> | undefined;
+  private idleWaiters: (() => void)[] = [];
+  /** Resolves when the worker has stopped (drained by the coordinator, or closed). */
+  readonly stopped: Promise<void>;
+  private resolveStopped!: () => void;
+
+  constructor(
+    private readonly opts: WorkerOptions,
+    private readonly backend: InferenceBackend,
+    private readonly log: Logger,
+    private readonly metrics?: WorkerMetrics,
+  ) {
+    this.names = new Names(opts.prefix);
+    this.stopped = new Promise((r) => (this.resolveStopped = r));
+  }
+
+  get id(): string {
+    return this.opts.id;
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== "INITIALIZED") throw new Error(`worker cannot start from ${this.state}`);
+    this.vram = await detectVramSource(this.opts.gpu, this.opts.vramBytes, this.opts.nvidiaSmi);
+    this.devices = this.vram.devices();
+    await this.backend.start();
+    for (const m of this.backend.models()) this.manifests.set(m.name, m);
+    this.nc = await connectNats(this.opts.natsUrl, `shoal-worker-${this.opts.id}`, this.log);
+    this.infra = await ensureInfrastructure(this.nc, this.names);
+    this.publisher = new ResultPublisher(
+      jetstream(this.nc),
+      this.names,
+      { workerId: this.opts.id, flushIntervalMs: 3, maxOutcomesPerMessage: 256 },
+      this.log,
+    );
+    await this.registerModels();
+    this.subs.push(
+      this.nc.subscribe(this.names.assign(this.opts.id), { callback: (err, msg) => void (err || this.onAssign(msg)) }),
+      this.nc.subscribe(this.names.cancel(this.opts.id), { callback: (err, msg) => void (err || this.onCancel(msg)) }),
+      this.nc.subscribe(this.names.drain(this.opts.id), {
+        callback: (err, msg) => {
+          if (err) return;
+          msg.respond(new Uint8Array());
+          this.log.info("drain requested by the coordinator");
+          void this.drain().then(() => this.close());
+        },
+      }),
+      this.nc.subscribe(this.names.coordinatorHello, { callback: () => void this.heartbeat() }),
+    );
+    this.state = "RUNNING";
+    this.metrics?.setDevices(this.devices);
+    this.log.info(
+      { gpus: this.devices.map((d) => ({ index: d.index, name: d.name, totalBytes: d.totalBytes, source: d.source })), models: [...this.manifests.keys()] },
+      "worker ready",
+    );
+    await this.heartbeat();
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.opts.heartbeatIntervalMs);
+    this.heartbeatTimer.unref();
+  }
+
+  /** Models that are not built in are published so the coordinator can validate their items. */
+  private async registerModels(): Promise<void> {
+    for (const m of this.manifests.values()) {
+      if (m.builtin) continue;
+      const value = encodeMessage(ModelRegistration, { manifestJson: JSON.stringify(m), servedBy: [this.opts.id] });
+      await this.infra!.models.put(m.name, value);
+    }
+  }
+
+  private onAssign(msg: Msg): void {
+    let reply: Partial<AssignReply>;
+    try {
+      const assignment = decodeMessage(Assignment, msg.subject, msg.data);
+      const accepted: string[] = [];
+      if (this.state === "RUNNING") {
+        for (const item of assignment.items) if (this.accept(item)) accepted.push(item.lease!.token);
+      }
+      reply = { accepted, error: this.state === "RUNNING" ? "" : `worker is ${this.state.toLowerCase()}` };
+    } catch (err) {
+      this.log.error({ err: errorMessage(err) }, "bad assignment");
+      reply = { accepted: [], error: errorMessage(err) };
+    }
+    msg.respond(encodeMessage(AssignReply, reply));
+  }
+
+  private accept(item: AssignedItem): boolean {
+    const lease = item.lease;
+    if (!lease || !lease.token || !lease.batchId) return false;
+    if (this.held.has(lease.token)) return true; // a re-sent assignment: already ours
+    const model = this.manifests.get(item.model);
+    const log = this.log.child({ batchId: lease.batchId, item: lease.index, attempt: item.attempt });
+    const controller = new AbortController();
+    const params = item.params ?? {};
+    const held: HeldItem = {
+      lease,
+      model: model ?? { name: item.model, version: "?", params: {}, vram: { weights_bytes: 0, activation_bytes: 0 } },
+      gpuIndex: item.gpuIndex,
+      activation: model ? activationBytes(model, params) : 0,
+      controller,
+      started: false,
+      acceptedAt: Date.now(),
+    };
+    this.held.set(lease.token, held);
+    this.metrics?.inFlight(this.held.size);
+    log.debug({ model: item.model }, "item accepted");
+    void this.execute(held, params, item.timeoutMs || this.opts.itemTimeoutMs, log);
+    return true;
+  }
+
+  private async execute(held: HeldItem, params: Record<string, unknown>, timeoutMs: number, log: Logger): Promise<void> {
+    const { lease } = held;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      held.controller.abort();
+    }, timeoutMs);
+    timer.unref();
+    const started = performance.now();
+    let outcome: ItemOutcome;
+    try {
+      if (!this.manifests.has(held.model.name)) {
+        throw new InferenceError("MODEL_NOT_FOUND", `model ${held.model.name} is not served by worker ${this.opts.id}`, true);
+      }
+      held.started = true;
+      const output = await this.backend.run(
+        { id: lease.token, model: held.model.name, params, batchId: lease.batchId, index: lease.index },
+        held.controller.signal,
+      );
+      const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
+      const runMs = Math.round(performance.now() - started);
+      outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: output.peakBytes };
+      log.info({ runMs, model: held.model.name }, "item succeeded");
+    } catch (err) {
+      const runMs = Math.round(performance.now() - started);
+      const e =
+        err instanceof InferenceError
+          ? timedOut && err.code === "CANCELLED"
+            ? new InferenceError("TIMEOUT", `item ran longer than ${timeoutMs} ms`, true)
+            : err
+          : new InferenceError("INFERENCE_FAILED", errorMessage(err), true);
+      const status = e.code === "CANCELLED" ? ItemStatus.ITEM_STATUS_CANCELLED : ItemStatus.ITEM_STATUS_FAILED;
+      outcome = { lease, status, error: { code: e.code, message: e.message, retryable: e.retryable }, artifacts: [], runMs, vramUsedBytes: 0 };
+      (e.code === "CANCELLED" ? log.info.bind(log) : log.warn.bind(log))({ code: e.code, err: e.message, runMs }, "item did not succeed");
+    } finally {
+      clearTimeout(timer);
+    }
+    this.metrics?.itemDone(held.model.name, outcome.status, outcome.runMs / 1000);
+    await this.publisher!.publish(lease.batchId, outcome);
+    // Only now, with the outcome stored, does the item stop appearing in heartbeats.
+    this.held.delete(lease.token);
+    this.itemsDone++;
+    this.metrics?.inFlight(this.held.size);
+    if (this.held.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array): Promise<Artifact> {
+    const objectName = `${lease.batchId}/${lease.index}/${name}`;
+    await this.infra!.artifacts.putBlob({ name: objectName, description: contentType }, data);
+    const sha256 = createHash("sha256").update(data).digest("hex");
+    return { name, contentType, sizeBytes: data.length, sha256, uri: ARTIFACT_URI_PREFIX + objectName };
+  }
+
+  private onCancel(msg: Msg): void {
+    try {
+      const cancel = decodeMessage(CancelItems, msg.subject, msg.data);
+      let n = 0;
+      for (const lease of cancel.leases) {
+        const held = this.held.get(lease.token);
+        if (held) {
+          held.controller.abort();
+          n++;
+        }
+      }
+      this.log.info({ requested: cancel.leases.length, cancelled: n }, "cancel requested");
+      if (msg.reply) msg.respond(new Uint8Array());
+    } catch (err) {
+      this.log.error({ err: errorMessage(err) }, "bad cancel request");
+    }
+  }
+
+  /** Free VRAM per device: measured where nvidia-smi is, otherwise accounted from the budget. */
+  private gpuStatus() {
+    return this.devices.map((d) => {
+      const mine = [...this.held.values()].filter((h) => h.gpuIndex === d.index);
+      let free: number;
+      if (d.source === "budget") {
+        const models = new Set(mine.map((h) => h.model));
+        const weights = [...models].reduce((s, m) => s + m.vram.weights_bytes, 0);
+        free = d.totalBytes - weights - mine.reduce((s, h) => s + h.activation, 0);
+      } else {
+        // Measured free already includes running items; queued ones are not on the card yet.
+        const queued = mine.filter((h) => !h.started).reduce((s, h) => s + h.activation, 0);
+        free = (this.measuredFree?.get(d.index) ?? d.totalBytes) - queued;
+      }
+      return { index: d.index, name: d.name, vramTotalBytes: d.totalBytes, vramFreeBytes: Math.max(0, free), source: d.source };
+    });
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.nc || this.nc.isClosed() || this.state === "STOPPED") return;
+    try {
+      this.measuredFree = (await this.vram!.measureFree()) ?? undefined;
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, "cannot measure free VRAM; keeping the last reading");
+    }
+    const gpus = this.gpuStatus();
+    this.metrics?.vram(gpus);
+    const hb: Partial<Heartbeat> = {
+      workerId: this.opts.id,
+      seq: ++this.heartbeatSeq,
+      incarnation: this.incarnation,
+      state: this.state === "RUNNING" ? WorkerState.WORKER_STATE_READY : WorkerState.WORKER_STATE_DRAINING,
+      gpus,
+      residentModels: this.backend.residentModels(),
+      inFlight: [...this.held.values()].map((h) => h.lease),
+      itemsDone: this.itemsDone,
+      maxInFlight: this.opts.maxInFlight,
+      hostname: hostname(),
+      models: [...this.manifests.keys()],
+      heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
+    };
+    try {
+      this.nc.publish(this.names.heartbeat(this.opts.id), encodeMessage(Heartbeat, hb));
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, "heartbeat not sent");
+    }
+  }
+
+  /**
+   * Stops taking items, lets in-flight ones finish within the grace period, then gives back
+   * what is left: those items end with a retryable WORKER_LOST so the coordinator places them
+   * again at once instead of waiting for the heartbeat timeout.
+   */
+  drain(graceMs = this.opts.drainGraceMs): Promise<void> {
+    if (this.drainPromise) return this.drainPromise;
+    if (this.state === "RUNNING") this.state = "DRAINING";
+    this.drainPromise = (async () => {
+      this.log.info({ inFlight: this.held.size, graceMs }, "draining");
+      await this.heartbeat();
+      if (this.held.size > 0) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          new Promise<void>((r) => this.idleWaiters.push(r)),
+          new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
+        ]);
+        clearTimeout(timer);
+      }
+      if (this.held.size > 0) {
+        this.log.warn({ left: this.held.size }, "drain grace over; giving remaining items back");
+        await Promise.all(
+          [...this.held.values()].map(async (h) => {
+            h.controller.abort();
+            this.held.delete(h.lease.token);
+            await this.publisher!.publish(h.lease.batchId, {
+              lease: h.lease,
+              status: ItemStatus.ITEM_STATUS_FAILED,
+              error: { code: "WORKER_LOST", message: `worker ${this.opts.id} drained before the item finished`, retryable: true },
+              artifacts: [],
+              runMs: 0,
+              vramUsedBytes: 0,
+            });
+          }),
+        );
+      }
+      this.log.info("drained");
+    })();
+    return this.drainPromise;
+  }
+
+  /** Idempotent: releases NATS, threads and timers. Does not wait for items; drain() first. */
+  close(): Promise<void> {
+    if (this.closePromise) return this.closePromise;
+    this.state = "STOPPING";
+    this.closePromise = (async () => {
+      if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+      for (const s of this.subs) {
+        try {
+          s.unsubscribe();
+        } catch {
+          /* already closed */
+        }
+      }
+      for (const h of this.held.values()) h.controller.abort();
+      try {
+        await this.publisher?.close();
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, "closing result publisher");
+      }
+      try {
+        await this.backend.close();
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, "closing inference backend");
+      }
+      try {
+        await this.nc?.drain();
+      } catch {
+        /* connection already closed */
+      }
+      this.state = "STOPPED";
+      this.log.info("worker stopped");
+      this.resolveStopped();
+    })();
+    return this.closePromise;
+  }
+}
