@@ -1,7 +1,6 @@
 import type { Logger } from "../shared/logger.js";
 import { startMetricsServer } from "../shared/metrics-server.js";
 import type { InferenceBackend } from "./inference/backend.js";
-import { OnnxBackend } from "./inference/onnx-backend.js";
 import { WorkerMetrics } from "./metrics.js";
 import type { WorkerOptions } from "./options.js";
 import { SimulatedBackend } from "./simulated-backend.js";
@@ -16,17 +15,19 @@ export interface RunningWorker {
   done: Promise<void>;
 }
 
-export function createBackend(opts: WorkerOptions, log: Logger): InferenceBackend {
+/** onnxruntime is loaded only when a real backend is wanted (simulated fleets skip it). */
+export async function createBackend(opts: WorkerOptions, log: Logger): Promise<InferenceBackend> {
   if (opts.simulate) {
     log.warn("SIMULATED backend: items sleep for work_ms instead of running a model");
     return new SimulatedBackend();
   }
+  const { OnnxBackend } = await import("./inference/onnx-backend.js");
   return new OnnxBackend({ modelDir: opts.modelDir, threads: opts.threads, executionProviders: opts.executionProviders, logger: log });
 }
 
 export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {
   const metrics = new WorkerMetrics(opts.id);
-  const worker = new ShoalWorker(opts, createBackend(opts, log), log, metrics);
+  const worker = new ShoalWorker(opts, await createBackend(opts, log), log, metrics);
   await worker.start();
   const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort) : undefined;
   let stopping: Promise<void> | undefined;

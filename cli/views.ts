@@ -1,0 +1,238 @@
+// How batches, items, workers and models look on a terminal, and as `--json`. Pure functions
+// of the API messages, so the output of every command is tested without a server.
+
+import {
+  BatchState,
+  ItemStatus,
+  type Batch,
+  type ItemResult,
+  type Model,
+  type ModelParam,
+  type Worker,
+} from "../proto/gen/shoal/v1/shoal.js";
+import {
+  batchStateName,
+  formatBytes,
+  formatDuration,
+  formatGiB,
+  formatLabels,
+  formatTable,
+  formatTime,
+  itemStatusName,
+  padIndex,
+  workerStateName,
+} from "./format.js";
+
+export function isTerminal(state: BatchState): boolean {
+  return state === BatchState.BATCH_STATE_COMPLETED || state === BatchState.BATCH_STATE_FAILED || state === BatchState.BATCH_STATE_CANCELLED;
+}
+
+export function doneCount(batch: Pick<Batch, "succeeded" | "failed" | "cancelled">): number {
+  return batch.succeeded + batch.failed + batch.cancelled;
+}
+
+/** "48 succeeded, 1 failed, 1 cancelled of 50"; zero counts other than succeeded are left out. */
+export function batchCounts(batch: Batch): string {
+  const parts = [`${batch.succeeded} succeeded`];
+  if (batch.failed) parts.push(`${batch.failed} failed`);
+  if (batch.cancelled) parts.push(`${batch.cancelled} cancelled`);
+  return `${parts.join(", ")} of ${batch.total}`;
+}
+
+/** Wall time from creation to completion (or to `now` while the batch runs). */
+export function batchElapsedMs(batch: Batch, now = Date.now()): number | undefined {
+  if (!batch.createdAt) return undefined;
+  const end = batch.completedAt ?? (isTerminal(batch.state) ? undefined : new Date(now));
+  return end ? Math.max(0, end.getTime() - batch.createdAt.getTime()) : undefined;
+}
+
+/** "batch b_x COMPLETED in 12.3s: 48 succeeded, 1 failed of 50". */
+export function batchSummaryLine(batch: Batch): string {
+  const elapsed = batchElapsedMs(batch);
+  const took = elapsed !== undefined && isTerminal(batch.state) ? ` in ${formatDuration(elapsed)}` : "";
+  return `batch ${batch.id} ${batchStateName(batch.state)}${took}: ${batchCounts(batch)}`;
+}
+
+/** The error of an item as one phrase: "OUT_OF_MEMORY: CUDA out of memory (retryable)". */
+export function itemErrorText(result: ItemResult): string {
+  const e = result.error;
+  if (!e) return "";
+  const text = [e.code, e.message].filter((s) => s !== "").join(": ");
+  return e.retryable ? `${text} (retryable)` : text;
+}
+
+function artifactsText(result: ItemResult): string {
+  return result.artifacts.map((a) => `${a.name} ${formatBytes(a.sizeBytes)}`).join(", ");
+}
+
+/** One line per finished item, as `shoal watch` prints them while they arrive. */
+export function itemLine(result: ItemResult, total: number): string {
+  const status = itemStatusName(result.status).padEnd(9);
+  const head = `#${padIndex(result.index, total)}  ${status}`;
+  if (result.status === ItemStatus.ITEM_STATUS_SUCCEEDED) {
+    const parts = [result.workerId || "-", `run ${formatDuration(result.runMs)}`, artifactsText(result)];
+    return [head, ...parts.filter((p) => p !== "")].join("  ");
+  }
+  const attempts = result.attempts > 1 ? ` after ${result.attempts} attempts` : "";
+  return `${head}  ${itemErrorText(result) || "-"}${attempts}`;
+}
+
+/** The human form of `shoal get`: header fields, then a table of items once terminal. */
+export function describeBatch(batch: Batch, now = Date.now()): string {
+  const rows: [string, string][] = [["state", batchStateName(batch.state)]];
+  if (isTerminal(batch.state)) {
+    rows.push(["items", batchCounts(batch)]);
+  } else {
+    const running = batch.running ? `, ${batch.running} running` : "";
+    rows.push(["progress", `${doneCount(batch)}/${batch.total} done (${batchCounts(batch)}${running})`]);
+  }
+  rows.push(["created", formatTime(batch.createdAt)]);
+  const elapsed = batchElapsedMs(batch, now);
+  if (batch.completedAt) {
+    rows.push(["completed", `${formatTime(batch.completedAt)}${elapsed !== undefined ? ` (took ${formatDuration(elapsed)})` : ""}`]);
+  } else if (elapsed !== undefined) {
+    rows.push(["elapsed", formatDuration(elapsed)]);
+  }
+  if (batch.priority) rows.push(["priority", String(batch.priority)]);
+  const labels = formatLabels(batch.labels);
+  if (labels) rows.push(["labels", labels]);
+
+  const width = Math.max(...rows.map(([k]) => k.length));
+  let text = `batch ${batch.id}\n` + rows.map(([k, v]) => `  ${k.padEnd(width)}  ${v}\n`).join("");
+  if (batch.results.length > 0) {
+    text += "\n" + itemsTable(batch.results, batch.total);
+  } else if (!isTerminal(batch.state)) {
+    text += `\nitem results appear when the batch finishes (follow it with: shoal watch ${batch.id})\n`;
+  }
+  return text;
+}
+
+export function itemsTable(results: ItemResult[], total: number): string {
+  const rows = results.map((r) => [
+    `#${padIndex(r.index, total)}`,
+    itemStatusName(r.status),
+    r.model || "-",
+    r.workerId || "-",
+    String(r.attempts),
+    r.queueMs || r.runMs ? formatDuration(r.queueMs) : "-",
+    r.runMs ? formatDuration(r.runMs) : "-",
+    r.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? artifactsText(r) : itemErrorText(r),
+  ]);
+  return formatTable(["ITEM", "STATUS", "MODEL", "WORKER", "ATTEMPTS", "QUEUED", "RAN", "OUTPUT / ERROR"], rows, {
+    alignRight: [4, 5, 6],
+  });
+}
+
+/** `#0 NVIDIA H100  62.1/79.6 GiB (reserved 1.5 GiB)`: free is what the scheduler can still use. */
+export function gpuLine(gpu: Worker["gpus"][number]): string {
+  const budget = gpu.source === "budget" ? " [budget]" : "";
+  return (
+    `#${gpu.index} ${gpu.name || "?"}  ${formatGiB(gpu.vramFreeBytes)}/${formatGiB(gpu.vramTotalBytes)} GiB ` +
+    `(reserved ${formatGiB(gpu.vramReservedBytes)} GiB)${budget}`
+  );
+}
+
+export function workersTable(workers: Worker[]): string {
+  const rows = workers.map((w) => [
+    w.id,
+    workerStateName(w.state),
+    String(w.itemsInFlight),
+    String(w.itemsDone),
+    w.gpus.length ? w.gpus.map(gpuLine).join("\n") : "-",
+    w.residentModels.length ? w.residentModels.join(", ") : "-",
+  ]);
+  return formatTable(["WORKER", "STATE", "IN-FLIGHT", "DONE", "GPUS (free/total)", "RESIDENT MODELS"], rows, {
+    alignRight: [2, 3],
+  });
+}
+
+/** `width  integer 64..1024 step 8 =256`; a `*` marks required params. */
+export function paramLine(p: ModelParam): string {
+  const parts = [`${p.name}${p.required ? "*" : ""}`, p.type];
+  if (p.type === "string") {
+    if (p.minLength || p.maxLength) parts.push(`${p.minLength}..${p.maxLength || "∞"} chars`);
+  } else if (p.minimum || p.maximum) {
+    parts.push(`${p.minimum}..${p.maximum}`);
+  }
+  if (p.multipleOf > 1) parts.push(`step ${p.multipleOf}`);
+  if (p.defaultValue !== undefined && p.defaultValue !== null) parts.push(`=${JSON.stringify(p.defaultValue)}`);
+  return parts.join(" ");
+}
+
+/** Weights once per GPU, then per item; with a 256×256 example for image models. */
+export function vramLines(m: Model): string {
+  const lines = [`weights ${formatBytes(m.weightsBytes)}`, `per item ${formatBytes(m.activationBytes)}`];
+  if (m.activationBytesPerPixel) {
+    const example = m.activationBytes + m.activationBytesPerPixel * 256 * 256;
+    lines.push(`+ ${formatBytes(m.activationBytesPerPixel)}/pixel`, `(${formatBytes(example)} at 256x256)`);
+  }
+  return lines.join("\n");
+}
+
+export function modelsTable(models: Model[]): string {
+  const rows = models.map((m) => [
+    m.name,
+    m.version || "-",
+    m.params.length ? m.params.map(paramLine).join("\n") : "-",
+    vramLines(m),
+    m.residentOn.length ? m.residentOn.join("\n") : "-",
+  ]);
+  return formatTable(["MODEL", "VERSION", "PARAMS (* required)", "VRAM", "RESIDENT ON"], rows);
+}
+
+export function batchesTable(batches: Batch[]): string {
+  const rows = batches.map((b) => [
+    b.id,
+    batchStateName(b.state),
+    `${doneCount(b)}/${b.total}`,
+    String(b.succeeded),
+    String(b.failed),
+    String(b.cancelled),
+    formatTime(b.createdAt),
+    formatLabels(b.labels),
+  ]);
+  return formatTable(["BATCH", "STATE", "DONE", "OK", "FAILED", "CANCELLED", "CREATED", "LABELS"], rows, {
+    alignRight: [2, 3, 4, 5],
+  });
+}
+
+/**
+ * `--json` output: every field, snake_case as in the proto contract, short enum names. Unlike
+ * the generated toJSON it keeps zero values (item 0 has index 0), so scripts need no defaults.
+ */
+export function batchToJson(batch: Batch): Record<string, unknown> {
+  return {
+    id: batch.id,
+    state: batchStateName(batch.state),
+    total: batch.total,
+    succeeded: batch.succeeded,
+    failed: batch.failed,
+    cancelled: batch.cancelled,
+    running: batch.running,
+    priority: batch.priority,
+    labels: batch.labels,
+    created_at: batch.createdAt?.toISOString() ?? null,
+    completed_at: batch.completedAt?.toISOString() ?? null,
+    results: batch.results.map(itemResultToJson),
+  };
+}
+
+export function itemResultToJson(r: ItemResult): Record<string, unknown> {
+  return {
+    index: r.index,
+    status: itemStatusName(r.status),
+    model: r.model,
+    error: r.error ? { code: r.error.code, message: r.error.message, retryable: r.error.retryable } : null,
+    artifacts: r.artifacts.map((a) => ({
+      name: a.name,
+      content_type: a.contentType,
+      size_bytes: a.sizeBytes,
+      sha256: a.sha256,
+      uri: a.uri,
+    })),
+    worker_id: r.workerId,
+    attempts: r.attempts,
+    queue_ms: r.queueMs,
+    run_ms: r.runMs,
+  };
+}

@@ -1,0 +1,167 @@
+// Real processes for integration tests: a nats-server with its own port and temp store, and
+// coordinator/worker processes of the compiled CLI. Everything is killed by pid in stop().
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+export const CLI = join(ROOT, "dist/cli/main.js");
+
+export function natsServerBinary(): string {
+  const candidates = [process.env.SHOAL_NATS_SERVER, ...(process.env.PATH ?? "").split(":").map((d) => join(d, "nats-server")), "/usr/sbin/nats-server"];
+  for (const c of candidates) if (c && existsSync(c)) return c;
+  throw new Error("nats-server not found: run ./scripts/setup.sh (installs it with apt-get)");
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function waitPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      if (child.exitCode !== null) return reject(new Error(`process exited (${child.exitCode}) before listening on ${port}`));
+      const s = tcpConnect({ port, host: "127.0.0.1" }, () => (s.destroy(), resolve()));
+      s.on("error", () => {
+        s.destroy();
+        if (Date.now() > deadline) reject(new Error(`port ${port} not open after ${timeoutMs} ms`));
+        else setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+export interface Proc {
+  name: string;
+  child: ChildProcess;
+  pid: number;
+  /** Every log line (stderr, JSON) parsed. */
+  logs: Record<string, unknown>[];
+  output: string[];
+  exited: Promise<number | null>;
+}
+
+function track(name: string, child: ChildProcess): Proc {
+  const logs: Record<string, unknown>[] = [];
+  const output: string[] = [];
+  let buf = "";
+  const onData = (d: Buffer) => {
+    buf += d.toString();
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      output.push(line);
+      if (output.length > 5000) output.shift();
+      if (line.startsWith("{")) {
+        try {
+          logs.push(JSON.parse(line));
+        } catch {
+          /* not JSON */
+        }
+      }
+      if (process.env.SHOAL_TEST_VERBOSE) process.stderr.write(`[${name}] ${line}\n`);
+    }
+  };
+  child.stdout?.on("data", onData);
+  child.stderr?.on("data", onData);
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  return { name, child, pid: child.pid!, logs, output, exited };
+}
+
+export class Stack {
+  readonly dir = mkdtempSync(join(tmpdir(), "shoal-test-"));
+  natsPort = 0;
+  natsUrl = "";
+  nats: Proc | undefined;
+  readonly procs: Proc[] = [];
+  grpcAddr = "";
+  coordinator: Proc | undefined;
+
+  async startNats(): Promise<void> {
+    this.natsPort = this.natsPort || (await freePort());
+    this.natsUrl = `nats://127.0.0.1:${this.natsPort}`;
+    const conf = join(this.dir, "nats.conf");
+    writeFileSync(conf, "max_payload: 8MB\n");
+    const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.nats = track("nats", child);
+    this.procs.push(this.nats);
+    await waitPort(this.natsPort, child);
+  }
+
+  /** Starts the coordinator; resolves once its gRPC port is open. */
+  async startCoordinator(args: string[] = [], grpcPort?: number): Promise<Proc> {
+    const port = grpcPort ?? (this.grpcAddr ? Number(this.grpcAddr.split(":")[1]) : await freePort());
+    const child = spawn(process.execPath, [CLI, "coordinator", "--nats", this.natsUrl, "--grpc-port", String(port), "--grpc-host", "127.0.0.1", "--metrics-port", "0", "--log-format", "json", "--heartbeat-timeout", "1500ms", ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info" },
+    });
+    const p = track("coordinator", child);
+    this.procs.push(p);
+    this.coordinator = p;
+    await waitPort(port, child, 30_000);
+    this.grpcAddr = `127.0.0.1:${port}`;
+    return p;
+  }
+
+  async startWorker(id: string, args: string[] = [], env: Record<string, string> = {}): Promise<Proc> {
+    const child = spawn(process.execPath, [CLI, "worker", "--nats", this.natsUrl, "--id", id, "--gpu", "none", "--metrics-port", "0", "--log-format", "json", "--heartbeat-interval", "250ms", ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
+    });
+    const p = track(`worker ${id}`, child);
+    this.procs.push(p);
+    return p;
+  }
+
+  /** Runs the CLI to completion. */
+  cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SHOAL_ADDR: this.grpcAddr, ...env } });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (d) => (stdout += d));
+      child.stderr.on("data", (d) => (stderr += d));
+      child.on("exit", (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  async kill(p: Proc, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    if (p.child.exitCode !== null || p.child.signalCode !== null) return;
+    try {
+      process.kill(p.pid, signal);
+    } catch {
+      /* already gone */
+    }
+    await p.exited;
+  }
+
+  async stop(): Promise<void> {
+    for (const p of [...this.procs].reverse()) {
+      if (p.child.exitCode === null && p.child.signalCode === null) {
+        try {
+          process.kill(p.pid, "SIGKILL");
+        } catch {
+          /* gone */
+        }
+        await p.exited;
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

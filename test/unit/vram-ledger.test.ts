@@ -1,0 +1,83 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { ReservationError, VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
+
+const GB = 1e9;
+
+test("vram ledger - reservations reduce what is available until the worker counts them", () => {
+  const l = new VramLedger();
+  l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 20 * GB, source: "budget" }], []);
+  const k = gpuKey("w1", 0);
+  l.reserve("t1", k, 6 * GB);
+  l.reserve("t2", k, 6 * GB);
+  assert.equal(l.available(k), 8 * GB);
+  assert.throws(() => l.reserve("t3", k, 9 * GB), ReservationError);
+  // The worker now holds t1 and says so: its free figure includes it, the reservation goes.
+  l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 14 * GB, source: "budget" }], ["t1"]);
+  assert.equal(l.available(k), 8 * GB);
+  l.release("t2");
+  assert.equal(l.available(k), 14 * GB);
+  l.release("t2"); // twice is harmless
+  assert.equal(l.available(k), 14 * GB);
+});
+
+test("vram ledger - a lost worker's GPUs and reservations disappear", () => {
+  const l = new VramLedger();
+  l.observe("w1", [{ index: 0, name: "g", totalBytes: 8 * GB, freeBytes: 8 * GB, source: "budget" }], []);
+  l.reserve("t1", gpuKey("w1", 0), GB);
+  l.removeWorker("w1");
+  assert.equal(l.all().length, 0);
+  assert.equal(l.reservationCount(), 0);
+});
+
+test("vram ledger - property: whatever the order of events, no reservation is ever made past free VRAM", () => {
+  type Ev =
+    | { t: "reserve"; gpu: number; bytes: number }
+    | { t: "release"; n: number }
+    | { t: "heartbeat"; gpu: number; free: number; held: number[] };
+  const ev = fc.oneof(
+    fc.record({ t: fc.constant("reserve" as const), gpu: fc.integer({ min: 0, max: 2 }), bytes: fc.integer({ min: 0, max: 30 }) }),
+    fc.record({ t: fc.constant("release" as const), n: fc.integer({ min: 0, max: 40 }) }),
+    fc.record({ t: fc.constant("heartbeat" as const), gpu: fc.integer({ min: 0, max: 2 }), free: fc.integer({ min: 0, max: 80 }), held: fc.array(fc.integer({ min: 0, max: 40 }), { maxLength: 5 }) }),
+  );
+  fc.assert(
+    fc.property(fc.array(ev, { maxLength: 80 }), (events) => {
+      const l = new VramLedger();
+      const free = [80, 24, 16];
+      const gpus = () => free.map((f, i) => ({ index: i, name: `g${i}`, totalBytes: 80, freeBytes: f, source: "budget" }));
+      l.observe("w", gpus(), []);
+      let n = 0;
+      // Independent model of what is reserved and not yet counted by the worker.
+      const open = new Map<string, { gpu: number; bytes: number }>();
+      for (const e of events) {
+        if (e.t === "reserve") {
+          const k = gpuKey("w", e.gpu);
+          const before = l.available(k);
+          const token = `t${n++}`;
+          try {
+            l.reserve(token, k, e.bytes);
+            assert.ok(e.bytes <= before, "reserved more than was available");
+            open.set(token, { gpu: e.gpu, bytes: e.bytes });
+          } catch (err) {
+            assert.ok(err instanceof ReservationError);
+            assert.ok(e.bytes > before, "refused a reservation that fitted");
+          }
+        } else if (e.t === "release") {
+          l.release(`t${e.n}`);
+          open.delete(`t${e.n}`);
+        } else {
+          free[e.gpu] = e.free;
+          const held = e.held.map((h) => `t${h}`);
+          l.observe("w", gpus(), held);
+          for (const h of held) open.delete(h);
+        }
+        for (let g = 0; g < 3; g++) {
+          const expected = [...open.values()].filter((o) => o.gpu === g).reduce((s, o) => s + o.bytes, 0);
+          assert.equal(free[g]! - l.available(gpuKey("w", g)), expected, "ledger drifted from the reservations it holds");
+        }
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
