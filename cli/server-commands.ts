@@ -30,7 +30,9 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--heartbeat-timeout <duration>", "a worker silent this long is lost").env("SHOAL_HEARTBEAT_TIMEOUT").default("3s"))
     .addOption(new Option("--item-timeout <duration>", "an attempt running longer fails with TIMEOUT (retryable)").env("SHOAL_ITEM_TIMEOUT").default("10m"))
     .addOption(new Option("--placement <policy>", "best-fit packs GPUs, spread balances them").env("SHOAL_PLACEMENT").choices(["best-fit", "spread"]).default(d.policy))
-    .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"));
+    .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
+    .addOption(new Option("--max-queued-items <n>", "waiting items beyond which SubmitBatch is refused (RESOURCE_EXHAUSTED)").env("SHOAL_MAX_QUEUED_ITEMS").default(String(d.maxQueuedItems)))
+    .addOption(new Option("--unplaceable-grace <duration>", "items no registered worker could ever fit fail after this long").env("SHOAL_UNPLACEABLE_GRACE").default("60s"));
 }
 
 export function workerFlags(cmd: Command, forUp = false): Command {
@@ -89,6 +91,8 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     policy: raw.placement as CoordinatorOptions["policy"],
     apiKeys,
     assignTimeoutMs: COORDINATOR_DEFAULTS.assignTimeoutMs,
+    maxQueuedItems: parseIntOption("--max-queued-items", String(raw.maxQueuedItems), 1, 100_000_000),
+    unplaceableGraceMs: parseDuration("--unplaceable-grace", String(raw.unplaceableGrace)),
   };
 }
 

@@ -11,6 +11,8 @@ export interface Lease {
   workerId: string;
   gpuIndex: number;
   assignedAtMs: number;
+  /** Activation bytes reserved for this attempt (an OUT_OF_MEMORY raises the next one). */
+  activationBytes?: number;
 }
 
 export interface ItemSlot {
@@ -26,6 +28,10 @@ export interface ItemSlot {
   result: ItemResult | undefined;
   queuedAtMs: number;
   firstQueuedAtMs: number;
+  /** model|WxH: the key of learned VRAM estimates. */
+  shapeKey?: string;
+  /** Since when no registered worker could ever fit this item (unset when one could). */
+  unplaceableSinceMs?: number;
 }
 
 export type OutcomeEffect =
@@ -119,6 +125,14 @@ export class ActiveBatch {
       slot.lease?.workerId ?? "",
       nowMs,
     );
+  }
+
+  /** Ends one item without an outcome from a worker (e.g. nothing in the fleet can fit it). */
+  failItem(index: number, error: ItemError): boolean {
+    const slot = this.items[index];
+    if (!slot || slot.state !== "pending") return false;
+    this.finish(slot, { index, status: ItemStatus.ITEM_STATUS_FAILED, error, artifacts: [], workerId: "", attempts: slot.attempts, queueMs: 0, runMs: 0, model: slot.model });
+    return true;
   }
 
   /** Marks every item not yet done CANCELLED; returns the leases that were running. */

@@ -20,7 +20,7 @@ import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { ActiveBatch, type ItemSlot, type Lease } from "./batch-state.js";
 import { BatchQueue } from "./batch-queue.js";
 import { BatchStore, FinalizeConflict, isTerminal } from "./batch-store.js";
-import { failedPrecondition, notFound, unavailable } from "./errors.js";
+import { failedPrecondition, notFound, resourceExhausted, unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
@@ -29,6 +29,7 @@ import { placeItem, type PlaceableWorker } from "./placement.js";
 import { ResultLog } from "./result-log.js";
 import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
+import { VramEstimates, shapeKey } from "./vram-estimates.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
@@ -57,6 +58,8 @@ export class Coordinator {
   private readonly names: Names;
   private readonly fleet: Fleet;
   private readonly ledger = new VramLedger();
+  private readonly estimates = new VramEstimates();
+  private lastUnplaceableCheck = 0;
   private readonly queue = new BatchQueue();
   private readonly active = new Map<string, ActiveBatch>();
   private readonly summaries = new Map<string, BatchSummary>();
@@ -150,6 +153,7 @@ export class Coordinator {
         result: undefined,
         queuedAtMs: now,
         firstQueuedAtMs: created,
+        shapeKey: shapeKey(item.model, params),
       };
     });
     const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts);
@@ -164,6 +168,11 @@ export class Coordinator {
   async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
     this.ensureStarted();
     const valid = validateSubmit(req, (m) => this.models.get(m), { maxItems: this.opts.maxItems });
+    if (this.queue.size + valid.length > this.opts.maxQueuedItems) {
+      throw resourceExhausted(
+        `queue full: ${this.queue.size} items are waiting and this batch adds ${valid.length}, over the limit of ${this.opts.maxQueuedItems} (coordinator flag --max-queued-items); retry later`,
+      );
+    }
     const batchId = newBatchId();
     if (req.idempotencyKey) {
       const existing = await this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId);
@@ -385,7 +394,14 @@ export class Coordinator {
         if (!replaying) this.countStale("batch-finished");
         continue;
       }
+      const slot = batch.items[o.lease.index];
+      const reserved = slot?.lease?.token === o.lease.token ? slot.lease.activationBytes : undefined;
       const effect = batch.applyOutcome(o, workerId, now);
+      if (slot?.shapeKey && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
+      if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
+        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.activationBytes);
+        if (!replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
+      }
       if (effect.kind === "ignored") {
         if (!replaying) this.countStale(effect.reason);
         continue;
@@ -441,15 +457,16 @@ export class Coordinator {
       const batch = this.active.get(batchId);
       const slot = batch?.items[index];
       if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
+      const activation = this.estimates.activation(slot.shapeKey!, slot.activationBytes);
       const placement = placeItem(
-        { model: slot.model, activationBytes: slot.activationBytes, weightsBytes: slot.weightsBytes },
+        { model: slot.model, activationBytes: activation, weightsBytes: slot.weightsBytes },
         workers.values(),
         this.ledger,
         this.opts.policy,
       );
       if (!placement) return false;
       const attempt = slot.attempts + 1;
-      const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now };
+      const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now, activationBytes: activation };
       this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, placement.loads);
       const w = workers.get(placement.workerId)!;
       w.slotsFree--;
@@ -464,7 +481,6 @@ export class Coordinator {
       return true;
     });
     for (const [workerId, list] of outgoing) void this.sendAssignments(workerId, list);
-    this.metrics?.queue(this.queueDepthByModel());
   }
 
   private async sendAssignments(workerId: string, list: PendingAssign[]): Promise<void> {
@@ -476,7 +492,7 @@ export class Coordinator {
           model: slot.model,
           params: slot.params,
           gpuIndex: lease.gpuIndex,
-          vramBytes: slot.activationBytes,
+          vramBytes: lease.activationBytes ?? slot.activationBytes,
           attempt: slot.attempts,
           timeoutMs: this.opts.itemTimeoutMs,
         };
@@ -554,8 +570,54 @@ export class Coordinator {
       this.takeBack(w, `no heartbeat for ${now - w.lastSeenMs} ms`);
     }
     this.fleet.forget(now, 10 * 60_000);
+    if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recoveringUntil) {
+      this.lastUnplaceableCheck = now;
+      this.failUnplaceable(now);
+      this.metrics?.queue(this.queueDepthByModel());
+    }
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
     this.scheduleSoon();
+  }
+
+  /**
+   * Items that no registered worker could ever fit (no worker serves the model, or none has
+   * enough VRAM in total) fail after the grace period instead of waiting forever; the grace
+   * gives a worker that is being added time to register.
+   */
+  private failUnplaceable(now: number): void {
+    const capacity = new Map<string, number>();
+    for (const w of this.fleet.all()) {
+      if (w.state === WorkerState.WORKER_STATE_LOST) continue;
+      const biggest = Math.max(0, ...this.ledger.gpusOf(w.id).map((g) => g.totalBytes));
+      for (const m of w.models) capacity.set(m, Math.max(capacity.get(m) ?? 0, biggest));
+    }
+    for (const batch of [...this.active.values()]) {
+      let failed = 0;
+      for (const [index, slot] of batch.items.entries()) {
+        if (slot.state !== "pending") continue;
+        const need = slot.weightsBytes + this.estimates.activation(slot.shapeKey!, slot.activationBytes);
+        const cap = capacity.get(slot.model);
+        if (cap !== undefined && cap >= need) {
+          slot.unplaceableSinceMs = undefined;
+          continue;
+        }
+        slot.unplaceableSinceMs ??= now;
+        if (now - slot.unplaceableSinceMs < this.opts.unplaceableGraceMs) continue;
+        const error =
+          cap === undefined
+            ? { code: "MODEL_NOT_FOUND", message: `no registered worker serves model ${slot.model}`, retryable: true }
+            : { code: "OUT_OF_MEMORY", message: `needs ${need} bytes of VRAM; the largest GPU serving ${slot.model} has ${cap}`, retryable: true };
+        if (batch.failItem(index, error)) {
+          failed++;
+          this.metrics?.itemFinished(slot.result!, slot.firstQueuedAtMs);
+          this.emit(batch.id, { event: { $case: "item", item: slot.result! } });
+        }
+      }
+      if (failed > 0) {
+        this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
+        if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
+      }
+    }
   }
 
   private cancelOnWorkers(batchId: string, running: { index: number; lease: Lease }[]): void {
@@ -581,7 +643,7 @@ export class Coordinator {
         if (s.state !== "pending") continue;
         const e = out.get(s.model) ?? { items: 0, bytes: 0 };
         e.items++;
-        e.bytes += s.activationBytes;
+        e.bytes += this.estimates.activation(s.shapeKey!, s.activationBytes);
         out.set(s.model, e);
       }
     }

@@ -17,6 +17,10 @@ export interface CoordinatorOptions {
   apiKeys: Map<string, string>;
   /** How long an assignment request waits for the worker's answer. */
   assignTimeoutMs: number;
+  /** Items waiting in the queue beyond which SubmitBatch answers RESOURCE_EXHAUSTED. */
+  maxQueuedItems: number;
+  /** An item that no registered worker could ever fit fails after this long. */
+  unplaceableGraceMs: number;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -29,4 +33,6 @@ export const COORDINATOR_DEFAULTS = {
   itemTimeoutMs: 600_000,
   policy: "best-fit" as PlacementPolicy,
   assignTimeoutMs: 5000,
+  maxQueuedItems: 100_000,
+  unplaceableGraceMs: 60_000,
 };

@@ -18,6 +18,9 @@ function simModel(name: string, weightsGb: number, activationGb: number): ModelM
       work_ms: { type: "integer", minimum: 0, maximum: 3_600_000, default: 0 },
       busy: { type: "boolean", default: false },
       fail: { type: "boolean", default: false },
+      // What the item "really" uses; more than the reservation fails with OUT_OF_MEMORY, as a
+      // model whose manifest underestimates its need would on a real GPU.
+      use_bytes: { type: "integer", minimum: 0 },
       tag: { type: "string", maxLength: 200 },
     },
     vram: { weights_bytes: Math.round(weightsGb * GB), activation_bytes: Math.round(activationGb * GB) },
@@ -62,7 +65,11 @@ export class SimulatedBackend implements InferenceBackend {
     }
     if (signal.aborted) throw new InferenceError("CANCELLED", "cancelled", false);
     if (job.params.fail === true) throw new InferenceError("INFERENCE_FAILED", "simulated failure", false);
-    return { artifacts: [], peakBytes: 0 };
+    const use = typeof job.params.use_bytes === "number" ? job.params.use_bytes : 0;
+    if (use > 0 && job.vramBytes !== undefined && job.vramBytes > 0 && use > job.vramBytes) {
+      throw new InferenceError("OUT_OF_MEMORY", `simulated: needed ${use} bytes, ${job.vramBytes} were reserved`, true);
+    }
+    return { artifacts: [], peakBytes: use };
   }
 
   async close(): Promise<void> {}

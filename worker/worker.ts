@@ -156,7 +156,8 @@ export class ShoalWorker {
       lease,
       model: model ?? { name: item.model, version: "?", params: {}, vram: { weights_bytes: 0, activation_bytes: 0 } },
       gpuIndex: item.gpuIndex,
-      activation: model ? activationBytes(model, params) : 0,
+      // The coordinator's figure may be a learned one, larger than the manifest's.
+      activation: item.vramBytes > 0 ? item.vramBytes : model ? activationBytes(model, params) : 0,
       controller,
       started: false,
       acceptedAt: Date.now(),
@@ -184,7 +185,7 @@ export class ShoalWorker {
       }
       held.started = true;
       const output = await this.backend.run(
-        { id: lease.token, model: held.model.name, params, batchId: lease.batchId, index: lease.index },
+        { id: lease.token, model: held.model.name, params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
         held.controller.signal,
       );
       const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));

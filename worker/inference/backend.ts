@@ -13,6 +13,8 @@ export interface InferenceJob {
   /** For logs only. */
   batchId: string;
   index: number;
+  /** VRAM the coordinator reserved for this item's activations (0 when unknown). */
+  vramBytes?: number;
 }
 
 export interface ArtifactData {

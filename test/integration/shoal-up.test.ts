@@ -1,0 +1,88 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { decode } from "fast-png";
+import { CLI, ROOT, freePort } from "../harness/processes.js";
+
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === pid) out.push(Number(entry));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return out;
+}
+
+const alive = (pid: number) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+
+test("shoal up - starts nats-server, a coordinator and 2 workers, serves the CLI, and stops them all on SIGTERM", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "shoal-up-"));
+  const [grpcPort, natsPort] = [await freePort(), await freePort()];
+  const up = spawn(process.execPath, [CLI, "up", "--workers", "2", "--grpc-port", String(grpcPort), "--nats-port", String(natsPort), "--metrics-port", "0", "--data-dir", join(dir, "data"), "--log-format", "json", "--vram", "2GiB"], {
+    stdio: ["ignore", "pipe", "pipe"],
+    cwd: ROOT,
+  });
+  let stdout = "";
+  let stderr = "";
+  up.stdout.on("data", (d) => (stdout += d));
+  up.stderr.on("data", (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => up.once("exit", (code) => r(code)));
+  let children: number[] = [];
+  try {
+    const deadline = Date.now() + 120_000;
+    while (!stdout.includes("Shoal is up")) {
+      assert.ok(up.exitCode === null, `shoal up exited early:\n${stderr.slice(-3000)}`);
+      assert.ok(Date.now() < deadline, `shoal up not ready:\n${stderr.slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.match(stdout, new RegExp(`gRPC API\\s+127\\.0\\.0\\.1:${grpcPort}`));
+    assert.match(stdout, new RegExp(`NATS\\s+nats://127\\.0\\.0\\.1:${natsPort}`));
+    children = childrenOf(up.pid!);
+    assert.equal(children.length, 4, "nats-server, coordinator and 2 workers");
+    assert.ok(existsSync(join(dir, "data", "jetstream")), "JetStream store under the data dir");
+
+    const env = { ...process.env, SHOAL_ADDR: `127.0.0.1:${grpcPort}` };
+    const run = (args: string[]) =>
+      new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+        const c = spawn(process.execPath, [CLI, ...args], { env, cwd: ROOT });
+        let out = "";
+        let err = "";
+        c.stdout.on("data", (d) => (out += d));
+        c.stderr.on("data", (d) => (err += d));
+        c.on("exit", (code) => resolve({ code, out, err }));
+      });
+    const workers = await run(["workers"]);
+    assert.equal(workers.code, 0, workers.err);
+    assert.match(workers.out, /w1/);
+    assert.match(workers.out, /w2/);
+    const submitted = await run(["submit", "examples/items.json", "--wait"]);
+    assert.equal(submitted.code, 0, submitted.err);
+    const batchId = /b_[0-9a-v]{20}/.exec(submitted.out + submitted.err)?.[0];
+    assert.ok(batchId, `no batch id in: ${submitted.out} ${submitted.err}`);
+    const outDir = join(dir, "out");
+    const results = await run(["results", batchId, "--out", outDir]);
+    assert.equal(results.code, 0, results.err);
+    const pngs = readdirSync(outDir).filter((f) => f.endsWith(".png"));
+    assert.ok(pngs.length >= 1);
+    for (const f of pngs) decode(readFileSync(join(outDir, f)));
+  } finally {
+    if (up.exitCode === null) up.kill("SIGTERM");
+    const code = await exited;
+    try {
+      assert.equal(code, 0, `shoal up exit code; stderr:\n${stderr.slice(-2000)}`);
+      for (const pid of children) assert.ok(!alive(pid), `child ${pid} outlived shoal up`);
+    } finally {
+      for (const pid of children) if (alive(pid)) process.kill(pid, "SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
