@@ -12,7 +12,7 @@ describe("cancel - CancelBatch leaves no item pending and stops the workers' ite
 
   before(async () => {
     await stack.startNats();
-    await stack.startCoordinator();
+    await stack.startCoordinator(["--max-items", "1000"]);
     await Promise.all([
       stack.startWorker("w1", ["--simulate", "--vram", "80GB", "--threads", "2", "--max-in-flight", "4"]),
       stack.startWorker("w2", ["--simulate", "--vram", "80GB", "--threads", "2", "--max-in-flight", "4"]),
@@ -27,7 +27,7 @@ describe("cancel - CancelBatch leaves no item pending and stops the workers' ite
   });
 
   test("cancel - running and queued items end CANCELLED at once and workers drop them", async () => {
-    const items = Array.from({ length: 30 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 20_000, tag: `slow ${i}` } }));
+    const items = Array.from({ length: 200 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 20_000, tag: `slow ${i}` } }));
     const { batchId } = await client.submit({ items });
     // Wait until some items run.
     for (;;) {
@@ -37,8 +37,8 @@ describe("cancel - CancelBatch leaves no item pending and stops the workers' ite
     }
     const cancelled = await client.cancel(batchId);
     assert.equal(cancelled.state, BatchState.BATCH_STATE_CANCELLED);
-    assert.equal(cancelled.results.length, 30);
-    assert.equal(cancelled.cancelled, 30);
+    assert.equal(cancelled.results.length, 200);
+    assert.equal(cancelled.cancelled, 200);
     assert.ok(cancelled.results.every((r) => r.status === ItemStatus.ITEM_STATUS_CANCELLED && r.error?.code === "CANCELLED"));
     const again = await client.get(batchId);
     assert.equal(again.state, BatchState.BATCH_STATE_CANCELLED);
