@@ -1,0 +1,108 @@
+// Scheduling behaviour with real processes and simulated GPUs: learned VRAM after
+// OUT_OF_MEMORY, items nothing can fit, per-item timeouts, backpressure, a worker restarting
+// under the same id.
+
+import { afterEach, beforeEach, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { status } from "@grpc/grpc-js";
+import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
+import { Stack } from "../harness/processes.js";
+import { TestClient, grpcCode } from "../harness/client.js";
+import { assertWholeBatch, pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
+
+const GB = 1e9;
+
+describe("scheduler - with real processes", () => {
+  let stack: Stack;
+  let client: TestClient;
+
+  beforeEach(async () => {
+    stack = new Stack();
+    await stack.startNats();
+  });
+
+  afterEach(async () => {
+    client?.close();
+    await stack.stop();
+  });
+
+  test("scheduler - an item that runs out of memory is placed again with a raised estimate, on a GPU with room", async () => {
+    await stack.startCoordinator(["--max-attempts", "5"]);
+    client = new TestClient(stack.grpcAddr);
+    await Promise.all([
+      stack.startWorker("small", ["--simulate", "--vram", "10GB"]),
+      stack.startWorker("big", ["--simulate", "--vram", "40GB"]),
+    ]);
+    await client.waitForWorkers(2);
+    // sim-6g's manifest says 4 GB weights + 2 GB per item; this item really takes 6 GB.
+    const first = await client.run({ items: [{ model: "sim-6g", params: { use_bytes: 6 * GB } }] });
+    const r = first.results[0]!;
+    assert.equal(r.status, ItemStatus.ITEM_STATUS_SUCCEEDED, JSON.stringify(r.error));
+    assert.ok(r.attempts >= 2, "the first attempt should have run out of memory");
+    assert.equal(r.workerId, "big", "6 GB of activations + 4 GB of weights only fit the 40 GB worker");
+    // The estimate is learned: the same shape now goes to a worker with room at the first try.
+    const second = await client.run({ items: [{ model: "sim-6g", params: { use_bytes: 6 * GB, tag: "again" } }] });
+    assert.equal(second.results[0]!.attempts, 1);
+    assert.equal(second.results[0]!.workerId, "big");
+  });
+
+  test("scheduler - items no registered worker could ever fit fail after the grace period", async () => {
+    await stack.startCoordinator(["--unplaceable-grace", "1s"]);
+    client = new TestClient(stack.grpcAddr);
+    await stack.startWorker("w1", ["--simulate", "--vram", "24GB"]);
+    await client.waitForWorkers(1);
+    const batch = await client.run({ items: [{ model: "sim-30g", params: {} }, { model: "sim-6g", params: {} }] });
+    assertWholeBatch(batch, 2);
+    assert.equal(batch.results[0]!.status, ItemStatus.ITEM_STATUS_FAILED);
+    assert.equal(batch.results[0]!.error?.code, "OUT_OF_MEMORY");
+    assert.match(batch.results[0]!.error!.message, /largest GPU serving sim-30g/);
+    assert.equal(batch.results[1]!.status, ItemStatus.ITEM_STATUS_SUCCEEDED);
+  });
+
+  test("scheduler - an attempt running past the item timeout fails TIMEOUT and is retried up to max attempts", async () => {
+    await stack.startCoordinator(["--item-timeout", "300ms", "--max-attempts", "2"]);
+    client = new TestClient(stack.grpcAddr);
+    await stack.startWorker("w1", ["--simulate", "--vram", "24GB"]);
+    await client.waitForWorkers(1);
+    const batch = await client.run({ items: [{ model: "sim-6g", params: { work_ms: 60_000 } }, { model: "sim-6g", params: { work_ms: 10 } }] });
+    assert.equal(batch.results[0]!.error?.code, "TIMEOUT");
+    assert.equal(batch.results[0]!.error?.retryable, true);
+    assert.equal(batch.results[0]!.attempts, 2);
+    assert.equal(batch.results[1]!.status, ItemStatus.ITEM_STATUS_SUCCEEDED);
+  });
+
+  test("scheduler - a full queue refuses SubmitBatch with RESOURCE_EXHAUSTED and loses nothing accepted", async () => {
+    await stack.startCoordinator(["--max-queued-items", "60"]);
+    client = new TestClient(stack.grpcAddr);
+    // A worker registers the sim models, then drains away: what is accepted now waits.
+    const first = await stack.startWorker("w0", ["--simulate", "--vram", "24GB"]);
+    await client.waitForWorkers(1);
+    await client.sdk.drainWorker("w0");
+    await first.exited;
+    const items = Array.from({ length: 50 }, (_, i) => ({ model: "sim-zero", params: { tag: `${i}` } }));
+    const accepted = await client.submit({ items });
+    await assert.rejects(client.submit({ items: items.slice(0, 20) }), (e) => grpcCode(e) === status.RESOURCE_EXHAUSTED);
+    await stack.startWorker("w1", ["--simulate", "--vram", "24GB"]);
+    const { batch } = await pollUntilTerminal(client, accepted.batchId);
+    assert.equal(batch.succeeded, 50);
+    const later = await client.run({ items: items.slice(0, 20) });
+    assert.equal(later.succeeded, 20);
+  });
+
+  test("scheduler - a worker restarting under the same id leaves nothing orphaned", async () => {
+    await stack.startCoordinator(["--max-items", "500", "--heartbeat-timeout", "30s"]);
+    client = new TestClient(stack.grpcAddr);
+    const sim = ["--simulate", "--vram", "40GB", "--threads", "4", "--max-in-flight", "4"];
+    const [w1] = await Promise.all([stack.startWorker("w1", sim), stack.startWorker("w2", sim)]);
+    await client.waitForWorkers(2);
+    const { batchId } = await client.submit({ items: Array.from({ length: 200 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 100, tag: `${i}` } })) });
+    await waitFor("w1 to hold items", async () => ((await client.workers()).find((w) => w.id === "w1")?.itemsInFlight ?? 0) > 0);
+    await stack.kill(w1!, "SIGKILL");
+    // Back at once, long before the 30 s heartbeat timeout would notice the crash.
+    await stack.startWorker("w1", sim);
+    const { batch } = await pollUntilTerminal(client, batchId, { timeoutMs: 25_000 });
+    assertWholeBatch(batch, 200);
+    assert.equal(batch.succeeded, 200);
+    assert.ok(batch.results.some((r) => r.attempts >= 2), "items of the crashed incarnation were not placed again");
+  });
+});
