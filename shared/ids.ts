@@ -21,9 +21,14 @@ export const BATCH_ID = /^b_[0-9a-v]{20}$/;
 /** Worker ids become NATS subject tokens and metric labels. */
 export const WORKER_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
-/** A lease token names one attempt of one item: `<attempt>.<random>`. */
+// Lease tokens must be unique across coordinator incarnations; a random prefix per process and a
+// counter make them so without a crypto call per item.
+const TOKEN_EPOCH = randomToken(6);
+let tokenCounter = 0;
+
+/** A lease token names one attempt of one item: `<attempt>.<epoch><counter>`. */
 export function newLeaseToken(attempt: number): string {
-  return `${attempt}.${randomToken(8)}`;
+  return `${attempt}.${TOKEN_EPOCH}${(tokenCounter++).toString(36)}`;
 }
 
 export function leaseAttempt(token: string): number {

@@ -36,12 +36,17 @@ export const SIMULATED_MODELS: readonly ModelManifest[] = [
 
 export class SimulatedBackend implements InferenceBackend {
   private readonly resident = new Set<string>();
-  constructor(private readonly extraModels: ModelManifest[] = []) {}
+  private readonly all: ModelManifest[];
+  private readonly names: Set<string>;
+  constructor(extraModels: ModelManifest[] = []) {
+    this.all = [...SIMULATED_MODELS, ...extraModels];
+    this.names = new Set(this.all.map((m) => m.name));
+  }
 
   async start(): Promise<void> {}
 
   models(): ModelManifest[] {
-    return [...SIMULATED_MODELS, ...this.extraModels];
+    return this.all;
   }
 
   residentModels(): string[] {
@@ -49,7 +54,7 @@ export class SimulatedBackend implements InferenceBackend {
   }
 
   async run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput> {
-    if (!this.models().some((m) => m.name === job.model)) {
+    if (!this.names.has(job.model)) {
       throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served here`, false);
     }
     this.resident.add(job.model);

@@ -21,7 +21,7 @@ describe("faults - restarts", () => {
     stack = new Stack();
     await stack.startNats();
     await stack.startCoordinator(["--max-items", "1000"]);
-    workers = await Promise.all(["w1", "w2", "w3"].map((id) => stack.startWorker(id, SIM)));
+    workers = await Promise.all(["w1", "w2", "w3"].map((id) => stack.startWorker(id, [...SIM, "--log-level", "debug"])));
     client = new TestClient(stack.grpcAddr);
     await client.waitForWorkers(3);
   });
