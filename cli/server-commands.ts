@@ -32,7 +32,8 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--placement <policy>", "best-fit packs GPUs, spread balances them").env("SHOAL_PLACEMENT").choices(["best-fit", "spread"]).default(d.policy))
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
     .addOption(new Option("--max-queued-items <n>", "waiting items beyond which SubmitBatch is refused (RESOURCE_EXHAUSTED)").env("SHOAL_MAX_QUEUED_ITEMS").default(String(d.maxQueuedItems)))
-    .addOption(new Option("--unplaceable-grace <duration>", "items no registered worker could ever fit fail after this long").env("SHOAL_UNPLACEABLE_GRACE").default("60s"));
+    .addOption(new Option("--unplaceable-grace <duration>", "items no registered worker could ever fit fail after this long").env("SHOAL_UNPLACEABLE_GRACE").default("60s"))
+    .addOption(new Option("--webhook-retries <durations>", "comma-separated delays between webhook delivery attempts").env("SHOAL_WEBHOOK_RETRIES").default("1s,5s,30s,2m,10m"));
 }
 
 export function workerFlags(cmd: Command, forUp = false): Command {
@@ -93,6 +94,10 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     assignTimeoutMs: COORDINATOR_DEFAULTS.assignTimeoutMs,
     maxQueuedItems: parseIntOption("--max-queued-items", String(raw.maxQueuedItems), 1, 100_000_000),
     unplaceableGraceMs: parseDuration("--unplaceable-grace", String(raw.unplaceableGrace)),
+    webhookRetryDelaysMs: String(raw.webhookRetries)
+      .split(",")
+      .filter((d) => d.trim() !== "")
+      .map((d) => parseDuration("--webhook-retries", d)),
   };
 }
 

@@ -30,6 +30,7 @@ import { ResultLog } from "./result-log.js";
 import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
+import { WebhookSender } from "./webhooks.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
@@ -54,6 +55,7 @@ export class Coordinator {
   private infra: Infrastructure | undefined;
   private store: BatchStore | undefined;
   private resultLog: ResultLog | undefined;
+  private webhooks: WebhookSender | undefined;
   readonly models: ModelRegistry;
   private readonly names: Names;
   private readonly fleet: Fleet;
@@ -67,6 +69,7 @@ export class Coordinator {
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
   private scheduleQueued = false;
+  private heartbeatPass: NodeJS.Timeout | undefined;
   /** Until this time after a restart, items are not placed: workers first report what they hold. */
   private recoveringUntil = 0;
   private staleResults = 0;
@@ -89,7 +92,14 @@ export class Coordinator {
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);
+    this.webhooks = new WebhookSender(
+      this.infra.webhooks,
+      async (id) => (await this.store!.get(id))?.record.batch,
+      { retryDelaysMs: this.opts.webhookRetryDelaysMs, timeoutMs: 10_000 },
+      this.log.child({ component: "webhooks" }),
+    );
     await this.recover();
+    await this.webhooks.start();
     this.subs.push(
       this.nc.subscribe(this.names.heartbeats, {
         callback: (err, msg) => {
@@ -350,8 +360,17 @@ export class Coordinator {
       held,
     );
     if (now < this.recoveringUntil) this.adopt(worker, hb);
-    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
-    this.scheduleSoon();
+    // A heartbeat can free room; many arrive per second in a large fleet, so their passes are
+    // coalesced on a short timer instead of running one pass per heartbeat.
+    this.scheduleAfterHeartbeats();
+  }
+
+  private scheduleAfterHeartbeats(): void {
+    if (this.heartbeatPass || this.queue.size === 0) return;
+    this.heartbeatPass = setTimeout(() => {
+      this.heartbeatPass = undefined;
+      this.scheduleSoon();
+    }, 5);
   }
 
   /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
@@ -547,6 +566,7 @@ export class Coordinator {
     await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
     if (slot.state !== "leased" || slot.lease?.token !== lease.token) return; // a result won the race
     const effect = batch.applyRevocation(index, lease.token, { code: "WORKER_LOST", message: reason, retryable: true }, Date.now());
+    if (effect.kind === "retry" || effect.kind === "done") this.metrics?.attempt(effect.kind === "retry" ? "retried" : "failed");
     this.afterEffect(batch, index, effect, false);
   }
 
@@ -660,6 +680,10 @@ export class Coordinator {
     const final = batch.final(new Date());
     const record: BatchRecord = { ...batch.record, batch: final };
     let stored = final;
+    const webhook = await this.webhooks!.record(batch.id, batch.record.webhook).catch((err) => {
+      this.log.error({ batchId: batch.id, err: errorMessage(err) }, "webhook not recorded");
+      return undefined;
+    });
     try {
       await this.store!.finalize(record, batch.revision);
     } catch (err) {
@@ -684,6 +708,7 @@ export class Coordinator {
     );
     this.emit(batch.id, { event: { $case: "batch", batch: stored } });
     this.listeners.delete(batch.id);
+    if (stored === final) this.webhooks!.send(webhook);
     void this.resultLog!.purge(batch.id);
     return stored;
   }
@@ -728,6 +753,8 @@ export class Coordinator {
     if (this.closePromise) return this.closePromise;
     this.closePromise = (async () => {
       if (this.tickTimer) clearInterval(this.tickTimer);
+      if (this.heartbeatPass) clearTimeout(this.heartbeatPass);
+      this.webhooks?.close();
       for (const s of this.subs) {
         try {
           s.unsubscribe();

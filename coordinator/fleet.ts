@@ -88,7 +88,10 @@ export class Fleet {
     return [...this.workers.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
+  /** Unsorted: the scheduler visits every ready worker anyway. */
   ready(): WorkerRecord[] {
-    return this.all().filter((w) => w.state === WorkerState.WORKER_STATE_READY);
+    const out: WorkerRecord[] = [];
+    for (const w of this.workers.values()) if (w.state === WorkerState.WORKER_STATE_READY) out.push(w);
+    return out;
   }
 }

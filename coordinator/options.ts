@@ -21,6 +21,8 @@ export interface CoordinatorOptions {
   maxQueuedItems: number;
   /** An item that no registered worker could ever fit fails after this long. */
   unplaceableGraceMs: number;
+  /** Delays between webhook delivery attempts. */
+  webhookRetryDelaysMs: number[];
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -35,4 +37,5 @@ export const COORDINATOR_DEFAULTS = {
   assignTimeoutMs: 5000,
   maxQueuedItems: 100_000,
   unplaceableGraceMs: 60_000,
+  webhookRetryDelaysMs: [1000, 5000, 30_000, 120_000, 600_000],
 };

@@ -30,7 +30,11 @@ export class ReservationError extends Error {
 
 export class VramLedger {
   private readonly gpus = new Map<string, GpuView>();
+  /** The same GPUs by worker, sorted by index: placement reads this for every item. */
+  private readonly byWorker = new Map<string, GpuView[]>();
   private readonly reservations = new Map<string, Reservation>();
+  /** gpuKey → model → reservations that load it (weights counted once per GPU). */
+  private readonly loads = new Map<string, Map<string, number>>();
 
   /**
    * A heartbeat: replaces the GPU's free figure and drops the reservations the worker now
@@ -41,25 +45,24 @@ export class VramLedger {
     gpus: { index: number; name: string; totalBytes: number; freeBytes: number; source: string }[],
     heldTokens: Iterable<string>,
   ): void {
-    const seen = new Set<string>();
+    const previous = this.byWorker.get(workerId) ?? [];
+    const next: GpuView[] = [];
     for (const g of gpus) {
       const key = gpuKey(workerId, g.index);
-      seen.add(key);
-      const prev = this.gpus.get(key);
-      this.gpus.set(key, {
-        key,
-        workerId,
-        index: g.index,
-        name: g.name,
-        totalBytes: g.totalBytes,
-        freeBytes: g.freeBytes,
-        reservedBytes: prev?.reservedBytes ?? 0,
-        source: g.source,
-      });
+      let view = this.gpus.get(key);
+      if (!view) {
+        view = { key, workerId, index: g.index, name: g.name, totalBytes: 0, freeBytes: 0, reservedBytes: 0, source: g.source };
+        this.gpus.set(key, view);
+      }
+      view.name = g.name;
+      view.totalBytes = g.totalBytes;
+      view.freeBytes = g.freeBytes;
+      view.source = g.source;
+      next.push(view);
     }
-    for (const key of [...this.gpus.keys()]) {
-      if (this.gpus.get(key)!.workerId === workerId && !seen.has(key)) this.gpus.delete(key);
-    }
+    for (const old of previous) if (!next.includes(old)) this.gpus.delete(old.key);
+    next.sort((a, b) => a.index - b.index);
+    this.byWorker.set(workerId, next);
     for (const token of heldTokens) {
       const r = this.reservations.get(token);
       if (r && this.gpus.get(r.gpuKey)?.workerId === workerId) this.drop(token, r);
@@ -73,8 +76,7 @@ export class VramLedger {
 
   /** True when a reservation on this GPU already loads the model (its weights are counted). */
   loading(key: string, model: string): boolean {
-    for (const r of this.reservations.values()) if (r.gpuKey === key && r.loads === model) return true;
-    return false;
+    return (this.loads.get(key)?.get(model) ?? 0) > 0;
   }
 
   reserve(token: string, key: string, bytes: number, loads?: string): void {
@@ -86,6 +88,11 @@ export class VramLedger {
     }
     g.reservedBytes += bytes;
     this.reservations.set(token, { gpuKey: key, bytes, loads });
+    if (loads) {
+      let m = this.loads.get(key);
+      if (!m) this.loads.set(key, (m = new Map()));
+      m.set(loads, (m.get(loads) ?? 0) + 1);
+    }
   }
 
   /** The item ended or was taken back. Unknown tokens are ignored (already counted). */
@@ -95,12 +102,17 @@ export class VramLedger {
   }
 
   removeWorker(workerId: string): void {
-    for (const [token, r] of this.reservations) if (this.gpus.get(r.gpuKey)?.workerId === workerId) this.reservations.delete(token);
-    for (const [key, g] of this.gpus) if (g.workerId === workerId) this.gpus.delete(key);
+    for (const [token, r] of this.reservations) if (this.gpus.get(r.gpuKey)?.workerId === workerId) this.drop(token, r);
+    for (const g of this.byWorker.get(workerId) ?? []) {
+      this.gpus.delete(g.key);
+      this.loads.delete(g.key);
+    }
+    this.byWorker.delete(workerId);
   }
 
-  gpusOf(workerId: string): GpuView[] {
-    return [...this.gpus.values()].filter((g) => g.workerId === workerId).sort((a, b) => a.index - b.index);
+  /** Shared, not copied: callers must not modify it. */
+  gpusOf(workerId: string): readonly GpuView[] {
+    return this.byWorker.get(workerId) ?? [];
   }
 
   all(): GpuView[] {
@@ -115,5 +127,11 @@ export class VramLedger {
     this.reservations.delete(token);
     const g = this.gpus.get(r.gpuKey);
     if (g) g.reservedBytes -= r.bytes;
+    if (r.loads) {
+      const m = this.loads.get(r.gpuKey);
+      const n = (m?.get(r.loads) ?? 0) - 1;
+      if (n > 0) m!.set(r.loads, n);
+      else m?.delete(r.loads);
+    }
   }
 }

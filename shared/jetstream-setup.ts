@@ -9,6 +9,7 @@ export interface Infrastructure {
   batches: KV;
   idempotency: KV;
   models: KV;
+  webhooks: KV;
   artifacts: ObjectStore;
 }
 
@@ -22,13 +23,14 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names): Pr
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   await ensureResultsStream(jsm, names);
   const kvm = new Kvm(nc);
-  const [batches, idempotency, models] = await Promise.all([
+  const [batches, idempotency, models, webhooks] = await Promise.all([
     kvm.create(names.batchesBucket, { storage: StorageType.File, history: 1 }),
     kvm.create(names.idempotencyBucket, { storage: StorageType.File, history: 1, ttl: 7 * 24 * 3600 * 1000 }),
     kvm.create(names.modelsBucket, { storage: StorageType.File, history: 1 }),
+    kvm.create(names.webhooksBucket, { storage: StorageType.File, history: 1 }),
   ]);
   const artifacts = await new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File });
-  return { jsm, batches, idempotency, models, artifacts };
+  return { jsm, batches, idempotency, models, webhooks, artifacts };
 }
 
 async function ensureResultsStream(jsm: JetStreamManager, names: Names): Promise<void> {

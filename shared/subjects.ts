@@ -47,6 +47,9 @@ export class Names {
   get modelsBucket(): string {
     return `${this.prefix}-models`;
   }
+  get webhooksBucket(): string {
+    return `${this.prefix}-webhooks`;
+  }
   get artifactsBucket(): string {
     return `${this.prefix}-artifacts`;
   }

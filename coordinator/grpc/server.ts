@@ -20,7 +20,7 @@ import type { GpuView } from "../vram-ledger.js";
 const MAX_MESSAGE = 64 * 1024 * 1024;
 const CHUNK = 64 * 1024;
 
-function toWorker(record: WorkerRecord, gpus: GpuView[]): Worker {
+function toWorker(record: WorkerRecord, gpus: readonly GpuView[]): Worker {
   return {
     id: record.id,
     state: record.state,
