@@ -425,7 +425,8 @@ export class Coordinator {
         if (!replaying) this.countStale(effect.reason);
         continue;
       }
-      this.metrics?.attempt(effect.kind === "retry" ? "retried" : o.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? "succeeded" : "failed");
+      // A replay after a restart re-applies outcomes the previous process already counted.
+      if (!replaying) this.metrics?.attempt(effect.kind === "retry" ? "retried" : o.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? "succeeded" : "failed");
       this.afterEffect(batch, o.lease.index, effect, replaying);
     }
   }
@@ -437,8 +438,8 @@ export class Coordinator {
       this.queue.add(batch.id, index, batch.record.batch!.priority);
     } else if (effect.kind === "done") {
       const result = slot.result!;
-      this.metrics?.itemFinished(result, slot.firstQueuedAtMs);
       if (!replaying) {
+        this.metrics?.itemFinished(result, slot.firstQueuedAtMs);
         this.emit(batch.id, { event: { $case: "item", item: result } });
         if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
       }

@@ -1,9 +1,24 @@
+import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { BatchState, ItemStatus, WorkerState, type Batch, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
 import type { WorkerRecord } from "./fleet.js";
 import type { GpuView } from "./vram-ledger.js";
 
 const lower = (s: string, prefix: string) => s.replace(prefix, "").toLowerCase();
+
+/** Outcomes of one attempt, as `shoal_item_attempts_total{outcome}` counts them. */
+export type AttemptOutcome = "succeeded" | "failed" | "retried" | "stale_ignored";
+export const ATTEMPT_OUTCOMES: readonly AttemptOutcome[] = ["succeeded", "failed", "retried", "stale_ignored"];
+
+/** The package version for `shoal_build_info`; "unknown" where package.json is not beside dist/. */
+export function shoalVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
 
 /**
  * The coordinator's registry (`:9464/metrics`). Labels are bounded sets: model, status, code,
@@ -24,18 +39,26 @@ export class CoordinatorMetrics {
   private readonly vramTotal: Gauge;
   private readonly vramFree: Gauge;
   private readonly vramReserved: Gauge;
+  private readonly workersLost: Counter;
   readonly grpcHandled: Counter;
   readonly grpcSeconds: Histogram;
   private knownModels = new Set<string>();
+  /** Last state seen per worker id, to count transitions to LOST (bounded by the fleet). */
+  private readonly lastState = new Map<string, WorkerState>();
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
     this.batches = new Counter({ name: "shoal_batches_total", help: "Batches by state: submitted, then their terminal state", labelNames: ["state"], registers });
     this.items = new Counter({ name: "shoal_items_total", help: "Items that reached a terminal state", labelNames: ["model", "status", "code"], registers });
-    this.attempts = new Counter({ name: "shoal_item_attempts_total", help: "Attempt outcomes: succeeded, failed, retried, stale_ignored", labelNames: ["outcome"], registers });
+    this.attempts = new Counter({
+      name: "shoal_item_attempts_total",
+      help: "Attempt outcomes: succeeded, failed (the item's last attempt), retried (placed again), stale_ignored (a late or duplicate result that changed nothing)",
+      labelNames: ["outcome"],
+      registers,
+    });
     const latency = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
-    this.queueSeconds = new Histogram({ name: "shoal_item_queue_seconds", help: "Time from submission to the attempt that finished the item", labelNames: ["model"], buckets: latency, registers });
+    this.queueSeconds = new Histogram({ name: "shoal_item_queue_seconds", help: "Time from submission until the attempt that finished the item was assigned", labelNames: ["model"], buckets: latency, registers });
     this.runSeconds = new Histogram({ name: "shoal_item_run_seconds", help: "Time a worker spent on the item's last attempt", labelNames: ["model"], buckets: latency, registers });
     this.batchSeconds = new Histogram({ name: "shoal_batch_duration_seconds", help: "Time from submission to the terminal batch", buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600], registers });
     this.queueItems = new Gauge({ name: "shoal_queue_items", help: "Items waiting for a GPU", labelNames: ["model"], registers });
@@ -45,8 +68,18 @@ export class CoordinatorMetrics {
     this.vramTotal = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM per GPU as reported by its worker", labelNames: ["worker", "gpu"], registers });
     this.vramFree = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM per GPU as last reported", labelNames: ["worker", "gpu"], registers });
     this.vramReserved = new Gauge({ name: "shoal_worker_vram_reserved_bytes", help: "VRAM the coordinator reserved on the GPU and the worker has not counted yet", labelNames: ["worker", "gpu"], registers });
+    this.workersLost = new Counter({ name: "shoal_workers_lost_total", help: "Times a worker went LOST (no heartbeat within the timeout)", registers });
+    new Gauge({ name: "shoal_build_info", help: "Always 1; labels tell the role and version of the process", labelNames: ["role", "version"], registers }).set(
+      { role: "coordinator", version: shoalVersion() },
+      1,
+    );
     this.grpcHandled = new Counter({ name: "grpc_server_handled_total", help: "RPCs completed", labelNames: ["grpc_service", "grpc_method", "grpc_code"], registers });
     this.grpcSeconds = new Histogram({ name: "grpc_server_handling_seconds", help: "RPC handling time", labelNames: ["grpc_service", "grpc_method"], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers });
+    // Series that exist from the start, so rate() and increase() count their first events.
+    for (const state of ["submitted", "completed", "failed", "cancelled"]) this.batches.inc({ state }, 0);
+    for (const outcome of ATTEMPT_OUTCOMES) this.attempts.inc({ outcome }, 0);
+    for (const state of ["ready", "draining", "lost"]) this.workers.set({ state }, 0);
+    this.inFlight.set(0);
   }
 
   batchSubmitted(): void {
@@ -61,32 +94,49 @@ export class CoordinatorMetrics {
   itemFinished(r: ItemResult, _firstQueuedAtMs: number): void {
     const status = lower(ItemStatus[r.status], "ITEM_STATUS_");
     this.items.inc({ model: r.model, status, code: r.error?.code ?? "" });
-    if (r.status !== ItemStatus.ITEM_STATUS_CANCELLED) {
+    // Latency of items that ran; one that never reached a worker (cancelled while queued, or
+    // failed as unplaceable) has no queue-to-start or run time to record.
+    if (r.status !== ItemStatus.ITEM_STATUS_CANCELLED && r.workerId !== "") {
       this.queueSeconds.observe({ model: r.model }, r.queueMs / 1000);
       this.runSeconds.observe({ model: r.model }, r.runMs / 1000);
     }
   }
 
-  attempt(outcome: "succeeded" | "failed" | "retried" | "stale_ignored"): void {
+  attempt(outcome: AttemptOutcome): void {
     this.attempts.inc({ outcome });
   }
 
   queue(byModel: Map<string, { items: number; bytes: number }>): void {
     for (const m of this.knownModels) if (!byModel.has(m)) byModel.set(m, { items: 0, bytes: 0 });
     for (const [model, { items, bytes }] of byModel) {
-      this.knownModels.add(model);
+      if (!this.knownModels.has(model)) this.firstSeen(model);
       this.queueItems.set({ model }, items);
       this.queueVram.set({ model }, bytes);
     }
   }
 
-  observeWorkers(workers: WorkerRecord[], gpus: GpuView[]): void {
+  /** A model's first items: its series start at zero so the first completions are counted by rate(). */
+  private firstSeen(model: string): void {
+    this.knownModels.add(model);
+    this.items.inc({ model, status: "succeeded", code: "" }, 0);
+    this.queueSeconds.zero({ model });
+    this.runSeconds.zero({ model });
+  }
+
+  observeWorkers(workers: readonly WorkerRecord[], gpus: readonly GpuView[]): void {
     const counts: Record<string, number> = { ready: 0, draining: 0, lost: 0 };
     let inFlight = 0;
+    const seen = new Set<string>();
     for (const w of workers) {
-      counts[lower(WorkerState[w.state], "WORKER_STATE_")] = (counts[lower(WorkerState[w.state], "WORKER_STATE_")] ?? 0) + 1;
+      const state = lower(WorkerState[w.state] ?? "unspecified", "WORKER_STATE_");
+      counts[state] = (counts[state] ?? 0) + 1;
       inFlight += w.leases.size;
+      seen.add(w.id);
+      const before = this.lastState.get(w.id);
+      if (w.state === WorkerState.WORKER_STATE_LOST && before !== undefined && before !== WorkerState.WORKER_STATE_LOST) this.workersLost.inc();
+      this.lastState.set(w.id, w.state);
     }
+    for (const id of this.lastState.keys()) if (!seen.has(id)) this.lastState.delete(id);
     for (const [state, n] of Object.entries(counts)) this.workers.set({ state }, n);
     this.inFlight.set(inFlight);
     this.vramTotal.reset();

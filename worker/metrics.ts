@@ -1,8 +1,32 @@
+import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { ItemStatus, itemStatusToJSON } from "../proto/gen/shoal/v1/shoal.js";
 import type { GpuDevice } from "./gpu/vram-source.js";
 
-/** The worker's own registry (`:9465/metrics`). Labels stay bounded: worker, gpu, model. */
+function shoalVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+interface BusyClock {
+  /** Items started on the GPU and not finished. */
+  running: number;
+  /** performance.now() up to which busy time has been counted. */
+  countedUntil: number;
+}
+
+/**
+ * The worker's own registry (`:9465/metrics`). Labels stay bounded: worker, gpu, model, status.
+ *
+ * Busy time is wall-clock time during which a GPU holds at least one started item (not the sum
+ * of item run times, which exceeds the wall clock when items overlap), brought up to date at
+ * every scrape, so `rate(shoal_worker_busy_seconds_total[5m])` is the fraction of time the GPU
+ * was busy, between 0 and 1, even while one long item runs.
+ */
 export class WorkerMetrics {
   readonly registry = new Registry();
   private readonly total: Gauge;
@@ -11,14 +35,26 @@ export class WorkerMetrics {
   private readonly items: Counter;
   private readonly run: Histogram;
   private readonly inFlightGauge: Gauge;
+  private readonly loads: Counter;
+  private readonly loadSeconds: Histogram;
+  private readonly residentGauge: Gauge;
+  private readonly busyClocks = new Map<string, BusyClock>();
+  private residentNow = new Set<string>();
+  /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
+  private readonly timedLoads = new Set<string>();
 
   constructor(private readonly workerId: string) {
-    this.registry.setDefaultLabels({});
     collectDefaultMetrics({ register: this.registry });
     const r = [this.registry];
     this.total = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM of each GPU", labelNames: ["worker", "gpu"], registers: r });
     this.free = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM of each GPU as last measured or accounted", labelNames: ["worker", "gpu"], registers: r });
-    this.busy = new Counter({ name: "shoal_worker_busy_seconds_total", help: "Seconds spent running items, per GPU", labelNames: ["worker", "gpu"], registers: r });
+    this.busy = new Counter({
+      name: "shoal_worker_busy_seconds_total",
+      help: "Wall-clock seconds during which the GPU held at least one started item",
+      labelNames: ["worker", "gpu"],
+      registers: r,
+      collect: () => this.accrueAll(),
+    });
     this.items = new Counter({ name: "shoal_worker_items_total", help: "Items finished on this worker", labelNames: ["worker", "model", "status"], registers: r });
     this.run = new Histogram({
       name: "shoal_worker_item_run_seconds",
@@ -28,24 +64,110 @@ export class WorkerMetrics {
       registers: r,
     });
     this.inFlightGauge = new Gauge({ name: "shoal_worker_items_in_flight", help: "Items held by this worker", labelNames: ["worker"], registers: r });
+    this.loads = new Counter({
+      name: "shoal_worker_model_loads_total",
+      help: "Model loads (sessions created) on this worker, timed or seen as a model becoming resident",
+      labelNames: ["worker", "model"],
+      registers: r,
+    });
+    this.loadSeconds = new Histogram({
+      name: "shoal_worker_model_load_seconds",
+      help: "Time to load a model, where the inference backend reports it",
+      labelNames: ["worker", "model"],
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers: r,
+    });
+    this.residentGauge = new Gauge({
+      name: "shoal_worker_resident_models",
+      help: "1 while the model is loaded on this worker, 0 after it was released",
+      labelNames: ["worker", "model"],
+      registers: r,
+    });
+    new Gauge({ name: "shoal_build_info", help: "Always 1; labels tell the role and version of the process", labelNames: ["role", "version"], registers: r }).set(
+      { role: "worker", version: shoalVersion() },
+      1,
+    );
+    this.inFlightGauge.set({ worker: this.workerId }, 0);
   }
 
   setDevices(devices: GpuDevice[]): void {
-    for (const d of devices) this.total.set({ worker: this.workerId, gpu: String(d.index) }, d.totalBytes);
+    for (const d of devices) {
+      const labels = { worker: this.workerId, gpu: String(d.index) };
+      this.total.set(labels, d.totalBytes);
+      this.busy.inc(labels, 0); // present from the start, so rate() sees the first busy second
+    }
   }
 
   vram(gpus: { index: number; vramFreeBytes: number }[]): void {
     for (const g of gpus) this.free.set({ worker: this.workerId, gpu: String(g.index) }, g.vramFreeBytes);
   }
 
+  /** An item starts on a GPU: the GPU counts as busy until the matching itemDone(). */
+  itemStarted(gpu = 0): void {
+    const key = String(gpu);
+    const now = performance.now();
+    const clock = this.busyClocks.get(key);
+    if (!clock) {
+      this.busyClocks.set(key, { running: 1, countedUntil: now });
+      return;
+    }
+    this.accrue(key, clock, now);
+    if (clock.running === 0) clock.countedUntil = now;
+    clock.running++;
+  }
+
+  /**
+   * An item ended (any status). With a matching itemStarted() the GPU's busy clock stops when its
+   * last item ends; without one, the item's run time is added as busy time.
+   */
   itemDone(model: string, status: ItemStatus, runSeconds: number, gpu = 0): void {
     const s = itemStatusToJSON(status).replace("ITEM_STATUS_", "").toLowerCase();
     this.items.inc({ worker: this.workerId, model, status: s });
     this.run.observe({ worker: this.workerId, model }, runSeconds);
-    this.busy.inc({ worker: this.workerId, gpu: String(gpu) }, runSeconds);
+    const key = String(gpu);
+    const clock = this.busyClocks.get(key);
+    if (clock && clock.running > 0) {
+      this.accrue(key, clock, performance.now());
+      clock.running--;
+    } else {
+      this.busy.inc({ worker: this.workerId, gpu: key }, runSeconds);
+    }
   }
 
   inFlight(n: number): void {
     this.inFlightGauge.set({ worker: this.workerId }, n);
+  }
+
+  /** A backend that times its loads reports each one here. */
+  modelLoaded(model: string, seconds: number): void {
+    this.loads.inc({ worker: this.workerId, model });
+    this.loadSeconds.observe({ worker: this.workerId, model }, seconds);
+    if (!this.residentNow.has(model)) this.timedLoads.add(model);
+  }
+
+  /**
+   * The models loaded now (from each heartbeat). A model that appears here without a timed
+   * modelLoaded() is counted as a load too, so the count is right for every backend; loads and
+   * evictions that both happen between two calls are not seen.
+   */
+  resident(models: readonly string[]): void {
+    const now = new Set(models);
+    for (const m of now) {
+      if (this.residentNow.has(m)) continue;
+      if (!this.timedLoads.delete(m)) this.loads.inc({ worker: this.workerId, model: m });
+    }
+    for (const m of this.residentNow) if (!now.has(m)) this.residentGauge.set({ worker: this.workerId, model: m }, 0);
+    for (const m of now) this.residentGauge.set({ worker: this.workerId, model: m }, 1);
+    this.residentNow = now;
+  }
+
+  private accrueAll(): void {
+    const now = performance.now();
+    for (const [key, clock] of this.busyClocks) this.accrue(key, clock, now);
+  }
+
+  private accrue(key: string, clock: BusyClock, now: number): void {
+    if (clock.running > 0 && now > clock.countedUntil) this.busy.inc({ worker: this.workerId, gpu: key }, (now - clock.countedUntil) / 1000);
+    clock.countedUntil = now;
   }
 }

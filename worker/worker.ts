@@ -31,6 +31,10 @@ export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING
 
 interface HeldItem {
   lease: LeaseRef;
+  attempt: number;
+  /** performance.now() after which the attempt is aborted with TIMEOUT. */
+  deadline: number;
+  timedOut: boolean;
   model: ModelManifest;
   gpuIndex: number;
   activation: number;
@@ -54,6 +58,7 @@ export class ShoalWorker {
   private readonly held = new Map<string, HeldItem>();
   private readonly subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private timeoutTimer: NodeJS.Timeout | undefined;
   private heartbeatSeq = 0;
   private itemsDone = 0;
   private readonly incarnation = randomToken(8);
@@ -117,6 +122,8 @@ export class ShoalWorker {
     await this.heartbeat();
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.opts.heartbeatIntervalMs);
     this.heartbeatTimer.unref();
+    this.timeoutTimer = setInterval(() => this.sweepTimeouts(), 100);
+    this.timeoutTimer.unref();
   }
 
   /** Models that are not built in are published so the coordinator can validate their items. */
@@ -149,11 +156,13 @@ export class ShoalWorker {
     if (!lease || !lease.token || !lease.batchId) return false;
     if (this.held.has(lease.token)) return true; // a re-sent assignment: already ours
     const model = this.manifests.get(item.model);
-    const log = this.log.child({ batchId: lease.batchId, item: lease.index, attempt: item.attempt });
     const controller = new AbortController();
     const params = item.params ?? {};
     const held: HeldItem = {
       lease,
+      attempt: item.attempt,
+      deadline: performance.now() + (item.timeoutMs || this.opts.itemTimeoutMs),
+      timedOut: false,
       model: model ?? { name: item.model, version: "?", params: {}, vram: { weights_bytes: 0, activation_bytes: 0 } },
       gpuIndex: item.gpuIndex,
       // The coordinator's figure may be a learned one, larger than the manifest's.
@@ -164,19 +173,26 @@ export class ShoalWorker {
     };
     this.held.set(lease.token, held);
     this.metrics?.inFlight(this.held.size);
-    log.debug({ model: item.model }, "item accepted");
-    void this.execute(held, params, item.timeoutMs || this.opts.itemTimeoutMs, log);
+    void this.execute(held, params, item.timeoutMs || this.opts.itemTimeoutMs);
     return true;
   }
 
-  private async execute(held: HeldItem, params: Record<string, unknown>, timeoutMs: number, log: Logger): Promise<void> {
+  /** One timer for every held item's timeout, not one per item (thousands are held at scale). */
+  private sweepTimeouts(): void {
+    const now = performance.now();
+    for (const h of this.held.values()) {
+      if (!h.timedOut && now > h.deadline) {
+        h.timedOut = true;
+        h.controller.abort();
+      }
+    }
+  }
+
+  private async execute(held: HeldItem, params: Record<string, unknown>, timeoutMs: number): Promise<void> {
     const { lease } = held;
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      held.controller.abort();
-    }, timeoutMs);
-    timer.unref();
+    // Per-item lines carry batch and item ids; bindings are built only when a line is written.
+    const ids = () => ({ batchId: lease.batchId, item: lease.index, attempt: held.attempt, model: held.model.name });
+    this.metrics?.itemStarted(held.gpuIndex);
     const started = performance.now();
     let outcome: ItemOutcome;
     try {
@@ -191,22 +207,20 @@ export class ShoalWorker {
       const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
       const runMs = Math.round(performance.now() - started);
       outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: output.peakBytes };
-      log.info({ runMs, model: held.model.name }, "item succeeded");
+      if (this.log.isLevelEnabled("debug")) this.log.debug({ ...ids(), runMs }, "item succeeded");
     } catch (err) {
       const runMs = Math.round(performance.now() - started);
       const e =
         err instanceof InferenceError
-          ? timedOut && err.code === "CANCELLED"
+          ? held.timedOut && err.code === "CANCELLED"
             ? new InferenceError("TIMEOUT", `item ran longer than ${timeoutMs} ms`, true)
             : err
           : new InferenceError("INFERENCE_FAILED", errorMessage(err), true);
       const status = e.code === "CANCELLED" ? ItemStatus.ITEM_STATUS_CANCELLED : ItemStatus.ITEM_STATUS_FAILED;
       outcome = { lease, status, error: { code: e.code, message: e.message, retryable: e.retryable }, artifacts: [], runMs, vramUsedBytes: 0 };
-      (e.code === "CANCELLED" ? log.info.bind(log) : log.warn.bind(log))({ code: e.code, err: e.message, runMs }, "item did not succeed");
-    } finally {
-      clearTimeout(timer);
+      (e.code === "CANCELLED" ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))({ ...ids(), code: e.code, err: e.message, runMs }, "item did not succeed");
     }
-    this.metrics?.itemDone(held.model.name, outcome.status, outcome.runMs / 1000);
+    this.metrics?.itemDone(held.model.name, outcome.status, outcome.runMs / 1000, held.gpuIndex);
     await this.publisher!.publish(lease.batchId, outcome);
     // Only now, with the outcome stored, does the item stop appearing in heartbeats.
     this.held.delete(lease.token);
@@ -267,6 +281,7 @@ export class ShoalWorker {
     }
     const gpus = this.gpuStatus();
     this.metrics?.vram(gpus);
+    this.metrics?.resident(this.backend.residentModels());
     const hb: Partial<Heartbeat> = {
       workerId: this.opts.id,
       seq: ++this.heartbeatSeq,
@@ -335,6 +350,7 @@ export class ShoalWorker {
     this.state = "STOPPING";
     this.closePromise = (async () => {
       if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+      if (this.timeoutTimer) clearInterval(this.timeoutTimer);
       for (const s of this.subs) {
         try {
           s.unsubscribe();
