@@ -90,6 +90,9 @@ export class Stack {
   readonly procs: Proc[] = [];
   grpcAddr = "";
   coordinator: Proc | undefined;
+  /** Extra node flags for the coordinator and worker processes (e.g. --cpu-prof in benchmarks). */
+  coordinatorNodeArgs: string[] = [];
+  workerNodeArgs: string[] = [];
 
   async startNats(): Promise<void> {
     this.natsPort = this.natsPort || (await freePort());
@@ -107,7 +110,7 @@ export class Stack {
   /** Starts the coordinator; resolves once its gRPC port is open. */
   async startCoordinator(args: string[] = [], grpcPort?: number): Promise<Proc> {
     const port = grpcPort ?? (this.grpcAddr ? Number(this.grpcAddr.split(":")[1]) : await freePort());
-    const child = spawn(process.execPath, [CLI, "coordinator", "--nats", this.natsUrl, "--grpc-port", String(port), "--grpc-host", "127.0.0.1", "--metrics-port", "0", "--log-format", "json", "--heartbeat-timeout", "1500ms", ...args], {
+    const child = spawn(process.execPath, [...this.coordinatorNodeArgs, CLI, "coordinator", "--nats", this.natsUrl, "--grpc-port", String(port), "--grpc-host", "127.0.0.1", "--metrics-port", "0", "--log-format", "json", "--heartbeat-timeout", "1500ms", ...args], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info" },
     });
@@ -120,7 +123,7 @@ export class Stack {
   }
 
   async startWorker(id: string, args: string[] = [], env: Record<string, string> = {}): Promise<Proc> {
-    const child = spawn(process.execPath, [CLI, "worker", "--nats", this.natsUrl, "--id", id, "--gpu", "none", "--metrics-port", "0", "--log-format", "json", "--heartbeat-interval", "250ms", ...args], {
+    const child = spawn(process.execPath, [...this.workerNodeArgs, CLI, "worker", "--nats", this.natsUrl, "--id", id, "--gpu", "none", "--metrics-port", "0", "--log-format", "json", "--heartbeat-interval", "250ms", ...args], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
     });
