@@ -31,6 +31,7 @@ import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { WebhookSender } from "./webhooks.js";
+import { heartbeatProblem, outcomeProblem } from "./wire-validation.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
@@ -105,14 +106,17 @@ export class Coordinator {
         callback: (err, msg) => {
           if (err) return;
           try {
-            this.onHeartbeat(decodeMessage(Heartbeat, msg.subject, msg.data));
+            const hb = decodeMessage(Heartbeat, msg.subject, msg.data);
+            const problem = heartbeatProblem(msg.subject.slice(msg.subject.lastIndexOf(".") + 1), hb);
+            if (problem) return this.protocolError("heartbeat", msg.subject, problem);
+            this.onHeartbeat(hb);
           } catch (e) {
             this.log.warn({ subject: msg.subject, err: errorMessage(e) }, "ignoring a bad heartbeat");
           }
         },
       }),
     );
-    await this.resultLog.startConsuming((entry) => this.onLogEntry(entry));
+    await this.resultLog.startConsuming((entry, subject) => this.onLogEntry(entry, subject));
     // Ask every worker to report now rather than within its next interval.
     this.nc.publish(this.names.coordinatorHello);
     this.tickTimer = setInterval(() => this.tick(), Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6)));
@@ -135,7 +139,7 @@ export class Coordinator {
       this.summaries.set(id, { batch: { ...batch, results: [] }, tenant: record.tenant });
       if (isTerminal(batch)) continue;
       const active = this.activate(record, revision);
-      for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true);
+      for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true, id);
       resumed++;
       if (active.isComplete) await this.finalize(active);
     }
@@ -388,12 +392,17 @@ export class Coordinator {
     }
   }
 
-  private onLogEntry(entry: ResultLogEntry): void {
-    this.applyEntry(entry, false);
+  private onLogEntry(entry: ResultLogEntry, subject: string): void {
+    this.applyEntry(entry, false, subject.slice(subject.lastIndexOf(".") + 1));
     this.scheduleSoon();
   }
 
-  private applyEntry(entry: ResultLogEntry, replaying: boolean): void {
+  private protocolError(kind: string, subject: string, problem: string): void {
+    this.metrics?.protocolError(kind);
+    this.log.warn({ subject, problem }, `dropping a bad ${kind} from a worker`);
+  }
+
+  private applyEntry(entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string): void {
     const now = Date.now();
     if (entry.entry?.$case === "revoked") {
       const r = entry.entry.revoked;
@@ -405,6 +414,11 @@ export class Coordinator {
     const { workerId, outcomes } = entry.entry.results;
     const worker = this.fleet.get(workerId);
     for (const o of outcomes) {
+      const problem = outcomeProblem(subjectBatchId ?? o.lease?.batchId ?? "", o);
+      if (problem) {
+        if (!replaying) this.protocolError("outcome", `${workerId}`, problem);
+        continue;
+      }
       if (!o.lease) continue;
       this.ledger.release(o.lease.token);
       worker?.leases.delete(o.lease.token);

@@ -46,6 +46,8 @@ export class CoordinatorMetrics {
   /** Last state seen per worker id, to count transitions to LOST (bounded by the fleet). */
   private readonly lastState = new Map<string, WorkerState>();
 
+  private readonly protocolErrors: Counter;
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
@@ -74,6 +76,7 @@ export class CoordinatorMetrics {
       1,
     );
     this.grpcHandled = new Counter({ name: "grpc_server_handled_total", help: "RPCs completed", labelNames: ["grpc_service", "grpc_method", "grpc_code"], registers });
+    this.protocolErrors = new Counter({ name: "shoal_protocol_errors_total", help: "Messages from workers dropped because they broke the protocol (kind: heartbeat, outcome)", labelNames: ["kind"], registers });
     this.grpcSeconds = new Histogram({ name: "grpc_server_handling_seconds", help: "RPC handling time", labelNames: ["grpc_service", "grpc_method"], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers });
     // Series that exist from the start, so rate() and increase() count their first events.
     for (const state of ["submitted", "completed", "failed", "cancelled"]) this.batches.inc({ state }, 0);
@@ -100,6 +103,10 @@ export class CoordinatorMetrics {
       this.queueSeconds.observe({ model: r.model }, r.queueMs / 1000);
       this.runSeconds.observe({ model: r.model }, r.runMs / 1000);
     }
+  }
+
+  protocolError(kind: string): void {
+    this.protocolErrors.inc({ kind });
   }
 
   attempt(outcome: AttemptOutcome): void {

@@ -74,3 +74,50 @@ describe("validation - a bad batch is refused whole and nothing of it runs", () 
     await assert.rejects(client.get("b_zzzz"), (err) => grpcCode(err) === status.NOT_FOUND);
   });
 });
+
+describe("validation - NATS messages from a misbehaving worker are dropped, nothing breaks", () => {
+  const stack = new Stack();
+  let client: TestClient;
+
+  before(async () => {
+    await stack.startNats();
+    await stack.startCoordinator(["--metrics-port", "0"]);
+    await stack.startWorker("w1", ["--simulate", "--vram", "40GB"]);
+    client = new TestClient(stack.grpcAddr);
+    await client.waitForWorkers(1);
+  });
+
+  after(async () => {
+    client?.close();
+    await stack.stop();
+  });
+
+  test("validation - garbage heartbeats and results do not change any batch or crash the coordinator", async () => {
+    const { connect } = await import("@nats-io/transport-node");
+    const { jetstream } = await import("@nats-io/jetstream");
+    const { Heartbeat, ResultLogEntry } = await import("../../proto/gen/shoal/v1/wire.js");
+    const nc = await connect({ servers: stack.natsUrl });
+    try {
+      const { batchId } = await client.submit({ items: Array.from({ length: 20 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 300, tag: `${i}` } })) });
+      nc.publish("shoal.hb.evil", new Uint8Array([1, 2, 3, 255, 255]));
+      nc.publish("shoal.hb.w9", Heartbeat.encode(Heartbeat.fromPartial({ workerId: "w1", incarnation: "x", gpus: [{ index: 0, vramTotalBytes: 1, vramFreeBytes: 1e12 }] })).finish());
+      const js = jetstream(nc);
+      await js.publish(`shoal.results.${batchId}`, new Uint8Array([9, 9, 9, 9]));
+      const forged = ResultLogEntry.encode(ResultLogEntry.fromPartial({
+        entry: { $case: "results", results: { workerId: "evil", outcomes: [
+          { lease: { batchId, index: 0, token: "1.forged" }, status: 2, error: { code: "NOPE", message: "x", retryable: false } },
+          { lease: { batchId: "b_other", index: 1, token: "1.forged" }, status: 1 },
+        ] } },
+      })).finish();
+      await js.publish(`shoal.results.${batchId}`, forged);
+      const batch = await client.waitTerminal(batchId, 60_000);
+      assert.equal(batch.succeeded, 20, "a forged outcome changed an item");
+      const ws = await client.workers();
+      assert.deepEqual(ws.map((w) => w.id), ["w1"], "a heartbeat with a mismatched id registered a worker");
+      assert.ok(stack.coordinator!.logs.some((l) => l.msg === "dropping a bad outcome from a worker"));
+      assert.ok(stack.coordinator!.logs.some((l) => l.msg === "dropping a bad heartbeat from a worker"));
+    } finally {
+      await nc.close();
+    }
+  });
+});

@@ -1,0 +1,58 @@
+// Checks on what workers send. Workers are part of the fleet, but a buggy or mismatched one must
+// not be able to corrupt the coordinator's state: a message that breaks these rules is dropped
+// (and counted) with a reason that names the field.
+
+import { ItemStatus } from "../proto/gen/shoal/v1/shoal.js";
+import type { Heartbeat, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
+import { WORKER_ID } from "../shared/ids.js";
+import { ARTIFACT_URI_PREFIX } from "../shared/subjects.js";
+
+export const ITEM_ERROR_CODES = new Set([
+  "INVALID_PARAMS",
+  "MODEL_NOT_FOUND",
+  "OUT_OF_MEMORY",
+  "WORKER_LOST",
+  "TIMEOUT",
+  "INFERENCE_FAILED",
+  "CONTENT_POLICY",
+  "CANCELLED",
+]);
+
+const MAX_GPUS = 64;
+const MAX_HELD = 1_000_000;
+
+/** Returns why the heartbeat is unacceptable, or undefined. */
+export function heartbeatProblem(subjectWorkerId: string, hb: Heartbeat): string | undefined {
+  if (!WORKER_ID.test(hb.workerId)) return `worker_id: "${hb.workerId.slice(0, 80)}" is not a valid worker id`;
+  if (hb.workerId !== subjectWorkerId) return `worker_id: "${hb.workerId}" does not match the subject's "${subjectWorkerId}"`;
+  if (!hb.incarnation) return "incarnation: is required";
+  if (hb.gpus.length === 0 || hb.gpus.length > MAX_GPUS) return `gpus: must list 1..${MAX_GPUS} GPUs (got ${hb.gpus.length})`;
+  const seen = new Set<number>();
+  for (const [i, g] of hb.gpus.entries()) {
+    if (seen.has(g.index)) return `gpus[${i}].index: ${g.index} appears twice`;
+    seen.add(g.index);
+    if (!(g.vramTotalBytes > 0)) return `gpus[${i}].vram_total_bytes: must be positive`;
+    if (g.vramFreeBytes > g.vramTotalBytes) return `gpus[${i}].vram_free_bytes: ${g.vramFreeBytes} exceeds the total ${g.vramTotalBytes}`;
+  }
+  if (hb.inFlight.length > MAX_HELD) return `in_flight: more than ${MAX_HELD} entries`;
+  if (hb.maxInFlight > MAX_HELD) return `max_in_flight: more than ${MAX_HELD}`;
+  return undefined;
+}
+
+/** Returns why the outcome is unacceptable, or undefined. `batchId` comes from the subject. */
+export function outcomeProblem(batchId: string, o: ItemOutcome): string | undefined {
+  const lease = o.lease;
+  if (!lease) return "lease: is required";
+  if (lease.batchId !== batchId) return `lease.batch_id: "${lease.batchId}" does not match the subject's batch "${batchId}"`;
+  if (!lease.token || lease.token.length > 64) return "lease.token: must be 1..64 characters";
+  if (![ItemStatus.ITEM_STATUS_SUCCEEDED, ItemStatus.ITEM_STATUS_FAILED, ItemStatus.ITEM_STATUS_CANCELLED].includes(o.status)) {
+    return `status: ${o.status} is not a terminal item status`;
+  }
+  if (o.status === ItemStatus.ITEM_STATUS_FAILED && !o.error) return "error: a FAILED outcome needs an error";
+  if (o.error && !ITEM_ERROR_CODES.has(o.error.code)) return `error.code: "${o.error.code.slice(0, 40)}" is not one of ${[...ITEM_ERROR_CODES].join(", ")}`;
+  for (const [i, a] of o.artifacts.entries()) {
+    if (!a.uri.startsWith(`${ARTIFACT_URI_PREFIX}${batchId}/`)) return `artifacts[${i}].uri: must point into this batch's artifacts`;
+    if (!/^[0-9a-f]{64}$/.test(a.sha256)) return `artifacts[${i}].sha256: must be 64 hex characters`;
+  }
+  return undefined;
+}

@@ -1,0 +1,54 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { heartbeatProblem, outcomeProblem } from "../../coordinator/wire-validation.js";
+import { ItemStatus, WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
+import type { Heartbeat, ItemOutcome } from "../../proto/gen/shoal/v1/wire.js";
+
+const hb = (over: Partial<Heartbeat> = {}): Heartbeat => ({
+  workerId: "w1",
+  seq: 1,
+  incarnation: "abc",
+  state: WorkerState.WORKER_STATE_READY,
+  gpus: [{ index: 0, name: "g", vramTotalBytes: 100, vramFreeBytes: 50, source: "budget" }],
+  residentModels: [],
+  inFlight: [],
+  itemsDone: 0,
+  maxInFlight: 2,
+  hostname: "h",
+  models: [],
+  heartbeatIntervalMs: 1000,
+  ...over,
+});
+
+const outcome = (over: Partial<ItemOutcome> = {}): ItemOutcome => ({
+  lease: { batchId: "b_1", index: 0, token: "1.x" },
+  status: ItemStatus.ITEM_STATUS_SUCCEEDED,
+  error: undefined,
+  artifacts: [],
+  runMs: 1,
+  vramUsedBytes: 0,
+  ...over,
+});
+
+test("wire validation - a sound heartbeat and outcome pass", () => {
+  assert.equal(heartbeatProblem("w1", hb()), undefined);
+  assert.equal(outcomeProblem("b_1", outcome()), undefined);
+});
+
+test("wire validation - heartbeats that would corrupt the ledger are refused with the field named", () => {
+  assert.match(heartbeatProblem("w2", hb())!, /^worker_id: .* does not match/);
+  assert.match(heartbeatProblem("w1", hb({ gpus: [] }))!, /^gpus:/);
+  assert.match(heartbeatProblem("w1", hb({ gpus: [{ index: 0, name: "g", vramTotalBytes: 10, vramFreeBytes: 20, source: "x" }] }))!, /vram_free_bytes: 20 exceeds/);
+  assert.match(heartbeatProblem("w1", hb({ gpus: [{ index: 0, name: "g", vramTotalBytes: 0, vramFreeBytes: 0, source: "x" }] }))!, /vram_total_bytes/);
+  assert.match(heartbeatProblem("w1", hb({ incarnation: "" }))!, /^incarnation/);
+});
+
+test("wire validation - outcomes for another batch, with unknown codes or foreign artifacts are refused", () => {
+  assert.match(outcomeProblem("b_2", outcome())!, /^lease.batch_id/);
+  assert.match(outcomeProblem("b_1", outcome({ status: ItemStatus.ITEM_STATUS_UNSPECIFIED }))!, /^status/);
+  assert.match(outcomeProblem("b_1", outcome({ status: ItemStatus.ITEM_STATUS_FAILED }))!, /^error: a FAILED/);
+  assert.match(outcomeProblem("b_1", outcome({ status: ItemStatus.ITEM_STATUS_FAILED, error: { code: "OOPS", message: "", retryable: true } }))!, /^error.code/);
+  const artifact = { name: "image", contentType: "image/png", sizeBytes: 1, sha256: "a".repeat(64), uri: "shoal://artifacts/b_9/0/image" };
+  assert.match(outcomeProblem("b_1", outcome({ artifacts: [artifact] }))!, /^artifacts\[0\]\.uri/);
+  assert.equal(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/0/image" }] })), undefined);
+});
