@@ -28,13 +28,13 @@ export interface UpOptions {
 }
 
 /** Finds nats-server: $SHOAL_NATS_SERVER, then PATH, then /usr/sbin. */
-export function findNatsServer(env = process.env): string {
+export function findNatsServer(env: NodeJS.ProcessEnv = process.env, systemDirs = ["/usr/sbin", "/usr/local/sbin"]): string {
   const explicit = env.SHOAL_NATS_SERVER;
   if (explicit) {
     if (!existsSync(explicit)) throw new ConfigError("SHOAL_NATS_SERVER", `${explicit} does not exist`);
     return explicit;
   }
-  for (const dir of [...(env.PATH ?? "").split(delimiter), "/usr/sbin", "/usr/local/sbin"]) {
+  for (const dir of [...(env.PATH ?? "").split(delimiter), ...systemDirs]) {
     if (dir && existsSync(join(dir, "nats-server"))) return join(dir, "nats-server");
   }
   throw new ConfigError(
