@@ -17,6 +17,14 @@ import {
 } from "./server-commands.js";
 import { Fleet, upOptionsFrom } from "./up.js";
 
+// `shoal list | head` closes the pipe early: that is not an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE") process.exit(0);
+    throw err;
+  });
+}
+
 const program = new Command("shoal")
   .description("Shoal: batches of ONNX inference placed on a GPU fleet by free VRAM, over NATS")
   .version("0.1.0")
