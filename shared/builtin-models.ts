@@ -22,6 +22,9 @@ export const IMAGEGEN_TINY: ModelManifest = {
     guidance_scale: { type: "number", minimum: 0, maximum: 20, default: 7.5, description: "How strongly the prompt steers the image." },
     style: { type: "string", minLength: 1, maxLength: 100, description: "Optional style word, e.g. photorealistic." },
   },
+  // Queued items of the same width, height and steps run as one batch (one denoiser call per
+  // step for all of them); each image is byte-identical to the one drawn alone.
+  max_batch: 8,
   vram: {
     weights_bytes: 256 * MiB,
     activation_bytes: 64 * MiB,

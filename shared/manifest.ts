@@ -52,6 +52,11 @@ export interface ModelManifest {
   file?: string;
   inputs?: TensorInputSpec[];
   outputs?: TensorOutputSpec[];
+  /**
+   * Dynamic batching on the worker: how many queued items of this model with the same shape may
+   * run as one inference call with a batch dimension. Default 1: every item runs alone.
+   */
+  max_batch?: number;
   builtin?: boolean;
 }
 
@@ -95,6 +100,9 @@ export function checkManifest(value: unknown): string[] {
     if (pp !== undefined && (!Number.isFinite(pp) || pp < 0)) {
       problems.push("vram.activation_bytes_per_pixel: must be a non-negative number");
     }
+  }
+  if (m.max_batch !== undefined && (!Number.isSafeInteger(m.max_batch) || m.max_batch < 1)) {
+    problems.push("max_batch: must be an integer ≥ 1");
   }
   if (m.inputs !== undefined) {
     if (!Array.isArray(m.inputs)) problems.push("inputs: must be an array");

@@ -1,11 +1,13 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { decode } from "fast-png";
+import ort from "onnxruntime-node";
 import { InferenceError } from "../../worker/inference/backend.js";
 import { buildImagegenGraphs } from "../../worker/inference/imagegen/graphs.js";
 import { ImagegenPipeline, imagegenRequest } from "../../worker/inference/imagegen/pipeline.js";
-import { fnv1a32 } from "../../worker/inference/imagegen/prng.js";
+import { fnv1a32, Prng } from "../../worker/inference/imagegen/prng.js";
 import { alphaBar, timesteps } from "../../worker/inference/imagegen/scheduler.js";
+import { COND_DIM, LATENT_CHANNELS } from "../../worker/inference/imagegen/shapes.js";
 import { MAX_TOKENS, tokenize } from "../../worker/inference/imagegen/tokenizer.js";
 
 const SMALL = { width: 64, height: 64, steps: 2 };
@@ -129,6 +131,95 @@ test("imagegen - a stop request between steps ends the run with CANCELLED", asyn
     (err: unknown) => err instanceof InferenceError && err.code === "CANCELLED" && !err.retryable,
   );
   assert.equal(pipeline.denoiserCalls - before, 3);
+});
+
+/** Runs one graph on `samples` stacked along dim 0 and returns each sample's output. */
+async function perSample(
+  session: ort.InferenceSession,
+  feeds: (b: number) => Record<string, ort.Tensor>,
+  output: string,
+  b: number,
+): Promise<Uint8Array[]> {
+  const out = await session.run(feeds(b));
+  const data = out[output]!.data as Float32Array | Uint8Array;
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const size = bytes.length / b;
+  return Array.from({ length: b }, (_, k) => bytes.slice(k * size, (k + 1) * size));
+}
+
+test("imagegen - every graph computes a sample bit for bit the same alone and in a batch", async () => {
+  const graphs = buildImagegenGraphs();
+  const [encoder, denoiser, decoder] = await Promise.all([graphs.encoder, graphs.denoiser, graphs.decoder].map((g) => ort.InferenceSession.create(g)));
+  try {
+    const rng = new Prng(11);
+    for (const tokens of [3, 7, 77]) {
+      const ids = BigInt64Array.from({ length: 5 * tokens }, () => BigInt(rng.uint32() % 4096));
+      const feeds = (b: number) => ({ tokens: new ort.Tensor("int64", ids.slice(0, b * tokens), [b, tokens]) });
+      const batched = await perSample(encoder, feeds, "conditioning", 5);
+      const alone = await Promise.all([0, 1, 2, 3, 4].map(async (k) => (await perSample(encoder, () => ({ tokens: new ort.Tensor("int64", ids.slice(k * tokens, (k + 1) * tokens), [1, tokens]) }), "conditioning", 1))[0]!));
+      batched.forEach((s, k) => assert.deepEqual(s, alone[k], `encoder: prompt ${k} of ${tokens} tokens`));
+    }
+    for (const [h, w] of [[8, 8], [9, 17]] as const) {
+      const n = LATENT_CHANNELS * h * w;
+      const latents = new Prng(h * w).normals(4 * n);
+      const conds = new Prng(7).normals(4 * COND_DIM, 0.5);
+      const uncond = new Prng(8).normals(COND_DIM, 0.5);
+      const denoiserFeeds = (from: number, b: number) => ({
+        latent: new ort.Tensor("float32", latents.slice(from * n, (from + b) * n), [b, LATENT_CHANNELS, h, w]),
+        conditioning: new ort.Tensor("float32", conds.slice(from * COND_DIM, (from + b) * COND_DIM), [b, COND_DIM]),
+        unconditioning: new ort.Tensor("float32", uncond, [1, COND_DIM]),
+        timestep: new ort.Tensor("float32", Float32Array.of(0.75), [1]),
+        guidance_scale: new ort.Tensor("float32", Float32Array.from({ length: b }, (_, k) => 2 + 1.5 * (from + k)), [b]),
+      });
+      const decoderFeeds = (from: number, b: number) => ({ latent: new ort.Tensor("float32", latents.slice(from * n, (from + b) * n), [b, LATENT_CHANNELS, h, w]) });
+      for (const [session, feeds, output] of [
+        [denoiser, denoiserFeeds, "denoised"],
+        [decoder, decoderFeeds, "pixels"],
+      ] as const) {
+        const batched = await perSample(session, (b) => feeds(0, b), output, 4);
+        for (let k = 0; k < 4; k++) {
+          const [alone] = await perSample(session, () => feeds(k, 1), output, 1);
+          assert.deepEqual(batched[k], alone, `${output}: sample ${k} of a ${h}×${w} latent`);
+        }
+      }
+    }
+  } finally {
+    await Promise.all([encoder, denoiser, decoder].map((s) => s.release()));
+  }
+});
+
+test("imagegen - a batch draws each image byte-identical to drawing it alone, with one denoiser call per step", async () => {
+  const reqs = [
+    { prompt: "two dogs on a beach", seed: 1 },
+    { prompt: "mountains under a starry sky", seed: 2, guidance_scale: 3 },
+    { prompt: "a red kite", style: "watercolor" },
+    { prompt: "a bowl of fruit", seed: 4, guidance_scale: 12, style: "photorealistic" },
+  ].map((p) => imagegenRequest({ ...SMALL, steps: 3, ...p }));
+  const alone: Uint8Array[] = [];
+  for (const req of reqs) alone.push((await pipeline.generate(req)).png);
+  const before = pipeline.denoiserCalls;
+  const batch = await pipeline.generateBatch(reqs);
+  assert.equal(batch.denoiserCalls, 3);
+  assert.equal(pipeline.denoiserCalls - before, 3);
+  batch.images.forEach((img, k) => assert.deepEqual(img?.png, alone[k], `image ${k}`));
+  await assert.rejects(
+    pipeline.generateBatch([reqs[0]!, { ...reqs[1]!, width: 72 }]),
+    (err: unknown) => err instanceof InferenceError && /share width, height and steps/.test(err.message),
+  );
+});
+
+test("imagegen - a stopped image leaves its batch; the others are unchanged", async () => {
+  const reqs = [0, 1, 2].map((i) => imagegenRequest({ ...SMALL, steps: 6, prompt: `a batch member ${i}`, seed: i }));
+  const alone: Uint8Array[] = [];
+  for (const req of reqs) alone.push((await pipeline.generate(req)).png);
+  const before = pipeline.denoiserCalls;
+  const batch = await pipeline.generateBatch(reqs, (i) => i === 1 && pipeline.denoiserCalls - before >= 2);
+  assert.equal(batch.images[1], undefined);
+  assert.deepEqual(batch.images[0]?.png, alone[0]);
+  assert.deepEqual(batch.images[2]?.png, alone[2]);
+  const none = await pipeline.generateBatch(reqs, () => pipeline.denoiserCalls - before >= 8);
+  assert.deepEqual(none.images, [undefined, undefined, undefined]);
+  assert.equal(none.denoiserCalls, 2, "the run ends once every image has stopped");
 });
 
 test("imagegen - bad params are INVALID_PARAMS naming each one", () => {

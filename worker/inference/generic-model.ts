@@ -1,108 +1,183 @@
 // A model from the model directory, run as its manifest says: each `inputs` entry turns a param
 // into a tensor (dtype, shape with at most one -1 inferred from the param's length), each
 // `outputs` entry becomes a JSON artifact {"dims", "type", "data"}. Without `outputs`, every
-// output of the graph is written, named after the output.
+// output of the graph is written, named after the output. Models whose manifest allows it
+// (`max_batch`, see `batchesAlongDim0`) run several queued items as one batch.
 
 import type ort from "onnxruntime-node";
-import type { ModelManifest, TensorInputSpec } from "../../shared/manifest.js";
+import type { ModelManifest } from "../../shared/manifest.js";
 import { InferenceError, type ArtifactData } from "./backend.js";
-import type { Runtime } from "./ort-runtime.js";
+import { batchesAlongDim0 } from "./batch-key.js";
+import { toInferenceError, type Runtime } from "./ort-runtime.js";
+import { buildFeeds } from "./tensor-feeds.js";
 
 export const JSON_CONTENT_TYPE = "application/json";
 
+/** What one item of a batch came to: its artifacts, or why it has none. */
+export type ItemOutcome = ArtifactData[] | InferenceError;
+
+type Feeds = Record<string, ort.Tensor>;
+type FeedData = Float32Array | Int32Array | BigInt64Array;
+
 export class GenericModel {
+  /** Cleared once a batched run failed or its outputs did not split per item: from then on, items run alone. */
+  private batching = true;
+
   private constructor(
     private readonly runtime: Runtime,
     private readonly manifest: ModelManifest,
     private readonly session: ort.InferenceSession,
+    private readonly log: (msg: string, fields: Record<string, unknown>) => void,
   ) {}
 
-  static async load(runtime: Runtime, manifest: ModelManifest, modelPath: string): Promise<GenericModel> {
-    return new GenericModel(runtime, manifest, await runtime.createSession(modelPath));
+  static async load(
+    runtime: Runtime,
+    manifest: ModelManifest,
+    modelPath: string,
+    log: (msg: string, fields: Record<string, unknown>) => void = () => {},
+  ): Promise<GenericModel> {
+    return new GenericModel(runtime, manifest, await runtime.createSession(modelPath), log);
   }
 
   async run(params: Record<string, unknown>, shouldStop: () => boolean): Promise<ArtifactData[]> {
-    const feeds = buildFeeds(this.runtime.ort, this.manifest, params);
-    if (shouldStop()) throw new InferenceError("CANCELLED", `${this.manifest.name}: cancelled`, false);
-    const results = await this.session.run(feeds);
-    // A single run cannot be interrupted; a cancel that arrived meanwhile still wins.
-    if (shouldStop()) throw new InferenceError("CANCELLED", `${this.manifest.name}: cancelled`, false);
-    const specs = this.manifest.outputs ?? this.session.outputNames.map((name) => ({ name, artifact: name }));
-    const artifacts = specs.map((spec) => {
-      const tensor = results[spec.name];
-      if (tensor === undefined) {
-        throw new InferenceError("INFERENCE_FAILED", `${this.manifest.name}: the model has no output "${spec.name}"`, false);
+    const [outcome] = await this.runBatch([params], () => shouldStop());
+    if (outcome instanceof InferenceError) throw outcome;
+    return outcome!;
+  }
+
+  /**
+   * Runs several items: as one batch where the model batches along dim 0 (see
+   * `batchesAlongDim0`) and their inputs have the same dims, otherwise one after another.
+   * `shouldStop(i)` is polled per item before and after the run; a stopped item is CANCELLED.
+   * A param that does not fit fails only its own item.
+   */
+  async runBatch(paramsList: readonly Record<string, unknown>[], shouldStop: (index: number) => boolean): Promise<ItemOutcome[]> {
+    const outcomes: (ItemOutcome | undefined)[] = paramsList.map(() => undefined);
+    const feeds = new Map<number, Feeds>();
+    paramsList.forEach((params, i) => {
+      try {
+        feeds.set(i, buildFeeds(this.runtime.ort, this.manifest, params));
+      } catch (err) {
+        outcomes[i] = toError(err, this.manifest);
       }
-      return { name: spec.artifact, contentType: JSON_CONTENT_TYPE, data: tensorJson(tensor) };
     });
-    for (const tensor of Object.values(results)) tensor.dispose();
-    return artifacts;
+    const live = [...feeds.keys()].filter((i) => !this.stopped(i, shouldStop, outcomes));
+    const sameDims = live.every((i) => sameFeedDims(feeds.get(i)!, feeds.get(live[0]!)!));
+    if (live.length > 1 && sameDims && this.batching && batchesAlongDim0(this.manifest)) {
+      const batched = await this.runStacked(live.map((i) => feeds.get(i)!));
+      if (batched !== undefined) {
+        live.forEach((i, k) => {
+          if (!this.stopped(i, shouldStop, outcomes)) outcomes[i] = batched[k]!;
+        });
+        return outcomes.map((o) => o ?? cancelled(this.manifest));
+      }
+    }
+    for (const i of live) {
+      if (this.stopped(i, shouldStop, outcomes)) continue;
+      try {
+        const artifacts = await this.runOne(feeds.get(i)!);
+        if (!this.stopped(i, shouldStop, outcomes)) outcomes[i] = artifacts;
+      } catch (err) {
+        outcomes[i] = toError(err, this.manifest);
+      }
+    }
+    return outcomes.map((o) => o ?? cancelled(this.manifest));
   }
 
   async release(): Promise<void> {
     await this.session.release();
   }
-}
 
-/** Builds the feeds of a run; a param that does not fit its tensor is INVALID_PARAMS. */
-export function buildFeeds(
-  ortModule: typeof ort,
-  manifest: ModelManifest,
-  params: Record<string, unknown>,
-): Record<string, ort.Tensor> {
-  const feeds: Record<string, ort.Tensor> = {};
-  for (const spec of manifest.inputs ?? []) {
-    const values = paramValues(manifest, spec, params[spec.param]);
-    const dims = resolveShape(manifest, spec, values.length);
-    feeds[spec.name] = new ortModule.Tensor(spec.dtype, typedArray(manifest, spec, values), dims);
+  /** Whether item i has been asked to stop; marks it CANCELLED if so. A single run cannot be interrupted; a cancel that arrived meanwhile still wins. */
+  private stopped(i: number, shouldStop: (index: number) => boolean, outcomes: (ItemOutcome | undefined)[]): boolean {
+    if (!shouldStop(i)) return false;
+    outcomes[i] = cancelled(this.manifest);
+    return true;
   }
-  return feeds;
-}
 
-function paramValues(manifest: ModelManifest, spec: TensorInputSpec, raw: unknown): number[] {
-  const fail = (why: string): never => {
-    throw new InferenceError("INVALID_PARAMS", `${manifest.name}: params.${spec.param} ${why}`, false);
-  };
-  if (raw === undefined || raw === null) return fail("is required by input " + spec.name);
-  const values = Array.isArray(raw) ? raw : [raw];
-  return values.map((v) => {
-    if (typeof v === "boolean") return v ? 1 : 0;
-    if (typeof v !== "number" || !Number.isFinite(v)) return fail("must be a number or an array of numbers");
-    return v;
-  });
-}
-
-/** The input's shape with its -1 (if any) inferred from the number of values. */
-export function resolveShape(manifest: ModelManifest, spec: TensorInputSpec, count: number): number[] {
-  const known = spec.shape.filter((d) => d !== -1).reduce((a, b) => a * b, 1);
-  const inferred = spec.shape.includes(-1);
-  const fits = inferred ? known > 0 && count % known === 0 && count > 0 : count === known;
-  if (!fits) {
-    throw new InferenceError(
-      "INVALID_PARAMS",
-      `${manifest.name}: params.${spec.param} has ${count} values, which do not fit shape [${spec.shape.join(", ")}] of input ${spec.name}`,
-      false,
-    );
-  }
-  return spec.shape.map((d) => (d === -1 ? count / known : d));
-}
-
-function typedArray(manifest: ModelManifest, spec: TensorInputSpec, values: number[]): Float32Array | Int32Array | BigInt64Array {
-  if (spec.dtype === "float32") return Float32Array.from(values);
-  if (!values.every(Number.isSafeInteger)) {
-    throw new InferenceError("INVALID_PARAMS", `${manifest.name}: params.${spec.param} must hold integers for ${spec.dtype} input ${spec.name}`, false);
-  }
-  if (spec.dtype === "int32") {
-    if (values.some((v) => v < -2147483648 || v > 2147483647)) {
-      throw new InferenceError("INVALID_PARAMS", `${manifest.name}: params.${spec.param} does not fit int32`, false);
+  private async runOne(feeds: Feeds): Promise<ArtifactData[]> {
+    const results = await this.session.run(feeds);
+    try {
+      return this.outputSpecs().map((spec) => ({ name: spec.artifact, contentType: JSON_CONTENT_TYPE, data: tensorJson(this.output(results, spec.name)) }));
+    } finally {
+      for (const tensor of Object.values(results)) tensor.dispose();
     }
-    return Int32Array.from(values);
   }
-  return BigInt64Array.from(values, (v) => BigInt(v));
+
+  /**
+   * One run for items whose feeds have equal dims, stacked along dim 0. Undefined when the model
+   * turns out not to batch (the run fails, or an output does not come back with the batch as its
+   * first dim): the caller then runs the items one at a time, as this model will from now on.
+   */
+  private async runStacked(items: Feeds[]): Promise<ItemOutcome[] | undefined> {
+    const b = items.length;
+    const stacked: Feeds = {};
+    for (const name of Object.keys(items[0]!)) {
+      const first = items[0]![name]!;
+      const per = first.size;
+      const one = first.data as FeedData;
+      const data = new (one.constructor as new (n: number) => FeedData)(per * b);
+      items.forEach((feeds, k) => (data as Float32Array).set(feeds[name]!.data as Float32Array, k * per));
+      // The cast only picks one of the constructor's overloads; type and data match at run time.
+      stacked[name] = new this.runtime.ort.Tensor(first.type as "float32", data as Float32Array, [b, ...first.dims.slice(1)]);
+    }
+    const stopBatching = (why: string, fields: Record<string, unknown>): undefined => {
+      this.batching = false;
+      this.log(`${why}; this model's items run one at a time from now on`, { model: this.manifest.name, batch: b, ...fields });
+      return undefined;
+    };
+    let results: ort.InferenceSession.ReturnType;
+    try {
+      results = await this.session.run(stacked);
+    } catch (err) {
+      return stopBatching("a batched run failed", { err: (err as Error).message });
+    }
+    try {
+      const specs = this.outputSpecs();
+      const tensors = specs.map((spec) => this.output(results, spec.name));
+      const odd = tensors.find((t) => t.dims[0] !== b);
+      if (odd !== undefined) return stopBatching("a batched run's output does not have the batch as its first dim", { dims: [...odd.dims] });
+      return items.map((_, k) =>
+        specs.map((spec, o) => {
+          const t = tensors[o]!;
+          const per = t.size / b;
+          const data = (t.data as unknown as { slice(start: number, end: number): typeof t.data }).slice(k * per, (k + 1) * per);
+          return { name: spec.artifact, contentType: JSON_CONTENT_TYPE, data: tensorJson({ dims: [1, ...t.dims.slice(1)], type: t.type, data }) };
+        }),
+      );
+    } catch (err) {
+      const e = toError(err, this.manifest);
+      return items.map(() => e);
+    } finally {
+      for (const tensor of Object.values(results)) tensor.dispose();
+    }
+  }
+
+  private outputSpecs(): { name: string; artifact: string }[] {
+    return this.manifest.outputs ?? this.session.outputNames.map((name) => ({ name, artifact: name }));
+  }
+
+  private output(results: ort.InferenceSession.ReturnType, name: string): ort.Tensor {
+    const tensor = results[name];
+    if (tensor === undefined) throw new InferenceError("INFERENCE_FAILED", `${this.manifest.name}: the model has no output "${name}"`, false);
+    return tensor;
+  }
+}
+
+function sameFeedDims(a: Feeds, b: Feeds): boolean {
+  return Object.keys(a).every((name) => a[name]!.dims.join("x") === b[name]?.dims.join("x"));
+}
+
+function cancelled(manifest: ModelManifest): InferenceError {
+  return new InferenceError("CANCELLED", `${manifest.name}: cancelled`, false);
+}
+
+function toError(err: unknown, manifest: ModelManifest): InferenceError {
+  return toInferenceError(err, `running ${manifest.name}`);
 }
 
 /** A tensor as the JSON artifact {"dims":[...],"type":"float32","data":[...]}. */
-export function tensorJson(tensor: ort.Tensor): Uint8Array {
+export function tensorJson(tensor: Pick<ort.Tensor, "dims" | "type" | "data">): Uint8Array {
   const data = tensor.data;
   let values: unknown[];
   if (data instanceof BigInt64Array || data instanceof BigUint64Array) values = Array.from(data, (v) => Number(v));

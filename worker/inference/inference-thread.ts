@@ -1,16 +1,17 @@
 // The entry point of one inference thread (worker_threads). onnxruntime's run() blocks the
-// thread that calls it, so models run here, one item at a time, while the main thread keeps
-// heartbeats and NATS flowing. The thread keeps its own sessions (an LRU of models) and reports
-// which are loaded with every result.
+// thread that calls it, so models run here, one group at a time, while the main thread keeps
+// heartbeats and NATS flowing. A group is one item, or several queued items of one model and
+// shape that run as one batch (dynamic batching). The thread keeps its own sessions (an LRU of
+// models) and reports which are loaded with every result.
 
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import { InferenceError, type ArtifactData } from "./backend.js";
-import { GenericModel } from "./generic-model.js";
-import { ImagegenPipeline, imagegenRequest } from "./imagegen/pipeline.js";
+import { GenericModel, type ItemOutcome } from "./generic-model.js";
+import { ImagegenPipeline, imagegenRequest, imagegenShapeKey, type ImagegenRequest } from "./imagegen/pipeline.js";
 import { ModelCache } from "./model-cache.js";
 import { Runtime, toInferenceError } from "./ort-runtime.js";
-import type { FromThread, RunRequest, RunStats, ThreadInit, ToThread } from "./thread-protocol.js";
+import type { FromThread, ItemResult, RunRequest, RunStats, ThreadInit, ToThread } from "./thread-protocol.js";
 
 /**
  * TEST HOOK, for crash-recovery tests only: when SHOAL_TEST_POISON_PROMPT is set and an
@@ -20,7 +21,8 @@ import type { FromThread, RunRequest, RunStats, ThreadInit, ToThread } from "./t
 export const POISON_PROMPT_ENV = "SHOAL_TEST_POISON_PROMPT";
 
 interface ThreadModel {
-  run(params: Record<string, unknown>, shouldStop: () => boolean): Promise<{ artifacts: ArtifactData[]; stats: RunStats }>;
+  /** Runs a group; one outcome per item, in order. `shouldStop(i)` tells whether item i was cancelled. */
+  run(items: Record<string, unknown>[], shouldStop: (index: number) => boolean): Promise<{ outcomes: ItemOutcome[]; stats: RunStats }>;
   release(): Promise<void>;
 }
 
@@ -37,52 +39,56 @@ if (!isMainThread && parentPort !== null) {
   const cache = new ModelCache<ThreadModel>(init.maxResidentModels, async (name) => {
     if (name === IMAGEGEN_TINY.name) {
       const pipeline = await ImagegenPipeline.create(init.imagegen, (bytes) => runtime.createSession(bytes));
-      return {
-        async run(params, shouldStop) {
-          const result = await pipeline.generate(imagegenRequest(params), shouldStop);
-          return {
-            artifacts: [{ name: "image", contentType: "image/png", data: result.png }],
-            stats: { denoiserCalls: result.denoiserCalls },
-          };
-        },
-        release: () => pipeline.release(),
-      };
+      return { run: (items, shouldStop) => runImagegen(pipeline, items, shouldStop), release: () => pipeline.release() };
     }
     const entry = local.get(name);
     if (entry === undefined) throw new InferenceError("MODEL_NOT_FOUND", `model ${name} is not served by this worker`, false);
-    const model = await GenericModel.load(runtime, entry.manifest, entry.modelPath);
-    return { run: async (params, shouldStop) => ({ artifacts: await model.run(params, shouldStop), stats: {} }), release: () => model.release() };
+    const model = await GenericModel.load(runtime, entry.manifest, entry.modelPath, (msg, fields) => post({ type: "log", level: "warn", msg, fields }));
+    return { run: async (items, shouldStop) => ({ outcomes: await model.runBatch(items, shouldStop), stats: {} }), release: () => model.release() };
   });
 
   const run = async (req: RunRequest): Promise<void> => {
-    const flag = new Int32Array(req.cancel);
-    const shouldStop = (): boolean => Atomics.load(flag, 0) !== 0;
+    const flags = new Int32Array(req.cancel);
+    const shouldStop = (index: number): boolean => Atomics.load(flags, index) !== 0;
     const poison = process.env[POISON_PROMPT_ENV];
-    if (poison !== undefined && poison !== "" && req.model === IMAGEGEN_TINY.name && req.params.prompt === poison) {
+    if (poison !== undefined && poison !== "" && req.model === IMAGEGEN_TINY.name && req.items.some((item) => item.params.prompt === poison)) {
       process.exit(1);
     }
+    let outcomes: ItemOutcome[];
+    let stats: RunStats = {};
     try {
-      if (shouldStop()) throw new InferenceError("CANCELLED", "cancelled before it started", false);
+      if (req.items.every((_, i) => shouldStop(i))) throw new InferenceError("CANCELLED", "cancelled before it started", false);
       let model: ThreadModel;
       try {
         model = await cache.get(req.model);
       } catch (err) {
         throw err instanceof InferenceError ? err : toInferenceError(err, `loading model ${req.model}`);
       }
-      const { artifacts, stats } = await model.run(req.params, shouldStop);
-      // Transfer only buffers an artifact owns whole: a view into a shared pool must be copied.
-      const transfer = artifacts
-        .filter((a) => a.data.byteOffset === 0 && a.data.byteLength === a.data.buffer.byteLength)
-        .map((a) => a.data.buffer)
-        .filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
-      post({ type: "done", jobId: req.jobId, artifacts, stats, resident: cache.names() }, [...new Set(transfer)]);
+      ({ outcomes, stats } = await model.run(
+        req.items.map((item) => item.params),
+        shouldStop,
+      ));
     } catch (err) {
       const e = toInferenceError(err, `running ${req.model}`);
-      post({ type: "failed", jobId: req.jobId, code: e.code, message: e.message, retryable: e.retryable, resident: cache.names() });
+      outcomes = req.items.map(() => e);
     }
+    const items = req.items.map((item, i): ItemResult => {
+      const outcome = outcomes[i] ?? new InferenceError("INFERENCE_FAILED", `running ${req.model}: no result for item ${item.jobId}`, false);
+      if (outcome instanceof InferenceError) {
+        return { jobId: item.jobId, ok: false, code: outcome.code, message: outcome.message, retryable: outcome.retryable };
+      }
+      return { jobId: item.jobId, ok: true, artifacts: outcome };
+    });
+    // Transfer only buffers an artifact owns whole: a view into a shared pool must be copied.
+    const transfer = items
+      .flatMap((r) => (r.ok ? r.artifacts : []))
+      .filter((a) => a.data.byteOffset === 0 && a.data.byteLength === a.data.buffer.byteLength)
+      .map((a) => a.data.buffer)
+      .filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
+    post({ type: "done", groupId: req.groupId, items, stats, resident: cache.names() }, [...new Set(transfer)]);
   };
 
-  // Items arrive one at a time (the pool sends the next only after a result), but chain them
+  // Groups arrive one at a time (the pool sends the next only after a result), but chain them
   // anyway so a protocol slip can never run two at once on one thread.
   let chain = Promise.resolve();
   port.on("message", (msg: ToThread) => {
@@ -96,4 +102,42 @@ if (!isMainThread && parentPort !== null) {
     }
   });
   post({ type: "ready" });
+}
+
+/**
+ * Runs a group of imagegen-tiny items: bad params fail their own item; the rest run as one
+ * batch per shape (the pool groups by shape already; the thread does not count on it).
+ */
+async function runImagegen(
+  pipeline: ImagegenPipeline,
+  items: Record<string, unknown>[],
+  shouldStop: (index: number) => boolean,
+): Promise<{ outcomes: ItemOutcome[]; stats: RunStats }> {
+  const outcomes: ItemOutcome[] = [];
+  const byShape = new Map<string, { index: number; req: ImagegenRequest }[]>();
+  items.forEach((params, index) => {
+    try {
+      const req = imagegenRequest(params);
+      const key = imagegenShapeKey(req);
+      byShape.set(key, [...(byShape.get(key) ?? []), { index, req }]);
+    } catch (err) {
+      outcomes[index] = toInferenceError(err, "imagegen-tiny");
+    }
+  });
+  let denoiserCalls = 0;
+  for (const members of byShape.values()) {
+    const batch = await pipeline.generateBatch(
+      members.map((m) => m.req),
+      (k) => shouldStop(members[k]!.index),
+    );
+    denoiserCalls += batch.denoiserCalls;
+    members.forEach((m, k) => {
+      const image = batch.images[k];
+      outcomes[m.index] =
+        image === undefined
+          ? new InferenceError("CANCELLED", "imagegen-tiny: cancelled", false)
+          : ([{ name: "image", contentType: "image/png", data: image.png }] satisfies ArtifactData[]);
+    });
+  }
+  return { outcomes, stats: { denoiserCalls } };
 }

@@ -109,6 +109,14 @@ function genericProblems(m: ModelManifest): string[] {
       if (input.shape.some((d) => d !== -1 && d < 1)) problems.push(`inputs[${i}].shape: dimensions must be positive, or -1`);
     });
   }
+  if ((m.max_batch ?? 1) > 1 && Array.isArray(m.inputs)) {
+    // Batches stack items along dim 0, so each item must be a batch of one there.
+    m.inputs.forEach((input, i) => {
+      if (Array.isArray(input.shape) && input.shape[0] !== 1) {
+        problems.push(`max_batch: ${m.max_batch} needs every input's first dimension to be the batch dimension, 1; inputs[${i}].shape is [${input.shape.join(", ")}]`);
+      }
+    });
+  }
   const artifacts = (m.outputs ?? []).map((o) => o.artifact);
   if (new Set(artifacts).size !== artifacts.length) problems.push("outputs: artifact names must be distinct");
   return problems;

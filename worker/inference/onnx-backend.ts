@@ -1,14 +1,16 @@
 // The real inference backend: the built-in imagegen-tiny plus any model from the model
 // directory, run with onnxruntime-node in a pool of worker threads (run() blocks its thread,
-// and the worker's main thread must keep heartbeating).
+// and the worker's main thread must keep heartbeating). Queued items of one model and shape run
+// as one batch where the model's manifest allows it (`max_batch`, see batch-key.ts).
 
 import { availableParallelism } from "node:os";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import type { ModelManifest } from "../../shared/manifest.js";
 import { InferenceError, type InferenceBackend, type InferenceJob, type InferenceOutput } from "./backend.js";
+import { batchKey, type BatchKey } from "./batch-key.js";
 import { buildImagegenGraphs } from "./imagegen/graphs.js";
 import { loadModelDir, type LocalModel } from "./model-dir.js";
-import { ThreadPool, type BackendLogger } from "./thread-pool.js";
+import { ThreadPool, type BackendLogger, type PoolJob, type PoolStats } from "./thread-pool.js";
 
 export type { BackendLogger } from "./thread-pool.js";
 
@@ -27,6 +29,8 @@ export interface OnnxBackendOptions {
   cancelGraceMs?: number | undefined;
   /** How long close() waits for running items; default 10 s. */
   closeGraceMs?: number | undefined;
+  /** Dynamic batching where a model's manifest sets max_batch > 1; default true. False runs every item alone. */
+  batching?: boolean | undefined;
   logger?: BackendLogger | undefined;
 }
 
@@ -39,6 +43,7 @@ interface CompiledOptions {
   maxResidentModels: number;
   cancelGraceMs: number;
   closeGraceMs: number;
+  batching: boolean;
 }
 
 const SILENT: BackendLogger = { info() {}, warn() {}, error() {} };
@@ -50,8 +55,6 @@ export class OnnxBackend implements InferenceBackend {
   private pool: ThreadPool | undefined;
   private starting: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
-  /** imagegen-tiny denoiser calls so far (cost follows `steps`). */
-  denoiserCalls = 0;
 
   constructor(options: OnnxBackendOptions) {
     this.logger = options.logger ?? SILENT;
@@ -66,6 +69,7 @@ export class OnnxBackend implements InferenceBackend {
       maxResidentModels: options.maxResidentModels ?? 4,
       cancelGraceMs: options.cancelGraceMs ?? 10_000,
       closeGraceMs: options.closeGraceMs ?? 10_000,
+      batching: options.batching ?? true,
     };
     const cores = availableParallelism();
     if (options.threads * intraOpThreads > cores) {
@@ -86,6 +90,16 @@ export class OnnxBackend implements InferenceBackend {
     return this.pool?.residentModels() ?? [];
   }
 
+  /** imagegen-tiny denoiser session runs so far: one per step per group, so batching shows here. */
+  get denoiserCalls(): number {
+    return this.pool?.stats().denoiserCalls ?? 0;
+  }
+
+  /** Groups and items handed to the threads so far; fewer groups than items means batching. */
+  runStats(): PoolStats {
+    return this.pool?.stats() ?? { groups: 0, items: 0, denoiserCalls: 0 };
+  }
+
   async run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput> {
     if (this.pool === undefined || this.closing !== undefined) {
       throw new InferenceError("INFERENCE_FAILED", "the inference backend is not running", true);
@@ -94,7 +108,6 @@ export class OnnxBackend implements InferenceBackend {
       throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served by this worker`, false);
     }
     const result = await this.pool.run({ id: job.id, model: job.model, params: job.params }, signal);
-    this.denoiserCalls += result.stats.denoiserCalls ?? 0;
     return { artifacts: result.artifacts, peakBytes: 0 };
   }
 
@@ -103,6 +116,11 @@ export class OnnxBackend implements InferenceBackend {
       await this.starting?.catch(() => {});
       await this.pool?.close();
     })());
+  }
+
+  private batchKeyOf(job: PoolJob): BatchKey | undefined {
+    const manifest = this.models().find((m) => m.name === job.model);
+    return manifest === undefined ? undefined : batchKey(manifest, job.params);
   }
 
   private async doStart(): Promise<void> {
@@ -130,11 +148,17 @@ export class OnnxBackend implements InferenceBackend {
       logger: this.logger,
       cancelGraceMs: this.options.cancelGraceMs,
       closeGraceMs: this.options.closeGraceMs,
+      ...(this.options.batching ? { batchKey: (job: PoolJob) => this.batchKeyOf(job) } : {}),
     });
     await pool.start();
     this.pool = pool;
     this.logger.info(
-      { threads: this.options.threads, executionProviders: this.options.executionProviders, intraOpThreads: this.options.intraOpThreads },
+      {
+        threads: this.options.threads,
+        executionProviders: this.options.executionProviders,
+        intraOpThreads: this.options.intraOpThreads,
+        batching: this.options.batching,
+      },
       "inference threads started",
     );
   }

@@ -1,7 +1,15 @@
-// A fixed pool of inference threads with a queue in front. Each thread runs one item at a
+// A fixed pool of inference threads with a queue in front. Each thread runs one group at a
 // time; items wait in order when all are busy. A thread that dies (process.exit in the thread,
 // an uncaught error) fails only the item it was running, with a retryable error, and is
 // replaced, so the pool keeps serving.
+//
+// Dynamic batching: when a thread comes free, the item at the head of the queue decides what it
+// runs next. If the item has a batch key (see batch-key.ts), queued items behind it with the same
+// key join it, up to the model's max_batch, and the thread runs them as one batch; items of other
+// shapes keep their places. A short queue is spread over idle threads rather than piled onto one.
+// Cancelling one item of a running group answers it at once and the thread drops its output;
+// the thread stops early only when every item of the group is cancelled. A thread that dies
+// running a group cannot say which item killed it, so each item of the group runs again alone.
 //
 // A thread is never terminated while it may be inside onnxruntime: run() is synchronous native
 // code, and stopping a thread's JS environment under it aborts the whole process (napi throws
@@ -10,7 +18,8 @@
 
 import { Worker } from "node:worker_threads";
 import { InferenceError, type ArtifactData } from "./backend.js";
-import type { FromThread, RunStats, ThreadInit, ToThread } from "./thread-protocol.js";
+import type { BatchKey } from "./batch-key.js";
+import type { FromThread, ThreadInit, ToThread } from "./thread-protocol.js";
 
 /** The subset of pino's Logger the backend uses. */
 export interface BackendLogger {
@@ -27,7 +36,18 @@ export interface PoolJob {
 
 export interface PoolResult {
   artifacts: ArtifactData[];
-  stats: RunStats;
+  /** Items in the group it ran in: 1 when it ran alone. */
+  groupSize: number;
+}
+
+/** What the pool has run since it started. */
+export interface PoolStats {
+  /** Groups handed to threads; an item run alone is a group of one. */
+  groups: number;
+  /** Items handed to threads. */
+  items: number;
+  /** imagegen-tiny denoiser session runs the threads reported (one per step per group). */
+  denoiserCalls: number;
 }
 
 export interface ThreadPoolOptions {
@@ -40,6 +60,8 @@ export interface ThreadPoolOptions {
   cancelGraceMs: number;
   /** How long close() lets running items finish before terminating their threads. */
   closeGraceMs: number;
+  /** Dynamic batching: an item's batch key, or undefined to run it alone. Without it, every item runs alone. */
+  batchKey?: (job: PoolJob) => BatchKey | undefined;
 }
 
 /** Consecutive threads that die before becoming ready, after which the pool gives up. */
@@ -51,18 +73,27 @@ interface Task {
   resolve: (result: PoolResult) => void;
   reject: (err: InferenceError) => void;
   settled: boolean;
-  /** Shared with the thread while it runs: 1 asks it to stop at its next check. */
-  cancelFlag?: Int32Array;
+  batch: BatchKey | undefined;
+  /** Runs alone from now on: it was in a group whose thread died. */
+  solo: boolean;
   onAbort?: () => void;
   cancelTimer?: NodeJS.Timeout;
+}
+
+/** Items a thread runs as one unit: a single item, or a batch of one model and shape. */
+interface Group {
+  id: number;
+  tasks: Task[];
+  /** Shared with the thread, one entry per task: 1 asks it to drop that item at its next check. */
+  cancel: Int32Array;
 }
 
 interface Slot {
   id: number;
   worker: Worker;
   ready: boolean;
-  /** The item it runs; stays set after a cancel was answered early, until the thread reports. */
-  current?: Task;
+  /** The group it runs; stays set after its cancels were answered early, until the thread reports. */
+  current?: Group;
   resident: string[];
   lastError?: Error;
   onReady: { resolve: () => void; reject: (err: Error) => void };
@@ -72,6 +103,8 @@ export class ThreadPool {
   private readonly slots = new Set<Slot>();
   private readonly queue: Task[] = [];
   private nextId = 0;
+  private nextGroupId = 0;
+  private readonly counters: PoolStats = { groups: 0, items: 0, denoiserCalls: 0 };
   private started = false;
   private startFailures = 0;
   private broken: string | undefined;
@@ -97,16 +130,22 @@ export class ThreadPool {
       if (this.closing !== undefined) return reject(new InferenceError("INFERENCE_FAILED", "the inference backend is closed", true));
       if (this.broken !== undefined) return reject(new InferenceError("INFERENCE_FAILED", this.broken, true));
       if (signal.aborted) return reject(cancelled(job, "before it was queued"));
-      const task: Task = { job, signal, resolve, reject, settled: false };
-      task.onAbort = () => {
-        const at = this.queue.indexOf(task);
-        if (at >= 0) this.queue.splice(at, 1);
-        settle(task, cancelled(job, "while queued"));
-      };
-      signal.addEventListener("abort", task.onAbort, { once: true });
+      let batch: BatchKey | undefined;
+      try {
+        batch = this.options.batchKey?.(job);
+      } catch {
+        batch = undefined; // an item the key cannot be worked out for runs alone
+      }
+      const task: Task = { job, signal, resolve, reject, settled: false, batch, solo: false };
+      this.watchQueued(task);
       this.queue.push(task);
       this.dispatch();
     });
+  }
+
+  /** What the pool has run so far. */
+  stats(): PoolStats {
+    return { ...this.counters };
   }
 
   /** The union of the models loaded in live threads. */
@@ -156,15 +195,20 @@ export class ThreadPool {
         slot.onReady.resolve();
         this.dispatch();
         return;
-      case "done":
-      case "failed": {
+      case "done": {
         slot.resident = msg.resident;
-        const task = slot.current;
-        if (task === undefined || task.job.id !== msg.jobId) return;
+        const group = slot.current;
+        if (group === undefined || group.id !== msg.groupId) return;
         slot.current = undefined;
-        if (task.signal.aborted) settle(task, cancelled(task.job, "while running"));
-        else if (msg.type === "done") settle(task, { artifacts: msg.artifacts, stats: msg.stats });
-        else settle(task, new InferenceError(msg.code, msg.message, msg.retryable));
+        this.counters.denoiserCalls += msg.stats.denoiserCalls ?? 0;
+        group.tasks.forEach((task, k) => {
+          const result = msg.items[k];
+          if (task.signal.aborted) settle(task, cancelled(task.job, "while running"));
+          else if (result === undefined || result.jobId !== task.job.id) {
+            settle(task, new InferenceError("INFERENCE_FAILED", `inference thread ${slot.id} sent no result for item ${task.job.id}`, true));
+          } else if (result.ok) settle(task, { artifacts: result.artifacts, groupSize: group.tasks.length });
+          else settle(task, new InferenceError(result.code, result.message, result.retryable));
+        });
         this.dispatch();
         return;
       }
@@ -181,13 +225,32 @@ export class ThreadPool {
     this.slots.delete(slot);
     const why = `inference thread ${slot.id} exited with code ${code}${slot.lastError ? `: ${slot.lastError.message}` : ""}`;
     if (!slot.ready) slot.onReady.reject(new Error(`${why} before it was ready`));
-    const task = slot.current;
+    const group = slot.current;
     slot.current = undefined;
-    if (task !== undefined && !task.settled) {
-      settle(task, new InferenceError("INFERENCE_FAILED", `${why} while running item ${task.job.id}`, true, { cause: slot.lastError }));
+    const live = group?.tasks.filter((t) => !t.settled) ?? [];
+    if (group !== undefined && group.tasks.length > 1 && live.length > 0 && this.closing === undefined && this.broken === undefined) {
+      // One of them may have killed the thread, and nothing tells which: run each again alone,
+      // so that only a poison item fails.
+      this.options.logger.warn({ thread: slot.id, items: live.map((t) => t.job.id) }, "an inference thread died running a batch; its items run again one at a time");
+      for (const task of [...live].reverse()) {
+        task.solo = true;
+        if (task.signal.aborted) settle(task, cancelled(task.job, "while running"));
+        else {
+          this.watchQueued(task);
+          this.queue.unshift(task);
+        }
+      }
+      this.dispatch();
+    } else {
+      for (const task of live) {
+        settle(task, new InferenceError("INFERENCE_FAILED", `${why} while running item ${task.job.id}`, true, { cause: slot.lastError }));
+      }
     }
     if (this.closing !== undefined || !this.started) return;
-    this.options.logger.error({ thread: slot.id, code, err: slot.lastError?.message, item: task?.job.id }, "inference thread died; starting a replacement");
+    this.options.logger.error(
+      { thread: slot.id, code, err: slot.lastError?.message, items: group?.tasks.map((t) => t.job.id) },
+      "inference thread died; starting a replacement",
+    );
     if (!slot.ready && ++this.startFailures >= MAX_START_FAILURES) {
       this.broken = `inference threads keep dying before they are ready (${why})`;
       this.options.logger.error({ failures: this.startFailures }, this.broken);
@@ -195,43 +258,93 @@ export class ThreadPool {
       return;
     }
     const delay = this.startFailures * 200;
-    setTimeout(() => {
+    const respawn = setTimeout(() => {
       if (this.closing === undefined) this.spawn().catch(() => {}); // its exit is handled like this one
-    }, delay).unref();
+    }, delay);
+    // Items waiting for the replacement keep the process up until it comes; nothing else need.
+    if (this.queue.length === 0) respawn.unref();
   }
 
   private dispatch(): void {
     for (const slot of this.slots) {
       if (this.queue.length === 0) return;
       if (!slot.ready || slot.current !== undefined) continue;
-      const task = this.queue.shift()!;
-      this.assign(slot, task);
+      this.assign(slot, this.takeGroup());
     }
   }
 
-  private assign(slot: Slot, task: Task): void {
-    if (task.onAbort) task.signal.removeEventListener("abort", task.onAbort);
-    const cancel = new SharedArrayBuffer(4);
-    const flag = new Int32Array(cancel);
-    task.cancelFlag = flag;
-    slot.current = task;
+  /**
+   * Takes the head of the queue and, where it batches, the queued items behind it with the same
+   * batch key (FIFO fairness: the head decides; other items keep their places).
+   */
+  private takeGroup(): Task[] {
+    const head = this.queue.shift()!;
+    const batch = head.batch;
+    if (batch === undefined || batch.maxBatch <= 1 || head.solo) return [head];
+    const matching = this.queue.filter((t) => !t.solo && !t.settled && t.batch?.key === batch.key && t.job.model === head.job.model);
+    if (matching.length === 0) return [head];
+    // A short queue goes to idle threads side by side rather than into one batch.
+    const idle = [...this.slots].filter((s) => s.ready && s.current === undefined).length;
+    const size = Math.min(batch.maxBatch, Math.ceil((matching.length + 1) / Math.max(1, idle)));
+    const joined = new Set(matching.slice(0, size - 1));
+    for (let i = this.queue.length - 1; i >= 0; i--) if (joined.has(this.queue[i]!)) this.queue.splice(i, 1);
+    return [head, ...joined];
+  }
+
+  private assign(slot: Slot, tasks: Task[]): void {
+    const group: Group = { id: this.nextGroupId++, tasks, cancel: new Int32Array(new SharedArrayBuffer(4 * tasks.length)) };
+    slot.current = group;
+    this.counters.groups++;
+    this.counters.items += tasks.length;
+    tasks.forEach((task, k) => {
+      this.unwatch(task);
+      task.onAbort = () => {
+        Atomics.store(group.cancel, k, 1);
+        if (tasks.some((t) => t !== task && !t.settled)) {
+          // The rest of the batch carries on; the thread drops this item's output.
+          settle(task, cancelled(task.job, "while running in a batch"));
+          return;
+        }
+        task.cancelTimer = setTimeout(() => {
+          if (slot.current !== group || task.settled) return;
+          // The model has not reached a cancel check (one long onnxruntime run). Answer now;
+          // the thread stays busy until the run ends and its result is dropped.
+          settle(task, cancelled(task.job, "(its computation ends in the background)"));
+          this.options.logger.warn(
+            { thread: slot.id, item: task.job.id, graceMs: this.options.cancelGraceMs },
+            "a cancelled item did not stop in time; its thread is busy until the computation ends",
+          );
+        }, this.options.cancelGraceMs);
+        task.cancelTimer.unref();
+      };
+      task.signal.addEventListener("abort", task.onAbort, { once: true });
+    });
+    const msg: ToThread = {
+      type: "run",
+      groupId: group.id,
+      model: tasks[0]!.job.model,
+      items: tasks.map((t) => ({ jobId: t.job.id, params: t.job.params })),
+      cancel: group.cancel.buffer as SharedArrayBuffer,
+    };
+    slot.worker.postMessage(msg);
+  }
+
+  /** While queued, a cancel takes the item out of the queue and answers it at once. */
+  private watchQueued(task: Task): void {
+    this.unwatch(task);
     task.onAbort = () => {
-      Atomics.store(flag, 0, 1);
-      task.cancelTimer = setTimeout(() => {
-        if (slot.current !== task || task.settled) return;
-        // The model has not reached a cancel check (one long onnxruntime run). Answer now;
-        // the thread stays busy until the run ends and its result is dropped.
-        settle(task, cancelled(task.job, "(its computation ends in the background)"));
-        this.options.logger.warn(
-          { thread: slot.id, item: task.job.id, graceMs: this.options.cancelGraceMs },
-          "a cancelled item did not stop in time; its thread is busy until the computation ends",
-        );
-      }, this.options.cancelGraceMs);
-      task.cancelTimer.unref();
+      const at = this.queue.indexOf(task);
+      if (at >= 0) this.queue.splice(at, 1);
+      settle(task, cancelled(task.job, "while queued"));
     };
     task.signal.addEventListener("abort", task.onAbort, { once: true });
-    const msg: ToThread = { type: "run", jobId: task.job.id, model: task.job.model, params: task.job.params, cancel };
-    slot.worker.postMessage(msg);
+  }
+
+  private unwatch(task: Task): void {
+    if (task.onAbort) task.signal.removeEventListener("abort", task.onAbort);
+    task.onAbort = undefined;
+    if (task.cancelTimer) clearTimeout(task.cancelTimer);
+    task.cancelTimer = undefined;
   }
 
   /**
@@ -248,9 +361,10 @@ export class ThreadPool {
     }
     slot.worker.postMessage({ type: "close" } satisfies ToThread);
     if (await within(exited, this.options.closeGraceMs)) return;
-    if (slot.current?.cancelFlag) Atomics.store(slot.current.cancelFlag, 0, 1);
+    const cancel = slot.current?.cancel;
+    if (cancel !== undefined) for (let k = 0; k < cancel.length; k++) Atomics.store(cancel, k, 1);
     if (await within(exited, this.options.closeGraceMs)) return;
-    this.options.logger.warn({ thread: slot.id, item: slot.current?.job.id }, "inference thread still computing at close; leaving it to finish");
+    this.options.logger.warn({ thread: slot.id, items: slot.current?.tasks.map((t) => t.job.id) }, "inference thread still computing at close; leaving it to finish");
     slot.worker.unref();
   }
 }

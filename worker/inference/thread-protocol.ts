@@ -16,25 +16,38 @@ export interface ThreadInit {
   maxResidentModels: number;
 }
 
+export interface RunItem {
+  jobId: string;
+  params: Record<string, unknown>;
+}
+
+/**
+ * One unit of work: a single item, or a group of queued items of one model and one shape that
+ * the thread runs as one batch (dynamic batching).
+ */
 export interface RunRequest {
   type: "run";
-  jobId: string;
+  groupId: number;
   model: string;
-  params: Record<string, unknown>;
-  /** Int32Array view over it: 0 = carry on, 1 = cancel at the next check. */
+  items: RunItem[];
+  /** Int32Array view over it, one entry per item: 0 = carry on, 1 = drop that item at the next check. */
   cancel: SharedArrayBuffer;
 }
 
 export type ToThread = RunRequest | { type: "close" };
 
 export interface RunStats {
-  /** imagegen-tiny: denoiser calls this item took. */
+  /** imagegen-tiny: denoiser session runs the group took (one per step, whatever its size). */
   denoiserCalls?: number;
 }
 
+export type ItemResult =
+  | { jobId: string; ok: true; artifacts: ArtifactData[] }
+  | { jobId: string; ok: false; code: InferenceErrorCode; message: string; retryable: boolean };
+
 export type FromThread =
   | { type: "ready" }
-  | { type: "done"; jobId: string; artifacts: ArtifactData[]; stats: RunStats; resident: string[] }
-  | { type: "failed"; jobId: string; code: InferenceErrorCode; message: string; retryable: boolean; resident: string[] }
+  /** A group is over: one result per item, in the request's order. */
+  | { type: "done"; groupId: number; items: ItemResult[]; stats: RunStats; resident: string[] }
   | { type: "log"; level: "info" | "warn" | "error"; msg: string; fields?: Record<string, unknown> }
   | { type: "closed" };

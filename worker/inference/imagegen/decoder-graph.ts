@@ -1,7 +1,7 @@
 // The decoder: latent → pixels, standing in for a VAE decoder. It upsamples ×8, mixes the four
 // latent channels into RGB (a fixed opponent-colour matrix as the main path, so every hue is
 // reachable, plus a small convolutional detail path) and squashes the result to bytes. Output
-// is uint8 [1, 3, H, W], planar.
+// is uint8 [B, 3, H, W], planar; the batch dim is dynamic and each image is decoded on its own.
 
 import { TensorProto_DataType } from "../../../proto/gen/onnx/onnx.js";
 import { float, GraphBuilder, int, str } from "../onnx-builder.js";
@@ -22,7 +22,7 @@ const DETAIL = 8;
 
 export function buildDecoderGraph(): Uint8Array {
   const g = new GraphBuilder("imagegen_tiny_decoder");
-  const latent = g.input("latent", "float32", [1, L, "height", "width"]);
+  const latent = g.input("latent", "float32", ["batch", L, "height", "width"]);
   const up = g.op("Resize", [latent, "", g.constF([4], [1, 1, LATENT_SCALE, LATENT_SCALE])], {
     mode: str("cubic"),
     // Keys' a = -0.5 overshoots less than onnx's default -0.75: no halos around shape edges.
@@ -43,6 +43,6 @@ export function buildDecoderGraph(): Uint8Array {
   const scaled = g.op("Add", [g.op("Mul", [unit, g.constF([1], [255])]), g.constF([1], [0.5])]);
   const clipped = g.op("Clip", [scaled, g.constF([], [0]), g.constF([], [255])]);
   const pixels = g.op("Cast", [clipped], { to: int(TensorProto_DataType.UINT8) }, "pixels");
-  g.output(pixels, "uint8", [1, 3, "pixel_height", "pixel_width"]);
-  return g.serialize({ docString: "imagegen-tiny decoder: latent [1,4,h,w] → pixels uint8 [1,3,8h,8w]" });
+  g.output(pixels, "uint8", ["batch", 3, "pixel_height", "pixel_width"]);
+  return g.serialize({ docString: "imagegen-tiny decoder: latent [B,4,h,w] → pixels uint8 [B,3,8h,8w]" });
 }

@@ -34,22 +34,26 @@ const BASE_MIX = [
 
 export function buildDenoiserGraph(): Uint8Array {
   const g = new GraphBuilder("imagegen_tiny_denoiser");
-  const latent = g.input("latent", "float32", [1, L, "height", "width"]);
-  const cond = g.input("conditioning", "float32", [1, COND_DIM]);
+  // B images at once (dynamic batching): every per-image input has a leading batch dim. The
+  // empty prompt's conditioning and the timestep are shared by the whole batch.
+  const latent = g.input("latent", "float32", ["batch", L, "height", "width"]);
+  const cond = g.input("conditioning", "float32", ["batch", COND_DIM]);
   const uncond = g.input("unconditioning", "float32", [1, COND_DIM]);
   const timestep = g.input("timestep", "float32", [1]);
-  const guidance = g.input("guidance_scale", "float32", [1]);
+  const guidance = g.input("guidance_scale", "float32", ["batch"]);
 
-  // One batch of two, prompt first, as pipelines do for classifier-free guidance.
+  // One batch of 2B: the B prompt branches first, then the B unconditional ones, as pipelines
+  // do for classifier-free guidance. Every op below works per sample (no op mixes samples),
+  // so an image does not depend on what else is in its batch.
   const x = g.op("Concat", [latent, latent], { axis: int(0) });
-  const c = g.op("Concat", [cond, uncond], { axis: int(0) });
+  const c = g.op("Concat", [cond, g.op("Expand", [uncond, g.op("Shape", [cond])])], { axis: int(0) });
 
   // Sinusoidal timestep embedding projected into the conditioning space.
   const freqs = Float32Array.from({ length: TIME_FREQS }, (_, i) => Math.PI * 0.5 * Math.pow(2, i * 0.75));
   const arg = g.op("Mul", [g.op("Reshape", [timestep, g.constI64([2], [1, 1])]), g.constF([1, TIME_FREQS], freqs)]);
   const temb = g.op("Concat", [g.op("Sin", [arg]), g.op("Cos", [arg])], { axis: int(1) });
   const tproj = g.op("MatMul", [temb, randomInitializer(g, "denoiser.time.weight", [2 * TIME_FREQS, COND_DIM], 0.25 / Math.sqrt(TIME_FREQS))]);
-  const h = g.op("Add", [c, tproj]); // [2, C]
+  const h = g.op("Add", [c, tproj]); // [2B, C]
 
   // Conditioning heads: colours, how each layer mixes the latent channels, layer thresholds
   // and edge sharpness.
@@ -62,7 +66,7 @@ export function buildDenoiserGraph(): Uint8Array {
     randomInitializer(g, "denoiser.color.bias", [COLOR_HEADS * L], 0.15),
   ]);
   const colors = g.op("Mul", [g.op("Tanh", [colorLin]), g.constF([1], [COLOR_AMPLITUDE])]);
-  const colors4d = g.op("Reshape", [colors, g.constI64([4], [2, COLOR_HEADS * L, 1, 1])]);
+  const colors4d = g.op("Reshape", [colors, g.constI64([4], [-1, COLOR_HEADS * L, 1, 1])]);
   const heads = g.node("Split", [colors4d, g.constI64([COLOR_HEADS], Array(COLOR_HEADS).fill(L))], { axis: int(1) }, COLOR_HEADS);
   const [bgBase, bgVertical, bgHorizontal] = heads as [string, string, string];
   const fills = heads.slice(3, 3 + K);
@@ -70,12 +74,12 @@ export function buildDenoiserGraph(): Uint8Array {
 
   const mixCond = g.op("Reshape", [
     g.op("MatMul", [h, randomInitializer(g, "denoiser.mix.weight", [COND_DIM, K * L], 0.6 / Math.sqrt(COND_DIM))]),
-    g.constI64([3], [2, K, L]),
+    g.constI64([3], [-1, K, L]),
   ]);
   // Orthogonal base mixes: layers follow independent parts of the noise, rather than nesting
   // inside each other as rings.
   const mixRaw = g.op("Add", [mixCond, g.initializer("denoiser.mix.base", "float32", [K, L], BASE_MIX.slice(0, K).flat())]);
-  const mix = g.op("Div", [mixRaw, g.op("ReduceL2", [mixRaw], { axes: ints([2]), keepdims: int(1) })]); // [2, K, L]
+  const mix = g.op("Div", [mixRaw, g.op("ReduceL2", [mixRaw], { axes: ints([2]), keepdims: int(1) })]); // [2B, K, L]
 
   const thresholds = g.op("Add", [
     g.op("Mul", [
@@ -85,7 +89,7 @@ export function buildDenoiserGraph(): Uint8Array {
     // Later layers start with higher thresholds: fewer, smaller shapes on top.
     g.constF([K], Array.from({ length: K }, (_, k) => 0.55 + 0.3 * k)),
   ]);
-  const bias = g.op("Reshape", [thresholds, g.constI64([4], [2, K, 1, 1])]);
+  const bias = g.op("Reshape", [thresholds, g.constI64([4], [-1, K, 1, 1])]);
   const sharpness = g.op("Add", [
     g.op("Mul", [
       g.op("Sigmoid", [g.op("MatMul", [h, randomInitializer(g, "denoiser.sharpness.weight", [COND_DIM, 1], 2 / Math.sqrt(COND_DIM))])]),
@@ -98,14 +102,16 @@ export function buildDenoiserGraph(): Uint8Array {
   // pixels wide at 1024 as at 256.
   const hwF = g.op("Cast", [g.op("Shape", [latent], { start: int(2) })], { to: int(TensorProto_DataType.FLOAT) });
   const sizeScale = g.op("Max", [g.op("Div", [g.op("Sqrt", [g.op("ReduceProd", [hwF], { keepdims: int(0) })]), g.constF([], [32])]), g.constF([], [1])]);
-  const sharp = g.op("Mul", [g.op("Reshape", [sharpness, g.constI64([4], [2, 1, 1, 1])]), sizeScale]);
+  const sharp = g.op("Mul", [g.op("Reshape", [sharpness, g.constI64([4], [-1, 1, 1, 1])]), sizeScale]);
 
   // The "down" path: the latent's low frequencies at two scales, each normalised per channel
   // so the masks always have contrast, whatever the step.
   const hw = g.op("Shape", [latent], { start: int(2) });
-  const latentSizes = g.op("Concat", [g.constI64([2], [2, L]), hw], { axis: int(0) });
+  const latentSizes = g.op("Shape", [x]); // [2B, L, h, w]
+  const doubleBatch = g.op("Shape", [x], { end: int(1) }); // [2B]
   const lowFrequencies = (cells: number): string => {
-    const coarse = g.op("Resize", [x, "", "", g.constI64([4], [2, L, cells, cells])], { mode: str("linear") });
+    const coarseSizes = g.op("Concat", [doubleBatch, g.constI64([3], [L, cells, cells])], { axis: int(0) });
+    const coarse = g.op("Resize", [x, "", "", coarseSizes], { mode: str("linear") });
     const norm = g.op("InstanceNormalization", [coarse, g.constF([L], Array(L).fill(1)), g.constF([L], Array(L).fill(0))], {
       epsilon: float(1e-4),
     });
@@ -114,10 +120,10 @@ export function buildDenoiserGraph(): Uint8Array {
   const field = g.op("Add", [lowFrequencies(COARSE), g.op("Mul", [lowFrequencies(FINE), g.constF([1], [FINE_WEIGHT])])]);
 
   // Masks: per layer a conditioning-weighted mix of the field's channels, thresholded softly.
-  const flat = g.op("Reshape", [field, g.constI64([3], [2, L, -1])]);
-  const layerFlat = g.op("MatMul", [mix, flat]); // [2, K, h·w]
+  const flat = g.op("Reshape", [field, g.constI64([3], [0, L, -1])]);
+  const layerFlat = g.op("MatMul", [mix, flat]); // [2B, K, h·w]
   const layerField = g.op("Add", [
-    g.op("Reshape", [layerFlat, g.op("Concat", [g.constI64([2], [2, K]), hw], { axis: int(0) })]),
+    g.op("Reshape", [layerFlat, g.op("Concat", [doubleBatch, g.constI64([1], [K]), hw], { axis: int(0) })]),
     g.op("Neg", [bias]),
   ]);
   const masks = g.node("Split", [g.op("Sigmoid", [g.op("Mul", [layerField, sharp])]), g.constI64([K], Array(K).fill(1))], { axis: int(1) }, K);
@@ -140,12 +146,13 @@ export function buildDenoiserGraph(): Uint8Array {
   const refined = g.op("Add", [canvas, refine(g, canvas)]);
 
   // Classifier-free guidance, then rescale to the prompt branch's RMS (Lin et al., 2023).
-  const [pc, pu] = g.node("Split", [refined, g.constI64([2], [1, 1])], { axis: int(0) }, 2) as [string, string];
-  const guided = g.op("Add", [pu, g.op("Mul", [guidance, g.op("Sub", [pc, pu])])]);
+  const [pc, pu] = g.node("Split", [refined], { axis: int(0) }, 2) as [string, string]; // two halves of B
+  const scale = g.op("Reshape", [guidance, g.constI64([4], [-1, 1, 1, 1])]);
+  const guided = g.op("Add", [pu, g.op("Mul", [scale, g.op("Sub", [pc, pu])])]);
   const rms = (z: string): string =>
     g.op("Sqrt", [g.op("Add", [g.op("ReduceMean", [g.op("Mul", [z, z])], { axes: ints([1, 2, 3]), keepdims: int(1) }), g.constF([1], [1e-6])])]);
   const out = g.op("Mul", [guided, g.op("Div", [rms(pc), rms(guided)])], {}, "denoised");
-  g.output(out, "float32", [1, L, "height", "width"]);
+  g.output(out, "float32", ["batch", L, "height", "width"]);
   return g.serialize({ docString: "imagegen-tiny denoiser: (latent, conditioning, unconditioning, timestep, guidance) → predicted clean latent" });
 }
 

@@ -1,75 +1,37 @@
 // The imagegen-tiny pipeline, driven from JS as diffusers drives its ONNX pipelines: tokenize,
 // encode the prompt (and the empty prompt, for guidance), start from seeded Gaussian noise,
 // call the denoiser once per step under the DDIM sampler, decode to pixels, encode a PNG.
+// Images of one shape can be drawn together, one session run per step for the whole batch.
 
 import ort from "onnxruntime-node";
 import { InferenceError } from "../backend.js";
 import { encodePng } from "../png.js";
 import type { ImagegenGraphs } from "./graphs.js";
-import { fnv1a32, Prng } from "./prng.js";
+import { Prng } from "./prng.js";
+import { imagegenShapeKey, type ImagegenRequest } from "./request.js";
 import { ddimStep, timesteps } from "./scheduler.js";
 import { COND_DIM, LATENT_CHANNELS, LATENT_SCALE } from "./shapes.js";
 import { tokenize } from "./tokenizer.js";
 
+export { imagegenRequest, imagegenShapeKey, type ImagegenRequest } from "./request.js";
+
 /** How much a style word weighs against the prompt in the conditioning. */
 const STYLE_WEIGHT = 0.8;
-
-export interface ImagegenRequest {
-  prompt: string;
-  width: number;
-  height: number;
-  seed: number;
-  steps: number;
-  guidanceScale: number;
-  style?: string;
-}
 
 export interface ImagegenResult {
   png: Uint8Array;
   width: number;
   height: number;
   seed: number;
-  /** Denoiser calls this image took: one per step. */
+  /** Denoiser calls this image took: one per step, shared with the rest of its batch. */
   denoiserCalls: number;
 }
 
-/**
- * Reads an item's params (already validated by the coordinator, defaults applied) into a
- * request. Still checked, because a worker must never trust the wire: bad values are
- * INVALID_PARAMS, not a crash inside onnxruntime.
- */
-export function imagegenRequest(params: Record<string, unknown>): ImagegenRequest {
-  const problems: string[] = [];
-  const prompt = params.prompt;
-  if (typeof prompt !== "string" || prompt.length === 0) problems.push("prompt: required string");
-  const int = (name: string, fallback: number, min: number, max: number, multipleOf = 1): number => {
-    const v = params[name] ?? fallback;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max || v % multipleOf !== 0) {
-      problems.push(`${name}: must be an integer${multipleOf > 1 ? ` multiple of ${multipleOf}` : ""} between ${min} and ${max}`);
-      return fallback;
-    }
-    return v;
-  };
-  const width = int("width", 256, 64, 1024, LATENT_SCALE);
-  const height = int("height", 256, 64, 1024, LATENT_SCALE);
-  const steps = int("steps", 4, 1, 50);
-  const seed = params.seed === undefined || params.seed === null ? fnv1a32(String(prompt)) : int("seed", 0, 0, 4294967295);
-  const guidanceScale = params.guidance_scale ?? 7.5;
-  if (typeof guidanceScale !== "number" || !Number.isFinite(guidanceScale) || guidanceScale < 0 || guidanceScale > 20) {
-    problems.push("guidance_scale: must be a number between 0 and 20");
-  }
-  const style = params.style;
-  if (style !== undefined && style !== null && typeof style !== "string") problems.push("style: must be a string");
-  if (problems.length > 0) throw new InferenceError("INVALID_PARAMS", `imagegen-tiny: ${problems.join("; ")}`, false);
-  return {
-    prompt: prompt as string,
-    width,
-    height,
-    seed,
-    steps,
-    guidanceScale: guidanceScale as number,
-    ...(typeof style === "string" && style.length > 0 ? { style } : {}),
-  };
+/** What a batch of images ran: each image, or undefined where it was stopped before the end. */
+export interface ImagegenBatchResult {
+  images: (ImagegenResult | undefined)[];
+  /** Denoiser session runs the whole batch took: one per step, whatever the batch size. */
+  denoiserCalls: number;
 }
 
 export class ImagegenPipeline {
@@ -105,59 +67,121 @@ export class ImagegenPipeline {
    * when it answers true the run ends with CANCELLED.
    */
   async generate(req: ImagegenRequest, shouldStop: () => boolean = () => false): Promise<ImagegenResult> {
-    const stopIfAsked = (): void => {
-      if (shouldStop()) throw new InferenceError("CANCELLED", "imagegen-tiny: cancelled", false);
-    };
-    stopIfAsked();
-    const cond = await this.encode(req.prompt);
-    if (req.style !== undefined) {
-      const style = await this.encode(req.style);
-      for (let i = 0; i < COND_DIM; i++) cond[i] = cond[i]! + STYLE_WEIGHT * style[i]!;
-    }
-    this.uncond ??= await this.encode("");
+    const { images } = await this.generateBatch([req], () => shouldStop());
+    const image = images[0];
+    if (image === undefined) throw new InferenceError("CANCELLED", "imagegen-tiny: cancelled", false);
+    return image;
+  }
 
-    const h = req.height / LATENT_SCALE;
-    const w = req.width / LATENT_SCALE;
-    const dims = [1, LATENT_CHANNELS, h, w];
-    const x = new Prng(req.seed).normals(LATENT_CHANNELS * h * w);
-    const ts = timesteps(req.steps);
-    const condTensor = new ort.Tensor("float32", cond, [1, COND_DIM]);
+  /**
+   * Draws several images of one shape (same `imagegenShapeKey`) with one denoiser call per step
+   * for all of them: latents, conditionings and guidance scales are stacked along dim 0 and the
+   * outputs split again. Every graph works per sample, so each image is byte-identical to the
+   * one `generate` draws alone. `shouldStop(i)` is polled per image before every denoiser call
+   * and before decoding; a stopped image leaves the batch (its entry is undefined) and the
+   * others carry on; the run ends early once every image has stopped.
+   */
+  async generateBatch(reqs: readonly ImagegenRequest[], shouldStop: (index: number) => boolean = () => false): Promise<ImagegenBatchResult> {
+    const first = reqs[0];
+    if (first === undefined) return { images: [], denoiserCalls: 0 };
+    const key = imagegenShapeKey(first);
+    if (reqs.some((r) => imagegenShapeKey(r) !== key)) {
+      throw new InferenceError("INFERENCE_FAILED", "imagegen-tiny: a batch must share width, height and steps", false);
+    }
+    const images: (ImagegenResult | undefined)[] = reqs.map(() => undefined);
+    let active = reqs.map((_, i) => i);
+    const keepRunning = (): boolean => {
+      active = active.filter((i) => !shouldStop(i));
+      return active.length > 0;
+    };
+    if (!keepRunning()) return { images, denoiserCalls: 0 };
+
+    const conds = await this.conditionings(active.map((i) => reqs[i]!));
+    const condOf = new Map(active.map((i, k) => [i, conds[k]!]));
+    this.uncond ??= (await this.encodeMany([""]))[0]!;
+
+    const h = first.height / LATENT_SCALE;
+    const w = first.width / LATENT_SCALE;
+    const size = LATENT_CHANNELS * h * w;
+    const latents = new Map(active.map((i) => [i, new Prng(reqs[i]!.seed).normals(size)]));
+    const ts = timesteps(first.steps);
     const uncondTensor = new ort.Tensor("float32", this.uncond, [1, COND_DIM]);
-    const guidance = new ort.Tensor("float32", Float32Array.of(req.guidanceScale), [1]);
     let calls = 0;
-    for (let i = 0; i < ts.length; i++) {
-      stopIfAsked();
+    for (let s = 0; s < ts.length; s++) {
+      if (!keepRunning()) return { images, denoiserCalls: calls };
+      const b = active.length;
       const out = await this.denoiser.run({
-        latent: new ort.Tensor("float32", x, dims),
-        conditioning: condTensor,
+        latent: new ort.Tensor("float32", stack(active.map((i) => latents.get(i)!)), [b, LATENT_CHANNELS, h, w]),
+        conditioning: new ort.Tensor("float32", stack(active.map((i) => condOf.get(i)!)), [b, COND_DIM]),
         unconditioning: uncondTensor,
-        timestep: new ort.Tensor("float32", Float32Array.of(ts[i]!), [1]),
-        guidance_scale: guidance,
+        timestep: new ort.Tensor("float32", Float32Array.of(ts[s]!), [1]),
+        guidance_scale: new ort.Tensor("float32", Float32Array.from(active, (i) => reqs[i]!.guidanceScale), [b]),
       });
       calls++;
       this.denoiserCalls++;
-      ddimStep(x, out.denoised!.data as Float32Array, ts[i]!, ts[i + 1] ?? 0);
+      const denoised = out.denoised!.data as Float32Array;
+      active.forEach((i, k) => ddimStep(latents.get(i)!, denoised.subarray(k * size, (k + 1) * size), ts[s]!, ts[s + 1] ?? 0));
       out.denoised!.dispose();
     }
-    stopIfAsked();
-    const decoded = await this.decoder.run({ latent: new ort.Tensor("float32", x, dims) });
+    if (!keepRunning()) return { images, denoiserCalls: calls };
+    const b = active.length;
+    const decoded = await this.decoder.run({ latent: new ort.Tensor("float32", stack(active.map((i) => latents.get(i)!)), [b, LATENT_CHANNELS, h, w]) });
     const planar = decoded.pixels!.data as Uint8Array;
-    const png = encodePng({ width: req.width, height: req.height, data: interleave(planar, req.width * req.height) });
+    const pixels = first.width * first.height;
+    active.forEach((i, k) => {
+      const req = reqs[i]!;
+      const data = interleave(planar.subarray(k * 3 * pixels, (k + 1) * 3 * pixels), pixels);
+      const png = encodePng({ width: req.width, height: req.height, data });
+      images[i] = { png, width: req.width, height: req.height, seed: req.seed, denoiserCalls: calls };
+    });
     decoded.pixels!.dispose();
-    return { png, width: req.width, height: req.height, seed: req.seed, denoiserCalls: calls };
+    return { images, denoiserCalls: calls };
   }
 
   async release(): Promise<void> {
     await Promise.allSettled([this.encoder.release(), this.denoiser.release(), this.decoder.release()]);
   }
 
-  private async encode(text: string): Promise<Float32Array> {
-    const ids = tokenize(text);
-    const out = await this.encoder.run({ tokens: new ort.Tensor("int64", ids, [1, ids.length]) });
-    const cond = Float32Array.from(out.conditioning!.data as Float32Array);
-    out.conditioning!.dispose();
-    return cond;
+  /** Each request's conditioning: its prompt's, plus its style word's where it has one. */
+  private async conditionings(reqs: readonly ImagegenRequest[]): Promise<Float32Array[]> {
+    const styled = reqs.filter((r) => r.style !== undefined);
+    const encoded = await this.encodeMany([...reqs.map((r) => r.prompt), ...styled.map((r) => r.style!)]);
+    let nextStyle = reqs.length;
+    return reqs.map((req, k) => {
+      const cond = encoded[k]!;
+      if (req.style !== undefined) {
+        const style = encoded[nextStyle++]!;
+        for (let i = 0; i < COND_DIM; i++) cond[i] = cond[i]! + STYLE_WEIGHT * style[i]!;
+      }
+      return cond;
+    });
   }
+
+  /** Encodes texts, one encoder run per distinct token count (rows of a batch must be equally long). */
+  private async encodeMany(texts: readonly string[]): Promise<Float32Array[]> {
+    const ids = texts.map(tokenize);
+    const byLength = new Map<number, number[]>();
+    ids.forEach((t, i) => byLength.set(t.length, [...(byLength.get(t.length) ?? []), i]));
+    const conds: Float32Array[] = [];
+    for (const [length, rows] of byLength) {
+      const tokens = new BigInt64Array(rows.length * length);
+      rows.forEach((r, k) => tokens.set(ids[r]!, k * length));
+      const out = await this.encoder.run({ tokens: new ort.Tensor("int64", tokens, [rows.length, length]) });
+      const data = out.conditioning!.data as Float32Array;
+      rows.forEach((r, k) => (conds[r] = Float32Array.from(data.subarray(k * COND_DIM, (k + 1) * COND_DIM))));
+      out.conditioning!.dispose();
+    }
+    return conds;
+  }
+}
+
+/** Equal-length samples one after another: a batch along dim 0. */
+function stack(samples: readonly Float32Array[]): Float32Array {
+  if (samples.length === 1) return samples[0]!;
+  const size = samples[0]!.length;
+  const out = new Float32Array(samples.length * size);
+  samples.forEach((s, k) => out.set(s, k * size));
+  return out;
 }
 
 /** Planar [3, H, W] → interleaved RGB, as PNG rows want. */
