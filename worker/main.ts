@@ -16,18 +16,18 @@ export interface RunningWorker {
 }
 
 /** onnxruntime is loaded only when a real backend is wanted (simulated fleets skip it). */
-export async function createBackend(opts: WorkerOptions, log: Logger): Promise<InferenceBackend> {
+export async function createBackend(opts: WorkerOptions, log: Logger, metrics?: WorkerMetrics): Promise<InferenceBackend> {
   if (opts.simulate) {
     log.warn("SIMULATED backend: items sleep for work_ms instead of running a model");
     return new SimulatedBackend();
   }
   const { OnnxBackend } = await import("./inference/onnx-backend.js");
-  return new OnnxBackend({ modelDir: opts.modelDir, threads: opts.threads, executionProviders: opts.executionProviders, logger: log });
+  return new OnnxBackend({ modelDir: opts.modelDir, threads: opts.threads, executionProviders: opts.executionProviders, logger: log, onModelLoad: (model, seconds) => metrics?.modelLoaded(model, seconds) });
 }
 
 export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {
   const metrics = new WorkerMetrics(opts.id);
-  const worker = new ShoalWorker(opts, await createBackend(opts, log), log, metrics);
+  const worker = new ShoalWorker(opts, await createBackend(opts, log, metrics), log, metrics);
   await worker.start();
   const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort) : undefined;
   let stopping: Promise<void> | undefined;

@@ -235,3 +235,19 @@ test("onnx backend - close is idempotent and later items fail retryable", async 
   await first;
   await assert.rejects(b.run(job("imagegen-tiny", { prompt: "late" }), live()), isCode("INFERENCE_FAILED", true));
 });
+
+test("onnx backend - each model load is reported once per thread, with its duration", async () => {
+  const loads: { model: string; seconds: number }[] = [];
+  const b = new OnnxBackend({ threads: 1, onModelLoad: (model, seconds) => loads.push({ model, seconds }) });
+  await b.start();
+  try {
+    const job = (i: number): InferenceJob => ({ id: `load-${i}`, model: "imagegen-tiny", params: { prompt: `p${i}`, width: 64, height: 64, steps: 1, guidance_scale: 7.5 }, batchId: "b", index: i });
+    await b.run(job(0), new AbortController().signal);
+    await b.run(job(1), new AbortController().signal);
+    assert.equal(loads.length, 1, "a resident model is not loaded again");
+    assert.equal(loads[0]!.model, "imagegen-tiny");
+    assert.ok(loads[0]!.seconds > 0);
+  } finally {
+    await b.close();
+  }
+});

@@ -36,7 +36,16 @@ if (!isMainThread && parentPort !== null) {
   );
   const local = new Map(init.localModels.map((m) => [m.manifest.name, m]));
 
+  // Loads finished since the last reply, timed here where the sessions are created.
+  let loads: { model: string; seconds: number }[] = [];
   const cache = new ModelCache<ThreadModel>(init.maxResidentModels, async (name) => {
+    const started = performance.now();
+    const model = await loadModel(name);
+    loads.push({ model: name, seconds: (performance.now() - started) / 1000 });
+    return model;
+  });
+
+  async function loadModel(name: string): Promise<ThreadModel> {
     if (name === IMAGEGEN_TINY.name) {
       const pipeline = await ImagegenPipeline.create(init.imagegen, (bytes) => runtime.createSession(bytes));
       return { run: (items, shouldStop) => runImagegen(pipeline, items, shouldStop), release: () => pipeline.release() };
@@ -45,7 +54,7 @@ if (!isMainThread && parentPort !== null) {
     if (entry === undefined) throw new InferenceError("MODEL_NOT_FOUND", `model ${name} is not served by this worker`, false);
     const model = await GenericModel.load(runtime, entry.manifest, entry.modelPath, (msg, fields) => post({ type: "log", level: "warn", msg, fields }));
     return { run: async (items, shouldStop) => ({ outcomes: await model.runBatch(items, shouldStop), stats: {} }), release: () => model.release() };
-  });
+  }
 
   const run = async (req: RunRequest): Promise<void> => {
     const flags = new Int32Array(req.cancel);
@@ -85,7 +94,8 @@ if (!isMainThread && parentPort !== null) {
       .filter((a) => a.data.byteOffset === 0 && a.data.byteLength === a.data.buffer.byteLength)
       .map((a) => a.data.buffer)
       .filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
-    post({ type: "done", groupId: req.groupId, items, stats, resident: cache.names() }, [...new Set(transfer)]);
+    post({ type: "done", groupId: req.groupId, items, stats, resident: cache.names(), loads }, [...new Set(transfer)]);
+    loads = [];
   };
 
   // Groups arrive one at a time (the pool sends the next only after a result), but chain them

@@ -32,6 +32,8 @@ export interface OnnxBackendOptions {
   /** Dynamic batching where a model's manifest sets max_batch > 1; default true. False runs every item alone. */
   batching?: boolean | undefined;
   logger?: BackendLogger | undefined;
+  /** Each model load a thread made, timed (for shoal_worker_model_load_seconds). */
+  onModelLoad?: ((model: string, seconds: number) => void) | undefined;
 }
 
 /** The options with defaults applied. */
@@ -51,6 +53,7 @@ const SILENT: BackendLogger = { info() {}, warn() {}, error() {} };
 export class OnnxBackend implements InferenceBackend {
   private readonly options: CompiledOptions;
   private readonly logger: BackendLogger;
+  private readonly onModelLoad: ((model: string, seconds: number) => void) | undefined;
   private local: LocalModel[] = [];
   private pool: ThreadPool | undefined;
   private starting: Promise<void> | undefined;
@@ -58,6 +61,7 @@ export class OnnxBackend implements InferenceBackend {
 
   constructor(options: OnnxBackendOptions) {
     this.logger = options.logger ?? SILENT;
+    this.onModelLoad = options.onModelLoad;
     const intraOpThreads = options.intraOpThreads ?? 1;
     if (!Number.isInteger(options.threads) || options.threads < 1) throw new RangeError(`threads: must be a positive integer (got ${options.threads})`);
     if (!Number.isInteger(intraOpThreads) || intraOpThreads < 1) throw new RangeError(`intraOpThreads: must be a positive integer (got ${intraOpThreads})`);
@@ -148,6 +152,7 @@ export class OnnxBackend implements InferenceBackend {
       logger: this.logger,
       cancelGraceMs: this.options.cancelGraceMs,
       closeGraceMs: this.options.closeGraceMs,
+      onModelLoad: this.onModelLoad,
       ...(this.options.batching ? { batchKey: (job: PoolJob) => this.batchKeyOf(job) } : {}),
     });
     await pool.start();

@@ -62,6 +62,8 @@ export interface ThreadPoolOptions {
   closeGraceMs: number;
   /** Dynamic batching: an item's batch key, or undefined to run it alone. Without it, every item runs alone. */
   batchKey?: (job: PoolJob) => BatchKey | undefined;
+  /** Called for every model a thread loaded, with how long the load took. */
+  onModelLoad?: (model: string, seconds: number) => void;
 }
 
 /** Consecutive threads that die before becoming ready, after which the pool gives up. */
@@ -197,6 +199,7 @@ export class ThreadPool {
         return;
       case "done": {
         slot.resident = msg.resident;
+        for (const l of msg.loads ?? []) this.options.onModelLoad?.(l.model, l.seconds);
         const group = slot.current;
         if (group === undefined || group.id !== msg.groupId) return;
         slot.current = undefined;

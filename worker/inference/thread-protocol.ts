@@ -48,6 +48,6 @@ export type ItemResult =
 export type FromThread =
   | { type: "ready" }
   /** A group is over: one result per item, in the request's order. */
-  | { type: "done"; groupId: number; items: ItemResult[]; stats: RunStats; resident: string[] }
+  | { type: "done"; groupId: number; items: ItemResult[]; stats: RunStats; resident: string[]; loads: { model: string; seconds: number }[] }
   | { type: "log"; level: "info" | "warn" | "error"; msg: string; fields?: Record<string, unknown> }
   | { type: "closed" };
