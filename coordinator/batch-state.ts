@@ -23,8 +23,11 @@ export interface ItemSlot {
   state: "pending" | "leased" | "done";
   attempts: number;
   lease: Lease | undefined;
-  /** Attempts that ended without a result that counts (failed and retried, or taken back). */
-  closed: Set<string>;
+  /**
+   * Attempts that ended without a result that counts (failed and retried, or taken back).
+   * Allocated on the first one: most items never need it, and batches hold many items.
+   */
+  closed: Set<string> | undefined;
   result: ItemResult | undefined;
   queuedAtMs: number;
   firstQueuedAtMs: number;
@@ -91,16 +94,16 @@ export class ActiveBatch {
     const slot = this.items[lease.index];
     if (!slot) return { kind: "ignored", reason: "unknown-item" };
     if (slot.state === "done") return { kind: "ignored", reason: "item-done" };
-    if (slot.closed.has(lease.token)) return { kind: "ignored", reason: "lease-closed" };
-    slot.attempts = Math.max(slot.attempts, leaseAttempt(lease.token));
+    if (slot.closed?.has(lease.token)) return { kind: "ignored", reason: "lease-closed" };
     const isCurrent = slot.lease?.token === lease.token;
+    const attempt = isCurrent ? slot.attempts : leaseAttempt(lease.token);
+    if (attempt > slot.attempts) slot.attempts = attempt;
     const assignedAtMs = isCurrent ? slot.lease!.assignedAtMs : nowMs - o.runMs;
     const queueMs = Math.max(0, assignedAtMs - slot.firstQueuedAtMs);
-    const base = { index: lease.index, workerId, attempts: slot.attempts, queueMs, runMs: o.runMs, model: slot.model };
     if (o.status === ItemStatus.ITEM_STATUS_FAILED && o.error?.retryable) {
-      slot.closed.add(lease.token);
+      (slot.closed ??= new Set()).add(lease.token);
       if (slot.attempts >= this.maxAttempts) {
-        this.finish(slot, { ...base, status: ItemStatus.ITEM_STATUS_FAILED, error: withAttempts(o.error, slot.attempts), artifacts: [] });
+        this.finish(slot, result(lease.index, ItemStatus.ITEM_STATUS_FAILED, withAttempts(o.error, slot.attempts), [], workerId, slot, queueMs, o.runMs));
         return { kind: "done" };
       }
       if (slot.lease && !isCurrent) return { kind: "closed" }; // another attempt is running
@@ -110,7 +113,7 @@ export class ActiveBatch {
       return { kind: "retry" };
     }
     const status = o.status === ItemStatus.ITEM_STATUS_UNSPECIFIED ? ItemStatus.ITEM_STATUS_FAILED : o.status;
-    this.finish(slot, { ...base, status, error: o.error, artifacts: o.artifacts });
+    this.finish(slot, result(lease.index, status, o.error, o.artifacts, workerId, slot, queueMs, o.runMs));
     return { kind: "done" };
   }
 
@@ -119,7 +122,7 @@ export class ActiveBatch {
     const slot = this.items[index];
     if (!slot) return { kind: "ignored", reason: "unknown-item" };
     if (slot.state === "done") return { kind: "ignored", reason: "item-done" };
-    if (slot.closed.has(token)) return { kind: "ignored", reason: "lease-closed" };
+    if (slot.closed?.has(token)) return { kind: "ignored", reason: "lease-closed" };
     return this.applyOutcome(
       { lease: { batchId: this.id, index, token }, status: ItemStatus.ITEM_STATUS_FAILED, error: { ...error, retryable: true }, artifacts: [], runMs: 0, vramUsedBytes: 0 },
       slot.lease?.workerId ?? "",
@@ -197,6 +200,19 @@ export class ActiveBatch {
       results: this.items.map((s) => s.result!),
     };
   }
+}
+
+function result(
+  index: number,
+  status: ItemStatus,
+  error: ItemError | undefined,
+  artifacts: ItemResult["artifacts"],
+  workerId: string,
+  slot: ItemSlot,
+  queueMs: number,
+  runMs: number,
+): ItemResult {
+  return { index, status, error, artifacts, workerId, attempts: slot.attempts, queueMs, runMs, model: slot.model };
 }
 
 function withAttempts(error: ItemError, attempts: number): ItemError {

@@ -163,7 +163,7 @@ export class Coordinator {
         state: "pending",
         attempts: 0,
         lease: undefined,
-        closed: new Set(),
+        closed: undefined,
         result: undefined,
         queuedAtMs: now,
         firstQueuedAtMs: created,
@@ -382,7 +382,7 @@ export class Coordinator {
     for (const l of hb.inFlight) {
       const batch = this.active.get(l.batchId);
       const slot = batch?.items[l.index];
-      if (!batch || !slot || slot.state !== "pending" || slot.closed.has(l.token)) continue;
+      if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
       slot.state = "leased";
       slot.lease = { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() };

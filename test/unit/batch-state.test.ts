@@ -14,7 +14,7 @@ function batch(n: number, maxAttempts = 3): ActiveBatch {
     state: "pending",
     attempts: 0,
     lease: undefined,
-    closed: new Set(),
+    closed: undefined,
     result: undefined,
     queuedAtMs: 0,
     firstQueuedAtMs: 0,
