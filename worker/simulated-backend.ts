@@ -5,7 +5,7 @@
 // worker is started with --simulate.
 
 import type { ModelManifest } from "../shared/manifest.js";
-import { InferenceError, type InferenceBackend, type InferenceJob, type InferenceOutput } from "./inference/backend.js";
+import { InferenceError, type CancelSignal, type InferenceBackend, type InferenceJob, type InferenceOutput } from "./inference/backend.js";
 
 const GB = 1e9;
 
@@ -53,7 +53,7 @@ export class SimulatedBackend implements InferenceBackend {
     return [...this.resident];
   }
 
-  async run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput> {
+  async run(job: InferenceJob, signal: CancelSignal): Promise<InferenceOutput> {
     if (!this.names.has(job.model)) {
       throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served here`, false);
     }
@@ -65,7 +65,7 @@ export class SimulatedBackend implements InferenceBackend {
     } else if (workMs > 0) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, workMs);
-        signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+        signal.addEventListener("abort", () => (clearTimeout(t), resolve()));
       });
     }
     if (signal.aborted) throw new InferenceError("CANCELLED", "cancelled", false);

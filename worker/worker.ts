@@ -22,7 +22,7 @@ import { activationBytes, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
-import { InferenceError, type InferenceBackend } from "./inference/backend.js";
+import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
 import type { WorkerOptions } from "./options.js";
 import { ResultPublisher } from "./result-publisher.js";
 import type { WorkerMetrics } from "./metrics.js";
@@ -38,7 +38,7 @@ interface HeldItem {
   model: ModelManifest;
   gpuIndex: number;
   activation: number;
-  controller: AbortController;
+  controller: CancelToken;
   started: boolean;
   acceptedAt: number;
 }
@@ -156,7 +156,7 @@ export class ShoalWorker {
     if (!lease || !lease.token || !lease.batchId) return false;
     if (this.held.has(lease.token)) return true; // a re-sent assignment: already ours
     const model = this.manifests.get(item.model);
-    const controller = new AbortController();
+    const controller = new CancelToken();
     const params = item.params ?? {};
     const held: HeldItem = {
       lease,
@@ -202,7 +202,7 @@ export class ShoalWorker {
       held.started = true;
       const output = await this.backend.run(
         { id: lease.token, model: held.model.name, params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
-        held.controller.signal,
+        held.controller,
       );
       const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
       const runMs = Math.round(performance.now() - started);

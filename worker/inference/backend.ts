@@ -50,6 +50,40 @@ export class InferenceError extends Error {
   }
 }
 
+/**
+ * What run() needs of a cancellation signal. An AbortSignal fits; the worker passes a
+ * CancelToken, because creating an AbortController per item was its largest per-item cost.
+ */
+export interface CancelSignal {
+  readonly aborted: boolean;
+  addEventListener(type: "abort", listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: "abort", listener: () => void): void;
+}
+
+/** A cheap one-shot cancellation signal. */
+export class CancelToken implements CancelSignal {
+  private listeners: (() => void)[] | undefined;
+  aborted = false;
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    const ls = this.listeners;
+    this.listeners = undefined;
+    for (const l of ls ?? []) l();
+  }
+
+  addEventListener(_type: "abort", listener: () => void): void {
+    if (this.aborted) return;
+    (this.listeners ??= []).push(listener);
+  }
+
+  removeEventListener(_type: "abort", listener: () => void): void {
+    const i = this.listeners?.indexOf(listener) ?? -1;
+    if (i >= 0) this.listeners!.splice(i, 1);
+  }
+}
+
 export interface InferenceBackend {
   /** Loads manifests (built-in and from the model directory) and starts the threads. */
   start(): Promise<void>;
@@ -62,7 +96,7 @@ export interface InferenceBackend {
    * INFERENCE_FAILED (retryable) and is replaced. Aborting the signal stops the item as soon as
    * the backend can (between denoising steps for imagegen-tiny) with CANCELLED.
    */
-  run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput>;
+  run(job: InferenceJob, signal: CancelSignal): Promise<InferenceOutput>;
   /** Idempotent: terminates the threads and releases sessions. */
   close(): Promise<void>;
 }

@@ -6,7 +6,7 @@
 import { availableParallelism } from "node:os";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import type { ModelManifest } from "../../shared/manifest.js";
-import { InferenceError, type InferenceBackend, type InferenceJob, type InferenceOutput } from "./backend.js";
+import { InferenceError, type InferenceBackend, type InferenceJob, type InferenceOutput, type CancelSignal } from "./backend.js";
 import { batchKey, type BatchKey } from "./batch-key.js";
 import { buildImagegenGraphs } from "./imagegen/graphs.js";
 import { loadModelDir, type LocalModel } from "./model-dir.js";
@@ -104,7 +104,7 @@ export class OnnxBackend implements InferenceBackend {
     return this.pool?.stats() ?? { groups: 0, items: 0, denoiserCalls: 0 };
   }
 
-  async run(job: InferenceJob, signal: AbortSignal): Promise<InferenceOutput> {
+  async run(job: InferenceJob, signal: CancelSignal): Promise<InferenceOutput> {
     if (this.pool === undefined || this.closing !== undefined) {
       throw new InferenceError("INFERENCE_FAILED", "the inference backend is not running", true);
     }

@@ -16,6 +16,7 @@
 // from native code). So a cancel the model does not notice in time is answered at once, and
 // the thread finishes its computation in the background before it takes new work.
 
+import type { CancelSignal } from "./backend.js";
 import { Worker } from "node:worker_threads";
 import { InferenceError, type ArtifactData } from "./backend.js";
 import type { BatchKey } from "./batch-key.js";
@@ -71,7 +72,7 @@ const MAX_START_FAILURES = 3;
 
 interface Task {
   job: PoolJob;
-  signal: AbortSignal;
+  signal: CancelSignal;
   resolve: (result: PoolResult) => void;
   reject: (err: InferenceError) => void;
   settled: boolean;
@@ -127,7 +128,7 @@ export class ThreadPool {
     }
   }
 
-  run(job: PoolJob, signal: AbortSignal): Promise<PoolResult> {
+  run(job: PoolJob, signal: CancelSignal): Promise<PoolResult> {
     return new Promise<PoolResult>((resolve, reject) => {
       if (this.closing !== undefined) return reject(new InferenceError("INFERENCE_FAILED", "the inference backend is closed", true));
       if (this.broken !== undefined) return reject(new InferenceError("INFERENCE_FAILED", this.broken, true));
