@@ -1,0 +1,75 @@
+// Real Shoal processes for the bench, through the integration-test harness: a nats-server with
+// its own port and store, the coordinator and worker processes of the compiled CLI, and the SDK.
+
+import { status } from "@grpc/grpc-js";
+import type { SubmitInput } from "../../cli/client.js";
+import type { Batch } from "../../proto/gen/shoal/v1/shoal.js";
+import { Stack } from "../../test/harness/processes.js";
+import { TestClient } from "../../test/harness/client.js";
+import { stopStack, trackStack } from "./procs.js";
+
+export interface WorkerSpec {
+  id: string;
+  args: string[];
+}
+
+export interface ShoalStack {
+  stack: Stack;
+  client: TestClient;
+  /** Stops everything by pid (SIGKILL); the coordinator first gets SIGTERM when it is profiled. */
+  stop(): Promise<void>;
+}
+
+/** Bench processes log at warn: the harness reads every line, and info lines per batch would cost CPU the bench itself needs. */
+export const BENCH_LOG_LEVEL = "warn";
+
+/** A SIMULATED worker: declared VRAM, items that sleep for work_ms. */
+export function simWorker(id: string, vram: string, maxInFlight: number, threads = Math.min(256, maxInFlight), extra: string[] = []): WorkerSpec {
+  return {
+    id,
+    args: ["--simulate", "--vram", vram, "--threads", String(threads), "--max-in-flight", String(maxInFlight), "--heartbeat-interval", WORKER_HEARTBEAT, "--log-level", BENCH_LOG_LEVEL, ...extra],
+  };
+}
+
+export async function startShoal(opts: {
+  coordinatorArgs?: string[];
+  coordinatorNodeArgs?: string[];
+  workers: WorkerSpec[];
+  /** An existing stack whose nats-server is already running. */
+  stack?: Stack;
+  waitForWorkers?: boolean;
+}): Promise<ShoalStack> {
+  const stack = opts.stack ?? trackStack(new Stack());
+  if (!stack.nats) await stack.startNats();
+  stack.coordinatorNodeArgs = opts.coordinatorNodeArgs ?? [];
+  // Production defaults for heartbeats (1 s interval, 3 s timeout) rather than the tests' faster ones.
+  await stack.startCoordinator(["--log-level", BENCH_LOG_LEVEL, "--heartbeat-timeout", "3s", ...(opts.coordinatorArgs ?? [])]);
+  await Promise.all(opts.workers.map((w) => stack.startWorker(w.id, w.args)));
+  const client = new TestClient(stack.grpcAddr);
+  if (opts.waitForWorkers !== false && opts.workers.length > 0) await client.waitForWorkers(opts.workers.length, 120_000);
+  return {
+    stack,
+    client,
+    async stop() {
+      client.close();
+      await stopStack(stack);
+    },
+  };
+}
+
+/**
+ * RunBatch with a deadline. Resolves with the terminal batch, or undefined when the deadline
+ * passed first (the batch never became terminal: counted as lost by the caller, so one stuck
+ * batch cannot hang the whole bench).
+ */
+export async function runBatch(client: TestClient, req: SubmitInput, timeoutMs: number): Promise<Batch | undefined> {
+  try {
+    return await client.sdk.runBatch(req, { timeoutMs });
+  } catch (err) {
+    if ((err as { grpcCode?: number }).grpcCode === status.DEADLINE_EXCEEDED) return undefined;
+    throw err;
+  }
+}
+
+/** The heartbeat interval of SIMULATED workers: the production default, or SHOAL_BENCH_HEARTBEAT_INTERVAL. */
+export const WORKER_HEARTBEAT = process.env.SHOAL_BENCH_HEARTBEAT_INTERVAL ?? "1s";

@@ -1,0 +1,85 @@
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "../harness/processes.js";
+
+// The bench must never rot: its quick mode runs every case with tiny sizes, and this checks that
+// it runs to the end and that what it prints and writes is well-formed. Not how fast anything is:
+// a target that is missed is still a well-formed result.
+
+const CASES = ["dispatch", "fleet", "batch50", "onnx", "scale"];
+
+function finiteNumbers(value: unknown, path: string, problems: string[]): void {
+  if (typeof value === "number") {
+    if (!Number.isFinite(value)) problems.push(`${path}: ${value}`);
+  } else if (Array.isArray(value)) {
+    value.forEach((v, i) => finiteNumbers(v, `${path}[${i}]`, problems));
+  } else if (value && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) finiteNumbers(v, `${path}.${k}`, problems);
+  }
+}
+
+describe("bench smoke - `node dist/bench/main.js --quick` runs every case and reports well-formed results", () => {
+  const dir = mkdtempSync(join(tmpdir(), "shoal-bench-smoke-"));
+  const out = join(dir, "results.json");
+
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("bench smoke - the quick run exits 0, prints the table and writes results.json", { timeout: 600_000 }, async () => {
+    const run = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [join(ROOT, "dist/bench/main.js"), "--quick", "--out", out], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (d) => (stdout += d));
+      child.stderr.on("data", (d) => (stderr += d));
+      child.on("exit", (code) => resolve({ code, stdout, stderr }));
+    });
+    assert.equal(run.code, 0, `bench exited ${run.code}\n${run.stderr.slice(-3000)}`);
+    const header = run.stdout.split("\n").find((l) => l.startsWith("case "));
+    assert.ok(header, `no table header in the output:\n${run.stdout}`);
+    for (const col of ["metric", "value", "baseline / ideal", "ratio", "target", "pass/fail"]) assert.ok(header.includes(col), `table header lacks "${col}": ${header}`);
+    for (const name of CASES) assert.ok(run.stdout.split("\n").some((l) => l.startsWith(`${name} `)), `the table has no row for ${name}`);
+    assert.match(run.stdout, /SIMULATED/, "simulated cases must say so in the output");
+    assert.ok(existsSync(out), "results.json was not written");
+  });
+
+  test("bench smoke - results.json has machine info and every case, with finite numbers, targets and met flags", () => {
+    assert.ok(existsSync(out), "results.json was not written (see the previous test)");
+    const results = JSON.parse(readFileSync(out, "utf8"));
+    assert.equal(results.mode, "quick");
+    assert.ok(results.machine.cores >= 1, "machine.cores");
+    assert.equal(typeof results.machine.nodeVersion, "string");
+    assert.ok(!Number.isNaN(Date.parse(results.machine.date)), "machine.date is a date");
+    assert.equal(typeof results.allMet, "boolean");
+    assert.deepEqual(results.cases.map((c: { name: string }) => c.name), CASES);
+    for (const c of results.cases) {
+      assert.equal(c.error, undefined, `case ${c.name} failed: ${c.error}`);
+      assert.equal(typeof c.target, "string", `${c.name}.target`);
+      assert.ok(c.target.length > 0, `${c.name}.target is empty`);
+      assert.equal(typeof c.met, "boolean", `${c.name}.met`);
+      assert.equal(typeof c.simulated, "boolean", `${c.name}.simulated`);
+      assert.equal(typeof c.params, "object", `${c.name}.params`);
+      assert.equal(typeof c.raw, "object", `${c.name}.raw`);
+      assert.ok(c.metrics.length > 0, `${c.name} has no metrics`);
+      assert.ok(c.metrics.some((m: { target?: unknown }) => m.target), `${c.name} has no metric with a target`);
+      for (const m of c.metrics) {
+        assert.equal(typeof m.name, "string");
+        assert.ok(Number.isFinite(m.value), `${c.name} / ${m.name}: value ${m.value}`);
+        if (m.ratio !== undefined) assert.ok(Number.isFinite(m.ratio), `${c.name} / ${m.name}: ratio ${m.ratio}`);
+        if (m.reference) assert.ok(Number.isFinite(m.reference.value), `${c.name} / ${m.name}: reference ${m.reference.value}`);
+        if (m.target) {
+          assert.ok([">=", "<=", ">"].includes(m.target.op), `${c.name} / ${m.name}: target op`);
+          assert.ok(Number.isFinite(m.target.threshold), `${c.name} / ${m.name}: target threshold`);
+          assert.equal(typeof m.met, "boolean", `${c.name} / ${m.name}: met`);
+        }
+      }
+      const problems: string[] = [];
+      finiteNumbers(c.params, `${c.name}.params`, problems);
+      finiteNumbers(c.raw, `${c.name}.raw`, problems);
+      assert.deepEqual(problems, [], "numbers in params/raw must be finite");
+    }
+  });
+});
