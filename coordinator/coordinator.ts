@@ -724,7 +724,6 @@ export class Coordinator {
     this.emit(batch.id, { event: { $case: "batch", batch: stored } });
     this.listeners.delete(batch.id);
     if (stored === final) this.webhooks!.send(webhook);
-    void this.resultLog!.purge(batch.id);
     return stored;
   }
 

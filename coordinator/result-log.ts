@@ -11,8 +11,12 @@ export type LogEntryHandler = (entry: ResultLogEntry, subject: string) => void;
 /**
  * The results stream seen from the coordinator: a durable consumer for live outcomes (so
  * results published while the coordinator was down are not lost), a per-batch replay for
- * rebuilding state at start, revocations written before an item is placed again, and a purge
- * once a batch's terminal record is stored.
+ * rebuilding state at start, and revocations written before an item is placed again.
+ *
+ * Entries of finished batches are not purged by subject: on nats-server before 2.9.15 (Debian 12
+ * ships 2.9.10) a filtered purge moves durable consumers past unread messages of *other*
+ * subjects, which lost results of running batches (nats-io/nats-server#3838). The stream's age
+ * limit removes old entries instead.
  */
 export class ResultLog {
   private readonly js: JetStreamClient;
@@ -93,14 +97,6 @@ export class ResultLog {
         this.log.warn({ batchId, attempt, err: errorMessage(err) }, "revocation not stored yet, retrying");
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
       }
-    }
-  }
-
-  async purge(batchId: string): Promise<void> {
-    try {
-      await this.jsm.streams.purge(this.names.resultsStream, { filter: this.names.results(batchId) });
-    } catch (err) {
-      this.log.warn({ batchId, err: errorMessage(err) }, "results of a finished batch not purged (the age limit will)");
     }
   }
 

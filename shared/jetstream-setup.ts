@@ -39,8 +39,9 @@ async function ensureResultsStream(jsm: JetStreamManager, names: Names): Promise
     subjects: [names.allResults],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
-    // The coordinator purges a batch's subject once the batch is terminal; the age limit only
-    // bounds what an abandoned fleet leaves behind.
+    // Entries are only needed until their batch is terminal (or to rebuild it after a restart);
+    // the age limit removes them (see ResultLog for why there is no per-batch purge). A batch
+    // running longer than this would lose its history on a coordinator restart.
     max_age: 7 * DAY_NS,
     duplicate_window: 2 * 60 * 1e9,
   };
