@@ -1,6 +1,11 @@
 // Items waiting for a GPU, kept per batch so that batches share the fleet fairly: each pass
 // visits active batches in turn and takes up to `weight` items from each (weight grows with
-// priority), so a 10,000-item batch cannot starve a 5-item one behind it.
+// priority), so a 10,000-item batch cannot starve a 5-item one behind it. Within a batch items
+// go in order, except that when the head fits nowhere the next few are tried, so one large item
+// does not hold back the small ones behind it (head-of-line blocking).
+
+/** How far behind a blocked head a pass looks for items that fit. */
+export const LOOKAHEAD = 16;
 
 export interface QueuedRef {
   batchId: string;
@@ -10,6 +15,8 @@ export interface QueuedRef {
 class Lane {
   private items: number[] = [];
   private head = 0;
+  /** Entries placed ahead of the head; skipped (once each) when the head reaches them. */
+  private readonly taken = new Set<number>();
   constructor(
     readonly batchId: string,
     readonly weight: number,
@@ -18,7 +25,21 @@ class Lane {
     this.items.push(index);
   }
   peek(): number | undefined {
+    while (this.head < this.items.length && this.taken.delete(this.items[this.head]!)) this.head++;
     return this.head < this.items.length ? this.items[this.head] : undefined;
+  }
+  /** The k-th waiting entry behind the head (k ≥ 1), skipping taken ones. */
+  behind(k: number): { index: number; pos: number } | undefined {
+    let seen = 0;
+    for (let pos = this.head + 1; pos < this.items.length; pos++) {
+      const index = this.items[pos]!;
+      if (this.taken.has(index)) continue;
+      if (++seen === k) return { index, pos };
+    }
+    return undefined;
+  }
+  take(index: number): void {
+    this.taken.add(index);
   }
   shift(): number | undefined {
     const v = this.peek();
@@ -30,12 +51,16 @@ class Lane {
     return v;
   }
   get size(): number {
-    return this.items.length - this.head;
+    return this.items.length - this.head - this.taken.size;
   }
   remove(pred: (i: number) => boolean): number[] {
     const kept: number[] = [];
     const removed: number[] = [];
-    for (let i = this.head; i < this.items.length; i++) (pred(this.items[i]!) ? removed : kept).push(this.items[i]!);
+    for (let i = this.head; i < this.items.length; i++) {
+      const index = this.items[i]!;
+      if (this.taken.delete(index)) continue;
+      (pred(index) ? removed : kept).push(index);
+    }
     this.items = kept;
     this.head = 0;
     return removed;
@@ -95,6 +120,7 @@ export class BatchQueue {
           }
           if (!tryPlace({ batchId: lane.batchId, index })) {
             blocked.add(lane.batchId);
+            placed += this.placeBehind(lane, tryPlace, budget - placed);
             break;
           }
           lane.shift();
@@ -105,6 +131,23 @@ export class BatchQueue {
         if (lane.size === 0) this.lanes.delete(lane.batchId);
       }
       if (!progressed) break;
+    }
+    return placed;
+  }
+
+  /** The head of the lane fits nowhere: try the next few items behind it. */
+  private placeBehind(lane: Lane, tryPlace: (ref: QueuedRef) => boolean, budget: number): number {
+    let placed = 0;
+    for (let k = 1, tried = 0; tried < LOOKAHEAD && placed < budget; tried++) {
+      const next = lane.behind(k);
+      if (!next) break;
+      if (tryPlace({ batchId: lane.batchId, index: next.index })) {
+        lane.take(next.index);
+        this.total--;
+        placed++;
+      } else {
+        k++;
+      }
     }
     return placed;
   }

@@ -487,21 +487,28 @@ export class Coordinator {
     if (workers.size === 0) return;
     const outgoing = new Map<string, PendingAssign[]>();
     const now = Date.now();
+    // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
+    // that model cannot fit either, so they are refused without another scan of the fleet.
+    const failedNeed = new Map<string, number>();
     this.queue.drain(({ batchId, index }) => {
       const batch = this.active.get(batchId);
       const slot = batch?.items[index];
       if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
       const activation = this.estimates.activation(slot.shapeKey!, slot.activationBytes);
+      if (activation >= (failedNeed.get(slot.model) ?? Infinity)) return false;
       const placement = placeItem(
         { model: slot.model, activationBytes: activation, weightsBytes: slot.weightsBytes },
         workers.values(),
         this.ledger,
         this.opts.policy,
       );
-      if (!placement) return false;
+      if (!placement) {
+        failedNeed.set(slot.model, Math.min(activation, failedNeed.get(slot.model) ?? Infinity));
+        return false;
+      }
       const attempt = slot.attempts + 1;
       const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now, activationBytes: activation };
-      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, placement.loads);
+      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation);
       const w = workers.get(placement.workerId)!;
       w.slotsFree--;
       w.record.leases.add(lease.token);
@@ -541,6 +548,14 @@ export class Coordinator {
       accepted = new Set(decoded.accepted);
       answered = true;
       why = decoded.error;
+      // The worker's VRAM with the accepted items counted: the ledger is exact again at once.
+      if (decoded.gpus.length > 0 && this.fleet.get(workerId)) {
+        this.ledger.observe(
+          workerId,
+          decoded.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
+          accepted,
+        );
+      }
     } catch (err) {
       why = errorMessage(err);
     }

@@ -24,8 +24,9 @@ export interface Placement {
   workerId: string;
   gpuKey: string;
   gpuIndex: number;
-  /** What to reserve: activations, plus the weights where the model must be loaded. */
+  /** What to reserve: activations, plus the weights where the model is not counted yet. */
   bytes: number;
+  /** The model whose weights this placement counts, if any. */
   loads: string | undefined;
 }
 
@@ -39,14 +40,18 @@ export function placeItem(item: ItemNeed, workers: Iterable<PlaceableWorker>, le
   let bestScore = Infinity;
   for (const w of workers) {
     if (w.slotsFree <= 0 || !w.models.has(item.model)) continue;
+    const resident = w.resident.has(item.model);
     for (const g of ledger.gpusOf(w.id)) {
-      const warm = w.resident.has(item.model) || ledger.loading(g.key, item.model);
+      // Weights are free only where a live lease of the model keeps them counted; a model the
+      // worker merely has loaded may be evicted, so its weights are counted again (safe).
+      const warm = ledger.warm(g.key, item.model);
       const bytes = item.activationBytes + (warm ? 0 : item.weightsBytes);
       const left = g.freeBytes - g.reservedBytes - bytes;
       if (left < 0) continue;
-      // Lower is better; being warm outweighs any difference in leftover bytes.
+      // Lower is better; a GPU with the model in use or loaded (no load time) outweighs any
+      // difference in leftover bytes.
       const fit = policy === "best-fit" ? left : -left;
-      const score = (warm ? 0 : 1) * 1e18 + fit;
+      const score = (warm || resident ? 0 : 1) * 1e18 + fit;
       if (score < bestScore) {
         bestScore = score;
         best = { workerId: w.id, gpuKey: g.key, gpuIndex: g.index, bytes, loads: warm ? undefined : item.model };

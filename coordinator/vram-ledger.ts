@@ -1,5 +1,12 @@
-// The coordinator's view of VRAM per GPU: what the last heartbeat said was free, minus what the
+// The coordinator's view of VRAM per GPU: what the last report said was free, minus what the
 // coordinator has promised since and the worker has not yet counted. Pure: no I/O, no clock.
+//
+// Every assignment is a lease on one GPU, alive until its outcome arrives (or the worker is
+// lost). While any lease of a model lives on a GPU, that model's weights are counted there
+// (by the worker once it holds the item, or by the reservation that loads it), so further
+// items of the model need only their activations. When a lease ends the ledger gives its
+// activations back at once on budget GPUs, whose free figure is pure accounting; a measured
+// (nvidia-smi) GPU waits for its next reading, since the runtime may keep the memory cached.
 
 export interface GpuView {
   key: string;
@@ -12,11 +19,25 @@ export interface GpuView {
   source: string;
 }
 
-interface Reservation {
+export interface GpuReport {
+  index: number;
+  name: string;
+  totalBytes: number;
+  freeBytes: number;
+  source: string;
+}
+
+interface Lease {
   gpuKey: string;
-  bytes: number;
-  /** The model whose weights this reservation includes, if it loads one. */
-  loads: string | undefined;
+  model: string;
+  /** Reserved bytes not yet counted by the worker (0 once it reported holding the item). */
+  reserved: number;
+  /** The item's activations: given back on a budget GPU when the lease ends. */
+  activation: number;
+  /** The worker has counted this item in a free figure it reported. */
+  counted: boolean;
+  /** A later report no longer listed the item: that figure already has its room back. */
+  letGo: boolean;
 }
 
 export function gpuKey(workerId: string, index: number): string {
@@ -32,19 +53,18 @@ export class VramLedger {
   private readonly gpus = new Map<string, GpuView>();
   /** The same GPUs by worker, sorted by index: placement reads this for every item. */
   private readonly byWorker = new Map<string, GpuView[]>();
-  private readonly reservations = new Map<string, Reservation>();
-  /** gpuKey → model → reservations that load it (weights counted once per GPU). */
-  private readonly loads = new Map<string, Map<string, number>>();
+  private readonly leases = new Map<string, Lease>();
+  /** gpuKey → model → live leases of that model on the GPU. */
+  private readonly warmCounts = new Map<string, Map<string, number>>();
+  /** workerId → its live lease tokens, so a report only visits its own worker's leases. */
+  private readonly leasesByWorker = new Map<string, Set<string>>();
 
   /**
-   * A heartbeat: replaces the GPU's free figure and drops the reservations the worker now
-   * counts itself (the items it reports as held), so nothing is subtracted twice.
+   * A report from the worker (heartbeat, or its answer to an assignment): replaces each GPU's
+   * free figure; the leases it lists as held are counted in that figure from now on, so their
+   * reservations stop being subtracted.
    */
-  observe(
-    workerId: string,
-    gpus: { index: number; name: string; totalBytes: number; freeBytes: number; source: string }[],
-    heldTokens: Iterable<string>,
-  ): void {
+  observe(workerId: string, gpus: GpuReport[], heldTokens: Iterable<string>): void {
     const previous = this.byWorker.get(workerId) ?? [];
     const next: GpuView[] = [];
     for (const g of gpus) {
@@ -63,9 +83,17 @@ export class VramLedger {
     for (const old of previous) if (!next.includes(old)) this.gpus.delete(old.key);
     next.sort((a, b) => a.index - b.index);
     this.byWorker.set(workerId, next);
-    for (const token of heldTokens) {
-      const r = this.reservations.get(token);
-      if (r && this.gpus.get(r.gpuKey)?.workerId === workerId) this.drop(token, r);
+    const held = heldTokens instanceof Set ? (heldTokens as Set<string>) : new Set(heldTokens);
+    for (const token of this.leasesByWorker.get(workerId) ?? []) {
+      const lease = this.leases.get(token)!;
+      if (held.has(token)) {
+        if (!lease.counted) {
+          lease.counted = true;
+          this.unreserve(lease);
+        }
+      } else if (lease.counted) {
+        lease.letGo = true;
+      }
     }
   }
 
@@ -74,38 +102,46 @@ export class VramLedger {
     return g ? g.freeBytes - g.reservedBytes : 0;
   }
 
-  /** True when a reservation on this GPU already loads the model (its weights are counted). */
-  loading(key: string, model: string): boolean {
-    return (this.loads.get(key)?.get(model) ?? 0) > 0;
+  /** True while a live lease of the model is on this GPU: its weights are counted there. */
+  warm(key: string, model: string): boolean {
+    return (this.warmCounts.get(key)?.get(model) ?? 0) > 0;
   }
 
-  reserve(token: string, key: string, bytes: number, loads?: string): void {
+  /** Opens a lease: `bytes` are reserved (activations, plus the weights if it loads the model). */
+  reserve(token: string, key: string, bytes: number, model: string, activation: number = bytes): void {
     const g = this.gpus.get(key);
     if (!g) throw new ReservationError(`unknown GPU ${key}`);
-    if (this.reservations.has(token)) throw new ReservationError(`lease ${token} already holds a reservation`);
+    if (this.leases.has(token)) throw new ReservationError(`lease ${token} already holds a reservation`);
     if (bytes > g.freeBytes - g.reservedBytes) {
       throw new ReservationError(`${bytes} bytes exceed the ${g.freeBytes - g.reservedBytes} available on ${key}`);
     }
     g.reservedBytes += bytes;
-    this.reservations.set(token, { gpuKey: key, bytes, loads });
-    if (loads) {
-      let m = this.loads.get(key);
-      if (!m) this.loads.set(key, (m = new Map()));
-      m.set(loads, (m.get(loads) ?? 0) + 1);
-    }
+    this.leases.set(token, { gpuKey: key, model, reserved: bytes, activation: Math.min(activation, bytes), counted: false, letGo: false });
+    let mine = this.leasesByWorker.get(g.workerId);
+    if (!mine) this.leasesByWorker.set(g.workerId, (mine = new Set()));
+    mine.add(token);
+    let m = this.warmCounts.get(key);
+    if (!m) this.warmCounts.set(key, (m = new Map()));
+    m.set(model, (m.get(model) ?? 0) + 1);
   }
 
-  /** The item ended or was taken back. Unknown tokens are ignored (already counted). */
+  /** The lease ended (its outcome arrived, or it was taken back). Unknown tokens are ignored. */
   release(token: string): void {
-    const r = this.reservations.get(token);
-    if (r) this.drop(token, r);
+    const lease = this.leases.get(token);
+    if (!lease) return;
+    this.end(token, lease);
+    const g = this.gpus.get(lease.gpuKey);
+    // The worker has already let go of a counted item; on a budget GPU its next report will say
+    // exactly this, so say it now and let the room be used at once.
+    if (lease.counted && !lease.letGo && g && g.source === "budget") g.freeBytes = Math.min(g.totalBytes, g.freeBytes + lease.activation);
   }
 
   removeWorker(workerId: string): void {
-    for (const [token, r] of this.reservations) if (this.gpus.get(r.gpuKey)?.workerId === workerId) this.drop(token, r);
+    for (const token of [...(this.leasesByWorker.get(workerId) ?? [])]) this.end(token, this.leases.get(token)!);
+    this.leasesByWorker.delete(workerId);
     for (const g of this.byWorker.get(workerId) ?? []) {
       this.gpus.delete(g.key);
-      this.loads.delete(g.key);
+      this.warmCounts.delete(g.key);
     }
     this.byWorker.delete(workerId);
   }
@@ -119,19 +155,27 @@ export class VramLedger {
     return [...this.gpus.values()];
   }
 
+  /** Leases whose bytes are still reserved (not yet counted by their worker). */
   reservationCount(): number {
-    return this.reservations.size;
+    let n = 0;
+    for (const l of this.leases.values()) if (l.reserved > 0) n++;
+    return n;
   }
 
-  private drop(token: string, r: Reservation): void {
-    this.reservations.delete(token);
-    const g = this.gpus.get(r.gpuKey);
-    if (g) g.reservedBytes -= r.bytes;
-    if (r.loads) {
-      const m = this.loads.get(r.gpuKey);
-      const n = (m?.get(r.loads) ?? 0) - 1;
-      if (n > 0) m!.set(r.loads, n);
-      else m?.delete(r.loads);
-    }
+  private unreserve(lease: Lease): void {
+    const g = this.gpus.get(lease.gpuKey);
+    if (g) g.reservedBytes -= lease.reserved;
+    lease.reserved = 0;
+  }
+
+  private end(token: string, lease: Lease): void {
+    this.leases.delete(token);
+    const workerId = this.gpus.get(lease.gpuKey)?.workerId ?? lease.gpuKey.slice(0, lease.gpuKey.lastIndexOf("/"));
+    this.leasesByWorker.get(workerId)?.delete(token);
+    this.unreserve(lease);
+    const m = this.warmCounts.get(lease.gpuKey);
+    const n = (m?.get(lease.model) ?? 0) - 1;
+    if (n > 0) m!.set(lease.model, n);
+    else m?.delete(lease.model);
   }
 }

@@ -140,10 +140,17 @@ export class ShoalWorker {
     try {
       const assignment = decodeMessage(Assignment, msg.subject, msg.data);
       const accepted: string[] = [];
+      let refused = 0;
       if (this.state === "RUNNING") {
-        for (const item of assignment.items) if (this.accept(item)) accepted.push(item.lease!.token);
+        const room = this.room();
+        for (const item of assignment.items) {
+          if (this.held.has(item.lease?.token ?? "")) accepted.push(item.lease!.token); // re-sent: already ours
+          else if (this.fits(item, room) && this.accept(item)) accepted.push(item.lease!.token);
+          else refused++;
+        }
       }
-      reply = { accepted, error: this.state === "RUNNING" ? "" : `worker is ${this.state.toLowerCase()}` };
+      const error = this.state !== "RUNNING" ? `worker is ${this.state.toLowerCase()}` : refused > 0 ? `${refused} item(s) do not fit the VRAM left here` : "";
+      reply = { accepted, error, gpus: this.gpuStatus() };
     } catch (err) {
       this.log.error({ err: errorMessage(err) }, "bad assignment");
       reply = { accepted: [], error: errorMessage(err) };
@@ -151,10 +158,40 @@ export class ShoalWorker {
     msg.respond(encodeMessage(AssignReply, reply));
   }
 
+  /** Free VRAM per device right now (unclamped), and which models' weights are counted. */
+  private room(): Map<number, { free: number; models: Set<string> }> {
+    const resident = new Set(this.backend.residentModels());
+    const out = new Map<number, { free: number; models: Set<string> }>();
+    for (const g of this.gpuStatus(false)) {
+      const models = new Set<string>();
+      for (const h of this.held.values()) if (h.gpuIndex === g.index) models.add(h.model.name);
+      // A measured GPU already holds the sessions the backend has loaded.
+      if (g.source !== "budget") for (const m of resident) models.add(m);
+      out.set(g.index, { free: g.vramFreeBytes, models });
+    }
+    return out;
+  }
+
+  /**
+   * The worker's own guard for guarantee 5: an item is refused (and the coordinator places it
+   * again, without counting an attempt) unless this GPU has room for it now, whatever the
+   * coordinator's possibly stale view said.
+   */
+  private fits(item: AssignedItem, room: Map<number, { free: number; models: Set<string> }>): boolean {
+    const r = room.get(item.gpuIndex);
+    if (!r) return false;
+    const model = this.manifests.get(item.model);
+    const activation = item.vramBytes > 0 ? item.vramBytes : model ? activationBytes(model, item.params ?? {}) : 0;
+    const need = activation + (model && !r.models.has(model.name) ? model.vram.weights_bytes : 0);
+    if (need > r.free) return false;
+    r.free -= need;
+    if (model) r.models.add(model.name);
+    return true;
+  }
+
   private accept(item: AssignedItem): boolean {
     const lease = item.lease;
     if (!lease || !lease.token || !lease.batchId) return false;
-    if (this.held.has(lease.token)) return true; // a re-sent assignment: already ours
     const model = this.manifests.get(item.model);
     const controller = new CancelToken();
     const params = item.params ?? {};
@@ -255,7 +292,7 @@ export class ShoalWorker {
   }
 
   /** Free VRAM per device: measured where nvidia-smi is, otherwise accounted from the budget. */
-  private gpuStatus() {
+  private gpuStatus(clamp = true) {
     return this.devices.map((d) => {
       const mine = [...this.held.values()].filter((h) => h.gpuIndex === d.index);
       let free: number;
@@ -268,7 +305,7 @@ export class ShoalWorker {
         const queued = mine.filter((h) => !h.started).reduce((s, h) => s + h.activation, 0);
         free = (this.measuredFree?.get(d.index) ?? d.totalBytes) - queued;
       }
-      return { index: d.index, name: d.name, vramTotalBytes: d.totalBytes, vramFreeBytes: Math.max(0, free), source: d.source };
+      return { index: d.index, name: d.name, vramTotalBytes: d.totalBytes, vramFreeBytes: clamp ? Math.max(0, free) : free, source: d.source };
     });
   }
 

@@ -24,15 +24,30 @@ test("batch queue - priority weights the share, order within a batch is kept", (
   assert.deepEqual(high.map((t) => t.index), [...high.keys()]);
 });
 
-test("batch queue - a batch whose head does not fit is blocked for the pass, not reordered", () => {
+test("batch queue - a batch whose head does not fit keeps its order for the next pass", () => {
   const q = new BatchQueue();
   q.add("a", 0);
   q.add("a", 1);
   q.add("b", 0);
   const seen: string[] = [];
   q.drain((ref) => (seen.push(`${ref.batchId}${ref.index}`), ref.batchId === "b"));
-  assert.deepEqual(seen, ["a0", "b0"]);
+  assert.deepEqual(seen, ["a0", "a1", "b0"]);
   assert.equal(q.sizeOf("a"), 2);
   assert.deepEqual(q.removeBatch("a"), [0, 1]);
+  assert.equal(q.size, 0);
+});
+
+test("batch queue - items behind a head that fits nowhere are placed (no head-of-line blocking)", () => {
+  const q = new BatchQueue();
+  for (let i = 0; i < 10; i++) q.add("a", i);
+  // Item 0 is too large for any GPU; the others fit.
+  const placed: number[] = [];
+  q.drain((ref) => ref.index !== 0 && (placed.push(ref.index), true));
+  assert.deepEqual(placed, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.equal(q.size, 1);
+  // The big one keeps its place at the head; the taken ones are not offered again.
+  const next: number[] = [];
+  q.drain((ref) => (next.push(ref.index), true));
+  assert.deepEqual(next, [0]);
   assert.equal(q.size, 0);
 });

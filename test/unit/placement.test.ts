@@ -17,8 +17,8 @@ test("placement - never places where free VRAM minus reservations is too small",
   const need = { model: "m", activationBytes: 4 * GB, weightsBytes: 8 * GB };
   const p = placeItem(need, [worker("small"), worker("big")], l, "best-fit");
   assert.equal(p?.workerId, "big");
-  l.reserve("a", p!.gpuKey, p!.bytes, p!.loads);
-  // 12 of 24 GB left; the model is being loaded there, so the next item only needs 4 GB.
+  l.reserve("a", p!.gpuKey, p!.bytes, "m", 4 * GB);
+  // 12 of 24 GB left; a lease of the model lives there, so the next item only needs 4 GB.
   const q = placeItem(need, [worker("small"), worker("big")], l, "best-fit");
   assert.equal(q?.workerId, "big");
   assert.equal(q?.bytes, 4 * GB);
@@ -33,13 +33,18 @@ test("placement - best-fit picks the tightest GPU, spread the emptiest", () => {
   assert.equal(placeItem(need, ws, l, "spread")?.workerId, "b");
 });
 
-test("placement - prefers the GPU where the model is resident and does not count its weights", () => {
+test("placement - prefers the GPU where the model is resident; counts its weights unless a lease keeps them", () => {
   const l = ledgerWith({ a: 16 * GB, b: 80 * GB });
   const need = { model: "m", activationBytes: 2 * GB, weightsBytes: 10 * GB };
   const p = placeItem(need, [worker("a"), worker("b", { resident: new Set(["m"]) })], l, "best-fit");
   assert.equal(p?.workerId, "b");
-  assert.equal(p?.bytes, 2 * GB);
-  assert.equal(p?.loads, undefined);
+  // Loaded but idle: the worker may evict it, so its weights are counted again.
+  assert.equal(p?.bytes, 12 * GB);
+  l.reserve("t", p!.gpuKey, p!.bytes, "m", 2 * GB);
+  const q = placeItem(need, [worker("a"), worker("b", { resident: new Set(["m"]) })], l, "best-fit");
+  assert.equal(q?.workerId, "b");
+  assert.equal(q?.bytes, 2 * GB);
+  assert.equal(q?.loads, undefined);
 });
 
 test("placement - skips workers without free slots or without the model", () => {

@@ -9,10 +9,10 @@ test("vram ledger - reservations reduce what is available until the worker count
   const l = new VramLedger();
   l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 20 * GB, source: "budget" }], []);
   const k = gpuKey("w1", 0);
-  l.reserve("t1", k, 6 * GB);
-  l.reserve("t2", k, 6 * GB);
+  l.reserve("t1", k, 6 * GB, "m");
+  l.reserve("t2", k, 6 * GB, "m");
   assert.equal(l.available(k), 8 * GB);
-  assert.throws(() => l.reserve("t3", k, 9 * GB), ReservationError);
+  assert.throws(() => l.reserve("t3", k, 9 * GB, "m"), ReservationError);
   // The worker now holds t1 and says so: its free figure includes it, the reservation goes.
   l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 14 * GB, source: "budget" }], ["t1"]);
   assert.equal(l.available(k), 8 * GB);
@@ -20,12 +20,38 @@ test("vram ledger - reservations reduce what is available until the worker count
   assert.equal(l.available(k), 14 * GB);
   l.release("t2"); // twice is harmless
   assert.equal(l.available(k), 14 * GB);
+  // t1 was counted by the worker: on a budget GPU its room comes back when it ends.
+  l.release("t1");
+  assert.equal(l.available(k), 20 * GB);
+});
+
+test("vram ledger - weights count as warm only while a lease of the model lives on the GPU", () => {
+  const l = new VramLedger();
+  l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 24 * GB, source: "budget" }], []);
+  const k = gpuKey("w1", 0);
+  assert.equal(l.warm(k, "m"), false);
+  l.reserve("t1", k, 10 * GB, "m", 2 * GB);
+  assert.equal(l.warm(k, "m"), true);
+  l.release("t1");
+  assert.equal(l.warm(k, "m"), false);
+});
+
+test("vram ledger - an item a later report no longer lists is not given back twice", () => {
+  const l = new VramLedger();
+  const k = gpuKey("w1", 0);
+  const report = (free: number) => [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: free, source: "budget" }];
+  l.observe("w1", report(24 * GB), []);
+  l.reserve("t1", k, 4 * GB, "m");
+  l.observe("w1", report(20 * GB), ["t1"]); // held: counted in free
+  l.observe("w1", report(24 * GB), []); // the worker already let go, before its outcome arrived
+  l.release("t1");
+  assert.equal(l.available(k), 24 * GB);
 });
 
 test("vram ledger - a lost worker's GPUs and reservations disappear", () => {
   const l = new VramLedger();
   l.observe("w1", [{ index: 0, name: "g", totalBytes: 8 * GB, freeBytes: 8 * GB, source: "budget" }], []);
-  l.reserve("t1", gpuKey("w1", 0), GB);
+  l.reserve("t1", gpuKey("w1", 0), GB, "m");
   l.removeWorker("w1");
   assert.equal(l.all().length, 0);
   assert.equal(l.reservationCount(), 0);
@@ -56,7 +82,7 @@ test("vram ledger - property: whatever the order of events, no reservation is ev
           const before = l.available(k);
           const token = `t${n++}`;
           try {
-            l.reserve(token, k, e.bytes);
+            l.reserve(token, k, e.bytes, "m");
             assert.ok(e.bytes <= before, "reserved more than was available");
             open.set(token, { gpu: e.gpu, bytes: e.bytes });
           } catch (err) {
@@ -74,7 +100,9 @@ test("vram ledger - property: whatever the order of events, no reservation is ev
         }
         for (let g = 0; g < 3; g++) {
           const expected = [...open.values()].filter((o) => o.gpu === g).reduce((s, o) => s + o.bytes, 0);
-          assert.equal(free[g]! - l.available(gpuKey("w", g)), expected, "ledger drifted from the reservations it holds");
+          const view = l.gpusOf("w").find((v) => v.index === g)!;
+          assert.equal(view.reservedBytes, expected, "ledger drifted from the reservations it holds");
+          assert.ok(view.freeBytes <= view.totalBytes);
         }
       }
     }),

@@ -83,9 +83,14 @@ export interface AssignedItem {
 }
 
 export interface AssignReply {
-  /** Tokens of the items taken; the rest (draining worker) go back to the queue. */
+  /** Tokens of the items taken; the rest (draining worker, no room) go back to the queue. */
   accepted: string[];
   error: string;
+  /**
+   * The worker's VRAM right after taking the accepted items (they are counted in it), so the
+   * coordinator's ledger does not wait for the next heartbeat.
+   */
+  gpus: GpuStatus[];
 }
 
 /** Request on `<prefix>.worker.<worker_id>.cancel`. */
@@ -936,7 +941,7 @@ export const AssignedItem: MessageFns<AssignedItem> = {
 };
 
 function createBaseAssignReply(): AssignReply {
-  return { accepted: [], error: "" };
+  return { accepted: [], error: "", gpus: [] };
 }
 
 export const AssignReply: MessageFns<AssignReply> = {
@@ -946,6 +951,9 @@ export const AssignReply: MessageFns<AssignReply> = {
     }
     if (message.error !== "") {
       writer.uint32(18).string(message.error);
+    }
+    for (const v of message.gpus) {
+      GpuStatus.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -979,6 +987,14 @@ export const AssignReply: MessageFns<AssignReply> = {
             message.error = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.gpus.push(GpuStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -995,6 +1011,7 @@ export const AssignReply: MessageFns<AssignReply> = {
     return {
       accepted: globalThis.Array.isArray(object?.accepted) ? object.accepted.map((e: any) => globalThis.String(e)) : [],
       error: isSet(object.error) ? globalThis.String(object.error) : "",
+      gpus: globalThis.Array.isArray(object?.gpus) ? object.gpus.map((e: any) => GpuStatus.fromJSON(e)) : [],
     };
   },
 
@@ -1006,6 +1023,9 @@ export const AssignReply: MessageFns<AssignReply> = {
     if (message.error !== "") {
       obj.error = message.error;
     }
+    if (message.gpus?.length) {
+      obj.gpus = message.gpus.map((e) => GpuStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1016,6 +1036,7 @@ export const AssignReply: MessageFns<AssignReply> = {
     const message = createBaseAssignReply();
     message.accepted = object.accepted?.map((e) => e) || [];
     message.error = object.error ?? "";
+    message.gpus = object.gpus?.map((e) => GpuStatus.fromPartial(e)) || [];
     return message;
   },
 };
