@@ -508,7 +508,7 @@ export class Coordinator {
       }
       const attempt = slot.attempts + 1;
       const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now, activationBytes: activation };
-      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation);
+      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation, slot.weightsBytes);
       const w = workers.get(placement.workerId)!;
       w.slotsFree--;
       w.record.leases.add(lease.token);

@@ -34,6 +34,8 @@ interface Lease {
   reserved: number;
   /** The item's activations: given back on a budget GPU when the lease ends. */
   activation: number;
+  /** The model's weights: given back on a budget GPU when its last lease there ends. */
+  weights: number;
   /** The worker has counted this item in a free figure it reported. */
   counted: boolean;
   /** A later report no longer listed the item: that figure already has its room back. */
@@ -108,7 +110,7 @@ export class VramLedger {
   }
 
   /** Opens a lease: `bytes` are reserved (activations, plus the weights if it loads the model). */
-  reserve(token: string, key: string, bytes: number, model: string, activation: number = bytes): void {
+  reserve(token: string, key: string, bytes: number, model: string, activation: number = bytes, weights = 0): void {
     const g = this.gpus.get(key);
     if (!g) throw new ReservationError(`unknown GPU ${key}`);
     if (this.leases.has(token)) throw new ReservationError(`lease ${token} already holds a reservation`);
@@ -116,7 +118,7 @@ export class VramLedger {
       throw new ReservationError(`${bytes} bytes exceed the ${g.freeBytes - g.reservedBytes} available on ${key}`);
     }
     g.reservedBytes += bytes;
-    this.leases.set(token, { gpuKey: key, model, reserved: bytes, activation: Math.min(activation, bytes), counted: false, letGo: false });
+    this.leases.set(token, { gpuKey: key, model, reserved: bytes, activation: Math.min(activation, bytes), weights, counted: false, letGo: false });
     let mine = this.leasesByWorker.get(g.workerId);
     if (!mine) this.leasesByWorker.set(g.workerId, (mine = new Set()));
     mine.add(token);
@@ -132,8 +134,12 @@ export class VramLedger {
     this.end(token, lease);
     const g = this.gpus.get(lease.gpuKey);
     // The worker has already let go of a counted item; on a budget GPU its next report will say
-    // exactly this, so say it now and let the room be used at once.
-    if (lease.counted && !lease.letGo && g && g.source === "budget") g.freeBytes = Math.min(g.totalBytes, g.freeBytes + lease.activation);
+    // exactly this (its activations, and the weights once no item of the model is left there),
+    // so say it now and let the room be used at once.
+    if (lease.counted && !lease.letGo && g && g.source === "budget") {
+      const weights = this.warm(lease.gpuKey, lease.model) ? 0 : lease.weights;
+      g.freeBytes = Math.min(g.totalBytes, g.freeBytes + lease.activation + weights);
+    }
   }
 
   removeWorker(workerId: string): void {

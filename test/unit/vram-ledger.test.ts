@@ -30,10 +30,16 @@ test("vram ledger - weights count as warm only while a lease of the model lives 
   l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 24 * GB, source: "budget" }], []);
   const k = gpuKey("w1", 0);
   assert.equal(l.warm(k, "m"), false);
-  l.reserve("t1", k, 10 * GB, "m", 2 * GB);
+  l.reserve("t1", k, 10 * GB, "m", 2 * GB, 8 * GB);
   assert.equal(l.warm(k, "m"), true);
+  l.reserve("t2", k, 2 * GB, "m", 2 * GB, 8 * GB);
+  // The worker reports both held: weights once, two activations.
+  l.observe("w1", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 12 * GB, source: "budget" }], ["t1", "t2"]);
   l.release("t1");
+  assert.equal(l.available(k), 14 * GB, "one item's activations back; the weights stay while t2 lives");
+  l.release("t2");
   assert.equal(l.warm(k, "m"), false);
+  assert.equal(l.available(k), 24 * GB, "the last item of the model gives its weights back too");
 });
 
 test("vram ledger - an item a later report no longer lists is not given back twice", () => {
