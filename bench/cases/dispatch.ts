@@ -15,7 +15,7 @@ import { summarizeProfile, type ProfileSummary } from "../lib/cpuprofile.js";
 import { cpuSeconds, spawnBenchScript, stopProc, stopStack, trackStack, type BenchProc } from "../lib/procs.js";
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
 import { runBatch, simWorker, startShoal, type ShoalStack } from "../lib/shoal.js";
-import { mean, percentile, sleep } from "../lib/stats.js";
+import { mean, percentile, sleep, maxOf } from "../lib/stats.js";
 import type { BenchCase, CaseContext } from "./case.js";
 
 const TARGET_ITEMS_PER_S = 20_000;
@@ -243,8 +243,8 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
         paced: {
           items: pacedItems,
           achievedItemsPerS: achievedRate,
-          batchLatencyMs: { p50, p90: percentile(latencies, 90), p99, max: Math.max(...latencies), mean: mean(latencies) },
-          itemQueuePlusRunMs: { p50: percentile(itemQueueRun, 50), p99: percentile(itemQueueRun, 99), max: Math.max(...itemQueueRun) },
+          batchLatencyMs: { p50, p90: percentile(latencies, 90), p99, max: maxOf(latencies), mean: mean(latencies) },
+          itemQueuePlusRunMs: { p50: percentile(itemQueueRun, 50), p99: percentile(itemQueueRun, 99), max: maxOf(itemQueueRun) },
         },
         lostItems,
         unloaded: { p50Ms: percentile(idle, 50), p99Ms: percentile(idle, 99), meanMs: mean(idle) },
