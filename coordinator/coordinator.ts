@@ -73,7 +73,6 @@ export class Coordinator {
   private heartbeatPass: NodeJS.Timeout | undefined;
   /** Until this time after a restart, items are not placed: workers first report what they hold. */
   private recoveringUntil = 0;
-  private staleResults = 0;
   private closePromise: Promise<void> | undefined;
   private started = false;
 
@@ -453,7 +452,7 @@ export class Coordinator {
     } else if (effect.kind === "done") {
       const result = slot.result!;
       if (!replaying) {
-        this.metrics?.itemFinished(result, slot.firstQueuedAtMs);
+        this.metrics?.itemFinished(result);
         this.emit(batch.id, { event: { $case: "item", item: result } });
         if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
       }
@@ -461,7 +460,6 @@ export class Coordinator {
   }
 
   private countStale(reason: string): void {
-    this.staleResults++;
     this.metrics?.attempt("stale_ignored");
     this.log.debug({ reason }, "stale or duplicate result ignored");
   }
@@ -659,7 +657,7 @@ export class Coordinator {
             : { code: "OUT_OF_MEMORY", message: `needs ${need} bytes of VRAM; the largest GPU serving ${slot.model} has ${cap}`, retryable: true };
         if (batch.failItem(index, error)) {
           failed++;
-          this.metrics?.itemFinished(slot.result!, slot.firstQueuedAtMs);
+          this.metrics?.itemFinished(slot.result!);
           this.emit(batch.id, { event: { $case: "item", item: slot.result! } });
         }
       }
@@ -768,14 +766,6 @@ export class Coordinator {
     if (this.closePromise) throw unavailable("the coordinator is shutting down");
   }
 
-  /** For ResourceExhausted checks and metrics. */
-  get queuedItems(): number {
-    return this.queue.size;
-  }
-
-  get staleResultCount(): number {
-    return this.staleResults;
-  }
 
   /** Idempotent. Batches stay durable; a later start resumes them. */
   close(): Promise<void> {

@@ -94,7 +94,7 @@ export class CoordinatorMetrics {
     if (b.createdAt && b.completedAt) this.batchSeconds.observe((b.completedAt.getTime() - b.createdAt.getTime()) / 1000);
   }
 
-  itemFinished(r: ItemResult, _firstQueuedAtMs: number): void {
+  itemFinished(r: ItemResult): void {
     const status = lower(ItemStatus[r.status], "ITEM_STATUS_");
     this.items.inc({ model: r.model, status, code: r.error?.code ?? "" });
     // Latency of items that ran; one that never reached a worker (cancelled while queued, or

@@ -20,10 +20,6 @@ export class VramEstimates {
     return this.learned.get(key) ?? manifestBytes;
   }
 
-  isLearned(key: string): boolean {
-    return this.learned.has(key);
-  }
-
   /** A measured peak; the estimate follows the largest seen, with a safety margin. */
   observe(key: string, usedBytes: number): void {
     if (!(usedBytes > 0)) return;
@@ -37,9 +33,5 @@ export class VramEstimates {
     const next = Math.max(this.learned.get(key) ?? 0, Math.ceil(Math.max(reservedBytes, 1) * OOM_GROWTH));
     this.learned.set(key, next);
     return next;
-  }
-
-  entries(): [string, number][] {
-    return [...this.learned];
   }
 }

@@ -40,7 +40,6 @@ interface HeldItem {
   activation: number;
   controller: CancelToken;
   started: boolean;
-  acceptedAt: number;
 }
 
 /**
@@ -206,7 +205,6 @@ export class ShoalWorker {
       activation: item.vramBytes > 0 ? item.vramBytes : model ? activationBytes(model, params) : 0,
       controller,
       started: false,
-      acceptedAt: Date.now(),
     };
     this.held.set(lease.token, held);
     this.metrics?.inFlight(this.held.size);

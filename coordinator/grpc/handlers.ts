@@ -8,8 +8,8 @@ import { ServerError, unauthenticated } from "../errors.js";
 
 export interface CallContext {
   tenant: string;
+  /** Aborted when the client cancels or the call's deadline passes (grpc-js cancels it). */
   signal: AbortSignal;
-  deadline: Date | undefined;
 }
 
 export class Auth {
@@ -59,8 +59,7 @@ export class RpcEdge {
       void (async () => {
         try {
           const tenant = this.auth.tenant(call.metadata);
-          const deadline = call.getDeadline();
-          const res = await fn(call.request, { tenant, signal: controller.signal, deadline: deadline instanceof Date ? deadline : Number.isFinite(deadline) ? new Date(deadline as number) : undefined });
+          const res = await fn(call.request, { tenant, signal: controller.signal });
           this.count(method, status.OK, started);
           callback(null, res);
         } catch (err) {
@@ -80,7 +79,7 @@ export class RpcEdge {
       void (async () => {
         try {
           const tenant = this.auth.tenant(call.metadata);
-          for await (const msg of fn(call.request, { tenant, signal: controller.signal, deadline: undefined })) {
+          for await (const msg of fn(call.request, { tenant, signal: controller.signal })) {
             if (controller.signal.aborted) break;
             // Respect flow control: wait when the client reads slower than we write.
             if (!call.write(msg)) await new Promise<void>((r) => call.once("drain", () => r()));

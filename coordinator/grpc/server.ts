@@ -11,7 +11,6 @@ import {
 } from "../../proto/gen/shoal/v1/shoal.js";
 import type { Logger } from "../../shared/logger.js";
 import type { Coordinator } from "../coordinator.js";
-import { ServerError } from "../errors.js";
 import type { CoordinatorMetrics } from "../metrics.js";
 import { Auth, RpcEdge } from "./handlers.js";
 import type { WorkerRecord } from "../fleet.js";
@@ -152,4 +151,3 @@ export async function startGrpcServer(
   };
 }
 
-export { ServerError };
