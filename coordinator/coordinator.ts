@@ -10,7 +10,7 @@ import {
 } from "../proto/gen/shoal/v1/shoal.js";
 import { AssignReply, Assignment, CancelItems, Heartbeat, type BatchRecord, type ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
-import { errorMessage } from "../shared/errors.js";
+import { errorMessage, ProtocolError } from "../shared/errors.js";
 import { BATCH_ID, leaseAttempt, newBatchId, newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
@@ -110,12 +110,16 @@ export class Coordinator {
             if (problem) return this.protocolError("heartbeat", msg.subject, problem);
             this.onHeartbeat(hb);
           } catch (e) {
-            this.log.warn({ subject: msg.subject, err: errorMessage(e) }, "ignoring a bad heartbeat");
+            if (e instanceof ProtocolError) this.protocolError("heartbeat", msg.subject, e.message);
+            else this.log.error({ subject: msg.subject, err: errorMessage(e) }, "heartbeat not applied");
           }
         },
       }),
     );
-    await this.resultLog.startConsuming((entry, subject) => this.onLogEntry(entry, subject));
+    await this.resultLog.startConsuming(
+      (entry, subject) => this.onLogEntry(entry, subject),
+      (subject, problem) => this.protocolError("outcome", subject, problem),
+    );
     // Ask every worker to report now rather than within its next interval.
     this.nc.publish(this.names.coordinatorHello);
     this.tickTimer = setInterval(() => this.tick(), Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6)));
@@ -138,7 +142,14 @@ export class Coordinator {
       this.summaries.set(id, { batch: { ...batch, results: [] }, tenant: record.tenant });
       if (isTerminal(batch)) continue;
       const active = this.activate(record, revision);
-      for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true, id);
+      for (const entry of await this.resultLog!.replay(id)) {
+        // One entry that cannot be applied must not keep the coordinator from starting.
+        try {
+          this.applyEntry(entry, true, id);
+        } catch (err) {
+          this.log.error({ batchId: id, err: errorMessage(err) }, "skipping a results entry on replay");
+        }
+      }
       resumed++;
       if (active.isComplete) await this.finalize(active);
     }
@@ -405,8 +416,14 @@ export class Coordinator {
     const now = Date.now();
     if (entry.entry?.$case === "revoked") {
       const r = entry.entry.revoked;
-      const batch = this.active.get(r.lease!.batchId);
-      if (batch && replaying) this.afterEffect(batch, r.lease!.index, batch.applyRevocation(r.lease!.index, r.lease!.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now), replaying);
+      // Only coordinators write revocations, but anyone can publish into the stream: one with
+      // no lease, or a lease of another batch, is skipped (throwing here would stop recovery).
+      if (!r.lease || (subjectBatchId !== undefined && r.lease.batchId !== subjectBatchId)) {
+        if (!replaying) this.protocolError("outcome", `${this.names.results(subjectBatchId ?? "")}`, "a revocation needs a lease of the subject's batch");
+        return;
+      }
+      const batch = this.active.get(r.lease.batchId);
+      if (batch && replaying) this.afterEffect(batch, r.lease.index, batch.applyRevocation(r.lease.index, r.lease.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now), replaying);
       return;
     }
     if (entry.entry?.$case !== "results") return;

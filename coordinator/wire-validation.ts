@@ -4,7 +4,7 @@
 
 import { ItemStatus } from "../proto/gen/shoal/v1/shoal.js";
 import type { Heartbeat, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
-import { WORKER_ID } from "../shared/ids.js";
+import { MAX_LEASE_TOKEN_LENGTH, WORKER_ID } from "../shared/ids.js";
 import { ARTIFACT_URI_PREFIX } from "../shared/subjects.js";
 
 export const ITEM_ERROR_CODES = new Set([
@@ -44,7 +44,7 @@ export function outcomeProblem(batchId: string, o: ItemOutcome): string | undefi
   const lease = o.lease;
   if (!lease) return "lease: is required";
   if (lease.batchId !== batchId) return `lease.batch_id: "${lease.batchId}" does not match the subject's batch "${batchId}"`;
-  if (!lease.token || lease.token.length > 64) return "lease.token: must be 1..64 characters";
+  if (!lease.token || lease.token.length > MAX_LEASE_TOKEN_LENGTH) return `lease.token: must be 1..${MAX_LEASE_TOKEN_LENGTH} characters`;
   if (![ItemStatus.ITEM_STATUS_SUCCEEDED, ItemStatus.ITEM_STATUS_FAILED, ItemStatus.ITEM_STATUS_CANCELLED].includes(o.status)) {
     return `status: ${o.status} is not a terminal item status`;
   }
