@@ -16,6 +16,7 @@ import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-s
 import type { Logger } from "../shared/logger.js";
 import { activationBytes } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
+import { quoteInput } from "../shared/param-limits.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { ActiveBatch, type ItemSlot, type Lease } from "./batch-state.js";
 import { BatchQueue } from "./batch-queue.js";
@@ -233,7 +234,7 @@ export class Coordinator {
     const active = this.active.get(batchId);
     if (active && active.record.tenant === tenant) return active.snapshot();
     const got = BATCH_ID.test(batchId) ? await this.store!.get(batchId) : undefined;
-    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${JSON.stringify(batchId)} not found`);
+    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
     return got.record.batch!;
   }
 
@@ -318,12 +319,13 @@ export class Coordinator {
   }
 
   async artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
-    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${JSON.stringify(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
+    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${quoteInput(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
     const name = uri.slice(ARTIFACT_URI_PREFIX.length);
     const batchId = name.split("/", 1)[0]!;
     await this.getBatch(batchId, tenant); // tenancy check: another tenant's artifact is NOT_FOUND
-    const obj = await this.infra!.artifacts.get(name);
-    if (!obj) throw notFound(`artifact ${JSON.stringify(uri)} not found`);
+    // A name the object store refuses (odd characters) names no artifact either.
+    const obj = await this.infra!.artifacts.get(name).catch(() => null);
+    if (!obj) throw notFound(`artifact ${quoteInput(uri)} not found`);
     return obj.data;
   }
 
@@ -333,7 +335,7 @@ export class Coordinator {
 
   async drainWorker(workerId: string): Promise<WorkerRecord> {
     const w = this.fleet.get(workerId);
-    if (!w) throw notFound(`worker ${JSON.stringify(workerId)} not found`);
+    if (!w) throw notFound(`worker ${quoteInput(workerId)} not found`);
     if (w.state === WorkerState.WORKER_STATE_LOST) return w;
     w.state = WorkerState.WORKER_STATE_DRAINING;
     try {
@@ -621,8 +623,8 @@ export class Coordinator {
     if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recoveringUntil) {
       this.lastUnplaceableCheck = now;
       this.failUnplaceable(now);
-      this.metrics?.queue(this.queueDepthByModel());
     }
+    this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
     this.scheduleSoon();
   }
@@ -682,6 +684,13 @@ export class Coordinator {
         this.log.warn({ workerId, err: errorMessage(err) }, "cancel not sent");
       }
     }
+  }
+
+  /** Models registered or served by a live worker: each has queue series, 0 when idle. */
+  private servedModels(): Set<string> {
+    const out = new Set(this.models.all().map((m) => m.name));
+    for (const w of this.fleet.all()) if (w.state !== WorkerState.WORKER_STATE_LOST) for (const m of w.models) out.add(m);
+    return out;
   }
 
   private queueDepthByModel(): Map<string, { items: number; bytes: number }> {
