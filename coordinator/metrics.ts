@@ -10,6 +10,9 @@ const lower = (s: string, prefix: string) => s.replace(prefix, "").toLowerCase()
 export type AttemptOutcome = "succeeded" | "failed" | "retried" | "stale_ignored";
 export const ATTEMPT_OUTCOMES: readonly AttemptOutcome[] = ["succeeded", "failed", "retried", "stale_ignored"];
 
+export type UnexpectedErrorKind = "rpc" | "unhandled_rejection" | "uncaught_exception";
+export const UNEXPECTED_ERROR_KINDS: readonly UnexpectedErrorKind[] = ["rpc", "unhandled_rejection", "uncaught_exception"];
+
 /** The package version for `shoal_build_info`; "unknown" where package.json is not beside dist/. */
 export function shoalVersion(): string {
   try {
@@ -47,6 +50,7 @@ export class CoordinatorMetrics {
   private readonly lastState = new Map<string, WorkerState>();
 
   private readonly protocolErrors: Counter;
+  private readonly unexpectedErrors: Counter;
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -77,6 +81,13 @@ export class CoordinatorMetrics {
     );
     this.grpcHandled = new Counter({ name: "grpc_server_handled_total", help: "RPCs completed", labelNames: ["grpc_service", "grpc_method", "grpc_code"], registers });
     this.protocolErrors = new Counter({ name: "shoal_protocol_errors_total", help: "Messages from workers dropped because they broke the protocol (kind: heartbeat, outcome)", labelNames: ["kind"], registers });
+    this.unexpectedErrors = new Counter({
+      name: "shoal_unexpected_errors_total",
+      help: "Errors no code path expected (kind: rpc, unhandled_rejection, uncaught_exception); the process logged each and kept serving",
+      labelNames: ["kind"],
+      registers,
+    });
+    for (const kind of UNEXPECTED_ERROR_KINDS) this.unexpectedErrors.inc({ kind }, 0);
     this.grpcSeconds = new Histogram({ name: "grpc_server_handling_seconds", help: "RPC handling time", labelNames: ["grpc_service", "grpc_method"], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers });
     // Series that exist from the start, so rate() and increase() count their first events.
     for (const state of ["submitted", "completed", "failed", "cancelled"]) this.batches.inc({ state }, 0);
@@ -109,11 +120,20 @@ export class CoordinatorMetrics {
     this.protocolErrors.inc({ kind });
   }
 
+  unexpectedError(kind: UnexpectedErrorKind): void {
+    this.unexpectedErrors.inc({ kind });
+  }
+
   attempt(outcome: AttemptOutcome): void {
     this.attempts.inc({ outcome });
   }
 
-  queue(byModel: Map<string, { items: number; bytes: number }>): void {
+  /**
+   * Queue depth per model. Every model that is served (or was ever queued) gets a series, 0 when
+   * nothing waits: an autoscaler or alert must read 0, not an absent series.
+   */
+  queue(byModel: Map<string, { items: number; bytes: number }>, served: Iterable<string> = []): void {
+    for (const m of served) if (!this.knownModels.has(m)) this.firstSeen(m);
     for (const m of this.knownModels) if (!byModel.has(m)) byModel.set(m, { items: 0, bytes: 0 });
     for (const [model, { items, bytes }] of byModel) {
       if (!this.knownModels.has(model)) this.firstSeen(model);

@@ -38,6 +38,7 @@ export class WorkerMetrics {
   private readonly loads: Counter;
   private readonly loadSeconds: Histogram;
   private readonly residentGauge: Gauge;
+  private readonly unexpectedErrors: Counter;
   private readonly busyClocks = new Map<string, BusyClock>();
   private residentNow = new Set<string>();
   /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
@@ -48,6 +49,13 @@ export class WorkerMetrics {
     const r = [this.registry];
     this.total = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM of each GPU", labelNames: ["worker", "gpu"], registers: r });
     this.free = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM of each GPU as last measured or accounted", labelNames: ["worker", "gpu"], registers: r });
+    this.unexpectedErrors = new Counter({
+      name: "shoal_unexpected_errors_total",
+      help: "Errors no code path expected (kind: unhandled_rejection, uncaught_exception); the process logged each and kept serving",
+      labelNames: ["kind"],
+      registers: r,
+    });
+    for (const kind of ["unhandled_rejection", "uncaught_exception"]) this.unexpectedErrors.inc({ kind }, 0);
     this.busy = new Counter({
       name: "shoal_worker_busy_seconds_total",
       help: "Wall-clock seconds during which the GPU held at least one started item",
@@ -89,6 +97,10 @@ export class WorkerMetrics {
     );
     this.inFlightGauge.set({ worker: this.workerId }, 0);
   }
+  unexpectedError(kind: "unhandled_rejection" | "uncaught_exception"): void {
+    this.unexpectedErrors.inc({ kind });
+  }
+
 
   setDevices(devices: GpuDevice[]): void {
     for (const d of devices) {
