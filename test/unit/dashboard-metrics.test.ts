@@ -204,7 +204,16 @@ describe("dashboard metrics - deploy/ names only what Shoal exports", () => {
     assert.equal(rules.length, (yaml.match(/^\s*-\s*alert:/gm) ?? []).length, "every rule's expr was read");
     assert.deepEqual(
       rules.map((r) => r.alert).sort(),
-      ["ShoalCoordinatorDown", "ShoalHighFailureRate", "ShoalNoWorkers", "ShoalQueueGrowingWhileWorkersIdle", "ShoalVramExhausted", "ShoalWorkerLost"],
+      [
+        "ShoalCoordinatorDown",
+        "ShoalHighFailureRate",
+        "ShoalNoWorkers",
+        "ShoalQueueGrowingWhileWorkersIdle",
+        "ShoalStorageFull",
+        "ShoalTerminalWritesFailing",
+        "ShoalVramExhausted",
+        "ShoalWorkerLost",
+      ],
     );
     const bad = rules.flatMap((r) => problems(r.expr, all).map((p) => `${r.alert}: ${p} in ${r.expr}`));
     assert.deepEqual(bad, []);
