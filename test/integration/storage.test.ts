@@ -10,6 +10,11 @@ import { status } from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { BatchState, ItemStatus, WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
+import { BatchRecord } from "../../proto/gen/shoal/v1/wire.js";
+import { encodeMessage } from "../../shared/codec.js";
+import { newBatchId } from "../../shared/ids.js";
+import { ensureInfrastructure } from "../../shared/jetstream-setup.js";
+import { Names } from "../../shared/subjects.js";
 import { Stack, freePort } from "../harness/processes.js";
 import { TestClient, grpcCode } from "../harness/client.js";
 import { assertWholeBatch, pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
@@ -371,5 +376,47 @@ describe("storage - a full artifact store", () => {
     const workers = await client.sdk.listWorkers(CALL);
     assert.equal(workers.length, 1);
     assert.equal(stack.procs.find((p) => p.name === "worker w1")!.child.exitCode, null, "the worker did not crash");
+  });
+});
+
+describe("storage - batches stored by an earlier version", () => {
+  const stack = new Stack();
+  let client: TestClient;
+
+  before(async () => {
+    await stack.startNats();
+  });
+
+  after(async () => {
+    client?.close();
+    await stack.stop();
+  });
+
+  test("storage - are indexed at the first start: listed, and a running one resumed", async () => {
+    // The old layout: records keyed by batch id, no open markers, no index stream.
+    const names = new Names("shoal");
+    const ids = [newBatchId(Date.now() - 2000), newBatchId(Date.now() - 1000)];
+    const nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
+    try {
+      const infra = await ensureInfrastructure(nc, names);
+      const base = { succeeded: 0, failed: 0, cancelled: 0, results: [], labels: {}, running: 0, priority: 0, completedAt: undefined };
+      const done = { ...base, id: ids[0]!, state: BatchState.BATCH_STATE_COMPLETED, total: 1, succeeded: 1, createdAt: new Date(Date.now() - 2000), completedAt: new Date() };
+      const terminal = { ...done, results: [{ index: 0, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts: [], workerId: "old", attempts: 1, queueMs: 1, runMs: 1, model: "sim-zero" }] };
+      await infra.batches.create(ids[0]!, encodeMessage(BatchRecord, { batch: terminal, items: [{ model: "sim-zero", params: {} }], tenant: "" }));
+      const queued = { ...base, id: ids[1]!, state: BatchState.BATCH_STATE_QUEUED, total: 2, createdAt: new Date(Date.now() - 1000) };
+      const items = [{ model: "sim-zero", params: { tag: "a" } }, { model: "sim-zero", params: { tag: "b" } }];
+      await infra.batches.create(ids[1]!, encodeMessage(BatchRecord, { batch: queued, items, tenant: "" }));
+    } finally {
+      await nc.close();
+    }
+    await stack.startCoordinator();
+    await stack.startWorker("w1", SIM);
+    client = new TestClient(stack.grpcAddr);
+    await client.waitForWorkers(1);
+    assert.deepEqual((await client.sdk.listBatches({ pageSize: 10, ...CALL })).batches.map((b) => b.id), [...ids].reverse());
+    const resumed = await pollUntilTerminal(client, ids[1]!, { timeoutMs: 30_000 });
+    assert.equal(resumed.batch.state, BatchState.BATCH_STATE_COMPLETED);
+    assertWholeBatch(resumed.batch, 2);
+    assert.equal((await client.sdk.getBatch(ids[0]!, CALL)).results[0]!.workerId, "old");
   });
 });
