@@ -22,10 +22,15 @@ const ARTIFACT_BASE_BYTES = 180;
 /** Counters, states and timestamps the terminal batch sets. */
 const TERMINAL_FIELDS_BYTES = 64;
 
-/** What one item's result may take in the terminal record. */
+/**
+ * What one item's result may take in the terminal record. A result carries artifacts (it
+ * succeeded) or an error (it did not), never both; a model without declared outputs is counted
+ * as writing one artifact, as the image models do.
+ */
 export function resultAllowance(model: ModelManifest): number {
   const artifacts = model.outputs?.map((o) => o.artifact) ?? ["image"];
-  return RESULT_BASE_BYTES + model.name.length + ERROR_BYTES + artifacts.reduce((n, a) => n + ARTIFACT_BASE_BYTES + 2 * a.length, 0);
+  const artifactBytes = artifacts.reduce((n, a) => n + ARTIFACT_BASE_BYTES + 2 * a.length, 0);
+  return RESULT_BASE_BYTES + model.name.length + Math.max(ERROR_BYTES, artifactBytes);
 }
 
 /** An upper bound of the terminal record's size, given the running record and each item's model. */

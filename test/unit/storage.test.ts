@@ -158,10 +158,10 @@ describe("storage - the terminal record's size", () => {
     status: ItemStatus.ITEM_STATUS_SUCCEEDED,
     error: undefined,
     artifacts: [],
-    workerId: "worker-with-a-rather-long-name-0123456789",
-    attempts: 3,
-    queueMs: 123_456_789,
-    runMs: 987_654,
+    workerId: "w".repeat(64),
+    attempts: 100,
+    queueMs: 7 * 24 * 3600 * 1000,
+    runMs: 24 * 3600 * 1000,
     model: "sim-zero",
     ...over,
   });
@@ -176,7 +176,7 @@ describe("storage - the terminal record's size", () => {
     const bound = terminalRecordBound(open, open.items.map((it) => (it.model === sim.name ? sim : IMAGEGEN_TINY)));
     const results = open.items.map((it, i) =>
       it.model === sim.name
-        ? result(i, { status: ItemStatus.ITEM_STATUS_FAILED, error: { code: "INFERENCE_FAILED", message: "m".repeat(90), retryable: true } })
+        ? result(i, { status: ItemStatus.ITEM_STATUS_FAILED, error: { code: "INFERENCE_FAILED", message: "m".repeat(96), retryable: true } })
         : result(i, {
             model: IMAGEGEN_TINY.name,
             artifacts: [{ name: "image", contentType: "image/webp", sizeBytes: 4_000_000, sha256: "f".repeat(64), uri: `shoal://artifacts/b_0000000000aaaaaaaaaa/${i}/image` }],
