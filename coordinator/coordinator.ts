@@ -30,7 +30,7 @@ import type { CoordinatorOptions } from "./options.js";
 import { placeItem, type PlaceableWorker } from "./placement.js";
 import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { ResultLog } from "./result-log.js";
-import { writeTerminal } from "./terminal-writer.js";
+import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
@@ -146,7 +146,7 @@ export class Coordinator {
       const active = this.activate(got.record, got.revision, got.writtenAtMs);
       for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true, id);
       resumed++;
-      if (active.isComplete) void this.finalize(active).catch((err) => this.log.error({ batchId: id, err: errorMessage(err) }, "finalize failed"));
+      if (active.isComplete) this.finalizeInBackground(active);
     }
     this.metrics?.batchesInMemory(this.active.size);
     if (resumed > 0) {
@@ -242,7 +242,7 @@ export class Coordinator {
     if (req.idempotencyKey) {
       const existing = await this.storing(() => this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
       if (existing) {
-        const total = this.active.get(existing)?.total ?? (await this.store!.get(existing))?.record.batch!.total;
+        const total = this.active.get(existing)?.total ?? (await this.storing(() => this.store!.get(existing)))?.record.batch!.total;
         if (total !== undefined) return { batchId: existing, itemCount: total };
         await this.storing(() => this.store!.overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
       }
@@ -250,13 +250,15 @@ export class Coordinator {
     // Marker and index entry first: a record that exists always has both, and a failure leaves
     // at most a marker (removed at the next start) and an index entry ListBatches skips.
     let revision: number;
+    let marked = false;
     try {
       revision = await this.storing(async () => {
-        await Promise.all([this.store!.markOpen(batchId), this.index!.append(tenant, batchId)]);
+        const mark = this.store!.markOpen(batchId).then(() => (marked = true));
+        await Promise.all([mark, this.index!.append(tenant, batchId)]);
         return this.store!.create(record);
       });
     } catch (err) {
-      void this.store!.clearOpen(batchId).catch(() => undefined);
+      if (marked) void this.store!.clearOpen(batchId).catch(() => undefined);
       if (req.idempotencyKey) void this.store!.releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
       throw err;
     }
@@ -367,7 +369,10 @@ export class Coordinator {
     const running = active.cancelAll();
     this.cancelOnWorkers(batchId, running);
     this.log.info({ batchId, running: running.length }, "batch cancelled");
-    const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]);
+    const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
+      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} is cancelled, but the coordinator is shutting down before storing it; the next start finishes it`);
+      throw err;
+    });
     if ("b" in outcome) return outcome.b;
     throw storageStatus(
       storageError(outcome.e, "the batch records bucket", "--batches-max-bytes"),
@@ -587,7 +592,7 @@ export class Coordinator {
       if (!replaying) {
         this.metrics?.itemFinished(result);
         this.emit(batch.id, { event: { $case: "item", item: result } });
-        if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
+        if (batch.isComplete) this.finalizeInBackground(batch);
       }
     }
   }
@@ -798,7 +803,7 @@ export class Coordinator {
       }
       if (failed > 0) {
         this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
-        if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
+        if (batch.isComplete) this.finalizeInBackground(batch);
       }
     }
   }
@@ -835,6 +840,14 @@ export class Coordinator {
 
   // ---------------------------------------------------------------------------------------
   // Terminal write
+
+  /** The write retries on its own; it only ends early when the coordinator stops. */
+  private finalizeInBackground(batch: ActiveBatch): void {
+    this.finalize(batch).catch((err) => {
+      if (err instanceof TerminalWriteStopped) this.log.info({ batchId: batch.id }, "terminal write left to the next start");
+      else this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed");
+    });
+  }
 
   /** Starts the batch's terminal write once; every caller gets the same promise. */
   private finalize(batch: ActiveBatch): Promise<Batch> {

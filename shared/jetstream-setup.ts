@@ -141,7 +141,7 @@ type Limits = Pick<StreamConfig, "max_age" | "max_bytes"> & { discard?: DiscardP
 async function applyLimits(jsm: JetStreamManager, stream: string, want: Limits, flag: string, log?: Logger): Promise<void> {
   const { config } = await jsm.streams.info(stream);
   const maxAge = want.max_age;
-  const dup = maxAge > 0 ? Math.min(config.duplicate_window ?? DUPLICATE_WINDOW_MS * MS_NS, maxAge) : config.duplicate_window;
+  const dup = maxAge > 0 ? Math.min(DUPLICATE_WINDOW_MS * MS_NS, maxAge) : config.duplicate_window;
   const changed =
     config.max_age !== maxAge || config.max_bytes !== want.max_bytes || (want.discard !== undefined && config.discard !== want.discard) || config.duplicate_window !== dup;
   if (!changed) return;

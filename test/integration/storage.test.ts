@@ -420,3 +420,22 @@ describe("storage - batches stored by an earlier version", () => {
     assert.equal((await client.sdk.getBatch(ids[0]!, CALL)).results[0]!.workerId, "old");
   });
 });
+
+describe("storage - a byte limit the server cannot reserve", () => {
+  const stack = new Stack();
+
+  before(async () => {
+    await stack.startNats("jetstream { max_file_store: 1MB }");
+  });
+
+  after(async () => {
+    await stack.stop();
+  });
+
+  test("storage - stops the coordinator at start with exit code 2, naming the flag", async () => {
+    await assert.rejects(stack.startCoordinator(["--batches-max-bytes", "64MiB"]), /exited \(2\)/);
+    const out = stack.coordinator!.output.join("\n");
+    assert.match(out, /--batches-max-bytes: nats-server cannot reserve this much JetStream storage/);
+    assert.match(out, /max_file_store/);
+  });
+});
