@@ -184,9 +184,10 @@ describe("storage - a full store", () => {
 
     // nats-server down: UNAVAILABLE, not a hang or a crash.
     await stack.kill(stack.nats!);
+    const downAt = Date.now();
     const down = await refusal(client.sdk.submitBatch(filler(1000), CALL));
     assert.equal(down.code, status.UNAVAILABLE, down.message);
-    t.diagnostic(`with nats-server down: ${down.message}`);
+    t.diagnostic(`with nats-server down, after ${Date.now() - downAt} ms: ${down.message}`);
 
     // The operator gives the server more room; the refused key was given back, so it is new.
     await stack.startNats("max_payload: 256KB\njetstream { max_file_store: 8MB }");
@@ -243,6 +244,7 @@ describe("storage - a failed terminal write", () => {
       if (r) {
         assert.equal(grpcCode(r), status.RESOURCE_EXHAUSTED, r.message);
         assert.match(r.message, /--batches-max-bytes/);
+        t.diagnostic(`full bucket: ${r.message}`);
         break;
       }
     }
@@ -252,6 +254,7 @@ describe("storage - a failed terminal write", () => {
     const cancel = await refusal(client.sdk.cancelBatch(toCancel, CALL));
     assert.equal(cancel.code, status.RESOURCE_EXHAUSTED, cancel.message);
     assert.match(cancel.message, /is cancelled, but its terminal record is not stored yet/);
+    t.diagnostic(`cancel: ${cancel.message}`);
 
     // The other batch runs to the end; its terminal record does not fit either.
     await stack.startWorker("w1", [...SIM, "--max-in-flight", "64"]);
@@ -264,11 +267,13 @@ describe("storage - a failed terminal write", () => {
     const failuresBefore = await metric(metricsPort, /^shoal_terminal_write_failures_total\{reason="storage_full"\}/);
 
     // The operator raises the bucket's limit (as `nats stream edit` would); no restart.
+    const raisedAt = Date.now();
     await withNats(stack.natsUrl, async (jsm) => {
       const { config } = await jsm.streams.info("KV_shoal-batches");
       await jsm.streams.update("KV_shoal-batches", { ...config, max_bytes: 4 * 1024 * 1024 });
     });
     const ran = await pollUntilTerminal(client, toRun, { timeoutMs: 30_000 });
+    t.diagnostic(`terminal ${Date.now() - raisedAt} ms after the limit was raised`);
     assert.equal(ran.batch.state, BatchState.BATCH_STATE_COMPLETED);
     assertWholeBatch(ran.batch, 40);
     assert.equal(ran.partialTerminalPolls, 0);
