@@ -134,7 +134,15 @@ export class Coordinator {
 
   /** Resumes the batches whose open marker is still there; finished ones stay in storage. */
   private async recover(): Promise<void> {
-    if (this.infra!.batchIndexCreated) await this.indexStoredBatches();
+    if (this.infra!.batchIndexCreated) {
+      try {
+        await this.indexStoredBatches();
+      } catch (err) {
+        // Without the index stream the next start indexes them again; with a half-filled one it would not.
+        await this.infra!.jsm.streams.delete(this.names.batchIndexStream).catch(() => undefined);
+        throw err;
+      }
+    }
     let resumed = 0;
     for (const id of await this.store!.openIds()) {
       const got = await this.store!.get(id);
@@ -365,18 +373,22 @@ export class Coordinator {
     const current = await this.getBatch(batchId, tenant);
     const active = this.active.get(batchId);
     if (isTerminal(current) || !active) return current;
-    this.queue.removeBatch(batchId);
-    const running = active.cancelAll();
-    this.cancelOnWorkers(batchId, running);
-    this.log.info({ batchId, running: running.length }, "batch cancelled");
+    // Every item already done: the terminal write has begun and the batch ends as it ran.
+    const what = active.finalizing ? "has finished" : "is cancelled";
+    if (!active.finalizing) {
+      this.queue.removeBatch(batchId);
+      const running = active.cancelAll();
+      this.cancelOnWorkers(batchId, running);
+      this.log.info({ batchId, running: running.length }, "batch cancelled");
+    }
     const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
-      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} is cancelled, but the coordinator is shutting down before storing it; the next start finishes it`);
+      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} ${what}, but the coordinator is shutting down before storing it; the next start finishes it`);
       throw err;
     });
     if ("b" in outcome) return outcome.b;
     throw storageStatus(
       storageError(outcome.e, "the batch records bucket", "--batches-max-bytes"),
-      `batch ${batchId} is cancelled, but its terminal record is not stored yet; the coordinator keeps retrying and GetBatch shows CANCELLED once it is stored`,
+      `batch ${batchId} ${what}, but its terminal record is not stored yet; the coordinator keeps retrying and GetBatch shows it terminal once it is stored`,
     );
   }
 
