@@ -57,6 +57,7 @@ const up = program
   .addOption(new Option("--nats <url>", "use this NATS server instead of starting one").env("SHOAL_NATS_URL"))
   .addOption(new Option("--nats-port <port>", "port of the embedded nats-server").env("SHOAL_NATS_PORT").default("4222"))
   .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default("50"))
+  .addOption(new Option("--retention <duration>", "how long finished batches, results, artifacts and idempotency keys are kept").env("SHOAL_RETENTION").default("7d"))
   .addOption(new Option("--gpu <which>", "auto, none or an index, for every worker").env("SHOAL_GPU").default("auto"))
   .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").default("info"))
   .addOption(new Option("--log-format <format>", "json or pretty").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
@@ -74,7 +75,7 @@ workerFlags(up, true).action(async (raw) => {
     ...(raw.modelDir ? ["--model-dir", String(raw.modelDir)] : []),
     ...(raw.simulate ? ["--simulate"] : []),
   ];
-  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems)], common }));
+  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems), "--retention", String(raw.retention)], common }));
   await runUntilSignal(log, async () => {
     const fleet = new Fleet(opts, log);
     try {

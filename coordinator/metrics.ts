@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { BatchState, ItemStatus, WorkerState, type Batch, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
+import { STORAGE_FAILURE_REASONS, type StorageFailureReason } from "../shared/storage-errors.js";
 import type { WorkerRecord } from "./fleet.js";
 import type { GpuView } from "./vram-ledger.js";
 
@@ -51,6 +52,10 @@ export class CoordinatorMetrics {
 
   private readonly protocolErrors: Counter;
   private readonly unexpectedErrors: Counter;
+  private readonly terminalWriteFailures: Counter;
+  private readonly terminalWritesWaiting: Gauge;
+  private readonly submitStorageFailures: Counter;
+  private readonly inMemory: Gauge;
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -89,7 +94,35 @@ export class CoordinatorMetrics {
     });
     for (const kind of UNEXPECTED_ERROR_KINDS) this.unexpectedErrors.inc({ kind }, 0);
     this.grpcSeconds = new Histogram({ name: "grpc_server_handling_seconds", help: "RPC handling time", labelNames: ["grpc_service", "grpc_method"], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers });
+    this.terminalWriteFailures = new Counter({
+      name: "shoal_terminal_write_failures_total",
+      help: "Failed attempts to store a terminal batch (reason: storage_full, record_too_large, unavailable); each is retried with backoff",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.terminalWritesWaiting = new Gauge({
+      name: "shoal_terminal_writes_waiting",
+      help: "Batches whose items are all done but whose terminal write failed and is being retried",
+      registers,
+    });
+    this.submitStorageFailures = new Counter({
+      name: "shoal_submit_storage_failures_total",
+      help: "Batches refused because they could not be stored (reason: storage_full, record_too_large, unavailable)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.inMemory = new Gauge({
+      name: "shoal_batches_in_memory",
+      help: "Batches the coordinator holds in memory: running, or waiting for their terminal write. Finished batches live only in JetStream",
+      registers,
+    });
     // Series that exist from the start, so rate() and increase() count their first events.
+    for (const reason of STORAGE_FAILURE_REASONS) {
+      this.terminalWriteFailures.inc({ reason }, 0);
+      this.submitStorageFailures.inc({ reason }, 0);
+    }
+    this.terminalWritesWaiting.set(0);
+    this.inMemory.set(0);
     for (const state of ["submitted", "completed", "failed", "cancelled"]) this.batches.inc({ state }, 0);
     for (const outcome of ATTEMPT_OUTCOMES) this.attempts.inc({ outcome }, 0);
     for (const state of ["ready", "draining", "lost"]) this.workers.set({ state }, 0);
@@ -114,6 +147,22 @@ export class CoordinatorMetrics {
       this.queueSeconds.observe({ model: r.model }, r.queueMs / 1000);
       this.runSeconds.observe({ model: r.model }, r.runMs / 1000);
     }
+  }
+
+  terminalWriteFailed(reason: StorageFailureReason): void {
+    this.terminalWriteFailures.inc({ reason });
+  }
+
+  terminalWriteWaiting(delta: 1 | -1): void {
+    this.terminalWritesWaiting.inc(delta);
+  }
+
+  submitStorageFailed(reason: StorageFailureReason): void {
+    this.submitStorageFailures.inc({ reason });
+  }
+
+  batchesInMemory(n: number): void {
+    this.inMemory.set(n);
   }
 
   protocolError(kind: string): void {

@@ -46,7 +46,7 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
     watchBatch: edge.stream("WatchBatch", (req, ctx) => c.watch(req.batchId, ctx.tenant, ctx.signal)),
     cancelBatch: edge.unary("CancelBatch", (req, ctx) => c.cancel(req.batchId, ctx.tenant)),
     retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant)),
-    listBatches: edge.unary("ListBatches", async (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
+    listBatches: edge.unary("ListBatches", (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
     getArtifact: edge.stream("GetArtifact", async function* (req, ctx) {
       const stream = await c.artifact(req.uri, ctx.tenant);
       for await (const chunk of stream) {

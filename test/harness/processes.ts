@@ -94,11 +94,16 @@ export class Stack {
   coordinatorNodeArgs: string[] = [];
   workerNodeArgs: string[] = [];
 
-  async startNats(): Promise<void> {
+  /**
+   * Starts nats-server (again, on the same port and store, after a kill). `extraConfig` is
+   * appended to its config file, e.g. `jetstream { max_file_store: 1MB }` for a small store;
+   * a key given there overrides the default above it.
+   */
+  async startNats(extraConfig = ""): Promise<void> {
     this.natsPort = this.natsPort || (await freePort());
     this.natsUrl = `nats://127.0.0.1:${this.natsPort}`;
     const conf = join(this.dir, "nats.conf");
-    writeFileSync(conf, "max_payload: 8MB\n");
+    writeFileSync(conf, `max_payload: 8MB\n${extraConfig}\n`);
     const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
       stdio: ["ignore", "pipe", "pipe"],
     });

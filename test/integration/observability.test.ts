@@ -160,7 +160,7 @@ describe("observability - a real Prometheus scrapes the fleet, the dashboard and
 
   test("observability - promtool accepts the shipped config and rules, and the rule unit tests pass", async () => {
     const rules = await run(PROMTOOL!, ["check", "rules", ALERTS]);
-    assert.match(rules.stdout, /SUCCESS: 7 rules found/);
+    assert.match(rules.stdout, /SUCCESS: 9 rules found/);
     const config = await run(PROMTOOL!, ["check", "config", CONFIG]);
     assert.match(config.stdout, /is valid prometheus config file syntax/);
     const unit = await run(PROMTOOL!, ["test", "rules", ALERT_TESTS]);
@@ -258,7 +258,17 @@ describe("observability - a real Prometheus scrapes the fleet, the dashboard and
     });
     assert.deepEqual(
       rules.map((r) => r.name).sort(),
-      ["ShoalCoordinatorDown", "ShoalHighFailureRate", "ShoalNoWorkers", "ShoalQueueGrowingWhileWorkersIdle", "ShoalUnexpectedError", "ShoalVramExhausted", "ShoalWorkerLost"],
+      [
+        "ShoalCoordinatorDown",
+        "ShoalHighFailureRate",
+        "ShoalNoWorkers",
+        "ShoalQueueGrowingWhileWorkersIdle",
+        "ShoalStorageFull",
+        "ShoalTerminalWritesFailing",
+        "ShoalUnexpectedError",
+        "ShoalVramExhausted",
+        "ShoalWorkerLost",
+      ],
     );
     for (const r of rules) {
       assert.equal(r.health, "ok", `${r.name}: ${r.lastError}`);

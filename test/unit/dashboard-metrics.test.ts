@@ -204,7 +204,17 @@ describe("dashboard metrics - deploy/ names only what Shoal exports", () => {
     assert.equal(rules.length, (yaml.match(/^\s*-\s*alert:/gm) ?? []).length, "every rule's expr was read");
     assert.deepEqual(
       rules.map((r) => r.alert).sort(),
-      ["ShoalCoordinatorDown", "ShoalHighFailureRate", "ShoalNoWorkers", "ShoalQueueGrowingWhileWorkersIdle", "ShoalUnexpectedError", "ShoalVramExhausted", "ShoalWorkerLost"],
+      [
+        "ShoalCoordinatorDown",
+        "ShoalHighFailureRate",
+        "ShoalNoWorkers",
+        "ShoalQueueGrowingWhileWorkersIdle",
+        "ShoalStorageFull",
+        "ShoalTerminalWritesFailing",
+        "ShoalUnexpectedError",
+        "ShoalVramExhausted",
+        "ShoalWorkerLost",
+      ],
     );
     const bad = rules.flatMap((r) => problems(r.expr, all).map((p) => `${r.alert}: ${p} in ${r.expr}`));
     assert.deepEqual(bad, []);
