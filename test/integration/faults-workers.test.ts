@@ -67,26 +67,31 @@ describe("faults - workers", () => {
     const { batchId } = await client.submit({ items: items(300) });
     let stopped = false;
     let resumed = false;
+    let notLost: unknown;
+    const lost = () => stack.coordinator!.logs.some((l) => l.msg === "worker lost (no heartbeat)" && l.workerId === "w1");
     const { batch, partialTerminalPolls } = await pollUntilTerminal(client, batchId, {
       onProgress: (b) => {
         if (!stopped && b.succeeded >= 40) {
           stopped = true;
           process.kill(workers[0]!.pid, "SIGSTOP");
-          // Well past the 1 s heartbeat timeout: the coordinator declares w1 lost and re-places
-          // its items; when w1 wakes up it finishes them and publishes stale results.
-          setTimeout(() => {
-            process.kill(workers[0]!.pid, "SIGCONT");
-            resumed = true;
-          }, 3000);
+          // Once the coordinator has declared w1 lost (1 s heartbeat timeout) and re-placed its
+          // items, w1 wakes up, finishes them and publishes stale results.
+          void waitFor("the coordinator to declare w1 lost", lost, 30_000)
+            .catch((err: unknown) => (notLost = err))
+            .finally(() => {
+              process.kill(workers[0]!.pid, "SIGCONT");
+              resumed = true;
+            });
         }
       },
     });
     assert.ok(stopped);
+    await waitFor("w1 to be resumed", () => resumed, 60_000);
+    assert.equal(notLost, undefined, String(notLost));
     assert.equal(partialTerminalPolls, 0);
     assertWholeBatch(batch, N);
     assert.equal(batch.succeeded, N);
     // w1 wakes up, finishes what it held and publishes results the coordinator must ignore.
-    await waitFor("w1 to be resumed", () => resumed, 30_000);
     await waitFor("the late results of the stopped worker to be counted as stale", async () => (await metric(metricsPort, /^shoal_item_attempts_total\{outcome="stale/)) > 0, 30_000);
     // The stored batch is the same after w1's late results arrived.
     const after = await client.get(batchId);
