@@ -29,6 +29,12 @@ function walk(dir, suffix) {
   });
 }
 
+/** node --test-timeout exists from 20.11 and 21.2. */
+function hasTestTimeout() {
+  const [major, minor] = process.versions.node.split(".").map(Number);
+  return major > 21 || (major === 21 && minor >= 2) || (major === 20 && minor >= 11);
+}
+
 const compiledOf = (source) => join("dist", source.replace(/\.ts$/, ".js"));
 const sourceOf = (compiled) => relative("dist", compiled).replace(/\.js$/, ".ts");
 
@@ -67,8 +73,9 @@ try {
     [
       "--test",
       `--test-concurrency=${concurrency}`,
-      // A backstop: calls in tests carry their own deadlines; no test may hang the run.
-      `--test-timeout=${process.env.SHOAL_TEST_TIMEOUT_MS ?? 900_000}`,
+      // A backstop: calls in tests carry their own deadlines; no test may hang the run
+      // (node >= 20.11 has the flag).
+      ...(hasTestTimeout() ? [`--test-timeout=${process.env.SHOAL_TEST_TIMEOUT_MS ?? 900_000}`] : []),
       "--test-reporter=spec",
       "--test-reporter-destination=stdout",
       `--test-reporter=${REPORTER}`,
