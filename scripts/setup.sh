@@ -8,8 +8,14 @@ need_apt=()
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] && [ -z "${SHOAL_NATS_SERVER:-}" ]; then
   need_apt+=(nats-server)
 fi
-if [ "${SHOAL_SKIP_PROMETHEUS:-}" != "1" ] && ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
-  need_apt+=(prometheus)
+# The observability tests need both binaries; Debian's prometheus package ships promtool too.
+if [ "${SHOAL_SKIP_PROMETHEUS:-}" != "1" ]; then
+  for tool in prometheus promtool; do
+    if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/bin/$tool" ]; then
+      need_apt+=(prometheus)
+      break
+    fi
+  done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2

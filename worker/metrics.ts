@@ -15,7 +15,7 @@ function shoalVersion(): string {
 interface BusyClock {
   /** Items started on the GPU and not finished. */
   running: number;
-  /** performance.now() up to which busy time has been counted. */
+  /** The clock's time (ms) up to which busy time has been counted. */
   countedUntil: number;
 }
 
@@ -44,7 +44,11 @@ export class WorkerMetrics {
   /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
   private readonly timedLoads = new Set<string>();
 
-  constructor(private readonly workerId: string) {
+  /** `nowMs` is the clock of busy time (tests inject one). */
+  constructor(
+    private readonly workerId: string,
+    private readonly nowMs: () => number = () => performance.now(),
+  ) {
     collectDefaultMetrics({ register: this.registry });
     const r = [this.registry];
     this.total = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM of each GPU", labelNames: ["worker", "gpu"], registers: r });
@@ -117,7 +121,7 @@ export class WorkerMetrics {
   /** An item starts on a GPU: the GPU counts as busy until the matching itemDone(). */
   itemStarted(gpu = 0): void {
     const key = String(gpu);
-    const now = performance.now();
+    const now = this.nowMs();
     const clock = this.busyClocks.get(key);
     if (!clock) {
       this.busyClocks.set(key, { running: 1, countedUntil: now });
@@ -139,7 +143,7 @@ export class WorkerMetrics {
     const key = String(gpu);
     const clock = this.busyClocks.get(key);
     if (clock && clock.running > 0) {
-      this.accrue(key, clock, performance.now());
+      this.accrue(key, clock, this.nowMs());
       clock.running--;
     } else {
       this.busy.inc({ worker: this.workerId, gpu: key }, runSeconds);
@@ -174,7 +178,7 @@ export class WorkerMetrics {
   }
 
   private accrueAll(): void {
-    const now = performance.now();
+    const now = this.nowMs();
     for (const [key, clock] of this.busyClocks) this.accrue(key, clock, now);
   }
 

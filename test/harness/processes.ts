@@ -137,10 +137,15 @@ export class Stack {
     return p;
   }
 
-  /** Runs the CLI to completion. */
-  cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  /** Runs the CLI to completion; killed (code null) after `timeoutMs`. */
+  cli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
     return new Promise((resolve) => {
-      const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SHOAL_ADDR: this.grpcAddr, ...env } });
+      const child = spawn(process.execPath, [CLI, ...args], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, SHOAL_ADDR: this.grpcAddr, ...env },
+        timeout: timeoutMs,
+        killSignal: "SIGKILL",
+      });
       let stdout = "";
       let stderr = "";
       child.stdout.on("data", (d) => (stdout += d));
