@@ -245,7 +245,7 @@ describe("replay - a restarted coordinator rebuilds from the results log what li
     await stack.startNats();
     nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
     const infra = await ensureInfrastructure(nc, names);
-    const store = new BatchStore(infra.batches, infra.idempotency);
+    const store = new BatchStore(infra.batches, infra.idempotency, names);
     const js = jetstream(nc);
     for (const log of logs) {
       const batchId = newBatchId();
@@ -253,9 +253,11 @@ describe("replay - a restarted coordinator rebuilds from the results log what li
       const entriesOfLog = entries(batchId, log);
       recorded.push({ batchId, record, log: entriesOfLog, expected: expectedOf(live(record, entriesOfLog)) });
     }
-    // Recorded as they are in production: the record first, then the entries in order.
+    // Recorded as they are in production: the open marker and the record first (what a restart
+    // resumes from), then the entries in order.
     await Promise.all(
       recorded.map(async ({ batchId, record, log }) => {
+        await store.markOpen(batchId);
         await store.create(record);
         for (const e of log) await js.publish(names.results(batchId), encodeMessage(ResultLogEntry, e), { timeout: 10_000 });
       }),
