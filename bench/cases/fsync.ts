@@ -5,12 +5,15 @@
 // and the disk. The order alternates between rounds (interval first, then always first) so a
 // machine that slows down during the run does not favour either mode.
 //
-// `always` makes nats-server fsync each JetStream write before acknowledging it; Shoal's durable
-// writes are the batch record (KV), outcome group commits (stream) and the terminal batch (KV
-// compare-and-set), so what `always` adds is a few fsyncs per batch and per group commit, not
-// one per item.
+// `always` makes nats-server fsync each JetStream write before acknowledging it. For sim-zero
+// items (no artifacts) Shoal's durable writes are the batch record (KV), outcome group commits
+// (stream) and the terminal batch (KV compare-and-set): a few fsyncs per batch and per group
+// commit, not one per item. Items with artifacts add their object-store writes, which this case
+// does not have; the raw JetStream figures show what each such write costs.
 
 import { statfsSync } from "node:fs";
+import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { natsServerConfig, natsServerVersion, type FsyncMode } from "../../cli/nats-config.js";
 import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import { freePort, natsServerBinary, Stack } from "../../test/harness/processes.js";
@@ -42,6 +45,9 @@ interface Fleet {
 }
 
 interface ModeSamples {
+  /** Raw JetStream next to Shoal: one client publishing to one file stream of the same server. */
+  jsAckMs: number[];
+  jsWindowed: { count: number; seconds: number }[];
   peak: { items: number; seconds: number }[];
   unloadedMs: number[];
   pacedBatchMs: number[];
@@ -77,6 +83,37 @@ async function startFleet(mode: FsyncMode, p: { workers: number; maxInFlight: nu
   } catch (err) {
     await stopStack(stack);
     throw err;
+  }
+}
+
+/**
+ * What one JetStream write costs on this disk in each mode, without Shoal: publish-ack latency
+ * one at a time, then the rate with `window` publishes outstanding (a stream writes, and with
+ * `always` fsyncs, one message at a time, so this is close to the ceiling of any one stream).
+ */
+async function rawJetStream(f: Fleet, sequential: number, windowed: number, window: number, s: ModeSamples): Promise<void> {
+  const nc = await connect({ servers: f.shoal.stack.natsUrl, name: `bench-fsync-${f.mode}` });
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: "BENCH_FSYNC", subjects: ["bench.fsync.>"], storage: StorageType.File });
+    const js = jetstream(nc);
+    const payload = new Uint8Array(128);
+    for (let i = 0; i < sequential; i++) {
+      const t = performance.now();
+      await js.publish("bench.fsync.seq", payload);
+      s.jsAckMs.push(performance.now() - t);
+    }
+    let next = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: window }, async () => {
+        while (next++ < windowed) await js.publish("bench.fsync.win", payload);
+      }),
+    );
+    s.jsWindowed.push({ count: windowed, seconds: (performance.now() - t0) / 1000 });
+    await jsm.streams.delete("BENCH_FSYNC");
+  } finally {
+    await nc.close();
   }
 }
 
@@ -156,11 +193,11 @@ function storeFileSystem(dir: string): string {
 
 async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const p = ctx.quick
-    ? { rounds: 1, workers: 2, maxInFlight: 2000, warmItems: 100, batches: 2, batchSize: 500, unloadedCalls: 10, pacedSeconds: 1, batchesPerSecond: 20 }
-    : { rounds: 2, workers: 2, maxInFlight: 2000, warmItems: 2000, batches: 4, batchSize: 5000, unloadedCalls: 100, pacedSeconds: 10, batchesPerSecond: 50 };
+    ? { rounds: 1, workers: 2, maxInFlight: 2000, warmItems: 100, batches: 2, batchSize: 500, unloadedCalls: 10, pacedSeconds: 1, batchesPerSecond: 20, jsSequential: 50, jsWindowed: 200, jsWindow: 32, settleMs: 200 }
+    : { rounds: 4, workers: 2, maxInFlight: 2000, warmItems: 2000, batches: 4, batchSize: 5000, unloadedCalls: 100, pacedSeconds: 10, batchesPerSecond: 50, jsSequential: 500, jsWindowed: 5000, jsWindow: 64, settleMs: 2000 };
   const samples: Record<FsyncMode, ModeSamples> = {
-    interval: { peak: [], unloadedMs: [], pacedBatchMs: [], pacedItems: 0, pacedSeconds: 0, lost: 0, varz: undefined },
-    always: { peak: [], unloadedMs: [], pacedBatchMs: [], pacedItems: 0, pacedSeconds: 0, lost: 0, varz: undefined },
+    interval: { jsAckMs: [], jsWindowed: [], peak: [], unloadedMs: [], pacedBatchMs: [], pacedItems: 0, pacedSeconds: 0, lost: 0, varz: undefined },
+    always: { jsAckMs: [], jsWindowed: [], peak: [], unloadedMs: [], pacedBatchMs: [], pacedItems: 0, pacedSeconds: 0, lost: 0, varz: undefined },
   };
   const pacedRates: number[] = [];
   let pacedShape: { batchSize: number; intervalMs: number; count: number } | undefined;
@@ -178,16 +215,26 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       }
       ctx.log(`round ${round + 1}/${p.rounds} (${order.join(" then ")}): warm-up, ${p.warmItems} items each`);
       for (const f of fleets) if (!(await runBatch(f.shoal.client, { items: zeroItems(p.warmItems) }, 60_000))) throw new Error(`${f.mode}: warm-up batch did not finish within 60 s`);
+      // Each phase of one fleet is followed by a pause, so the other fleet is not measured while
+      // the first one's processes still work off what the phase left (acks, state flushes).
+      const eachFleet = async (phase: (f: Fleet) => Promise<unknown>) => {
+        for (const f of fleets) {
+          await phase(f);
+          await sleep(p.settleMs);
+        }
+      };
+      ctx.log(`raw JetStream: ${p.jsSequential} publishes one at a time, then ${p.jsWindowed} with ${p.jsWindow} outstanding`);
+      await eachFleet((f) => rawJetStream(f, p.jsSequential, p.jsWindowed, p.jsWindow, samples[f.mode]));
       ctx.log(`peak: ${p.batches} batches × ${p.batchSize} sim-zero items at once, each mode in turn`);
-      for (const f of fleets) await peak(f, p.batches, p.batchSize, ctx.quick ? 60_000 : 300_000, samples[f.mode]);
+      await eachFleet((f) => peak(f, p.batches, p.batchSize, ctx.quick ? 60_000 : 300_000, samples[f.mode]));
       ctx.log(`unloaded: ${p.unloadedCalls} one-item RunBatch calls, one at a time`);
-      for (const f of fleets) await unloaded(f, p.unloadedCalls, samples[f.mode]);
+      await eachFleet((f) => unloaded(f, p.unloadedCalls, samples[f.mode]));
       // The same offered load for both: half the slower mode's peak in this round.
       const last = (m: FsyncMode) => samples[m].peak.at(-1)!;
       const rate = 0.5 * Math.min(...MODES.map((m) => last(m).items / last(m).seconds));
       pacedRates.push(rate);
       ctx.log(`paced: ~${rate.toFixed(0)} items/s for ${p.pacedSeconds} s each`);
-      for (const f of fleets) pacedShape = await paced(f, rate, p.pacedSeconds, p.batchesPerSecond, samples[f.mode]);
+      await eachFleet(async (f) => (pacedShape = await paced(f, rate, p.pacedSeconds, p.batchesPerSecond, samples[f.mode])));
     } finally {
       for (const f of fleets) await f.shoal.stop();
     }
@@ -210,8 +257,11 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     reference: { label: "interval (2m)", value: interval, unit },
     ratio: always / interval,
   });
+  const jsRate = (m: FsyncMode) => samples[m].jsWindowed.reduce((n, x) => n + x.count, 0) / samples[m].jsWindowed.reduce((n, x) => n + x.seconds, 0);
   const metrics: Metric[] = [
     vs("peak items/s with always", "items/s", ra, ri),
+    vs(`raw JetStream publishes/s (${p.jsWindow} outstanding), always`, "msg/s", jsRate("always"), jsRate("interval")),
+    vs("raw JetStream publish-ack p50, always", "ms", percentile(samples.always.jsAckMs, 50), percentile(samples.interval.jsAckMs, 50)),
     vs("unloaded 1-item RunBatch p50, always", "ms", lat("always", "unloadedMs", 50), lat("interval", "unloadedMs", 50)),
     vs("unloaded 1-item RunBatch p99, always", "ms", lat("always", "unloadedMs", 99), lat("interval", "unloadedMs", 99)),
     vs(`added latency p50 @ ${pacedRate.toFixed(0)} items/s, always`, "ms", lat("always", "pacedBatchMs", 50), lat("interval", "pacedBatchMs", 50)),
@@ -234,6 +284,10 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const summary = (m: FsyncMode) => {
     const s = samples[m];
     return {
+      rawJetStream: {
+        publishAckMs: { count: s.jsAckMs.length, p50: percentile(s.jsAckMs, 50), p99: percentile(s.jsAckMs, 99), max: maxOf(s.jsAckMs) },
+        windowed: { runs: s.jsWindowed, perSecond: jsRate(m) },
+      },
       peak: { runs: s.peak, itemsPerS: rateOf(m) },
       unloadedMs: { calls: s.unloadedMs.length, p50: percentile(s.unloadedMs, 50), p99: percentile(s.unloadedMs, 99), max: maxOf(s.unloadedMs), mean: mean(s.unloadedMs) },
       paced: {
@@ -255,11 +309,21 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       model: "sim-zero (SIMULATED, 0 bytes, work_ms 0)",
       peak: { batches: p.batches, batchSize: p.batchSize, warmUpItems: p.warmItems },
       unloadedCalls: p.unloadedCalls,
+      rawJetStream: { payloadBytes: 128, sequential: p.jsSequential, windowed: p.jsWindowed, window: p.jsWindow },
+      settleMsBetweenFleets: p.settleMs,
       paced: { itemsPerS: pacedRate, perRound: pacedRates, seconds: p.pacedSeconds, ...(pacedShape ?? {}) },
       storeFileSystem: storeFs,
       latencyDefinition: "as in the dispatch case: client-observed RunBatch time of the batch an item belongs to",
     },
-    raw: { interval: summary("interval"), always: summary("always"), ratios: { peakItemsPerS: ra / ri } },
+    raw: {
+      interval: summary("interval"),
+      always: summary("always"),
+      ratios: {
+        peakItemsPerS: ra / ri,
+        // How much the ratio moves between rounds says how far to trust it on a busy machine.
+        peakItemsPerSPerRound: samples.always.peak.map((a, i) => a.items / a.seconds / (samples.interval.peak[i]!.items / samples.interval.peak[i]!.seconds)),
+      },
+    },
     metrics,
     notes,
   };
