@@ -93,6 +93,8 @@ export class Stack {
   /** Extra node flags for the coordinator and worker processes (e.g. --cpu-prof in benchmarks). */
   coordinatorNodeArgs: string[] = [];
   workerNodeArgs: string[] = [];
+  /** The nats-server config file (the fsync bench swaps in what `shoal up --fsync` writes). */
+  natsConfig = "max_payload: 8MB\n";
 
   /**
    * Starts nats-server (again, on the same port and store, after a kill). `extraConfig` is
@@ -103,7 +105,7 @@ export class Stack {
     this.natsPort = this.natsPort || (await freePort());
     this.natsUrl = `nats://127.0.0.1:${this.natsPort}`;
     const conf = join(this.dir, "nats.conf");
-    writeFileSync(conf, `max_payload: 8MB\n${extraConfig}\n`);
+    writeFileSync(conf, `${this.natsConfig}${extraConfig}\n`);
     const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
       stdio: ["ignore", "pipe", "pipe"],
     });

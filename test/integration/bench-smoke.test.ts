@@ -10,9 +10,9 @@ import { ROOT } from "../harness/processes.js";
 // it runs to the end and that what it prints and writes is well-formed. Not how fast anything is:
 // a target that is missed is still a well-formed result.
 
-const CASES = ["dispatch", "fleet", "batch50", "onnx", "scale"];
+const CASES = ["dispatch", "fleet", "batch50", "onnx", "scale", "fsync"];
 /** Which cases simulate GPUs: all but the one that runs imagegen-tiny for real. */
-const SIMULATED: Record<string, boolean> = { dispatch: true, fleet: true, batch50: true, onnx: false, scale: true };
+const SIMULATED: Record<string, boolean> = { dispatch: true, fleet: true, batch50: true, onnx: false, scale: true, fsync: true };
 
 function finiteNumbers(value: unknown, path: string, problems: string[]): void {
   if (typeof value === "number") {
@@ -114,5 +114,20 @@ describe("bench smoke - `node dist/bench/main.js --quick` runs every case and re
       finiteNumbers(c.raw, `${c.name}.raw`, problems);
       assert.deepEqual(problems, [], "numbers in params/raw must be finite");
     }
+  });
+
+  test("bench smoke - the fsync case ran each fleet with the setting it names, and lost nothing", () => {
+    assert.ok(existsSync(out), "results.json was not written (see the first test)");
+    const results = JSON.parse(readFileSync(out, "utf8"));
+    const c = results.cases.find((x: { name: string }) => x.name === "fsync");
+    assert.ok(c, "no fsync case");
+    // What nats-server itself said (/varz), not what the bench meant to configure.
+    assert.equal(c.raw.always.natsVarz.syncAlways, true);
+    assert.equal(c.raw.interval.natsVarz.syncAlways, false);
+    assert.equal(c.raw.interval.natsVarz.syncIntervalNs, 120e9);
+    const metric = (name: string) => c.metrics.find((m: { name: string }) => m.name === name);
+    assert.equal(metric("nats-server /varz confirms each mode's sync setting")?.value, 1);
+    assert.equal(metric("items never finished (lost)")?.value, 0);
+    assert.equal(typeof c.params.storeFileSystem, "string");
   });
 });
