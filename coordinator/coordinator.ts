@@ -557,8 +557,15 @@ export class Coordinator {
     const now = Date.now();
     if (entry.entry?.$case === "revoked") {
       const r = entry.entry.revoked;
-      const batch = this.active.get(r.lease!.batchId);
-      if (batch && replaying) this.afterEffect(batch, r.lease!.index, batch.applyRevocation(r.lease!.index, r.lease!.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now), replaying);
+      if (!r.lease || (subjectBatchId !== undefined && r.lease.batchId !== subjectBatchId)) {
+        if (!replaying) this.protocolError("revocation", subjectBatchId ?? "", "a revocation without a lease of its subject's batch");
+        return;
+      }
+      const batch = this.active.get(r.lease.batchId);
+      if (!batch) return;
+      const effect = batch.applyRevocation(r.lease.index, r.lease.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now);
+      if (!replaying && (effect.kind === "retry" || effect.kind === "done")) this.metrics?.attempt(effect.kind === "retry" ? "retried" : "failed");
+      this.afterEffect(batch, r.lease.index, effect, replaying);
       return;
     }
     if (entry.entry?.$case !== "results") return;
@@ -742,12 +749,22 @@ export class Coordinator {
     const slot = batch.items[index]!;
     this.ledger.release(lease.token);
     this.fleet.get(lease.workerId)?.leases.delete(lease.token);
-    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
-    await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
-    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return; // a result won the race
-    const effect = batch.applyRevocation(index, lease.token, { code: "WORKER_LOST", message: reason, retryable: true }, Date.now());
-    if (effect.kind === "retry" || effect.kind === "done") this.metrics?.attempt(effect.kind === "retry" ? "retried" : "failed");
-    this.afterEffect(batch, index, effect, false);
+    const current = () => slot.state === "leased" && slot.lease?.token === lease.token;
+    if (!current()) return;
+    // The revocation takes effect when it comes back through the results consumer, in the log's
+    // order (applyEntry): a result the worker stored before it counts and one stored after it
+    // does not, live exactly as in a replay after a restart. Until it is stored the item stays
+    // leased, so a NATS outage delays the re-placement but never loses the item.
+    for (let delayMs = 200; ; delayMs = Math.min(delayMs * 2, 10_000)) {
+      try {
+        await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
+        return;
+      } catch (err) {
+        if (this.closePromise || !current()) return;
+        this.log.warn({ batchId: batch.id, item: index, err: errorMessage(err), retryInMs: delayMs }, "revocation not stored; retrying");
+        await new Promise((r) => setTimeout(r, delayMs).unref());
+      }
+    }
   }
 
   private takeBack(worker: WorkerRecord, reason: string): void {
