@@ -14,13 +14,14 @@ import type { BenchCase, CaseContext } from "./cases/case.js";
 import { batchOf50Case } from "./cases/batch-of-50.js";
 import { dispatchCase } from "./cases/dispatch.js";
 import { fleetCase } from "./cases/fleet.js";
+import { fsyncCase } from "./cases/fsync.js";
 import { onnxCase } from "./cases/real-onnx.js";
 import { scaleCase } from "./cases/scale.js";
 import { formatProfileSummary, type ProfileSummary } from "./lib/cpuprofile.js";
 import { stopEverything } from "./lib/procs.js";
 import { formatTable, machineInfo, tableRows, type BenchResults, type CaseResult } from "./lib/report.js";
 
-export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase];
+export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase];
 
 interface MainOptions {
   quick: boolean;

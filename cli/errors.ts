@@ -2,6 +2,7 @@
 // message and exit status from the code and never has to parse message text.
 
 import { status as GrpcStatus, type Metadata, type ServiceError } from "@grpc/grpc-js";
+import { decodeStatusDetails } from "../shared/status-details.js";
 
 /** The gRPC status names a client can see, e.g. "INVALID_ARGUMENT". */
 export type GrpcStatusName = keyof typeof GrpcStatus;
@@ -24,12 +25,20 @@ export class ClientError extends Error {
   }
 
   /**
-   * For INVALID_ARGUMENT: one entry per bad field (`items[3].params.width: must be …`). The
-   * server joins them into one status message; we split where a new `path:` starts, so a
-   * message that itself contains "; " stays whole.
+   * For INVALID_ARGUMENT: one entry per bad field (`items[3].params.width: must be …`). Read
+   * from the structured google.rpc.BadRequest the server sends; from an older server, split
+   * from the status message where a new `path:` starts, so a problem containing "; " stays whole.
    */
   get fieldProblems(): string[] {
+    const structured = decodeStatusDetails(this.metadata)?.badRequest?.fieldViolations;
+    if (structured && structured.length > 0) return structured.map((v) => (v.field ? `${v.field}: ${v.description}` : v.description));
     return splitFieldProblems(this.details);
+  }
+
+  /** How many problems the server found; may exceed fieldProblems when the list was cut to fit. */
+  get problemCount(): number {
+    const counted = Number(decodeStatusDetails(this.metadata)?.errorInfo?.metadata["violations"]);
+    return Number.isSafeInteger(counted) && counted > 0 ? counted : this.fieldProblems.length;
   }
 }
 
@@ -48,7 +57,8 @@ export function toClientError(err: unknown): unknown {
   return new ClientError(err.code, err.details ?? "", { cause: err, metadata: err.metadata });
 }
 
-const PROBLEM_START = /(?:\r?\n|;\s+)(?=[A-Za-z_$][\w$]*(?:\[\d+\]|\.[\w$]+)*:\s)/;
+// A path: `items[3].params.width`, with odd keys quoted as `params["a b"]`.
+const PROBLEM_START = /(?:\r?\n|;\s+)(?=[A-Za-z_$][\w$]*(?:\[\d+\]|\["(?:[^"\\]|\\.)*"\]|\.[\w$]+)*:\s)/;
 
 export function splitFieldProblems(details: string): string[] {
   return details

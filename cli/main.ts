@@ -15,6 +15,7 @@ import {
   workerFlags,
   workerOptionsFrom,
 } from "./server-commands.js";
+import { DEFAULT_FSYNC, DEFAULT_FSYNC_INTERVAL } from "./nats-config.js";
 import { Fleet, upOptionsFrom } from "./up.js";
 
 // `shoal list | head` closes the pipe early: that is not an error.
@@ -56,7 +57,11 @@ const up = program
   .addOption(new Option("--data-dir <dir>", "where the embedded nats-server keeps its JetStream store").env("SHOAL_DATA_DIR").default(".shoal"))
   .addOption(new Option("--nats <url>", "use this NATS server instead of starting one").env("SHOAL_NATS_URL"))
   .addOption(new Option("--nats-port <port>", "port of the embedded nats-server").env("SHOAL_NATS_PORT").default("4222"))
+  .addOption(new Option("--nats-monitor-port <port>", "HTTP monitoring port (/varz, /jsz) of the embedded nats-server (0 = off)").env("SHOAL_NATS_MONITOR_PORT").default("0"))
+  .addOption(new Option("--fsync <mode>", "always: JetStream fsyncs every write before acknowledging it; interval: every --fsync-interval").env("SHOAL_FSYNC").default(DEFAULT_FSYNC))
+  .addOption(new Option("--fsync-interval <duration>", "with --fsync interval, the longest time between fsyncs (nats-server's sync_interval)").env("SHOAL_FSYNC_INTERVAL").default(DEFAULT_FSYNC_INTERVAL))
   .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default("50"))
+  .addOption(new Option("--retention <duration>", "how long finished batches, results, artifacts and idempotency keys are kept").env("SHOAL_RETENTION").default("7d"))
   .addOption(new Option("--gpu <which>", "auto, none or an index, for every worker").env("SHOAL_GPU").default("auto"))
   .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").default("info"))
   .addOption(new Option("--log-format <format>", "json or pretty").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
@@ -74,16 +79,16 @@ workerFlags(up, true).action(async (raw) => {
     ...(raw.modelDir ? ["--model-dir", String(raw.modelDir)] : []),
     ...(raw.simulate ? ["--simulate"] : []),
   ];
-  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems)], common }));
+  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems), "--retention", String(raw.retention)], common }));
   await runUntilSignal(log, async () => {
     const fleet = new Fleet(opts, log);
     try {
-      const { natsUrl, grpcAddr, workerMetricsPorts } = await fleet.start();
+      const { natsUrl, grpcAddr, workerMetricsPorts, durability } = await fleet.start();
       const lines = [
         "",
         "Shoal is up:",
         `  gRPC API        ${grpcAddr}   (export SHOAL_ADDR=${grpcAddr})`,
-        `  NATS            ${natsUrl}${opts.natsUrl ? "" : `   (JetStream store in ${opts.dataDir}/jetstream)`}`,
+        `  NATS            ${natsUrl}${durability ? `   (JetStream store in ${opts.dataDir}/jetstream, ${durability})` : ""}`,
         `  metrics         http://127.0.0.1:${opts.metricsPort}/metrics (coordinator)`,
         ...workerMetricsPorts.map((p, i) => `                  http://127.0.0.1:${p}/metrics (worker w${i + 1})`),
         "  try             shoal submit examples/demo-batch.json --wait",

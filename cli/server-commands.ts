@@ -33,7 +33,12 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
     .addOption(new Option("--max-queued-items <n>", "waiting items beyond which SubmitBatch is refused (RESOURCE_EXHAUSTED)").env("SHOAL_MAX_QUEUED_ITEMS").default(String(d.maxQueuedItems)))
     .addOption(new Option("--unplaceable-grace <duration>", "items no registered worker could ever fit fail after this long").env("SHOAL_UNPLACEABLE_GRACE").default("60s"))
-    .addOption(new Option("--webhook-retries <durations>", "comma-separated delays between webhook delivery attempts").env("SHOAL_WEBHOOK_RETRIES").default("1s,5s,30s,2m,10m"));
+    .addOption(new Option("--webhook-retries <durations>", "comma-separated delays between webhook delivery attempts").env("SHOAL_WEBHOOK_RETRIES").default("1s,5s,30s,2m,10m"))
+    .addOption(new Option("--retention <duration>", "how long finished batches, results, artifacts and idempotency keys are kept").env("SHOAL_RETENTION").default("7d"))
+    .addOption(new Option("--batches-max-bytes <size>", "byte limit of the batch records bucket, the batch index and the idempotency keys, each (0 = only the server's max_file_store)").env("SHOAL_BATCHES_MAX_BYTES").default("0"))
+    .addOption(new Option("--results-max-bytes <size>", "byte limit of the results stream (0 = only the server's max_file_store)").env("SHOAL_RESULTS_MAX_BYTES").default("0"))
+    .addOption(new Option("--artifacts-max-bytes <size>", "byte limit of the artifact object store (0 = only the server's max_file_store)").env("SHOAL_ARTIFACTS_MAX_BYTES").default("0"))
+    .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"));
 }
 
 export function workerFlags(cmd: Command, forUp = false): Command {
@@ -70,6 +75,18 @@ function port(option: string, v: unknown): number {
   return parseIntOption(option, String(v), 0, 65535);
 }
 
+/** A byte limit: "0" means none. */
+function optionalBytes(option: string, v: unknown): number {
+  return String(v).trim() === "0" ? 0 : parseBytes(option, String(v));
+}
+
+/** Shorter than a second, JetStream's de-duplication and expiry stop making sense. */
+function retention(v: unknown): number {
+  const ms = parseDuration("--retention", String(v));
+  if (ms < 1000) throw new ConfigError("--retention", `"${String(v)}" is shorter than the minimum of 1s`);
+  return ms;
+}
+
 export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
   const apiKeys = new Map<string, string>();
   if (typeof raw.apiKeys === "string" && raw.apiKeys.trim() !== "") {
@@ -98,6 +115,14 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
       .split(",")
       .filter((d) => d.trim() !== "")
       .map((d) => parseDuration("--webhook-retries", d)),
+    storage: {
+      retentionMs: retention(raw.retention ?? "7d"),
+      batchesMaxBytes: optionalBytes("--batches-max-bytes", raw.batchesMaxBytes ?? "0"),
+      resultsMaxBytes: optionalBytes("--results-max-bytes", raw.resultsMaxBytes ?? "0"),
+      artifactsMaxBytes: optionalBytes("--artifacts-max-bytes", raw.artifactsMaxBytes ?? "0"),
+    },
+    terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
+    terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
   };
 }
 

@@ -12,6 +12,7 @@ import { FleetServiceClient, WorkerState } from "../proto/gen/shoal/v1/shoal.js"
 import { ConfigError } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import { parseIntOption } from "../shared/units.js";
+import { formatVersion, natsServerConfig, natsServerVersion, parseFsyncInterval, parseFsyncMode, type NatsStorageOptions } from "./nats-config.js";
 
 export interface UpOptions {
   workers: number;
@@ -21,6 +22,10 @@ export interface UpOptions {
   /** An existing NATS; when absent, up starts its own. */
   natsUrl: string | undefined;
   natsPort: number;
+  /** nats-server's HTTP monitoring port (/varz, /jsz); 0 = off. */
+  natsMonitorPort: number;
+  /** Durability of the embedded nats-server's JetStream store. */
+  storage: NatsStorageOptions;
   /** Flags passed through to every worker / the coordinator. */
   workerArgs: string[];
   coordinatorArgs: string[];
@@ -95,17 +100,22 @@ export class Fleet {
     return child;
   }
 
-  async start(): Promise<{ natsUrl: string; grpcAddr: string; workerMetricsPorts: number[] }> {
+  async start(): Promise<{ natsUrl: string; grpcAddr: string; workerMetricsPorts: number[]; durability: string | undefined }> {
     const o = this.opts;
     const dataDir = resolve(o.dataDir);
     mkdirSync(dataDir, { recursive: true });
     let natsUrl = o.natsUrl;
+    let durability: string | undefined;
     if (!natsUrl) {
       const bin = findNatsServer();
+      const version = natsServerVersion(bin);
+      const config = natsServerConfig(o.storage, version, bin);
+      for (const note of config.notes) this.log.info({ natsServer: bin, version: formatVersion(version), fsync: o.storage.fsync }, note);
       const conf = join(dataDir, "nats-server.conf");
-      // Terminal batches of thousands of items are one KV value: allow 8 MB messages.
-      writeFileSync(conf, "max_payload: 8MB\n");
-      const nats = this.spawnChild("nats-server", bin, ["-js", "-sd", join(dataDir, "jetstream"), "-a", "127.0.0.1", "-p", String(o.natsPort), "-c", conf]);
+      writeFileSync(conf, config.text);
+      durability = config.summary;
+      const monitor = o.natsMonitorPort > 0 ? ["-m", String(o.natsMonitorPort)] : [];
+      const nats = this.spawnChild("nats-server", bin, ["-js", "-sd", join(dataDir, "jetstream"), "-a", "127.0.0.1", "-p", String(o.natsPort), ...monitor, "-c", conf]);
       await waitForPort(o.natsPort, "127.0.0.1", nats, 15_000);
       natsUrl = `nats://127.0.0.1:${o.natsPort}`;
     }
@@ -137,7 +147,7 @@ export class Fleet {
       health.close();
       fleet.close();
     }
-    return { natsUrl, grpcAddr, workerMetricsPorts };
+    return { natsUrl, grpcAddr, workerMetricsPorts, durability };
   }
 
   /** Workers first (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
@@ -169,13 +179,25 @@ function stopChild(name: string, child: ChildProcess, graceMs: number, log: Logg
 }
 
 export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worker: string[]; coordinator: string[]; common: string[] }): UpOptions {
+  // commander names the value of `--nats` (and SHOAL_NATS_URL) `nats`.
+  const natsUrl = typeof raw.nats === "string" && raw.nats !== "" ? raw.nats : undefined;
+  const storage: NatsStorageOptions = {
+    fsync: parseFsyncMode(String(raw.fsync)),
+    fsyncIntervalMs: parseFsyncInterval(String(raw.fsyncInterval)),
+  };
+  // `always` is a promise about acknowledged writes; with someone else's server up cannot keep it.
+  if (natsUrl && storage.fsync === "always") {
+    throw new ConfigError("--fsync", "applies to the nats-server that shoal up starts; with --nats, set `jetstream { sync_interval: always }` in that server's config");
+  }
   return {
     workers: parseIntOption("--workers", String(raw.workers), 1, 64),
     grpcPort: parseIntOption("--grpc-port", String(raw.grpcPort), 1, 65535),
     metricsPort: parseIntOption("--metrics-port", String(raw.metricsPort), 0, 65535),
     dataDir: String(raw.dataDir),
-    natsUrl: typeof raw.natsUrl === "string" && raw.natsUrl !== "" ? raw.natsUrl : undefined,
+    natsUrl,
     natsPort: parseIntOption("--nats-port", String(raw.natsPort), 1, 65535),
+    natsMonitorPort: parseIntOption("--nats-monitor-port", String(raw.natsMonitorPort), 0, 65535),
+    storage,
     workerArgs: passthrough.worker,
     coordinatorArgs: passthrough.coordinator,
     commonArgs: passthrough.common,

@@ -51,14 +51,39 @@ export class ActiveBatch {
   cancelRequested = false;
   finalizing = false;
   started = false;
+  /** The terminal write once begun; resolves with the batch as stored. */
+  terminalWrite: Promise<Batch> | undefined;
+  /** Set while a refresh of the running record is in flight. */
+  refreshing = false;
+  /** Why the terminal write last failed, while it is retried. */
+  lastWriteError: Error | undefined;
+  private writeFailed: { promise: Promise<Error>; resolve: (e: Error) => void } | undefined;
 
   constructor(
     readonly record: BatchRecord,
     public revision: number,
     slots: ItemSlot[],
     readonly maxAttempts: number,
+    /** When the record was last written: retention counts from here. */
+    public writtenAtMs: number = Date.now(),
   ) {
     this.items = slots;
+  }
+
+  /** Resolves with a failure of the terminal write, a past one or the next (it is retried regardless). */
+  writeFailure(): Promise<Error> {
+    if (this.lastWriteError) return Promise.resolve(this.lastWriteError);
+    if (!this.writeFailed) {
+      let resolve!: (e: Error) => void;
+      const promise = new Promise<Error>((r) => (resolve = r));
+      this.writeFailed = { promise, resolve };
+    }
+    return this.writeFailed.promise;
+  }
+
+  reportWriteFailure(err: Error): void {
+    this.lastWriteError = err;
+    this.writeFailed?.resolve(err);
   }
 
   get id(): string {

@@ -16,17 +16,22 @@ import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-s
 import type { Logger } from "../shared/logger.js";
 import { activationBytes } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
+import { quoteInput } from "../shared/param-limits.js";
+import { StorageError, storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
+import { BatchIndex, decodePageToken, encodePageToken, type IndexEntry } from "./batch-index.js";
 import { ActiveBatch, type ItemSlot, type Lease } from "./batch-state.js";
 import { BatchQueue } from "./batch-queue.js";
-import { BatchStore, FinalizeConflict, isTerminal } from "./batch-store.js";
-import { failedPrecondition, notFound, resourceExhausted, unavailable } from "./errors.js";
+import { BatchStore, isTerminal } from "./batch-store.js";
+import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
 import { placeItem, type PlaceableWorker } from "./placement.js";
+import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { ResultLog } from "./result-log.js";
+import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
@@ -34,11 +39,6 @@ import { WebhookSender } from "./webhooks.js";
 import { heartbeatProblem, outcomeProblem } from "./wire-validation.js";
 
 type BatchListener = (ev: BatchEvent) => void;
-
-interface BatchSummary {
-  batch: Batch;
-  tenant: string;
-}
 
 interface PendingAssign {
   batch: ActiveBatch;
@@ -49,12 +49,15 @@ interface PendingAssign {
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
  * outcomes from the results log and writes each terminal batch once. Its memory is a projection
- * of what JetStream holds (batch records in KV, outcomes in the results stream), rebuilt at start.
+ * of what JetStream holds (batch records in KV, outcomes in the results stream), rebuilt at start,
+ * and holds only the batches that are not terminal yet: finished ones are read from storage
+ * (GetBatch, and ListBatches through the batch index) and age out with --retention.
  */
 export class Coordinator {
   private nc: NatsConnection | undefined;
   private infra: Infrastructure | undefined;
   private store: BatchStore | undefined;
+  private index: BatchIndex | undefined;
   private resultLog: ResultLog | undefined;
   private webhooks: WebhookSender | undefined;
   readonly models: ModelRegistry;
@@ -65,7 +68,6 @@ export class Coordinator {
   private lastUnplaceableCheck = 0;
   private readonly queue = new BatchQueue();
   private readonly active = new Map<string, ActiveBatch>();
-  private readonly summaries = new Map<string, BatchSummary>();
   private readonly listeners = new Map<string, Set<BatchListener>>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
@@ -75,6 +77,9 @@ export class Coordinator {
   private recoveringUntil = 0;
   private closePromise: Promise<void> | undefined;
   private started = false;
+  /** Aborted by close(): ends the retries of terminal writes (the next start resumes them). */
+  private readonly stopping = new AbortController();
+  private lastRefreshCheck = 0;
 
   constructor(
     private readonly opts: CoordinatorOptions,
@@ -88,8 +93,9 @@ export class Coordinator {
 
   async start(): Promise<void> {
     this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log);
-    this.infra = await ensureInfrastructure(this.nc, this.names);
-    this.store = new BatchStore(this.infra.batches, this.infra.idempotency);
+    this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }));
+    this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
+    this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);
     this.webhooks = new WebhookSender(
@@ -125,23 +131,32 @@ export class Coordinator {
     this.tickTimer = setInterval(() => this.tick(), Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6)));
     this.tickTimer.unref();
     this.started = true;
-    this.log.info({ active: this.active.size, batches: this.summaries.size }, "coordinator ready");
+    this.log.info({ active: this.active.size, retentionMs: this.opts.storage.retentionMs }, "coordinator ready");
   }
 
   // ---------------------------------------------------------------------------------------
   // Recovery
 
+  /** Resumes the batches whose open marker is still there; finished ones stay in storage. */
   private async recover(): Promise<void> {
-    const keys = await this.store!.keys();
+    if (this.infra!.batchIndexCreated) {
+      try {
+        await this.indexStoredBatches();
+      } catch (err) {
+        // Without the index stream the next start indexes them again; with a half-filled one it would not.
+        await this.infra!.jsm.streams.delete(this.names.batchIndexStream).catch(() => undefined);
+        throw err;
+      }
+    }
     let resumed = 0;
-    for (const id of keys) {
+    for (const id of await this.store!.openIds()) {
       const got = await this.store!.get(id);
-      if (!got) continue;
-      const { record, revision } = got;
-      const batch = record.batch!;
-      this.summaries.set(id, { batch: { ...batch, results: [] }, tenant: record.tenant });
-      if (isTerminal(batch)) continue;
-      const active = this.activate(record, revision);
+      if (!got || isTerminal(got.record.batch!)) {
+        // Finalized just before a crash, or never stored (the submit failed after the marker).
+        await this.store!.clearOpen(id).catch((err) => this.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
+        continue;
+      }
+      const active = this.activate(got.record, got.revision, got.writtenAtMs);
       for (const entry of await this.resultLog!.replay(id)) {
         // One entry that cannot be applied must not keep the coordinator from starting.
         try {
@@ -151,15 +166,36 @@ export class Coordinator {
         }
       }
       resumed++;
-      if (active.isComplete) await this.finalize(active);
+      if (active.isComplete) this.finalizeInBackground(active);
     }
+    this.metrics?.batchesInMemory(this.active.size);
     if (resumed > 0) {
       this.recoveringUntil = Date.now() + this.opts.heartbeatTimeoutMs;
       this.log.info({ resumed, waitMs: this.opts.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
     }
   }
 
-  private activate(record: BatchRecord, revision: number): ActiveBatch {
+  /**
+   * Batches stored before the index and the open markers existed (an older Shoal) are indexed
+   * once, oldest first, the first time a coordinator creates the index stream.
+   */
+  private async indexStoredBatches(): Promise<void> {
+    const ids = (await this.store!.allBatchIds()).sort();
+    if (ids.length === 0) return;
+    let open = 0;
+    for (const id of ids) {
+      const got = await this.store!.get(id);
+      if (!got) continue;
+      if (!isTerminal(got.record.batch!)) {
+        await this.store!.markOpen(id);
+        open++;
+      }
+      await this.index!.append(got.record.tenant, id);
+    }
+    this.log.info({ batches: ids.length, open }, "indexed batches stored by an earlier version");
+  }
+
+  private activate(record: BatchRecord, revision: number, writtenAtMs = Date.now()): ActiveBatch {
     const now = Date.now();
     const created = record.batch!.createdAt?.getTime() ?? now;
     const slots: ItemSlot[] = record.items.map((item) => {
@@ -180,7 +216,7 @@ export class Coordinator {
         shapeKey: shapeKey(item.model, params),
       };
     });
-    const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts);
+    const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts, writtenAtMs);
     this.active.set(active.id, active);
     for (let i = 0; i < slots.length; i++) this.queue.add(active.id, i, record.batch!.priority);
     return active;
@@ -198,14 +234,6 @@ export class Coordinator {
       );
     }
     const batchId = newBatchId();
-    if (req.idempotencyKey) {
-      const existing = await this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId);
-      if (existing) {
-        const known = this.summaries.get(existing) ?? (await this.loadSummary(existing));
-        if (known) return { batchId: existing, itemCount: known.batch.total };
-        await this.store!.overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId);
-      }
-    }
     const now = new Date();
     const record: BatchRecord = {
       batch: {
@@ -230,13 +258,74 @@ export class Coordinator {
       retryOf,
       sourceIndices,
     };
-    const revision = await this.store!.create(record);
-    this.summaries.set(batchId, { batch: record.batch!, tenant });
+    this.checkRecordFits(record, valid.map((v) => v.model));
+    if (req.idempotencyKey) {
+      const existing = await this.storing(() => this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
+      if (existing) {
+        const total = this.active.get(existing)?.total ?? (await this.storing(() => this.store!.get(existing)))?.record.batch!.total;
+        if (total !== undefined) return { batchId: existing, itemCount: total };
+        await this.storing(() => this.store!.overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
+      }
+    }
+    // Marker and index entry first: a record that exists always has both, and a failure leaves
+    // at most a marker (removed at the next start) and an index entry ListBatches skips.
+    let revision: number;
+    let marked = false;
+    try {
+      revision = await this.storing(async () => {
+        const mark = this.store!.markOpen(batchId).then(() => (marked = true));
+        await Promise.all([mark, this.index!.append(tenant, batchId)]);
+        return this.store!.create(record);
+      });
+    } catch (err) {
+      if (marked) void this.store!.clearOpen(batchId).catch(() => undefined);
+      if (req.idempotencyKey) void this.store!.releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
+      throw err;
+    }
     this.activate(record, revision);
+    this.metrics?.batchesInMemory(this.active.size);
     this.metrics?.batchSubmitted();
     this.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
     this.scheduleSoon();
     return { batchId, itemCount: valid.length };
+  }
+
+  /**
+   * Runs a write of SubmitBatch; a storage failure becomes the status the client acts on:
+   * RESOURCE_EXHAUSTED when something is full or too large (the message says what, and which
+   * flag gives it room), UNAVAILABLE when NATS cannot be reached. Nothing was accepted either way.
+   */
+  private async storing<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      if (err instanceof ServerError) throw err;
+      const e = storageError(err, "JetStream", "--batches-max-bytes");
+      this.metrics?.submitStorageFailed(e.reason);
+      this.log.warn({ code: e.code, err: e.message }, "batch refused: it could not be stored");
+      throw storageStatus(e, "the batch was not accepted");
+    }
+  }
+
+  /** The most bytes one batch record may take: the server's max_payload, and the bucket's limit. */
+  private maxRecordBytes(): { bytes: number; why: string } {
+    const payload = (this.nc?.info?.max_payload ?? 1024 * 1024) - KV_OVERHEAD_BYTES;
+    const bucket = this.opts.storage.batchesMaxBytes > 0 ? this.opts.storage.batchesMaxBytes - KV_OVERHEAD_BYTES : Infinity;
+    return bucket < payload
+      ? { bytes: bucket, why: `the batch records bucket's limit (--batches-max-bytes ${this.opts.storage.batchesMaxBytes})` }
+      : { bytes: payload, why: `the NATS server's max_payload of ${payload + KV_OVERHEAD_BYTES} bytes, less ${KV_OVERHEAD_BYTES} for the KV envelope` };
+  }
+
+  /** A batch whose terminal record could never be stored is refused now, not retried later. */
+  private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1]): void {
+    const bound = terminalRecordBound(record, models);
+    const limit = this.maxRecordBytes();
+    if (bound <= limit.bytes) return;
+    this.metrics?.submitStorageFailed("record_too_large");
+    throw resourceExhausted(
+      `batch too large to store: with its ${models.length} results its record may take up to ${bound} bytes, more than the ${limit.bytes} bytes allowed by ${limit.why}; ` +
+        `submit fewer items (or shorter params) per batch, or raise that limit`,
+    );
   }
 
   async getBatch(batchId: string, tenant: string): Promise<Batch> {
@@ -244,7 +333,7 @@ export class Coordinator {
     const active = this.active.get(batchId);
     if (active && active.record.tenant === tenant) return active.snapshot();
     const got = BATCH_ID.test(batchId) ? await this.store!.get(batchId) : undefined;
-    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${JSON.stringify(batchId)} not found`);
+    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
     return got.record.batch!;
   }
 
@@ -296,11 +385,23 @@ export class Coordinator {
     const current = await this.getBatch(batchId, tenant);
     const active = this.active.get(batchId);
     if (isTerminal(current) || !active) return current;
-    this.queue.removeBatch(batchId);
-    const running = active.cancelAll();
-    this.cancelOnWorkers(batchId, running);
-    this.log.info({ batchId, running: running.length }, "batch cancelled");
-    return await this.finalize(active);
+    // Every item already done: the terminal write has begun and the batch ends as it ran.
+    const what = active.finalizing ? "has finished" : "is cancelled";
+    if (!active.finalizing) {
+      this.queue.removeBatch(batchId);
+      const running = active.cancelAll();
+      this.cancelOnWorkers(batchId, running);
+      this.log.info({ batchId, running: running.length }, "batch cancelled");
+    }
+    const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
+      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} ${what}, but the coordinator is shutting down before storing it; the next start finishes it`);
+      throw err;
+    });
+    if ("b" in outcome) return outcome.b;
+    throw storageStatus(
+      storageError(outcome.e, "the batch records bucket", "--batches-max-bytes"),
+      `batch ${batchId} ${what}, but its terminal record is not stored yet; the coordinator keeps retrying and GetBatch shows it terminal once it is stored`,
+    );
   }
 
   async retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
@@ -318,23 +419,74 @@ export class Coordinator {
     );
   }
 
-  list(tenant: string, pageSize: number, pageToken: string): { batches: Batch[]; nextPageToken: string } {
+  /**
+   * Newest first, from the batch index in JetStream: memory and work per call follow the page
+   * size, not the number of stored batches. Entries whose record has aged out (or was never
+   * stored) are skipped; the token is the index position of the last batch returned.
+   */
+  async list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
+    this.ensureStarted();
     const size = Math.min(Math.max(pageSize || 50, 1), 1000);
-    const ids = [...this.summaries.keys()].filter((id) => this.summaries.get(id)!.tenant === tenant).sort().reverse();
-    const start = pageToken ? ids.findIndex((id) => id < pageToken) : 0;
-    const page = start < 0 ? [] : ids.slice(start, start + size);
-    const batches = page.map((id) => this.active.get(id)?.snapshot() ?? { ...this.summaries.get(id)!.batch, results: [] });
-    const next = start >= 0 && start + size < ids.length ? page[page.length - 1]! : "";
-    return { batches, nextPageToken: next };
+    let before = 0;
+    if (pageToken) {
+      const seq = decodePageToken(pageToken);
+      if (seq === undefined) throw invalidArgument([`page_token: ${JSON.stringify(pageToken.slice(0, 40))} is not a next_page_token from ListBatches`]);
+      before = seq;
+    }
+    const batches: Batch[] = [];
+    const seen = new Set<string>();
+    let lastSeq = 0;
+    let more = false;
+    let pending: IndexEntry[] = [];
+    const load = async (): Promise<void> => {
+      const loaded = await Promise.all(pending.map((e) => this.summaryOf(e.batchId, tenant)));
+      for (const [i, b] of loaded.entries()) {
+        if (batches.length === size) {
+          more = true;
+          break;
+        }
+        lastSeq = pending[i]!.seq;
+        if (b && !seen.has(b.id)) {
+          seen.add(b.id);
+          batches.push(b);
+        }
+      }
+      pending = [];
+    };
+    try {
+      for await (const e of this.index!.newestFirst(tenant, before, size + 1)) {
+        if (batches.length === size) {
+          more = true;
+          break;
+        }
+        pending.push(e);
+        if (pending.length >= size - batches.length) await load();
+      }
+      if (pending.length > 0) await load();
+    } catch (err) {
+      if (err instanceof ServerError) throw err;
+      throw unavailable(`the batch index could not be read: ${errorMessage(err)}`);
+    }
+    return { batches, nextPageToken: more ? encodePageToken(lastSeq) : "" };
+  }
+
+  /** A batch as ListBatches shows it (no results), if it is the tenant's and still stored. */
+  private async summaryOf(batchId: string, tenant: string): Promise<Batch | undefined> {
+    const active = this.active.get(batchId);
+    if (active) return active.record.tenant === tenant ? active.snapshot() : undefined;
+    const got = await this.store!.get(batchId);
+    if (!got || got.record.tenant !== tenant) return undefined;
+    return { ...got.record.batch!, results: [] };
   }
 
   async artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
-    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${JSON.stringify(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
+    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${quoteInput(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
     const name = uri.slice(ARTIFACT_URI_PREFIX.length);
     const batchId = name.split("/", 1)[0]!;
     await this.getBatch(batchId, tenant); // tenancy check: another tenant's artifact is NOT_FOUND
-    const obj = await this.infra!.artifacts.get(name);
-    if (!obj) throw notFound(`artifact ${JSON.stringify(uri)} not found`);
+    // A name the object store refuses (odd characters) names no artifact either.
+    const obj = await this.infra!.artifacts.get(name).catch(() => null);
+    if (!obj) throw notFound(`artifact ${quoteInput(uri)} not found`);
     return obj.data;
   }
 
@@ -344,7 +496,7 @@ export class Coordinator {
 
   async drainWorker(workerId: string): Promise<WorkerRecord> {
     const w = this.fleet.get(workerId);
-    if (!w) throw notFound(`worker ${JSON.stringify(workerId)} not found`);
+    if (!w) throw notFound(`worker ${quoteInput(workerId)} not found`);
     if (w.state === WorkerState.WORKER_STATE_LOST) return w;
     w.state = WorkerState.WORKER_STATE_DRAINING;
     try {
@@ -416,14 +568,15 @@ export class Coordinator {
     const now = Date.now();
     if (entry.entry?.$case === "revoked") {
       const r = entry.entry.revoked;
-      // Only coordinators write revocations, but anyone can publish into the stream: one with
-      // no lease, or a lease of another batch, is skipped (throwing here would stop recovery).
       if (!r.lease || (subjectBatchId !== undefined && r.lease.batchId !== subjectBatchId)) {
-        if (!replaying) this.protocolError("outcome", `${this.names.results(subjectBatchId ?? "")}`, "a revocation needs a lease of the subject's batch");
+        if (!replaying) this.protocolError("revocation", subjectBatchId ?? "", "a revocation without a lease of its subject's batch");
         return;
       }
       const batch = this.active.get(r.lease.batchId);
-      if (batch && replaying) this.afterEffect(batch, r.lease.index, batch.applyRevocation(r.lease.index, r.lease.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now), replaying);
+      if (!batch) return;
+      const effect = batch.applyRevocation(r.lease.index, r.lease.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now);
+      if (!replaying && (effect.kind === "retry" || effect.kind === "done")) this.metrics?.attempt(effect.kind === "retry" ? "retried" : "failed");
+      this.afterEffect(batch, r.lease.index, effect, replaying);
       return;
     }
     if (entry.entry?.$case !== "results") return;
@@ -471,7 +624,7 @@ export class Coordinator {
       if (!replaying) {
         this.metrics?.itemFinished(result);
         this.emit(batch.id, { event: { $case: "item", item: result } });
-        if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
+        if (batch.isComplete) this.finalizeInBackground(batch);
       }
     }
   }
@@ -607,12 +760,22 @@ export class Coordinator {
     const slot = batch.items[index]!;
     this.ledger.release(lease.token);
     this.fleet.get(lease.workerId)?.leases.delete(lease.token);
-    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
-    await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
-    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return; // a result won the race
-    const effect = batch.applyRevocation(index, lease.token, { code: "WORKER_LOST", message: reason, retryable: true }, Date.now());
-    if (effect.kind === "retry" || effect.kind === "done") this.metrics?.attempt(effect.kind === "retry" ? "retried" : "failed");
-    this.afterEffect(batch, index, effect, false);
+    const current = () => slot.state === "leased" && slot.lease?.token === lease.token;
+    if (!current()) return;
+    // The revocation takes effect when it comes back through the results consumer, in the log's
+    // order (applyEntry): a result the worker stored before it counts and one stored after it
+    // does not, live exactly as in a replay after a restart. Until it is stored the item stays
+    // leased, so a NATS outage delays the re-placement but never loses the item.
+    for (let delayMs = 200; ; delayMs = Math.min(delayMs * 2, 10_000)) {
+      try {
+        await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
+        return;
+      } catch (err) {
+        if (this.closePromise || !current()) return;
+        this.log.warn({ batchId: batch.id, item: index, err: errorMessage(err), retryInMs: delayMs }, "revocation not stored; retrying");
+        await new Promise((r) => setTimeout(r, delayMs).unref());
+      }
+    }
   }
 
   private takeBack(worker: WorkerRecord, reason: string): void {
@@ -638,9 +801,11 @@ export class Coordinator {
     if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recoveringUntil) {
       this.lastUnplaceableCheck = now;
       this.failUnplaceable(now);
-      this.metrics?.queue(this.queueDepthByModel());
     }
+    this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
+    this.metrics?.batchesInMemory(this.active.size);
+    this.refreshAging(now);
     this.scheduleSoon();
   }
 
@@ -680,7 +845,7 @@ export class Coordinator {
       }
       if (failed > 0) {
         this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
-        if (batch.isComplete) void this.finalize(batch).catch((err) => this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed"));
+        if (batch.isComplete) this.finalizeInBackground(batch);
       }
     }
   }
@@ -701,6 +866,13 @@ export class Coordinator {
     }
   }
 
+  /** Models registered or served by a live worker: each has queue series, 0 when idle. */
+  private servedModels(): Set<string> {
+    const out = new Set(this.models.all().map((m) => m.name));
+    for (const w of this.fleet.all()) if (w.state !== WorkerState.WORKER_STATE_LOST) for (const m of w.models) out.add(m);
+    return out;
+  }
+
   private queueDepthByModel(): Map<string, { items: number; bytes: number }> {
     const out = new Map<string, { items: number; bytes: number }>();
     for (const b of this.active.values()) {
@@ -718,43 +890,95 @@ export class Coordinator {
   // ---------------------------------------------------------------------------------------
   // Terminal write
 
-  private async finalize(batch: ActiveBatch): Promise<Batch> {
-    if (batch.finalizing) return (await this.waitTerminal(batch.id, batch.record.tenant, new AbortController().signal));
+  /** The write retries on its own; it only ends early when the coordinator stops. */
+  private finalizeInBackground(batch: ActiveBatch): void {
+    this.finalize(batch).catch((err) => {
+      if (err instanceof TerminalWriteStopped) this.log.info({ batchId: batch.id }, "terminal write left to the next start");
+      else this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed");
+    });
+  }
+
+  /** Starts the batch's terminal write once; every caller gets the same promise. */
+  private finalize(batch: ActiveBatch): Promise<Batch> {
+    batch.terminalWrite ??= this.writeFinal(batch);
+    return batch.terminalWrite;
+  }
+
+  /**
+   * Writes the terminal batch with every result, retried until stored (see terminal-writer.ts),
+   * then lets the batch go from memory. The pending webhook is recorded before the record, so a
+   * crash between the two cannot lose the delivery.
+   */
+  private async writeFinal(batch: ActiveBatch): Promise<Batch> {
     batch.finalizing = true;
     this.queue.removeBatch(batch.id);
-    const final = batch.final(new Date());
-    const record: BatchRecord = { ...batch.record, batch: final };
-    let stored = final;
-    const webhook = await this.webhooks!.record(batch.id, batch.record.webhook).catch((err) => {
-      this.log.error({ batchId: batch.id, err: errorMessage(err) }, "webhook not recorded");
-      return undefined;
+    const record = fitTerminalRecord({ ...batch.record, batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
+    let webhook: Awaited<ReturnType<WebhookSender["record"]>>;
+    let waiting = false;
+    const outcome = await writeTerminal({
+      store: this.store!,
+      record,
+      revision: () => batch.revision,
+      prepare: async () => {
+        try {
+          webhook = await this.webhooks!.record(batch.id, batch.record.webhook);
+        } catch (err) {
+          throw storageError(err, `the pending webhooks bucket (${this.names.webhooksBucket})`, "the server's max_file_store");
+        }
+      },
+      onFailure: (err, attempt, retryInMs) => {
+        if (!waiting) this.metrics?.terminalWriteWaiting(1);
+        waiting = true;
+        this.metrics?.terminalWriteFailed(err.reason);
+        batch.reportWriteFailure(err);
+        this.log.error({ batchId: batch.id, attempt, retryInMs, code: err.code, err: err.message }, "terminal write failed; retrying");
+      },
+      initialDelayMs: this.opts.terminalRetryInitialMs,
+      maxDelayMs: this.opts.terminalRetryMaxMs,
+      signal: this.stopping.signal,
+    }).finally(() => {
+      if (waiting) this.metrics?.terminalWriteWaiting(-1);
     });
-    try {
-      await this.store!.finalize(record, batch.revision);
-    } catch (err) {
-      if (!(err instanceof FinalizeConflict)) {
-        batch.finalizing = false;
-        throw err;
-      }
-      const current = await this.store!.get(batch.id);
-      if (!current || !isTerminal(current.record.batch!)) {
-        batch.finalizing = false;
-        throw err;
-      }
-      stored = current.record.batch!;
-      this.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
-    }
+    const stored = outcome.stored;
+    if (!outcome.ours) this.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
     this.active.delete(batch.id);
-    this.summaries.set(batch.id, { batch: { ...stored, results: [] }, tenant: batch.record.tenant });
+    this.metrics?.batchesInMemory(this.active.size);
+    void this.store!.clearOpen(batch.id).catch((err) => this.log.warn({ batchId: batch.id, err: errorMessage(err) }, "open marker not removed; the next start removes it"));
     this.metrics?.batchFinished(stored);
     this.log.info(
-      { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled },
+      { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled, attempts: outcome.attempts },
       "batch finished",
     );
     this.emit(batch.id, { event: { $case: "batch", batch: stored } });
     this.listeners.delete(batch.id);
-    if (stored === final) this.webhooks!.send(webhook);
+    if (outcome.ours) this.webhooks!.send(webhook);
     return stored;
+  }
+
+  /**
+   * Rewrites the records of batches running longer than half the retention, so JetStream's age
+   * limit never removes a batch that is still running (its open marker too).
+   */
+  private refreshAging(now: number): void {
+    const ageLimit = this.opts.storage.retentionMs / 2;
+    if (now - this.lastRefreshCheck < Math.min(60_000, ageLimit / 4)) return;
+    this.lastRefreshCheck = now;
+    for (const batch of this.active.values()) {
+      if (batch.finalizing || batch.refreshing || now - batch.writtenAtMs < ageLimit) continue;
+      batch.refreshing = true;
+      void (async () => {
+        try {
+          await this.store!.markOpen(batch.id);
+          const revision = await this.store!.replace(batch.record, batch.revision);
+          batch.revision = Math.max(batch.revision, revision);
+          batch.writtenAtMs = Date.now();
+        } catch (err) {
+          this.log.warn({ batchId: batch.id, err: errorMessage(err) }, "running batch record not refreshed; trying again later");
+        } finally {
+          batch.refreshing = false;
+        }
+      })();
+    }
   }
 
   // ---------------------------------------------------------------------------------------
@@ -773,11 +997,6 @@ export class Coordinator {
     for (const l of this.listeners.get(batchId) ?? []) l(ev);
   }
 
-  private async loadSummary(batchId: string): Promise<BatchSummary | undefined> {
-    const got = await this.store!.get(batchId);
-    return got ? { batch: got.record.batch!, tenant: got.record.tenant } : undefined;
-  }
-
   private ensureStarted(): void {
     if (!this.started) throw unavailable("the coordinator is starting");
     if (this.closePromise) throw unavailable("the coordinator is shutting down");
@@ -788,6 +1007,7 @@ export class Coordinator {
   close(): Promise<void> {
     if (this.closePromise) return this.closePromise;
     this.closePromise = (async () => {
+      this.stopping.abort();
       if (this.tickTimer) clearInterval(this.tickTimer);
       if (this.heartbeatPass) clearTimeout(this.heartbeatPass);
       this.webhooks?.close();
@@ -811,3 +1031,8 @@ export class Coordinator {
   }
 }
 
+
+function storageStatus(e: StorageError, context: string): ServerError {
+  const message = `${context}: ${e.message}`;
+  return e.code === "STORAGE_UNAVAILABLE" ? unavailable(message) : resourceExhausted(message);
+}

@@ -11,13 +11,15 @@ export class ServerError extends Error {
     message: string,
     /** For INVALID_ARGUMENT: each bad field as `path: problem`. */
     readonly violations: string[] = [],
+    /** For INVALID_ARGUMENT: what was refused, put before the violations in the status message. */
+    readonly headline?: string,
   ) {
     super(message);
   }
 }
 
-export const invalidArgument = (violations: string[]) =>
-  new ServerError(status.INVALID_ARGUMENT, `the batch was refused: ${violations.join("; ")}`, violations);
+export const invalidArgument = (violations: string[], headline = "the batch was refused") =>
+  new ServerError(status.INVALID_ARGUMENT, `${headline}: ${violations.join("; ")}`, violations, headline);
 export const notFound = (what: string) => new ServerError(status.NOT_FOUND, what);
 export const resourceExhausted = (what: string) => new ServerError(status.RESOURCE_EXHAUSTED, what);
 export const unauthenticated = (what: string) => new ServerError(status.UNAUTHENTICATED, what);

@@ -1,3 +1,4 @@
+import { installCrashGuard } from "../shared/crash-guard.js";
 import type { Logger } from "../shared/logger.js";
 import { startMetricsServer } from "../shared/metrics-server.js";
 import { Coordinator } from "./coordinator.js";
@@ -15,6 +16,7 @@ export interface RunningCoordinator {
 /** The coordinator process: state, gRPC API and /metrics, stopped in reverse order. */
 export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Logger): Promise<RunningCoordinator> {
   const metrics = new CoordinatorMetrics();
+  const guard = installCrashGuard(log, (kind) => metrics.unexpectedError(kind));
   const coordinator = new Coordinator(opts, log, metrics);
   await coordinator.start();
   const grpc = await startGrpcServer(coordinator, opts.grpcHost, opts.grpcPort, opts.apiKeys, log, metrics);
@@ -30,6 +32,7 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
         await grpc.close(5000);
         await coordinator.close();
         await http?.close();
+        guard.uninstall();
       })()),
   };
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { BatchState, ItemStatus, WorkerState, type Batch, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
+import { STORAGE_FAILURE_REASONS, type StorageFailureReason } from "../shared/storage-errors.js";
 import type { WorkerRecord } from "./fleet.js";
 import type { GpuView } from "./vram-ledger.js";
 
@@ -9,6 +10,9 @@ const lower = (s: string, prefix: string) => s.replace(prefix, "").toLowerCase()
 /** Outcomes of one attempt, as `shoal_item_attempts_total{outcome}` counts them. */
 export type AttemptOutcome = "succeeded" | "failed" | "retried" | "stale_ignored";
 export const ATTEMPT_OUTCOMES: readonly AttemptOutcome[] = ["succeeded", "failed", "retried", "stale_ignored"];
+
+export type UnexpectedErrorKind = "rpc" | "unhandled_rejection" | "uncaught_exception";
+export const UNEXPECTED_ERROR_KINDS: readonly UnexpectedErrorKind[] = ["rpc", "unhandled_rejection", "uncaught_exception"];
 
 /** The package version for `shoal_build_info`; "unknown" where package.json is not beside dist/. */
 export function shoalVersion(): string {
@@ -47,6 +51,11 @@ export class CoordinatorMetrics {
   private readonly lastState = new Map<string, WorkerState>();
 
   private readonly protocolErrors: Counter;
+  private readonly unexpectedErrors: Counter;
+  private readonly terminalWriteFailures: Counter;
+  private readonly terminalWritesWaiting: Gauge;
+  private readonly submitStorageFailures: Counter;
+  private readonly inMemory: Gauge;
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -77,8 +86,43 @@ export class CoordinatorMetrics {
     );
     this.grpcHandled = new Counter({ name: "grpc_server_handled_total", help: "RPCs completed", labelNames: ["grpc_service", "grpc_method", "grpc_code"], registers });
     this.protocolErrors = new Counter({ name: "shoal_protocol_errors_total", help: "Messages from workers dropped because they broke the protocol (kind: heartbeat, outcome)", labelNames: ["kind"], registers });
+    this.unexpectedErrors = new Counter({
+      name: "shoal_unexpected_errors_total",
+      help: "Errors no code path expected (kind: rpc, unhandled_rejection, uncaught_exception); the process logged each and kept serving",
+      labelNames: ["kind"],
+      registers,
+    });
+    for (const kind of UNEXPECTED_ERROR_KINDS) this.unexpectedErrors.inc({ kind }, 0);
     this.grpcSeconds = new Histogram({ name: "grpc_server_handling_seconds", help: "RPC handling time", labelNames: ["grpc_service", "grpc_method"], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers });
+    this.terminalWriteFailures = new Counter({
+      name: "shoal_terminal_write_failures_total",
+      help: "Failed attempts to store a terminal batch (reason: storage_full, record_too_large, unavailable); each is retried with backoff",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.terminalWritesWaiting = new Gauge({
+      name: "shoal_terminal_writes_waiting",
+      help: "Batches whose items are all done but whose terminal write failed and is being retried",
+      registers,
+    });
+    this.submitStorageFailures = new Counter({
+      name: "shoal_submit_storage_failures_total",
+      help: "Batches refused because they could not be stored (reason: storage_full, record_too_large, unavailable)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.inMemory = new Gauge({
+      name: "shoal_batches_in_memory",
+      help: "Batches the coordinator holds in memory: running, or waiting for their terminal write. Finished batches live only in JetStream",
+      registers,
+    });
     // Series that exist from the start, so rate() and increase() count their first events.
+    for (const reason of STORAGE_FAILURE_REASONS) {
+      this.terminalWriteFailures.inc({ reason }, 0);
+      this.submitStorageFailures.inc({ reason }, 0);
+    }
+    this.terminalWritesWaiting.set(0);
+    this.inMemory.set(0);
     for (const state of ["submitted", "completed", "failed", "cancelled"]) this.batches.inc({ state }, 0);
     for (const outcome of ATTEMPT_OUTCOMES) this.attempts.inc({ outcome }, 0);
     for (const state of ["ready", "draining", "lost"]) this.workers.set({ state }, 0);
@@ -105,15 +149,40 @@ export class CoordinatorMetrics {
     }
   }
 
+  terminalWriteFailed(reason: StorageFailureReason): void {
+    this.terminalWriteFailures.inc({ reason });
+  }
+
+  terminalWriteWaiting(delta: 1 | -1): void {
+    this.terminalWritesWaiting.inc(delta);
+  }
+
+  submitStorageFailed(reason: StorageFailureReason): void {
+    this.submitStorageFailures.inc({ reason });
+  }
+
+  batchesInMemory(n: number): void {
+    this.inMemory.set(n);
+  }
+
   protocolError(kind: string): void {
     this.protocolErrors.inc({ kind });
+  }
+
+  unexpectedError(kind: UnexpectedErrorKind): void {
+    this.unexpectedErrors.inc({ kind });
   }
 
   attempt(outcome: AttemptOutcome): void {
     this.attempts.inc({ outcome });
   }
 
-  queue(byModel: Map<string, { items: number; bytes: number }>): void {
+  /**
+   * Queue depth per model. Every model that is served (or was ever queued) gets a series, 0 when
+   * nothing waits: an autoscaler or alert must read 0, not an absent series.
+   */
+  queue(byModel: Map<string, { items: number; bytes: number }>, served: Iterable<string> = []): void {
+    for (const m of served) if (!this.knownModels.has(m)) this.firstSeen(m);
     for (const m of this.knownModels) if (!byModel.has(m)) byModel.set(m, { items: 0, bytes: 0 });
     for (const [model, { items, bytes }] of byModel) {
       if (!this.knownModels.has(model)) this.firstSeen(model);

@@ -1,3 +1,4 @@
+import { DEFAULT_RETENTION_MS, type StorageLimits } from "../shared/jetstream-setup.js";
 import type { PlacementPolicy } from "./placement.js";
 
 /** Every field present, durations in ms: what the coordinator runs with. */
@@ -23,6 +24,11 @@ export interface CoordinatorOptions {
   unplaceableGraceMs: number;
   /** Delays between webhook delivery attempts. */
   webhookRetryDelaysMs: number[];
+  /** Retention and byte limits of the streams and buckets, applied at start. */
+  storage: StorageLimits;
+  /** First delay before a failed terminal write is tried again; it doubles up to the max. */
+  terminalRetryInitialMs: number;
+  terminalRetryMaxMs: number;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -38,4 +44,7 @@ export const COORDINATOR_DEFAULTS = {
   maxQueuedItems: 100_000,
   unplaceableGraceMs: 60_000,
   webhookRetryDelaysMs: [1000, 5000, 30_000, 120_000, 600_000],
+  storage: { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 } satisfies StorageLimits,
+  terminalRetryInitialMs: 200,
+  terminalRetryMaxMs: 30_000,
 };

@@ -3,6 +3,7 @@
 
 import type { SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
 import { activationBytes, validateParams, type ModelManifest } from "../shared/manifest.js";
+import { paramShapeProblems, quoteInput } from "../shared/param-limits.js";
 import { invalidArgument, resourceExhausted } from "./errors.js";
 
 export interface ValidItem {
@@ -37,7 +38,12 @@ export function validateSubmit(
     }
     const manifest = lookup(item.model);
     if (!manifest) {
-      problems.push(`${at}.model: unknown model "${item.model}" (see ListModels / shoal models)`);
+      problems.push(`${at}.model: unknown model ${quoteInput(item.model)} (see ListModels / shoal models)`);
+      return;
+    }
+    const shape = paramShapeProblems(at, item.params);
+    if (shape.length > 0) {
+      problems.push(...shape);
       return;
     }
     const { params, problems: paramProblems } = validateParams(manifest, item.params);
@@ -49,8 +55,9 @@ export function validateSubmit(
   const labels = Object.entries(req.labels);
   if (labels.length > 32) problems.push("labels: at most 32 labels");
   for (const [k, v] of labels) {
-    if (!LABEL_KEY.test(k)) problems.push(`labels.${k}: key must be 1-63 of a-z A-Z 0-9 _ . / -`);
-    if (v.length > 256) problems.push(`labels.${k}: value must be at most 256 characters`);
+    const at = LABEL_KEY.test(k) ? `labels.${k}` : `labels[${quoteInput(k)}]`;
+    if (!LABEL_KEY.test(k)) problems.push(`${at}: key must be 1-63 of a-z A-Z 0-9 _ . / -`);
+    if (v.length > 256) problems.push(`${at}: value must be at most 256 characters`);
   }
   if (req.webhook && (req.webhook.url || req.webhook.events.length || req.webhook.secret)) {
     let url: URL | undefined;
@@ -61,7 +68,7 @@ export function validateSubmit(
     }
     if (url && url.protocol !== "http:" && url.protocol !== "https:") problems.push("webhook.url: must be http or https");
     req.webhook.events.forEach((e, i) => {
-      if (!WEBHOOK_EVENTS.has(e)) problems.push(`webhook.events[${i}]: "${e}" is not one of ${[...WEBHOOK_EVENTS].join(", ")}`);
+      if (!WEBHOOK_EVENTS.has(e)) problems.push(`webhook.events[${i}]: ${quoteInput(e)} is not one of ${[...WEBHOOK_EVENTS].join(", ")}`);
     });
     if (req.webhook.secret && !/^(whsec_)?[A-Za-z0-9+/=]{16,}$/.test(req.webhook.secret)) {
       problems.push("webhook.secret: must be a Standard Webhooks secret (whsec_ + base64, at least 16 chars)");

@@ -1,7 +1,10 @@
-import { jetstreamManager, RetentionPolicy, StorageType, type JetStreamManager } from "@nats-io/jetstream";
+import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { ConfigError } from "./errors.js";
+import type { Logger } from "./logger.js";
+import { storageError } from "./storage-errors.js";
 import type { Names } from "./subjects.js";
 
 export interface Infrastructure {
@@ -11,50 +14,154 @@ export interface Infrastructure {
   models: KV;
   webhooks: KV;
   artifacts: ObjectStore;
+  /** True when this call created the batch index stream (so batches stored before it existed need indexing). */
+  batchIndexCreated: boolean;
 }
 
-const DAY_NS = 24 * 3600 * 1e9;
+/**
+ * How long and how much Shoal keeps. Ages count from a record's last write: a batch record from
+ * its terminal write, an index entry from submission, a result entry or artifact from when the
+ * worker stored it. A byte limit of 0 leaves the store bounded only by nats-server's own
+ * max_file_store; a positive one is reserved on the server when the store is created.
+ */
+export interface StorageLimits {
+  retentionMs: number;
+  /** Batch records bucket, the batch index stream and the idempotency bucket, each. */
+  batchesMaxBytes: number;
+  resultsMaxBytes: number;
+  artifactsMaxBytes: number;
+}
+
+export const DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000;
+const DEFAULT_LIMITS: StorageLimits = { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 };
+const MS_NS = 1e6;
+/** JetStream's de-duplication window; the server refuses one longer than the stream's max_age. */
+const DUPLICATE_WINDOW_MS = 2 * 60 * 1000;
 
 /**
  * Creates (or binds to) every stream and bucket Shoal uses, all on file storage, so any process
- * can start first. Safe to call concurrently from several processes.
+ * can start first. Safe to call concurrently from several processes. With `limits` (the
+ * coordinator) the retention and byte limits are also applied to stores that exist already, so
+ * changing --retention or a --*-max-bytes flag takes effect at the next coordinator start;
+ * without (workers) missing stores are created with the defaults and existing ones left alone.
  */
-export async function ensureInfrastructure(nc: NatsConnection, names: Names): Promise<Infrastructure> {
+export async function ensureInfrastructure(nc: NatsConnection, names: Names, limits?: StorageLimits, log?: Logger): Promise<Infrastructure> {
+  const l = limits ?? DEFAULT_LIMITS;
+  const apply = limits !== undefined;
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
-  await ensureResultsStream(jsm, names);
+  const ageNs = l.retentionMs * MS_NS;
+  const dupNs = Math.min(DUPLICATE_WINDOW_MS, l.retentionMs) * MS_NS;
+  const bytes = (n: number) => (n > 0 ? n : -1);
+  await ensureStream(
+    jsm,
+    {
+      name: names.resultsStream,
+      subjects: [names.allResults],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      // Entries are only needed until their batch is terminal (or to rebuild it after a restart);
+      // the age limit removes them (see ResultLog for why there is no per-batch purge). A full
+      // stream refuses new entries (workers retry them) rather than dropping old ones, which may
+      // belong to batches still running.
+      max_age: ageNs,
+      max_bytes: bytes(l.resultsMaxBytes),
+      discard: DiscardPolicy.New,
+      duplicate_window: dupNs,
+    },
+    apply,
+    "--results-max-bytes",
+    log,
+  );
+  let batchIndexCreated = false;
+  if (apply) {
+    batchIndexCreated = await ensureStream(
+      jsm,
+      {
+        name: names.batchIndexStream,
+        subjects: [names.allBatchIndex],
+        storage: StorageType.File,
+        retention: RetentionPolicy.Limits,
+        max_age: ageNs,
+        max_bytes: bytes(l.batchesMaxBytes),
+        discard: DiscardPolicy.New,
+        duplicate_window: dupNs,
+      },
+      apply,
+      "--batches-max-bytes",
+      log,
+    );
+  }
   const kvm = new Kvm(nc);
+  const kv = async (bucket: string, ttlMs: number, maxBytes: number, flag: string): Promise<KV> => {
+    const store = await createOrExplain(() => kvm.create(bucket, { storage: StorageType.File, history: 1, ttl: ttlMs, max_bytes: bytes(maxBytes) }), flag);
+    if (apply) await applyLimits(jsm, `KV_${bucket}`, { max_age: ttlMs * MS_NS, max_bytes: bytes(maxBytes) }, flag, log);
+    return store;
+  };
   const [batches, idempotency, models, webhooks] = await Promise.all([
-    kvm.create(names.batchesBucket, { storage: StorageType.File, history: 1 }),
-    kvm.create(names.idempotencyBucket, { storage: StorageType.File, history: 1, ttl: 7 * 24 * 3600 * 1000 }),
-    kvm.create(names.modelsBucket, { storage: StorageType.File, history: 1 }),
-    kvm.create(names.webhooksBucket, { storage: StorageType.File, history: 1 }),
+    kv(names.batchesBucket, l.retentionMs, l.batchesMaxBytes, "--batches-max-bytes"),
+    kv(names.idempotencyBucket, l.retentionMs, l.batchesMaxBytes, "--batches-max-bytes"),
+    // Model registrations live as long as their workers; pending webhooks until delivered or
+    // given up. Both are small and removed by their owners, so neither ages out.
+    kv(names.modelsBucket, 0, 0, ""),
+    kv(names.webhooksBucket, 0, 0, ""),
   ]);
-  const artifacts = await new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File });
-  return { jsm, batches, idempotency, models, webhooks, artifacts };
+  const artifacts = await createOrExplain(
+    () => new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File, ttl: ageNs, max_bytes: bytes(l.artifactsMaxBytes) }),
+    "--artifacts-max-bytes",
+  );
+  if (apply) await applyLimits(jsm, `OBJ_${names.artifactsBucket}`, { max_age: ageNs, max_bytes: bytes(l.artifactsMaxBytes) }, "--artifacts-max-bytes", log);
+  return { jsm, batches, idempotency, models, webhooks, artifacts, batchIndexCreated };
 }
 
-async function ensureResultsStream(jsm: JetStreamManager, names: Names): Promise<void> {
-  const config = {
-    name: names.resultsStream,
-    subjects: [names.allResults],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    // Entries are only needed until their batch is terminal (or to rebuild it after a restart);
-    // the age limit removes them (see ResultLog for why there is no per-batch purge). A batch
-    // running longer than this would lose its history on a coordinator restart.
-    max_age: 7 * DAY_NS,
-    duplicate_window: 2 * 60 * 1e9,
-  };
+/** Creates the stream, or brings an existing one to the config's limits; true when created. */
+async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }, apply: boolean, flag: string, log?: Logger): Promise<boolean> {
   try {
-    await jsm.streams.info(names.resultsStream);
+    await jsm.streams.info(config.name);
   } catch {
     try {
-      await jsm.streams.add(config);
+      await createOrExplain(() => jsm.streams.add(config), flag);
+      return true;
     } catch (err) {
       // Another process created it between our info and add.
-      await jsm.streams.info(names.resultsStream).catch(() => {
+      await jsm.streams.info(config.name).catch(() => {
         throw err;
       });
     }
+  }
+  if (apply) await applyLimits(jsm, config.name, { max_age: config.max_age!, max_bytes: config.max_bytes!, discard: config.discard }, flag, log);
+  return false;
+}
+
+type Limits = Pick<StreamConfig, "max_age" | "max_bytes"> & { discard?: DiscardPolicy };
+
+/**
+ * Updates a stream whose age or byte limit differs from what is configured now. The
+ * de-duplication window is shortened with the age (the server refuses a longer one).
+ */
+async function applyLimits(jsm: JetStreamManager, stream: string, want: Limits, flag: string, log?: Logger): Promise<void> {
+  const { config } = await jsm.streams.info(stream);
+  const maxAge = want.max_age;
+  const dup = maxAge > 0 ? Math.min(DUPLICATE_WINDOW_MS * MS_NS, maxAge) : config.duplicate_window;
+  const changed =
+    config.max_age !== maxAge || config.max_bytes !== want.max_bytes || (want.discard !== undefined && config.discard !== want.discard) || config.duplicate_window !== dup;
+  if (!changed) return;
+  const update = { ...config, max_age: maxAge, max_bytes: want.max_bytes, duplicate_window: dup, ...(want.discard !== undefined ? { discard: want.discard } : {}) };
+  await createOrExplain(() => jsm.streams.update(stream, update), flag);
+  log?.info(
+    { stream, maxAgeMs: maxAge / MS_NS, maxBytes: want.max_bytes, before: { maxAgeMs: config.max_age / MS_NS, maxBytes: config.max_bytes } },
+    "storage limits updated",
+  );
+}
+
+/** A byte limit the server cannot reserve is a configuration problem: say which flag. */
+async function createOrExplain<T>(fn: () => Promise<T>, flag: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const e = storageError(err, "a JetStream store", flag || "the server's max_file_store");
+    if (e.code === "STORAGE_FULL" && flag) {
+      throw new ConfigError(flag, `nats-server cannot reserve this much JetStream storage (${e.message}); lower ${flag} or raise the server's jetstream max_file_store`);
+    }
+    throw err;
   }
 }

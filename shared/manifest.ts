@@ -2,6 +2,8 @@
 // to params and artifacts. The coordinator validates every item against the manifest before a
 // batch is accepted, so a worker only ever sees params that already passed these checks.
 
+import { paramPath } from "./param-limits.js";
+
 export type ParamType = "string" | "integer" | "number" | "boolean" | "tensor";
 
 export interface ParamSpec {
@@ -145,13 +147,14 @@ export function validateParams(
   const input = params ?? {};
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(input)) {
-    if (!(key in manifest.params)) {
-      problems.push({ path: `params.${key}`, message: `unknown param for model ${manifest.name}` });
+    // Own properties only: "constructor" or "toString" must not pass as declared params.
+    if (!Object.hasOwn(manifest.params, key)) {
+      problems.push({ path: paramPath([key]), message: `unknown param for model ${manifest.name}` });
     }
   }
   for (const [name, spec] of Object.entries(manifest.params)) {
-    const path = `params.${name}`;
-    const raw = input[name];
+    const path = paramPath([name]);
+    const raw = Object.hasOwn(input, name) ? input[name] : undefined;
     if (raw === undefined || raw === null) {
       if (spec.required) problems.push({ path, message: "is required" });
       else if (spec.default !== undefined) out[name] = spec.default;

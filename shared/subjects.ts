@@ -38,6 +38,16 @@ export class Names {
   get resultsConsumer(): string {
     return "coordinator";
   }
+  /** Index of batches per tenant, in submission order: `<prefix>.index.batches.<tenant token>`. */
+  batchIndex(tenantToken: string): string {
+    return `${this.prefix}.index.batches.${tenantToken}`;
+  }
+  get allBatchIndex(): string {
+    return `${this.prefix}.index.batches.*`;
+  }
+  get batchIndexStream(): string {
+    return `${this.prefix.toUpperCase().replace(/-/g, "_")}_BATCH_INDEX`;
+  }
   get batchesBucket(): string {
     return `${this.prefix}-batches`;
   }

@@ -19,12 +19,12 @@ export function parseBytes(option: string, text: string): number {
   return bytes;
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** "500ms", "30s", "5m", or a plain number of milliseconds → ms. */
+/** "500ms", "30s", "5m", "7d", or a plain number of milliseconds → ms. */
 export function parseDuration(option: string, text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
-  if (!m) throw new ConfigError(option, `"${text}" is not a duration; use e.g. 500ms, 30s, 5m`);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
+  if (!m) throw new ConfigError(option, `"${text}" is not a duration; use e.g. 500ms, 30s, 5m, 7d`);
   return Math.round(Number(m[1]) * DURATION_UNITS[m[2] ?? "ms"]!);
 }
 

@@ -1,6 +1,7 @@
 import type { Logger } from "../shared/logger.js";
 import { startMetricsServer } from "../shared/metrics-server.js";
 import type { InferenceBackend } from "./inference/backend.js";
+import { installCrashGuard } from "../shared/crash-guard.js";
 import { WorkerMetrics } from "./metrics.js";
 import type { WorkerOptions } from "./options.js";
 import { SimulatedBackend } from "./simulated-backend.js";
@@ -27,6 +28,7 @@ export async function createBackend(opts: WorkerOptions, log: Logger, metrics?: 
 
 export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {
   const metrics = new WorkerMetrics(opts.id);
+  const guard = installCrashGuard(log, (kind) => metrics.unexpectedError(kind));
   const worker = new ShoalWorker(opts, await createBackend(opts, log, metrics), log, metrics);
   await worker.start();
   const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort) : undefined;
@@ -40,6 +42,7 @@ export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Prom
         await worker.drain();
         await worker.close();
         await http?.close();
+        guard.uninstall();
       })()),
   };
 }

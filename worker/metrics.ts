@@ -18,7 +18,7 @@ export type ProtocolErrorKind = (typeof PROTOCOL_ERROR_KINDS)[number];
 interface BusyClock {
   /** Items started on the GPU and not finished. */
   running: number;
-  /** performance.now() up to which busy time has been counted. */
+  /** The clock's time (ms) up to which busy time has been counted. */
   countedUntil: number;
 }
 
@@ -42,16 +42,28 @@ export class WorkerMetrics {
   private readonly loadSeconds: Histogram;
   private readonly residentGauge: Gauge;
   private readonly protocolErrors: Counter;
+  private readonly unexpectedErrors: Counter;
   private readonly busyClocks = new Map<string, BusyClock>();
   private residentNow = new Set<string>();
   /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
   private readonly timedLoads = new Set<string>();
 
-  constructor(private readonly workerId: string) {
+  /** `nowMs` is the clock of busy time (tests inject one). */
+  constructor(
+    private readonly workerId: string,
+    private readonly nowMs: () => number = () => performance.now(),
+  ) {
     collectDefaultMetrics({ register: this.registry });
     const r = [this.registry];
     this.total = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM of each GPU", labelNames: ["worker", "gpu"], registers: r });
     this.free = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM of each GPU as last measured or accounted", labelNames: ["worker", "gpu"], registers: r });
+    this.unexpectedErrors = new Counter({
+      name: "shoal_unexpected_errors_total",
+      help: "Errors no code path expected (kind: unhandled_rejection, uncaught_exception); the process logged each and kept serving",
+      labelNames: ["kind"],
+      registers: r,
+    });
+    for (const kind of ["unhandled_rejection", "uncaught_exception"]) this.unexpectedErrors.inc({ kind }, 0);
     this.busy = new Counter({
       name: "shoal_worker_busy_seconds_total",
       help: "Wall-clock seconds during which the GPU held at least one started item",
@@ -101,6 +113,10 @@ export class WorkerMetrics {
     this.inFlightGauge.set({ worker: this.workerId }, 0);
   }
 
+  unexpectedError(kind: "unhandled_rejection" | "uncaught_exception"): void {
+    this.unexpectedErrors.inc({ kind });
+  }
+
   /** A request on one of the worker's subjects was refused as malformed. */
   protocolError(kind: ProtocolErrorKind): void {
     this.protocolErrors.inc({ worker: this.workerId, kind });
@@ -121,7 +137,7 @@ export class WorkerMetrics {
   /** An item starts on a GPU: the GPU counts as busy until the matching itemDone(). */
   itemStarted(gpu = 0): void {
     const key = String(gpu);
-    const now = performance.now();
+    const now = this.nowMs();
     const clock = this.busyClocks.get(key);
     if (!clock) {
       this.busyClocks.set(key, { running: 1, countedUntil: now });
@@ -143,7 +159,7 @@ export class WorkerMetrics {
     const key = String(gpu);
     const clock = this.busyClocks.get(key);
     if (clock && clock.running > 0) {
-      this.accrue(key, clock, performance.now());
+      this.accrue(key, clock, this.nowMs());
       clock.running--;
     } else {
       this.busy.inc({ worker: this.workerId, gpu: key }, runSeconds);
@@ -178,7 +194,7 @@ export class WorkerMetrics {
   }
 
   private accrueAll(): void {
-    const now = performance.now();
+    const now = this.nowMs();
     for (const [key, clock] of this.busyClocks) this.accrue(key, clock, now);
   }
 

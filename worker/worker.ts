@@ -20,6 +20,7 @@ import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-s
 import type { Logger } from "../shared/logger.js";
 import { activationBytes, validateParams, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
+import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
@@ -298,7 +299,14 @@ export class ShoalWorker {
 
   private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array): Promise<Artifact> {
     const objectName = `${lease.batchId}/${lease.index}/${name}`;
-    await this.infra!.artifacts.putBlob({ name: objectName, description: contentType }, data);
+    try {
+      await this.infra!.artifacts.putBlob({ name: objectName, description: contentType }, data);
+    } catch (err) {
+      // A full store fails this attempt with a message that says what to change; retryable,
+      // because --retention frees room as old artifacts age out.
+      const e = storageError(err, `the artifact store (${this.names.artifactsBucket})`, "--artifacts-max-bytes on the coordinator");
+      throw new InferenceError("INFERENCE_FAILED", `artifact ${name} (${data.length} bytes) not stored: ${e.message}`, true);
+    }
     const sha256 = createHash("sha256").update(data).digest("hex");
     return { name, contentType, sizeBytes: data.length, sha256, uri: ARTIFACT_URI_PREFIX + objectName };
   }

@@ -12,7 +12,8 @@ import {
 import type { Logger } from "../../shared/logger.js";
 import type { Coordinator } from "../coordinator.js";
 import type { CoordinatorMetrics } from "../metrics.js";
-import { Auth, RpcEdge } from "./handlers.js";
+import { lenientService } from "./request-decoding.js";
+import { Auth, RpcEdge } from "./rpc-edge.js";
 import type { WorkerRecord } from "../fleet.js";
 import type { GpuView } from "../vram-ledger.js";
 
@@ -45,7 +46,7 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
     watchBatch: edge.stream("WatchBatch", (req, ctx) => c.watch(req.batchId, ctx.tenant, ctx.signal)),
     cancelBatch: edge.unary("CancelBatch", (req, ctx) => c.cancel(req.batchId, ctx.tenant)),
     retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant)),
-    listBatches: edge.unary("ListBatches", async (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
+    listBatches: edge.unary("ListBatches", (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
     getArtifact: edge.stream("GetArtifact", async function* (req, ctx) {
       const stream = await c.artifact(req.uri, ctx.tenant);
       for await (const chunk of stream) {
@@ -125,8 +126,8 @@ export async function startGrpcServer(
   const server = new Server({ "grpc.max_receive_message_length": MAX_MESSAGE, "grpc.max_send_message_length": MAX_MESSAGE });
   const auth = new Auth(apiKeys);
   let serving = true;
-  server.addService(BatchServiceService, batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics)));
-  server.addService(FleetServiceService, fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics)));
+  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics)));
+  server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics)));
   server.addService(HealthService, healthImpl(() => serving));
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { BatchState, ItemStatus, type Batch } from "../../proto/gen/shoal/v1/shoal.js";
-import type { TestClient } from "./client.js";
+import { isTransient, type TestClient } from "./client.js";
 
 export const TERMINAL = new Set([BatchState.BATCH_STATE_COMPLETED, BatchState.BATCH_STATE_FAILED, BatchState.BATCH_STATE_CANCELLED]);
 
@@ -18,6 +18,7 @@ export async function pollUntilTerminal(
   let partialTerminalPolls = 0;
   let polls = 0;
   let last: Batch | undefined;
+  let lastError: unknown;
   for (;;) {
     try {
       const b = await client.get(batchId);
@@ -28,11 +29,16 @@ export async function pollUntilTerminal(
         if (b.results.length !== b.total) partialTerminalPolls++;
         else return { batch: b, partialTerminalPolls, polls };
       }
-    } catch {
-      // The coordinator or NATS is down for a moment; keep polling.
+    } catch (err) {
+      // The coordinator or NATS is down for a moment: keep polling. Any other answer
+      // (NOT_FOUND above all) is a failure now, not a timeout later.
+      if (!isTransient(err)) throw err;
+      lastError = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`batch ${batchId} not terminal in time; last seen ${JSON.stringify(last && { ...last, results: last.results.length })}`);
+      throw new Error(
+        `batch ${batchId} not terminal in time; last seen ${JSON.stringify(last && { ...last, results: last.results.length })}${lastError ? `; last error: ${String(lastError)}` : ""}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 50));
   }

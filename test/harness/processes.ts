@@ -93,12 +93,19 @@ export class Stack {
   /** Extra node flags for the coordinator and worker processes (e.g. --cpu-prof in benchmarks). */
   coordinatorNodeArgs: string[] = [];
   workerNodeArgs: string[] = [];
+  /** The nats-server config file (the fsync bench swaps in what `shoal up --fsync` writes). */
+  natsConfig = "max_payload: 8MB\n";
 
-  async startNats(): Promise<void> {
+  /**
+   * Starts nats-server (again, on the same port and store, after a kill). `extraConfig` is
+   * appended to its config file, e.g. `jetstream { max_file_store: 1MB }` for a small store;
+   * a key given there overrides the default above it.
+   */
+  async startNats(extraConfig = ""): Promise<void> {
     this.natsPort = this.natsPort || (await freePort());
     this.natsUrl = `nats://127.0.0.1:${this.natsPort}`;
     const conf = join(this.dir, "nats.conf");
-    writeFileSync(conf, "max_payload: 8MB\n");
+    writeFileSync(conf, `${this.natsConfig}${extraConfig}\n`);
     const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -132,10 +139,15 @@ export class Stack {
     return p;
   }
 
-  /** Runs the CLI to completion. */
-  cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  /** Runs the CLI to completion; killed (code null) after `timeoutMs`. */
+  cli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
     return new Promise((resolve) => {
-      const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SHOAL_ADDR: this.grpcAddr, ...env } });
+      const child = spawn(process.execPath, [CLI, ...args], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, SHOAL_ADDR: this.grpcAddr, ...env },
+        timeout: timeoutMs,
+        killSignal: "SIGKILL",
+      });
       let stdout = "";
       let stderr = "";
       child.stdout.on("data", (d) => (stdout += d));

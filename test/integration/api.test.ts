@@ -99,7 +99,9 @@ describe("api - webhooks, tenants, retries, pages", () => {
     assert.equal(retry.itemCount, 1);
     const retried = await pollUntilTerminal(alice, retry.batchId);
     assert.equal(retried.batch.total, 1);
+    // The retried item is the one that ran out of memory; the non-retryable one was left out.
     assert.equal(retried.batch.results[0]!.status, ItemStatus.ITEM_STATUS_FAILED);
+    assert.equal(retried.batch.results[0]!.error?.code, "OUT_OF_MEMORY");
   });
 
   test("api - ListBatches pages newest first; idempotency keys return the first batch", async () => {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { BatchState, ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import { Stack } from "../harness/processes.js";
 import { TestClient } from "../harness/client.js";
+import { waitFor } from "../harness/batch-checks.js";
 
 // Simulated workers (items sleep for work_ms) make "running" last long enough to cancel; the
 // coordinator, NATS, JetStream and worker processes are the real ones.
@@ -27,29 +28,34 @@ describe("cancel - CancelBatch leaves no item pending and stops the workers' ite
   });
 
   test("cancel - running and queued items end CANCELLED at once and workers drop them", async () => {
-    const items = Array.from({ length: 200 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 20_000, tag: `slow ${i}` } }));
+    // Items that would run for 10 minutes: only a cancel ends them within the test's deadlines.
+    const items = Array.from({ length: 200 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 600_000, tag: `slow ${i}` } }));
     const { batchId } = await client.submit({ items });
-    // Wait until some items run.
-    for (;;) {
-      const b = await client.get(batchId);
-      if (b.running >= 4) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor("some items to run", async () => (await client.get(batchId)).running >= 4);
     const cancelled = await client.cancel(batchId);
     assert.equal(cancelled.state, BatchState.BATCH_STATE_CANCELLED);
     assert.equal(cancelled.results.length, 200);
     assert.equal(cancelled.cancelled, 200);
-    assert.ok(cancelled.results.every((r) => r.status === ItemStatus.ITEM_STATUS_CANCELLED && r.error?.code === "CANCELLED"));
+    assert.deepEqual(
+      cancelled.results.filter((r) => r.status !== ItemStatus.ITEM_STATUS_CANCELLED || r.error?.code !== "CANCELLED").map((r) => r.index),
+      [],
+      "items not CANCELLED",
+    );
     const again = await client.get(batchId);
     assert.equal(again.state, BatchState.BATCH_STATE_CANCELLED);
-    // Workers stop the items instead of running them for 20 s.
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const ws = await client.workers();
-      if (ws.every((w) => w.itemsInFlight === 0)) break;
-      assert.ok(Date.now() < deadline, `workers still hold items: ${JSON.stringify(ws.map((w) => [w.id, w.itemsInFlight]))}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    assert.deepEqual(again.results, cancelled.results);
+    // Workers stop the items instead of running them for 10 minutes.
+    let last = "";
+    await waitFor(
+      "both workers to drop their items",
+      async () => {
+        const ws = await client.workers();
+        last = JSON.stringify(ws.map((w) => [w.id, w.itemsInFlight]));
+        assert.deepEqual(ws.map((w) => w.id).sort(), ["w1", "w2"]);
+        return ws.every((w) => w.itemsInFlight === 0);
+      },
+      60_000,
+    ).catch((err: Error) => assert.fail(`${err.message}: workers still hold items ${last}`));
     // Cancelling again is harmless and returns the same terminal batch.
     const twice = await client.cancel(batchId);
     assert.equal(twice.state, BatchState.BATCH_STATE_CANCELLED);

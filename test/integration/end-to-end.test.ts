@@ -45,7 +45,7 @@ describe("end to end - 50 imagegen-tiny items through 1 coordinator and 2 worker
     const { batchId, itemCount } = await client.submit({ items, labels: { suite: "e2e" } });
     assert.equal(itemCount, 50);
 
-    const watched = client.watch(batchId);
+    const watched = client.watch(batchId, 240_000);
     let sawPartialTerminal = false;
     const batch = await client.waitTerminal(batchId, 240_000, (b) => {
       if (b.state >= BatchState.BATCH_STATE_COMPLETED && b.results.length !== b.total) sawPartialTerminal = true;

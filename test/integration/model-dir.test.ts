@@ -44,8 +44,11 @@ describe("model dir - custom ONNX models from a worker's model directory", () =>
     await assert.rejects(client.submit({ items: [{ model: "scale2", params: { x: "not a tensor" } }] }), (e) => grpcCode(e) === status.INVALID_ARGUMENT);
     const batch = await client.run({ items: [{ model: "scale2", params: { x: [1, 2.5, -3] } }, { model: "scale2", params: { x: [10] } }] });
     assert.equal(batch.state, BatchState.BATCH_STATE_COMPLETED);
+    assert.equal(batch.succeeded, 2);
     const out = JSON.parse((await client.artifact(batch.results[0]!.artifacts[0]!.uri)).toString());
     assert.deepEqual(out.data, [2, 5, -6]);
+    const second = JSON.parse((await client.artifact(batch.results[1]!.artifacts[0]!.uri)).toString());
+    assert.deepEqual(second.data, [20]);
     assert.equal(batch.results[0]!.artifacts[0]!.contentType, "application/json");
   });
 
@@ -53,7 +56,14 @@ describe("model dir - custom ONNX models from a worker's model directory", () =>
     const items = Array.from({ length: 30 }, (_, i) => ({ model: "scale3-big", params: { x: [i] } }));
     const batch = await client.run({ items });
     assert.equal(batch.succeeded, 30);
-    assert.ok(batch.results.every((r) => r.workerId === "big" && r.status === ItemStatus.ITEM_STATUS_SUCCEEDED));
+    assert.equal(batch.results.length, 30);
+    assert.deepEqual(
+      batch.results.filter((r) => r.workerId !== "big" || r.status !== ItemStatus.ITEM_STATUS_SUCCEEDED).map((r) => [r.index, r.workerId]),
+      [],
+      "items that did not succeed on the big worker",
+    );
+    // Placed by VRAM from the first attempt: the small worker never received one to refuse.
+    assert.deepEqual(batch.results.map((r) => r.attempts), Array(30).fill(1));
     const out = JSON.parse((await client.artifact(batch.results[7]!.artifacts[0]!.uri)).toString());
     assert.deepEqual(out.data, [21]);
   });

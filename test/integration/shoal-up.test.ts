@@ -53,7 +53,8 @@ test("shoal up - starts nats-server, a coordinator and 2 workers, serves the CLI
     const env = { ...process.env, SHOAL_ADDR: `127.0.0.1:${grpcPort}` };
     const run = (args: string[]) =>
       new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-        const c = spawn(process.execPath, [CLI, ...args], { env, cwd: ROOT });
+        // Killed after 2 minutes: a hung command fails the test instead of hanging it.
+        const c = spawn(process.execPath, [CLI, ...args], { env, cwd: ROOT, timeout: 120_000, killSignal: "SIGKILL" });
         let out = "";
         let err = "";
         c.stdout.on("data", (d) => (out += d));
@@ -71,9 +72,15 @@ test("shoal up - starts nats-server, a coordinator and 2 workers, serves the CLI
     const outDir = join(dir, "out");
     const results = await run(["results", batchId, "--out", outDir]);
     assert.equal(results.code, 0, results.err);
-    const pngs = readdirSync(outDir).filter((f) => f.endsWith(".png"));
-    assert.ok(pngs.length >= 1);
-    for (const f of pngs) decode(readFileSync(join(outDir, f)));
+    // examples/items.json holds 4 imagegen-tiny items: one PNG each, at the size it asked for.
+    const items = JSON.parse(readFileSync(join(ROOT, "examples/items.json"), "utf8")) as { params: { width: number; height: number } }[];
+    assert.equal(items.length, 4);
+    const pngs = readdirSync(outDir).filter((f) => f.endsWith(".png")).sort();
+    assert.equal(pngs.length, items.length, `PNGs written: ${pngs.join(", ")}`);
+    pngs.forEach((f, i) => {
+      const png = decode(readFileSync(join(outDir, f)));
+      assert.deepEqual([png.width, png.height], [items[i]!.params.width, items[i]!.params.height], f);
+    });
   } finally {
     if (up.exitCode === null) up.kill("SIGTERM");
     const code = await exited;

@@ -96,7 +96,7 @@ describe("validation - NATS messages from a misbehaving worker are dropped, noth
     const { connect } = await import("@nats-io/transport-node");
     const { jetstream } = await import("@nats-io/jetstream");
     const { Heartbeat, ResultLogEntry } = await import("../../proto/gen/shoal/v1/wire.js");
-    const nc = await connect({ servers: stack.natsUrl });
+    const nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
     try {
       const { batchId } = await client.submit({ items: Array.from({ length: 20 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 300, tag: `${i}` } })) });
       nc.publish("shoal.hb.evil", new Uint8Array([1, 2, 3, 255, 255]));

@@ -32,7 +32,10 @@ describe("vram placement - a model whose need lies between two workers' VRAM", (
     const batch = await client.waitTerminal(batchId, 60_000);
     assert.equal(batch.state, BatchState.BATCH_STATE_COMPLETED);
     assert.equal(batch.succeeded, 20);
+    assert.equal(batch.results.length, 20);
     assert.deepEqual(new Set(batch.results.map((r) => r.workerId)), new Set(["big"]));
+    // Each placed on the big worker at the first attempt: none was tried on the small one.
+    assert.deepEqual(batch.results.map((r) => r.attempts), Array(20).fill(1));
     // 24 GB holds the 8 GB weights plus at most 4 items of 4 GB at once: the rest waited.
     const small = (await client.workers()).find((w) => w.id === "small")!;
     assert.equal(small.itemsDone, 0, "the 10 GB worker ran an item that needs 12 GB");

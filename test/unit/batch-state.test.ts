@@ -1,6 +1,9 @@
+// The rules of one batch. That replaying the results log after a restart gives what applying it
+// live gave is checked end to end, through a real coordinator's recovery, in
+// test/integration/replay.test.ts.
+
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fc from "fast-check";
 import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import { BatchState, ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import type { ItemOutcome } from "../../proto/gen/shoal/v1/wire.js";
@@ -50,36 +53,6 @@ test("batch state - a revoked attempt's late result is ignored", () => {
   assert.equal(b.applyRevocation(0, "1.a", { code: "WORKER_LOST", message: "gone", retryable: true }, 0).kind, "retry");
   assert.deepEqual(b.applyOutcome(ok(0, "1.a"), "w", 0), { kind: "ignored", reason: "lease-closed" });
   assert.equal(b.applyOutcome(ok(0, "2.b"), "w", 0).kind, "done");
-});
-
-test("batch state - property: replaying the log gives the same results as applying it live", () => {
-  // An entry is an outcome or a revocation for (item, attempt); both live and replay see the
-  // same sequence; every item ends exactly once and replays agree.
-  const entry = fc.record({
-    index: fc.integer({ min: 0, max: 3 }),
-    attempt: fc.integer({ min: 1, max: 4 }),
-    kind: fc.constantFrom("ok", "retryable", "revoked", "fatal"),
-  });
-  fc.assert(
-    fc.property(fc.array(entry, { maxLength: 40 }), (entries) => {
-      const run = () => {
-        const b = batch(4, 3);
-        for (const e of entries) {
-          const token = `${e.attempt}.x`;
-          if (e.kind === "revoked") b.applyRevocation(e.index, token, { code: "WORKER_LOST", message: "", retryable: true }, 0);
-          else if (e.kind === "ok") b.applyOutcome(ok(e.index, token), "w", 0);
-          else if (e.kind === "retryable") b.applyOutcome(retryable(e.index, token), "w", 0);
-          else b.applyOutcome({ ...ok(e.index, token), status: ItemStatus.ITEM_STATUS_FAILED, error: { code: "INVALID_PARAMS", message: "", retryable: false } }, "w", 0);
-        }
-        return b;
-      };
-      const a = run();
-      const c = run();
-      assert.deepEqual(a.items.map((s) => [s.state, s.result?.status]), c.items.map((s) => [s.state, s.result?.status]));
-      assert.equal(a.doneCount, a.items.filter((s) => s.state === "done").length);
-      assert.equal(a.succeeded + a.failed + a.cancelled, a.doneCount);
-    }),
-  );
 });
 
 test("batch state - cancel ends every open item CANCELLED and reports the running ones", () => {

@@ -29,6 +29,10 @@ import {
   type FleetServiceServer,
   type SubmitBatchRequest,
 } from "../../proto/gen/shoal/v1/shoal.js";
+import { withDeadlines } from "../harness/client.js";
+
+/** Every call a test makes, directly or through a command, gives up after 10 s. */
+const clientsFor = (target: string, apiKey?: string): ShoalClients => withDeadlines(createClients(target, apiKey), 10_000, 10_000);
 
 const PNG_BYTES = Buffer.from("\x89PNG fake image bytes, long enough to need two chunks".repeat(40));
 const PNG_SHA = createHash("sha256").update(PNG_BYTES).digest("hex");
@@ -193,7 +197,7 @@ function context(clients: ShoalClients, errIsTTY = false): commands.CommandConte
 }
 
 async function withClients<T>(fn: (clients: ShoalClients) => Promise<T>, apiKey?: string): Promise<T> {
-  const clients = createClients(addr, apiKey);
+  const clients = clientsFor(addr, apiKey);
   try {
     return await fn(clients);
   } finally {
@@ -206,7 +210,7 @@ async function shoal(args: string[]): Promise<{ out: string; err: string; exitCo
   const out = new BufferOutput();
   const err = new BufferOutput();
   const program = new Command("shoal").exitOverride();
-  registerClientCommands(program, { out, err });
+  registerClientCommands(program, { out, err, createClients: (target) => clientsFor(target) });
   process.exitCode = 0;
   await program.parseAsync(args, { from: "user" });
   const exitCode = Number(process.exitCode ?? 0);

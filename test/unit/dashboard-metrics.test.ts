@@ -204,7 +204,17 @@ describe("dashboard metrics - deploy/ names only what Shoal exports", () => {
     assert.equal(rules.length, (yaml.match(/^\s*-\s*alert:/gm) ?? []).length, "every rule's expr was read");
     assert.deepEqual(
       rules.map((r) => r.alert).sort(),
-      ["ShoalCoordinatorDown", "ShoalHighFailureRate", "ShoalNoWorkers", "ShoalQueueGrowingWhileWorkersIdle", "ShoalVramExhausted", "ShoalWorkerLost"],
+      [
+        "ShoalCoordinatorDown",
+        "ShoalHighFailureRate",
+        "ShoalNoWorkers",
+        "ShoalQueueGrowingWhileWorkersIdle",
+        "ShoalStorageFull",
+        "ShoalTerminalWritesFailing",
+        "ShoalUnexpectedError",
+        "ShoalVramExhausted",
+        "ShoalWorkerLost",
+      ],
     );
     const bad = rules.flatMap((r) => problems(r.expr, all).map((p) => `${r.alert}: ${p} in ${r.expr}`));
     assert.deepEqual(bad, []);
@@ -325,25 +335,35 @@ describe("dashboard metrics - worker metrics that are computed", () => {
   };
 
   test("dashboard metrics - busy seconds count wall-clock time with at least one item, not the sum of overlapping items", async () => {
-    const m = new WorkerMetrics("w1");
+    let now = 5_000; // an injected clock, in ms
+    const m = new WorkerMetrics("w1", () => now);
+    // Seconds, to the microsecond (the counter adds float steps).
+    const busy = async (gpu = "0") => Math.round(((await value(m, "shoal_worker_busy_seconds_total", { gpu })) ?? 0) * 1e6) / 1e6;
     m.setDevices([{ index: 0, name: "g", totalBytes: 8e9, source: "budget" }]);
-    assert.equal(await value(m, "shoal_worker_busy_seconds_total", { gpu: "0" }), 0);
-    m.itemStarted(0);
-    m.itemStarted(0);
-    await new Promise((r) => setTimeout(r, 120));
-    // A scrape while both run already sees the time so far.
-    const during = (await value(m, "shoal_worker_busy_seconds_total", { gpu: "0" })) ?? 0;
-    assert.ok(during >= 0.1 && during < 0.2, `busy during the items: ${during}`);
-    m.itemDone("sim-6g", ItemStatus.ITEM_STATUS_SUCCEEDED, 0.12, 0);
-    m.itemDone("sim-6g", ItemStatus.ITEM_STATUS_SUCCEEDED, 0.12, 0);
-    const after = (await value(m, "shoal_worker_busy_seconds_total", { gpu: "0" })) ?? 0;
-    assert.ok(after >= 0.1 && after < 0.2, `two overlapping items of 0.12 s counted ${after} s`);
+    assert.equal(await busy(), 0);
+    m.itemStarted(0); // t = 0
+    now += 20;
+    m.itemStarted(0); // t = 20: two items overlap from here
+    now += 100;
+    // A scrape while both run already sees the time so far: 120 ms, not 120 + 100.
+    assert.equal(await busy(), 0.12);
+    now += 30;
+    m.itemDone("sim-6g", ItemStatus.ITEM_STATUS_SUCCEEDED, 0.15, 0); // t = 150: one still runs
+    now += 50;
+    m.itemDone("sim-6g", ItemStatus.ITEM_STATUS_SUCCEEDED, 0.18, 0); // t = 200: idle
+    const after = await busy();
+    assert.equal(after, 0.2, `two overlapping items of 0.15 s and 0.18 s counted ${after} s`);
     // Idle time is not counted.
-    await new Promise((r) => setTimeout(r, 60));
-    assert.equal(await value(m, "shoal_worker_busy_seconds_total", { gpu: "0" }), after);
+    now += 60_000;
+    assert.equal(await busy(), after);
+    // A new item after the idle gap counts from its own start.
+    m.itemStarted(0);
+    now += 250;
+    m.itemDone("sim-6g", ItemStatus.ITEM_STATUS_SUCCEEDED, 0.25, 0);
+    assert.equal(await busy(), 0.45);
     // Without itemStarted (an older caller), the run time is counted.
     m.itemDone("sim-6g", ItemStatus.ITEM_STATUS_SUCCEEDED, 2, 1);
-    assert.equal(await value(m, "shoal_worker_busy_seconds_total", { gpu: "1" }), 2);
+    assert.equal(await busy("1"), 2);
   });
 
   test("dashboard metrics - model loads are counted once, timed or seen in the resident set", async () => {

@@ -6,7 +6,7 @@ import { InferenceError } from "../../worker/inference/backend.js";
 import { buildImagegenGraphs } from "../../worker/inference/imagegen/graphs.js";
 import { ImagegenPipeline, imagegenRequest } from "../../worker/inference/imagegen/pipeline.js";
 import { fnv1a32, Prng } from "../../worker/inference/imagegen/prng.js";
-import { alphaBar, timesteps } from "../../worker/inference/imagegen/scheduler.js";
+import { alphaBar, timesteps } from "../../worker/inference/imagegen/ddim-sampler.js";
 import { COND_DIM, LATENT_CHANNELS } from "../../worker/inference/imagegen/shapes.js";
 import { MAX_TOKENS, tokenize } from "../../worker/inference/imagegen/tokenizer.js";
 

@@ -19,7 +19,7 @@ test("proto - the committed generated code matches what buf generates from proto
     const template = readFileSync(join(ROOT, "buf.gen.yaml"), "utf8").replace("out: proto/gen", `out: ${out}`);
     const tpl = join(out, "buf.gen.yaml");
     writeFileSync(tpl, template);
-    execFileSync(join(ROOT, "node_modules/.bin/buf"), ["generate", "--template", tpl], { cwd: ROOT, stdio: "pipe" });
+    execFileSync(join(ROOT, "node_modules/.bin/buf"), ["generate", "--template", tpl], { cwd: ROOT, stdio: "pipe", timeout: 120_000 });
     const committed = join(ROOT, "proto/gen");
     const want = files(committed).map((f) => relative(committed, f)).sort();
     const got = files(out).map((f) => relative(out, f)).filter((f) => f !== "buf.gen.yaml").sort();

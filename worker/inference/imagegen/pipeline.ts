@@ -9,7 +9,7 @@ import { encodePng } from "../png.js";
 import type { ImagegenGraphs } from "./graphs.js";
 import { Prng } from "./prng.js";
 import { imagegenShapeKey, type ImagegenRequest } from "./request.js";
-import { ddimStep, timesteps } from "./scheduler.js";
+import { ddimStep, timesteps } from "./ddim-sampler.js";
 import { COND_DIM, LATENT_CHANNELS, LATENT_SCALE } from "./shapes.js";
 import { tokenize } from "./tokenizer.js";
 

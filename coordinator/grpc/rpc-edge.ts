@@ -1,0 +1,153 @@
+// The edge every RPC passes: where requests that did not decode are refused, API keys are
+// checked, errors become gRPC statuses and RPCs are counted. Handlers are plain async functions
+// (or async iterables, for streams) that throw ServerError; nothing they throw or return can
+// escape this edge as an unhandled rejection, and every call ends with a status.
+
+import { status, type Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from "@grpc/grpc-js";
+import type { Logger } from "../../shared/logger.js";
+import type { CoordinatorMetrics } from "../metrics.js";
+import { ServerError, unauthenticated } from "../errors.js";
+import { decodeFailure } from "./request-decoding.js";
+import { toGrpcStatus, type GrpcStatus } from "./status-encoding.js";
+
+export interface CallContext {
+  tenant: string;
+  /** Aborted when the client cancels or the call's deadline passes (grpc-js cancels it). */
+  signal: AbortSignal;
+}
+
+export class Auth {
+  private readonly byKey = new Map<string, string>();
+  constructor(keys: Map<string, string>) {
+    for (const [tenant, key] of keys) this.byKey.set(key, tenant);
+  }
+  /** The caller's tenant; "" when keys are not configured. */
+  tenant(md: Metadata): string {
+    if (this.byKey.size === 0) return "";
+    const raw = md.get("authorization")[0] ?? md.get("x-api-key")[0];
+    if (raw === undefined) throw unauthenticated("missing API key: send `authorization: Bearer <key>` (SHOAL_API_KEY)");
+    const key = String(raw).replace(/^Bearer\s+/i, "");
+    const tenant = this.byKey.get(key);
+    if (tenant === undefined) throw unauthenticated("invalid API key");
+    return tenant;
+  }
+}
+
+function statusName(code: number): string {
+  return status[code] ?? String(code);
+}
+
+/** The status to answer with; logs errors that are not a deliberate ServerError. */
+function answerFor(err: unknown, log: Logger, method: string): GrpcStatus {
+  if (!(err instanceof ServerError)) {
+    try {
+      log.error({ method, err }, "unexpected error in RPC");
+    } catch {
+      /* a logger failure must not stop the answer */
+    }
+  }
+  return toGrpcStatus(err);
+}
+
+export class RpcEdge {
+  constructor(
+    private readonly service: string,
+    private readonly auth: Auth,
+    private readonly log: Logger,
+    private readonly metrics?: CoordinatorMetrics,
+  ) {}
+
+  unary<Req, Res>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>) {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+      const started = performance.now();
+      const controller = new AbortController();
+      call.on("cancelled", () => controller.abort());
+      void (async () => {
+        let res: Res;
+        try {
+          const refused = decodeFailure(call.request);
+          if (refused) throw refused;
+          const tenant = this.auth.tenant(call.metadata);
+          res = await fn(call.request, { tenant, signal: controller.signal });
+        } catch (err) {
+          const e = answerFor(err, this.log, method);
+          this.count(method, e.code, started);
+          this.guard(method, () => callback(e, null));
+          return;
+        }
+        this.count(method, status.OK, started);
+        this.guard(method, () => callback(null, res));
+      })().catch((err) => this.unexpected(method, err));
+    };
+  }
+
+  stream<Req, Res>(method: string, fn: (req: Req, ctx: CallContext) => AsyncIterable<Res>) {
+    return (call: ServerWritableStream<Req, Res>) => {
+      const started = performance.now();
+      const controller = new AbortController();
+      call.on("cancelled", () => controller.abort());
+      // After a cancel grpc-js reports write errors on the call; there is nobody left to tell.
+      call.on("error", () => {});
+      void (async () => {
+        try {
+          const refused = decodeFailure(call.request);
+          if (refused) throw refused;
+          const tenant = this.auth.tenant(call.metadata);
+          for await (const msg of fn(call.request, { tenant, signal: controller.signal })) {
+            if (controller.signal.aborted) break;
+            // Respect flow control: wait when the client reads slower than we write, but not
+            // past a cancel, after which "drain" never comes.
+            if (!call.write(msg)) await drainedOrAborted(call, controller.signal);
+          }
+          this.count(method, controller.signal.aborted ? status.CANCELLED : status.OK, started);
+          this.guard(method, () => call.end());
+        } catch (err) {
+          const e = answerFor(err, this.log, method);
+          this.count(method, e.code, started);
+          // Emitting "error" is how a grpc-js server stream ends with a status: the stream
+          // records it and sends it as the trailers. (destroy() would reset the stream without
+          // one, leaving the client waiting until its deadline.)
+          this.guard(method, () => call.emit("error", { code: e.code, details: e.details, metadata: e.metadata }));
+        }
+      })().catch((err) => this.unexpected(method, err));
+    };
+  }
+
+  private count(method: string, code: number, started: number): void {
+    this.guard(method, () => {
+      this.metrics?.grpcHandled.inc({ grpc_service: this.service, grpc_method: method, grpc_code: statusName(code) });
+      this.metrics?.grpcSeconds.observe({ grpc_service: this.service, grpc_method: method }, (performance.now() - started) / 1000);
+    });
+  }
+
+  /** Runs a step whose failure must not take the call's other steps (or the process) with it. */
+  private guard(method: string, step: () => void): void {
+    try {
+      step();
+    } catch (err) {
+      this.unexpected(method, err);
+    }
+  }
+
+  private unexpected(method: string, err: unknown): void {
+    try {
+      this.metrics?.unexpectedError("rpc");
+      this.log.error({ method, err }, "unexpected failure while answering an RPC");
+    } catch {
+      /* nothing left to report with */
+    }
+  }
+}
+
+function drainedOrAborted(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    call.once("drain", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
