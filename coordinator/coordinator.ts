@@ -559,9 +559,9 @@ export class Coordinator {
     this.scheduleSoon();
   }
 
-  private protocolError(kind: string, subject: string, problem: string): void {
-    this.metrics?.protocolError(kind);
-    this.log.warn({ subject, problem }, `dropping a bad ${kind} from a worker`);
+  private protocolError(kind: string, subject: string, problem: string, count = 1): void {
+    for (let i = 0; i < count; i++) this.metrics?.protocolError(kind);
+    this.log.warn({ subject, problem, count }, `dropping a bad ${kind} from a worker`);
   }
 
   private applyEntry(entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string): void {
@@ -582,10 +582,13 @@ export class Coordinator {
     if (entry.entry?.$case !== "results") return;
     const { workerId, outcomes } = entry.entry.results;
     const worker = this.fleet.get(workerId);
+    let bad = 0;
+    let firstProblem: string | undefined;
     for (const o of outcomes) {
       const problem = outcomeProblem(subjectBatchId ?? o.lease?.batchId ?? "", o);
       if (problem) {
-        if (!replaying) this.protocolError("outcome", `${workerId}`, problem);
+        bad++;
+        firstProblem ??= problem;
         continue;
       }
       if (!o.lease) continue;
@@ -611,6 +614,11 @@ export class Coordinator {
       // A replay after a restart re-applies outcomes the previous process already counted.
       if (!replaying) this.metrics?.attempt(effect.kind === "retry" ? "retried" : o.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? "succeeded" : "failed");
       this.afterEffect(batch, o.lease.index, effect, replaying);
+    }
+    // Counted per outcome but logged once per message: a forged message of thousands of
+    // outcomes must not become thousands of log lines.
+    if (bad > 0 && !replaying) {
+      this.protocolError("outcome", this.names.results(subjectBatchId ?? ""), `${bad} of ${outcomes.length} outcomes from "${workerId.slice(0, 64)}"; the first: ${firstProblem}`, bad);
     }
   }
 
