@@ -64,12 +64,12 @@ export const ALLOWED: Record<GrpcMethodName, readonly number[]> = {
 };
 
 /**
- * grpc-js answers a request message its deserializer throws on with exactly this: INTERNAL and
- * "Error deserializing request" (server-interceptors.js; the error text is only appended when
- * GRPC_NODE_DEBUG_SEND_ERROR_DETAILS is set). The generated decoders throw on malformed
- * protobuf and past 100 levels of message nesting.
+ * A request the generated decoder throws on (malformed protobuf, or more than 100 levels of
+ * message nesting) never reaches a handler. grpc-js alone would answer INTERNAL "Error
+ * deserializing request"; the coordinator's lenient deserializers (coordinator/grpc/
+ * request-decoding.ts) answer INVALID_ARGUMENT instead, and that is all they may answer.
  */
-export const UNDECODABLE = { code: S.INTERNAL, details: "Error deserializing request" };
+export const UNDECODABLE = { code: S.INVALID_ARGUMENT };
 
 export function decodes(method: GrpcMethodName, bytes: Uint8Array): boolean {
   try {
@@ -87,8 +87,7 @@ export const statusName = (code: number): string => statusNames[code] ?? `CODE_$
 export function judge(method: GrpcMethodName, bytes: Uint8Array, a: Answer, allowed: readonly number[] = ALLOWED[method]): string | undefined {
   if (a.code === S.DEADLINE_EXCEEDED) return `hang: no answer to ${method} within the deadline`;
   if (!decodes(method, bytes)) {
-    const ok = a.code === UNDECODABLE.code && (a.details === UNDECODABLE.details || a.details.startsWith(`${UNDECODABLE.details}:`));
-    return ok ? undefined : `${method}: an undecodable request was answered ${statusName(a.code)} "${a.details.slice(0, 200)}", expected INTERNAL "${UNDECODABLE.details}"`;
+    return a.code === UNDECODABLE.code ? undefined : `${method}: an undecodable request was answered ${statusName(a.code)} "${a.details.slice(0, 200)}", expected INVALID_ARGUMENT`;
   }
   if (!allowed.includes(a.code)) {
     return `${method}: answered ${statusName(a.code)} "${a.details.slice(0, 300)}", allowed ${allowed.map(statusName).join(", ")}`;

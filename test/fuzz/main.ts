@@ -93,6 +93,7 @@ async function main(): Promise<number> {
     const report = await runCampaign({
       grpc: f.grpc,
       nats: f.nats,
+      deadlineMs: o.deadlineMs,
       seed: o.seed,
       counts,
       concurrency: o.concurrency,
