@@ -6,15 +6,15 @@
 import fc from "fast-check";
 import { status } from "@grpc/grpc-js";
 import { SubmitBatchRequest } from "../../proto/gen/shoal/v1/shoal.js";
-import { metadataCase, natsCase, rawCase, submitRequest, type GrpcMethodName, type MetadataCase, type NatsCase, type RawCase } from "./arbitraries.js";
+import { hugeRequest, metadataCase, natsCase, rawCase, submitRequest, type GrpcMethodName, type MetadataCase, type NatsCase, type RawCase } from "./arbitraries.js";
 import { acceptedBatchId, statusName, judge, type GrpcTarget } from "./grpc-target.js";
 import type { NatsTarget } from "./nats-target.js";
 
-export const CASE_KINDS = ["submit", "raw", "metadata", "nats"] as const;
+export const CASE_KINDS = ["submit", "huge", "raw", "metadata", "nats"] as const;
 export type CaseKind = (typeof CASE_KINDS)[number];
 
 export type FuzzCase =
-  | { kind: "submit"; method: "SubmitBatch" | "RunBatch"; request: SubmitBatchRequest }
+  | { kind: "submit" | "huge"; method: "SubmitBatch" | "RunBatch"; request: SubmitBatchRequest }
   | ({ kind: "raw" } & RawCase)
   | ({ kind: "metadata" } & MetadataCase)
   | ({ kind: "nats" } & NatsCase);
@@ -22,18 +22,20 @@ export type FuzzCase =
 const ARBITRARIES: Record<CaseKind, fc.Arbitrary<FuzzCase>> = {
   // One in twenty goes to RunBatch, which also waits for an accepted batch to end.
   submit: fc.tuple(submitRequest, fc.integer({ min: 0, max: 19 })).map(([request, r]) => ({ kind: "submit", method: r === 0 ? "RunBatch" : "SubmitBatch", request })),
+  huge: hugeRequest.map((request) => ({ kind: "huge", method: "SubmitBatch", request })),
   raw: rawCase.map((c) => ({ kind: "raw", ...c })),
   metadata: metadataCase.map((c) => ({ kind: "metadata", ...c })),
   nats: natsCase.map((c) => ({ kind: "nats", ...c })),
 };
 
 /** Shares of each kind in a run of N cases (the CI test uses the same mix, scaled). */
-export const MIX: Record<CaseKind, number> = { submit: 0.8, raw: 0.1, metadata: 0.03, nats: 0.07 };
+export const MIX: Record<CaseKind, number> = { submit: 0.8, huge: 0.0005, raw: 0.1, metadata: 0.03, nats: 0.07 };
 
 export function countsFor(total: number): Record<CaseKind, number> {
-  const counts = { submit: 0, raw: 0, metadata: 0, nats: 0 };
+  const counts = { submit: 0, huge: 0, raw: 0, metadata: 0, nats: 0 };
   for (const k of CASE_KINDS) counts[k] = Math.floor(total * MIX[k]);
-  counts.submit += total - CASE_KINDS.reduce((s, k) => s + counts[k], 0);
+  counts.huge = Math.max(counts.huge, 1);
+  counts.submit = total - CASE_KINDS.reduce((s, k) => s + (k === "submit" ? 0 : counts[k]), 0);
   return counts;
 }
 
@@ -49,7 +51,7 @@ export function chunkSeed(seed: number, kind: CaseKind, chunk: number): number {
 
 /** The case a replay token names. */
 export function replayCase(token: string): FuzzCase {
-  const m = /^(submit|raw|metadata|nats):(-?\d+):(\d+)$/.exec(token);
+  const m = /^(submit|huge|raw|metadata|nats):(-?\d+):(\d+)$/.exec(token);
   if (!m) throw new Error(`replay token "${token}": expected kind:seed:index, e.g. submit:-12345:7`);
   const index = Number(m[3]);
   return fc.sample(ARBITRARIES[m[1] as CaseKind], { seed: Number(m[2]), numRuns: index + 1 })[index]!;
@@ -120,9 +122,21 @@ function summary(c: FuzzCase): string {
   }
 }
 
+/**
+ * The order of the cases: every kind interleaved evenly, then the huge ones, one at a time. A
+ * request of megabytes sharing the HTTP/2 connection with 31 small calls advances one 64 KiB
+ * flow-control window per event-loop turn of a saturated coordinator and took minutes on a loaded
+ * 2-core machine, while alone it takes a second or two: sent alone, its deadline still means
+ * "hang", not "slow transport".
+ */
 function* schedule(counts: Record<CaseKind, number>): Generator<[CaseKind, number]> {
+  yield* interleaved({ ...counts, huge: 0 });
+  for (let n = 0; n < counts.huge; n++) yield ["huge", n];
+}
+
+function* interleaved(counts: Record<CaseKind, number>): Generator<[CaseKind, number]> {
   const total = CASE_KINDS.reduce((s, k) => s + counts[k], 0);
-  const done: Record<CaseKind, number> = { submit: 0, raw: 0, metadata: 0, nats: 0 };
+  const done: Record<CaseKind, number> = { submit: 0, huge: 0, raw: 0, metadata: 0, nats: 0 };
   for (let i = 0; i < total; i++) {
     // The kind furthest behind its share goes next, so kinds interleave evenly.
     let best: CaseKind | undefined;
@@ -138,7 +152,7 @@ function* schedule(counts: Record<CaseKind, number>): Generator<[CaseKind, numbe
 
 export async function runCampaign(o: CampaignOptions): Promise<Report> {
   const started = performance.now();
-  const report: Report = { cases: { submit: 0, raw: 0, metadata: 0, nats: 0 }, codes: {}, natsRefused: 0, accepted: [], findings: [], hangs: 0, slowest: [], crash: undefined, durationMs: 0 };
+  const report: Report = { cases: { submit: 0, huge: 0, raw: 0, metadata: 0, nats: 0 }, codes: {}, natsRefused: 0, accepted: [], findings: [], hangs: 0, slowest: [], crash: undefined, durationMs: 0 };
   const chunks = new Map<CaseKind, { index: number; seed: number; values: FuzzCase[] }>();
   const inFlight = new Set<string>();
   let stop = false;
@@ -192,7 +206,8 @@ export async function runCampaign(o: CampaignOptions): Promise<Report> {
 
   const runOne = async (replay: string, c: FuzzCase): Promise<void> => {
     switch (c.kind) {
-      case "submit": {
+      case "submit":
+      case "huge": {
         let bytes: Uint8Array;
         try {
           bytes = SubmitBatchRequest.encode(c.request).finish();
@@ -241,10 +256,15 @@ export async function runCampaign(o: CampaignOptions): Promise<Report> {
   };
 
   let sinceCheck = 0;
-  const loop = async () => {
+  const deferred: { c: FuzzCase; replay: string }[] = [];
+  const loop = async (alone: boolean) => {
     while (!stop) {
-      const item = next();
+      const item = alone ? deferred.shift() : next();
       if (!item) return;
+      if (item.c.kind === "huge" && !alone && !o.replay) {
+        deferred.push(item); // sent alone, once the other loops have ended
+        continue;
+      }
       inFlight.add(item.replay);
       try {
         await runOne(item.replay, item.c);
@@ -263,7 +283,8 @@ export async function runCampaign(o: CampaignOptions): Promise<Report> {
 
   const timer = o.onProgress ? setInterval(() => o.onProgress!({ ...report, durationMs: performance.now() - started }), o.progressEveryMs ?? 5000) : undefined;
   try {
-    await Promise.all(Array.from({ length: Math.max(1, o.concurrency) }, loop));
+    await Promise.all(Array.from({ length: Math.max(1, o.concurrency) }, () => loop(false)));
+    await loop(true);
     await o.nats.flush();
     checkAlive();
   } finally {

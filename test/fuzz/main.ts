@@ -7,7 +7,7 @@
 //                               [--replay kind:seed:index,...] [--keep-going]
 //
 // Every flag has an env var: SHOAL_FUZZ_CASES (default 1000000), SHOAL_FUZZ_SEED (default: the
-// clock, printed), SHOAL_FUZZ_CONCURRENCY (32), SHOAL_FUZZ_DEADLINE_MS (30000). Exits 1 on any
+// clock, printed), SHOAL_FUZZ_CONCURRENCY (32), SHOAL_FUZZ_DEADLINE_MS (60000). Exits 1 on any
 // finding, hang or crash, 2 on bad arguments.
 
 import { CASE_KINDS, countsFor, formatReport, runCampaign, type Report } from "./campaign.js";
@@ -62,7 +62,7 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv): Options {
     // A 32-bit seed, as fast-check takes; printed so a run can be repeated.
     seed: raw.seed === undefined ? Date.now() | 0 : intOption("--seed", raw.seed, 0, -(2 ** 31)) | 0,
     concurrency: intOption("--concurrency", raw.concurrency, 32, 1),
-    deadlineMs: intOption("--deadline", raw.deadline, 30_000, 100),
+    deadlineMs: intOption("--deadline", raw.deadline, 60_000, 100),
     replay: raw.replay?.split(",").map((s) => s.trim()).filter(Boolean),
     keepGoing,
   };

@@ -20,6 +20,8 @@ import { countsFor, formatReport, runCampaign, type Report } from "../fuzz/campa
 import { batchSucceeded, deadProcess, ordinaryBatch, protocolErrors, startFuzzStack, stopFuzzStack, unfinished, type FuzzStack } from "../fuzz/fuzz-stack.js";
 
 const SUBMIT_CASES = 10_000;
+/** An answer later than this is a hang (four times as long for requests over 256 KiB). */
+const DEADLINE_MS = 60_000;
 const seed = process.env.SHOAL_FUZZ_SEED !== undefined ? Number(process.env.SHOAL_FUZZ_SEED) | 0 : Date.now() | 0;
 const names = new Names("shoal");
 
@@ -29,7 +31,7 @@ describe("fuzz - generated input never crashes or hangs the coordinator or a wor
   let before0: { coordinator: number; worker: number };
 
   before(async () => {
-    f = await startFuzzStack({ deadlineMs: 30_000 });
+    f = await startFuzzStack({ deadlineMs: DEADLINE_MS });
     before0 = { coordinator: await protocolErrors(f.coordinatorMetricsPort), worker: await protocolErrors(f.workerMetricsPort) };
   });
 
@@ -81,9 +83,10 @@ describe("fuzz - generated input never crashes or hangs the coordinator or a wor
   });
 
   test(`fuzz - ${SUBMIT_CASES} SubmitBatch requests, raw bytes, metadata and NATS garbage: every answer allowed, nothing hangs, nothing dies`, async () => {
-    const counts = countsFor(Math.ceil(SUBMIT_CASES / 0.8));
+    const counts = countsFor(12_600);
+    assert.ok(counts.submit >= SUBMIT_CASES, `the plan has only ${counts.submit} SubmitBatch cases`);
     process.stderr.write(`fuzz: seed ${seed} (repeat with SHOAL_FUZZ_SEED=${seed})\n`);
-    report = await runCampaign({ grpc: f.grpc, nats: f.nats, seed, counts, concurrency: 32, deadProcess: () => deadProcess(f) });
+    report = await runCampaign({ grpc: f.grpc, nats: f.nats, deadlineMs: DEADLINE_MS, seed, counts, concurrency: 32, deadProcess: () => deadProcess(f) });
     process.stderr.write(`${formatReport(report)}\n`);
     assert.equal(report.crash, undefined, `a process died: ${report.crash}`);
     assert.deepEqual(
@@ -93,11 +96,12 @@ describe("fuzz - generated input never crashes or hangs the coordinator or a wor
     );
     assert.equal(report.hangs, 0);
     assert.ok(report.cases.submit >= SUBMIT_CASES, `only ${report.cases.submit} SubmitBatch cases ran`);
+    assert.equal(report.cases.huge, counts.huge);
     assert.equal(report.cases.raw, counts.raw);
     assert.equal(report.cases.metadata, counts.metadata);
     assert.equal(report.cases.nats, counts.nats);
     // The generators reach every kind of answer the contract has for these requests.
-    for (const code of ["OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND", "UNAUTHENTICATED", "INTERNAL"]) {
+    for (const code of ["OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND", "UNAUTHENTICATED"]) {
       assert.ok((report.codes[code] ?? 0) > 0, `no answer was ${code}: ${JSON.stringify(report.codes)}`);
     }
     assert.ok(report.accepted.length > 0, "no generated batch was accepted");
