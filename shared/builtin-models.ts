@@ -2,10 +2,10 @@ import type { ModelManifest } from "./manifest.js";
 
 const MiB = 1024 * 1024;
 
-/** imagegen-tiny's `output_format` values; the first is the default. */
+/** imagegen-tiny's `output_format` values; the first, png, is the default. */
 export const IMAGE_FORMATS = ["png", "jpeg", "webp"] as const;
 export type ImageFormat = (typeof IMAGE_FORMATS)[number];
-/** imagegen-tiny's `quality` when an item gives none. */
+/** imagegen-tiny's `quality` for jpeg and webp when an item gives none. */
 export const DEFAULT_QUALITY = 90;
 
 /**
@@ -27,18 +27,19 @@ export const IMAGEGEN_TINY: ModelManifest = {
     steps: { type: "integer", minimum: 1, maximum: 50, default: 4, description: "Denoising steps." },
     guidance_scale: { type: "number", minimum: 0, maximum: 20, default: 7.5, description: "How strongly the prompt steers the image." },
     style: { type: "string", minLength: 1, maxLength: 100, description: "Optional style word, e.g. photorealistic." },
+    // No `default` on these two: the worker applies png and DEFAULT_QUALITY when an item gives
+    // none, so an item that leaves them out does not carry them in every stored batch record
+    // (about 45 bytes an item: 9 % fewer items in the largest batch that fits).
     output_format: {
       type: "string",
       enum: IMAGE_FORMATS,
-      default: "png",
-      description: "Image file format: png (lossless), jpeg or webp (lossy). Sets the artifact's content_type.",
+      description: "Image file format: png (default, lossless), jpeg or webp (lossy). Sets the artifact's content_type.",
     },
     quality: {
       type: "integer",
       minimum: 1,
       maximum: 100,
-      default: DEFAULT_QUALITY,
-      description: "Encoder quality for jpeg and webp, 1..100 (higher: larger, closer to the pixels). Ignored for png, which is lossless.",
+      description: `Encoder quality for jpeg and webp, 1..100, default ${DEFAULT_QUALITY} (higher: larger, closer to the pixels). Ignored for png, which is lossless.`,
     },
   },
   // Queued items of the same width, height and steps run as one batch (one denoiser call per

@@ -138,8 +138,9 @@ test("image formats - items of different formats share a batch and each gets the
 test("image formats - the manifest refuses an unknown output_format or a quality outside 1..100, naming the choices", () => {
   const ok = validateParams(IMAGEGEN_TINY, { prompt: "a cat" });
   assert.deepEqual(ok.problems, []);
-  assert.equal(ok.params.output_format, "png");
-  assert.equal(ok.params.quality, 90);
+  // The defaults (png, quality 90) are the worker's: not written into every stored item.
+  assert.equal(ok.params.output_format, undefined);
+  assert.equal(ok.params.quality, undefined);
   assert.deepEqual(validateParams(IMAGEGEN_TINY, { prompt: "a cat", output_format: "webp", quality: 1 }).problems, []);
   assert.deepEqual(validateParams(IMAGEGEN_TINY, { prompt: "a cat", output_format: "jpeg", quality: 100 }).problems, []);
 
