@@ -53,8 +53,10 @@ commonOptions(workerFlags(program.command("worker").description("run a worker fo
 
 gatewayFlags(program.command("gateway").description("run the HTTP gateway (the batch image API under /v1) in front of a coordinator")).action(async (raw) => {
   const log = loggerFrom(raw, "gateway");
+  // `--addr` is also the client commands' global option, which commander fills first.
+  const addr = (program.opts() as { addr?: string }).addr ?? raw.addr;
   await runUntilSignal(log, async () => {
-    const running = await startGatewayProcess(parseOrExit(() => gatewayOptionsFrom(raw)), log);
+    const running = await startGatewayProcess(parseOrExit(() => gatewayOptionsFrom({ ...raw, addr })), log);
     return { stop: running.stop };
   });
 });

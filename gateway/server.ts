@@ -49,7 +49,15 @@ export class Gateway {
       // The request schemas are the OpenAPI document's; no coercion or stripping, every problem.
       ajv: { customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false, useDefaults: false, strict: false } },
       return503OnClosing: true,
+      // Image URL tokens are long (the signed payload is in the path).
+      routerOptions: { maxParamLength: 4096 },
+      // Errors the router raises before any route (a bad URL) in the API's error shape too.
+      frameworkErrors: (err, req, reply) => {
+        this.sendError(req, reply, err);
+      },
     });
+    // JSON only: a text/plain body is refused (415) rather than parsed as a string.
+    this.app.removeContentTypeParser("text/plain");
     this.routes();
   }
 
