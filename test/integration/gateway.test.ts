@@ -19,6 +19,8 @@ const LONG_MS = 240_000;
 
 let stack: Stack;
 let base = "";
+/** An image URL from a finished batch, fetched again once the coordinator is down. */
+let savedImageUrl = "";
 
 interface Answer {
   res: Response;
@@ -111,6 +113,7 @@ describe("gateway", () => {
     for (const [i, result] of results.entries()) {
       assert.equal(result.status, "success", JSON.stringify(result));
       assert.equal(result.index, i);
+      savedImageUrl = result.image_url;
       const { res, bytes } = await download(result.image_url);
       assert.equal(res.status, 200);
       assert.equal(res.headers.get("content-type"), "image/png");
@@ -126,7 +129,43 @@ describe("gateway", () => {
     }
   });
 
-  test("gateway - the guide's JavaScript example: 5 requests, results in request order", async () => {
+  test("gateway - the guide's JavaScript example: 5 requests of 1024 × 1024", async () => {
+    const API_KEY = KEY;
+    const response = await fetch(`${base}/v1/batch`, {
+      method: "POST",
+      headers: {
+        "Authorization": `Bearer ${API_KEY}`,
+        "Content-Type": "application/json",
+      },
+      body: JSON.stringify({
+        requests: [
+          { prompt: "Sunset over the ocean, golden hour", width: 1024, height: 1024 },
+          { prompt: "Mountain peak above the clouds", width: 1024, height: 1024 },
+          { prompt: "Dense forest after rain, misty", width: 1024, height: 1024 },
+          { prompt: "Desert sand dunes at twilight", width: 1024, height: 1024 },
+          { prompt: "Tropical waterfall in lush jungle", width: 1024, height: 1024 },
+        ],
+      }),
+      signal: AbortSignal.timeout(LONG_MS),
+    });
+    const body = await response.json();
+    checkResponse("POST", response.url, response, body);
+    const { results } = body;
+    const lines: string[] = [];
+    results.forEach((result: any, i: number) => {
+      lines.push(`Image ${i + 1}: ${result.status === "success" ? result.image_url : result.error}`);
+    });
+    assert.equal(lines.length, 5);
+    for (const [i, result] of results.entries()) {
+      assert.equal(result.status, "success", lines[i]);
+      const { res, bytes } = await download(result.image_url);
+      assert.equal(res.headers.get("content-type"), "image/png");
+      const png = decode(bytes);
+      assert.deepEqual([png.width, png.height], [1024, 1024]);
+    }
+  });
+
+  test("gateway - results come in request order", async () => {
     const response = await fetch(`${base}/v1/batch`, {
       method: "POST",
       headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json" },
@@ -325,5 +364,8 @@ describe("gateway", () => {
     assert.equal(post.json.error.code, "unavailable");
     const models = await call("GET", "/v1/models");
     assert.equal(models.res.status, 503);
+    assert.ok(savedImageUrl, "an image URL from an earlier test");
+    const image = await download(savedImageUrl);
+    assert.equal(image.res.status, 503);
   });
 });
