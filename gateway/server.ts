@@ -6,7 +6,7 @@
 // event streams and waits, answers in flight get a grace period, then the clients close).
 
 import { Readable } from "node:stream";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { ShoalClients } from "../cli/client.js";
 import { ClientError } from "../cli/errors.js";
 import type { Batch, Model } from "../proto/gen/shoal/v1/shoal.js";
@@ -44,7 +44,9 @@ export class Gateway {
     this.signer = new UrlSigner(opts.urlSigningKey);
     this.app = Fastify({
       loggerInstance: log.child({ component: "http" }) as unknown as FastifyBaseLogger,
-      disableRequestLogging: true,
+      // One line per request from the onResponse hook below (with the batch id, without URLs
+      // that carry image tokens) instead of fastify's own.
+      logController: new LogController({ disableRequestLogging: true }),
       bodyLimit: opts.maxBodyBytes,
       // The request schemas are the OpenAPI document's; no coercion or stripping, every problem.
       ajv: { customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false, useDefaults: false, strict: false } },
@@ -75,14 +77,20 @@ export class Gateway {
 
   stop(): Promise<void> {
     return (this.stopped ??= (async () => {
+      this.log.debug("gateway stopping: ending event streams and waits");
       this.stopping.abort();
+      // Answers cut short by the abort (event streams, waits) leave keep-alive connections
+      // idle a moment later: close those as they become idle, and every one after the grace.
+      const idle = setInterval(() => this.app.server.closeIdleConnections(), 100);
       const force = setTimeout(() => this.app.server.closeAllConnections(), STOP_GRACE_MS);
+      idle.unref();
       force.unref();
       try {
         await this.app.close();
       } catch (err) {
         this.log.warn({ err }, "HTTP server did not close cleanly");
       } finally {
+        clearInterval(idle);
         clearTimeout(force);
         this.pool.close();
       }
@@ -121,7 +129,7 @@ export class Gateway {
         const { batchId, itemCount } = await clients.submitBatch(submit);
         (reply as FastifyReply & { batchId?: string }).batchId = batchId;
         if (!wait || submit.webhook !== undefined) return reply.code(202).send({ batch_id: batchId, item_count: itemCount });
-        const batch = await this.waitFor(clients, batchId, abortOnClose(req, this.stopping.signal));
+        const batch = await this.waitFor(clients, batchId, abortOnClose(reply, this.stopping.signal));
         const urlFor = this.urlFor(req, key);
         return reply.code(200).send({ batch_id: batch.id, status: batchStatus(batch.state), results: batchJson(batch, urlFor).results });
       });
@@ -194,30 +202,32 @@ export class Gateway {
   /** Server-Sent Events: `item` per finished request, then `batch`, then the stream ends. */
   private async events(req: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply): Promise<void> {
     const key = apiKeyOf(req);
-    const signal = abortOnClose(req, this.stopping.signal);
+    const signal = abortOnClose(reply, this.stopping.signal);
     const lease = this.pool.acquire(key);
     let hijacked = false;
     try {
-      const it = lease.clients.watchBatch(req.params.id, { signal })[Symbol.asyncIterator]();
-      // The first event before any header: a wrong id or key is still an ordinary JSON error.
-      let next = await it.next().catch((err: unknown) => {
+      // Checked first, so a wrong id or key is an ordinary JSON error; then the headers go out
+      // at once, before any item has finished.
+      await lease.clients.getBatch(req.params.id).catch((err: unknown) => {
         throw fromClientError(err);
       });
+      const it = lease.clients.watchBatch(req.params.id, { signal })[Symbol.asyncIterator]();
       reply.hijack();
       hijacked = true;
       const raw = reply.raw;
       raw.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive", "x-accel-buffering": "no" });
+      raw.flushHeaders();
       const keepalive = setInterval(() => raw.write(": keep-alive\n\n"), SSE_KEEPALIVE_MS);
       keepalive.unref();
       const urlFor = this.urlFor(req, key);
       try {
-        while (!next.done) {
+        for (let next = await it.next(); !next.done; next = await it.next()) {
           const ev = next.value.event;
           if (ev?.$case === "item") raw.write(sse("item", resultJson(ev.item, urlFor), String(ev.item.index)));
           else if (ev?.$case === "batch") raw.write(sse("batch", batchJson(ev.batch, urlFor)));
-          next = await it.next();
         }
       } catch (err) {
+        req.log.debug({ batchId: req.params.id, aborted: signal.aborted, err: String(err) }, "event stream: watch ended");
         if (!signal.aborted) {
           const e = fromClientError(err);
           req.log.warn({ batchId: req.params.id, code: e.code }, "event stream ended early");
@@ -226,7 +236,6 @@ export class Gateway {
       } finally {
         clearInterval(keepalive);
         raw.end();
-        req.log.info({ method: "GET", route: "/v1/batch/:id/events", status: 200, batchId: req.params.id }, "request");
       }
     } catch (err) {
       if (hijacked) throw err;
@@ -315,11 +324,21 @@ function apiKeyOf(req: FastifyRequest): string | undefined {
   return m[1];
 }
 
-/** A signal that aborts when the client's connection closes or the gateway stops. */
-function abortOnClose(req: FastifyRequest, stopping: AbortSignal): AbortSignal {
+/**
+ * A signal that aborts when the exchange ends (the response is done or the client went away)
+ * or the gateway stops. (Not AbortSignal.any, whose signal Node 20 may collect while only
+ * listeners hold it.)
+ */
+function abortOnClose(reply: FastifyReply, stopping: AbortSignal): AbortSignal {
   const controller = new AbortController();
-  req.raw.socket.once("close", () => controller.abort());
-  return AbortSignal.any([controller.signal, stopping]);
+  const abort = () => controller.abort();
+  if (stopping.aborted) abort();
+  stopping.addEventListener("abort", abort, { once: true });
+  reply.raw.once("close", () => {
+    stopping.removeEventListener("abort", abort);
+    abort();
+  });
+  return controller.signal;
 }
 
 function sse(event: string, data: unknown, id?: string): string {

@@ -63,10 +63,13 @@ export type UrlFor = (artifact: ItemResult["artifacts"][number]) => string;
  * (`content_policy`, `out_of_memory`, ...).
  */
 export function resultJson(r: ItemResult, urlFor: UrlFor): ResultJson {
-  const art = r.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? r.artifacts[0] : undefined;
-  if (art) return { index: r.index, status: "success", image_url: urlFor(art), content_type: art.contentType, error: null, error_code: null };
+  if (r.status === ItemStatus.ITEM_STATUS_SUCCEEDED) {
+    // A model without an image output (not imagegen) succeeds with no URL.
+    const art = r.artifacts[0];
+    return { index: r.index, status: "success", image_url: art ? urlFor(art) : null, content_type: art?.contentType ?? null, error: null, error_code: null };
+  }
   const code = r.error?.code || (r.status === ItemStatus.ITEM_STATUS_CANCELLED ? "CANCELLED" : "INFERENCE_FAILED");
-  const message = r.error?.message || (r.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? "the item produced no output" : code.toLowerCase());
+  const message = r.error?.message || code.toLowerCase();
   return { index: r.index, status: "failed", image_url: null, content_type: null, error: message, error_code: code.toLowerCase() };
 }
 

@@ -218,7 +218,8 @@ describe("gateway", () => {
   });
 
   test("gateway - the events stream sends one event per finished item, then the batch, then ends", async () => {
-    const sub = await call("POST", "/v1/batch?wait=false", { body: { requests: [{ prompt: "one", width: 64, height: 64 }, { prompt: "two", width: 64, height: 64 }] } });
+    // The simulated item takes a while, so the stream is open before the batch finishes.
+    const sub = await call("POST", "/v1/batch?wait=false", { body: { requests: [{ prompt: "one", width: 64, height: 64 }, { model: "sim-zero", work_ms: 1500 }] } });
     const res = await fetch(`${base}/v1/batch/${sub.json.batch_id}/events`, { headers: { authorization: `Bearer ${KEY}` }, signal: AbortSignal.timeout(LONG_MS) });
     checkResponse("GET", res.url, res, undefined);
     assert.equal(res.status, 200);
@@ -355,6 +356,18 @@ describe("gateway", () => {
     const text = await fetch(`${base}/v1/batch`, { method: "POST", headers: { authorization: `Bearer ${KEY}`, "content-type": "text/plain" }, body: "hi", signal: AbortSignal.timeout(CALL_MS) });
     assert.equal(text.status, 415);
     checkResponse("POST", text.url, text, await text.json());
+  });
+
+  test("gateway - SIGTERM ends open event streams and the gateway exits 0", async () => {
+    const gw = await stack.startGateway([], { SHOAL_URL_SIGNING_KEY: SIGNING_KEY });
+    const sub = await call("POST", `${gw.url}/v1/batch?wait=false`, { body: { requests: [{ model: "sim-zero", work_ms: 120_000 }] } });
+    const res = await fetch(`${gw.url}/v1/batch/${sub.json.batch_id}/events`, { headers: { authorization: `Bearer ${KEY}` }, signal: AbortSignal.timeout(LONG_MS) });
+    assert.equal(res.status, 200);
+    const text = res.text().catch((err: unknown) => `(stream error: ${String(err)})`);
+    await stack.kill(gw.proc, "SIGTERM");
+    assert.equal(await gw.proc.exited, 0);
+    assert.doesNotMatch(await text, /event: batch/, "the batch had not finished");
+    await call("POST", `/v1/batch/${sub.json.batch_id}/cancel`);
   });
 
   test("gateway - with the coordinator down, the API answers 503", async () => {
