@@ -158,7 +158,9 @@ export class Fleet {
       const gateway = this.spawnChild("gateway", process.execPath, [
         self, "gateway", "--addr", grpcAddr, "--http-port", String(o.httpPort), ...o.commonArgs,
       ], env);
-      await waitForPort(o.httpPort, "127.0.0.1", gateway, 30_000);
+      await waitForPort(o.httpPort, "127.0.0.1", gateway, 30_000).catch((err: unknown) => {
+        throw new Error(`HTTP gateway on port ${o.httpPort}: ${err instanceof Error ? err.message : String(err)} (is the port taken? --http-port picks another, 0 starts none)`);
+      });
       httpUrl = `http://127.0.0.1:${o.httpPort}`;
     }
     return { natsUrl, grpcAddr, httpUrl, workerMetricsPorts, durability };
