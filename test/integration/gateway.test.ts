@@ -165,6 +165,22 @@ describe("gateway", () => {
     }
   });
 
+  test("gateway - output_format reaches the model: the image URL serves jpeg and webp with their content types", async () => {
+    const { res, json } = await call("POST", "/v1/batch", {
+      body: { requests: [{ prompt: "a harbour", width: 64, height: 64, output_format: "jpeg", quality: 80 }, { prompt: "a harbour", width: 64, height: 64, output_format: "webp" }] },
+      timeoutMs: LONG_MS,
+    });
+    assert.equal(res.status, 200, JSON.stringify(json));
+    const want = [["image/jpeg", [0xff, 0xd8, 0xff]], ["image/webp", [0x52, 0x49, 0x46, 0x46]]] as const;
+    for (const [i, [type, magic]] of want.entries()) {
+      assert.equal(json.results[i].content_type, type);
+      const image = await download(json.results[i].image_url);
+      assert.equal(image.res.headers.get("content-type"), type);
+      assert.equal(image.res.headers.get("content-length"), String(image.bytes.length));
+      assert.deepEqual([...image.bytes.subarray(0, magic.length)], [...magic]);
+    }
+  });
+
   test("gateway - results come in request order", async () => {
     const response = await fetch(`${base}/v1/batch`, {
       method: "POST",
