@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
 // Real Shoal processes for the bench, through the integration-test harness: a nats-server with
 // its own port and store, the coordinator and worker processes of the compiled CLI, and the SDK.
 
+import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import type { SubmitInput } from "../../cli/client.js";
 import type { Batch } from "../../proto/gen/shoal/v1/shoal.js";
