@@ -1,4 +1,4 @@
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { RequestError, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import {
   BatchState,
   ItemStatus,
@@ -734,12 +734,21 @@ export class Coordinator {
       }
     } catch (err) {
       why = errorMessage(err);
+      // "No responders" is NATS saying nobody subscribes to the worker's subject: the process is
+      // gone (killed, restarting), and certainly never saw these items. Not an attempt; and no
+      // more items for it until it heartbeats again, or a worker that crashed and comes back
+      // under the same id would burn every item's attempts in the seconds it takes to restart.
+      if (err instanceof RequestError && err.isNoResponders()) {
+        answered = true;
+        this.fleet.markUnreachable(workerId);
+      }
     }
     const refused = list.filter((p) => !accepted.has(p.lease.token));
     if (refused.length === 0) return;
     this.log.warn({ workerId, refused: refused.length, why }, "assignment not taken; items go back to the queue");
     if (answered) {
-      // The worker said no (draining): it never held them, so this was no attempt.
+      // The worker said no (draining), or is not there at all: it never held them, so this was
+      // no attempt.
       for (const p of refused) this.requeueUntaken(p);
     } else {
       // No answer: the worker may have taken them and lost the reply, so close those attempts

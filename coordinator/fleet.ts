@@ -15,6 +15,8 @@ export interface WorkerRecord {
   models: Set<string>;
   maxInFlight: number;
   itemsDone: number;
+  /** An assignment found no subscriber: not placeable until its next heartbeat. */
+  unreachable: boolean;
   /** Tokens of items this coordinator assigned to the worker and has not seen end. */
   leases: Set<string>;
   heldReported: number;
@@ -45,7 +47,9 @@ export class Fleet {
       itemsDone: 0,
       leases: new Set(),
       heldReported: 0,
+      unreachable: false,
     };
+    w.unreachable = false;
     w.incarnation = hb.incarnation;
     w.lastSeq = hb.seq;
     w.lastSeenMs = nowMs;
@@ -91,7 +95,12 @@ export class Fleet {
   /** Unsorted: the scheduler visits every ready worker anyway. */
   ready(): WorkerRecord[] {
     const out: WorkerRecord[] = [];
-    for (const w of this.workers.values()) if (w.state === WorkerState.WORKER_STATE_READY) out.push(w);
+    for (const w of this.workers.values()) if (w.state === WorkerState.WORKER_STATE_READY && !w.unreachable) out.push(w);
     return out;
+  }
+
+  markUnreachable(id: string): void {
+    const w = this.workers.get(id);
+    if (w) w.unreachable = true;
   }
 }
