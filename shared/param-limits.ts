@@ -15,8 +15,16 @@ const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
 
 /** Shows text from a request inside an error message: quoted, escaped, at most 64 chars. */
 export function quoteInput(s: string): string {
-  const chars = [...s];
-  const shown = chars.length > MAX_SHOWN ? `${chars.slice(0, MAX_SHOWN).join("")}…` : s;
+  // Only the first code points are read: a refused field may be megabytes long.
+  let shown = "";
+  let n = 0;
+  for (const ch of s) {
+    if (n++ === MAX_SHOWN) {
+      shown += "…";
+      break;
+    }
+    shown += ch;
+  }
   return JSON.stringify(shown);
 }
 
