@@ -5,6 +5,7 @@
 import { BatchState, ItemStatus, type Batch, type ItemError, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
 import { leaseAttempt } from "../shared/ids.js";
+import type { VramNeed } from "../shared/vram-need.js";
 
 export interface Lease {
   token: string;
@@ -18,8 +19,8 @@ export interface Lease {
 export interface ItemSlot {
   model: string;
   params: Record<string, unknown>;
-  activationBytes: number;
-  weightsBytes: number;
+  /** The manifest's need, fixed when the batch is validated (or resumed); learned estimates may raise the activations. */
+  need: VramNeed;
   state: "pending" | "leased" | "done";
   attempts: number;
   lease: Lease | undefined;

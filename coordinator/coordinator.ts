@@ -14,7 +14,6 @@ import { errorMessage } from "../shared/errors.js";
 import { BATCH_ID, leaseAttempt, newBatchId, newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
-import { activationBytes } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
 import { quoteInput } from "../shared/param-limits.js";
 import { StorageError, storageError } from "../shared/storage-errors.js";
@@ -36,6 +35,7 @@ import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { WebhookSender } from "./webhooks.js";
+import { itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { heartbeatProblem, outcomeProblem } from "./wire-validation.js";
 
 type BatchListener = (ev: BatchEvent) => void;
@@ -184,17 +184,19 @@ export class Coordinator {
     this.log.info({ batches: ids.length, open }, "indexed batches stored by an earlier version");
   }
 
-  private activate(record: BatchRecord, revision: number, writtenAtMs = Date.now()): ActiveBatch {
+  /**
+   * `needs` are the ones validation computed for a new batch; a resumed batch's come from the
+   * manifests registered now (the record stores only model and params).
+   */
+  private activate(record: BatchRecord, revision: number, writtenAtMs = Date.now(), needs?: VramNeed[]): ActiveBatch {
     const now = Date.now();
     const created = record.batch!.createdAt?.getTime() ?? now;
-    const slots: ItemSlot[] = record.items.map((item) => {
-      const manifest = this.models.get(item.model);
+    const slots: ItemSlot[] = record.items.map((item, i) => {
       const params = item.params ?? {};
       return {
         model: item.model,
         params,
-        activationBytes: manifest ? activationBytes(manifest, params) : 0,
-        weightsBytes: manifest?.vram.weights_bytes ?? 0,
+        need: needs?.[i] ?? itemNeed(this.models.get(item.model), params),
         state: "pending",
         attempts: 0,
         lease: undefined,
@@ -271,7 +273,7 @@ export class Coordinator {
       if (req.idempotencyKey) void this.store!.releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
       throw err;
     }
-    this.activate(record, revision);
+    this.activate(record, revision, undefined, valid.map((v) => v.need));
     this.metrics?.batchesInMemory(this.active.size);
     this.metrics?.batchSubmitted();
     this.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
@@ -590,7 +592,7 @@ export class Coordinator {
       const effect = batch.applyOutcome(o, workerId, now);
       if (slot?.shapeKey && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
       if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
-        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.activationBytes);
+        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes);
         if (!replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
       }
       if (effect.kind === "ignored") {
@@ -651,10 +653,10 @@ export class Coordinator {
       const batch = this.active.get(batchId);
       const slot = batch?.items[index];
       if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
-      const activation = this.estimates.activation(slot.shapeKey!, slot.activationBytes);
+      const activation = this.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
       if (activation >= (failedNeed.get(slot.model) ?? Infinity)) return false;
       const placement = placeItem(
-        { model: slot.model, activationBytes: activation, weightsBytes: slot.weightsBytes },
+        { model: slot.model, activationBytes: activation, weightsBytes: slot.need.weightsBytes },
         workers.values(),
         this.ledger,
         this.opts.policy,
@@ -665,7 +667,7 @@ export class Coordinator {
       }
       const attempt = slot.attempts + 1;
       const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now, activationBytes: activation };
-      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation, slot.weightsBytes);
+      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation, slot.need.weightsBytes);
       const w = workers.get(placement.workerId)!;
       w.slotsFree--;
       w.record.leases.add(lease.token);
@@ -690,7 +692,7 @@ export class Coordinator {
           model: slot.model,
           params: slot.params,
           gpuIndex: lease.gpuIndex,
-          vramBytes: lease.activationBytes ?? slot.activationBytes,
+          vramBytes: lease.activationBytes ?? slot.need.activationBytes,
           attempt: slot.attempts,
           timeoutMs: this.opts.itemTimeoutMs,
         };
@@ -814,7 +816,7 @@ export class Coordinator {
       let failed = 0;
       for (const [index, slot] of batch.items.entries()) {
         if (slot.state !== "pending") continue;
-        const need = slot.weightsBytes + this.estimates.activation(slot.shapeKey!, slot.activationBytes);
+        const need = slot.need.weightsBytes + this.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
         const cap = capacity.get(slot.model);
         if (cap !== undefined && cap >= need) {
           slot.unplaceableSinceMs = undefined;
@@ -869,7 +871,7 @@ export class Coordinator {
         if (s.state !== "pending") continue;
         const e = out.get(s.model) ?? { items: 0, bytes: 0 };
         e.items++;
-        e.bytes += this.estimates.activation(s.shapeKey!, s.activationBytes);
+        e.bytes += this.estimates.activation(s.shapeKey!, s.need.activationBytes);
         out.set(s.model, e);
       }
     }
