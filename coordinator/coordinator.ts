@@ -27,7 +27,6 @@ import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
-import { placeItem, type PlaceableWorker } from "./placement.js";
 import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { ResultLog } from "./result-log.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
@@ -35,16 +34,14 @@ import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { WebhookSender } from "./webhooks.js";
+import { findUnplaceable, schedulePass, type Placed } from "./scheduler/engine.js";
 import { itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { heartbeatProblem, outcomeProblem } from "./wire-validation.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
-interface PendingAssign {
-  batch: ActiveBatch;
-  index: number;
-  lease: Lease;
-}
+/** An attempt the engine placed, waiting for the worker's answer. */
+type PendingAssign = Placed;
 
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
@@ -637,49 +634,12 @@ export class Coordinator {
     });
   }
 
+  /** One pass of the pure engine (scheduler/engine.ts); this only sends what it decided. */
   private schedule(): void {
-    if (Date.now() < this.recoveringUntil || this.queue.size === 0) return;
-    const workers = new Map<string, PlaceableWorker & { record: WorkerRecord }>();
-    for (const w of this.fleet.ready()) {
-      workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - w.leases.size, resident: w.resident, models: w.models, record: w });
-    }
-    if (workers.size === 0) return;
-    const outgoing = new Map<string, PendingAssign[]>();
-    const now = Date.now();
-    // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
-    // that model cannot fit either, so they are refused without another scan of the fleet.
-    const failedNeed = new Map<string, number>();
-    this.queue.drain(({ batchId, index }) => {
-      const batch = this.active.get(batchId);
-      const slot = batch?.items[index];
-      if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
-      const activation = this.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
-      if (activation >= (failedNeed.get(slot.model) ?? Infinity)) return false;
-      const placement = placeItem(
-        { model: slot.model, activationBytes: activation, weightsBytes: slot.need.weightsBytes },
-        workers.values(),
-        this.ledger,
-        this.opts.policy,
-      );
-      if (!placement) {
-        failedNeed.set(slot.model, Math.min(activation, failedNeed.get(slot.model) ?? Infinity));
-        return false;
-      }
-      const attempt = slot.attempts + 1;
-      const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now, activationBytes: activation };
-      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation, slot.need.weightsBytes);
-      const w = workers.get(placement.workerId)!;
-      w.slotsFree--;
-      w.record.leases.add(lease.token);
-      slot.state = "leased";
-      slot.lease = lease;
-      slot.attempts = attempt;
-      batch.started = true;
-      let list = outgoing.get(placement.workerId);
-      if (!list) outgoing.set(placement.workerId, (list = []));
-      list.push({ batch, index, lease });
-      return true;
-    });
+    const outgoing = schedulePass(
+      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, estimates: this.estimates },
+      { nowMs: Date.now(), recoveringUntilMs: this.recoveringUntil, policy: this.opts.policy, newToken: newLeaseToken },
+    );
     for (const [workerId, list] of outgoing) void this.sendAssignments(workerId, list);
   }
 
@@ -800,44 +760,20 @@ export class Coordinator {
     this.scheduleSoon();
   }
 
-  /**
-   * Items that no registered worker could ever fit (no worker serves the model, or none has
-   * enough VRAM in total) fail after the grace period instead of waiting forever; the grace
-   * gives a worker that is being added time to register.
-   */
+  /** Fails the items the engine finds no worker could ever fit (see findUnplaceable). */
   private failUnplaceable(now: number): void {
-    const capacity = new Map<string, number>();
-    for (const w of this.fleet.all()) {
-      if (w.state === WorkerState.WORKER_STATE_LOST) continue;
-      const biggest = Math.max(0, ...this.ledger.gpusOf(w.id).map((g) => g.totalBytes));
-      for (const m of w.models) capacity.set(m, Math.max(capacity.get(m) ?? 0, biggest));
+    const found = findUnplaceable({ batches: this.active, workers: this.fleet.all(), ledger: this.ledger, estimates: this.estimates }, now, this.opts.unplaceableGraceMs);
+    const failedBy = new Map<ActiveBatch, number>();
+    for (const { batch, index, error } of found) {
+      if (!batch.failItem(index, error)) continue;
+      const slot = batch.items[index]!;
+      failedBy.set(batch, (failedBy.get(batch) ?? 0) + 1);
+      this.metrics?.itemFinished(slot.result!);
+      this.emit(batch.id, { event: { $case: "item", item: slot.result! } });
     }
-    for (const batch of [...this.active.values()]) {
-      let failed = 0;
-      for (const [index, slot] of batch.items.entries()) {
-        if (slot.state !== "pending") continue;
-        const need = slot.need.weightsBytes + this.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
-        const cap = capacity.get(slot.model);
-        if (cap !== undefined && cap >= need) {
-          slot.unplaceableSinceMs = undefined;
-          continue;
-        }
-        slot.unplaceableSinceMs ??= now;
-        if (now - slot.unplaceableSinceMs < this.opts.unplaceableGraceMs) continue;
-        const error =
-          cap === undefined
-            ? { code: "MODEL_NOT_FOUND", message: `no registered worker serves model ${slot.model}`, retryable: true }
-            : { code: "OUT_OF_MEMORY", message: `needs ${need} bytes of VRAM; the largest GPU serving ${slot.model} has ${cap}`, retryable: true };
-        if (batch.failItem(index, error)) {
-          failed++;
-          this.metrics?.itemFinished(slot.result!);
-          this.emit(batch.id, { event: { $case: "item", item: slot.result! } });
-        }
-      }
-      if (failed > 0) {
-        this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
-        if (batch.isComplete) this.finalizeInBackground(batch);
-      }
+    for (const [batch, failed] of failedBy) {
+      this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
+      if (batch.isComplete) this.finalizeInBackground(batch);
     }
   }
 
