@@ -13,6 +13,7 @@ import { natsServerBinary } from "../test/harness/processes.js";
 import type { BenchCase, CaseContext } from "./cases/case.js";
 import { batchOf50Case } from "./cases/batch-of-50.js";
 import { dispatchCase } from "./cases/dispatch.js";
+import { encodeCase } from "./cases/encode.js";
 import { fleetCase } from "./cases/fleet.js";
 import { fsyncCase } from "./cases/fsync.js";
 import { onnxCase } from "./cases/real-onnx.js";
@@ -21,7 +22,7 @@ import { formatProfileSummary, type ProfileSummary } from "./lib/cpuprofile.js";
 import { stopEverything } from "./lib/procs.js";
 import { formatTable, machineInfo, tableRows, type BenchResults, type CaseResult } from "./lib/report.js";
 
-export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase];
+export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase];
 
 interface MainOptions {
   quick: boolean;

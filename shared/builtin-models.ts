@@ -2,6 +2,12 @@ import type { ModelManifest } from "./manifest.js";
 
 const MiB = 1024 * 1024;
 
+/** imagegen-tiny's `output_format` values; the first, png, is the default. */
+export const IMAGE_FORMATS = ["png", "jpeg", "webp"] as const;
+export type ImageFormat = (typeof IMAGE_FORMATS)[number];
+/** imagegen-tiny's `quality` for jpeg and webp when an item gives none. */
+export const DEFAULT_QUALITY = 90;
+
 /**
  * The built-in image generator. Its VRAM figures are shaped like a real diffusion pipeline's
  * (weights once, activations growing with width × height), scaled down; the scheduler places
@@ -21,9 +27,24 @@ export const IMAGEGEN_TINY: ModelManifest = {
     steps: { type: "integer", minimum: 1, maximum: 50, default: 4, description: "Denoising steps." },
     guidance_scale: { type: "number", minimum: 0, maximum: 20, default: 7.5, description: "How strongly the prompt steers the image." },
     style: { type: "string", minLength: 1, maxLength: 100, description: "Optional style word, e.g. photorealistic." },
+    // No `default` on these two: the worker applies png and DEFAULT_QUALITY when an item gives
+    // none, so an item that leaves them out does not carry them in every stored batch record
+    // (about 45 bytes an item: 9 % fewer items in the largest batch that fits).
+    output_format: {
+      type: "string",
+      enum: IMAGE_FORMATS,
+      description: "Image file format: png (default, lossless), jpeg or webp (lossy). Sets the artifact's content_type.",
+    },
+    quality: {
+      type: "integer",
+      minimum: 1,
+      maximum: 100,
+      description: `Encoder quality for jpeg and webp, 1..100, default ${DEFAULT_QUALITY} (higher: larger, closer to the pixels). Ignored for png, which is lossless.`,
+    },
   },
   // Queued items of the same width, height and steps run as one batch (one denoiser call per
-  // step for all of them); each image is byte-identical to the one drawn alone.
+  // step for all of them), whatever their output formats; each image is byte-identical to the
+  // one drawn alone.
   max_batch: 8,
   vram: {
     weights_bytes: 256 * MiB,

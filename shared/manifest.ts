@@ -2,7 +2,7 @@
 // to params and artifacts. The coordinator validates every item against the manifest before a
 // batch is accepted, so a worker only ever sees params that already passed these checks.
 
-import { paramPath } from "./param-limits.js";
+import { paramPath, quoteInput } from "./param-limits.js";
 
 export type ParamType = "string" | "integer" | "number" | "boolean" | "tensor";
 
@@ -16,6 +16,11 @@ export interface ParamSpec {
   multipleOf?: number;
   minLength?: number;
   maxLength?: number;
+  /**
+   * For `string` params: the only values accepted, e.g. `["png", "jpeg", "webp"]`. A value
+   * outside the list is refused with `must be one of png, jpeg, webp`.
+   */
+  enum?: readonly string[];
   /** For `tensor` params: the element count limits of the flat array. */
   maxElements?: number;
 }
@@ -89,6 +94,18 @@ export function checkManifest(value: unknown): string[] {
       const t = (spec as ParamSpec).type;
       if (!["string", "integer", "number", "boolean", "tensor"].includes(t)) {
         problems.push(`params.${name}.type: must be string, integer, number, boolean or tensor`);
+      }
+      const choices = (spec as ParamSpec).enum;
+      if (choices !== undefined) {
+        if (t !== "string") problems.push(`params.${name}.enum: only string params take a list of values`);
+        else if (!Array.isArray(choices) || choices.length === 0 || !choices.every((c) => typeof c === "string")) {
+          problems.push(`params.${name}.enum: must be a non-empty array of strings`);
+        } else {
+          const def = (spec as ParamSpec).default;
+          if (def !== undefined && !choices.includes(def as string)) {
+            problems.push(`params.${name}.default: must be one of ${choices.join(", ")}`);
+          }
+        }
       }
     }
   }
@@ -171,6 +188,9 @@ function checkValue(spec: ParamSpec, value: unknown): string | undefined {
   switch (spec.type) {
     case "string": {
       if (typeof value !== "string") return "must be a string";
+      if (spec.enum !== undefined) {
+        return spec.enum.includes(value) ? undefined : `must be one of ${spec.enum.join(", ")} (got ${quoteInput(value)})`;
+      }
       const min = spec.minLength ?? 0;
       const max = spec.maxLength ?? Number.MAX_SAFE_INTEGER;
       if (value.length < min || value.length > max) {

@@ -21,7 +21,7 @@ after(async () => {
 });
 
 async function png(params: Record<string, unknown>): Promise<Uint8Array> {
-  return (await pipeline.generate(imagegenRequest({ ...SMALL, ...params }))).png;
+  return (await pipeline.generate(imagegenRequest({ ...SMALL, ...params }))).data;
 }
 
 /** Mean absolute difference between neighbouring samples, and the overall standard deviation. */
@@ -75,7 +75,7 @@ test("imagegen - the same params give the same bytes, even from a fresh pipeline
   assert.deepEqual(await png(params), first);
   const other = await ImagegenPipeline.create(buildImagegenGraphs());
   try {
-    assert.deepEqual((await other.generate(imagegenRequest({ ...SMALL, ...params }))).png, first);
+    assert.deepEqual((await other.generate(imagegenRequest({ ...SMALL, ...params }))).data, first);
   } finally {
     await other.release();
   }
@@ -196,12 +196,12 @@ test("imagegen - a batch draws each image byte-identical to drawing it alone, wi
     { prompt: "a bowl of fruit", seed: 4, guidance_scale: 12, style: "photorealistic" },
   ].map((p) => imagegenRequest({ ...SMALL, steps: 3, ...p }));
   const alone: Uint8Array[] = [];
-  for (const req of reqs) alone.push((await pipeline.generate(req)).png);
+  for (const req of reqs) alone.push((await pipeline.generate(req)).data);
   const before = pipeline.denoiserCalls;
   const batch = await pipeline.generateBatch(reqs);
   assert.equal(batch.denoiserCalls, 3);
   assert.equal(pipeline.denoiserCalls - before, 3);
-  batch.images.forEach((img, k) => assert.deepEqual(img?.png, alone[k], `image ${k}`));
+  batch.images.forEach((img, k) => assert.deepEqual(img?.data, alone[k], `image ${k}`));
   await assert.rejects(
     pipeline.generateBatch([reqs[0]!, { ...reqs[1]!, width: 72 }]),
     (err: unknown) => err instanceof InferenceError && /share width, height and steps/.test(err.message),
@@ -211,12 +211,12 @@ test("imagegen - a batch draws each image byte-identical to drawing it alone, wi
 test("imagegen - a stopped image leaves its batch; the others are unchanged", async () => {
   const reqs = [0, 1, 2].map((i) => imagegenRequest({ ...SMALL, steps: 6, prompt: `a batch member ${i}`, seed: i }));
   const alone: Uint8Array[] = [];
-  for (const req of reqs) alone.push((await pipeline.generate(req)).png);
+  for (const req of reqs) alone.push((await pipeline.generate(req)).data);
   const before = pipeline.denoiserCalls;
   const batch = await pipeline.generateBatch(reqs, (i) => i === 1 && pipeline.denoiserCalls - before >= 2);
   assert.equal(batch.images[1], undefined);
-  assert.deepEqual(batch.images[0]?.png, alone[0]);
-  assert.deepEqual(batch.images[2]?.png, alone[2]);
+  assert.deepEqual(batch.images[0]?.data, alone[0]);
+  assert.deepEqual(batch.images[2]?.data, alone[2]);
   const none = await pipeline.generateBatch(reqs, () => pipeline.denoiserCalls - before >= 8);
   assert.deepEqual(none.images, [undefined, undefined, undefined]);
   assert.equal(none.denoiserCalls, 2, "the run ends once every image has stopped");

@@ -146,7 +146,7 @@ async function runImagegen(
       outcomes[m.index] =
         image === undefined
           ? new InferenceError("CANCELLED", "imagegen-tiny: cancelled", false)
-          : ([{ name: "image", contentType: "image/png", data: image.png }] satisfies ArtifactData[]);
+          : ([{ name: "image", contentType: image.contentType, data: image.data }] satisfies ArtifactData[]);
     });
   }
   return { outcomes, stats: { denoiserCalls } };

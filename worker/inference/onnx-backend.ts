@@ -4,6 +4,10 @@
 // as one batch where the model's manifest allows it (`max_batch`, see batch-key.ts).
 
 import { availableParallelism } from "node:os";
+// sharp (the image encoder the inference threads use) is loaded on the main thread too, as its
+// docs advise: a native addon held by the main thread is never unloaded when a thread exits, so
+// a replaced thread can load it again.
+import "sharp";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import type { ModelManifest } from "../../shared/manifest.js";
 import { InferenceError, type InferenceBackend, type InferenceJob, type InferenceOutput, type CancelSignal } from "./backend.js";

@@ -1,6 +1,9 @@
 // A PNG encoder for 8-bit RGB images: signature, IHDR, one IDAT (zlib) and IEND, each chunk
-// with its CRC-32. Written here rather than taken from a package because it is small, and
-// because the bytes must be reproducible: the same pixels always give the same file.
+// with its CRC-32; the same pixels always give the same file.
+//
+// No longer what the worker serves images with: image-encode.ts encodes PNG, JPEG and WebP with
+// sharp, which the `encode` bench case measured faster than this on imagegen-sized images
+// (docs/performance.md). Kept as that case's baseline, so the choice can be checked again.
 
 import { deflateSync } from "node:zlib";
 

@@ -1,11 +1,12 @@
 // The imagegen-tiny pipeline, driven from JS as diffusers drives its ONNX pipelines: tokenize,
 // encode the prompt (and the empty prompt, for guidance), start from seeded Gaussian noise,
-// call the denoiser once per step under the DDIM sampler, decode to pixels, encode a PNG.
+// call the denoiser once per step under the DDIM sampler, decode to pixels, encode the image
+// (PNG, JPEG or WebP, see image-encode.ts).
 // Images of one shape can be drawn together, one session run per step for the whole batch.
 
 import ort from "onnxruntime-node";
 import { InferenceError } from "../backend.js";
-import { encodePng } from "../png.js";
+import { encodeImage } from "../image-encode.js";
 import type { ImagegenGraphs } from "./graphs.js";
 import { Prng } from "./prng.js";
 import { imagegenShapeKey, type ImagegenRequest } from "./request.js";
@@ -19,7 +20,10 @@ export { imagegenRequest, imagegenShapeKey, type ImagegenRequest } from "./reque
 const STYLE_WEIGHT = 0.8;
 
 export interface ImagegenResult {
-  png: Uint8Array;
+  /** The encoded file, in the request's output_format. */
+  data: Uint8Array;
+  /** image/png, image/jpeg or image/webp. */
+  contentType: string;
   width: number;
   height: number;
   seed: number;
@@ -128,13 +132,16 @@ export class ImagegenPipeline {
     const decoded = await this.decoder.run({ latent: new ort.Tensor("float32", stack(active.map((i) => latents.get(i)!)), [b, LATENT_CHANNELS, h, w]) });
     const planar = decoded.pixels!.data as Uint8Array;
     const pixels = first.width * first.height;
+    const rgb = active.map((_, k) => interleave(planar.subarray(k * 3 * pixels, (k + 1) * 3 * pixels), pixels));
+    decoded.pixels!.dispose();
+    const encoded = await Promise.all(
+      active.map((i, k) => encodeImage({ width: reqs[i]!.width, height: reqs[i]!.height, data: rgb[k]! }, { format: reqs[i]!.outputFormat, quality: reqs[i]!.quality })),
+    );
     active.forEach((i, k) => {
       const req = reqs[i]!;
-      const data = interleave(planar.subarray(k * 3 * pixels, (k + 1) * 3 * pixels), pixels);
-      const png = encodePng({ width: req.width, height: req.height, data });
-      images[i] = { png, width: req.width, height: req.height, seed: req.seed, denoiserCalls: calls };
+      const { data, contentType } = encoded[k]!;
+      images[i] = { data, contentType, width: req.width, height: req.height, seed: req.seed, denoiserCalls: calls };
     });
-    decoded.pixels!.dispose();
     return { images, denoiserCalls: calls };
   }
 

@@ -2,6 +2,7 @@
 // Kept apart from the pipeline (and from onnxruntime) so that the main thread can group queued
 // items without loading the runtime.
 
+import { DEFAULT_QUALITY, IMAGE_FORMATS, type ImageFormat } from "../../../shared/builtin-models.js";
 import { InferenceError } from "../backend.js";
 import { fnv1a32 } from "./prng.js";
 import { LATENT_SCALE } from "./shapes.js";
@@ -14,6 +15,10 @@ export interface ImagegenRequest {
   steps: number;
   guidanceScale: number;
   style?: string;
+  /** How the pixels are encoded; not part of the shape key, so any formats share a batch. */
+  outputFormat: ImageFormat;
+  /** 1..100, for jpeg and webp; png ignores it. */
+  quality: number;
 }
 
 /**
@@ -43,6 +48,11 @@ export function imagegenRequest(params: Record<string, unknown>): ImagegenReques
   }
   const style = params.style;
   if (style !== undefined && style !== null && typeof style !== "string") problems.push("style: must be a string");
+  const outputFormat = params.output_format ?? "png";
+  if (typeof outputFormat !== "string" || !(IMAGE_FORMATS as readonly string[]).includes(outputFormat)) {
+    problems.push(`output_format: must be one of ${IMAGE_FORMATS.join(", ")}`);
+  }
+  const quality = int("quality", DEFAULT_QUALITY, 1, 100);
   if (problems.length > 0) throw new InferenceError("INVALID_PARAMS", `imagegen-tiny: ${problems.join("; ")}`, false);
   return {
     prompt: prompt as string,
@@ -52,6 +62,8 @@ export function imagegenRequest(params: Record<string, unknown>): ImagegenReques
     steps,
     guidanceScale: guidanceScale as number,
     ...(typeof style === "string" && style.length > 0 ? { style } : {}),
+    outputFormat: outputFormat as ImageFormat,
+    quality,
   };
 }
 
