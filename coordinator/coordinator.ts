@@ -19,7 +19,8 @@ import { quoteInput } from "../shared/param-limits.js";
 import { StorageError, storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { BatchIndex, decodePageToken, encodePageToken, type IndexEntry } from "./batch-index.js";
-import { ActiveBatch, type ItemSlot, type Lease } from "./batch-state.js";
+import { Attempts } from "./attempts.js";
+import { ActiveBatch, type Attempt, type ItemSlot } from "./batch-state.js";
 import { BatchQueue } from "./batch-queue.js";
 import { BatchStore, isTerminal } from "./batch-store.js";
 import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
@@ -61,6 +62,8 @@ export class Coordinator {
   private readonly names: Names;
   private readonly fleet: Fleet;
   private readonly ledger = new VramLedger();
+  /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
+  private readonly attempts = new Attempts(this.ledger);
   private readonly estimates = new VramEstimates();
   private lastUnplaceableCheck = 0;
   private readonly queue = new BatchQueue();
@@ -478,8 +481,8 @@ export class Coordinator {
     return obj.data;
   }
 
-  workers(): { record: WorkerRecord; gpus: ReturnType<VramLedger["gpusOf"]> }[] {
-    return this.fleet.all().map((record) => ({ record, gpus: this.ledger.gpusOf(record.id) }));
+  workers(): { record: WorkerRecord; gpus: ReturnType<VramLedger["gpusOf"]>; attemptsOpen: number }[] {
+    return this.fleet.all().map((record) => ({ record, gpus: this.ledger.gpusOf(record.id), attemptsOpen: this.attempts.openOn(record.id) }));
   }
 
   async drainWorker(workerId: string): Promise<WorkerRecord> {
@@ -534,11 +537,7 @@ export class Coordinator {
       const slot = batch?.items[l.index];
       if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
-      slot.state = "leased";
-      slot.lease = { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() };
-      slot.attempts = Math.max(slot.attempts, leaseAttempt(l.token));
-      worker.leases.add(l.token);
-      batch.started = true;
+      this.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
     }
   }
 
@@ -569,7 +568,6 @@ export class Coordinator {
     }
     if (entry.entry?.$case !== "results") return;
     const { workerId, outcomes } = entry.entry.results;
-    const worker = this.fleet.get(workerId);
     for (const o of outcomes) {
       const problem = outcomeProblem(subjectBatchId ?? o.lease?.batchId ?? "", o);
       if (problem) {
@@ -577,8 +575,7 @@ export class Coordinator {
         continue;
       }
       if (!o.lease) continue;
-      this.ledger.release(o.lease.token);
-      worker?.leases.delete(o.lease.token);
+      this.attempts.end(o.lease.token);
       const batch = this.active.get(o.lease.batchId);
       if (!batch) {
         if (!replaying) this.countStale("batch-finished");
@@ -637,7 +634,7 @@ export class Coordinator {
   /** One pass of the pure engine (scheduler/engine.ts); this only sends what it decided. */
   private schedule(): void {
     const outgoing = schedulePass(
-      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, estimates: this.estimates },
+      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
       { nowMs: Date.now(), recoveringUntilMs: this.recoveringUntil, policy: this.opts.policy, newToken: newLeaseToken },
     );
     for (const [workerId, list] of outgoing) void this.sendAssignments(workerId, list);
@@ -694,8 +691,7 @@ export class Coordinator {
 
   private requeueUntaken({ batch, index, lease }: PendingAssign): void {
     const slot = batch.items[index]!;
-    this.ledger.release(lease.token);
-    this.fleet.get(lease.workerId)?.leases.delete(lease.token);
+    this.attempts.end(lease.token);
     if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
     slot.state = "pending";
     slot.lease = undefined;
@@ -707,10 +703,9 @@ export class Coordinator {
    * Takes an attempt back from a worker: logged as revoked before the item is placed again, so
    * a late result from that attempt is ignored now and after any restart.
    */
-  private async takeBackLease(batch: ActiveBatch, index: number, lease: Lease, reason: string): Promise<void> {
+  private async takeBackLease(batch: ActiveBatch, index: number, lease: Attempt, reason: string): Promise<void> {
     const slot = batch.items[index]!;
-    this.ledger.release(lease.token);
-    this.fleet.get(lease.workerId)?.leases.delete(lease.token);
+    this.attempts.end(lease.token);
     const current = () => slot.state === "leased" && slot.lease?.token === lease.token;
     if (!current()) return;
     // The revocation takes effect when it comes back through the results consumer, in the log's
@@ -730,7 +725,7 @@ export class Coordinator {
   }
 
   private takeBack(worker: WorkerRecord, reason: string): void {
-    const tokens = new Set(worker.leases);
+    const tokens = this.attempts.forgetWorker(worker.id);
     if (tokens.size === 0) return;
     this.log.warn({ workerId: worker.id, items: tokens.size, reason }, "taking items back from a worker");
     for (const batch of this.active.values()) {
@@ -738,7 +733,6 @@ export class Coordinator {
         if (slot.lease && tokens.has(slot.lease.token)) void this.takeBackLease(batch, index, slot.lease, `worker ${worker.id} lost: ${reason}`);
       }
     }
-    worker.leases.clear();
   }
 
   private tick(): void {
@@ -754,7 +748,7 @@ export class Coordinator {
       this.failUnplaceable(now);
     }
     this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
-    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
+    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all(), (id) => this.attempts.openOn(id));
     this.metrics?.batchesInMemory(this.active.size);
     this.refreshAging(now);
     this.scheduleSoon();
@@ -777,7 +771,7 @@ export class Coordinator {
     }
   }
 
-  private cancelOnWorkers(batchId: string, running: { index: number; lease: Lease }[]): void {
+  private cancelOnWorkers(batchId: string, running: { index: number; lease: Attempt }[]): void {
     const byWorker = new Map<string, { batchId: string; index: number; token: string }[]>();
     for (const { index, lease } of running) {
       let list = byWorker.get(lease.workerId);

@@ -3,14 +3,15 @@
 // clock and no randomness of its own (the time and the attempt tokens are injected), so a unit
 // test can drive it through any fleet and any queue and check every decision.
 //
-// The pass records its decisions in the in-memory state it was given (the item is leased, its
-// reservation is in the ledger, the worker counts it), exactly as the coordinator did inline
-// before: the caller only sends the assignments it returns, and undoes one (requeue or take
-// back) when the worker does not take it.
+// The pass records each decision in the in-memory state it was given, through Attempts (the item
+// is leased, its reservation is in the ledger, the worker counts it), so the next decision of
+// the same pass sees it: the caller only sends the assignments it returns, and ends an attempt
+// (requeue or take back) when the worker does not take it.
 
 import type { ItemError } from "../../proto/gen/shoal/v1/shoal.js";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
-import type { ActiveBatch, Lease } from "../batch-state.js";
+import type { Attempts } from "../attempts.js";
+import type { ActiveBatch, Attempt } from "../batch-state.js";
 import type { BatchQueue } from "../batch-queue.js";
 import type { WorkerRecord } from "../fleet.js";
 import { placeItem, type PlaceableWorker, type PlacementPolicy } from "../placement.js";
@@ -21,7 +22,7 @@ import type { VramLedger } from "../vram-ledger.js";
 export interface Placed {
   batch: ActiveBatch;
   index: number;
-  lease: Lease;
+  lease: Attempt;
 }
 
 /** What a pass reads (and records its decisions in). */
@@ -31,7 +32,10 @@ export interface EngineState {
   batches: ReadonlyMap<string, ActiveBatch>;
   /** Every worker this coordinator knows; only READY ones take items. */
   workers: Iterable<WorkerRecord>;
+  /** Read for free VRAM; written only through `attempts`, which owns the reservations. */
   ledger: VramLedger;
+  /** Where each decision is recorded: the attempt, its reservation and its worker together. */
+  attempts: Attempts;
   estimates: VramEstimates;
 }
 
@@ -52,10 +56,10 @@ export interface PassInput {
 export function schedulePass(state: EngineState, input: PassInput): Map<string, Placed[]> {
   const outgoing = new Map<string, Placed[]>();
   if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
-  const workers = new Map<string, PlaceableWorker & { record: WorkerRecord }>();
+  const workers = new Map<string, PlaceableWorker>();
   for (const w of state.workers) {
     if (w.state !== WorkerState.WORKER_STATE_READY) continue;
-    workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - w.leases.size, resident: w.resident, models: w.models, record: w });
+    workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - state.attempts.openOn(w.id), resident: w.resident, models: w.models });
   }
   if (workers.size === 0) return outgoing;
   // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
@@ -78,15 +82,15 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
       return false;
     }
     const attempt = slot.attempts + 1;
-    const lease: Lease = { token: input.newToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: input.nowMs, activationBytes: activation };
-    state.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation, slot.need.weightsBytes);
-    const w = workers.get(placement.workerId)!;
-    w.slotsFree--;
-    w.record.leases.add(lease.token);
-    slot.state = "leased";
-    slot.lease = lease;
-    slot.attempts = attempt;
-    batch.started = true;
+    const lease: Attempt = { token: input.newToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: input.nowMs, activationBytes: activation };
+    state.attempts.open(batch, index, lease, attempt, {
+      gpuKey: placement.gpuKey,
+      bytes: placement.bytes,
+      model: slot.model,
+      activationBytes: activation,
+      weightsBytes: slot.need.weightsBytes,
+    });
+    workers.get(placement.workerId)!.slotsFree--;
     let list = outgoing.get(placement.workerId);
     if (!list) outgoing.set(placement.workerId, (list = []));
     list.push({ batch, index, lease });
@@ -108,7 +112,7 @@ export interface Unplaceable {
  * gives a worker that is being added time to register. Marks when each item was first seen
  * unplaceable (and clears it when one could fit it again); returns those whose grace is over.
  */
-export function findUnplaceable(state: Omit<EngineState, "queue">, nowMs: number, graceMs: number): Unplaceable[] {
+export function findUnplaceable(state: Omit<EngineState, "queue" | "attempts">, nowMs: number, graceMs: number): Unplaceable[] {
   const capacity = new Map<string, number>();
   for (const w of state.workers) {
     if (w.state === WorkerState.WORKER_STATE_LOST) continue;

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
+import { Attempts } from "../../coordinator/attempts.js";
 import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import { BatchQueue, LOOKAHEAD } from "../../coordinator/batch-queue.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
@@ -59,7 +60,6 @@ function makeWorker(id: string, models: string[], maxInFlight = 64, state = Work
     models: new Set(models),
     maxInFlight,
     itemsDone: 0,
-    leases: new Set(),
     heldReported: 0,
   };
 }
@@ -76,7 +76,7 @@ function makeState(gpus: Record<string, number[]>, workers: WorkerRecord[], batc
     map.set(b.id, b);
     for (let i = 0; i < b.items.length; i++) queue.add(b.id, i, b.record.batch!.priority);
   }
-  return { queue, batches: map, workers, ledger, estimates: new VramEstimates() };
+  return { queue, batches: map, workers, ledger, attempts: new Attempts(ledger), estimates: new VramEstimates() };
 }
 
 /** The clock and the token source are injected: the same inputs give the same decisions. */
@@ -103,8 +103,8 @@ test("scheduler engine - places what fits, records the attempt, and leaves the r
     assert.equal(b.items[p.index]!.state, "leased");
     assert.equal(b.items[p.index]!.lease, p.lease);
     assert.equal(b.items[p.index]!.attempts, 1);
-    assert.ok(w.leases.has(p.lease.token));
   }
+  assert.equal(state.attempts.openOn("w1"), 2, "each attempt counts against its worker");
   assert.equal(b.items[2]!.state, "pending");
   assert.equal(state.queue.size, 1);
   assert.equal(state.ledger.available(gpuKey("w1", 0)), 2);
@@ -269,7 +269,7 @@ test("scheduler engine - property: after one pass nothing left in the queue fits
     fc.property(arbFleet, arbBatches, (fleet, batches) => {
       const { workers, active, state } = build(fleet, batches);
       schedulePass(state, input());
-      const placeable = workers.map((w) => ({ id: w.id, slotsFree: w.maxInFlight - w.leases.size, resident: w.resident, models: w.models }));
+      const placeable = workers.map((w) => ({ id: w.id, slotsFree: w.maxInFlight - state.attempts.openOn(w.id), resident: w.resident, models: w.models }));
       let pending = 0;
       for (const b of active) {
         for (const slot of b.items) {
@@ -296,4 +296,55 @@ test("scheduler engine - property: the same inputs give the same decisions", () 
     }),
     { numRuns: 100 },
   );
+});
+
+// ------------------------------------------------------------------------------------------
+// Attempts: the one owner of an attempt, its reservation and its worker slot
+
+test("attempts - opening and ending an attempt moves the item, the ledger and the worker together", () => {
+  const b = makeBatch("b1", [{ model: "m", weights: 6, activation: 2 }]);
+  const state = makeState({ w1: [10] }, [makeWorker("w1", ["m"])], [b]);
+  const key = gpuKey("w1", 0);
+  const attempt = { token: "1.x", workerId: "w1", gpuIndex: 0, assignedAtMs: 0, activationBytes: 2 };
+  state.attempts.open(b, 0, attempt, 1, { gpuKey: key, bytes: 8, model: "m", activationBytes: 2, weightsBytes: 6 });
+  assert.equal(b.items[0]!.lease, attempt);
+  assert.equal(b.items[0]!.attempts, 1);
+  assert.equal(state.ledger.available(key), 2);
+  assert.equal(state.attempts.openOn("w1"), 1);
+  state.attempts.end("1.x");
+  assert.equal(state.ledger.available(key), 10);
+  assert.equal(state.attempts.openOn("w1"), 0);
+  state.attempts.end("1.x"); // a duplicate end (a late result) changes nothing
+  state.attempts.end("unknown");
+  assert.equal(state.ledger.available(key), 10);
+});
+
+test("attempts - a reservation that no longer fits opens nothing", () => {
+  const b = makeBatch("b1", [{ model: "m", weights: 0, activation: 20 }]);
+  const state = makeState({ w1: [10] }, [makeWorker("w1", ["m"])], [b]);
+  const attempt = { token: "1.y", workerId: "w1", gpuIndex: 0, assignedAtMs: 0 };
+  assert.throws(() => state.attempts.open(b, 0, attempt, 1, { gpuKey: gpuKey("w1", 0), bytes: 20, model: "m", activationBytes: 20, weightsBytes: 0 }), /exceed/);
+  assert.equal(b.items[0]!.state, "pending");
+  assert.equal(state.attempts.openOn("w1"), 0);
+});
+
+test("attempts - a lost worker's attempts are handed back once; adopted ones reserve nothing", () => {
+  const b = makeBatch("b1", [
+    { model: "m", weights: 0, activation: 3 },
+    { model: "m", weights: 0, activation: 3 },
+  ]);
+  const state = makeState({ w1: [10] }, [makeWorker("w1", ["m"])], [b]);
+  const key = gpuKey("w1", 0);
+  state.attempts.open(b, 0, { token: "1.a", workerId: "w1", gpuIndex: 0, assignedAtMs: 0 }, 1, { gpuKey: key, bytes: 3, model: "m", activationBytes: 3, weightsBytes: 0 });
+  state.attempts.adopt(b, 1, { token: "2.b", workerId: "w1", gpuIndex: 0, assignedAtMs: 0 }, 2);
+  assert.equal(state.ledger.available(key), 7, "the adopted attempt is already in the worker's report");
+  assert.equal(b.items[1]!.attempts, 2);
+  assert.equal(state.attempts.openOn("w1"), 2);
+  assert.deepEqual([...state.attempts.forgetWorker("w1")].sort(), ["1.a", "2.b"]);
+  assert.equal(state.attempts.openOn("w1"), 0);
+  assert.deepEqual([...state.attempts.forgetWorker("w1")], []);
+  // Its reservation stays until the attempt is taken back (ended) by the caller.
+  assert.equal(state.ledger.available(key), 7);
+  state.attempts.end("1.a");
+  assert.equal(state.ledger.available(key), 10);
 });
