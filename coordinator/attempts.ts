@@ -72,6 +72,21 @@ export class Attempts {
   }
 
   /**
+   * The worker refused the attempt (it never held it, e.g. it is draining): the attempt is ended
+   * and undone, so it does not count. Returns true when it was still the item's current attempt,
+   * which the caller then queues again.
+   */
+  withdraw(batch: ActiveBatch, index: number, attempt: Attempt): boolean {
+    const slot = batch.items[index]!;
+    this.end(attempt.token);
+    if (slot.state !== "leased" || slot.lease?.token !== attempt.token) return false;
+    slot.state = "pending";
+    slot.lease = undefined;
+    slot.attempts--;
+    return true;
+  }
+
+  /**
    * The worker is gone or restarted: returns the tokens it held and stops counting them against
    * it. Their reservations stay until each is ended (the caller takes each attempt back).
    */

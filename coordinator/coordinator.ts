@@ -8,8 +8,7 @@ import {
   type ItemResult,
   type SubmitBatchRequest,
 } from "../proto/gen/shoal/v1/shoal.js";
-import { AssignReply, Assignment, CancelItems, Heartbeat, type BatchRecord, type ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
-import { decodeMessage, encodeMessage } from "../shared/codec.js";
+import type { BatchRecord, Heartbeat, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
 import { errorMessage } from "../shared/errors.js";
 import { BATCH_ID, leaseAttempt, newBatchId, newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
@@ -20,7 +19,7 @@ import { StorageError, storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { BatchIndex, decodePageToken, encodePageToken, type IndexEntry } from "./batch-index.js";
 import { Attempts } from "./attempts.js";
-import { ActiveBatch, type Attempt, type ItemSlot } from "./batch-state.js";
+import { ActiveBatch, type ItemSlot } from "./batch-state.js";
 import { BatchQueue } from "./batch-queue.js";
 import { BatchStore, isTerminal } from "./batch-store.js";
 import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
@@ -35,14 +34,13 @@ import { validateSubmit } from "./validation.js";
 import { VramLedger } from "./vram-ledger.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { WebhookSender } from "./webhooks.js";
-import { findUnplaceable, schedulePass, type Placed } from "./scheduler/engine.js";
+import { WorkerLink } from "./worker-link.js";
+import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
 import { itemNeed, type VramNeed } from "../shared/vram-need.js";
-import { heartbeatProblem, outcomeProblem } from "./wire-validation.js";
+import { outcomeProblem } from "./wire-validation.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
-/** An attempt the engine placed, waiting for the worker's answer. */
-type PendingAssign = Placed;
 
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
@@ -61,6 +59,8 @@ export class Coordinator {
   readonly models: ModelRegistry;
   private readonly names: Names;
   private readonly fleet: Fleet;
+  /** Heartbeats in; assignments, cancels and drains out; take-back of lost attempts. */
+  private readonly link: WorkerLink;
   private readonly ledger = new VramLedger();
   /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
   private readonly attempts = new Attempts(this.ledger);
@@ -72,7 +72,6 @@ export class Coordinator {
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
   private scheduleQueued = false;
-  private heartbeatPass: NodeJS.Timeout | undefined;
   /** Until this time after a restart, items are not placed: workers first report what they hold. */
   private recoveringUntil = 0;
   private closePromise: Promise<void> | undefined;
@@ -89,6 +88,22 @@ export class Coordinator {
     this.names = new Names(opts.prefix);
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
+    this.link = new WorkerLink({
+      nc: () => this.nc!,
+      resultLog: () => this.resultLog!,
+      names: this.names,
+      opts,
+      log,
+      fleet: this.fleet,
+      ledger: this.ledger,
+      attempts: this.attempts,
+      queue: this.queue,
+      batches: this.active,
+      closing: () => this.closePromise !== undefined,
+      scheduleSoon: () => this.scheduleSoon(),
+      reported: (worker, hb, now) => this.adopt(worker, hb, now),
+      protocolError: (kind, subject, problem) => this.protocolError(kind, subject, problem),
+    });
   }
 
   async start(): Promise<void> {
@@ -106,21 +121,7 @@ export class Coordinator {
     );
     await this.recover();
     await this.webhooks.start();
-    this.subs.push(
-      this.nc.subscribe(this.names.heartbeats, {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            const hb = decodeMessage(Heartbeat, msg.subject, msg.data);
-            const problem = heartbeatProblem(msg.subject.slice(msg.subject.lastIndexOf(".") + 1), hb);
-            if (problem) return this.protocolError("heartbeat", msg.subject, problem);
-            this.onHeartbeat(hb);
-          } catch (e) {
-            this.log.warn({ subject: msg.subject, err: errorMessage(e) }, "ignoring a bad heartbeat");
-          }
-        },
-      }),
-    );
+    this.subs.push(this.link.subscribeHeartbeats());
     await this.resultLog.startConsuming((entry, subject) => this.onLogEntry(entry, subject));
     // Ask every worker to report now rather than within its next interval.
     this.nc.publish(this.names.coordinatorHello);
@@ -381,7 +382,7 @@ export class Coordinator {
     if (!active.finalizing) {
       this.queue.removeBatch(batchId);
       const running = active.cancelAll();
-      this.cancelOnWorkers(batchId, running);
+      this.link.cancel(batchId, running);
       this.log.info({ batchId, running: running.length }, "batch cancelled");
     }
     const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
@@ -485,53 +486,16 @@ export class Coordinator {
     return this.fleet.all().map((record) => ({ record, gpus: this.ledger.gpusOf(record.id), attemptsOpen: this.attempts.openOn(record.id) }));
   }
 
-  async drainWorker(workerId: string): Promise<WorkerRecord> {
-    const w = this.fleet.get(workerId);
-    if (!w) throw notFound(`worker ${quoteInput(workerId)} not found`);
-    if (w.state === WorkerState.WORKER_STATE_LOST) return w;
-    w.state = WorkerState.WORKER_STATE_DRAINING;
-    try {
-      await this.nc!.request(this.names.drain(workerId), new Uint8Array(), { timeout: this.opts.assignTimeoutMs });
-    } catch (err) {
-      throw unavailable(`worker ${workerId} did not answer the drain request: ${errorMessage(err)}`);
-    }
-    this.log.info({ workerId }, "worker draining");
-    return w;
+  drainWorker(workerId: string): Promise<WorkerRecord> {
+    return this.link.drain(workerId);
   }
 
   // ---------------------------------------------------------------------------------------
   // Events from NATS
 
-  private onHeartbeat(hb: Heartbeat): void {
-    const now = Date.now();
-    const { worker, change } = this.fleet.observe(hb, now);
-    if (change === "stale") return;
-    if (change === "joined" || change === "restarted") {
-      this.log.info({ workerId: worker.id, change, gpus: hb.gpus.length, models: hb.models }, "worker registered");
-      if (change === "restarted") this.takeBack(worker, "the worker restarted");
-    }
-    const held = new Set(hb.inFlight.map((l) => l.token));
-    this.ledger.observe(
-      worker.id,
-      hb.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
-      held,
-    );
-    if (now < this.recoveringUntil) this.adopt(worker, hb);
-    // A heartbeat can free room; many arrive per second in a large fleet, so their passes are
-    // coalesced on a short timer instead of running one pass per heartbeat.
-    this.scheduleAfterHeartbeats();
-  }
-
-  private scheduleAfterHeartbeats(): void {
-    if (this.heartbeatPass || this.queue.size === 0) return;
-    this.heartbeatPass = setTimeout(() => {
-      this.heartbeatPass = undefined;
-      this.scheduleSoon();
-    }, 5);
-  }
-
   /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
-  private adopt(worker: WorkerRecord, hb: Heartbeat): void {
+  private adopt(worker: WorkerRecord, hb: Heartbeat, now: number): void {
+    if (now >= this.recoveringUntil) return;
     for (const l of hb.inFlight) {
       const batch = this.active.get(l.batchId);
       const slot = batch?.items[l.index];
@@ -637,112 +601,12 @@ export class Coordinator {
       { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
       { nowMs: Date.now(), recoveringUntilMs: this.recoveringUntil, policy: this.opts.policy, newToken: newLeaseToken },
     );
-    for (const [workerId, list] of outgoing) void this.sendAssignments(workerId, list);
-  }
-
-  private async sendAssignments(workerId: string, list: PendingAssign[]): Promise<void> {
-    const assignment = encodeMessage(Assignment, {
-      items: list.map(({ batch, index, lease }) => {
-        const slot = batch.items[index]!;
-        return {
-          lease: { batchId: batch.id, index, token: lease.token },
-          model: slot.model,
-          params: slot.params,
-          gpuIndex: lease.gpuIndex,
-          vramBytes: lease.activationBytes ?? slot.need.activationBytes,
-          attempt: slot.attempts,
-          timeoutMs: this.opts.itemTimeoutMs,
-        };
-      }),
-    });
-    let accepted = new Set<string>();
-    let answered = false;
-    let why = "";
-    try {
-      const reply = await this.nc!.request(this.names.assign(workerId), assignment, { timeout: this.opts.assignTimeoutMs });
-      const decoded = decodeMessage(AssignReply, reply.subject, reply.data);
-      accepted = new Set(decoded.accepted);
-      answered = true;
-      why = decoded.error;
-      // The worker's VRAM with the accepted items counted: the ledger is exact again at once.
-      if (decoded.gpus.length > 0 && this.fleet.get(workerId)) {
-        this.ledger.observe(
-          workerId,
-          decoded.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
-          accepted,
-        );
-      }
-    } catch (err) {
-      why = errorMessage(err);
-    }
-    const refused = list.filter((p) => !accepted.has(p.lease.token));
-    if (refused.length === 0) return;
-    this.log.warn({ workerId, refused: refused.length, why }, "assignment not taken; items go back to the queue");
-    if (answered) {
-      // The worker said no (draining): it never held them, so this was no attempt.
-      for (const p of refused) this.requeueUntaken(p);
-    } else {
-      // No answer: the worker may have taken them and lost the reply, so close those attempts
-      // durably before placing the items again.
-      await Promise.all(refused.map((p) => this.takeBackLease(p.batch, p.index, p.lease, `assignment to ${workerId} not confirmed: ${why}`)));
-    }
-    this.scheduleSoon();
-  }
-
-  private requeueUntaken({ batch, index, lease }: PendingAssign): void {
-    const slot = batch.items[index]!;
-    this.attempts.end(lease.token);
-    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
-    slot.state = "pending";
-    slot.lease = undefined;
-    slot.attempts--;
-    this.queue.add(batch.id, index, batch.record.batch!.priority);
-  }
-
-  /**
-   * Takes an attempt back from a worker: logged as revoked before the item is placed again, so
-   * a late result from that attempt is ignored now and after any restart.
-   */
-  private async takeBackLease(batch: ActiveBatch, index: number, lease: Attempt, reason: string): Promise<void> {
-    const slot = batch.items[index]!;
-    this.attempts.end(lease.token);
-    const current = () => slot.state === "leased" && slot.lease?.token === lease.token;
-    if (!current()) return;
-    // The revocation takes effect when it comes back through the results consumer, in the log's
-    // order (applyEntry): a result the worker stored before it counts and one stored after it
-    // does not, live exactly as in a replay after a restart. Until it is stored the item stays
-    // leased, so a NATS outage delays the re-placement but never loses the item.
-    for (let delayMs = 200; ; delayMs = Math.min(delayMs * 2, 10_000)) {
-      try {
-        await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
-        return;
-      } catch (err) {
-        if (this.closePromise || !current()) return;
-        this.log.warn({ batchId: batch.id, item: index, err: errorMessage(err), retryInMs: delayMs }, "revocation not stored; retrying");
-        await new Promise((r) => setTimeout(r, delayMs).unref());
-      }
-    }
-  }
-
-  private takeBack(worker: WorkerRecord, reason: string): void {
-    const tokens = this.attempts.forgetWorker(worker.id);
-    if (tokens.size === 0) return;
-    this.log.warn({ workerId: worker.id, items: tokens.size, reason }, "taking items back from a worker");
-    for (const batch of this.active.values()) {
-      for (const [index, slot] of batch.items.entries()) {
-        if (slot.lease && tokens.has(slot.lease.token)) void this.takeBackLease(batch, index, slot.lease, `worker ${worker.id} lost: ${reason}`);
-      }
-    }
+    for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
   }
 
   private tick(): void {
     const now = Date.now();
-    for (const w of this.fleet.sweep(now)) {
-      this.log.warn({ workerId: w.id, silentMs: now - w.lastSeenMs }, "worker lost (no heartbeat)");
-      this.ledger.removeWorker(w.id);
-      this.takeBack(w, `no heartbeat for ${now - w.lastSeenMs} ms`);
-    }
-    this.fleet.forget(now, 10 * 60_000);
+    this.link.sweep(now);
     if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recoveringUntil) {
       this.lastUnplaceableCheck = now;
       this.failUnplaceable(now);
@@ -768,22 +632,6 @@ export class Coordinator {
     for (const [batch, failed] of failedBy) {
       this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
       if (batch.isComplete) this.finalizeInBackground(batch);
-    }
-  }
-
-  private cancelOnWorkers(batchId: string, running: { index: number; lease: Attempt }[]): void {
-    const byWorker = new Map<string, { batchId: string; index: number; token: string }[]>();
-    for (const { index, lease } of running) {
-      let list = byWorker.get(lease.workerId);
-      if (!list) byWorker.set(lease.workerId, (list = []));
-      list.push({ batchId, index, token: lease.token });
-    }
-    for (const [workerId, leases] of byWorker) {
-      try {
-        this.nc!.publish(this.names.cancel(workerId), encodeMessage(CancelItems, { leases }));
-      } catch (err) {
-        this.log.warn({ workerId, err: errorMessage(err) }, "cancel not sent");
-      }
     }
   }
 
@@ -930,7 +778,7 @@ export class Coordinator {
     this.closePromise = (async () => {
       this.stopping.abort();
       if (this.tickTimer) clearInterval(this.tickTimer);
-      if (this.heartbeatPass) clearTimeout(this.heartbeatPass);
+      this.link.stop();
       this.webhooks?.close();
       for (const s of this.subs) {
         try {

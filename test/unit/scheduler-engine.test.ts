@@ -348,3 +348,19 @@ test("attempts - a lost worker's attempts are handed back once; adopted ones res
   state.attempts.end("1.a");
   assert.equal(state.ledger.available(key), 10);
 });
+
+test("attempts - an attempt the worker refused is withdrawn: it does not count, and only the current one goes back", () => {
+  const b = makeBatch("b1", [{ model: "m", weights: 0, activation: 3 }]);
+  const state = makeState({ w1: [10] }, [makeWorker("w1", ["m"])], [b]);
+  const key = gpuKey("w1", 0);
+  const attempt = { token: "1.r", workerId: "w1", gpuIndex: 0, assignedAtMs: 0 };
+  state.attempts.open(b, 0, attempt, 1, { gpuKey: key, bytes: 3, model: "m", activationBytes: 3, weightsBytes: 0 });
+  assert.equal(state.attempts.withdraw(b, 0, attempt), true);
+  assert.equal(b.items[0]!.state, "pending");
+  assert.equal(b.items[0]!.lease, undefined);
+  assert.equal(b.items[0]!.attempts, 0, "a refused assignment is no attempt");
+  assert.equal(state.ledger.available(key), 10);
+  assert.equal(state.attempts.openOn("w1"), 0);
+  assert.equal(state.attempts.withdraw(b, 0, attempt), false, "twice changes nothing");
+  assert.equal(b.items[0]!.attempts, 0);
+});
