@@ -116,6 +116,8 @@ export class WorkerLink {
           params: slot.params,
           gpuIndex: lease.gpuIndex,
           vramBytes: lease.activationBytes ?? slot.need.activationBytes,
+          // The need fixed at validation: the worker checks the same one (see shared/vram-need.ts).
+          weightsBytes: slot.need.weightsBytes,
           attempt: slot.attempts,
           timeoutMs: this.d.opts.itemTimeoutMs,
         };

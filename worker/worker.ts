@@ -194,12 +194,16 @@ export class ShoalWorker {
   }
 
   /**
-   * The item's need as the coordinator sent it: its activation figure may be a learned one,
-   * larger than the manifest's. An older coordinator that sent none leaves the manifest's.
+   * The item's need as the coordinator sent it, so both sides check the same figures: its
+   * activations may be a learned estimate, larger than the manifest's. A figure the coordinator
+   * left at 0 (an older coordinator, or a model it has no manifest for) is the manifest's here.
    */
   private needOf(item: AssignedItem, model: ModelManifest | undefined): VramNeed {
     const fromManifest = itemNeed(model, item.params ?? {});
-    return { weightsBytes: fromManifest.weightsBytes, activationBytes: item.vramBytes > 0 ? item.vramBytes : fromManifest.activationBytes };
+    return {
+      weightsBytes: item.weightsBytes > 0 ? item.weightsBytes : fromManifest.weightsBytes,
+      activationBytes: item.vramBytes > 0 ? item.vramBytes : fromManifest.activationBytes,
+    };
   }
 
   private accept(item: AssignedItem): boolean {
