@@ -1,46 +1,31 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import {
-  BatchState,
-  ItemStatus,
-  WorkerState,
-  type Batch,
-  type BatchEvent,
-  type ItemResult,
-  type SubmitBatchRequest,
-} from "../proto/gen/shoal/v1/shoal.js";
+import { ItemStatus, WorkerState, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord, Heartbeat, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
 import { errorMessage } from "../shared/errors.js";
-import { BATCH_ID, leaseAttempt, newBatchId, newLeaseToken } from "../shared/ids.js";
+import { leaseAttempt, newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
 import { connectNats } from "../shared/nats.js";
-import { quoteInput } from "../shared/param-limits.js";
-import { StorageError, storageError } from "../shared/storage-errors.js";
-import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
-import { BatchIndex, decodePageToken, encodePageToken, type IndexEntry } from "./batch-index.js";
+import { Names } from "../shared/subjects.js";
+import { itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { Attempts } from "./attempts.js";
-import { ActiveBatch, type ItemSlot } from "./batch-state.js";
+import { BatchApi } from "./batch-api.js";
+import { BatchIndex } from "./batch-index.js";
 import { BatchQueue } from "./batch-queue.js";
+import { ActiveBatch, type ItemSlot } from "./batch-state.js";
 import { BatchStore, isTerminal } from "./batch-store.js";
-import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
+import { unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
-import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { ResultLog } from "./result-log.js";
-import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
-import { validateSubmit } from "./validation.js";
-import { VramLedger } from "./vram-ledger.js";
+import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
+import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
 import { WorkerLink } from "./worker-link.js";
-import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
-import { itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { outcomeProblem } from "./wire-validation.js";
-
-type BatchListener = (ev: BatchEvent) => void;
-
 
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
@@ -61,6 +46,8 @@ export class Coordinator {
   private readonly fleet: Fleet;
   /** Heartbeats in; assignments, cancels and drains out; take-back of lost attempts. */
   private readonly link: WorkerLink;
+  /** Submit, get, watch, list, cancel, retry, artifacts, and the terminal write of each batch. */
+  private readonly api: BatchApi;
   private readonly ledger = new VramLedger();
   /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
   private readonly attempts = new Attempts(this.ledger);
@@ -68,7 +55,6 @@ export class Coordinator {
   private lastUnplaceableCheck = 0;
   private readonly queue = new BatchQueue();
   private readonly active = new Map<string, ActiveBatch>();
-  private readonly listeners = new Map<string, Set<BatchListener>>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
   private scheduleQueued = false;
@@ -78,7 +64,6 @@ export class Coordinator {
   private started = false;
   /** Aborted by close(): ends the retries of terminal writes (the next start resumes them). */
   private readonly stopping = new AbortController();
-  private lastRefreshCheck = 0;
 
   constructor(
     private readonly opts: CoordinatorOptions,
@@ -103,6 +88,25 @@ export class Coordinator {
       scheduleSoon: () => this.scheduleSoon(),
       reported: (worker, hb, now) => this.adopt(worker, hb, now),
       protocolError: (kind, subject, problem) => this.protocolError(kind, subject, problem),
+    });
+    this.api = new BatchApi({
+      nc: () => this.nc,
+      infra: () => this.infra!,
+      store: () => this.store!,
+      index: () => this.index!,
+      webhooks: () => this.webhooks!,
+      names: this.names,
+      opts,
+      log,
+      metrics,
+      models: this.models,
+      queue: this.queue,
+      active: this.active,
+      activate: (record, revision, writtenAtMs, needs) => this.activate(record, revision, writtenAtMs, needs),
+      cancelOnWorkers: (batchId, running) => this.link.cancel(batchId, running),
+      scheduleSoon: () => this.scheduleSoon(),
+      ensureStarted: () => this.ensureStarted(),
+      stopping: this.stopping.signal,
     });
   }
 
@@ -156,7 +160,7 @@ export class Coordinator {
       const active = this.activate(got.record, got.revision, got.writtenAtMs);
       for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true, id);
       resumed++;
-      if (active.isComplete) this.finalizeInBackground(active);
+      if (active.isComplete) this.api.finalizeInBackground(active);
     }
     this.metrics?.batchesInMemory(this.active.size);
     if (resumed > 0) {
@@ -215,271 +219,38 @@ export class Coordinator {
   }
 
   // ---------------------------------------------------------------------------------------
-  // API
+  // API: the batch calls are the BatchApi's (batch-api.ts)
 
-  async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
-    this.ensureStarted();
-    const valid = validateSubmit(req, (m) => this.models.get(m), { maxItems: this.opts.maxItems });
-    if (this.queue.size + valid.length > this.opts.maxQueuedItems) {
-      throw resourceExhausted(
-        `queue full: ${this.queue.size} items are waiting and this batch adds ${valid.length}, over the limit of ${this.opts.maxQueuedItems} (coordinator flag --max-queued-items); retry later`,
-      );
-    }
-    const batchId = newBatchId();
-    const now = new Date();
-    const record: BatchRecord = {
-      batch: {
-        id: batchId,
-        state: BatchState.BATCH_STATE_QUEUED,
-        total: valid.length,
-        succeeded: 0,
-        failed: 0,
-        cancelled: 0,
-        results: [],
-        createdAt: now,
-        completedAt: undefined,
-        labels: req.labels,
-        running: 0,
-        priority: req.priority,
-      },
-      // Stored with defaults applied, so a replay does not depend on today's manifest defaults.
-      items: valid.map((v) => ({ model: v.model.name, params: v.params })),
-      idempotencyKey: req.idempotencyKey,
-      webhook: req.webhook,
-      tenant,
-      retryOf,
-      sourceIndices,
-    };
-    this.checkRecordFits(record, valid.map((v) => v.model));
-    if (req.idempotencyKey) {
-      const existing = await this.storing(() => this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
-      if (existing) {
-        const total = this.active.get(existing)?.total ?? (await this.storing(() => this.store!.get(existing)))?.record.batch!.total;
-        if (total !== undefined) return { batchId: existing, itemCount: total };
-        await this.storing(() => this.store!.overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
-      }
-    }
-    // Marker and index entry first: a record that exists always has both, and a failure leaves
-    // at most a marker (removed at the next start) and an index entry ListBatches skips.
-    let revision: number;
-    let marked = false;
-    try {
-      revision = await this.storing(async () => {
-        const mark = this.store!.markOpen(batchId).then(() => (marked = true));
-        await Promise.all([mark, this.index!.append(tenant, batchId)]);
-        return this.store!.create(record);
-      });
-    } catch (err) {
-      if (marked) void this.store!.clearOpen(batchId).catch(() => undefined);
-      if (req.idempotencyKey) void this.store!.releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
-      throw err;
-    }
-    this.activate(record, revision, undefined, valid.map((v) => v.need));
-    this.metrics?.batchesInMemory(this.active.size);
-    this.metrics?.batchSubmitted();
-    this.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
-    this.scheduleSoon();
-    return { batchId, itemCount: valid.length };
+  submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
+    return this.api.submit(req, tenant, retryOf, sourceIndices);
   }
 
-  /**
-   * Runs a write of SubmitBatch; a storage failure becomes the status the client acts on:
-   * RESOURCE_EXHAUSTED when something is full or too large (the message says what, and which
-   * flag gives it room), UNAVAILABLE when NATS cannot be reached. Nothing was accepted either way.
-   */
-  private async storing<T>(write: () => Promise<T>): Promise<T> {
-    try {
-      return await write();
-    } catch (err) {
-      if (err instanceof ServerError) throw err;
-      const e = storageError(err, "JetStream", "--batches-max-bytes");
-      this.metrics?.submitStorageFailed(e.reason);
-      this.log.warn({ code: e.code, err: e.message }, "batch refused: it could not be stored");
-      throw storageStatus(e, "the batch was not accepted");
-    }
+  getBatch(batchId: string, tenant: string): Promise<Batch> {
+    return this.api.getBatch(batchId, tenant);
   }
 
-  /** The most bytes one batch record may take: the server's max_payload, and the bucket's limit. */
-  private maxRecordBytes(): { bytes: number; why: string } {
-    const payload = (this.nc?.info?.max_payload ?? 1024 * 1024) - KV_OVERHEAD_BYTES;
-    const bucket = this.opts.storage.batchesMaxBytes > 0 ? this.opts.storage.batchesMaxBytes - KV_OVERHEAD_BYTES : Infinity;
-    return bucket < payload
-      ? { bytes: bucket, why: `the batch records bucket's limit (--batches-max-bytes ${this.opts.storage.batchesMaxBytes})` }
-      : { bytes: payload, why: `the NATS server's max_payload of ${payload + KV_OVERHEAD_BYTES} bytes, less ${KV_OVERHEAD_BYTES} for the KV envelope` };
+  watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
+    return this.api.watch(batchId, tenant, signal);
   }
 
-  /** A batch whose terminal record could never be stored is refused now, not retried later. */
-  private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1]): void {
-    const bound = terminalRecordBound(record, models);
-    const limit = this.maxRecordBytes();
-    if (bound <= limit.bytes) return;
-    this.metrics?.submitStorageFailed("record_too_large");
-    throw resourceExhausted(
-      `batch too large to store: with its ${models.length} results its record may take up to ${bound} bytes, more than the ${limit.bytes} bytes allowed by ${limit.why}; ` +
-        `submit fewer items (or shorter params) per batch, or raise that limit`,
-    );
+  waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
+    return this.api.waitTerminal(batchId, tenant, signal);
   }
 
-  async getBatch(batchId: string, tenant: string): Promise<Batch> {
-    this.ensureStarted();
-    const active = this.active.get(batchId);
-    if (active && active.record.tenant === tenant) return active.snapshot();
-    const got = BATCH_ID.test(batchId) ? await this.store!.get(batchId) : undefined;
-    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
-    return got.record.batch!;
+  cancel(batchId: string, tenant: string): Promise<Batch> {
+    return this.api.cancel(batchId, tenant);
   }
 
-  /**
-   * Streams one event per finished item (those already finished first), then the terminal
-   * batch. The caller's signal ends the watch early.
-   */
-  async *watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
-    const first = await this.getBatch(batchId, tenant);
-    if (isTerminal(first)) {
-      for (const r of first.results) yield { event: { $case: "item", item: r } };
-      yield { event: { $case: "batch", batch: first } };
-      return;
-    }
-    const active = this.active.get(batchId)!;
-    const buffer: BatchEvent[] = [];
-    let wake: (() => void) | undefined;
-    const listener: BatchListener = (ev) => {
-      buffer.push(ev);
-      wake?.();
-    };
-    this.listen(batchId, listener);
-    const onAbort = () => wake?.();
-    signal.addEventListener("abort", onAbort);
-    try {
-      for (const s of active.items) if (s.state === "done") yield { event: { $case: "item", item: s.result! } };
-      while (!signal.aborted) {
-        if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-        while (buffer.length > 0) {
-          const ev = buffer.shift()!;
-          yield ev;
-          if (ev.event?.$case === "batch") return;
-        }
-      }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-      this.unlisten(batchId, listener);
-    }
+  retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
+    return this.api.retry(batchId, tenant);
   }
 
-  /** Resolves with the terminal batch. */
-  async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
-    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch") return ev.event.batch;
-    throw new Error("watch ended before the batch was terminal");
+  list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
+    return this.api.list(tenant, pageSize, pageToken);
   }
 
-  async cancel(batchId: string, tenant: string): Promise<Batch> {
-    const current = await this.getBatch(batchId, tenant);
-    const active = this.active.get(batchId);
-    if (isTerminal(current) || !active) return current;
-    // Every item already done: the terminal write has begun and the batch ends as it ran.
-    const what = active.finalizing ? "has finished" : "is cancelled";
-    if (!active.finalizing) {
-      this.queue.removeBatch(batchId);
-      const running = active.cancelAll();
-      this.link.cancel(batchId, running);
-      this.log.info({ batchId, running: running.length }, "batch cancelled");
-    }
-    const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
-      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} ${what}, but the coordinator is shutting down before storing it; the next start finishes it`);
-      throw err;
-    });
-    if ("b" in outcome) return outcome.b;
-    throw storageStatus(
-      storageError(outcome.e, "the batch records bucket", "--batches-max-bytes"),
-      `batch ${batchId} ${what}, but its terminal record is not stored yet; the coordinator keeps retrying and GetBatch shows it terminal once it is stored`,
-    );
-  }
-
-  async retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
-    const batch = await this.getBatch(batchId, tenant);
-    if (!isTerminal(batch)) throw failedPrecondition(`batch ${batchId} is not finished yet; cancel it or wait`);
-    const got = await this.store!.get(batchId);
-    const retryable = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_FAILED && r.error?.retryable);
-    if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error`);
-    const items = retryable.map((r) => got!.record.items[r.index]!);
-    return this.submit(
-      { items, idempotencyKey: "", webhook: got!.record.webhook, priority: batch.priority, labels: batch.labels },
-      tenant,
-      batchId,
-      retryable.map((r) => r.index),
-    );
-  }
-
-  /**
-   * Newest first, from the batch index in JetStream: memory and work per call follow the page
-   * size, not the number of stored batches. Entries whose record has aged out (or was never
-   * stored) are skipped; the token is the index position of the last batch returned.
-   */
-  async list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
-    this.ensureStarted();
-    const size = Math.min(Math.max(pageSize || 50, 1), 1000);
-    let before = 0;
-    if (pageToken) {
-      const seq = decodePageToken(pageToken);
-      if (seq === undefined) throw invalidArgument([`page_token: ${JSON.stringify(pageToken.slice(0, 40))} is not a next_page_token from ListBatches`]);
-      before = seq;
-    }
-    const batches: Batch[] = [];
-    const seen = new Set<string>();
-    let lastSeq = 0;
-    let more = false;
-    let pending: IndexEntry[] = [];
-    const load = async (): Promise<void> => {
-      const loaded = await Promise.all(pending.map((e) => this.summaryOf(e.batchId, tenant)));
-      for (const [i, b] of loaded.entries()) {
-        if (batches.length === size) {
-          more = true;
-          break;
-        }
-        lastSeq = pending[i]!.seq;
-        if (b && !seen.has(b.id)) {
-          seen.add(b.id);
-          batches.push(b);
-        }
-      }
-      pending = [];
-    };
-    try {
-      for await (const e of this.index!.newestFirst(tenant, before, size + 1)) {
-        if (batches.length === size) {
-          more = true;
-          break;
-        }
-        pending.push(e);
-        if (pending.length >= size - batches.length) await load();
-      }
-      if (pending.length > 0) await load();
-    } catch (err) {
-      if (err instanceof ServerError) throw err;
-      throw unavailable(`the batch index could not be read: ${errorMessage(err)}`);
-    }
-    return { batches, nextPageToken: more ? encodePageToken(lastSeq) : "" };
-  }
-
-  /** A batch as ListBatches shows it (no results), if it is the tenant's and still stored. */
-  private async summaryOf(batchId: string, tenant: string): Promise<Batch | undefined> {
-    const active = this.active.get(batchId);
-    if (active) return active.record.tenant === tenant ? active.snapshot() : undefined;
-    const got = await this.store!.get(batchId);
-    if (!got || got.record.tenant !== tenant) return undefined;
-    return { ...got.record.batch!, results: [] };
-  }
-
-  async artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
-    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${quoteInput(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
-    const name = uri.slice(ARTIFACT_URI_PREFIX.length);
-    const batchId = name.split("/", 1)[0]!;
-    await this.getBatch(batchId, tenant); // tenancy check: another tenant's artifact is NOT_FOUND
-    // A name the object store refuses (odd characters) names no artifact either.
-    const obj = await this.infra!.artifacts.get(name).catch(() => null);
-    if (!obj) throw notFound(`artifact ${quoteInput(uri)} not found`);
-    return obj.data;
+  artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
+    return this.api.artifact(uri, tenant);
   }
 
   workers(): { record: WorkerRecord; gpus: ReturnType<VramLedger["gpusOf"]>; attemptsOpen: number }[] {
@@ -572,8 +343,8 @@ export class Coordinator {
       const result = slot.result!;
       if (!replaying) {
         this.metrics?.itemFinished(result);
-        this.emit(batch.id, { event: { $case: "item", item: result } });
-        if (batch.isComplete) this.finalizeInBackground(batch);
+        this.api.emit(batch.id, { event: { $case: "item", item: result } });
+        if (batch.isComplete) this.api.finalizeInBackground(batch);
       }
     }
   }
@@ -614,7 +385,7 @@ export class Coordinator {
     this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all(), (id) => this.attempts.openOn(id));
     this.metrics?.batchesInMemory(this.active.size);
-    this.refreshAging(now);
+    this.api.refreshAging(now);
     this.scheduleSoon();
   }
 
@@ -627,11 +398,11 @@ export class Coordinator {
       const slot = batch.items[index]!;
       failedBy.set(batch, (failedBy.get(batch) ?? 0) + 1);
       this.metrics?.itemFinished(slot.result!);
-      this.emit(batch.id, { event: { $case: "item", item: slot.result! } });
+      this.api.emit(batch.id, { event: { $case: "item", item: slot.result! } });
     }
     for (const [batch, failed] of failedBy) {
       this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
-      if (batch.isComplete) this.finalizeInBackground(batch);
+      if (batch.isComplete) this.api.finalizeInBackground(batch);
     }
   }
 
@@ -654,116 +425,6 @@ export class Coordinator {
       }
     }
     return out;
-  }
-
-  // ---------------------------------------------------------------------------------------
-  // Terminal write
-
-  /** The write retries on its own; it only ends early when the coordinator stops. */
-  private finalizeInBackground(batch: ActiveBatch): void {
-    this.finalize(batch).catch((err) => {
-      if (err instanceof TerminalWriteStopped) this.log.info({ batchId: batch.id }, "terminal write left to the next start");
-      else this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed");
-    });
-  }
-
-  /** Starts the batch's terminal write once; every caller gets the same promise. */
-  private finalize(batch: ActiveBatch): Promise<Batch> {
-    batch.terminalWrite ??= this.writeFinal(batch);
-    return batch.terminalWrite;
-  }
-
-  /**
-   * Writes the terminal batch with every result, retried until stored (see terminal-writer.ts),
-   * then lets the batch go from memory. The pending webhook is recorded before the record, so a
-   * crash between the two cannot lose the delivery.
-   */
-  private async writeFinal(batch: ActiveBatch): Promise<Batch> {
-    batch.finalizing = true;
-    this.queue.removeBatch(batch.id);
-    const record = fitTerminalRecord({ ...batch.record, batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
-    let webhook: Awaited<ReturnType<WebhookSender["record"]>>;
-    let waiting = false;
-    const outcome = await writeTerminal({
-      store: this.store!,
-      record,
-      revision: () => batch.revision,
-      prepare: async () => {
-        try {
-          webhook = await this.webhooks!.record(batch.id, batch.record.webhook);
-        } catch (err) {
-          throw storageError(err, `the pending webhooks bucket (${this.names.webhooksBucket})`, "the server's max_file_store");
-        }
-      },
-      onFailure: (err, attempt, retryInMs) => {
-        if (!waiting) this.metrics?.terminalWriteWaiting(1);
-        waiting = true;
-        this.metrics?.terminalWriteFailed(err.reason);
-        batch.reportWriteFailure(err);
-        this.log.error({ batchId: batch.id, attempt, retryInMs, code: err.code, err: err.message }, "terminal write failed; retrying");
-      },
-      initialDelayMs: this.opts.terminalRetryInitialMs,
-      maxDelayMs: this.opts.terminalRetryMaxMs,
-      signal: this.stopping.signal,
-    }).finally(() => {
-      if (waiting) this.metrics?.terminalWriteWaiting(-1);
-    });
-    const stored = outcome.stored;
-    if (!outcome.ours) this.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
-    this.active.delete(batch.id);
-    this.metrics?.batchesInMemory(this.active.size);
-    void this.store!.clearOpen(batch.id).catch((err) => this.log.warn({ batchId: batch.id, err: errorMessage(err) }, "open marker not removed; the next start removes it"));
-    this.metrics?.batchFinished(stored);
-    this.log.info(
-      { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled, attempts: outcome.attempts },
-      "batch finished",
-    );
-    this.emit(batch.id, { event: { $case: "batch", batch: stored } });
-    this.listeners.delete(batch.id);
-    if (outcome.ours) this.webhooks!.send(webhook);
-    return stored;
-  }
-
-  /**
-   * Rewrites the records of batches running longer than half the retention, so JetStream's age
-   * limit never removes a batch that is still running (its open marker too).
-   */
-  private refreshAging(now: number): void {
-    const ageLimit = this.opts.storage.retentionMs / 2;
-    if (now - this.lastRefreshCheck < Math.min(60_000, ageLimit / 4)) return;
-    this.lastRefreshCheck = now;
-    for (const batch of this.active.values()) {
-      if (batch.finalizing || batch.refreshing || now - batch.writtenAtMs < ageLimit) continue;
-      batch.refreshing = true;
-      void (async () => {
-        try {
-          await this.store!.markOpen(batch.id);
-          const revision = await this.store!.replace(batch.record, batch.revision);
-          batch.revision = Math.max(batch.revision, revision);
-          batch.writtenAtMs = Date.now();
-        } catch (err) {
-          this.log.warn({ batchId: batch.id, err: errorMessage(err) }, "running batch record not refreshed; trying again later");
-        } finally {
-          batch.refreshing = false;
-        }
-      })();
-    }
-  }
-
-  // ---------------------------------------------------------------------------------------
-
-  private listen(batchId: string, l: BatchListener): void {
-    let set = this.listeners.get(batchId);
-    if (!set) this.listeners.set(batchId, (set = new Set()));
-    set.add(l);
-  }
-
-  private unlisten(batchId: string, l: BatchListener): void {
-    this.listeners.get(batchId)?.delete(l);
-  }
-
-  private emit(batchId: string, ev: BatchEvent): void {
-    for (const l of this.listeners.get(batchId) ?? []) l(ev);
   }
 
   private ensureStarted(): void {
@@ -798,10 +459,4 @@ export class Coordinator {
     })();
     return this.closePromise;
   }
-}
-
-
-function storageStatus(e: StorageError, context: string): ServerError {
-  const message = `${context}: ${e.message}`;
-  return e.code === "STORAGE_UNAVAILABLE" ? unavailable(message) : resourceExhausted(message);
 }
