@@ -1,8 +1,7 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { ItemStatus, WorkerState, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
-import type { BatchRecord, Heartbeat, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
-import { errorMessage } from "../shared/errors.js";
-import { leaseAttempt, newLeaseToken } from "../shared/ids.js";
+import type { BatchRecord, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
+import { newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
 import { connectNats } from "../shared/nats.js";
@@ -13,12 +12,13 @@ import { BatchApi } from "./batch-api.js";
 import { BatchIndex } from "./batch-index.js";
 import { BatchQueue } from "./batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "./batch-state.js";
-import { BatchStore, isTerminal } from "./batch-store.js";
+import { BatchStore } from "./batch-store.js";
 import { unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
+import { Recovery } from "./recovery.js";
 import { ResultLog } from "./result-log.js";
 import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
@@ -48,6 +48,8 @@ export class Coordinator {
   private readonly link: WorkerLink;
   /** Submit, get, watch, list, cancel, retry, artifacts, and the terminal write of each batch. */
   private readonly api: BatchApi;
+  /** Rebuild at start from KV and the results log; adoption of held items while recovering. */
+  private readonly recovery: Recovery;
   private readonly ledger = new VramLedger();
   /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
   private readonly attempts = new Attempts(this.ledger);
@@ -58,8 +60,6 @@ export class Coordinator {
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
   private scheduleQueued = false;
-  /** Until this time after a restart, items are not placed: workers first report what they hold. */
-  private recoveringUntil = 0;
   private closePromise: Promise<void> | undefined;
   private started = false;
   /** Aborted by close(): ends the retries of terminal writes (the next start resumes them). */
@@ -86,8 +86,23 @@ export class Coordinator {
       batches: this.active,
       closing: () => this.closePromise !== undefined,
       scheduleSoon: () => this.scheduleSoon(),
-      reported: (worker, hb, now) => this.adopt(worker, hb, now),
+      reported: (worker, hb, now) => this.recovery.adopt(worker, hb, now),
       protocolError: (kind, subject, problem) => this.protocolError(kind, subject, problem),
+    });
+    this.recovery = new Recovery({
+      infra: () => this.infra!,
+      store: () => this.store!,
+      index: () => this.index!,
+      resultLog: () => this.resultLog!,
+      names: this.names,
+      log,
+      metrics,
+      active: this.active,
+      attempts: this.attempts,
+      heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+      activate: (record, revision, writtenAtMs) => this.activate(record, revision, writtenAtMs),
+      applyEntry: (entry, replaying, subjectBatchId) => this.applyEntry(entry, replaying, subjectBatchId),
+      finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
     });
     this.api = new BatchApi({
       nc: () => this.nc,
@@ -123,7 +138,7 @@ export class Coordinator {
       { retryDelaysMs: this.opts.webhookRetryDelaysMs, timeoutMs: 10_000 },
       this.log.child({ component: "webhooks" }),
     );
-    await this.recover();
+    await this.recovery.recover();
     await this.webhooks.start();
     this.subs.push(this.link.subscribeHeartbeats());
     await this.resultLog.startConsuming((entry, subject) => this.onLogEntry(entry, subject));
@@ -137,57 +152,6 @@ export class Coordinator {
 
   // ---------------------------------------------------------------------------------------
   // Recovery
-
-  /** Resumes the batches whose open marker is still there; finished ones stay in storage. */
-  private async recover(): Promise<void> {
-    if (this.infra!.batchIndexCreated) {
-      try {
-        await this.indexStoredBatches();
-      } catch (err) {
-        // Without the index stream the next start indexes them again; with a half-filled one it would not.
-        await this.infra!.jsm.streams.delete(this.names.batchIndexStream).catch(() => undefined);
-        throw err;
-      }
-    }
-    let resumed = 0;
-    for (const id of await this.store!.openIds()) {
-      const got = await this.store!.get(id);
-      if (!got || isTerminal(got.record.batch!)) {
-        // Finalized just before a crash, or never stored (the submit failed after the marker).
-        await this.store!.clearOpen(id).catch((err) => this.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
-        continue;
-      }
-      const active = this.activate(got.record, got.revision, got.writtenAtMs);
-      for (const entry of await this.resultLog!.replay(id)) this.applyEntry(entry, true, id);
-      resumed++;
-      if (active.isComplete) this.api.finalizeInBackground(active);
-    }
-    this.metrics?.batchesInMemory(this.active.size);
-    if (resumed > 0) {
-      this.recoveringUntil = Date.now() + this.opts.heartbeatTimeoutMs;
-      this.log.info({ resumed, waitMs: this.opts.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
-    }
-  }
-
-  /**
-   * Batches stored before the index and the open markers existed (an older Shoal) are indexed
-   * once, oldest first, the first time a coordinator creates the index stream.
-   */
-  private async indexStoredBatches(): Promise<void> {
-    const ids = (await this.store!.allBatchIds()).sort();
-    if (ids.length === 0) return;
-    let open = 0;
-    for (const id of ids) {
-      const got = await this.store!.get(id);
-      if (!got) continue;
-      if (!isTerminal(got.record.batch!)) {
-        await this.store!.markOpen(id);
-        open++;
-      }
-      await this.index!.append(got.record.tenant, id);
-    }
-    this.log.info({ batches: ids.length, open }, "indexed batches stored by an earlier version");
-  }
 
   /**
    * `needs` are the ones validation computed for a new batch; a resumed batch's come from the
@@ -263,18 +227,6 @@ export class Coordinator {
 
   // ---------------------------------------------------------------------------------------
   // Events from NATS
-
-  /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
-  private adopt(worker: WorkerRecord, hb: Heartbeat, now: number): void {
-    if (now >= this.recoveringUntil) return;
-    for (const l of hb.inFlight) {
-      const batch = this.active.get(l.batchId);
-      const slot = batch?.items[l.index];
-      if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
-      // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
-      this.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
-    }
-  }
 
   private onLogEntry(entry: ResultLogEntry, subject: string): void {
     this.applyEntry(entry, false, subject.slice(subject.lastIndexOf(".") + 1));
@@ -370,7 +322,7 @@ export class Coordinator {
   private schedule(): void {
     const outgoing = schedulePass(
       { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
-      { nowMs: Date.now(), recoveringUntilMs: this.recoveringUntil, policy: this.opts.policy, newToken: newLeaseToken },
+      { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: newLeaseToken },
     );
     for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
   }
@@ -378,7 +330,7 @@ export class Coordinator {
   private tick(): void {
     const now = Date.now();
     this.link.sweep(now);
-    if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recoveringUntil) {
+    if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recovery.until) {
       this.lastUnplaceableCheck = now;
       this.failUnplaceable(now);
     }
