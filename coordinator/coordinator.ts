@@ -151,9 +151,10 @@ export class Coordinator {
   }
 
   // ---------------------------------------------------------------------------------------
-  // Recovery
+  // Running batches
 
   /**
+   * Makes a stored record a running batch and queues its items; used by submit and by recovery.
    * `needs` are the ones validation computed for a new batch; a resumed batch's come from the
    * manifests registered now (the record stores only model and params).
    */
