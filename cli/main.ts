@@ -3,12 +3,15 @@
 
 import { Command, Option } from "commander";
 import { startCoordinatorProcess } from "../coordinator/main.js";
+import { startGatewayProcess } from "../gateway/main.js";
+import { gatewayOptionsFrom } from "../gateway/options.js";
 import { startWorkerProcess } from "../worker/main.js";
 import { registerClientCommands } from "./client-commands.js";
 import {
   commonOptions,
   coordinatorFlags,
   coordinatorOptionsFrom,
+  gatewayFlags,
   loggerFrom,
   parseOrExit,
   runUntilSignal,
@@ -48,12 +51,23 @@ commonOptions(workerFlags(program.command("worker").description("run a worker fo
   });
 });
 
+gatewayFlags(program.command("gateway").description("run the HTTP gateway (the batch image API under /v1) in front of a coordinator")).action(async (raw) => {
+  const log = loggerFrom(raw, "gateway");
+  // `--addr` is also the client commands' global option, which commander fills first.
+  const addr = (program.opts() as { addr?: string }).addr ?? raw.addr;
+  await runUntilSignal(log, async () => {
+    const running = await startGatewayProcess(parseOrExit(() => gatewayOptionsFrom({ ...raw, addr })), log);
+    return { stop: running.stop };
+  });
+});
+
 const up = program
   .command("up")
   .description("start nats-server (JetStream), a coordinator and N workers on this machine; Ctrl-C stops them all")
   .addOption(new Option("--workers <n>", "workers to start").env("SHOAL_WORKERS").default("2"))
   .addOption(new Option("--grpc-port <port>", "coordinator gRPC port").env("SHOAL_GRPC_PORT").default("50051"))
   .addOption(new Option("--metrics-port <port>", "coordinator /metrics port; worker i gets port + i (0 = off)").env("SHOAL_METRICS_PORT").default("9464"))
+  .addOption(new Option("--http-port <port>", "HTTP gateway port (the batch image API under /v1; 0 = no gateway)").env("SHOAL_HTTP_PORT").default("8080"))
   .addOption(new Option("--data-dir <dir>", "where the embedded nats-server keeps its JetStream store").env("SHOAL_DATA_DIR").default(".shoal"))
   .addOption(new Option("--nats <url>", "use this NATS server instead of starting one").env("SHOAL_NATS_URL"))
   .addOption(new Option("--nats-port <port>", "port of the embedded nats-server").env("SHOAL_NATS_PORT").default("4222"))
@@ -83,11 +97,12 @@ workerFlags(up, true).action(async (raw) => {
   await runUntilSignal(log, async () => {
     const fleet = new Fleet(opts, log);
     try {
-      const { natsUrl, grpcAddr, workerMetricsPorts, durability } = await fleet.start();
+      const { natsUrl, grpcAddr, httpUrl, workerMetricsPorts, durability } = await fleet.start();
       const lines = [
         "",
         "Shoal is up:",
         `  gRPC API        ${grpcAddr}   (export SHOAL_ADDR=${grpcAddr})`,
+        ...(httpUrl ? [`  HTTP API        ${httpUrl}/v1   (OpenAPI: ${httpUrl}/v1/openapi.json)`] : []),
         `  NATS            ${natsUrl}${durability ? `   (JetStream store in ${opts.dataDir}/jetstream, ${durability})` : ""}`,
         `  metrics         http://127.0.0.1:${opts.metricsPort}/metrics (coordinator)`,
         ...workerMetricsPorts.map((p, i) => `                  http://127.0.0.1:${p}/metrics (worker w${i + 1})`),

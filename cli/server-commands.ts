@@ -7,6 +7,7 @@ import { COORDINATOR_DEFAULTS, type CoordinatorOptions } from "../coordinator/op
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger, defaultLogFormat, LOG_LEVELS, type LogFormat, type Logger } from "../shared/logger.js";
 import { parseBytes, parseDuration, parseIntOption } from "../shared/units.js";
+import { GATEWAY_DEFAULTS } from "../gateway/options.js";
 import { checkWorkerOptions, defaultWorkerId, parseGpuSelection, type WorkerOptions } from "../worker/options.js";
 
 export const DEFAULT_NATS_URL = "nats://127.0.0.1:4222";
@@ -39,6 +40,26 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--results-max-bytes <size>", "byte limit of the results stream (0 = only the server's max_file_store)").env("SHOAL_RESULTS_MAX_BYTES").default("0"))
     .addOption(new Option("--artifacts-max-bytes <size>", "byte limit of the artifact object store (0 = only the server's max_file_store)").env("SHOAL_ARTIFACTS_MAX_BYTES").default("0"))
     .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"));
+}
+
+/** `shoal gateway`'s flags; `shoal up` takes --http-port only and passes the rest by env. */
+export function gatewayFlags(cmd: Command): Command {
+  const d = GATEWAY_DEFAULTS;
+  return cmd
+    .addOption(new Option("--addr <host:port>", "the coordinator's gRPC address").env("SHOAL_ADDR").default(d.addr))
+    .addOption(new Option("--http-host <host>", "HTTP listen address").env("SHOAL_HTTP_HOST").default(d.httpHost))
+    .addOption(new Option("--http-port <port>", "HTTP port (0 = any free port)").env("SHOAL_HTTP_PORT").default(String(d.httpPort)))
+    .addOption(new Option("--public-url <url>", "base of the image URLs handed out (default: from each request's Host header)").env("SHOAL_PUBLIC_URL"))
+    .addOption(new Option("--url-signing-key <key>", "HMAC key of image URLs, at least 32 characters; the same on every gateway (default: random per process)").env("SHOAL_URL_SIGNING_KEY"))
+    .addOption(new Option("--url-ttl <duration>", "how long an image URL stays valid").env("SHOAL_URL_TTL").default(d.urlTtl))
+    .addOption(new Option("--model <name>", "model of a request that names none").env("SHOAL_GATEWAY_MODEL").default(d.defaultModel))
+    .addOption(new Option("--wait-timeout <duration>", "how long POST /v1/batch waits for the results before answering 504 with the batch id").env("SHOAL_WAIT_TIMEOUT").default(d.waitTimeout))
+    .addOption(new Option("--max-requests <n>", "most requests per batch checked by the gateway (0 = the coordinator's --max-items decides)").env("SHOAL_MAX_REQUESTS").default(String(d.maxRequests)))
+    .addOption(new Option("--max-body <size>", "largest request body (413 beyond)").env("SHOAL_MAX_BODY").default(d.maxBody))
+    .addOption(new Option("--max-clients <n>", "gRPC clients kept, one per distinct API key (least recently used closed first)").env("SHOAL_MAX_CLIENTS").default(String(d.maxClients)))
+    .addOption(new Option("--rpc-timeout <duration>", "deadline of the gateway's unary calls to the coordinator").env("SHOAL_RPC_TIMEOUT").default(d.rpcTimeout))
+    .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
+    .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 }
 
 export function workerFlags(cmd: Command, forUp = false): Command {

@@ -3,7 +3,8 @@
 // SIGINT/SIGTERM stops them all in order (workers drain first), leaving nothing behind.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
 import { delimiter, join, resolve } from "node:path";
 import { credentials } from "@grpc/grpc-js";
@@ -18,6 +19,8 @@ export interface UpOptions {
   workers: number;
   grpcPort: number;
   metricsPort: number;
+  /** Port of the HTTP gateway; 0 = none. */
+  httpPort: number;
   dataDir: string;
   /** An existing NATS; when absent, up starts its own. */
   natsUrl: string | undefined;
@@ -87,10 +90,10 @@ export class Fleet {
     private readonly log: Logger,
   ) {}
 
-  private spawnChild(name: string, cmd: string, args: string[]): ChildProcess {
+  private spawnChild(name: string, cmd: string, args: string[], env: Record<string, string> = {}): ChildProcess {
     const child = spawn(cmd, args, {
       stdio: ["ignore", "inherit", "inherit"],
-      env: { ...process.env, SHOAL_PARENT_PID: String(process.pid) },
+      env: { ...process.env, ...env, SHOAL_PARENT_PID: String(process.pid) },
     });
     child.on("exit", (code, signal) => {
       if (!this.stopping) this.log.error({ child: name, code, signal }, "child process exited unexpectedly");
@@ -100,7 +103,7 @@ export class Fleet {
     return child;
   }
 
-  async start(): Promise<{ natsUrl: string; grpcAddr: string; workerMetricsPorts: number[]; durability: string | undefined }> {
+  async start(): Promise<{ natsUrl: string; grpcAddr: string; httpUrl: string | undefined; workerMetricsPorts: number[]; durability: string | undefined }> {
     const o = this.opts;
     const dataDir = resolve(o.dataDir);
     mkdirSync(dataDir, { recursive: true });
@@ -147,13 +150,27 @@ export class Fleet {
       health.close();
       fleet.close();
     }
-    return { natsUrl, grpcAddr, workerMetricsPorts, durability };
+    let httpUrl: string | undefined;
+    if (o.httpPort > 0) {
+      // The image URLs' signing key lives in the data dir, so URLs survive a restart of up;
+      // one given in SHOAL_URL_SIGNING_KEY wins.
+      const env: Record<string, string> = process.env.SHOAL_URL_SIGNING_KEY ? {} : { SHOAL_URL_SIGNING_KEY: gatewaySigningKey(dataDir) };
+      const gateway = this.spawnChild("gateway", process.execPath, [
+        self, "gateway", "--addr", grpcAddr, "--http-port", String(o.httpPort), ...o.commonArgs,
+      ], env);
+      await waitForPort(o.httpPort, "127.0.0.1", gateway, 30_000).catch((err: unknown) => {
+        throw new Error(`HTTP gateway on port ${o.httpPort}: ${err instanceof Error ? err.message : String(err)} (is the port taken? --http-port picks another, 0 starts none)`);
+      });
+      httpUrl = `http://127.0.0.1:${o.httpPort}`;
+    }
+    return { natsUrl, grpcAddr, httpUrl, workerMetricsPorts, durability };
   }
 
-  /** Workers first (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
+  /** The gateway first, then workers (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
   stop(graceMs = 40_000): Promise<void> {
     return (this.stopping ??= (async () => {
       const order = [
+        this.children.filter((c) => c.name === "gateway"),
         this.children.filter((c) => c.name.startsWith("worker")),
         this.children.filter((c) => c.name === "coordinator"),
         this.children.filter((c) => c.name === "nats-server"),
@@ -161,6 +178,18 @@ export class Fleet {
       for (const group of order) await Promise.all(group.map(({ name, child }) => stopChild(name, child, graceMs, this.log)));
     })());
   }
+}
+
+/** The gateway's URL signing key kept in the data dir (made once, readable by the owner only). */
+function gatewaySigningKey(dataDir: string): string {
+  const file = join(dataDir, "gateway-url-signing-key");
+  if (existsSync(file)) {
+    const key = readFileSync(file, "utf8").trim();
+    if (key.length >= 32) return key;
+  }
+  const key = randomBytes(32).toString("hex");
+  writeFileSync(file, key + "\n", { mode: 0o600 });
+  return key;
 }
 
 function stopChild(name: string, child: ChildProcess, graceMs: number, log: Logger): Promise<void> {
@@ -193,6 +222,7 @@ export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worke
     workers: parseIntOption("--workers", String(raw.workers), 1, 64),
     grpcPort: parseIntOption("--grpc-port", String(raw.grpcPort), 1, 65535),
     metricsPort: parseIntOption("--metrics-port", String(raw.metricsPort), 0, 65535),
+    httpPort: parseIntOption("--http-port", String(raw.httpPort ?? "8080"), 0, 65535),
     dataDir: String(raw.dataDir),
     natsUrl,
     natsPort: parseIntOption("--nats-port", String(raw.natsPort), 1, 65535),

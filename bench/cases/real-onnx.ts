@@ -54,7 +54,7 @@ async function throughShoalUp(workers: number, list: ReturnType<typeof items>, w
   try {
     up = spawnTracked("shoal up", process.execPath, [
       CLI, "up", "--workers", String(workers), "--grpc-port", String(grpcPort), "--nats-port", String(natsPort),
-      "--metrics-port", "0", "--data-dir", dataDir, "--gpu", "none", "--max-items", String(Math.max(50, list.length)), "--log-level", "warn", "--log-format", "json",
+      "--metrics-port", "0", "--http-port", "0", "--data-dir", dataDir, "--gpu", "none", "--max-items", String(Math.max(50, list.length)), "--log-level", "warn", "--log-format", "json",
     ]);
     await up.waitForLine((l) => l.includes("Shoal is up"), 180_000);
     children = childPids(up.pid);

@@ -139,6 +139,22 @@ export class Stack {
     return p;
   }
 
+  /**
+   * Starts an HTTP gateway in front of this stack's coordinator on a free port; resolves with
+   * its base URL once the port is open. Several may run at once.
+   */
+  async startGateway(args: string[] = [], env: Record<string, string> = {}): Promise<{ proc: Proc; url: string }> {
+    const port = await freePort();
+    const child = spawn(process.execPath, [CLI, "gateway", "--addr", this.grpcAddr, "--http-host", "127.0.0.1", "--http-port", String(port), "--log-format", "json", ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
+    });
+    const p = track("gateway", child);
+    this.procs.push(p);
+    await waitPort(port, child, 30_000);
+    return { proc: p, url: `http://127.0.0.1:${port}` };
+  }
+
   /** Runs the CLI to completion; killed (code null) after `timeoutMs`. */
   cli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
     return new Promise((resolve) => {

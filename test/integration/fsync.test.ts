@@ -104,7 +104,7 @@ test("fsync - shoal up --fsync always runs nats-server with sync always, and a b
   const up = spawn(
     process.execPath,
     [CLI, "up", "--fsync", "always", "--workers", "1", "--simulate", "--vram", "2GiB", "--grpc-port", String(grpcPort), "--nats-port", String(natsPort),
-      "--nats-monitor-port", String(monitorPort), "--metrics-port", "0", "--data-dir", join(dir, "data"), "--log-format", "json"],
+      "--nats-monitor-port", String(monitorPort), "--metrics-port", "0", "--http-port", "0", "--data-dir", join(dir, "data"), "--log-format", "json"],
     { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
   );
   let stdout = "";

@@ -24,10 +24,10 @@ function childrenOf(pid: number): number[] {
 
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
 
-test("shoal up - starts nats-server, a coordinator and 2 workers, serves the CLI, and stops them all on SIGTERM", async () => {
+test("shoal up - starts nats-server, a coordinator, 2 workers and the HTTP gateway, serves the CLI, and stops them all on SIGTERM", async () => {
   const dir = mkdtempSync(join(tmpdir(), "shoal-up-"));
-  const [grpcPort, natsPort] = [await freePort(), await freePort()];
-  const up = spawn(process.execPath, [CLI, "up", "--workers", "2", "--grpc-port", String(grpcPort), "--nats-port", String(natsPort), "--metrics-port", "0", "--data-dir", join(dir, "data"), "--log-format", "json", "--vram", "2GiB"], {
+  const [grpcPort, natsPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  const up = spawn(process.execPath, [CLI, "up", "--workers", "2", "--grpc-port", String(grpcPort), "--nats-port", String(natsPort), "--http-port", String(httpPort), "--metrics-port", "0", "--data-dir", join(dir, "data"), "--log-format", "json", "--vram", "2GiB"], {
     stdio: ["ignore", "pipe", "pipe"],
     cwd: ROOT,
   });
@@ -46,8 +46,14 @@ test("shoal up - starts nats-server, a coordinator and 2 workers, serves the CLI
     }
     assert.match(stdout, new RegExp(`gRPC API\\s+127\\.0\\.0\\.1:${grpcPort}`));
     assert.match(stdout, new RegExp(`NATS\\s+nats://127\\.0\\.0\\.1:${natsPort}`));
+    assert.match(stdout, new RegExp(`HTTP API\\s+http://127\\.0\\.0\\.1:${httpPort}/v1`));
     children = childrenOf(up.pid!);
-    assert.equal(children.length, 4, "nats-server, coordinator and 2 workers");
+    assert.equal(children.length, 5, "nats-server, coordinator, 2 workers and the gateway");
+    // The gateway answers in front of the coordinator; its URL signing key is kept in the data dir.
+    const models = await fetch(`http://127.0.0.1:${httpPort}/v1/models`, { signal: AbortSignal.timeout(30_000) });
+    assert.equal(models.status, 200);
+    assert.ok(((await models.json()) as { models: { name: string }[] }).models.some((m) => m.name === "imagegen-tiny"));
+    assert.ok(existsSync(join(dir, "data", "gateway-url-signing-key")));
     assert.ok(existsSync(join(dir, "data", "jetstream")), "JetStream store under the data dir");
 
     const env = { ...process.env, SHOAL_ADDR: `127.0.0.1:${grpcPort}` };
