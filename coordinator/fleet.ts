@@ -16,6 +16,8 @@ export interface WorkerRecord {
   models: Set<string>;
   maxInFlight: number;
   itemsDone: number;
+  /** An assignment found no subscriber: not placeable until its next heartbeat. */
+  unreachable: boolean;
   heldReported: number;
 }
 
@@ -43,7 +45,9 @@ export class Fleet {
       maxInFlight: 1,
       itemsDone: 0,
       heldReported: 0,
+      unreachable: false,
     };
+    w.unreachable = false;
     w.incarnation = hb.incarnation;
     w.lastSeq = hb.seq;
     w.lastSeenMs = nowMs;
@@ -89,7 +93,12 @@ export class Fleet {
   /** Unsorted: the scheduler visits every ready worker anyway. */
   ready(): WorkerRecord[] {
     const out: WorkerRecord[] = [];
-    for (const w of this.workers.values()) if (w.state === WorkerState.WORKER_STATE_READY) out.push(w);
+    for (const w of this.workers.values()) if (w.state === WorkerState.WORKER_STATE_READY && !w.unreachable) out.push(w);
     return out;
+  }
+
+  markUnreachable(id: string): void {
+    const w = this.workers.get(id);
+    if (w) w.unreachable = true;
   }
 }

@@ -5,7 +5,7 @@
 // the batch rules (batch-state.ts). This part only carries decisions to workers and brings
 // their reports back.
 
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { RequestError, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { WorkerState } from "../proto/gen/shoal/v1/shoal.js";
 import { AssignReply, Assignment, CancelItems, Heartbeat } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
@@ -142,12 +142,21 @@ export class WorkerLink {
       }
     } catch (err) {
       why = errorMessage(err);
+      // "No responders" is NATS saying nobody subscribes to the worker's subject: the process is
+      // gone (killed, restarting), and certainly never saw these items. Not an attempt; and no
+      // more items for it until it heartbeats again, or a worker that crashed and comes back
+      // under the same id would burn every item's attempts in the seconds it takes to restart.
+      if (err instanceof RequestError && err.isNoResponders()) {
+        answered = true;
+        this.d.fleet.markUnreachable(workerId);
+      }
     }
     const refused = list.filter((p) => !accepted.has(p.lease.token));
     if (refused.length === 0) return;
     this.d.log.warn({ workerId, refused: refused.length, why }, "assignment not taken; items go back to the queue");
     if (answered) {
-      // The worker said no (draining): it never held them, so this was no attempt.
+      // The worker said no (draining), or is not there at all: it never held them, so this was
+      // no attempt.
       for (const { batch, index, lease } of refused) {
         if (this.d.attempts.withdraw(batch, index, lease)) this.d.queue.add(batch.id, index, batch.record.batch!.priority);
       }

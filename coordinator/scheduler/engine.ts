@@ -30,7 +30,7 @@ export interface EngineState {
   queue: BatchQueue;
   /** The batches still running, by id; an id that is not here any more is dropped from the queue. */
   batches: ReadonlyMap<string, ActiveBatch>;
-  /** Every worker this coordinator knows; only READY ones take items. */
+  /** Every worker this coordinator knows; only READY ones that are reachable take items. */
   workers: Iterable<WorkerRecord>;
   /** Read for free VRAM; written only through `attempts`, which owns the reservations. */
   ledger: VramLedger;
@@ -58,7 +58,7 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
   if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
   const workers = new Map<string, PlaceableWorker>();
   for (const w of state.workers) {
-    if (w.state !== WorkerState.WORKER_STATE_READY) continue;
+    if (w.state !== WorkerState.WORKER_STATE_READY || w.unreachable) continue;
     workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - state.attempts.openOn(w.id), resident: w.resident, models: w.models });
   }
   if (workers.size === 0) return outgoing;

@@ -107,7 +107,8 @@ describe("scheduler - with real processes", () => {
     await stack.startWorker("w1", sim);
     const { batch } = await pollUntilTerminal(client, batchId);
     assertWholeBatch(batch, 200);
-    assert.equal(batch.succeeded, 200);
+    const failures = batch.results.filter((r) => r.error).map((r) => `#${r.index} ${r.error!.code} after ${r.attempts}: ${r.error!.message}`);
+    assert.equal(batch.succeeded, 200, `failed: ${failures.slice(0, 5).join("; ")}`);
     assert.ok(batch.results.some((r) => r.attempts >= 2), "items of the crashed incarnation were not placed again");
     // Freed because the coordinator saw a new incarnation of w1, not because w1 fell silent.
     const logs = stack.coordinator!.logs;
@@ -116,5 +117,27 @@ describe("scheduler - with real processes", () => {
       "the coordinator did not take the crashed incarnation's items back on its restart",
     );
     assert.ok(!logs.some((l) => l.msg === "worker lost (no heartbeat)"), "a worker was declared lost");
+  });
+
+  test("scheduler - a worker whose process is gone gets no more items and costs none an attempt", async () => {
+    // A heartbeat timeout far beyond the test: only NATS's "no responders" tells the coordinator
+    // that w1 is gone.
+    await stack.startCoordinator(["--heartbeat-timeout", "10m"]);
+    client = new TestClient(stack.grpcAddr);
+    const sim = ["--simulate", "--vram", "40GB", "--max-in-flight", "4"];
+    const [w1] = await Promise.all([stack.startWorker("w1", sim), stack.startWorker("w2", sim)]);
+    await client.waitForWorkers(2);
+    await stack.kill(w1!, "SIGKILL");
+    const { batchId } = await client.submit({ items: Array.from({ length: 40 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 20, tag: `${i}` } })) });
+    const { batch } = await pollUntilTerminal(client, batchId);
+    assertWholeBatch(batch, 40);
+    const failures = batch.results.filter((r) => r.error).map((r) => `#${r.index} ${r.error!.code} after ${r.attempts}: ${r.error!.message}`);
+    assert.deepEqual(failures, []);
+    assert.deepEqual([...new Set(batch.results.map((r) => r.workerId))], ["w2"]);
+    assert.deepEqual([...new Set(batch.results.map((r) => r.attempts))], [1], "an assignment nobody received counted as an attempt");
+    // The coordinator tried the dead worker (else this test shows nothing), and then stopped.
+    const tries = stack.coordinator!.logs.filter((l) => l.msg === "assignment not taken; items go back to the queue" && l.workerId === "w1");
+    assert.ok(tries.length >= 1, "the coordinator never tried the dead worker");
+    assert.ok(tries.length <= 4, `${tries.length} assignments went to a worker known to be gone`);
   });
 });

@@ -61,6 +61,7 @@ function makeWorker(id: string, models: string[], maxInFlight = 64, state = Work
     maxInFlight,
     itemsDone: 0,
     heldReported: 0,
+    unreachable: false,
   };
 }
 
@@ -120,12 +121,14 @@ test("scheduler engine - nothing is placed while recovering, everything once it 
   assert.equal(schedulePass(state, input(1_000, 1_000)).get("w1")?.length, 1);
 });
 
-test("scheduler engine - only READY workers with free slots take items", () => {
+test("scheduler engine - only READY, reachable workers with free slots take items", () => {
   const b = makeBatch("b1", Array.from({ length: 4 }, () => ({ model: "m", weights: 1, activation: 1 })));
   const draining = makeWorker("d", ["m"], 64, WorkerState.WORKER_STATE_DRAINING);
   const lost = makeWorker("l", ["m"], 64, WorkerState.WORKER_STATE_LOST);
   const ready = makeWorker("r", ["m"], 2);
-  const state = makeState({ d: [100], l: [100], r: [100] }, [draining, lost, ready], [b]);
+  // READY by its last heartbeat, but an assignment found nobody subscribed since.
+  const unreachable = { ...makeWorker("u", ["m"]), unreachable: true };
+  const state = makeState({ d: [100], l: [100], r: [100], u: [100] }, [draining, lost, ready, unreachable], [b]);
   const out = schedulePass(state, input());
   assert.deepEqual([...out.keys()], ["r"]);
   assert.equal(out.get("r")!.length, 2, "maxInFlight bounds what one worker takes");
