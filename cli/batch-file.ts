@@ -13,6 +13,7 @@
 import { readFile } from "node:fs/promises";
 import { extname } from "node:path";
 import type { Item, Webhook } from "../proto/gen/shoal/v1/shoal.js";
+import { quoteInput } from "../shared/param-limits.js";
 import { BatchFileError } from "./errors.js";
 
 export const DEFAULT_MODEL = "imagegen-tiny";
@@ -160,7 +161,7 @@ function parseBatchObject(
   }
   for (const key of Object.keys(value)) {
     if (key !== "items" && key !== "requests" && !COMMON_KEYS.includes(key)) {
-      problems.add(`${at(key)}: unknown field (expected ${[listKey, ...COMMON_KEYS].join(", ")})`);
+      problems.add(`${at(fieldPath("", key))}: unknown field (expected ${[listKey, ...COMMON_KEYS].join(", ")})`);
     }
   }
 
@@ -195,7 +196,7 @@ function parseItemList(
 ): void {
   list.forEach((value, i) => {
     const itemPath = `${path}[${i}]`;
-    const item = toItem(value, (field) => `${result.file}: ${field ? `${itemPath}.${field}` : itemPath}`, defaultModel, problems);
+    const item = toItem(value, (field) => `${result.file}: ${field ? `${itemPath}${field.startsWith("[") ? "" : "."}${field}` : itemPath}`, defaultModel, problems);
     if (item) {
       result.items.push(item);
       result.sources.push(`${result.file}: ${itemPath}`);
@@ -229,7 +230,7 @@ function toItem(
     for (const key of Object.keys(value)) {
       if (key !== "model" && key !== "params") {
         problems.add(
-          `${at(key)}: unknown field; an item with "params" has only "model" and "params" ` +
+          `${at(fieldPath("", key))}: unknown field; an item with "params" has only "model" and "params" ` +
             `(put model params inside "params")`,
         );
       }
@@ -266,7 +267,7 @@ function parseWebhook(
     }
     for (const key of Object.keys(w)) {
       if (!["url", "events", "secret"].includes(key)) {
-        problems.add(`${at(`webhook.${key}`)}: unknown field (expected url, events, secret)`);
+        problems.add(`${at(fieldPath("webhook", key))}: unknown field (expected url, events, secret)`);
       }
     }
     ({ url, events, secret } = w);
@@ -312,9 +313,20 @@ function stringMap(
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(value)) {
     if (typeof v === "string") out[k] = v;
-    else problems.add(`${at(`${path}.${k}`)}: must be a string`);
+    else problems.add(`${at(fieldPath(path, k))}: must be a string`);
   }
   return out;
+}
+
+const IDENTIFIER = /^[A-Za-z_$][\w$]{0,63}$/;
+
+/**
+ * `labels.team`, or `labels["odd key"]` for a key that is not a short identifier: quoted, and
+ * cut to 64 characters, so a megabyte key makes a one-line message (the server's paths look the same).
+ */
+function fieldPath(base: string, key: string): string {
+  if (IDENTIFIER.test(key)) return base ? `${base}.${key}` : key;
+  return `${base}[${quoteInput(key)}]`;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

@@ -141,7 +141,10 @@ export class Coordinator {
     await this.recovery.recover();
     await this.webhooks.start();
     this.subs.push(this.link.subscribeHeartbeats());
-    await this.resultLog.startConsuming((entry, subject) => this.onLogEntry(entry, subject));
+    await this.resultLog.startConsuming(
+      (entry, subject) => this.onLogEntry(entry, subject),
+      (subject, problem) => this.protocolError("outcome", subject, problem),
+    );
     // Ask every worker to report now rather than within its next interval.
     this.nc.publish(this.names.coordinatorHello);
     this.tickTimer = setInterval(() => this.tick(), Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6)));
@@ -234,9 +237,9 @@ export class Coordinator {
     this.scheduleSoon();
   }
 
-  private protocolError(kind: string, subject: string, problem: string): void {
-    this.metrics?.protocolError(kind);
-    this.log.warn({ subject, problem }, `dropping a bad ${kind} from a worker`);
+  private protocolError(kind: string, subject: string, problem: string, count = 1): void {
+    for (let i = 0; i < count; i++) this.metrics?.protocolError(kind);
+    this.log.warn({ subject, problem, count }, `dropping a bad ${kind} from a worker`);
   }
 
   private applyEntry(entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string): void {
@@ -256,10 +259,13 @@ export class Coordinator {
     }
     if (entry.entry?.$case !== "results") return;
     const { workerId, outcomes } = entry.entry.results;
+    let bad = 0;
+    let firstProblem: string | undefined;
     for (const o of outcomes) {
       const problem = outcomeProblem(subjectBatchId ?? o.lease?.batchId ?? "", o);
       if (problem) {
-        if (!replaying) this.protocolError("outcome", `${workerId}`, problem);
+        bad++;
+        firstProblem ??= problem;
         continue;
       }
       if (!o.lease) continue;
@@ -284,6 +290,11 @@ export class Coordinator {
       // A replay after a restart re-applies outcomes the previous process already counted.
       if (!replaying) this.metrics?.attempt(effect.kind === "retry" ? "retried" : o.status === ItemStatus.ITEM_STATUS_SUCCEEDED ? "succeeded" : "failed");
       this.afterEffect(batch, o.lease.index, effect, replaying);
+    }
+    // Counted per outcome but logged once per message: a forged message of thousands of
+    // outcomes must not become thousands of log lines.
+    if (bad > 0 && !replaying) {
+      this.protocolError("outcome", this.names.results(subjectBatchId ?? ""), `${bad} of ${outcomes.length} outcomes from "${workerId.slice(0, 64)}"; the first: ${firstProblem}`, bad);
     }
   }
 

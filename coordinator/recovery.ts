@@ -67,7 +67,14 @@ export class Recovery {
         continue;
       }
       const active = this.d.activate(got.record, got.revision, got.writtenAtMs);
-      for (const entry of await this.d.resultLog().replay(id)) this.d.applyEntry(entry, true, id);
+      for (const entry of await this.d.resultLog().replay(id)) {
+        // One entry that cannot be applied must not keep the coordinator from starting.
+        try {
+          this.d.applyEntry(entry, true, id);
+        } catch (err) {
+          this.d.log.error({ batchId: id, err: errorMessage(err) }, "skipping a results entry on replay");
+        }
+      }
       resumed++;
       if (active.isComplete) this.d.finalizeInBackground(active);
     }

@@ -7,6 +7,8 @@ import type { Logger } from "../shared/logger.js";
 import type { Names } from "../shared/subjects.js";
 
 export type LogEntryHandler = (entry: ResultLogEntry, subject: string) => void;
+/** Told about each live entry that does not decode, so it is counted as a protocol error. */
+export type UnreadableEntryHandler = (subject: string, problem: string) => void;
 
 /**
  * The results stream seen from the coordinator: a durable consumer for live outcomes (so
@@ -55,7 +57,7 @@ export class ResultLog {
     return out;
   }
 
-  async startConsuming(handler: LogEntryHandler): Promise<void> {
+  async startConsuming(handler: LogEntryHandler, onUnreadable?: UnreadableEntryHandler): Promise<void> {
     const stream = this.names.resultsStream;
     const durable = this.names.resultsConsumer;
     try {
@@ -75,11 +77,21 @@ export class ResultLog {
     const messages = this.messages;
     this.loop = (async () => {
       for await (const m of messages) {
+        // Anything can be published into the stream: neither a garbled entry nor a bug in
+        // handling one may stop the consumer, or results would stop arriving.
+        let entry: ResultLogEntry | undefined;
         try {
-          handler(decodeMessage(ResultLogEntry, m.subject, m.data), m.subject);
+          entry = decodeMessage(ResultLogEntry, m.subject, m.data);
         } catch (err) {
-          // A garbled entry from a misbehaving worker must not stop the consumer.
-          this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "dropping an unreadable results entry");
+          if (onUnreadable) onUnreadable(m.subject, errorMessage(err));
+          else this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "dropping an unreadable results entry");
+        }
+        if (entry) {
+          try {
+            handler(entry, m.subject);
+          } catch (err) {
+            this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "results entry not applied");
+          }
         }
         m.ack();
       }

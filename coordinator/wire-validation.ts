@@ -4,7 +4,7 @@
 
 import { ItemStatus } from "../proto/gen/shoal/v1/shoal.js";
 import type { Heartbeat, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
-import { WORKER_ID } from "../shared/ids.js";
+import { MAX_LEASE_TOKEN_LENGTH, WORKER_ID } from "../shared/ids.js";
 import { ARTIFACT_URI_PREFIX } from "../shared/subjects.js";
 
 export const ITEM_ERROR_CODES = new Set([
@@ -20,6 +20,9 @@ export const ITEM_ERROR_CODES = new Set([
 
 const MAX_GPUS = 64;
 const MAX_HELD = 1_000_000;
+/** Bounds no real attempt comes near; past them a figure would poison estimates and metrics. */
+const MAX_VRAM_USED_BYTES = 2 ** 50; // 1 PiB
+const MAX_RUN_MS = 366 * 24 * 3600 * 1000;
 
 /** Returns why the heartbeat is unacceptable, or undefined. */
 export function heartbeatProblem(subjectWorkerId: string, hb: Heartbeat): string | undefined {
@@ -44,12 +47,14 @@ export function outcomeProblem(batchId: string, o: ItemOutcome): string | undefi
   const lease = o.lease;
   if (!lease) return "lease: is required";
   if (lease.batchId !== batchId) return `lease.batch_id: "${lease.batchId}" does not match the subject's batch "${batchId}"`;
-  if (!lease.token || lease.token.length > 64) return "lease.token: must be 1..64 characters";
+  if (!lease.token || lease.token.length > MAX_LEASE_TOKEN_LENGTH) return `lease.token: must be 1..${MAX_LEASE_TOKEN_LENGTH} characters`;
   if (![ItemStatus.ITEM_STATUS_SUCCEEDED, ItemStatus.ITEM_STATUS_FAILED, ItemStatus.ITEM_STATUS_CANCELLED].includes(o.status)) {
     return `status: ${o.status} is not a terminal item status`;
   }
   if (o.status === ItemStatus.ITEM_STATUS_FAILED && !o.error) return "error: a FAILED outcome needs an error";
   if (o.error && !ITEM_ERROR_CODES.has(o.error.code)) return `error.code: "${o.error.code.slice(0, 40)}" is not one of ${[...ITEM_ERROR_CODES].join(", ")}`;
+  if (!(o.vramUsedBytes <= MAX_VRAM_USED_BYTES)) return `vram_used_bytes: ${o.vramUsedBytes} is more than ${MAX_VRAM_USED_BYTES}`;
+  if (!(o.runMs <= MAX_RUN_MS)) return `run_ms: ${o.runMs} is more than a year`;
   for (const [i, a] of o.artifacts.entries()) {
     if (!a.uri.startsWith(`${ARTIFACT_URI_PREFIX}${batchId}/`)) return `artifacts[${i}].uri: must point into this batch's artifacts`;
     if (!/^[0-9a-f]{64}$/.test(a.sha256)) return `artifacts[${i}].sha256: must be 64 hex characters`;

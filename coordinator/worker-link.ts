@@ -9,7 +9,7 @@ import { RequestError, type NatsConnection, type Subscription } from "@nats-io/t
 import { WorkerState } from "../proto/gen/shoal/v1/shoal.js";
 import { AssignReply, Assignment, CancelItems, Heartbeat } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
-import { errorMessage } from "../shared/errors.js";
+import { errorMessage, ProtocolError } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import { quoteInput } from "../shared/param-limits.js";
 import type { Names } from "../shared/subjects.js";
@@ -61,7 +61,8 @@ export class WorkerLink {
           if (problem) return this.d.protocolError("heartbeat", msg.subject, problem);
           this.onHeartbeat(hb);
         } catch (e) {
-          this.d.log.warn({ subject: msg.subject, err: errorMessage(e) }, "ignoring a bad heartbeat");
+          if (e instanceof ProtocolError) this.d.protocolError("heartbeat", msg.subject, e.message);
+          else this.d.log.error({ subject: msg.subject, err: errorMessage(e) }, "heartbeat not applied");
         }
       },
     });

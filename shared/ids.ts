@@ -31,6 +31,9 @@ export function newLeaseToken(attempt: number): string {
   return `${attempt}.${TOKEN_EPOCH}${(tokenCounter++).toString(36)}`;
 }
 
+/** Lease tokens are short; a longer one is not from a coordinator and is refused on both sides. */
+export const MAX_LEASE_TOKEN_LENGTH = 64;
+
 export function leaseAttempt(token: string): number {
   const n = Number.parseInt(token.split(".", 1)[0] ?? "", 10);
   return Number.isSafeInteger(n) && n > 0 ? n : 0;

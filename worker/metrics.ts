@@ -12,6 +12,9 @@ function shoalVersion(): string {
   }
 }
 
+export const PROTOCOL_ERROR_KINDS = ["assign", "cancel", "drain"] as const;
+export type ProtocolErrorKind = (typeof PROTOCOL_ERROR_KINDS)[number];
+
 interface BusyClock {
   /** Items started on the GPU and not finished. */
   running: number;
@@ -38,6 +41,7 @@ export class WorkerMetrics {
   private readonly loads: Counter;
   private readonly loadSeconds: Histogram;
   private readonly residentGauge: Gauge;
+  private readonly protocolErrors: Counter;
   private readonly unexpectedErrors: Counter;
   private readonly busyClocks = new Map<string, BusyClock>();
   private residentNow = new Set<string>();
@@ -99,12 +103,24 @@ export class WorkerMetrics {
       { role: "worker", version: shoalVersion() },
       1,
     );
+    this.protocolErrors = new Counter({
+      name: "shoal_protocol_errors_total",
+      help: "Requests from NATS refused because they broke the protocol (kind: assign, cancel, drain)",
+      labelNames: ["worker", "kind"],
+      registers: r,
+    });
+    for (const kind of PROTOCOL_ERROR_KINDS) this.protocolErrors.inc({ worker: this.workerId, kind }, 0);
     this.inFlightGauge.set({ worker: this.workerId }, 0);
   }
+
   unexpectedError(kind: "unhandled_rejection" | "uncaught_exception"): void {
     this.unexpectedErrors.inc({ kind });
   }
 
+  /** A request on one of the worker's subjects was refused as malformed. */
+  protocolError(kind: ProtocolErrorKind): void {
+    this.protocolErrors.inc({ worker: this.workerId, kind });
+  }
 
   setDevices(devices: GpuDevice[]): void {
     for (const d of devices) {

@@ -14,11 +14,11 @@ import {
   type LeaseRef,
 } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
-import { errorMessage } from "../shared/errors.js";
-import { randomToken } from "../shared/ids.js";
+import { errorMessage, ProtocolError } from "../shared/errors.js";
+import { BATCH_ID, MAX_LEASE_TOKEN_LENGTH, randomToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
-import type { ModelManifest } from "../shared/manifest.js";
+import { validateParams, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
 import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
@@ -27,7 +27,7 @@ import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-so
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
 import type { WorkerOptions } from "./options.js";
 import { ResultPublisher } from "./result-publisher.js";
-import type { WorkerMetrics } from "./metrics.js";
+import type { ProtocolErrorKind, WorkerMetrics } from "./metrics.js";
 
 export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING" | "STOPPED";
 
@@ -104,14 +104,7 @@ export class ShoalWorker {
     this.subs.push(
       this.nc.subscribe(this.names.assign(this.opts.id), { callback: (err, msg) => void (err || this.onAssign(msg)) }),
       this.nc.subscribe(this.names.cancel(this.opts.id), { callback: (err, msg) => void (err || this.onCancel(msg)) }),
-      this.nc.subscribe(this.names.drain(this.opts.id), {
-        callback: (err, msg) => {
-          if (err) return;
-          msg.respond(new Uint8Array());
-          this.log.info("drain requested by the coordinator");
-          void this.drain().then(() => this.close());
-        },
-      }),
+      this.nc.subscribe(this.names.drain(this.opts.id), { callback: (err, msg) => void (err || this.onDrain(msg)) }),
       this.nc.subscribe(this.names.coordinatorHello, { callback: () => void this.heartbeat() }),
     );
     this.state = "RUNNING";
@@ -142,21 +135,52 @@ export class ShoalWorker {
       const assignment = decodeMessage(Assignment, msg.subject, msg.data);
       const accepted: string[] = [];
       let refused = 0;
+      let badLeases = 0;
+      let firstBadLease: string | undefined;
       if (this.state === "RUNNING") {
         const room = this.room();
         for (const item of assignment.items) {
-          if (this.held.has(item.lease?.token ?? "")) accepted.push(item.lease!.token); // re-sent: already ours
+          const problem = leaseProblem(item.lease);
+          if (problem) {
+            badLeases++;
+            firstBadLease ??= problem;
+          } else if (this.held.has(item.lease!.token)) accepted.push(item.lease!.token); // re-sent: already ours
           else if (this.fits(item, room) && this.accept(item)) accepted.push(item.lease!.token);
           else refused++;
         }
       }
-      const error = this.state !== "RUNNING" ? `worker is ${this.state.toLowerCase()}` : refused > 0 ? `${refused} item(s) do not fit the VRAM left here` : "";
-      reply = { accepted, error, gpus: this.gpuStatus() };
+      if (badLeases > 0) this.protocolError("assign", msg.subject, `${badLeases} item(s) with a bad lease; the first: ${firstBadLease}`);
+      const errors: string[] = [];
+      if (this.state !== "RUNNING") errors.push(`worker is ${this.state.toLowerCase()}`);
+      if (badLeases > 0) errors.push(`${badLeases} item(s) refused for a bad lease (${firstBadLease})`);
+      if (refused > 0) errors.push(`${refused} item(s) do not fit the VRAM left here`);
+      reply = { accepted, error: errors.join("; "), gpus: this.gpuStatus() };
     } catch (err) {
-      this.log.error({ err: errorMessage(err) }, "bad assignment");
+      if (err instanceof ProtocolError) this.protocolError("assign", msg.subject, err.message);
+      else this.log.error({ err: errorMessage(err) }, "bad assignment");
       reply = { accepted: [], error: errorMessage(err) };
     }
     msg.respond(encodeMessage(AssignReply, reply));
+  }
+
+  /**
+   * A DrainRequest has no fields, so the coordinator's request is empty. Anything else did not
+   * come from a coordinator of this version: it is refused without an answer (the coordinator
+   * takes any answer as "draining") and counted, so stray bytes cannot stop a worker.
+   */
+  private onDrain(msg: Msg): void {
+    if (msg.data.length > 0) {
+      this.protocolError("drain", msg.subject, `a drain request is empty; got ${msg.data.length} bytes`);
+      return;
+    }
+    msg.respond(new Uint8Array());
+    this.log.info("drain requested by the coordinator");
+    void this.drain().then(() => this.close());
+  }
+
+  private protocolError(kind: ProtocolErrorKind, subject: string, problem: string): void {
+    this.metrics?.protocolError(kind);
+    this.log.warn({ subject, problem }, `refusing a bad ${kind} request`);
   }
 
   /** Free VRAM per device right now (unclamped), and which models' weights are counted. */
@@ -206,9 +230,9 @@ export class ShoalWorker {
     };
   }
 
+  /** `item.lease` has passed leaseProblem(). */
   private accept(item: AssignedItem): boolean {
-    const lease = item.lease;
-    if (!lease || !lease.token || !lease.batchId) return false;
+    const lease = item.lease!;
     const model = this.manifests.get(item.model);
     const controller = new CancelToken();
     const params = item.params ?? {};
@@ -252,9 +276,16 @@ export class ShoalWorker {
       if (!this.manifests.has(held.model.name)) {
         throw new InferenceError("MODEL_NOT_FOUND", `model ${held.model.name} is not served by worker ${this.opts.id}`, true);
       }
+      // The coordinator validated these params, but anything can be published on the assign
+      // subject: a garbled or forged item must not reach the model (100000×100000 pixels would
+      // take the process down), so it ends as the coordinator would have refused it.
+      const checked = validateParams(held.model, params);
+      if (checked.problems.length > 0) {
+        throw new InferenceError("INVALID_PARAMS", checked.problems.map((p) => `${p.path}: ${p.message}`).join("; "), false);
+      }
       held.started = true;
       const output = await this.backend.run(
-        { id: lease.token, model: held.model.name, params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
+        { id: lease.token, model: held.model.name, params: checked.params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
         held.controller,
       );
       const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
@@ -273,7 +304,8 @@ export class ShoalWorker {
       outcome = { lease, status, error: { code: e.code, message: e.message, retryable: e.retryable }, artifacts: [], runMs, vramUsedBytes: 0 };
       (e.code === "CANCELLED" ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))({ ...ids(), code: e.code, err: e.message, runMs }, "item did not succeed");
     }
-    this.metrics?.itemDone(held.model.name, outcome.status, outcome.runMs / 1000, held.gpuIndex);
+    // Model names from the wire are unbounded: only served models get their own label.
+    this.metrics?.itemDone(this.manifests.has(held.model.name) ? held.model.name : "(unknown)", outcome.status, outcome.runMs / 1000, held.gpuIndex);
     await this.publisher!.publish(lease.batchId, outcome);
     // Only now, with the outcome stored, does the item stop appearing in heartbeats.
     this.held.delete(lease.token);
@@ -310,7 +342,8 @@ export class ShoalWorker {
       this.log.info({ requested: cancel.leases.length, cancelled: n }, "cancel requested");
       if (msg.reply) msg.respond(new Uint8Array());
     } catch (err) {
-      this.log.error({ err: errorMessage(err) }, "bad cancel request");
+      if (err instanceof ProtocolError) this.protocolError("cancel", msg.subject, err.message);
+      else this.log.error({ err: errorMessage(err) }, "bad cancel request");
     }
   }
 
@@ -440,4 +473,12 @@ export class ShoalWorker {
     })();
     return this.closePromise;
   }
+}
+
+/** Why an assigned item's lease cannot be taken: its batch id becomes a subject token. */
+function leaseProblem(lease: LeaseRef | undefined): string | undefined {
+  if (!lease) return "lease: is required";
+  if (!BATCH_ID.test(lease.batchId)) return `lease.batch_id: ${JSON.stringify(lease.batchId.slice(0, 40))} is not a batch id`;
+  if (!lease.token || lease.token.length > MAX_LEASE_TOKEN_LENGTH) return `lease.token: must be 1..${MAX_LEASE_TOKEN_LENGTH} characters`;
+  return undefined;
 }

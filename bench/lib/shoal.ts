@@ -1,6 +1,7 @@
 // Real Shoal processes for the bench, through the integration-test harness: a nats-server with
 // its own port and store, the coordinator and worker processes of the compiled CLI, and the SDK.
 
+import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import type { SubmitInput } from "../../cli/client.js";
 import type { Batch } from "../../proto/gen/shoal/v1/shoal.js";
@@ -63,11 +64,20 @@ export async function startShoal(opts: {
  * batch cannot hang the whole bench).
  */
 export async function runBatch(client: TestClient, req: SubmitInput, timeoutMs: number): Promise<Batch | undefined> {
-  try {
-    return await client.sdk.runBatch(req, { timeoutMs });
-  } catch (err) {
-    if ((err as { grpcCode?: number }).grpcCode === status.DEADLINE_EXCEEDED) return undefined;
-    throw err;
+  // As a careful client does: an UNAVAILABLE (e.g. a JetStream write that timed out on a busy
+  // machine) is retried under the same idempotency key, so a batch stored despite the error is
+  // found again rather than submitted twice.
+  const keyed = { ...req, idempotencyKey: req.idempotencyKey || `bench-${randomUUID()}` };
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await client.sdk.runBatch(keyed, { timeoutMs: Math.max(1, deadline - Date.now()) });
+    } catch (err) {
+      const code = (err as { grpcCode?: number }).grpcCode;
+      if (code === status.DEADLINE_EXCEEDED) return undefined;
+      if (code !== status.UNAVAILABLE || attempt >= 4 || Date.now() + 1000 >= deadline) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
   }
 }
 

@@ -52,3 +52,10 @@ test("wire validation - outcomes for another batch, with unknown codes or foreig
   assert.match(outcomeProblem("b_1", outcome({ artifacts: [artifact] }))!, /^artifacts\[0\]\.uri/);
   assert.equal(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/0/image" }] })), undefined);
 });
+
+test("wire validation - absurd run times and memory figures are refused before they reach estimates and metrics", () => {
+  assert.match(outcomeProblem("b_1", outcome({ vramUsedBytes: 2 ** 64 - 2048 }))!, /^vram_used_bytes/);
+  assert.match(outcomeProblem("b_1", outcome({ runMs: 2 ** 60 }))!, /^run_ms/);
+  assert.match(outcomeProblem("b_1", outcome({ runMs: NaN }))!, /^run_ms/);
+  assert.equal(outcomeProblem("b_1", outcome({ vramUsedBytes: 80 * 2 ** 30, runMs: 3_600_000 })), undefined);
+});
