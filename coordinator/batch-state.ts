@@ -5,8 +5,13 @@
 import { BatchState, ItemStatus, type Batch, type ItemError, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
 import { leaseAttempt } from "../shared/ids.js";
+import type { VramNeed } from "../shared/vram-need.js";
 
-export interface Lease {
+/**
+ * One try of one item on one worker (the wire calls its reference a LeaseRef). Opened and ended
+ * by Attempts (attempts.ts), which keeps its VRAM reservation and its worker slot with it.
+ */
+export interface Attempt {
   token: string;
   workerId: string;
   gpuIndex: number;
@@ -18,11 +23,12 @@ export interface Lease {
 export interface ItemSlot {
   model: string;
   params: Record<string, unknown>;
-  activationBytes: number;
-  weightsBytes: number;
+  /** The manifest's need, fixed when the batch is validated (or resumed); learned estimates may raise the activations. */
+  need: VramNeed;
   state: "pending" | "leased" | "done";
   attempts: number;
-  lease: Lease | undefined;
+  /** The attempt running now, if any (set by Attempts; cleared here when the item's attempt ends). */
+  lease: Attempt | undefined;
   /**
    * Attempts that ended without a result that counts (failed and retried, or taken back).
    * Allocated on the first one: most items never need it, and batches hold many items.
@@ -164,8 +170,8 @@ export class ActiveBatch {
   }
 
   /** Marks every item not yet done CANCELLED; returns the leases that were running. */
-  cancelAll(): { index: number; lease: Lease }[] {
-    const running: { index: number; lease: Lease }[] = [];
+  cancelAll(): { index: number; lease: Attempt }[] {
+    const running: { index: number; lease: Attempt }[] = [];
     this.cancelRequested = true;
     for (const [index, slot] of this.items.entries()) {
       if (slot.state === "done") continue;

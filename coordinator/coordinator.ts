@@ -1,50 +1,31 @@
-import { RequestError, type NatsConnection, type Subscription } from "@nats-io/transport-node";
-import {
-  BatchState,
-  ItemStatus,
-  WorkerState,
-  type Batch,
-  type BatchEvent,
-  type ItemResult,
-  type SubmitBatchRequest,
-} from "../proto/gen/shoal/v1/shoal.js";
-import { AssignReply, Assignment, CancelItems, Heartbeat, type BatchRecord, type ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
-import { decodeMessage, encodeMessage } from "../shared/codec.js";
-import { errorMessage, ProtocolError } from "../shared/errors.js";
-import { BATCH_ID, leaseAttempt, newBatchId, newLeaseToken } from "../shared/ids.js";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { ItemStatus, WorkerState, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
+import type { BatchRecord, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
+import { newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
-import { activationBytes } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
-import { quoteInput } from "../shared/param-limits.js";
-import { StorageError, storageError } from "../shared/storage-errors.js";
-import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
-import { BatchIndex, decodePageToken, encodePageToken, type IndexEntry } from "./batch-index.js";
-import { ActiveBatch, type ItemSlot, type Lease } from "./batch-state.js";
+import { Names } from "../shared/subjects.js";
+import { itemNeed, type VramNeed } from "../shared/vram-need.js";
+import { Attempts } from "./attempts.js";
+import { BatchApi } from "./batch-api.js";
+import { BatchIndex } from "./batch-index.js";
 import { BatchQueue } from "./batch-queue.js";
-import { BatchStore, isTerminal } from "./batch-store.js";
-import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
+import { ActiveBatch, type ItemSlot } from "./batch-state.js";
+import { BatchStore } from "./batch-store.js";
+import { unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
-import { placeItem, type PlaceableWorker } from "./placement.js";
-import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
+import { Recovery } from "./recovery.js";
 import { ResultLog } from "./result-log.js";
-import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
-import { validateSubmit } from "./validation.js";
-import { VramLedger } from "./vram-ledger.js";
+import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
+import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
-import { heartbeatProblem, outcomeProblem } from "./wire-validation.js";
-
-type BatchListener = (ev: BatchEvent) => void;
-
-interface PendingAssign {
-  batch: ActiveBatch;
-  index: number;
-  lease: Lease;
-}
+import { WorkerLink } from "./worker-link.js";
+import { outcomeProblem } from "./wire-validation.js";
 
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
@@ -63,23 +44,26 @@ export class Coordinator {
   readonly models: ModelRegistry;
   private readonly names: Names;
   private readonly fleet: Fleet;
+  /** Heartbeats in; assignments, cancels and drains out; take-back of lost attempts. */
+  private readonly link: WorkerLink;
+  /** Submit, get, watch, list, cancel, retry, artifacts, and the terminal write of each batch. */
+  private readonly api: BatchApi;
+  /** Rebuild at start from KV and the results log; adoption of held items while recovering. */
+  private readonly recovery: Recovery;
   private readonly ledger = new VramLedger();
+  /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
+  private readonly attempts = new Attempts(this.ledger);
   private readonly estimates = new VramEstimates();
   private lastUnplaceableCheck = 0;
   private readonly queue = new BatchQueue();
   private readonly active = new Map<string, ActiveBatch>();
-  private readonly listeners = new Map<string, Set<BatchListener>>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
   private scheduleQueued = false;
-  private heartbeatPass: NodeJS.Timeout | undefined;
-  /** Until this time after a restart, items are not placed: workers first report what they hold. */
-  private recoveringUntil = 0;
   private closePromise: Promise<void> | undefined;
   private started = false;
   /** Aborted by close(): ends the retries of terminal writes (the next start resumes them). */
   private readonly stopping = new AbortController();
-  private lastRefreshCheck = 0;
 
   constructor(
     private readonly opts: CoordinatorOptions,
@@ -89,6 +73,56 @@ export class Coordinator {
     this.names = new Names(opts.prefix);
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
+    this.link = new WorkerLink({
+      nc: () => this.nc!,
+      resultLog: () => this.resultLog!,
+      names: this.names,
+      opts,
+      log,
+      fleet: this.fleet,
+      ledger: this.ledger,
+      attempts: this.attempts,
+      queue: this.queue,
+      batches: this.active,
+      closing: () => this.closePromise !== undefined,
+      scheduleSoon: () => this.scheduleSoon(),
+      reported: (worker, hb, now) => this.recovery.adopt(worker, hb, now),
+      protocolError: (kind, subject, problem) => this.protocolError(kind, subject, problem),
+    });
+    this.recovery = new Recovery({
+      infra: () => this.infra!,
+      store: () => this.store!,
+      index: () => this.index!,
+      resultLog: () => this.resultLog!,
+      names: this.names,
+      log,
+      metrics,
+      active: this.active,
+      attempts: this.attempts,
+      heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+      activate: (record, revision, writtenAtMs) => this.activate(record, revision, writtenAtMs),
+      applyEntry: (entry, replaying, subjectBatchId) => this.applyEntry(entry, replaying, subjectBatchId),
+      finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
+    });
+    this.api = new BatchApi({
+      nc: () => this.nc,
+      infra: () => this.infra!,
+      store: () => this.store!,
+      index: () => this.index!,
+      webhooks: () => this.webhooks!,
+      names: this.names,
+      opts,
+      log,
+      metrics,
+      models: this.models,
+      queue: this.queue,
+      active: this.active,
+      activate: (record, revision, writtenAtMs, needs) => this.activate(record, revision, writtenAtMs, needs),
+      cancelOnWorkers: (batchId, running) => this.link.cancel(batchId, running),
+      scheduleSoon: () => this.scheduleSoon(),
+      ensureStarted: () => this.ensureStarted(),
+      stopping: this.stopping.signal,
+    });
   }
 
   async start(): Promise<void> {
@@ -104,24 +138,9 @@ export class Coordinator {
       { retryDelaysMs: this.opts.webhookRetryDelaysMs, timeoutMs: 10_000 },
       this.log.child({ component: "webhooks" }),
     );
-    await this.recover();
+    await this.recovery.recover();
     await this.webhooks.start();
-    this.subs.push(
-      this.nc.subscribe(this.names.heartbeats, {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            const hb = decodeMessage(Heartbeat, msg.subject, msg.data);
-            const problem = heartbeatProblem(msg.subject.slice(msg.subject.lastIndexOf(".") + 1), hb);
-            if (problem) return this.protocolError("heartbeat", msg.subject, problem);
-            this.onHeartbeat(hb);
-          } catch (e) {
-            if (e instanceof ProtocolError) this.protocolError("heartbeat", msg.subject, e.message);
-            else this.log.error({ subject: msg.subject, err: errorMessage(e) }, "heartbeat not applied");
-          }
-        },
-      }),
-    );
+    this.subs.push(this.link.subscribeHeartbeats());
     await this.resultLog.startConsuming(
       (entry, subject) => this.onLogEntry(entry, subject),
       (subject, problem) => this.protocolError("outcome", subject, problem),
@@ -135,77 +154,22 @@ export class Coordinator {
   }
 
   // ---------------------------------------------------------------------------------------
-  // Recovery
-
-  /** Resumes the batches whose open marker is still there; finished ones stay in storage. */
-  private async recover(): Promise<void> {
-    if (this.infra!.batchIndexCreated) {
-      try {
-        await this.indexStoredBatches();
-      } catch (err) {
-        // Without the index stream the next start indexes them again; with a half-filled one it would not.
-        await this.infra!.jsm.streams.delete(this.names.batchIndexStream).catch(() => undefined);
-        throw err;
-      }
-    }
-    let resumed = 0;
-    for (const id of await this.store!.openIds()) {
-      const got = await this.store!.get(id);
-      if (!got || isTerminal(got.record.batch!)) {
-        // Finalized just before a crash, or never stored (the submit failed after the marker).
-        await this.store!.clearOpen(id).catch((err) => this.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
-        continue;
-      }
-      const active = this.activate(got.record, got.revision, got.writtenAtMs);
-      for (const entry of await this.resultLog!.replay(id)) {
-        // One entry that cannot be applied must not keep the coordinator from starting.
-        try {
-          this.applyEntry(entry, true, id);
-        } catch (err) {
-          this.log.error({ batchId: id, err: errorMessage(err) }, "skipping a results entry on replay");
-        }
-      }
-      resumed++;
-      if (active.isComplete) this.finalizeInBackground(active);
-    }
-    this.metrics?.batchesInMemory(this.active.size);
-    if (resumed > 0) {
-      this.recoveringUntil = Date.now() + this.opts.heartbeatTimeoutMs;
-      this.log.info({ resumed, waitMs: this.opts.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
-    }
-  }
+  // Running batches
 
   /**
-   * Batches stored before the index and the open markers existed (an older Shoal) are indexed
-   * once, oldest first, the first time a coordinator creates the index stream.
+   * Makes a stored record a running batch and queues its items; used by submit and by recovery.
+   * `needs` are the ones validation computed for a new batch; a resumed batch's come from the
+   * manifests registered now (the record stores only model and params).
    */
-  private async indexStoredBatches(): Promise<void> {
-    const ids = (await this.store!.allBatchIds()).sort();
-    if (ids.length === 0) return;
-    let open = 0;
-    for (const id of ids) {
-      const got = await this.store!.get(id);
-      if (!got) continue;
-      if (!isTerminal(got.record.batch!)) {
-        await this.store!.markOpen(id);
-        open++;
-      }
-      await this.index!.append(got.record.tenant, id);
-    }
-    this.log.info({ batches: ids.length, open }, "indexed batches stored by an earlier version");
-  }
-
-  private activate(record: BatchRecord, revision: number, writtenAtMs = Date.now()): ActiveBatch {
+  private activate(record: BatchRecord, revision: number, writtenAtMs = Date.now(), needs?: VramNeed[]): ActiveBatch {
     const now = Date.now();
     const created = record.batch!.createdAt?.getTime() ?? now;
-    const slots: ItemSlot[] = record.items.map((item) => {
-      const manifest = this.models.get(item.model);
+    const slots: ItemSlot[] = record.items.map((item, i) => {
       const params = item.params ?? {};
       return {
         model: item.model,
         params,
-        activationBytes: manifest ? activationBytes(manifest, params) : 0,
-        weightsBytes: manifest?.vram.weights_bytes ?? 0,
+        need: needs?.[i] ?? itemNeed(this.models.get(item.model), params),
         state: "pending",
         attempts: 0,
         lease: undefined,
@@ -223,336 +187,50 @@ export class Coordinator {
   }
 
   // ---------------------------------------------------------------------------------------
-  // API
+  // API: the batch calls are the BatchApi's (batch-api.ts)
 
-  async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
-    this.ensureStarted();
-    const valid = validateSubmit(req, (m) => this.models.get(m), { maxItems: this.opts.maxItems });
-    if (this.queue.size + valid.length > this.opts.maxQueuedItems) {
-      throw resourceExhausted(
-        `queue full: ${this.queue.size} items are waiting and this batch adds ${valid.length}, over the limit of ${this.opts.maxQueuedItems} (coordinator flag --max-queued-items); retry later`,
-      );
-    }
-    const batchId = newBatchId();
-    const now = new Date();
-    const record: BatchRecord = {
-      batch: {
-        id: batchId,
-        state: BatchState.BATCH_STATE_QUEUED,
-        total: valid.length,
-        succeeded: 0,
-        failed: 0,
-        cancelled: 0,
-        results: [],
-        createdAt: now,
-        completedAt: undefined,
-        labels: req.labels,
-        running: 0,
-        priority: req.priority,
-      },
-      // Stored with defaults applied, so a replay does not depend on today's manifest defaults.
-      items: valid.map((v) => ({ model: v.model.name, params: v.params })),
-      idempotencyKey: req.idempotencyKey,
-      webhook: req.webhook,
-      tenant,
-      retryOf,
-      sourceIndices,
-    };
-    this.checkRecordFits(record, valid.map((v) => v.model));
-    if (req.idempotencyKey) {
-      const existing = await this.storing(() => this.store!.claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
-      if (existing) {
-        const total = this.active.get(existing)?.total ?? (await this.storing(() => this.store!.get(existing)))?.record.batch!.total;
-        if (total !== undefined) return { batchId: existing, itemCount: total };
-        await this.storing(() => this.store!.overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
-      }
-    }
-    // Marker and index entry first: a record that exists always has both, and a failure leaves
-    // at most a marker (removed at the next start) and an index entry ListBatches skips.
-    let revision: number;
-    let marked = false;
-    try {
-      revision = await this.storing(async () => {
-        const mark = this.store!.markOpen(batchId).then(() => (marked = true));
-        await Promise.all([mark, this.index!.append(tenant, batchId)]);
-        return this.store!.create(record);
-      });
-    } catch (err) {
-      if (marked) void this.store!.clearOpen(batchId).catch(() => undefined);
-      if (req.idempotencyKey) void this.store!.releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
-      throw err;
-    }
-    this.activate(record, revision);
-    this.metrics?.batchesInMemory(this.active.size);
-    this.metrics?.batchSubmitted();
-    this.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
-    this.scheduleSoon();
-    return { batchId, itemCount: valid.length };
+  submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
+    return this.api.submit(req, tenant, retryOf, sourceIndices);
   }
 
-  /**
-   * Runs a write of SubmitBatch; a storage failure becomes the status the client acts on:
-   * RESOURCE_EXHAUSTED when something is full or too large (the message says what, and which
-   * flag gives it room), UNAVAILABLE when NATS cannot be reached. Nothing was accepted either way.
-   */
-  private async storing<T>(write: () => Promise<T>): Promise<T> {
-    try {
-      return await write();
-    } catch (err) {
-      if (err instanceof ServerError) throw err;
-      const e = storageError(err, "JetStream", "--batches-max-bytes");
-      this.metrics?.submitStorageFailed(e.reason);
-      this.log.warn({ code: e.code, err: e.message }, "batch refused: it could not be stored");
-      throw storageStatus(e, "the batch was not accepted");
-    }
+  getBatch(batchId: string, tenant: string): Promise<Batch> {
+    return this.api.getBatch(batchId, tenant);
   }
 
-  /** The most bytes one batch record may take: the server's max_payload, and the bucket's limit. */
-  private maxRecordBytes(): { bytes: number; why: string } {
-    const payload = (this.nc?.info?.max_payload ?? 1024 * 1024) - KV_OVERHEAD_BYTES;
-    const bucket = this.opts.storage.batchesMaxBytes > 0 ? this.opts.storage.batchesMaxBytes - KV_OVERHEAD_BYTES : Infinity;
-    return bucket < payload
-      ? { bytes: bucket, why: `the batch records bucket's limit (--batches-max-bytes ${this.opts.storage.batchesMaxBytes})` }
-      : { bytes: payload, why: `the NATS server's max_payload of ${payload + KV_OVERHEAD_BYTES} bytes, less ${KV_OVERHEAD_BYTES} for the KV envelope` };
+  watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
+    return this.api.watch(batchId, tenant, signal);
   }
 
-  /** A batch whose terminal record could never be stored is refused now, not retried later. */
-  private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1]): void {
-    const bound = terminalRecordBound(record, models);
-    const limit = this.maxRecordBytes();
-    if (bound <= limit.bytes) return;
-    this.metrics?.submitStorageFailed("record_too_large");
-    throw resourceExhausted(
-      `batch too large to store: with its ${models.length} results its record may take up to ${bound} bytes, more than the ${limit.bytes} bytes allowed by ${limit.why}; ` +
-        `submit fewer items (or shorter params) per batch, or raise that limit`,
-    );
+  waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
+    return this.api.waitTerminal(batchId, tenant, signal);
   }
 
-  async getBatch(batchId: string, tenant: string): Promise<Batch> {
-    this.ensureStarted();
-    const active = this.active.get(batchId);
-    if (active && active.record.tenant === tenant) return active.snapshot();
-    const got = BATCH_ID.test(batchId) ? await this.store!.get(batchId) : undefined;
-    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
-    return got.record.batch!;
+  cancel(batchId: string, tenant: string): Promise<Batch> {
+    return this.api.cancel(batchId, tenant);
   }
 
-  /**
-   * Streams one event per finished item (those already finished first), then the terminal
-   * batch. The caller's signal ends the watch early.
-   */
-  async *watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
-    const first = await this.getBatch(batchId, tenant);
-    if (isTerminal(first)) {
-      for (const r of first.results) yield { event: { $case: "item", item: r } };
-      yield { event: { $case: "batch", batch: first } };
-      return;
-    }
-    const active = this.active.get(batchId)!;
-    const buffer: BatchEvent[] = [];
-    let wake: (() => void) | undefined;
-    const listener: BatchListener = (ev) => {
-      buffer.push(ev);
-      wake?.();
-    };
-    this.listen(batchId, listener);
-    const onAbort = () => wake?.();
-    signal.addEventListener("abort", onAbort);
-    try {
-      for (const s of active.items) if (s.state === "done") yield { event: { $case: "item", item: s.result! } };
-      while (!signal.aborted) {
-        if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-        while (buffer.length > 0) {
-          const ev = buffer.shift()!;
-          yield ev;
-          if (ev.event?.$case === "batch") return;
-        }
-      }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-      this.unlisten(batchId, listener);
-    }
+  retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
+    return this.api.retry(batchId, tenant);
   }
 
-  /** Resolves with the terminal batch. */
-  async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
-    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch") return ev.event.batch;
-    throw new Error("watch ended before the batch was terminal");
+  list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
+    return this.api.list(tenant, pageSize, pageToken);
   }
 
-  async cancel(batchId: string, tenant: string): Promise<Batch> {
-    const current = await this.getBatch(batchId, tenant);
-    const active = this.active.get(batchId);
-    if (isTerminal(current) || !active) return current;
-    // Every item already done: the terminal write has begun and the batch ends as it ran.
-    const what = active.finalizing ? "has finished" : "is cancelled";
-    if (!active.finalizing) {
-      this.queue.removeBatch(batchId);
-      const running = active.cancelAll();
-      this.cancelOnWorkers(batchId, running);
-      this.log.info({ batchId, running: running.length }, "batch cancelled");
-    }
-    const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
-      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} ${what}, but the coordinator is shutting down before storing it; the next start finishes it`);
-      throw err;
-    });
-    if ("b" in outcome) return outcome.b;
-    throw storageStatus(
-      storageError(outcome.e, "the batch records bucket", "--batches-max-bytes"),
-      `batch ${batchId} ${what}, but its terminal record is not stored yet; the coordinator keeps retrying and GetBatch shows it terminal once it is stored`,
-    );
+  artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
+    return this.api.artifact(uri, tenant);
   }
 
-  async retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
-    const batch = await this.getBatch(batchId, tenant);
-    if (!isTerminal(batch)) throw failedPrecondition(`batch ${batchId} is not finished yet; cancel it or wait`);
-    const got = await this.store!.get(batchId);
-    const retryable = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_FAILED && r.error?.retryable);
-    if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error`);
-    const items = retryable.map((r) => got!.record.items[r.index]!);
-    return this.submit(
-      { items, idempotencyKey: "", webhook: got!.record.webhook, priority: batch.priority, labels: batch.labels },
-      tenant,
-      batchId,
-      retryable.map((r) => r.index),
-    );
+  workers(): { record: WorkerRecord; gpus: ReturnType<VramLedger["gpusOf"]>; attemptsOpen: number }[] {
+    return this.fleet.all().map((record) => ({ record, gpus: this.ledger.gpusOf(record.id), attemptsOpen: this.attempts.openOn(record.id) }));
   }
 
-  /**
-   * Newest first, from the batch index in JetStream: memory and work per call follow the page
-   * size, not the number of stored batches. Entries whose record has aged out (or was never
-   * stored) are skipped; the token is the index position of the last batch returned.
-   */
-  async list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
-    this.ensureStarted();
-    const size = Math.min(Math.max(pageSize || 50, 1), 1000);
-    let before = 0;
-    if (pageToken) {
-      const seq = decodePageToken(pageToken);
-      if (seq === undefined) throw invalidArgument([`page_token: ${JSON.stringify(pageToken.slice(0, 40))} is not a next_page_token from ListBatches`]);
-      before = seq;
-    }
-    const batches: Batch[] = [];
-    const seen = new Set<string>();
-    let lastSeq = 0;
-    let more = false;
-    let pending: IndexEntry[] = [];
-    const load = async (): Promise<void> => {
-      const loaded = await Promise.all(pending.map((e) => this.summaryOf(e.batchId, tenant)));
-      for (const [i, b] of loaded.entries()) {
-        if (batches.length === size) {
-          more = true;
-          break;
-        }
-        lastSeq = pending[i]!.seq;
-        if (b && !seen.has(b.id)) {
-          seen.add(b.id);
-          batches.push(b);
-        }
-      }
-      pending = [];
-    };
-    try {
-      for await (const e of this.index!.newestFirst(tenant, before, size + 1)) {
-        if (batches.length === size) {
-          more = true;
-          break;
-        }
-        pending.push(e);
-        if (pending.length >= size - batches.length) await load();
-      }
-      if (pending.length > 0) await load();
-    } catch (err) {
-      if (err instanceof ServerError) throw err;
-      throw unavailable(`the batch index could not be read: ${errorMessage(err)}`);
-    }
-    return { batches, nextPageToken: more ? encodePageToken(lastSeq) : "" };
-  }
-
-  /** A batch as ListBatches shows it (no results), if it is the tenant's and still stored. */
-  private async summaryOf(batchId: string, tenant: string): Promise<Batch | undefined> {
-    const active = this.active.get(batchId);
-    if (active) return active.record.tenant === tenant ? active.snapshot() : undefined;
-    const got = await this.store!.get(batchId);
-    if (!got || got.record.tenant !== tenant) return undefined;
-    return { ...got.record.batch!, results: [] };
-  }
-
-  async artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
-    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${quoteInput(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
-    const name = uri.slice(ARTIFACT_URI_PREFIX.length);
-    const batchId = name.split("/", 1)[0]!;
-    await this.getBatch(batchId, tenant); // tenancy check: another tenant's artifact is NOT_FOUND
-    // A name the object store refuses (odd characters) names no artifact either.
-    const obj = await this.infra!.artifacts.get(name).catch(() => null);
-    if (!obj) throw notFound(`artifact ${quoteInput(uri)} not found`);
-    return obj.data;
-  }
-
-  workers(): { record: WorkerRecord; gpus: ReturnType<VramLedger["gpusOf"]> }[] {
-    return this.fleet.all().map((record) => ({ record, gpus: this.ledger.gpusOf(record.id) }));
-  }
-
-  async drainWorker(workerId: string): Promise<WorkerRecord> {
-    const w = this.fleet.get(workerId);
-    if (!w) throw notFound(`worker ${quoteInput(workerId)} not found`);
-    if (w.state === WorkerState.WORKER_STATE_LOST) return w;
-    w.state = WorkerState.WORKER_STATE_DRAINING;
-    try {
-      await this.nc!.request(this.names.drain(workerId), new Uint8Array(), { timeout: this.opts.assignTimeoutMs });
-    } catch (err) {
-      throw unavailable(`worker ${workerId} did not answer the drain request: ${errorMessage(err)}`);
-    }
-    this.log.info({ workerId }, "worker draining");
-    return w;
+  drainWorker(workerId: string): Promise<WorkerRecord> {
+    return this.link.drain(workerId);
   }
 
   // ---------------------------------------------------------------------------------------
   // Events from NATS
-
-  private onHeartbeat(hb: Heartbeat): void {
-    const now = Date.now();
-    const { worker, change } = this.fleet.observe(hb, now);
-    if (change === "stale") return;
-    if (change === "joined" || change === "restarted") {
-      this.log.info({ workerId: worker.id, change, gpus: hb.gpus.length, models: hb.models }, "worker registered");
-      if (change === "restarted") this.takeBack(worker, "the worker restarted");
-    }
-    const held = new Set(hb.inFlight.map((l) => l.token));
-    this.ledger.observe(
-      worker.id,
-      hb.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
-      held,
-    );
-    if (now < this.recoveringUntil) this.adopt(worker, hb);
-    // A heartbeat can free room; many arrive per second in a large fleet, so their passes are
-    // coalesced on a short timer instead of running one pass per heartbeat.
-    this.scheduleAfterHeartbeats();
-  }
-
-  private scheduleAfterHeartbeats(): void {
-    if (this.heartbeatPass || this.queue.size === 0) return;
-    this.heartbeatPass = setTimeout(() => {
-      this.heartbeatPass = undefined;
-      this.scheduleSoon();
-    }, 5);
-  }
-
-  /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
-  private adopt(worker: WorkerRecord, hb: Heartbeat): void {
-    for (const l of hb.inFlight) {
-      const batch = this.active.get(l.batchId);
-      const slot = batch?.items[l.index];
-      if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
-      // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
-      slot.state = "leased";
-      slot.lease = { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() };
-      slot.attempts = Math.max(slot.attempts, leaseAttempt(l.token));
-      worker.leases.add(l.token);
-      batch.started = true;
-    }
-  }
 
   private onLogEntry(entry: ResultLogEntry, subject: string): void {
     this.applyEntry(entry, false, subject.slice(subject.lastIndexOf(".") + 1));
@@ -581,7 +259,6 @@ export class Coordinator {
     }
     if (entry.entry?.$case !== "results") return;
     const { workerId, outcomes } = entry.entry.results;
-    const worker = this.fleet.get(workerId);
     let bad = 0;
     let firstProblem: string | undefined;
     for (const o of outcomes) {
@@ -592,8 +269,7 @@ export class Coordinator {
         continue;
       }
       if (!o.lease) continue;
-      this.ledger.release(o.lease.token);
-      worker?.leases.delete(o.lease.token);
+      this.attempts.end(o.lease.token);
       const batch = this.active.get(o.lease.batchId);
       if (!batch) {
         if (!replaying) this.countStale("batch-finished");
@@ -604,7 +280,7 @@ export class Coordinator {
       const effect = batch.applyOutcome(o, workerId, now);
       if (slot?.shapeKey && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
       if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
-        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.activationBytes);
+        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes);
         if (!replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
       }
       if (effect.kind === "ignored") {
@@ -631,8 +307,8 @@ export class Coordinator {
       const result = slot.result!;
       if (!replaying) {
         this.metrics?.itemFinished(result);
-        this.emit(batch.id, { event: { $case: "item", item: result } });
-        if (batch.isComplete) this.finalizeInBackground(batch);
+        this.api.emit(batch.id, { event: { $case: "item", item: result } });
+        if (batch.isComplete) this.api.finalizeInBackground(batch);
       }
     }
   }
@@ -654,232 +330,43 @@ export class Coordinator {
     });
   }
 
+  /** One pass of the pure engine (scheduler/engine.ts); this only sends what it decided. */
   private schedule(): void {
-    if (Date.now() < this.recoveringUntil || this.queue.size === 0) return;
-    const workers = new Map<string, PlaceableWorker & { record: WorkerRecord }>();
-    for (const w of this.fleet.ready()) {
-      workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - w.leases.size, resident: w.resident, models: w.models, record: w });
-    }
-    if (workers.size === 0) return;
-    const outgoing = new Map<string, PendingAssign[]>();
-    const now = Date.now();
-    // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
-    // that model cannot fit either, so they are refused without another scan of the fleet.
-    const failedNeed = new Map<string, number>();
-    this.queue.drain(({ batchId, index }) => {
-      const batch = this.active.get(batchId);
-      const slot = batch?.items[index];
-      if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
-      const activation = this.estimates.activation(slot.shapeKey!, slot.activationBytes);
-      if (activation >= (failedNeed.get(slot.model) ?? Infinity)) return false;
-      const placement = placeItem(
-        { model: slot.model, activationBytes: activation, weightsBytes: slot.weightsBytes },
-        workers.values(),
-        this.ledger,
-        this.opts.policy,
-      );
-      if (!placement) {
-        failedNeed.set(slot.model, Math.min(activation, failedNeed.get(slot.model) ?? Infinity));
-        return false;
-      }
-      const attempt = slot.attempts + 1;
-      const lease: Lease = { token: newLeaseToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: now, activationBytes: activation };
-      this.ledger.reserve(lease.token, placement.gpuKey, placement.bytes, slot.model, activation, slot.weightsBytes);
-      const w = workers.get(placement.workerId)!;
-      w.slotsFree--;
-      w.record.leases.add(lease.token);
-      slot.state = "leased";
-      slot.lease = lease;
-      slot.attempts = attempt;
-      batch.started = true;
-      let list = outgoing.get(placement.workerId);
-      if (!list) outgoing.set(placement.workerId, (list = []));
-      list.push({ batch, index, lease });
-      return true;
-    });
-    for (const [workerId, list] of outgoing) void this.sendAssignments(workerId, list);
-  }
-
-  private async sendAssignments(workerId: string, list: PendingAssign[]): Promise<void> {
-    const assignment = encodeMessage(Assignment, {
-      items: list.map(({ batch, index, lease }) => {
-        const slot = batch.items[index]!;
-        return {
-          lease: { batchId: batch.id, index, token: lease.token },
-          model: slot.model,
-          params: slot.params,
-          gpuIndex: lease.gpuIndex,
-          vramBytes: lease.activationBytes ?? slot.activationBytes,
-          attempt: slot.attempts,
-          timeoutMs: this.opts.itemTimeoutMs,
-        };
-      }),
-    });
-    let accepted = new Set<string>();
-    let answered = false;
-    let why = "";
-    try {
-      const reply = await this.nc!.request(this.names.assign(workerId), assignment, { timeout: this.opts.assignTimeoutMs });
-      const decoded = decodeMessage(AssignReply, reply.subject, reply.data);
-      accepted = new Set(decoded.accepted);
-      answered = true;
-      why = decoded.error;
-      // The worker's VRAM with the accepted items counted: the ledger is exact again at once.
-      if (decoded.gpus.length > 0 && this.fleet.get(workerId)) {
-        this.ledger.observe(
-          workerId,
-          decoded.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
-          accepted,
-        );
-      }
-    } catch (err) {
-      why = errorMessage(err);
-      // "No responders" is NATS saying nobody subscribes to the worker's subject: the process is
-      // gone (killed, restarting), and certainly never saw these items. Not an attempt; and no
-      // more items for it until it heartbeats again, or a worker that crashed and comes back
-      // under the same id would burn every item's attempts in the seconds it takes to restart.
-      if (err instanceof RequestError && err.isNoResponders()) {
-        answered = true;
-        this.fleet.markUnreachable(workerId);
-      }
-    }
-    const refused = list.filter((p) => !accepted.has(p.lease.token));
-    if (refused.length === 0) return;
-    this.log.warn({ workerId, refused: refused.length, why }, "assignment not taken; items go back to the queue");
-    if (answered) {
-      // The worker said no (draining), or is not there at all: it never held them, so this was
-      // no attempt.
-      for (const p of refused) this.requeueUntaken(p);
-    } else {
-      // No answer: the worker may have taken them and lost the reply, so close those attempts
-      // durably before placing the items again.
-      await Promise.all(refused.map((p) => this.takeBackLease(p.batch, p.index, p.lease, `assignment to ${workerId} not confirmed: ${why}`)));
-    }
-    this.scheduleSoon();
-  }
-
-  private requeueUntaken({ batch, index, lease }: PendingAssign): void {
-    const slot = batch.items[index]!;
-    this.ledger.release(lease.token);
-    this.fleet.get(lease.workerId)?.leases.delete(lease.token);
-    if (slot.state !== "leased" || slot.lease?.token !== lease.token) return;
-    slot.state = "pending";
-    slot.lease = undefined;
-    slot.attempts--;
-    this.queue.add(batch.id, index, batch.record.batch!.priority);
-  }
-
-  /**
-   * Takes an attempt back from a worker: logged as revoked before the item is placed again, so
-   * a late result from that attempt is ignored now and after any restart.
-   */
-  private async takeBackLease(batch: ActiveBatch, index: number, lease: Lease, reason: string): Promise<void> {
-    const slot = batch.items[index]!;
-    this.ledger.release(lease.token);
-    this.fleet.get(lease.workerId)?.leases.delete(lease.token);
-    const current = () => slot.state === "leased" && slot.lease?.token === lease.token;
-    if (!current()) return;
-    // The revocation takes effect when it comes back through the results consumer, in the log's
-    // order (applyEntry): a result the worker stored before it counts and one stored after it
-    // does not, live exactly as in a replay after a restart. Until it is stored the item stays
-    // leased, so a NATS outage delays the re-placement but never loses the item.
-    for (let delayMs = 200; ; delayMs = Math.min(delayMs * 2, 10_000)) {
-      try {
-        await this.resultLog!.revoke(batch.id, { lease: { batchId: batch.id, index, token: lease.token }, reason });
-        return;
-      } catch (err) {
-        if (this.closePromise || !current()) return;
-        this.log.warn({ batchId: batch.id, item: index, err: errorMessage(err), retryInMs: delayMs }, "revocation not stored; retrying");
-        await new Promise((r) => setTimeout(r, delayMs).unref());
-      }
-    }
-  }
-
-  private takeBack(worker: WorkerRecord, reason: string): void {
-    const tokens = new Set(worker.leases);
-    if (tokens.size === 0) return;
-    this.log.warn({ workerId: worker.id, items: tokens.size, reason }, "taking items back from a worker");
-    for (const batch of this.active.values()) {
-      for (const [index, slot] of batch.items.entries()) {
-        if (slot.lease && tokens.has(slot.lease.token)) void this.takeBackLease(batch, index, slot.lease, `worker ${worker.id} lost: ${reason}`);
-      }
-    }
-    worker.leases.clear();
+    const outgoing = schedulePass(
+      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
+      { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: newLeaseToken },
+    );
+    for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
   }
 
   private tick(): void {
     const now = Date.now();
-    for (const w of this.fleet.sweep(now)) {
-      this.log.warn({ workerId: w.id, silentMs: now - w.lastSeenMs }, "worker lost (no heartbeat)");
-      this.ledger.removeWorker(w.id);
-      this.takeBack(w, `no heartbeat for ${now - w.lastSeenMs} ms`);
-    }
-    this.fleet.forget(now, 10 * 60_000);
-    if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recoveringUntil) {
+    this.link.sweep(now);
+    if (now - this.lastUnplaceableCheck >= 1000 && now >= this.recovery.until) {
       this.lastUnplaceableCheck = now;
       this.failUnplaceable(now);
     }
     this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
-    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all());
+    this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all(), (id) => this.attempts.openOn(id));
     this.metrics?.batchesInMemory(this.active.size);
-    this.refreshAging(now);
+    this.api.refreshAging(now);
     this.scheduleSoon();
   }
 
-  /**
-   * Items that no registered worker could ever fit (no worker serves the model, or none has
-   * enough VRAM in total) fail after the grace period instead of waiting forever; the grace
-   * gives a worker that is being added time to register.
-   */
+  /** Fails the items the engine finds no worker could ever fit (see findUnplaceable). */
   private failUnplaceable(now: number): void {
-    const capacity = new Map<string, number>();
-    for (const w of this.fleet.all()) {
-      if (w.state === WorkerState.WORKER_STATE_LOST) continue;
-      const biggest = Math.max(0, ...this.ledger.gpusOf(w.id).map((g) => g.totalBytes));
-      for (const m of w.models) capacity.set(m, Math.max(capacity.get(m) ?? 0, biggest));
+    const found = findUnplaceable({ batches: this.active, workers: this.fleet.all(), ledger: this.ledger, estimates: this.estimates }, now, this.opts.unplaceableGraceMs);
+    const failedBy = new Map<ActiveBatch, number>();
+    for (const { batch, index, error } of found) {
+      if (!batch.failItem(index, error)) continue;
+      const slot = batch.items[index]!;
+      failedBy.set(batch, (failedBy.get(batch) ?? 0) + 1);
+      this.metrics?.itemFinished(slot.result!);
+      this.api.emit(batch.id, { event: { $case: "item", item: slot.result! } });
     }
-    for (const batch of [...this.active.values()]) {
-      let failed = 0;
-      for (const [index, slot] of batch.items.entries()) {
-        if (slot.state !== "pending") continue;
-        const need = slot.weightsBytes + this.estimates.activation(slot.shapeKey!, slot.activationBytes);
-        const cap = capacity.get(slot.model);
-        if (cap !== undefined && cap >= need) {
-          slot.unplaceableSinceMs = undefined;
-          continue;
-        }
-        slot.unplaceableSinceMs ??= now;
-        if (now - slot.unplaceableSinceMs < this.opts.unplaceableGraceMs) continue;
-        const error =
-          cap === undefined
-            ? { code: "MODEL_NOT_FOUND", message: `no registered worker serves model ${slot.model}`, retryable: true }
-            : { code: "OUT_OF_MEMORY", message: `needs ${need} bytes of VRAM; the largest GPU serving ${slot.model} has ${cap}`, retryable: true };
-        if (batch.failItem(index, error)) {
-          failed++;
-          this.metrics?.itemFinished(slot.result!);
-          this.emit(batch.id, { event: { $case: "item", item: slot.result! } });
-        }
-      }
-      if (failed > 0) {
-        this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
-        if (batch.isComplete) this.finalizeInBackground(batch);
-      }
-    }
-  }
-
-  private cancelOnWorkers(batchId: string, running: { index: number; lease: Lease }[]): void {
-    const byWorker = new Map<string, { batchId: string; index: number; token: string }[]>();
-    for (const { index, lease } of running) {
-      let list = byWorker.get(lease.workerId);
-      if (!list) byWorker.set(lease.workerId, (list = []));
-      list.push({ batchId, index, token: lease.token });
-    }
-    for (const [workerId, leases] of byWorker) {
-      try {
-        this.nc!.publish(this.names.cancel(workerId), encodeMessage(CancelItems, { leases }));
-      } catch (err) {
-        this.log.warn({ workerId, err: errorMessage(err) }, "cancel not sent");
-      }
+    for (const [batch, failed] of failedBy) {
+      this.log.warn({ batchId: batch.id, failed, graceMs: this.opts.unplaceableGraceMs }, "items no worker can fit have failed");
+      if (batch.isComplete) this.api.finalizeInBackground(batch);
     }
   }
 
@@ -897,121 +384,11 @@ export class Coordinator {
         if (s.state !== "pending") continue;
         const e = out.get(s.model) ?? { items: 0, bytes: 0 };
         e.items++;
-        e.bytes += this.estimates.activation(s.shapeKey!, s.activationBytes);
+        e.bytes += this.estimates.activation(s.shapeKey!, s.need.activationBytes);
         out.set(s.model, e);
       }
     }
     return out;
-  }
-
-  // ---------------------------------------------------------------------------------------
-  // Terminal write
-
-  /** The write retries on its own; it only ends early when the coordinator stops. */
-  private finalizeInBackground(batch: ActiveBatch): void {
-    this.finalize(batch).catch((err) => {
-      if (err instanceof TerminalWriteStopped) this.log.info({ batchId: batch.id }, "terminal write left to the next start");
-      else this.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed");
-    });
-  }
-
-  /** Starts the batch's terminal write once; every caller gets the same promise. */
-  private finalize(batch: ActiveBatch): Promise<Batch> {
-    batch.terminalWrite ??= this.writeFinal(batch);
-    return batch.terminalWrite;
-  }
-
-  /**
-   * Writes the terminal batch with every result, retried until stored (see terminal-writer.ts),
-   * then lets the batch go from memory. The pending webhook is recorded before the record, so a
-   * crash between the two cannot lose the delivery.
-   */
-  private async writeFinal(batch: ActiveBatch): Promise<Batch> {
-    batch.finalizing = true;
-    this.queue.removeBatch(batch.id);
-    const record = fitTerminalRecord({ ...batch.record, batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
-    let webhook: Awaited<ReturnType<WebhookSender["record"]>>;
-    let waiting = false;
-    const outcome = await writeTerminal({
-      store: this.store!,
-      record,
-      revision: () => batch.revision,
-      prepare: async () => {
-        try {
-          webhook = await this.webhooks!.record(batch.id, batch.record.webhook);
-        } catch (err) {
-          throw storageError(err, `the pending webhooks bucket (${this.names.webhooksBucket})`, "the server's max_file_store");
-        }
-      },
-      onFailure: (err, attempt, retryInMs) => {
-        if (!waiting) this.metrics?.terminalWriteWaiting(1);
-        waiting = true;
-        this.metrics?.terminalWriteFailed(err.reason);
-        batch.reportWriteFailure(err);
-        this.log.error({ batchId: batch.id, attempt, retryInMs, code: err.code, err: err.message }, "terminal write failed; retrying");
-      },
-      initialDelayMs: this.opts.terminalRetryInitialMs,
-      maxDelayMs: this.opts.terminalRetryMaxMs,
-      signal: this.stopping.signal,
-    }).finally(() => {
-      if (waiting) this.metrics?.terminalWriteWaiting(-1);
-    });
-    const stored = outcome.stored;
-    if (!outcome.ours) this.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
-    this.active.delete(batch.id);
-    this.metrics?.batchesInMemory(this.active.size);
-    void this.store!.clearOpen(batch.id).catch((err) => this.log.warn({ batchId: batch.id, err: errorMessage(err) }, "open marker not removed; the next start removes it"));
-    this.metrics?.batchFinished(stored);
-    this.log.info(
-      { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled, attempts: outcome.attempts },
-      "batch finished",
-    );
-    this.emit(batch.id, { event: { $case: "batch", batch: stored } });
-    this.listeners.delete(batch.id);
-    if (outcome.ours) this.webhooks!.send(webhook);
-    return stored;
-  }
-
-  /**
-   * Rewrites the records of batches running longer than half the retention, so JetStream's age
-   * limit never removes a batch that is still running (its open marker too).
-   */
-  private refreshAging(now: number): void {
-    const ageLimit = this.opts.storage.retentionMs / 2;
-    if (now - this.lastRefreshCheck < Math.min(60_000, ageLimit / 4)) return;
-    this.lastRefreshCheck = now;
-    for (const batch of this.active.values()) {
-      if (batch.finalizing || batch.refreshing || now - batch.writtenAtMs < ageLimit) continue;
-      batch.refreshing = true;
-      void (async () => {
-        try {
-          await this.store!.markOpen(batch.id);
-          const revision = await this.store!.replace(batch.record, batch.revision);
-          batch.revision = Math.max(batch.revision, revision);
-          batch.writtenAtMs = Date.now();
-        } catch (err) {
-          this.log.warn({ batchId: batch.id, err: errorMessage(err) }, "running batch record not refreshed; trying again later");
-        } finally {
-          batch.refreshing = false;
-        }
-      })();
-    }
-  }
-
-  // ---------------------------------------------------------------------------------------
-
-  private listen(batchId: string, l: BatchListener): void {
-    let set = this.listeners.get(batchId);
-    if (!set) this.listeners.set(batchId, (set = new Set()));
-    set.add(l);
-  }
-
-  private unlisten(batchId: string, l: BatchListener): void {
-    this.listeners.get(batchId)?.delete(l);
-  }
-
-  private emit(batchId: string, ev: BatchEvent): void {
-    for (const l of this.listeners.get(batchId) ?? []) l(ev);
   }
 
   private ensureStarted(): void {
@@ -1026,7 +403,7 @@ export class Coordinator {
     this.closePromise = (async () => {
       this.stopping.abort();
       if (this.tickTimer) clearInterval(this.tickTimer);
-      if (this.heartbeatPass) clearTimeout(this.heartbeatPass);
+      this.link.stop();
       this.webhooks?.close();
       for (const s of this.subs) {
         try {
@@ -1046,10 +423,4 @@ export class Coordinator {
     })();
     return this.closePromise;
   }
-}
-
-
-function storageStatus(e: StorageError, context: string): ServerError {
-  const message = `${context}: ${e.message}`;
-  return e.code === "STORAGE_UNAVAILABLE" ? unavailable(message) : resourceExhausted(message);
 }

@@ -1,5 +1,6 @@
 // The workers the coordinator knows, built only from heartbeats. A worker that misses
-// `lostAfterMs` of heartbeats is LOST: its leases are taken back by the coordinator.
+// `lostAfterMs` of heartbeats is LOST: its attempts are taken back by the coordinator. Which
+// attempts a worker has open is kept by Attempts (attempts.ts), not here.
 
 import { WorkerState } from "../proto/gen/shoal/v1/shoal.js";
 import type { Heartbeat } from "../proto/gen/shoal/v1/wire.js";
@@ -17,8 +18,6 @@ export interface WorkerRecord {
   itemsDone: number;
   /** An assignment found no subscriber: not placeable until its next heartbeat. */
   unreachable: boolean;
-  /** Tokens of items this coordinator assigned to the worker and has not seen end. */
-  leases: Set<string>;
   heldReported: number;
 }
 
@@ -45,7 +44,6 @@ export class Fleet {
       models: new Set(),
       maxInFlight: 1,
       itemsDone: 0,
-      leases: new Set(),
       heldReported: 0,
       unreachable: false,
     };

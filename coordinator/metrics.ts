@@ -199,14 +199,15 @@ export class CoordinatorMetrics {
     this.runSeconds.zero({ model });
   }
 
-  observeWorkers(workers: readonly WorkerRecord[], gpus: readonly GpuView[]): void {
+  /** `openOn` is how many attempts this coordinator has open on a worker (see attempts.ts). */
+  observeWorkers(workers: readonly WorkerRecord[], gpus: readonly GpuView[], openOn: (workerId: string) => number): void {
     const counts: Record<string, number> = { ready: 0, draining: 0, lost: 0 };
     let inFlight = 0;
     const seen = new Set<string>();
     for (const w of workers) {
       const state = lower(WorkerState[w.state] ?? "unspecified", "WORKER_STATE_");
       counts[state] = (counts[state] ?? 0) + 1;
-      inFlight += w.leases.size;
+      inFlight += openOn(w.id);
       seen.add(w.id);
       const before = this.lastState.get(w.id);
       if (w.state === WorkerState.WORKER_STATE_LOST && before !== undefined && before !== WorkerState.WORKER_STATE_LOST) this.workersLost.inc();

@@ -1,6 +1,7 @@
 // Where one item goes. Pure: takes the fleet as seen now, returns a decision or nothing (the item
 // waits in the queue).
 
+import { bytesToReserve, fits, type VramNeed } from "../shared/vram-need.js";
 import type { VramLedger } from "./vram-ledger.js";
 
 export type PlacementPolicy = "best-fit" | "spread";
@@ -13,11 +14,9 @@ export interface PlaceableWorker {
   models: ReadonlySet<string>;
 }
 
-export interface ItemNeed {
+/** An item's need (activations as the coordinator estimates them now) and its model. */
+export interface ItemNeed extends VramNeed {
   model: string;
-  /** Bytes the item needs besides the weights. */
-  activationBytes: number;
-  weightsBytes: number;
 }
 
 export interface Placement {
@@ -45,9 +44,9 @@ export function placeItem(item: ItemNeed, workers: Iterable<PlaceableWorker>, le
       // Weights are free only where a live lease of the model keeps them counted; a model the
       // worker merely has loaded may be evicted, so its weights are counted again (safe).
       const warm = ledger.warm(g.key, item.model);
-      const bytes = item.activationBytes + (warm ? 0 : item.weightsBytes);
-      const left = g.freeBytes - g.reservedBytes - bytes;
-      if (left < 0) continue;
+      const left = fits(g.freeBytes, g.reservedBytes, item, warm);
+      if (left === undefined) continue;
+      const bytes = bytesToReserve(item, warm);
       // Lower is better; a GPU with the model in use or loaded (no load time) outweighs any
       // difference in leftover bytes.
       const fit = policy === "best-fit" ? left : -left;

@@ -2,14 +2,16 @@
 // every problem reported at once, each as a path into the request.
 
 import type { SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
-import { activationBytes, validateParams, type ModelManifest } from "../shared/manifest.js";
+import { validateParams, type ModelManifest } from "../shared/manifest.js";
+import { itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { paramShapeProblems, quoteInput } from "../shared/param-limits.js";
 import { invalidArgument, resourceExhausted } from "./errors.js";
 
 export interface ValidItem {
   model: ModelManifest;
   params: Record<string, unknown>;
-  activationBytes: number;
+  /** Computed here, once: the coordinator places and the worker admits the item by this need. */
+  need: VramNeed;
 }
 
 export interface SubmitLimits {
@@ -48,7 +50,7 @@ export function validateSubmit(
     }
     const { params, problems: paramProblems } = validateParams(manifest, item.params);
     for (const p of paramProblems) problems.push(`${at}.${p.path}: ${p.message}`);
-    valid.push({ model: manifest, params, activationBytes: activationBytes(manifest, params) });
+    valid.push({ model: manifest, params, need: itemNeed(manifest, params) });
   });
   if (req.idempotencyKey.length > 256) problems.push("idempotency_key: must be at most 256 characters");
   if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) problems.push("priority: must be between -100 and 100");

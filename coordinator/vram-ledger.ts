@@ -27,7 +27,8 @@ export interface GpuReport {
   source: string;
 }
 
-interface Lease {
+/** The VRAM side of one attempt (see attempts.ts): what it holds on its GPU. */
+interface Reservation {
   gpuKey: string;
   model: string;
   /** Reserved bytes not yet counted by the worker (0 once it reported holding the item). */
@@ -55,7 +56,7 @@ export class VramLedger {
   private readonly gpus = new Map<string, GpuView>();
   /** The same GPUs by worker, sorted by index: placement reads this for every item. */
   private readonly byWorker = new Map<string, GpuView[]>();
-  private readonly leases = new Map<string, Lease>();
+  private readonly leases = new Map<string, Reservation>();
   /** gpuKey → model → live leases of that model on the GPU. */
   private readonly warmCounts = new Map<string, Map<string, number>>();
   /** workerId → its live lease tokens, so a report only visits its own worker's leases. */
@@ -168,13 +169,13 @@ export class VramLedger {
     return n;
   }
 
-  private unreserve(lease: Lease): void {
+  private unreserve(lease: Reservation): void {
     const g = this.gpus.get(lease.gpuKey);
     if (g) g.reservedBytes -= lease.reserved;
     lease.reserved = 0;
   }
 
-  private end(token: string, lease: Lease): void {
+  private end(token: string, lease: Reservation): void {
     this.leases.delete(token);
     const workerId = this.gpus.get(lease.gpuKey)?.workerId ?? lease.gpuKey.slice(0, lease.gpuKey.lastIndexOf("/"));
     this.leasesByWorker.get(workerId)?.delete(token);

@@ -18,10 +18,11 @@ import { errorMessage, ProtocolError } from "../shared/errors.js";
 import { BATCH_ID, MAX_LEASE_TOKEN_LENGTH, randomToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
-import { activationBytes, validateParams, type ModelManifest } from "../shared/manifest.js";
+import { validateParams, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
 import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
+import { fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
 import type { WorkerOptions } from "./options.js";
@@ -205,12 +206,28 @@ export class ShoalWorker {
     const r = room.get(item.gpuIndex);
     if (!r) return false;
     const model = this.manifests.get(item.model);
-    const activation = item.vramBytes > 0 ? item.vramBytes : model ? activationBytes(model, item.params ?? {}) : 0;
-    const need = activation + (model && !r.models.has(model.name) ? model.vram.weights_bytes : 0);
-    if (need > r.free) return false;
-    r.free -= need;
+    const need = this.needOf(item, model);
+    // Weights count as paid only where this worker really has them: an item it holds on this GPU,
+    // or (measured GPUs) a session the backend has loaded. An unknown model has none to pay.
+    const weightsCounted = !model || r.models.has(model.name);
+    const left = fitsVram(r.free, 0, need, weightsCounted);
+    if (left === undefined) return false;
+    r.free = left;
     if (model) r.models.add(model.name);
     return true;
+  }
+
+  /**
+   * The item's need as the coordinator sent it, so both sides check the same figures: its
+   * activations may be a learned estimate, larger than the manifest's. A figure the coordinator
+   * left at 0 (an older coordinator, or a model it has no manifest for) is the manifest's here.
+   */
+  private needOf(item: AssignedItem, model: ModelManifest | undefined): VramNeed {
+    const fromManifest = itemNeed(model, item.params ?? {});
+    return {
+      weightsBytes: item.weightsBytes > 0 ? item.weightsBytes : fromManifest.weightsBytes,
+      activationBytes: item.vramBytes > 0 ? item.vramBytes : fromManifest.activationBytes,
+    };
   }
 
   /** `item.lease` has passed leaseProblem(). */
@@ -227,7 +244,7 @@ export class ShoalWorker {
       model: model ?? { name: item.model, version: "?", params: {}, vram: { weights_bytes: 0, activation_bytes: 0 } },
       gpuIndex: item.gpuIndex,
       // The coordinator's figure may be a learned one, larger than the manifest's.
-      activation: item.vramBytes > 0 ? item.vramBytes : model ? activationBytes(model, params) : 0,
+      activation: this.needOf(item, model).activationBytes,
       controller,
       started: false,
     };

@@ -20,13 +20,13 @@ import type { GpuView } from "../vram-ledger.js";
 const MAX_MESSAGE = 64 * 1024 * 1024;
 const CHUNK = 64 * 1024;
 
-function toWorker(record: WorkerRecord, gpus: readonly GpuView[]): Worker {
+function toWorker({ record, gpus, attemptsOpen }: { record: WorkerRecord; gpus: readonly GpuView[]; attemptsOpen: number }): Worker {
   return {
     id: record.id,
     state: record.state,
     gpus: gpus.map((g) => ({ index: g.index, name: g.name, vramTotalBytes: g.totalBytes, vramFreeBytes: g.freeBytes, vramReservedBytes: g.reservedBytes, source: g.source })),
     residentModels: [...record.resident].sort(),
-    itemsInFlight: Math.max(record.leases.size, record.heldReported),
+    itemsInFlight: Math.max(attemptsOpen, record.heldReported),
     itemsDone: record.itemsDone,
     hostname: record.hostname,
     lastHeartbeatAt: new Date(record.lastSeenMs),
@@ -58,10 +58,10 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
 
 export function fleetServiceImpl(c: Coordinator, edge: RpcEdge): FleetServiceServer {
   return {
-    listWorkers: edge.unary("ListWorkers", async () => ({ workers: c.workers().map(({ record, gpus }) => toWorker(record, gpus)) })),
+    listWorkers: edge.unary("ListWorkers", async () => ({ workers: c.workers().map(toWorker) })),
     drainWorker: edge.unary("DrainWorker", async (req) => {
       const w = await c.drainWorker(req.workerId);
-      return toWorker(w, c.workers().find((x) => x.record.id === w.id)?.gpus ?? []);
+      return toWorker(c.workers().find((x) => x.record.id === w.id) ?? { record: w, gpus: [], attemptsOpen: 0 });
     }),
     listModels: edge.unary("ListModels", async () => {
       const workers = c.workers().filter((w) => w.record.state !== WorkerState.WORKER_STATE_LOST);

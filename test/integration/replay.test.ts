@@ -130,8 +130,7 @@ function live(record: BatchRecord, log: ResultLogEntry[], opts: { ignoreRevocati
   const slots: ItemSlot[] = record.items.map((item) => ({
     model: item.model,
     params: item.params ?? {},
-    activationBytes: 0,
-    weightsBytes: 0,
+    need: { activationBytes: 0, weightsBytes: 0 },
     state: "pending",
     attempts: 0,
     lease: undefined,

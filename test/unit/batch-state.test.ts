@@ -12,8 +12,7 @@ function batch(n: number, maxAttempts = 3): ActiveBatch {
   const slots: ItemSlot[] = Array.from({ length: n }, () => ({
     model: "m",
     params: {},
-    activationBytes: 0,
-    weightsBytes: 0,
+    need: { activationBytes: 0, weightsBytes: 0 },
     state: "pending",
     attempts: 0,
     lease: undefined,

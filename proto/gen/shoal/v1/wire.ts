@@ -77,9 +77,19 @@ export interface AssignedItem {
   model: string;
   params: { [key: string]: any } | undefined;
   gpuIndex: number;
+  /**
+   * The item's activation bytes as the coordinator reserved them (a learned estimate may be
+   * larger than the manifest's).
+   */
   vramBytes: number;
   attempt: number;
   timeoutMs: number;
+  /**
+   * The model's weights as the coordinator counted them (its VramNeed, fixed at validation), so
+   * the worker checks the same need; 0 from an older coordinator: the worker's manifest is used.
+   * Whether the weights are already resident is still the worker's own call.
+   */
+  weightsBytes: number;
 }
 
 export interface AssignReply {
@@ -762,7 +772,16 @@ export const Assignment: MessageFns<Assignment> = {
 };
 
 function createBaseAssignedItem(): AssignedItem {
-  return { lease: undefined, model: "", params: undefined, gpuIndex: 0, vramBytes: 0, attempt: 0, timeoutMs: 0 };
+  return {
+    lease: undefined,
+    model: "",
+    params: undefined,
+    gpuIndex: 0,
+    vramBytes: 0,
+    attempt: 0,
+    timeoutMs: 0,
+    weightsBytes: 0,
+  };
 }
 
 export const AssignedItem: MessageFns<AssignedItem> = {
@@ -787,6 +806,9 @@ export const AssignedItem: MessageFns<AssignedItem> = {
     }
     if (message.timeoutMs !== 0) {
       writer.uint32(56).uint64(message.timeoutMs);
+    }
+    if (message.weightsBytes !== 0) {
+      writer.uint32(64).uint64(message.weightsBytes);
     }
     return writer;
   },
@@ -860,6 +882,14 @@ export const AssignedItem: MessageFns<AssignedItem> = {
             message.timeoutMs = longToNumber(reader.uint64());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.weightsBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -893,6 +923,11 @@ export const AssignedItem: MessageFns<AssignedItem> = {
         : isSet(object.timeout_ms)
         ? globalThis.Number(object.timeout_ms)
         : 0,
+      weightsBytes: isSet(object.weightsBytes)
+        ? globalThis.Number(object.weightsBytes)
+        : isSet(object.weights_bytes)
+        ? globalThis.Number(object.weights_bytes)
+        : 0,
     };
   },
 
@@ -919,6 +954,9 @@ export const AssignedItem: MessageFns<AssignedItem> = {
     if (message.timeoutMs !== 0) {
       obj.timeoutMs = Math.round(message.timeoutMs);
     }
+    if (message.weightsBytes !== 0) {
+      obj.weightsBytes = Math.round(message.weightsBytes);
+    }
     return obj;
   },
 
@@ -936,6 +974,7 @@ export const AssignedItem: MessageFns<AssignedItem> = {
     message.vramBytes = object.vramBytes ?? 0;
     message.attempt = object.attempt ?? 0;
     message.timeoutMs = object.timeoutMs ?? 0;
+    message.weightsBytes = object.weightsBytes ?? 0;
     return message;
   },
 };

@@ -1,0 +1,444 @@
+// The batch API: what the gRPC services call for batches (submit, get, watch, list, cancel,
+// retry, artifacts) and the terminal write that ends every batch, with the events watchers
+// receive. It reads and writes JetStream storage (records, index, idempotency keys, webhooks,
+// artifacts) and the coordinator's in-memory running batches; placement is not its business: a
+// new batch's items go into the queue and a pass is asked for.
+
+import type { NatsConnection } from "@nats-io/transport-node";
+import { BatchState, ItemStatus, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
+import type { BatchRecord } from "../proto/gen/shoal/v1/wire.js";
+import { errorMessage } from "../shared/errors.js";
+import { BATCH_ID, newBatchId } from "../shared/ids.js";
+import type { Infrastructure } from "../shared/jetstream-setup.js";
+import type { Logger } from "../shared/logger.js";
+import { quoteInput } from "../shared/param-limits.js";
+import { StorageError, storageError } from "../shared/storage-errors.js";
+import { ARTIFACT_URI_PREFIX, type Names } from "../shared/subjects.js";
+import type { VramNeed } from "../shared/vram-need.js";
+import { decodePageToken, encodePageToken, type BatchIndex, type IndexEntry } from "./batch-index.js";
+import type { BatchQueue } from "./batch-queue.js";
+import type { ActiveBatch, Attempt } from "./batch-state.js";
+import { isTerminal, type BatchStore } from "./batch-store.js";
+import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
+import type { CoordinatorMetrics } from "./metrics.js";
+import type { ModelRegistry } from "./model-registry.js";
+import type { CoordinatorOptions } from "./options.js";
+import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
+import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
+import { validateSubmit } from "./validation.js";
+import type { WebhookSender } from "./webhooks.js";
+
+type BatchListener = (ev: BatchEvent) => void;
+
+export interface BatchApiDeps {
+  /** Read when used: these exist once the coordinator has started (ensureStarted guards the calls). */
+  nc: () => NatsConnection | undefined;
+  infra: () => Infrastructure;
+  store: () => BatchStore;
+  index: () => BatchIndex;
+  webhooks: () => WebhookSender;
+  names: Names;
+  opts: CoordinatorOptions;
+  log: Logger;
+  metrics: CoordinatorMetrics | undefined;
+  models: ModelRegistry;
+  queue: BatchQueue;
+  /** The running batches, by id; a batch leaves it once its terminal record is stored. */
+  active: Map<string, ActiveBatch>;
+  /** Makes a stored record a running batch (its items queued); `needs` are validation's. */
+  activate: (record: BatchRecord, revision: number, writtenAtMs?: number, needs?: VramNeed[]) => ActiveBatch;
+  /** Asks the workers running these attempts to stop them. */
+  cancelOnWorkers: (batchId: string, running: { index: number; lease: Attempt }[]) => void;
+  scheduleSoon: () => void;
+  /** Throws UNAVAILABLE while the coordinator is starting or shutting down. */
+  ensureStarted: () => void;
+  /** Aborted when the coordinator stops: ends the retries of terminal writes (the next start resumes them). */
+  stopping: AbortSignal;
+}
+
+export class BatchApi {
+  private readonly listeners = new Map<string, Set<BatchListener>>();
+  private lastRefreshCheck = 0;
+
+  constructor(private readonly d: BatchApiDeps) {}
+
+  async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
+    this.d.ensureStarted();
+    const valid = validateSubmit(req, (m) => this.d.models.get(m), { maxItems: this.d.opts.maxItems });
+    if (this.d.queue.size + valid.length > this.d.opts.maxQueuedItems) {
+      throw resourceExhausted(
+        `queue full: ${this.d.queue.size} items are waiting and this batch adds ${valid.length}, over the limit of ${this.d.opts.maxQueuedItems} (coordinator flag --max-queued-items); retry later`,
+      );
+    }
+    const batchId = newBatchId();
+    const now = new Date();
+    const record: BatchRecord = {
+      batch: {
+        id: batchId,
+        state: BatchState.BATCH_STATE_QUEUED,
+        total: valid.length,
+        succeeded: 0,
+        failed: 0,
+        cancelled: 0,
+        results: [],
+        createdAt: now,
+        completedAt: undefined,
+        labels: req.labels,
+        running: 0,
+        priority: req.priority,
+      },
+      // Stored with defaults applied, so a replay does not depend on today's manifest defaults.
+      items: valid.map((v) => ({ model: v.model.name, params: v.params })),
+      idempotencyKey: req.idempotencyKey,
+      webhook: req.webhook,
+      tenant,
+      retryOf,
+      sourceIndices,
+    };
+    this.checkRecordFits(record, valid.map((v) => v.model));
+    if (req.idempotencyKey) {
+      const existing = await this.storing(() => this.d.store().claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
+      if (existing) {
+        const total = this.d.active.get(existing)?.total ?? (await this.storing(() => this.d.store().get(existing)))?.record.batch!.total;
+        if (total !== undefined) return { batchId: existing, itemCount: total };
+        await this.storing(() => this.d.store().overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
+      }
+    }
+    // Marker and index entry first: a record that exists always has both, and a failure leaves
+    // at most a marker (removed at the next start) and an index entry ListBatches skips.
+    let revision: number;
+    let marked = false;
+    try {
+      revision = await this.storing(async () => {
+        const mark = this.d.store().markOpen(batchId).then(() => (marked = true));
+        await Promise.all([mark, this.d.index().append(tenant, batchId)]);
+        return this.d.store().create(record);
+      });
+    } catch (err) {
+      if (marked) void this.d.store().clearOpen(batchId).catch(() => undefined);
+      if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
+      throw err;
+    }
+    this.d.activate(record, revision, undefined, valid.map((v) => v.need));
+    this.d.metrics?.batchesInMemory(this.d.active.size);
+    this.d.metrics?.batchSubmitted();
+    this.d.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
+    this.d.scheduleSoon();
+    return { batchId, itemCount: valid.length };
+  }
+
+  /**
+   * Runs a write of SubmitBatch; a storage failure becomes the status the client acts on:
+   * RESOURCE_EXHAUSTED when something is full or too large (the message says what, and which
+   * flag gives it room), UNAVAILABLE when NATS cannot be reached. Nothing was accepted either way.
+   */
+  private async storing<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      if (err instanceof ServerError) throw err;
+      const e = storageError(err, "JetStream", "--batches-max-bytes");
+      this.d.metrics?.submitStorageFailed(e.reason);
+      this.d.log.warn({ code: e.code, err: e.message }, "batch refused: it could not be stored");
+      throw storageStatus(e, "the batch was not accepted");
+    }
+  }
+
+  /** The most bytes one batch record may take: the server's max_payload, and the bucket's limit. */
+  private maxRecordBytes(): { bytes: number; why: string } {
+    const payload = (this.d.nc()?.info?.max_payload ?? 1024 * 1024) - KV_OVERHEAD_BYTES;
+    const bucket = this.d.opts.storage.batchesMaxBytes > 0 ? this.d.opts.storage.batchesMaxBytes - KV_OVERHEAD_BYTES : Infinity;
+    return bucket < payload
+      ? { bytes: bucket, why: `the batch records bucket's limit (--batches-max-bytes ${this.d.opts.storage.batchesMaxBytes})` }
+      : { bytes: payload, why: `the NATS server's max_payload of ${payload + KV_OVERHEAD_BYTES} bytes, less ${KV_OVERHEAD_BYTES} for the KV envelope` };
+  }
+
+  /** A batch whose terminal record could never be stored is refused now, not retried later. */
+  private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1]): void {
+    const bound = terminalRecordBound(record, models);
+    const limit = this.maxRecordBytes();
+    if (bound <= limit.bytes) return;
+    this.d.metrics?.submitStorageFailed("record_too_large");
+    throw resourceExhausted(
+      `batch too large to store: with its ${models.length} results its record may take up to ${bound} bytes, more than the ${limit.bytes} bytes allowed by ${limit.why}; ` +
+        `submit fewer items (or shorter params) per batch, or raise that limit`,
+    );
+  }
+
+  async getBatch(batchId: string, tenant: string): Promise<Batch> {
+    this.d.ensureStarted();
+    const active = this.d.active.get(batchId);
+    if (active && active.record.tenant === tenant) return active.snapshot();
+    const got = BATCH_ID.test(batchId) ? await this.d.store().get(batchId) : undefined;
+    if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
+    return got.record.batch!;
+  }
+
+  /**
+   * Streams one event per finished item (those already finished first), then the terminal
+   * batch. The caller's signal ends the watch early.
+   */
+  async *watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
+    const first = await this.getBatch(batchId, tenant);
+    if (isTerminal(first)) {
+      for (const r of first.results) yield { event: { $case: "item", item: r } };
+      yield { event: { $case: "batch", batch: first } };
+      return;
+    }
+    const active = this.d.active.get(batchId)!;
+    const buffer: BatchEvent[] = [];
+    let wake: (() => void) | undefined;
+    const listener: BatchListener = (ev) => {
+      buffer.push(ev);
+      wake?.();
+    };
+    this.listen(batchId, listener);
+    const onAbort = () => wake?.();
+    signal.addEventListener("abort", onAbort);
+    try {
+      for (const s of active.items) if (s.state === "done") yield { event: { $case: "item", item: s.result! } };
+      while (!signal.aborted) {
+        if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+        while (buffer.length > 0) {
+          const ev = buffer.shift()!;
+          yield ev;
+          if (ev.event?.$case === "batch") return;
+        }
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      this.unlisten(batchId, listener);
+    }
+  }
+
+  /** Resolves with the terminal batch. */
+  async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
+    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch") return ev.event.batch;
+    throw new Error("watch ended before the batch was terminal");
+  }
+
+  async cancel(batchId: string, tenant: string): Promise<Batch> {
+    const current = await this.getBatch(batchId, tenant);
+    const active = this.d.active.get(batchId);
+    if (isTerminal(current) || !active) return current;
+    // Every item already done: the terminal write has begun and the batch ends as it ran.
+    const what = active.finalizing ? "has finished" : "is cancelled";
+    if (!active.finalizing) {
+      this.d.queue.removeBatch(batchId);
+      const running = active.cancelAll();
+      this.d.cancelOnWorkers(batchId, running);
+      this.d.log.info({ batchId, running: running.length }, "batch cancelled");
+    }
+    const outcome = await Promise.race([this.finalize(active).then((b) => ({ b })), active.writeFailure().then((e) => ({ e }))]).catch((err: unknown) => {
+      if (err instanceof TerminalWriteStopped) throw unavailable(`batch ${batchId} ${what}, but the coordinator is shutting down before storing it; the next start finishes it`);
+      throw err;
+    });
+    if ("b" in outcome) return outcome.b;
+    throw storageStatus(
+      storageError(outcome.e, "the batch records bucket", "--batches-max-bytes"),
+      `batch ${batchId} ${what}, but its terminal record is not stored yet; the coordinator keeps retrying and GetBatch shows it terminal once it is stored`,
+    );
+  }
+
+  async retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
+    const batch = await this.getBatch(batchId, tenant);
+    if (!isTerminal(batch)) throw failedPrecondition(`batch ${batchId} is not finished yet; cancel it or wait`);
+    const got = await this.d.store().get(batchId);
+    const retryable = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_FAILED && r.error?.retryable);
+    if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error`);
+    const items = retryable.map((r) => got!.record.items[r.index]!);
+    return this.submit(
+      { items, idempotencyKey: "", webhook: got!.record.webhook, priority: batch.priority, labels: batch.labels },
+      tenant,
+      batchId,
+      retryable.map((r) => r.index),
+    );
+  }
+
+  /**
+   * Newest first, from the batch index in JetStream: memory and work per call follow the page
+   * size, not the number of stored batches. Entries whose record has aged out (or was never
+   * stored) are skipped; the token is the index position of the last batch returned.
+   */
+  async list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
+    this.d.ensureStarted();
+    const size = Math.min(Math.max(pageSize || 50, 1), 1000);
+    let before = 0;
+    if (pageToken) {
+      const seq = decodePageToken(pageToken);
+      if (seq === undefined) throw invalidArgument([`page_token: ${JSON.stringify(pageToken.slice(0, 40))} is not a next_page_token from ListBatches`]);
+      before = seq;
+    }
+    const batches: Batch[] = [];
+    const seen = new Set<string>();
+    let lastSeq = 0;
+    let more = false;
+    let pending: IndexEntry[] = [];
+    const load = async (): Promise<void> => {
+      const loaded = await Promise.all(pending.map((e) => this.summaryOf(e.batchId, tenant)));
+      for (const [i, b] of loaded.entries()) {
+        if (batches.length === size) {
+          more = true;
+          break;
+        }
+        lastSeq = pending[i]!.seq;
+        if (b && !seen.has(b.id)) {
+          seen.add(b.id);
+          batches.push(b);
+        }
+      }
+      pending = [];
+    };
+    try {
+      for await (const e of this.d.index().newestFirst(tenant, before, size + 1)) {
+        if (batches.length === size) {
+          more = true;
+          break;
+        }
+        pending.push(e);
+        if (pending.length >= size - batches.length) await load();
+      }
+      if (pending.length > 0) await load();
+    } catch (err) {
+      if (err instanceof ServerError) throw err;
+      throw unavailable(`the batch index could not be read: ${errorMessage(err)}`);
+    }
+    return { batches, nextPageToken: more ? encodePageToken(lastSeq) : "" };
+  }
+
+  /** A batch as ListBatches shows it (no results), if it is the tenant's and still stored. */
+  private async summaryOf(batchId: string, tenant: string): Promise<Batch | undefined> {
+    const active = this.d.active.get(batchId);
+    if (active) return active.record.tenant === tenant ? active.snapshot() : undefined;
+    const got = await this.d.store().get(batchId);
+    if (!got || got.record.tenant !== tenant) return undefined;
+    return { ...got.record.batch!, results: [] };
+  }
+
+  async artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {
+    if (!uri.startsWith(ARTIFACT_URI_PREFIX)) throw notFound(`artifact ${quoteInput(uri)}: expected ${ARTIFACT_URI_PREFIX}<name>`);
+    const name = uri.slice(ARTIFACT_URI_PREFIX.length);
+    const batchId = name.split("/", 1)[0]!;
+    await this.getBatch(batchId, tenant); // tenancy check: another tenant's artifact is NOT_FOUND
+    // A name the object store refuses (odd characters) names no artifact either.
+    const obj = await this.d.infra().artifacts.get(name).catch(() => null);
+    if (!obj) throw notFound(`artifact ${quoteInput(uri)} not found`);
+    return obj.data;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Terminal write
+
+  /** The write retries on its own; it only ends early when the coordinator stops. */
+  finalizeInBackground(batch: ActiveBatch): void {
+    this.finalize(batch).catch((err) => {
+      if (err instanceof TerminalWriteStopped) this.d.log.info({ batchId: batch.id }, "terminal write left to the next start");
+      else this.d.log.error({ batchId: batch.id, err: errorMessage(err) }, "finalize failed");
+    });
+  }
+
+  /** Starts the batch's terminal write once; every caller gets the same promise. */
+  private finalize(batch: ActiveBatch): Promise<Batch> {
+    batch.terminalWrite ??= this.writeFinal(batch);
+    return batch.terminalWrite;
+  }
+
+  /**
+   * Writes the terminal batch with every result, retried until stored (see terminal-writer.ts),
+   * then lets the batch go from memory. The pending webhook is recorded before the record, so a
+   * crash between the two cannot lose the delivery.
+   */
+  private async writeFinal(batch: ActiveBatch): Promise<Batch> {
+    batch.finalizing = true;
+    this.d.queue.removeBatch(batch.id);
+    const record = fitTerminalRecord({ ...batch.record, batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
+    let webhook: Awaited<ReturnType<WebhookSender["record"]>>;
+    let waiting = false;
+    const outcome = await writeTerminal({
+      store: this.d.store(),
+      record,
+      revision: () => batch.revision,
+      prepare: async () => {
+        try {
+          webhook = await this.d.webhooks().record(batch.id, batch.record.webhook);
+        } catch (err) {
+          throw storageError(err, `the pending webhooks bucket (${this.d.names.webhooksBucket})`, "the server's max_file_store");
+        }
+      },
+      onFailure: (err, attempt, retryInMs) => {
+        if (!waiting) this.d.metrics?.terminalWriteWaiting(1);
+        waiting = true;
+        this.d.metrics?.terminalWriteFailed(err.reason);
+        batch.reportWriteFailure(err);
+        this.d.log.error({ batchId: batch.id, attempt, retryInMs, code: err.code, err: err.message }, "terminal write failed; retrying");
+      },
+      initialDelayMs: this.d.opts.terminalRetryInitialMs,
+      maxDelayMs: this.d.opts.terminalRetryMaxMs,
+      signal: this.d.stopping,
+    }).finally(() => {
+      if (waiting) this.d.metrics?.terminalWriteWaiting(-1);
+    });
+    const stored = outcome.stored;
+    if (!outcome.ours) this.d.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
+    this.d.active.delete(batch.id);
+    this.d.metrics?.batchesInMemory(this.d.active.size);
+    void this.d.store().clearOpen(batch.id).catch((err) => this.d.log.warn({ batchId: batch.id, err: errorMessage(err) }, "open marker not removed; the next start removes it"));
+    this.d.metrics?.batchFinished(stored);
+    this.d.log.info(
+      { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled, attempts: outcome.attempts },
+      "batch finished",
+    );
+    this.emit(batch.id, { event: { $case: "batch", batch: stored } });
+    this.listeners.delete(batch.id);
+    if (outcome.ours) this.d.webhooks().send(webhook);
+    return stored;
+  }
+
+  /**
+   * Rewrites the records of batches running longer than half the retention, so JetStream's age
+   * limit never removes a batch that is still running (its open marker too).
+   */
+  refreshAging(now: number): void {
+    const ageLimit = this.d.opts.storage.retentionMs / 2;
+    if (now - this.lastRefreshCheck < Math.min(60_000, ageLimit / 4)) return;
+    this.lastRefreshCheck = now;
+    for (const batch of this.d.active.values()) {
+      if (batch.finalizing || batch.refreshing || now - batch.writtenAtMs < ageLimit) continue;
+      batch.refreshing = true;
+      void (async () => {
+        try {
+          await this.d.store().markOpen(batch.id);
+          const revision = await this.d.store().replace(batch.record, batch.revision);
+          batch.revision = Math.max(batch.revision, revision);
+          batch.writtenAtMs = Date.now();
+        } catch (err) {
+          this.d.log.warn({ batchId: batch.id, err: errorMessage(err) }, "running batch record not refreshed; trying again later");
+        } finally {
+          batch.refreshing = false;
+        }
+      })();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  private listen(batchId: string, l: BatchListener): void {
+    let set = this.listeners.get(batchId);
+    if (!set) this.listeners.set(batchId, (set = new Set()));
+    set.add(l);
+  }
+
+  private unlisten(batchId: string, l: BatchListener): void {
+    this.listeners.get(batchId)?.delete(l);
+  }
+
+  emit(batchId: string, ev: BatchEvent): void {
+    for (const l of this.listeners.get(batchId) ?? []) l(ev);
+  }
+}
+
+function storageStatus(e: StorageError, context: string): ServerError {
+  const message = `${context}: ${e.message}`;
+  return e.code === "STORAGE_UNAVAILABLE" ? unavailable(message) : resourceExhausted(message);
+}

@@ -1,0 +1,119 @@
+// Recovery after a restart: the coordinator's memory is rebuilt from what JetStream holds. Every
+// batch with an open marker is resumed from its record (KV) and its results log, replayed with
+// the same rules as live; then, for one heartbeat timeout, nothing is placed while the attempts
+// workers report holding are adopted instead of placed again (their results are still coming).
+
+import type { BatchRecord, Heartbeat, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
+import { errorMessage } from "../shared/errors.js";
+import { leaseAttempt } from "../shared/ids.js";
+import type { Infrastructure } from "../shared/jetstream-setup.js";
+import type { Logger } from "../shared/logger.js";
+import type { Names } from "../shared/subjects.js";
+import type { Attempts } from "./attempts.js";
+import type { BatchIndex } from "./batch-index.js";
+import type { ActiveBatch } from "./batch-state.js";
+import { isTerminal, type BatchStore } from "./batch-store.js";
+import type { WorkerRecord } from "./fleet.js";
+import type { CoordinatorMetrics } from "./metrics.js";
+import type { ResultLog } from "./result-log.js";
+
+export interface RecoveryDeps {
+  /** Read when used: these exist once the coordinator has connected. */
+  infra: () => Infrastructure;
+  store: () => BatchStore;
+  index: () => BatchIndex;
+  resultLog: () => ResultLog;
+  names: Names;
+  log: Logger;
+  metrics: CoordinatorMetrics | undefined;
+  active: ReadonlyMap<string, ActiveBatch>;
+  attempts: Attempts;
+  heartbeatTimeoutMs: number;
+  /** Makes a stored record a running batch (its items queued). */
+  activate: (record: BatchRecord, revision: number, writtenAtMs?: number) => ActiveBatch;
+  /** Applies one results-log entry, as the live consumer does (`replaying` silences metrics and events). */
+  applyEntry: (entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string) => void;
+  finalizeInBackground: (batch: ActiveBatch) => void;
+}
+
+export class Recovery {
+  /** Until this time after a restart, items are not placed: workers first report what they hold. */
+  private recoveringUntil = 0;
+
+  constructor(private readonly d: RecoveryDeps) {}
+
+  /** The time until which the scheduler waits (0 when nothing was resumed). */
+  get until(): number {
+    return this.recoveringUntil;
+  }
+
+  /** Resumes the batches whose open marker is still there; finished ones stay in storage. */
+  async recover(): Promise<void> {
+    if (this.d.infra().batchIndexCreated) {
+      try {
+        await this.indexStoredBatches();
+      } catch (err) {
+        // Without the index stream the next start indexes them again; with a half-filled one it would not.
+        await this.d.infra().jsm.streams.delete(this.d.names.batchIndexStream).catch(() => undefined);
+        throw err;
+      }
+    }
+    let resumed = 0;
+    for (const id of await this.d.store().openIds()) {
+      const got = await this.d.store().get(id);
+      if (!got || isTerminal(got.record.batch!)) {
+        // Finalized just before a crash, or never stored (the submit failed after the marker).
+        await this.d.store().clearOpen(id).catch((err) => this.d.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
+        continue;
+      }
+      const active = this.d.activate(got.record, got.revision, got.writtenAtMs);
+      for (const entry of await this.d.resultLog().replay(id)) {
+        // One entry that cannot be applied must not keep the coordinator from starting.
+        try {
+          this.d.applyEntry(entry, true, id);
+        } catch (err) {
+          this.d.log.error({ batchId: id, err: errorMessage(err) }, "skipping a results entry on replay");
+        }
+      }
+      resumed++;
+      if (active.isComplete) this.d.finalizeInBackground(active);
+    }
+    this.d.metrics?.batchesInMemory(this.d.active.size);
+    if (resumed > 0) {
+      this.recoveringUntil = Date.now() + this.d.heartbeatTimeoutMs;
+      this.d.log.info({ resumed, waitMs: this.d.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
+    }
+  }
+
+  /**
+   * Batches stored before the index and the open markers existed (an older Shoal) are indexed
+   * once, oldest first, the first time a coordinator creates the index stream.
+   */
+  private async indexStoredBatches(): Promise<void> {
+    const ids = (await this.d.store().allBatchIds()).sort();
+    if (ids.length === 0) return;
+    let open = 0;
+    for (const id of ids) {
+      const got = await this.d.store().get(id);
+      if (!got) continue;
+      if (!isTerminal(got.record.batch!)) {
+        await this.d.store().markOpen(id);
+        open++;
+      }
+      await this.d.index().append(got.record.tenant, id);
+    }
+    this.d.log.info({ batches: ids.length, open }, "indexed batches stored by an earlier version");
+  }
+
+  /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
+  adopt(worker: WorkerRecord, hb: Heartbeat, now: number): void {
+    if (now >= this.recoveringUntil) return;
+    for (const l of hb.inFlight) {
+      const batch = this.d.active.get(l.batchId);
+      const slot = batch?.items[l.index];
+      if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
+      // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
+      this.d.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
+    }
+  }
+}
