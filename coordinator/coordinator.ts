@@ -55,6 +55,7 @@ export class Coordinator {
   private readonly attempts = new Attempts(this.ledger);
   private readonly estimates = new VramEstimates();
   private lastUnplaceableCheck = 0;
+  private lastQueueGauges = 0;
   private readonly queue = new BatchQueue();
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
@@ -346,7 +347,12 @@ export class Coordinator {
       this.lastUnplaceableCheck = now;
       this.failUnplaceable(now);
     }
-    this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
+    // A walk over every waiting item: once a second, as the unplaceable check, but also while
+    // recovering so served models show 0 from the start.
+    if (now - this.lastQueueGauges >= 1000) {
+      this.lastQueueGauges = now;
+      this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
+    }
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all(), (id) => this.attempts.openOn(id));
     this.metrics?.batchesInMemory(this.active.size);
     this.api.refreshAging(now);
