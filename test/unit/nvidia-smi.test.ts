@@ -30,3 +30,11 @@ test("nvidia-smi - refuses memory it cannot read instead of guessing", () => {
   assert.throws(() => parseNvidiaSmiCsv("0, GRID A100-4C, [N/A], [N/A], GPU-x\n"), /cannot read index\/memory/);
   assert.throws(() => parseNvidiaSmiCsv("0, short\n"), /expected 5 fields/);
 });
+
+// Recorded on a lent NVIDIA H200 machine (driver 580.159.04, CUDA 13.0) on 2026-11-30 with the
+// exact query the worker runs; nvidia-smi's own table on that machine showed 0MiB / 143771MiB.
+test("nvidia-smi - parses live output recorded on an H200", () => {
+  assert.deepEqual(parseNvidiaSmiCsv(fixture("nvidia-smi-h200-live.csv")), [
+    { index: 0, name: "NVIDIA H200", totalBytes: 143771 * MiB, freeBytes: 143156 * MiB, uuid: "GPU-ac544b8d-d7f7-f8da-2146-31cdb24f2970" },
+  ]);
+});
