@@ -13,6 +13,7 @@ import type { Logger } from "../../shared/logger.js";
 import type { Coordinator } from "../coordinator.js";
 import type { CoordinatorMetrics } from "../metrics.js";
 import { lenientService } from "./request-decoding.js";
+import { addReflection } from "./reflection.js";
 import { Auth, RpcEdge } from "./rpc-edge.js";
 import type { WorkerRecord } from "../fleet.js";
 import type { GpuView } from "../vram-ledger.js";
@@ -129,6 +130,7 @@ export async function startGrpcServer(
   server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics)));
   server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics)));
   server.addService(HealthService, healthImpl(() => serving));
+  addReflection(server);
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
