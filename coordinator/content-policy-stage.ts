@@ -14,9 +14,9 @@ import type { ItemError } from "../proto/gen/shoal/v1/shoal.js";
 import type { PolicyBlock } from "../proto/gen/shoal/v1/wire.js";
 import { ConfigError } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
-import type { ModelManifest } from "../shared/manifest.js";
+import { screenedTexts, type ModelManifest } from "../shared/manifest.js";
 import type { ActiveBatch } from "./batch-state.js";
-import { ContentPolicy, PolicyFileError, screenedTexts, type PolicyMatch } from "./content-policy.js";
+import { ContentPolicy, PolicyFileError, type PolicyMatch } from "./content-policy.js";
 
 export const CONTENT_POLICY_CODE = "CONTENT_POLICY";
 

@@ -97,16 +97,6 @@ export class ContentPolicy {
   }
 }
 
-/** The screened params of one item that hold text, in the manifest's order. */
-export function screenedTexts(screened: readonly string[] | undefined, params: Record<string, unknown>): { param: string; text: string }[] {
-  const out: { param: string; text: string }[] = [];
-  for (const param of screened ?? []) {
-    const v = params[param];
-    if (typeof v === "string" && v !== "") out.push({ param, text: v });
-  }
-  return out;
-}
-
 function checkFile(value: unknown, problems: string[]): CompiledRule[] {
   if (!isRecord(value)) {
     problems.push('must be a JSON object {"rules": [...]}');

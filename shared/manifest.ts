@@ -294,6 +294,16 @@ function rangeProblem(spec: ParamSpec, value: number): string | undefined {
   return `must be${range} (got ${value})`;
 }
 
+/** The screened params of one item that hold text, in the manifest's order (docs/content-policy.md). */
+export function screenedTexts(screened: readonly string[] | undefined, params: Record<string, unknown>): { param: string; text: string }[] {
+  const out: { param: string; text: string }[] = [];
+  for (const param of screened ?? []) {
+    const v = params[param];
+    if (typeof v === "string" && v !== "") out.push({ param, text: v });
+  }
+  return out;
+}
+
 /** VRAM one item of this model needs, excluding the weights (paid once per resident GPU). */
 export function activationBytes(manifest: ModelManifest, params: Record<string, unknown>): number {
   const { activation_bytes, activation_bytes_per_pixel } = manifest.vram;

@@ -3,12 +3,12 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ContentPolicy, PolicyFileError, screenedTexts } from "../../coordinator/content-policy.js";
+import { ContentPolicy, PolicyFileError } from "../../coordinator/content-policy.js";
 import { ContentPolicyStage } from "../../coordinator/content-policy-stage.js";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import { ConfigError } from "../../shared/errors.js";
 import { createLogger } from "../../shared/logger.js";
-import { checkManifest } from "../../shared/manifest.js";
+import { checkManifest, screenedTexts } from "../../shared/manifest.js";
 
 const policy = (rules: unknown[]) => ContentPolicy.parse(JSON.stringify({ rules }), "policy.json");
 const one = (text: string, param = "prompt") => [{ param, text }];
