@@ -147,7 +147,7 @@ function checkRule(raw: unknown, i: number, problems: string[]): CompiledRule | 
     try {
       patternsRe.push(new RegExp(p, "iu"));
     } catch (err) {
-      problems.push(`${at}.patterns[${k}]: invalid regular expression: ${(err as Error).message}`);
+      problems.push(`${at}.patterns[${k}]: invalid regular expression: ${(err as Error).message.replace(/^Invalid regular expression: /, "")}`);
     }
   });
   if (problems.length > before) return undefined;

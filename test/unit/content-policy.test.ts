@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ContentPolicy, PolicyFileError } from "../../coordinator/content-policy.js";
@@ -74,6 +74,15 @@ test("content policy - a rule with tenants applies to those tenants only", () =>
   assert.equal(p.match("initech", one("globex logo")), undefined);
   assert.equal(p.match("", one("globex logo")), undefined, "no API keys: tenant \"\" gets only the rules for every tenant");
   assert.equal(p.match("initech", one("forbidden"))?.rule, "everyone");
+});
+
+test("content policy - the example policy file is valid and does what its rules say", () => {
+  const p = ContentPolicy.parse(readFileSync(new URL("../../../examples/content-policy.json", import.meta.url), "utf8"), "examples/content-policy.json");
+  assert.equal(p.match("", one("a Molotov  cocktail on a table"))?.rule, "weapons");
+  assert.equal(p.match("", one("card 4111 1111 1111 1111"))?.rule, "payment-card-numbers");
+  assert.equal(p.match("acme", one("a Globex mug"))?.rule, "acme-competitor-brands");
+  assert.equal(p.match("other", one("a Globex mug")), undefined);
+  assert.equal(p.match("acme", one("a lighthouse at dusk")), undefined);
 });
 
 test("content policy - an empty rule list blocks nothing", () => {
