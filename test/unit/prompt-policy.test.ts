@@ -10,7 +10,9 @@ import { join } from "node:path";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import { createLogger } from "../../shared/logger.js";
 import { checkManifest } from "../../shared/manifest.js";
+import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import { CancelToken } from "../../worker/inference/backend.js";
+import { WorkerMetrics } from "../../worker/metrics.js";
 import { OnnxBackend } from "../../worker/inference/onnx-backend.js";
 import { promptGuardManifest, writePromptGuardModel } from "../../worker/inference/prompt-guard.js";
 import { PromptPolicy, windowsOf } from "../../worker/prompt-policy.js";
@@ -84,4 +86,26 @@ test("prompt policy manifests - bad prompt_policy declarations are refused with 
     "prompt_policy.output: must name an artifact of outputs",
     "prompt_policy.reason: must be a string of 1..200 characters",
   ]);
+});
+
+test("prompt policy metrics - an item that ended before its model ran leaves the GPU's busy clock alone", async () => {
+  let now = 1_000;
+  const m = new WorkerMetrics("w1", () => now);
+  m.setDevices([{ index: 0, name: "g", totalBytes: 8e9, source: "budget" }]);
+  const busy = async () => {
+    const text = await m.registry.getSingleMetricAsString("shoal_worker_busy_seconds_total");
+    return Math.round(Number(/gpu="0"\} (\S+)/.exec(text)![1]) * 1e6) / 1e6;
+  };
+  m.itemStarted(0); // one item runs from t = 0
+  now += 50;
+  // Another item fails its checks (or its classifier) before it starts: not busy time, and it
+  // must not stop the running item's clock either.
+  m.itemDone("imagegen-tiny", ItemStatus.ITEM_STATUS_FAILED, 5, 0, false);
+  now += 50;
+  assert.equal(await busy(), 0.1);
+  m.itemDone("imagegen-tiny", ItemStatus.ITEM_STATUS_SUCCEEDED, 0.1, 0, true);
+  now += 1_000;
+  assert.equal(await busy(), 0.1);
+  m.promptPolicy("imagegen-tiny", "blocked");
+  assert.match(await m.registry.getSingleMetricAsString("shoal_worker_prompt_policy_items_total"), /model="imagegen-tiny",verdict="blocked"\} 1/);
 });
