@@ -191,6 +191,9 @@ export async function cancel(ctx: CommandContext, batchId: string): Promise<numb
 }
 
 export async function retry(ctx: CommandContext, batchId: string): Promise<number> {
+  // Read first, to say which failed items RetryBatch leaves out and why (it answers only the
+  // new batch, or FAILED_PRECONDITION naming them when nothing is left to retry).
+  const skipped = notRetried(await ctx.clients.getBatch(batchId));
   const { batchId: newId, itemCount } = await ctx.clients.retryBatch(batchId);
   if (!newId || itemCount === 0) {
     ctx.err.write(`batch ${batchId} has no retryable failed items; nothing to retry\n`);
@@ -199,9 +202,25 @@ export async function retry(ctx: CommandContext, batchId: string): Promise<numbe
   ctx.out.write(`${newId}\n`);
   ctx.err.write(
     `retrying ${itemCount} failed item${itemCount === 1 ? "" : "s"} of ${batchId} as batch ${newId}\n` +
+      (skipped ? `  skipped:     ${skipped}\n` : "") +
       `  follow it:   shoal watch ${newId}\n`,
   );
   return EXIT_OK;
+}
+
+/** "2 failed items not retryable: 2 CONTENT_POLICY (blocked by the content policy)", or "" when none. */
+export function notRetried(batch: Batch): string {
+  const byCode = new Map<string, number>();
+  let n = 0;
+  for (const r of batch.results) {
+    if (r.status !== ItemStatus.ITEM_STATUS_FAILED || r.error?.retryable) continue;
+    const code = r.error?.code || "UNKNOWN";
+    byCode.set(code, (byCode.get(code) ?? 0) + 1);
+    n++;
+  }
+  if (n === 0) return "";
+  const why = (code: string) => (code === "CONTENT_POLICY" ? " (blocked by the content policy; never retried)" : "");
+  return `${n} failed item${n === 1 ? "" : "s"} not retryable: ${[...byCode].map(([code, k]) => `${k} ${code}${why(code)}`).join(", ")}`;
 }
 
 export interface ListOptions {

@@ -77,6 +77,7 @@ const up = program
   .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default("50"))
   .addOption(new Option("--retention <duration>", "how long finished batches, results, artifacts and idempotency keys are kept").env("SHOAL_RETENTION").default("7d"))
   .addOption(new Option("--gpu <which>", "auto, none or an index, for every worker").env("SHOAL_GPU").default("auto"))
+  .addOption(new Option("--content-policy <file>", "the coordinator's content policy rules (docs/content-policy.md)").env("SHOAL_CONTENT_POLICY"))
   .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").default("info"))
   .addOption(new Option("--log-format <format>", "json or pretty").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 workerFlags(up, true).action(async (raw) => {
@@ -93,7 +94,7 @@ workerFlags(up, true).action(async (raw) => {
     ...(raw.modelDir ? ["--model-dir", String(raw.modelDir)] : []),
     ...(raw.simulate ? ["--simulate"] : []),
   ];
-  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems), "--retention", String(raw.retention)], common }));
+  const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems), "--retention", String(raw.retention), ...(raw.contentPolicy ? ["--content-policy", String(raw.contentPolicy)] : [])], common }));
   await runUntilSignal(log, async () => {
     const fleet = new Fleet(opts, log);
     try {

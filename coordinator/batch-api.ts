@@ -19,6 +19,7 @@ import { decodePageToken, encodePageToken, type BatchIndex, type IndexEntry } fr
 import type { BatchQueue } from "./batch-queue.js";
 import type { ActiveBatch, Attempt } from "./batch-state.js";
 import { isTerminal, type BatchStore } from "./batch-store.js";
+import { CONTENT_POLICY_CODE, type ContentPolicyStage } from "./content-policy-stage.js";
 import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./model-registry.js";
@@ -42,6 +43,8 @@ export interface BatchApiDeps {
   log: Logger;
   metrics: CoordinatorMetrics | undefined;
   models: ModelRegistry;
+  /** Screens each item's text before the batch is stored (content-policy-stage.ts). */
+  contentPolicy: ContentPolicyStage;
   queue: BatchQueue;
   /** The running batches, by id; a batch leaves it once its terminal record is stored. */
   active: Map<string, ActiveBatch>;
@@ -72,6 +75,8 @@ export class BatchApi {
     }
     const batchId = newBatchId();
     const now = new Date();
+    // Refused items are recorded with the batch and end CONTENT_POLICY when it is activated.
+    const policyBlocked = this.d.contentPolicy.screen(tenant, valid);
     const record: BatchRecord = {
       batch: {
         id: batchId,
@@ -94,6 +99,7 @@ export class BatchApi {
       tenant,
       retryOf,
       sourceIndices,
+      policyBlocked,
     };
     this.checkRecordFits(record, valid.map((v) => v.model));
     if (req.idempotencyKey) {
@@ -119,10 +125,17 @@ export class BatchApi {
       if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
       throw err;
     }
-    this.d.activate(record, revision, undefined, valid.map((v) => v.need));
+    const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
     this.d.metrics?.batchesInMemory(this.d.active.size);
     this.d.metrics?.batchSubmitted();
     this.d.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
+    if (policyBlocked.length > 0) {
+      for (const b of policyBlocked) this.d.metrics?.itemFinished(active.items[b.index]!.result!);
+      // Rule names and indexes only: the text that matched is never logged.
+      this.d.log.info({ batchId, blocked: policyBlocked.length, items: policyBlocked.map((b) => b.index), rules: [...new Set(policyBlocked.map((b) => b.rule))] }, "items blocked by the content policy");
+      // Every item blocked: nothing will be queued, so the batch ends now (FAILED).
+      if (active.isComplete) this.finalizeInBackground(active);
+    }
     this.d.scheduleSoon();
     return { batchId, itemCount: valid.length };
   }
@@ -245,8 +258,10 @@ export class BatchApi {
     const batch = await this.getBatch(batchId, tenant);
     if (!isTerminal(batch)) throw failedPrecondition(`batch ${batchId} is not finished yet; cancel it or wait`);
     const got = await this.d.store().get(batchId);
+    // CONTENT_POLICY (and every other error not marked retryable) is left out: resubmitting the
+    // same text would be refused again.
     const retryable = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_FAILED && r.error?.retryable);
-    if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error`);
+    if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error${skippedNote(batch)}`);
     const items = retryable.map((r) => got!.record.items[r.index]!);
     return this.submit(
       { items, idempotencyKey: "", webhook: got!.record.webhook, priority: batch.priority, labels: batch.labels },
@@ -436,6 +451,19 @@ export class BatchApi {
   emit(batchId: string, ev: BatchEvent): void {
     for (const l of this.listeners.get(batchId) ?? []) l(ev);
   }
+}
+
+/** "; not retried: 2 CONTENT_POLICY (never retried), 1 INVALID_PARAMS": the failed items RetryBatch leaves out. */
+function skippedNote(batch: Batch): string {
+  const byCode = new Map<string, number>();
+  for (const r of batch.results) {
+    if (r.status !== ItemStatus.ITEM_STATUS_FAILED || r.error?.retryable) continue;
+    const code = r.error?.code || "UNKNOWN";
+    byCode.set(code, (byCode.get(code) ?? 0) + 1);
+  }
+  if (byCode.size === 0) return "";
+  const parts = [...byCode].map(([code, n]) => `${n} ${code}${code === CONTENT_POLICY_CODE ? " (blocked by the content policy; never retried)" : ""}`);
+  return `; not retried: ${parts.join(", ")}`;
 }
 
 function storageStatus(e: StorageError, context: string): ServerError {

@@ -13,6 +13,7 @@ import { BatchIndex } from "./batch-index.js";
 import { BatchQueue } from "./batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "./batch-state.js";
 import { BatchStore } from "./batch-store.js";
+import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
 import { unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
@@ -50,6 +51,8 @@ export class Coordinator {
   private readonly api: BatchApi;
   /** Rebuild at start from KV and the results log; adoption of held items while recovering. */
   private readonly recovery: Recovery;
+  /** The --content-policy rules applied at submit; main.ts reloads them on SIGHUP. */
+  readonly contentPolicy: ContentPolicyStage;
   private readonly ledger = new VramLedger();
   /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
   private readonly attempts = new Attempts(this.ledger);
@@ -72,6 +75,7 @@ export class Coordinator {
     private readonly metrics?: CoordinatorMetrics,
   ) {
     this.names = new Names(opts.prefix);
+    this.contentPolicy = new ContentPolicyStage(opts.contentPolicyFile, log.child({ component: "content-policy" }), (rules, outcome) => metrics?.contentPolicyLoaded(rules, outcome));
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
     this.link = new WorkerLink({
@@ -116,6 +120,7 @@ export class Coordinator {
       log,
       metrics,
       models: this.models,
+      contentPolicy: this.contentPolicy,
       queue: this.queue,
       active: this.active,
       activate: (record, revision, writtenAtMs, needs) => this.activate(record, revision, writtenAtMs, needs),
@@ -183,7 +188,8 @@ export class Coordinator {
     });
     const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts, writtenAtMs);
     this.active.set(active.id, active);
-    for (let i = 0; i < slots.length; i++) this.queue.add(active.id, i, record.batch!.priority);
+    finishBlockedItems(active); // refused by the content policy at submit: never queued
+    for (let i = 0; i < slots.length; i++) if (slots[i]!.state === "pending") this.queue.add(active.id, i, record.batch!.priority);
     return active;
   }
 

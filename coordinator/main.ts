@@ -22,6 +22,10 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
   const grpc = await startGrpcServer(coordinator, opts.grpcHost, opts.grpcPort, opts.apiKeys, log, metrics);
   const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort) : undefined;
   log.info({ grpc: `${opts.grpcHost}:${grpc.port}`, metrics: http ? `:${http.port}/metrics` : "off" }, "coordinator serving");
+  // SIGHUP reloads the content policy file; a bad file keeps the policy in force (logged).
+  // Handled even without a file, so a stray SIGHUP never ends the coordinator.
+  const onHangup = () => void coordinator.contentPolicy.reload();
+  process.on("SIGHUP", onHangup);
   let stopping: Promise<void> | undefined;
   return {
     coordinator,
@@ -29,6 +33,7 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
     metricsPort: http?.port,
     stop: () =>
       (stopping ??= (async () => {
+        process.off("SIGHUP", onHangup);
         await grpc.close(5000);
         await coordinator.close();
         await http?.close();

@@ -56,6 +56,9 @@ export class CoordinatorMetrics {
   private readonly terminalWritesWaiting: Gauge;
   private readonly submitStorageFailures: Counter;
   private readonly inMemory: Gauge;
+  private readonly contentPolicyItems: Counter;
+  private readonly contentPolicyRules: Gauge;
+  private readonly contentPolicyLoads: Counter;
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -117,6 +120,23 @@ export class CoordinatorMetrics {
       registers,
     });
     // Series that exist from the start, so rate() and increase() count their first events.
+    // Content policy (docs/content-policy.md). Labels carry no rule or reason: the model, and
+    // which stage refused the item (the coordinator's rules, or a worker's classifier).
+    this.contentPolicyItems = new Counter({
+      name: "shoal_content_policy_items_total",
+      help: "Items that ended FAILED with CONTENT_POLICY, by model and stage (rules: --content-policy at submit; classifier: a worker's prompt-policy model)",
+      labelNames: ["model", "stage"],
+      registers,
+    });
+    this.contentPolicyRules = new Gauge({ name: "shoal_content_policy_rules", help: "Rules of the --content-policy file in force", registers });
+    this.contentPolicyLoads = new Counter({
+      name: "shoal_content_policy_loads_total",
+      help: "Loads of the --content-policy file (start and SIGHUP) by outcome: loaded, or refused (the previous policy stays in force)",
+      labelNames: ["outcome"],
+      registers,
+    });
+    for (const outcome of ["loaded", "refused"]) this.contentPolicyLoads.inc({ outcome }, 0);
+    this.contentPolicyRules.set(0);
     for (const reason of STORAGE_FAILURE_REASONS) {
       this.terminalWriteFailures.inc({ reason }, 0);
       this.submitStorageFailures.inc({ reason }, 0);
@@ -141,6 +161,7 @@ export class CoordinatorMetrics {
   itemFinished(r: ItemResult): void {
     const status = lower(ItemStatus[r.status], "ITEM_STATUS_");
     this.items.inc({ model: r.model, status, code: r.error?.code ?? "" });
+    if (r.error?.code === "CONTENT_POLICY") this.contentPolicyItems.inc({ model: r.model, stage: r.workerId === "" ? "rules" : "classifier" });
     // Latency of items that ran; one that never reached a worker (cancelled while queued, or
     // failed as unplaceable) has no queue-to-start or run time to record.
     if (r.status !== ItemStatus.ITEM_STATUS_CANCELLED && r.workerId !== "") {
@@ -159,6 +180,11 @@ export class CoordinatorMetrics {
 
   submitStorageFailed(reason: StorageFailureReason): void {
     this.submitStorageFailures.inc({ reason });
+  }
+
+  contentPolicyLoaded(rules: number, outcome: "loaded" | "refused"): void {
+    this.contentPolicyRules.set(rules);
+    this.contentPolicyLoads.inc({ outcome });
   }
 
   batchesInMemory(n: number): void {

@@ -29,6 +29,8 @@ export interface CoordinatorOptions {
   /** First delay before a failed terminal write is tried again; it doubles up to the max. */
   terminalRetryInitialMs: number;
   terminalRetryMaxMs: number;
+  /** The content policy file (docs/content-policy.md); unset or "": nothing is screened. */
+  contentPolicyFile?: string;
 }
 
 export const COORDINATOR_DEFAULTS = {

@@ -42,6 +42,8 @@ export const IMAGEGEN_TINY: ModelManifest = {
       description: `Encoder quality for jpeg and webp, 1..100, default ${DEFAULT_QUALITY} (higher: larger, closer to the pixels). Ignored for png, which is lossless.`,
     },
   },
+  // Free text that reaches the model: the content policy screens both (docs/content-policy.md).
+  screened_params: ["prompt", "style"],
   // Queued items of the same width, height and steps run as one batch (one denoiser call per
   // step for all of them), whatever their output formats; each image is byte-identical to the
   // one drawn alone.

@@ -65,6 +65,38 @@ export interface ModelManifest {
    */
   max_batch?: number;
   builtin?: boolean;
+  /**
+   * The string params whose text the content policy screens (docs/content-policy.md): the
+   * coordinator's rules (--content-policy) before an item is queued, and a prompt-policy
+   * classifier on the worker before the model runs. A model without it is not screened.
+   */
+  screened_params?: string[];
+  /** Declares this model a prompt-policy classifier (see PromptPolicySpec). */
+  prompt_policy?: PromptPolicySpec;
+}
+
+/** The one tokenizer a prompt-policy classifier may declare: imagegen-tiny's hashed words. */
+export const PROMPT_POLICY_TOKENIZERS = ["shoal-words-4096"] as const;
+
+/**
+ * A text classifier that screens the items of other models on the worker, before they run: the
+ * worker tokenizes the item's screened params, runs this model on the tokens like any model
+ * from the model directory, and an item whose score reaches `threshold` ends FAILED with
+ * CONTENT_POLICY without its own model running (worker/prompt-policy.ts).
+ */
+export interface PromptPolicySpec {
+  /** Models whose items this classifier screens; "*" for every model that declares screened_params. */
+  applies_to: string[];
+  /** An item is blocked when the score is at least this. */
+  threshold: number;
+  /** How text becomes token ids; only "shoal-words-4096" (see PROMPT_POLICY_TOKENIZERS). */
+  tokenizer: (typeof PROMPT_POLICY_TOKENIZERS)[number];
+  /** The tensor param the token ids are fed to (an int64 input of the model). */
+  input_param: string;
+  /** The output artifact holding the score: its first value is read. */
+  output: string;
+  /** The reason an item's error message gives; default "flagged by the prompt classifier <name>". */
+  reason?: string;
 }
 
 export interface ParamProblem {
@@ -123,6 +155,7 @@ export function checkManifest(value: unknown): string[] {
   if (m.max_batch !== undefined && (!Number.isSafeInteger(m.max_batch) || m.max_batch < 1)) {
     problems.push("max_batch: must be an integer ≥ 1");
   }
+  problems.push(...screeningProblems(m));
   if (m.inputs !== undefined) {
     if (!Array.isArray(m.inputs)) problems.push("inputs: must be an array");
     else
@@ -148,6 +181,38 @@ export function checkManifest(value: unknown): string[] {
           problems.push(`outputs[${i}]: needs name and artifact`);
         }
       });
+  }
+  return problems;
+}
+
+/** Checks `screened_params` and `prompt_policy` (docs/content-policy.md). */
+function screeningProblems(m: Partial<ModelManifest>): string[] {
+  const problems: string[] = [];
+  const params = isRecord(m.params) ? (m.params as Record<string, ParamSpec>) : {};
+  if (m.screened_params !== undefined) {
+    if (!Array.isArray(m.screened_params)) problems.push("screened_params: must be an array of param names");
+    else
+      m.screened_params.forEach((p, i) => {
+        if (typeof p !== "string" || !Object.hasOwn(params, p)) problems.push(`screened_params[${i}]: ${JSON.stringify(p)} is not a declared param`);
+        else if (params[p]!.type !== "string") problems.push(`screened_params[${i}]: "${p}" has type ${params[p]!.type}; only string params hold text to screen`);
+      });
+  }
+  const pp = m.prompt_policy as Partial<PromptPolicySpec> | undefined;
+  if (pp === undefined) return problems;
+  if (!isRecord(pp)) return [...problems, "prompt_policy: must be an object"];
+  if (!Array.isArray(pp.applies_to) || pp.applies_to.length === 0 || !pp.applies_to.every((a) => typeof a === "string" && (a === "*" || MODEL_NAME.test(a)))) {
+    problems.push('prompt_policy.applies_to: must be a non-empty array of model names, or ["*"]');
+  } else if (typeof m.name === "string" && pp.applies_to.includes(m.name)) {
+    problems.push("prompt_policy.applies_to: a classifier cannot screen its own items");
+  }
+  if (typeof pp.threshold !== "number" || !Number.isFinite(pp.threshold)) problems.push("prompt_policy.threshold: must be a number");
+  if (!PROMPT_POLICY_TOKENIZERS.includes(pp.tokenizer as never)) problems.push(`prompt_policy.tokenizer: must be one of ${PROMPT_POLICY_TOKENIZERS.join(", ")}`);
+  if (typeof pp.input_param !== "string" || params[pp.input_param]?.type !== "tensor") problems.push("prompt_policy.input_param: must name a declared tensor param");
+  if (typeof pp.output !== "string" || !Array.isArray(m.outputs) || !m.outputs.some((o) => isRecord(o) && o.artifact === pp.output)) {
+    problems.push("prompt_policy.output: must name an artifact of outputs");
+  }
+  if (pp.reason !== undefined && (typeof pp.reason !== "string" || pp.reason.length === 0 || pp.reason.length > 200)) {
+    problems.push("prompt_policy.reason: must be a string of 1..200 characters");
   }
   return problems;
 }
@@ -227,6 +292,16 @@ function rangeProblem(spec: ParamSpec, value: number): string | undefined {
   const range = minimum !== undefined || maximum !== undefined ? ` between ${minimum ?? "-∞"} and ${maximum ?? "∞"}` : "";
   if (multipleOf !== undefined) return `must be a multiple of ${multipleOf}${range} (got ${value})`;
   return `must be${range} (got ${value})`;
+}
+
+/** The screened params of one item that hold text, in the manifest's order (docs/content-policy.md). */
+export function screenedTexts(screened: readonly string[] | undefined, params: Record<string, unknown>): { param: string; text: string }[] {
+  const out: { param: string; text: string }[] = [];
+  for (const param of screened ?? []) {
+    const v = params[param];
+    if (typeof v === "string" && v !== "") out.push({ param, text: v });
+  }
+  return out;
 }
 
 /** VRAM one item of this model needs, excluding the weights (paid once per resident GPU). */

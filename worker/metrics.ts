@@ -43,6 +43,7 @@ export class WorkerMetrics {
   private readonly residentGauge: Gauge;
   private readonly protocolErrors: Counter;
   private readonly unexpectedErrors: Counter;
+  private readonly promptPolicyItems: Counter;
   private readonly busyClocks = new Map<string, BusyClock>();
   private residentNow = new Set<string>();
   /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
@@ -110,6 +111,12 @@ export class WorkerMetrics {
       registers: r,
     });
     for (const kind of PROTOCOL_ERROR_KINDS) this.protocolErrors.inc({ worker: this.workerId, kind }, 0);
+    this.promptPolicyItems = new Counter({
+      name: "shoal_worker_prompt_policy_items_total",
+      help: "Items a prompt-policy classifier screened before their model ran, by model and verdict (blocked items never ran their model)",
+      labelNames: ["worker", "model", "verdict"],
+      registers: r,
+    });
     this.inFlightGauge.set({ worker: this.workerId }, 0);
   }
 
@@ -150,12 +157,14 @@ export class WorkerMetrics {
 
   /**
    * An item ended (any status). With a matching itemStarted() the GPU's busy clock stops when its
-   * last item ends; without one, the item's run time is added as busy time.
+   * last item ends; without one, the item's run time is added as busy time. `started` false: the
+   * item ended before its model ran (bad params, a classifier that failed), so no GPU time counts.
    */
-  itemDone(model: string, status: ItemStatus, runSeconds: number, gpu = 0): void {
+  itemDone(model: string, status: ItemStatus, runSeconds: number, gpu = 0, started?: boolean): void {
     const s = itemStatusToJSON(status).replace("ITEM_STATUS_", "").toLowerCase();
     this.items.inc({ worker: this.workerId, model, status: s });
     this.run.observe({ worker: this.workerId, model }, runSeconds);
+    if (started === false) return;
     const key = String(gpu);
     const clock = this.busyClocks.get(key);
     if (clock && clock.running > 0) {
@@ -164,6 +173,11 @@ export class WorkerMetrics {
     } else {
       this.busy.inc({ worker: this.workerId, gpu: key }, runSeconds);
     }
+  }
+
+  /** A prompt-policy classifier screened an item of `model` (worker/prompt-policy.ts). */
+  promptPolicy(model: string, verdict: "blocked" | "allowed"): void {
+    this.promptPolicyItems.inc({ worker: this.workerId, model, verdict });
   }
 
   inFlight(n: number): void {

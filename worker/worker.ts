@@ -26,6 +26,7 @@ import { fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.j
 import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
 import type { WorkerOptions } from "./options.js";
+import { PromptPolicy } from "./prompt-policy.js";
 import { ResultPublisher } from "./result-publisher.js";
 import type { ProtocolErrorKind, WorkerMetrics } from "./metrics.js";
 
@@ -65,6 +66,8 @@ export class ShoalWorker {
   private readonly incarnation = randomToken(8);
   private readonly names: Names;
   private manifests = new Map<string, ModelManifest>();
+  /** Classifiers from the model directory that screen items before their model runs. */
+  private promptPolicy: PromptPolicy | undefined;
   private closePromise: Promise<void> | undefined;
   private drainPromise: Promise<void> | undefined;
   private idleWaiters: (() => void)[] = [];
@@ -92,6 +95,7 @@ export class ShoalWorker {
     this.devices = this.vram.devices();
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);
+    this.promptPolicy = new PromptPolicy(this.backend.models(), this.backend, this.log.child({ component: "prompt-policy" }));
     this.nc = await connectNats(this.opts.natsUrl, `shoal-worker-${this.opts.id}`, this.log);
     this.infra = await ensureInfrastructure(this.nc, this.names);
     this.publisher = new ResultPublisher(
@@ -269,7 +273,6 @@ export class ShoalWorker {
     const { lease } = held;
     // Per-item lines carry batch and item ids; bindings are built only when a line is written.
     const ids = () => ({ batchId: lease.batchId, item: lease.index, attempt: held.attempt, model: held.model.name });
-    this.metrics?.itemStarted(held.gpuIndex);
     const started = performance.now();
     let outcome: ItemOutcome;
     try {
@@ -283,6 +286,14 @@ export class ShoalWorker {
       if (checked.problems.length > 0) {
         throw new InferenceError("INVALID_PARAMS", checked.problems.map((p) => `${p.path}: ${p.message}`).join("; "), false);
       }
+      // A prompt-policy classifier for this model screens the item first (prompt-policy.ts); a
+      // flagged item ends here and its model never runs.
+      if (this.promptPolicy?.screens(held.model.name)) {
+        const verdict = await this.promptPolicy.screen({ token: lease.token, batchId: lease.batchId, index: lease.index, model: held.model, params: checked.params }, held.controller);
+        this.metrics?.promptPolicy(held.model.name, verdict ? "blocked" : "allowed");
+        if (verdict) throw new InferenceError("CONTENT_POLICY", verdict.message, false);
+      }
+      this.metrics?.itemStarted(held.gpuIndex);
       held.started = true;
       const output = await this.backend.run(
         { id: lease.token, model: held.model.name, params: checked.params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
@@ -302,10 +313,13 @@ export class ShoalWorker {
           : new InferenceError("INFERENCE_FAILED", errorMessage(err), true);
       const status = e.code === "CANCELLED" ? ItemStatus.ITEM_STATUS_CANCELLED : ItemStatus.ITEM_STATUS_FAILED;
       outcome = { lease, status, error: { code: e.code, message: e.message, retryable: e.retryable }, artifacts: [], runMs, vramUsedBytes: 0 };
-      (e.code === "CANCELLED" ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))({ ...ids(), code: e.code, err: e.message, runMs }, "item did not succeed");
+      (e.code === "CANCELLED" || e.code === "CONTENT_POLICY" ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))({ ...ids(), code: e.code, err: e.message, runMs }, "item did not succeed");
     }
-    // Model names from the wire are unbounded: only served models get their own label.
-    this.metrics?.itemDone(this.manifests.has(held.model.name) ? held.model.name : "(unknown)", outcome.status, outcome.runMs / 1000, held.gpuIndex);
+    // Model names from the wire are unbounded: only served models get their own label. An item
+    // the prompt policy blocked never ran its model: it is counted by promptPolicy() above only.
+    if (outcome.error?.code !== "CONTENT_POLICY") {
+      this.metrics?.itemDone(this.manifests.has(held.model.name) ? held.model.name : "(unknown)", outcome.status, outcome.runMs / 1000, held.gpuIndex, held.started);
+    }
     await this.publisher!.publish(lease.batchId, outcome);
     // Only now, with the outcome stored, does the item stop appearing in heartbeats.
     this.held.delete(lease.token);

@@ -120,6 +120,7 @@ function recordOf(batchId: string, n: number): BatchRecord {
     tenant: "",
     retryOf: "",
     sourceIndices: [],
+    policyBlocked: [],
   };
 }
 

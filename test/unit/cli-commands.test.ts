@@ -385,6 +385,20 @@ describe("cli commands", () => {
     assert.match(c.out, /^batch b_test CANCELLED/);
     const r = await shoal(["retry", "b_test", "--addr", addr]);
     assert.equal(r.out, "b_retry\n");
+    assert.doesNotMatch(r.err, /skipped/, "nothing was left out");
+    // A CONTENT_POLICY item is left out, and retry says so.
+    const blocked = ItemResult.fromPartial({
+      index: 2,
+      status: ItemStatus.ITEM_STATUS_FAILED,
+      model: "imagegen-tiny",
+      error: { code: "CONTENT_POLICY", message: "blocked by the content policy: weapons (rule weapons, params.prompt)", retryable: false },
+    });
+    const plain = fake.batch;
+    fake.batch = { ...fake.batch, total: 3, failed: 2, results: [...fake.batch.results, blocked] };
+    const r2 = await shoal(["retry", "b_test", "--addr", addr]);
+    fake.batch = plain;
+    assert.equal(r2.out, "b_retry\n");
+    assert.match(r2.err, /^ {2}skipped: {5}1 failed item not retryable: 1 CONTENT_POLICY \(blocked by the content policy; never retried\)$/m);
     const l = await shoal(["list", "--page-size", "1", "--addr", addr]);
     assert.match(l.out, /^BATCH +STATE/);
     assert.match(l.out, /b_test +COMPLETED +2\/2/);

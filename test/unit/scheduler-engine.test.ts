@@ -44,6 +44,7 @@ function makeBatch(id: string, items: ItemSpec[], priority = 0): ActiveBatch {
     tenant: "",
     retryOf: "",
     sourceIndices: [],
+    policyBlocked: [],
   };
   return new ActiveBatch(record, 1, slots, 3, 0);
 }

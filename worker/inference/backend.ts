@@ -36,6 +36,7 @@ export type InferenceErrorCode =
   | "OUT_OF_MEMORY"
   | "TIMEOUT"
   | "INFERENCE_FAILED"
+  | "CONTENT_POLICY"
   | "CANCELLED";
 
 export class InferenceError extends Error {

@@ -153,6 +153,20 @@ export interface BatchRecord {
   retryOf: string;
   /** For a retry batch: the index in the original batch of each item. */
   sourceIndices: number[];
+  /**
+   * Items the content policy refused at submit (coordinator/content-policy.ts). Stored with the
+   * request so a restarted coordinator ends them the same way, whatever the policy is by then;
+   * they are never queued.
+   */
+  policyBlocked: PolicyBlock[];
+}
+
+/** One item refused by a content-policy rule: it ends FAILED with CONTENT_POLICY and this message. */
+export interface PolicyBlock {
+  index: number;
+  /** The rule's name, for operators; never the matched text. */
+  rule: string;
+  message: string;
 }
 
 /**
@@ -1551,6 +1565,7 @@ function createBaseBatchRecord(): BatchRecord {
     tenant: "",
     retryOf: "",
     sourceIndices: [],
+    policyBlocked: [],
   };
 }
 
@@ -1580,6 +1595,9 @@ export const BatchRecord: MessageFns<BatchRecord> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    for (const v of message.policyBlocked) {
+      PolicyBlock.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -1663,6 +1681,14 @@ export const BatchRecord: MessageFns<BatchRecord> = {
 
             break;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.policyBlocked.push(PolicyBlock.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1696,6 +1722,11 @@ export const BatchRecord: MessageFns<BatchRecord> = {
         : globalThis.Array.isArray(object?.source_indices)
         ? object.source_indices.map((e: any) => globalThis.Number(e))
         : [],
+      policyBlocked: globalThis.Array.isArray(object?.policyBlocked)
+        ? object.policyBlocked.map((e: any) => PolicyBlock.fromJSON(e))
+        : globalThis.Array.isArray(object?.policy_blocked)
+        ? object.policy_blocked.map((e: any) => PolicyBlock.fromJSON(e))
+        : [],
     };
   },
 
@@ -1722,6 +1753,9 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     if (message.sourceIndices?.length) {
       obj.sourceIndices = message.sourceIndices.map((e) => Math.round(e));
     }
+    if (message.policyBlocked?.length) {
+      obj.policyBlocked = message.policyBlocked.map((e) => PolicyBlock.toJSON(e));
+    }
     return obj;
   },
 
@@ -1739,6 +1773,108 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     message.tenant = object.tenant ?? "";
     message.retryOf = object.retryOf ?? "";
     message.sourceIndices = object.sourceIndices?.map((e) => e) || [];
+    message.policyBlocked = object.policyBlocked?.map((e) => PolicyBlock.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePolicyBlock(): PolicyBlock {
+  return { index: 0, rule: "", message: "" };
+}
+
+export const PolicyBlock: MessageFns<PolicyBlock> = {
+  encode(message: PolicyBlock, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint32(message.index);
+    }
+    if (message.rule !== "") {
+      writer.uint32(18).string(message.rule);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyBlock {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyBlock();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.rule = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyBlock {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      rule: isSet(object.rule) ? globalThis.String(object.rule) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: PolicyBlock): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.rule !== "") {
+      obj.rule = message.rule;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PolicyBlock>, I>>(base?: I): PolicyBlock {
+    return PolicyBlock.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PolicyBlock>, I>>(object: I): PolicyBlock {
+    const message = createBasePolicyBlock();
+    message.index = object.index ?? 0;
+    message.rule = object.rule ?? "";
+    message.message = object.message ?? "";
     return message;
   },
 };
