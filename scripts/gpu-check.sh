@@ -14,7 +14,7 @@
 # network is used. nats-server: $NATS_SERVER_BIN (the binary, or a directory holding it), else
 # PATH, else /usr/sbin. Everything printed also goes to $OUT/gpu-check.log when OUT is set.
 # Other knobs: NVIDIA_SMI (default nvidia-smi), GPU_CHECK_ITEMS (default 6), GPU_CHECK_SIZE
-# (image width = height, default 512).
+# (image width = height, default 512), GPU_CHECK_PORT (first of the ports used; default random).
 
 set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -151,7 +151,7 @@ if [ -n "$NATS_BIN" ]; then
   say "nats-server: $NATS_BIN ($("$NATS_BIN" --version 2>&1 | head -1))"
 fi
 
-BASE=$((20000 + RANDOM % 20000))
+BASE=${GPU_CHECK_PORT:-$((20000 + RANDOM % 20000))}  # gRPC; +1 coordinator metrics, +2 worker metrics, +10 NATS
 GRPC=$BASE; METRICS=$((BASE + 1)); NATS_PORT=$((BASE + 10))
 ADDR="127.0.0.1:$GRPC"
 
