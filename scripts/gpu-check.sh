@@ -10,9 +10,10 @@
 # Each step prints PASS/FAIL and the next one runs regardless; a summary comes last. Exit 0 only
 # when every step passed.
 #
-# Needs: this checkout with dist/ (npm run build) and node_modules/, `node` (20+) on PATH. No
-# network is used. nats-server: $NATS_SERVER_BIN (the binary, or a directory holding it), else
-# PATH, else /usr/sbin. Everything printed also goes to $OUT/gpu-check.log when OUT is set.
+# Needs: this checkout with dist/ (npm run build) and node_modules/, or without them the bundle
+# scripts/gpu-check-bundle.sh makes (GPU_CHECK_BUNDLE, default ./gpu-check-bundle.tar.xz);
+# `node` (20+) on PATH. No network is used. nats-server: $NATS_SERVER_BIN (the binary, or a directory holding it), else
+# PATH, else /usr/sbin, else the bundle's. Everything printed also goes to $OUT/gpu-check.log when OUT is set.
 # Other knobs: NVIDIA_SMI (default nvidia-smi), GPU_CHECK_ITEMS (default 6), GPU_CHECK_SIZE
 # (image width = height, default 512), GPU_CHECK_PORT (first of the ports used; default random).
 
@@ -58,6 +59,18 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 
 heading "machine"
+# A bare machine without node_modules/: use the bundle made by scripts/gpu-check-bundle.sh.
+BUNDLE="${GPU_CHECK_BUNDLE:-$ROOT/gpu-check-bundle.tar.xz}"
+BUNDLE_NATS=""
+if [ ! -d "$ROOT/node_modules/onnxruntime-node" ] && [ -f "$BUNDLE" ]; then
+  mkdir -p "$WORK/bundle"
+  if tar -xJf "$BUNDLE" -C "$WORK/bundle"; then
+    say "no node_modules/ here: running from the bundle $BUNDLE (unpacked in $WORK/bundle)"
+    ROOT="$WORK/bundle"; SHOAL=(node "$ROOT/dist/cli/main.js"); BUNDLE_NATS="$ROOT/bin/nats-server"
+  else
+    say "cannot unpack $BUNDLE"
+  fi
+fi
 say "date: $(date -u +%FT%TZ)  host: $(hostname)  node: $(node --version 2>&1)  checkout: $ROOT"
 if [ ! -f "$ROOT/dist/cli/main.js" ]; then
   record "build present" FAIL "no dist/cli/main.js: run npm run build first"
@@ -145,6 +158,7 @@ if [ -n "${NATS_SERVER_BIN:-}" ]; then
 fi
 [ -z "$NATS_BIN" ] && NATS_BIN="$(command -v nats-server 2>/dev/null || true)"
 [ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
+[ -z "$NATS_BIN" ] && [ -n "$BUNDLE_NATS" ] && [ -x "$BUNDLE_NATS" ] && NATS_BIN="$BUNDLE_NATS"
 if [ -n "$NATS_BIN" ]; then
   export SHOAL_NATS_SERVER="$NATS_BIN"
   say ""
