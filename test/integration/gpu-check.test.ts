@@ -32,13 +32,13 @@ test("gpu-check - without nvidia-smi it says so and exits 1 at once", { timeout:
   assert.doesNotMatch(out, /shoal up/);
 });
 
-test("gpu-check - with a (fake) nvidia-smi it checks the parser, runs shoal up --gpu auto and a batch, compares VRAM, and tries the CUDA provider", { timeout: 240_000 }, async () => {
+test("gpu-check - with a (fake) nvidia-smi it checks the parser, runs shoal up --gpu auto and a batch, compares VRAM, and tries the CUDA provider", { timeout: 600_000 }, async () => {
   const out = mkdtempSync(join(tmpdir(), "shoal-gpu-check-"));
   try {
     // nats-server only through NATS_SERVER_BIN (a directory), as on a bare machine.
     const path = [FAKE_SMI_DIR, dirname(process.execPath), "/usr/bin", "/bin"].join(":");
     const env = { PATH: path, HOME: process.env.HOME ?? "/tmp", NATS_SERVER_BIN: dirname(natsServerBinary()), OUT: out, GPU_CHECK_ITEMS: "2", GPU_CHECK_SIZE: "64" };
-    const { code, out: text } = await runScript(env, 220_000);
+    const { code, out: text } = await runScript(env, 560_000);
     const cudaInstalled = missingCudaFiles().length === 0;
     for (const line of [
       /PASS: nvidia-smi \(2 GPU\(s\)\)/,
