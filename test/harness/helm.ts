@@ -32,7 +32,7 @@ export function removeHelm(): void {
 }
 
 /** Runs helm with its own empty config/cache dirs (no repos, nothing downloaded). */
-export function helm(args: string[], timeoutMs = 60_000): Promise<{ code: number; stdout: string; stderr: string }> {
+export function helm(args: string[], timeoutMs = 180_000): Promise<{ code: number; stdout: string; stderr: string }> {
   const bin = helmBinary();
   const home = dirname(bin);
   const env = { ...process.env, HELM_CONFIG_HOME: join(home, "config"), HELM_CACHE_HOME: join(home, "cache"), HELM_DATA_HOME: join(home, "data") };

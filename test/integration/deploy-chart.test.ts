@@ -106,13 +106,13 @@ function envOf(c: Container): Record<string, string> {
 
 for (const set of Object.keys(VALUE_SETS)) {
   describe(`helm chart (${set} values)`, () => {
-    test("lints clean (--strict)", { timeout: 60_000 }, async () => {
+    test("lints clean (--strict)", { timeout: 240_000 }, async () => {
       const r = await helm(["lint", "--strict", CHART, ...VALUE_SETS[set]!]);
       assert.equal(r.code, 0, r.stdout + r.stderr);
       assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
     });
 
-    test("every rendered object is valid for its kind, with no unknown field names", { timeout: 60_000 }, async () => {
+    test("every rendered object is valid for its kind, with no unknown field names", { timeout: 240_000 }, async () => {
       const objects = await render(set);
       assert.ok(objects.length >= 5, `only ${objects.length} objects`);
       for (const o of objects) {
@@ -126,7 +126,7 @@ for (const set of Object.keys(VALUE_SETS)) {
       }
     });
 
-    test("each container runs a shoal server command with flags, env vars and ports the CLI accepts", { timeout: 60_000 }, async () => {
+    test("each container runs a shoal server command with flags, env vars and ports the CLI accepts", { timeout: 240_000 }, async () => {
       const objects = await render(set);
       const deployments = ofKind(objects, "Deployment");
       assert.ok(deployments.length >= 2);
@@ -167,7 +167,7 @@ for (const set of Object.keys(VALUE_SETS)) {
       }
     });
 
-    test("Services, the ScaledObject and the ServiceMonitor point at what the chart runs", { timeout: 60_000 }, async () => {
+    test("Services, the ScaledObject and the ServiceMonitor point at what the chart runs", { timeout: 240_000 }, async () => {
       const objects = await render(set);
       const deployments = ofKind(objects, "Deployment");
       for (const s of ofKind(objects, "Service")) {
@@ -209,7 +209,7 @@ for (const set of Object.keys(VALUE_SETS)) {
 }
 
 describe("helm chart (what each value set turns on)", () => {
-  test("GPU workers request nvidia.com/gpu, tolerate the NVIDIA taint, select GPU nodes and run the CUDA image and provider", { timeout: 60_000 }, async () => {
+  test("GPU workers request nvidia.com/gpu, tolerate the NVIDIA taint, select GPU nodes and run the CUDA image and provider", { timeout: 240_000 }, async () => {
     const objects = await render("gpu");
     const gpu = ofKind(objects, "Deployment").find((d) => name(d).endsWith("-worker-gpu"));
     assert.ok(gpu, "a GPU worker Deployment");
@@ -229,7 +229,7 @@ describe("helm chart (what each value set turns on)", () => {
     assert.equal(ofKind(objects, "PrometheusRule").length, 1);
   });
 
-  test("the default values make CPU workers with a VRAM budget, two coordinators and no CRDs", { timeout: 60_000 }, async () => {
+  test("the default values make CPU workers with a VRAM budget, two coordinators and no CRDs", { timeout: 240_000 }, async () => {
     const objects = await render("default");
     const coordinator = ofKind(objects, "Deployment").find((d) => name(d).endsWith("-coordinator"))!;
     assert.equal((coordinator.spec as { replicas: number }).replicas, 2);

@@ -34,7 +34,7 @@ let resolved: { services: Record<string, Service> } | undefined;
 async function config(): Promise<{ services: Record<string, Service> }> {
   if (resolved) return resolved;
   requireTools(["docker-compose"]);
-  const r = await run("docker-compose", ["-f", FILE, "--profile", "gpu", "config"], 60_000);
+  const r = await run("docker-compose", ["-f", FILE, "--profile", "gpu", "config"], 180_000);
   assert.equal(r.code, 0, `docker-compose config: ${r.stderr}`);
   resolved = parseYaml(r.stdout) as { services: Record<string, Service> };
   return resolved;
@@ -46,7 +46,7 @@ const envOf = (s: Service) => Object.fromEntries(Object.entries(s.environment ??
 const shoalServices = (services: Record<string, Service>) => Object.entries(services).filter(([, s]) => /^shoal(-gpu)?:/.test(s.image ?? ""));
 
 describe("compose fleet", () => {
-  test("docker-compose accepts the file: three NATS nodes, two coordinators, workers, gateway, Prometheus, Grafana", { timeout: 60_000 }, async () => {
+  test("docker-compose accepts the file: three NATS nodes, two coordinators, workers, gateway, Prometheus, Grafana", { timeout: 240_000 }, async () => {
     const { services } = await config();
     assert.deepEqual(Object.keys(services).sort(), ["coordinator1", "coordinator2", "gateway", "gpu-worker", "grafana", "nats1", "nats2", "nats3", "prometheus", "worker"]);
     for (const [name, s] of shoalServices(services)) {
@@ -58,7 +58,7 @@ describe("compose fleet", () => {
     assert.ok(services["gpu-worker"]!.deploy?.resources?.reservations?.devices?.some((d) => d.driver === "nvidia" && d.capabilities.includes("gpu")));
   });
 
-  test("each Shoal service runs a server command with env vars and ports the CLI accepts", { timeout: 60_000 }, async () => {
+  test("each Shoal service runs a server command with env vars and ports the CLI accepts", { timeout: 240_000 }, async () => {
     const { services } = await config();
     for (const [name, s] of shoalServices(services)) {
       const [command, ...args] = s.command ?? [];
@@ -83,9 +83,9 @@ describe("compose fleet", () => {
     }
   });
 
-  test("the NATS nodes form one JetStream cluster, with flags nats-server knows", { timeout: 60_000 }, async () => {
+  test("the NATS nodes form one JetStream cluster, with flags nats-server knows", { timeout: 240_000 }, async () => {
     const { services } = await config();
-    const help = await run(natsServerBinary(), ["--help"], 30_000);
+    const help = await run(natsServerBinary(), ["--help"], 60_000);
     const nodes = ["nats1", "nats2", "nats3"];
     for (const n of nodes) {
       const c = services[n]!.command!;
@@ -99,7 +99,7 @@ describe("compose fleet", () => {
     }
   });
 
-  test("Prometheus scrapes the coordinators and workers as the jobs the alert rules name, and Grafana gets the dashboard", { timeout: 60_000 }, async () => {
+  test("Prometheus scrapes the coordinators and workers as the jobs the alert rules name, and Grafana gets the dashboard", { timeout: 240_000 }, async () => {
     const { services } = await config();
     const prom = parseYaml(readFileSync(join(DIR, "prometheus.yml"), "utf8")) as {
       rule_files: string[];
