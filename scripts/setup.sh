@@ -17,6 +17,13 @@ if [ "${SHOAL_SKIP_PROMETHEUS:-}" != "1" ]; then
     fi
   done
 fi
+# The deployment tests (test/integration/deploy-*) build and run container images with podman
+# (runc runtime; a Debian base made by mmdebstrap) and resolve the compose file with docker-compose.
+if [ "${SHOAL_SKIP_CONTAINERS:-}" != "1" ]; then
+  for tool in podman buildah runc mmdebstrap docker-compose; do
+    if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then need_apt+=("$tool"); fi
+  done
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""

@@ -1,3 +1,4 @@
+import { ConfigError } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import { startMetricsServer } from "../shared/metrics-server.js";
 import type { InferenceBackend } from "./inference/backend.js";
@@ -23,7 +24,23 @@ export async function createBackend(opts: WorkerOptions, log: Logger, metrics?: 
     return new SimulatedBackend();
   }
   const { OnnxBackend } = await import("./inference/onnx-backend.js");
-  return new OnnxBackend({ modelDir: opts.modelDir, threads: opts.threads, executionProviders: opts.executionProviders, logger: log, onModelLoad: (model, seconds) => metrics?.modelLoaded(model, seconds) });
+  const executionProviders = await checkedProviders(opts, log);
+  return new OnnxBackend({ modelDir: opts.modelDir, threads: opts.threads, executionProviders, logger: log, onModelLoad: (model, seconds) => metrics?.modelLoaded(model, seconds) });
+}
+
+/**
+ * `--execution-provider cuda` must really run on the GPU this worker reports (`--gpu N`, or the
+ * first one): checked once here, so a worker without the CUDA provider refuses to start with
+ * the way to install it rather than serving slowly from the CPU.
+ */
+async function checkedProviders(opts: WorkerOptions, log: Logger): Promise<string[]> {
+  const { cudaDevice, probeCuda } = await import("./inference/cuda-provider.js");
+  if (!opts.executionProviders.some((p) => cudaDevice(p) !== undefined)) return opts.executionProviders;
+  if (opts.gpu.kind === "none") throw new ConfigError("--execution-provider", "cuda needs a GPU, but --gpu is none");
+  const device = opts.gpu.kind === "index" ? opts.gpu.index : 0;
+  await probeCuda(device);
+  log.info({ device }, "onnxruntime CUDA execution provider loaded");
+  return opts.executionProviders.map((p) => (cudaDevice(p) !== undefined ? `cuda:${device}` : p));
 }
 
 export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {

@@ -37,6 +37,7 @@ export class WorkerMetrics {
   private readonly busy: Counter;
   private readonly items: Counter;
   private readonly run: Histogram;
+  private readonly peakVram: Histogram;
   private readonly inFlightGauge: Gauge;
   private readonly loads: Counter;
   private readonly loadSeconds: Histogram;
@@ -73,6 +74,13 @@ export class WorkerMetrics {
       collect: () => this.accrueAll(),
     });
     this.items = new Counter({ name: "shoal_worker_items_total", help: "Items finished on this worker", labelNames: ["worker", "model", "status"], registers: r });
+    this.peakVram = new Histogram({
+      name: "shoal_worker_item_peak_vram_bytes",
+      help: "VRAM an item took on the GPU (peak during it above what was in use when it started; measured with nvidia-smi, CUDA provider only)",
+      labelNames: ["worker", "model"],
+      buckets: [16, 64, 256, 1024, 4096, 16384, 65536].map((mib) => mib * 1024 * 1024),
+      registers: r,
+    });
     this.run = new Histogram({
       name: "shoal_worker_item_run_seconds",
       help: "Time to compute one item on this worker",
@@ -153,6 +161,11 @@ export class WorkerMetrics {
     this.accrue(key, clock, now);
     if (clock.running === 0) clock.countedUntil = now;
     clock.running++;
+  }
+
+  /** A measured peak (bytes) of one item. */
+  itemPeakVram(model: string, bytes: number): void {
+    this.peakVram.observe({ worker: this.workerId, model }, bytes);
   }
 
   /**

@@ -24,6 +24,8 @@ import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
+import { nvidiaSmiSampler, PeakVramSampler } from "./gpu/vram-peak.js";
+import { cudaDevice } from "./inference/cuda-provider.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
 import type { WorkerOptions } from "./options.js";
 import { PromptPolicy } from "./prompt-policy.js";
@@ -57,6 +59,8 @@ export class ShoalWorker {
   private vram: VramSource | undefined;
   private devices: GpuDevice[] = [];
   private measuredFree: Map<number, number> | undefined;
+  /** Measures each item's peak VRAM; only where items run on a GPU nvidia-smi measures (CUDA). */
+  private peak: PeakVramSampler | undefined;
   private readonly held = new Map<string, HeldItem>();
   private readonly subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -93,6 +97,10 @@ export class ShoalWorker {
     if (this.state !== "INITIALIZED") throw new Error(`worker cannot start from ${this.state}`);
     this.vram = await detectVramSource(this.opts.gpu, this.opts.vramBytes, this.opts.nvidiaSmi);
     this.devices = this.vram.devices();
+    if (this.devices.some((d) => d.source === "nvidia-smi") && this.opts.executionProviders.some((p) => cudaDevice(p) !== undefined)) {
+      const sample = nvidiaSmiSampler(this.opts.nvidiaSmi, process.pid, this.devices.map((d) => d.index));
+      this.peak = new PeakVramSampler(sample, 200, (err) => this.log.debug({ err: errorMessage(err) }, "cannot sample VRAM for item peaks"));
+    }
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);
     this.promptPolicy = new PromptPolicy(this.backend.models(), this.backend, this.log.child({ component: "prompt-policy" }));
@@ -295,15 +303,23 @@ export class ShoalWorker {
       }
       this.metrics?.itemStarted(held.gpuIndex);
       held.started = true;
+      this.peak?.begin(lease.token);
       const output = await this.backend.run(
         { id: lease.token, model: held.model.name, params: checked.params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
         held.controller,
       );
+      const measured = this.peak ? await this.peak.end(lease.token) : 0;
+      const peakBytes = output.peakBytes > 0 ? output.peakBytes : measured;
+      if (peakBytes > 0) {
+        this.metrics?.itemPeakVram(held.model.name, peakBytes);
+        this.log.info({ ...ids(), peakVramBytes: peakBytes }, "item peak VRAM measured");
+      }
       const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
       const runMs = Math.round(performance.now() - started);
-      outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: output.peakBytes };
+      outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: peakBytes };
       if (this.log.isLevelEnabled("debug")) this.log.debug({ ...ids(), runMs }, "item succeeded");
     } catch (err) {
+      void this.peak?.end(lease.token);
       const runMs = Math.round(performance.now() - started);
       const e =
         err instanceof InferenceError
@@ -458,6 +474,7 @@ export class ShoalWorker {
     this.closePromise = (async () => {
       if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
       if (this.timeoutTimer) clearInterval(this.timeoutTimer);
+      this.peak?.stop();
       for (const s of this.subs) {
         try {
           s.unsubscribe();

@@ -3,6 +3,7 @@
 
 import ort from "onnxruntime-node";
 import { InferenceError } from "./backend.js";
+import { cudaDevice } from "./cuda-provider.js";
 
 export interface RuntimeOptions {
   /** In preference order, e.g. ["cuda", "cpu"]. "cpu" is always appended as the last resort. */
@@ -16,17 +17,20 @@ export type RuntimeLog = (level: "info" | "warn" | "error", msg: string, fields?
 export class Runtime {
   readonly ort = ort;
   private providers: string[];
+  /** Accelerators the operator asked for by name (cuda): never swapped for the CPU behind their back. */
+  private readonly required: boolean;
 
   constructor(
     private readonly options: RuntimeOptions,
     private readonly log: RuntimeLog = () => {},
   ) {
     this.providers = [...new Set([...options.executionProviders.map((p) => p.toLowerCase()), "cpu"])];
+    this.required = this.providers.some((p) => cudaDevice(p) !== undefined);
   }
 
   sessionOptions(): ort.InferenceSession.SessionOptions {
     return {
-      executionProviders: this.providers,
+      executionProviders: this.providers.map(providerConfig),
       intraOpNumThreads: this.options.intraOpThreads,
       // Items run one at a time per thread; parallel branches would only fight for the cores.
       interOpNumThreads: 1,
@@ -44,7 +48,9 @@ export class Runtime {
     try {
       return await create(source, this.sessionOptions());
     } catch (err) {
-      if (this.providers.length === 1) throw err;
+      // The worker checked at start that CUDA runs (probeCuda); a failure now is this model's
+      // or this moment's, and computing on the CPU instead would hide it.
+      if (this.providers.length === 1 || this.required) throw err;
       this.log("warn", "execution providers unavailable; falling back to the CPU", {
         providers: this.providers,
         err: (err as Error).message,
@@ -53,6 +59,12 @@ export class Runtime {
       return await create(source, this.sessionOptions());
     }
   }
+}
+
+/** "cuda:1" → onnxruntime's CUDA provider on device 1; other names pass as they are. */
+function providerConfig(name: string): ort.InferenceSession.ExecutionProviderConfig {
+  const device = cudaDevice(name);
+  return device === undefined ? name : { name: "cuda", deviceId: device };
 }
 
 // Two calls because create() is overloaded on path vs bytes and takes no union.
