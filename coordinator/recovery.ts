@@ -31,6 +31,10 @@ export interface RecoveryDeps {
   heartbeatTimeoutMs: number;
   /** Makes a stored record a running batch (its items queued). */
   activate: (record: BatchRecord, revision: number, writtenAtMs?: number) => ActiveBatch;
+  /** The worker a lease token was issued to for that item, or undefined (lease-tokens.ts). */
+  holder: (token: string, batchId: string, index: number) => string | undefined;
+  /** Counts a report refused because its sender was not given the attempt. */
+  fenced: (kind: string, reason: string) => void;
   /** Applies one results-log entry, as the live consumer does (`replaying` silences metrics and events). */
   applyEntry: (entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string) => void;
   finalizeInBackground: (batch: ActiveBatch) => void;
@@ -112,6 +116,13 @@ export class Recovery {
       const batch = this.d.active.get(l.batchId);
       const slot = batch?.items[l.index];
       if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
+      // A worker adopts only attempts issued to it: claiming another's (or an invented token)
+      // would make it the item's assignee and let its outcome count.
+      if (this.d.holder(l.token, l.batchId, l.index) !== worker.id) {
+        this.d.fenced("adoption", "wrong_worker");
+        this.d.log.warn({ batchId: l.batchId, item: l.index, workerId: worker.id }, "not adopting an attempt the worker was not given");
+        continue;
+      }
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
       this.d.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
     }
