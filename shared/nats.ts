@@ -1,4 +1,5 @@
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { AuthorizationError, connect, type NatsConnection } from "@nats-io/transport-node";
+import { ConfigError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { describeNatsSecurity, natsConnectSecurity, type NatsSecurity } from "./nats-security.js";
 
@@ -28,6 +29,10 @@ export async function connectNats(url: string, name: string, log: Logger, client
     ...natsConnectSecurity(client.security),
     // Results of a terminal batch of thousands of items are one KV value; the server's
     // max_payload must allow it (shoal up sets 8 MB).
+  }).catch((err: unknown) => {
+    // Refused credentials are a configuration problem: one line naming the flag, exit 2.
+    if (err instanceof AuthorizationError) throw refusedIdentity(url, client.security);
+    throw err;
   });
   log.info({ server: nc.getServer(), maxPayload: nc.info?.max_payload, ...describeNatsSecurity(client.security) }, "connected to NATS");
   void (async () => {
@@ -39,4 +44,12 @@ export async function connectNats(url: string, name: string, log: Logger, client
     }
   })().catch(() => undefined);
   return nc;
+}
+
+function refusedIdentity(url: string, s: NatsSecurity | undefined): ConfigError {
+  const flag = s?.credsFile ? "--nats-creds" : s?.nkeyFile ? "--nats-nkey" : s?.user ? "--nats-user" : s?.token ? "--nats-token" : undefined;
+  if (!flag) {
+    return new ConfigError("--nats", `nats-server at ${url} requires authentication (Authorization Violation): give --nats-creds, --nats-nkey, --nats-user with --nats-password, or --nats-token`);
+  }
+  return new ConfigError(flag, `nats-server refused this identity at ${url} (Authorization Violation)`);
 }
