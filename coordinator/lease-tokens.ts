@@ -28,9 +28,11 @@ export class LeaseTokens {
     if (key.length < 32) throw new Error("a lease key needs at least 32 bytes");
   }
 
-  /** A fresh token for attempt `attempt` of item `index` of `batchId`, given to `workerId`. */
-  issue(batchId: string, index: number, attempt: number, workerId: string): string {
-    const nonce = `${this.epoch}${(this.counter++).toString(36)}`;
+  /**
+   * A fresh token for attempt `attempt` of item `index` of `batchId`, given to `workerId`.
+   * `nonce` is for tests that need the same token twice; the coordinator never passes one.
+   */
+  issue(batchId: string, index: number, attempt: number, workerId: string, nonce = `${this.epoch}${(this.counter++).toString(36)}`): string {
     return `${attempt}.${workerId}.${nonce}${this.mac(batchId, index, attempt, workerId, nonce)}`;
   }
 
