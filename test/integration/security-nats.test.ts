@@ -6,7 +6,10 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { natsAuthorizationConfig, type FleetIdentities } from "../../cli/nats-auth.js";
@@ -194,5 +197,60 @@ describe("security - NATS identities, per-role permissions and fenced outcomes",
       assert.equal(createHash("sha256").update(bytes).digest("hex"), a.sha256, "the artifact served is the one the worker made");
       assert.equal(bytes.subarray(1, 4).toString(), "PNG");
     }
+  });
+});
+
+/** A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl. */
+function makeCertificates(dir: string): Record<"ca" | "serverCert" | "serverKey" | "clientCert" | "clientKey", string> {
+  const f = (name: string) => join(dir, name);
+  const ssl = (...args: string[]) => execFileSync("openssl", args, { stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
+  ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=shoal-test-ca", "-keyout", f("ca.key"), "-out", f("ca.pem"));
+  writeFileSync(f("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
+  writeFileSync(f("client.ext"), "extendedKeyUsage=clientAuth\n");
+  for (const [who, ext] of [["server", "server.ext"], ["client", "client.ext"]] as const) {
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=shoal-test-${who}`, "-keyout", f(`${who}.key`), "-out", f(`${who}.csr`));
+    ssl("x509", "-req", "-in", f(`${who}.csr`), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial", "-days", "2", "-extfile", f(ext), "-out", f(`${who}.pem`));
+  }
+  return { ca: f("ca.pem"), serverCert: f("server.pem"), serverKey: f("server.key"), clientCert: f("client.pem"), clientKey: f("client.key") };
+}
+
+describe("security - NATS over TLS with client certificates", () => {
+  const stack = new Stack();
+  let client: TestClient;
+  let certs: ReturnType<typeof makeCertificates>;
+
+  before(async () => {
+    certs = makeCertificates(stack.dir);
+    // The server requires TLS and a client certificate signed by the CA (mTLS).
+    await stack.startNats(`tls {\n  cert_file: "${certs.serverCert}"\n  key_file: "${certs.serverKey}"\n  ca_file: "${certs.ca}"\n  verify: true\n  timeout: 5\n}\n`);
+    const tls = ["--nats-tls-ca", certs.ca, "--nats-tls-cert", certs.clientCert, "--nats-tls-key", certs.clientKey];
+    await stack.startCoordinator(tls);
+    // The worker takes the same settings from the environment.
+    await stack.startWorker("t1", ["--simulate", "--vram", "8GiB"], { SHOAL_NATS_TLS_CA: certs.ca, SHOAL_NATS_TLS_CERT: certs.clientCert, SHOAL_NATS_TLS_KEY: certs.clientKey });
+    client = new TestClient(stack.grpcAddr);
+    await client.waitForWorkers(1);
+  });
+
+  after(async () => {
+    client?.close();
+    await stack.stop();
+  });
+
+  test("security - coordinator and worker run a batch over TLS; a client without a certificate is refused", async () => {
+    const batch = await client.run({ items: [0, 1, 2].map(() => ({ model: "sim-zero", params: { work_ms: 5 } })) }, 60_000);
+    assert.equal(batch.state, BatchState.BATCH_STATE_COMPLETED, JSON.stringify(batch.results));
+    assert.ok(batch.results.every((r) => r.workerId === "t1"));
+    assert.ok(stack.coordinator!.logs.some((l) => l.msg === "connected to NATS" && String(l.tls).startsWith("tls with client certificate")));
+    await assert.rejects(connect({ servers: stack.natsUrl, timeout: 5000, tls: { caFile: certs.ca } }));
+    await assert.rejects(connect({ servers: stack.natsUrl, timeout: 5000 }));
+  });
+
+  test("security - a missing or half-given TLS setting is refused at start, naming the flag", async () => {
+    const noKey = await stack.startWorker("t8", ["--nats-tls-cert", certs.clientCert]);
+    assert.equal(await noKey.exited, 2);
+    assert.ok(noKey.output.some((l) => /--nats-tls-key: is required with --nats-tls-cert/.test(l)), noKey.output.join("\n"));
+    const noCa = await stack.startWorker("t9", ["--nats-tls-ca", join(stack.dir, "missing-ca.pem")]);
+    assert.equal(await noCa.exited, 2);
+    assert.ok(noCa.output.some((l) => /--nats-tls-ca: .*missing-ca\.pem does not exist/.test(l)), noCa.output.join("\n"));
   });
 });
