@@ -118,8 +118,9 @@ export class Recovery {
       if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
       // A worker adopts only attempts issued to it: claiming another's (or an invented token)
       // would make it the item's assignee and let its outcome count.
-      if (this.d.holder(l.token, l.batchId, l.index) !== worker.id) {
-        this.d.fenced("adoption", "wrong_worker");
+      const holder = this.d.holder(l.token, l.batchId, l.index);
+      if (holder !== worker.id) {
+        this.d.fenced("adoption", holder === undefined ? "forged_token" : "wrong_worker");
         this.d.log.warn({ batchId: l.batchId, item: l.index, workerId: worker.id }, "not adopting an attempt the worker was not given");
         continue;
       }
