@@ -263,7 +263,10 @@ export class Coordinator {
       // naming an attempt number past --max-attempts would fail the item at once) changes nothing.
       const f = fence(this.leaseTokens!, r.lease.batchId, r.lease.index, r.lease.token, undefined, batch, false);
       if (!f.ok) {
-        if (!replaying) this.refuse("revocation", f.reason, r.lease.batchId, r.lease.index, "");
+        if (!replaying) {
+          this.fenced("revocation", f.reason);
+          this.log.warn({ batchId: r.lease.batchId, item: r.lease.index, reason: f.reason }, "refusing a revocation of an attempt no coordinator issued");
+        }
         return;
       }
       const effect = batch.applyRevocation(r.lease.index, r.lease.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now);
@@ -275,6 +278,8 @@ export class Coordinator {
     const { workerId, outcomes } = entry.entry.results;
     let bad = 0;
     let firstProblem: string | undefined;
+    let refused = 0;
+    let firstRefused: { item: number; reason: string } | undefined;
     for (const o of outcomes) {
       const problem = outcomeProblem(subjectBatchId ?? o.lease?.batchId ?? "", o);
       if (problem) {
@@ -287,7 +292,11 @@ export class Coordinator {
       const f = fence(this.leaseTokens!, o.lease.batchId, o.lease.index, o.lease.token, workerId, batch, !replaying);
       if (!f.ok && f.reason !== "not_current") {
         // Not this sender's attempt: nothing of it may touch the item, the ledger or the estimates.
-        if (!replaying) this.refuse("outcome", f.reason, o.lease.batchId, o.lease.index, workerId);
+        if (!replaying) {
+          this.fenced("outcome", f.reason);
+          refused++;
+          firstRefused ??= { item: o.lease.index, reason: f.reason };
+        }
         continue;
       }
       // The sender's own attempt ended (counted or not): its reservation and slot come back.
@@ -319,6 +328,9 @@ export class Coordinator {
     }
     // Counted per outcome but logged once per message: a forged message of thousands of
     // outcomes must not become thousands of log lines.
+    if (refused > 0) {
+      this.log.warn({ batchId: subjectBatchId, workerId: workerId.slice(0, 64), refused, of: outcomes.length, first: firstRefused }, "refusing outcomes for attempts their sender does not hold");
+    }
     if (bad > 0 && !replaying) {
       this.protocolError("outcome", this.names.results(subjectBatchId ?? ""), `${bad} of ${outcomes.length} outcomes from "${workerId.slice(0, 64)}"; the first: ${firstProblem}`, bad);
     }
@@ -337,12 +349,6 @@ export class Coordinator {
         if (batch.isComplete) this.api.finalizeInBackground(batch);
       }
     }
-  }
-
-  /** A worker message that claims an attempt its sender was not given: refused, logged, counted. */
-  private refuse(kind: "outcome" | "revocation" | "adoption", reason: string, batchId: string, index: number, workerId: string): void {
-    this.fenced(kind, reason);
-    this.log.warn({ batchId, item: index, workerId: workerId.slice(0, 64), reason }, `refusing a${kind === "outcome" ? "n" : ""} ${kind} for an attempt its sender does not hold`);
   }
 
   private fenced(kind: string, reason: string): void {

@@ -112,6 +112,7 @@ export class Recovery {
   /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
   adopt(worker: WorkerRecord, hb: Heartbeat, now: number): void {
     if (now >= this.recoveringUntil) return;
+    let refused = 0;
     for (const l of hb.inFlight) {
       const batch = this.d.active.get(l.batchId);
       const slot = batch?.items[l.index];
@@ -121,11 +122,13 @@ export class Recovery {
       const holder = this.d.holder(l.token, l.batchId, l.index);
       if (holder !== worker.id) {
         this.d.fenced("adoption", holder === undefined ? "forged_token" : "wrong_worker");
-        this.d.log.warn({ batchId: l.batchId, item: l.index, workerId: worker.id }, "not adopting an attempt the worker was not given");
+        refused++;
         continue;
       }
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
       this.d.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
     }
+    // One line per report, however many it claims.
+    if (refused > 0) this.d.log.warn({ workerId: worker.id, refused }, "not adopting attempts the worker was not given");
   }
 }
