@@ -8,6 +8,7 @@ import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger, defaultLogFormat, LOG_LEVELS, type LogFormat, type Logger } from "../shared/logger.js";
 import { parseBytes, parseDuration, parseIntOption } from "../shared/units.js";
 import { GATEWAY_DEFAULTS } from "../gateway/options.js";
+import { natsSecurityFrom } from "../shared/nats-security.js";
 import { checkWorkerOptions, defaultWorkerId, parseGpuSelection, type WorkerOptions } from "../worker/options.js";
 
 export const DEFAULT_NATS_URL = "nats://127.0.0.1:4222";
@@ -15,6 +16,14 @@ export const DEFAULT_NATS_URL = "nats://127.0.0.1:4222";
 export function commonOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option("--nats <url>", "NATS server URL(s), comma-separated").env("SHOAL_NATS_URL").default(DEFAULT_NATS_URL))
+    .addOption(new Option("--nats-creds <file>", "NATS credentials file (JWT + nkey seed, as nsc writes it)").env("SHOAL_NATS_CREDS"))
+    .addOption(new Option("--nats-nkey <file>", "file holding a NATS user nkey seed (SU...)").env("SHOAL_NATS_NKEY"))
+    .addOption(new Option("--nats-user <name>", "NATS user name (with --nats-password)").env("SHOAL_NATS_USER"))
+    .addOption(new Option("--nats-password <password>", "NATS password (prefer the env var: flags show in ps)").env("SHOAL_NATS_PASSWORD"))
+    .addOption(new Option("--nats-token <token>", "NATS authentication token (prefer the env var)").env("SHOAL_NATS_TOKEN"))
+    .addOption(new Option("--nats-tls-ca <file>", "PEM CA bundle to check the NATS server's certificate (turns TLS on)").env("SHOAL_NATS_TLS_CA"))
+    .addOption(new Option("--nats-tls-cert <file>", "PEM client certificate for NATS (with --nats-tls-key)").env("SHOAL_NATS_TLS_CERT"))
+    .addOption(new Option("--nats-tls-key <file>", "PEM key of --nats-tls-cert").env("SHOAL_NATS_TLS_KEY"))
     .addOption(new Option("--prefix <name>", "subject/stream prefix, so fleets can share a NATS cluster").env("SHOAL_PREFIX").default("shoal"))
     .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
     .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
@@ -120,6 +129,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
   }
   return {
     natsUrl: String(raw.nats),
+    natsSecurity: natsSecurityFrom(raw),
     prefix: String(raw.prefix),
     grpcHost: String(raw.grpcHost),
     grpcPort: port("--grpc-port", raw.grpcPort),
@@ -153,6 +163,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
   const threads = parseIntOption("--threads", String(raw.threads), 1, 256);
   return checkWorkerOptions({
     natsUrl: String(raw.nats),
+    natsSecurity: natsSecurityFrom(raw),
     id: typeof raw.id === "string" ? raw.id : defaultWorkerId(),
     prefix: String(raw.prefix),
     gpu: parseGpuSelection(String(raw.gpu ?? "auto")),

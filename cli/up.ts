@@ -4,7 +4,7 @@
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
 import { delimiter, join, resolve } from "node:path";
 import { credentials } from "@grpc/grpc-js";
@@ -12,7 +12,9 @@ import { HealthClient, HealthCheckResponse_ServingStatus } from "../proto/gen/gr
 import { FleetServiceClient, WorkerState } from "../proto/gen/shoal/v1/shoal.js";
 import { ConfigError } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
+import { natsSecurityFrom } from "../shared/nats-security.js";
 import { parseIntOption } from "../shared/units.js";
+import { fleetIdentities, natsAuthorizationConfig, type FleetIdentities, type NatsUser } from "./nats-auth.js";
 import { formatVersion, natsServerConfig, natsServerVersion, parseFsyncInterval, parseFsyncMode, type NatsStorageOptions } from "./nats-config.js";
 
 export interface UpOptions {
@@ -33,6 +35,27 @@ export interface UpOptions {
   workerArgs: string[];
   coordinatorArgs: string[];
   commonArgs: string[];
+  /** With --nats: the NATS identity/TLS settings for the children, as env vars (SHOAL_NATS_*). */
+  natsSecurityEnv: Record<string, string>;
+}
+
+/** Every env var of the NATS identity flags: cleared for children that get an identity from up. */
+export const NATS_SECURITY_ENV = {
+  natsCreds: "SHOAL_NATS_CREDS",
+  natsNkey: "SHOAL_NATS_NKEY",
+  natsUser: "SHOAL_NATS_USER",
+  natsPassword: "SHOAL_NATS_PASSWORD",
+  natsToken: "SHOAL_NATS_TOKEN",
+  natsTlsCa: "SHOAL_NATS_TLS_CA",
+  natsTlsCert: "SHOAL_NATS_TLS_CERT",
+  natsTlsKey: "SHOAL_NATS_TLS_KEY",
+} as const;
+
+/** A child's NATS identity as env vars: its own user, and none of the parent's other settings. */
+function identityEnv(u: NatsUser): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of Object.values(NATS_SECURITY_ENV)) env[name] = "";
+  return { ...env, SHOAL_NATS_USER: u.user, SHOAL_NATS_PASSWORD: u.password };
 }
 
 /** Finds nats-server: $SHOAL_NATS_SERVER, then PATH, then /usr/sbin. */
@@ -109,13 +132,20 @@ export class Fleet {
     mkdirSync(dataDir, { recursive: true });
     let natsUrl = o.natsUrl;
     let durability: string | undefined;
+    const workerIds = Array.from({ length: o.workers }, (_, i) => `w${i + 1}`);
+    // Our own server gets users per role (cli/nats-auth.ts); someone else's, the settings given.
+    let identities: FleetIdentities | undefined;
     if (!natsUrl) {
       const bin = findNatsServer();
       const version = natsServerVersion(bin);
       const config = natsServerConfig(o.storage, version, bin);
       for (const note of config.notes) this.log.info({ natsServer: bin, version: formatVersion(version), fsync: o.storage.fsync }, note);
+      identities = fleetIdentities(dataDir, workerIds);
       const conf = join(dataDir, "nats-server.conf");
-      writeFileSync(conf, config.text);
+      // It holds the passwords: readable by the owner only.
+      writeFileSync(conf, config.text + natsAuthorizationConfig(process.env.SHOAL_PREFIX || "shoal", identities), { mode: 0o600 });
+      chmodSync(conf, 0o600);
+      this.log.info({ identities: join(dataDir, "nats-identities.json"), users: 1 + workerIds.length }, "nats-server requires a user per role (coordinator, each worker); anonymous connections are refused");
       durability = config.summary;
       const monitor = o.natsMonitorPort > 0 ? ["-m", String(o.natsMonitorPort)] : [];
       const nats = this.spawnChild("nats-server", bin, ["-js", "-sd", join(dataDir, "jetstream"), "-a", "127.0.0.1", "-p", String(o.natsPort), ...monitor, "-c", conf]);
@@ -125,14 +155,14 @@ export class Fleet {
     const self = process.argv[1]!;
     const coordinator = this.spawnChild("coordinator", process.execPath, [
       self, "coordinator", "--nats", natsUrl, "--grpc-port", String(o.grpcPort), "--metrics-port", String(o.metricsPort), ...o.commonArgs, ...o.coordinatorArgs,
-    ]);
+    ], identities ? identityEnv(identities.coordinator) : o.natsSecurityEnv);
     const workerMetricsPorts: number[] = [];
     for (let i = 1; i <= o.workers; i++) {
       const mport = o.metricsPort === 0 ? 0 : o.metricsPort + i;
       workerMetricsPorts.push(mport);
       this.spawnChild(`worker w${i}`, process.execPath, [
         self, "worker", "--nats", natsUrl, "--id", `w${i}`, "--metrics-port", String(mport), ...o.commonArgs, ...o.workerArgs,
-      ]);
+      ], identities ? identityEnv(identities.workers[`w${i}`]!) : o.natsSecurityEnv);
     }
     const grpcAddr = `127.0.0.1:${o.grpcPort}`;
     const children = this.children.map((c) => c.child);
@@ -207,6 +237,14 @@ function stopChild(name: string, child: ChildProcess, graceMs: number, log: Logg
   });
 }
 
+/** The NATS identity flags given to `up --nats`, checked, as env vars for the children. */
+function natsSecurityEnv(raw: Record<string, unknown>): Record<string, string> {
+  natsSecurityFrom(raw);
+  const env: Record<string, string> = {};
+  for (const [key, name] of Object.entries(NATS_SECURITY_ENV)) if (typeof raw[key] === "string" && raw[key] !== "") env[name] = raw[key] as string;
+  return env;
+}
+
 export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worker: string[]; coordinator: string[]; common: string[] }): UpOptions {
   // commander names the value of `--nats` (and SHOAL_NATS_URL) `nats`.
   const natsUrl = typeof raw.nats === "string" && raw.nats !== "" ? raw.nats : undefined;
@@ -228,6 +266,7 @@ export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worke
     natsPort: parseIntOption("--nats-port", String(raw.natsPort), 1, 65535),
     natsMonitorPort: parseIntOption("--nats-monitor-port", String(raw.natsMonitorPort), 0, 65535),
     storage,
+    natsSecurityEnv: natsUrl ? natsSecurityEnv(raw) : {},
     workerArgs: passthrough.worker,
     coordinatorArgs: passthrough.coordinator,
     commonArgs: passthrough.common,

@@ -1,7 +1,6 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { ItemStatus, WorkerState, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
-import { newLeaseToken } from "../shared/ids.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
 import { connectNats } from "../shared/nats.js";
@@ -26,6 +25,8 @@ import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
 import { WorkerLink } from "./worker-link.js";
+import { LeaseTokens, loadLeaseKey } from "./lease-tokens.js";
+import { fence } from "./outcome-fence.js";
 import { outcomeProblem } from "./wire-validation.js";
 
 /**
@@ -42,6 +43,8 @@ export class Coordinator {
   private index: BatchIndex | undefined;
   private resultLog: ResultLog | undefined;
   private webhooks: WebhookSender | undefined;
+  /** Issues and checks lease tokens (bound to item and worker by a MAC); set at start. */
+  private leaseTokens: LeaseTokens | undefined;
   readonly models: ModelRegistry;
   private readonly names: Names;
   private readonly fleet: Fleet;
@@ -106,6 +109,8 @@ export class Coordinator {
       attempts: this.attempts,
       heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
       activate: (record, revision, writtenAtMs) => this.activate(record, revision, writtenAtMs),
+      holder: (token, batchId, index) => this.leaseTokens!.holder(token, batchId, index),
+      fenced: (kind, reason) => this.fenced(kind, reason),
       applyEntry: (entry, replaying, subjectBatchId) => this.applyEntry(entry, replaying, subjectBatchId),
       finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
     });
@@ -132,8 +137,9 @@ export class Coordinator {
   }
 
   async start(): Promise<void> {
-    this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log);
+    this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log, { security: this.opts.natsSecurity, inboxPrefix: "_INBOX_coordinator" });
     this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }));
+    this.leaseTokens = new LeaseTokens(await loadLeaseKey(this.nc, this.names.leaseKeyBucket));
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
@@ -259,6 +265,16 @@ export class Coordinator {
       }
       const batch = this.active.get(r.lease.batchId);
       if (!batch) return;
+      // Only a token this fleet issued for the item may close it: a forged revocation (one
+      // naming an attempt number past --max-attempts would fail the item at once) changes nothing.
+      const f = fence(this.leaseTokens!, r.lease.batchId, r.lease.index, r.lease.token, undefined, batch, false);
+      if (!f.ok) {
+        if (!replaying) {
+          this.fenced("revocation", f.reason);
+          this.log.warn({ batchId: r.lease.batchId, item: r.lease.index, reason: f.reason }, "refusing a revocation of an attempt no coordinator issued");
+        }
+        return;
+      }
       const effect = batch.applyRevocation(r.lease.index, r.lease.token, { code: "WORKER_LOST", message: r.reason, retryable: true }, now);
       if (!replaying && (effect.kind === "retry" || effect.kind === "done")) this.metrics?.attempt(effect.kind === "retry" ? "retried" : "failed");
       this.afterEffect(batch, r.lease.index, effect, replaying);
@@ -268,6 +284,8 @@ export class Coordinator {
     const { workerId, outcomes } = entry.entry.results;
     let bad = 0;
     let firstProblem: string | undefined;
+    let refused = 0;
+    let firstRefused: { item: number; reason: string } | undefined;
     for (const o of outcomes) {
       const problem = outcomeProblem(subjectBatchId ?? o.lease?.batchId ?? "", o);
       if (problem) {
@@ -276,8 +294,23 @@ export class Coordinator {
         continue;
       }
       if (!o.lease) continue;
-      this.attempts.end(o.lease.token);
       const batch = this.active.get(o.lease.batchId);
+      const f = fence(this.leaseTokens!, o.lease.batchId, o.lease.index, o.lease.token, workerId, batch, !replaying);
+      if (!f.ok && f.reason !== "not_current") {
+        // Not this sender's attempt: nothing of it may touch the item, the ledger or the estimates.
+        if (!replaying) {
+          this.fenced("outcome", f.reason);
+          refused++;
+          firstRefused ??= { item: o.lease.index, reason: f.reason };
+        }
+        continue;
+      }
+      // The sender's own attempt ended (counted or not): its reservation and slot come back.
+      this.attempts.end(o.lease.token);
+      if (!f.ok) {
+        if (!replaying) this.countStale("not-current");
+        continue;
+      }
       if (!batch) {
         if (!replaying) this.countStale("batch-finished");
         continue;
@@ -285,7 +318,8 @@ export class Coordinator {
       const slot = batch.items[o.lease.index];
       const reserved = slot?.lease?.token === o.lease.token ? slot.lease.activationBytes : undefined;
       const effect = batch.applyOutcome(o, workerId, now);
-      if (slot?.shapeKey && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
+      // Learning takes only outcomes that counted: an ignored one's figures are nobody's.
+      if (slot?.shapeKey && effect.kind !== "ignored" && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
       if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
         const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes);
         if (!replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
@@ -300,6 +334,9 @@ export class Coordinator {
     }
     // Counted per outcome but logged once per message: a forged message of thousands of
     // outcomes must not become thousands of log lines.
+    if (refused > 0) {
+      this.log.warn({ batchId: subjectBatchId, workerId: workerId.slice(0, 64), refused, of: outcomes.length, first: firstRefused }, "refusing outcomes for attempts their sender does not hold");
+    }
     if (bad > 0 && !replaying) {
       this.protocolError("outcome", this.names.results(subjectBatchId ?? ""), `${bad} of ${outcomes.length} outcomes from "${workerId.slice(0, 64)}"; the first: ${firstProblem}`, bad);
     }
@@ -318,6 +355,10 @@ export class Coordinator {
         if (batch.isComplete) this.api.finalizeInBackground(batch);
       }
     }
+  }
+
+  private fenced(kind: string, reason: string): void {
+    this.metrics?.fenced(kind, reason);
   }
 
   private countStale(reason: string): void {
@@ -341,7 +382,7 @@ export class Coordinator {
   private schedule(): void {
     const outgoing = schedulePass(
       { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
-      { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: newLeaseToken },
+      { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: (attempt, batchId, index, workerId) => this.leaseTokens!.issue(batchId, index, attempt, workerId) },
     );
     for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
   }

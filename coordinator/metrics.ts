@@ -51,6 +51,7 @@ export class CoordinatorMetrics {
   private readonly lastState = new Map<string, WorkerState>();
 
   private readonly protocolErrors: Counter;
+  private readonly fencedMessages: Counter;
   private readonly unexpectedErrors: Counter;
   private readonly terminalWriteFailures: Counter;
   private readonly terminalWritesWaiting: Gauge;
@@ -89,6 +90,12 @@ export class CoordinatorMetrics {
     );
     this.grpcHandled = new Counter({ name: "grpc_server_handled_total", help: "RPCs completed", labelNames: ["grpc_service", "grpc_method", "grpc_code"], registers });
     this.protocolErrors = new Counter({ name: "shoal_protocol_errors_total", help: "Messages from workers dropped because they broke the protocol (kind: heartbeat, outcome)", labelNames: ["kind"], registers });
+    this.fencedMessages = new Counter({
+      name: "shoal_fenced_messages_total",
+      help: "Worker messages refused because they claim an attempt their sender was not given (kind: outcome, revocation, adoption; reason: forged_token, wrong_worker)",
+      labelNames: ["kind", "reason"],
+      registers,
+    });
     this.unexpectedErrors = new Counter({
       name: "shoal_unexpected_errors_total",
       help: "Errors no code path expected (kind: rpc, unhandled_rejection, uncaught_exception); the process logged each and kept serving",
@@ -189,6 +196,10 @@ export class CoordinatorMetrics {
 
   batchesInMemory(n: number): void {
     this.inMemory.set(n);
+  }
+
+  fenced(kind: string, reason: string): void {
+    this.fencedMessages.inc({ kind, reason });
   }
 
   protocolError(kind: string): void {

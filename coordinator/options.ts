@@ -1,9 +1,12 @@
 import { DEFAULT_RETENTION_MS, type StorageLimits } from "../shared/jetstream-setup.js";
+import type { NatsSecurity } from "../shared/nats-security.js";
 import type { PlacementPolicy } from "./placement.js";
 
 /** Every field present, durations in ms: what the coordinator runs with. */
 export interface CoordinatorOptions {
   natsUrl: string;
+  /** NATS identity and TLS; absent: anonymous. */
+  natsSecurity?: NatsSecurity;
   prefix: string;
   grpcHost: string;
   grpcPort: number;

@@ -31,6 +31,10 @@ export interface RecoveryDeps {
   heartbeatTimeoutMs: number;
   /** Makes a stored record a running batch (its items queued). */
   activate: (record: BatchRecord, revision: number, writtenAtMs?: number) => ActiveBatch;
+  /** The worker a lease token was issued to for that item, or undefined (lease-tokens.ts). */
+  holder: (token: string, batchId: string, index: number) => string | undefined;
+  /** Counts a report refused because its sender was not given the attempt. */
+  fenced: (kind: string, reason: string) => void;
   /** Applies one results-log entry, as the live consumer does (`replaying` silences metrics and events). */
   applyEntry: (entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string) => void;
   finalizeInBackground: (batch: ActiveBatch) => void;
@@ -108,12 +112,23 @@ export class Recovery {
   /** After a restart: items a worker reports holding are leased to it again, not re-placed. */
   adopt(worker: WorkerRecord, hb: Heartbeat, now: number): void {
     if (now >= this.recoveringUntil) return;
+    let refused = 0;
     for (const l of hb.inFlight) {
       const batch = this.d.active.get(l.batchId);
       const slot = batch?.items[l.index];
       if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
+      // A worker adopts only attempts issued to it: claiming another's (or an invented token)
+      // would make it the item's assignee and let its outcome count.
+      const holder = this.d.holder(l.token, l.batchId, l.index);
+      if (holder !== worker.id) {
+        this.d.fenced("adoption", holder === undefined ? "forged_token" : "wrong_worker");
+        refused++;
+        continue;
+      }
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
       this.d.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
     }
+    // One line per report, however many it claims.
+    if (refused > 0) this.d.log.warn({ workerId: worker.id, refused }, "not adopting attempts the worker was not given");
   }
 }

@@ -18,8 +18,23 @@ export const ITEM_ERROR_CODES = new Set([
   "CANCELLED",
 ]);
 
-const MAX_GPUS = 64;
-const MAX_HELD = 1_000_000;
+// Bounds on what a heartbeat may claim. A worker is trusted with what it is given, not with
+// what it says it has: a claim of 2^53 bytes of VRAM would draw every item (and every tenant's
+// params) to it. These sit well above any real machine (the largest GPUs have under 300 GB;
+// a node has at most 16 of them) and refuse the absurd.
+export const HEARTBEAT_LIMITS = {
+  gpus: 64,
+  /** 4 TiB per GPU. */
+  vramBytesPerGpu: 4 * 2 ** 40,
+  /** Items held at once; the worker's own --max-in-flight cannot go past 100,000. */
+  held: 100_000,
+  /** Model names listed (served, resident). */
+  models: 1024,
+  modelNameChars: 128,
+  gpuNameChars: 256,
+};
+const MAX_GPUS = HEARTBEAT_LIMITS.gpus;
+const MAX_HELD = HEARTBEAT_LIMITS.held;
 /** Bounds no real attempt comes near; past them a figure would poison estimates and metrics. */
 const MAX_VRAM_USED_BYTES = 2 ** 50; // 1 PiB
 const MAX_RUN_MS = 366 * 24 * 3600 * 1000;
@@ -35,10 +50,17 @@ export function heartbeatProblem(subjectWorkerId: string, hb: Heartbeat): string
     if (seen.has(g.index)) return `gpus[${i}].index: ${g.index} appears twice`;
     seen.add(g.index);
     if (!(g.vramTotalBytes > 0)) return `gpus[${i}].vram_total_bytes: must be positive`;
+    if (g.vramTotalBytes > HEARTBEAT_LIMITS.vramBytesPerGpu) return `gpus[${i}].vram_total_bytes: ${g.vramTotalBytes} is more than the ${HEARTBEAT_LIMITS.vramBytesPerGpu} bytes (4 TiB) a GPU may claim`;
+    if (g.name.length > HEARTBEAT_LIMITS.gpuNameChars) return `gpus[${i}].name: longer than ${HEARTBEAT_LIMITS.gpuNameChars} characters`;
     if (g.vramFreeBytes > g.vramTotalBytes) return `gpus[${i}].vram_free_bytes: ${g.vramFreeBytes} exceeds the total ${g.vramTotalBytes}`;
   }
   if (hb.inFlight.length > MAX_HELD) return `in_flight: more than ${MAX_HELD} entries`;
   if (hb.maxInFlight > MAX_HELD) return `max_in_flight: more than ${MAX_HELD}`;
+  for (const [field, list] of [["models", hb.models], ["resident_models", hb.residentModels]] as const) {
+    if (list.length > HEARTBEAT_LIMITS.models) return `${field}: more than ${HEARTBEAT_LIMITS.models} entries`;
+    const long = list.findIndex((m) => m.length === 0 || m.length > HEARTBEAT_LIMITS.modelNameChars);
+    if (long >= 0) return `${field}[${long}]: must be 1..${HEARTBEAT_LIMITS.modelNameChars} characters`;
+  }
   return undefined;
 }
 
@@ -56,7 +78,9 @@ export function outcomeProblem(batchId: string, o: ItemOutcome): string | undefi
   if (!(o.vramUsedBytes <= MAX_VRAM_USED_BYTES)) return `vram_used_bytes: ${o.vramUsedBytes} is more than ${MAX_VRAM_USED_BYTES}`;
   if (!(o.runMs <= MAX_RUN_MS)) return `run_ms: ${o.runMs} is more than a year`;
   for (const [i, a] of o.artifacts.entries()) {
-    if (!a.uri.startsWith(`${ARTIFACT_URI_PREFIX}${batchId}/`)) return `artifacts[${i}].uri: must point into this batch's artifacts`;
+    // Under the attempt's own name (see worker/artifact-writer.ts): an outcome cannot claim
+    // another batch's, another item's or another attempt's artifact as its own.
+    if (!a.uri.startsWith(`${ARTIFACT_URI_PREFIX}${batchId}/${lease.index}/${lease.token}/`)) return `artifacts[${i}].uri: must be under this attempt's artifacts (${batchId}/${lease.index}/<token>/)`;
     if (!/^[0-9a-f]{64}$/.test(a.sha256)) return `artifacts[${i}].sha256: must be 64 hex characters`;
   }
   return undefined;

@@ -269,7 +269,9 @@ export class Gateway {
           }
         })(),
       );
-      const name = url.uri.split("/").slice(-3).join("-");
+      // shoal://artifacts/<batch>/<index>/<token>/<name> → <batch>-<index>-<name>
+      const parts = url.uri.split("/");
+      const name = [...parts.slice(-4, -2), parts.at(-1)].join("-");
       return reply
         .code(200)
         .header("content-type", url.contentType || "application/octet-stream")

@@ -11,7 +11,7 @@ import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, ti
 import { ApiError } from "./errors.js";
 
 export interface ArtifactRef {
-  /** shoal://artifacts/<batch>/<index>/<name> */
+  /** shoal://artifacts/<batch>/<index>/<token>/<name> */
   uri: string;
   contentType: string;
   sizeBytes: number;

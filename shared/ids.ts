@@ -21,18 +21,8 @@ export const BATCH_ID = /^b_[0-9a-v]{20}$/;
 /** Worker ids become NATS subject tokens and metric labels. */
 export const WORKER_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
-// Lease tokens must be unique across coordinator incarnations; a random prefix per process and a
-// counter make them so without a crypto call per item.
-const TOKEN_EPOCH = randomToken(6);
-let tokenCounter = 0;
-
-/** A lease token names one attempt of one item: `<attempt>.<epoch><counter>`. */
-export function newLeaseToken(attempt: number): string {
-  return `${attempt}.${TOKEN_EPOCH}${(tokenCounter++).toString(36)}`;
-}
-
-/** Lease tokens are short; a longer one is not from a coordinator and is refused on both sides. */
-export const MAX_LEASE_TOKEN_LENGTH = 64;
+/** Lease tokens (`<attempt>.<worker id>.<nonce><mac>`) are short; a longer one is not from a coordinator and is refused on both sides. */
+export const MAX_LEASE_TOKEN_LENGTH = 128;
 
 export function leaseAttempt(token: string): number {
   const n = Number.parseInt(token.split(".", 1)[0] ?? "", 10);

@@ -60,6 +60,10 @@ export class Names {
   get webhooksBucket(): string {
     return `${this.prefix}-webhooks`;
   }
+  /** The coordinators' key for lease tokens (lease-tokens.ts); no worker identity may read it. */
+  get leaseKeyBucket(): string {
+    return `${this.prefix}-lease-key`;
+  }
   get artifactsBucket(): string {
     return `${this.prefix}-artifacts`;
   }

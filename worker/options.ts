@@ -1,11 +1,14 @@
 import { hostname } from "node:os";
 import { ConfigError } from "../shared/errors.js";
 import { WORKER_ID } from "../shared/ids.js";
+import type { NatsSecurity } from "../shared/nats-security.js";
 import type { GpuSelection } from "./gpu/vram-source.js";
 
 /** Every field present, durations in ms, sizes in bytes: what the worker runs with. */
 export interface WorkerOptions {
   natsUrl: string;
+  /** NATS identity and TLS; absent: anonymous. */
+  natsSecurity?: NatsSecurity;
   id: string;
   prefix: string;
   gpu: GpuSelection;

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { hostname } from "node:os";
-import { jetstream } from "@nats-io/jetstream";
+import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { ItemStatus, WorkerState, type Artifact } from "../proto/gen/shoal/v1/shoal.js";
 import {
@@ -16,7 +16,6 @@ import {
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
 import { errorMessage, ProtocolError } from "../shared/errors.js";
 import { BATCH_ID, MAX_LEASE_TOKEN_LENGTH, randomToken } from "../shared/ids.js";
-import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
 import { validateParams, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
@@ -30,6 +29,7 @@ import { CancelToken, InferenceError, type InferenceBackend } from "./inference/
 import type { WorkerOptions } from "./options.js";
 import { PromptPolicy } from "./prompt-policy.js";
 import { ResultPublisher } from "./result-publisher.js";
+import { writeArtifact } from "./artifact-writer.js";
 import type { ProtocolErrorKind, WorkerMetrics } from "./metrics.js";
 
 export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING" | "STOPPED";
@@ -54,7 +54,8 @@ interface HeldItem {
 export class ShoalWorker {
   private state: WorkerLifecycle = "INITIALIZED";
   private nc: NatsConnection | undefined;
-  private infra: Infrastructure | undefined;
+  /** Publishes only: a worker identity may write its outcomes, artifacts and models, and read nothing stored. */
+  private js: JetStreamClient | undefined;
   private publisher: ResultPublisher | undefined;
   private vram: VramSource | undefined;
   private devices: GpuDevice[] = [];
@@ -104,10 +105,14 @@ export class ShoalWorker {
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);
     this.promptPolicy = new PromptPolicy(this.backend.models(), this.backend, this.log.child({ component: "prompt-policy" }));
-    this.nc = await connectNats(this.opts.natsUrl, `shoal-worker-${this.opts.id}`, this.log);
-    this.infra = await ensureInfrastructure(this.nc, this.names);
+    // Replies come to the worker's own inbox prefix, so NATS permissions can give each worker
+    // identity its own replies and no one else's (docs/security.md).
+    this.nc = await connectNats(this.opts.natsUrl, `shoal-worker-${this.opts.id}`, this.log, { security: this.opts.natsSecurity, inboxPrefix: workerInboxPrefix(this.opts.id) });
+    // The coordinator creates the streams and buckets; a worker only publishes into them (its
+    // NATS identity may do no more, see docs/security.md).
+    this.js = jetstream(this.nc);
     this.publisher = new ResultPublisher(
-      jetstream(this.nc),
+      this.js,
       this.names,
       { workerId: this.opts.id, flushIntervalMs: 3, maxOutcomesPerMessage: 256 },
       this.log,
@@ -137,7 +142,18 @@ export class ShoalWorker {
     for (const m of this.manifests.values()) {
       if (m.builtin) continue;
       const value = encodeMessage(ModelRegistration, { manifestJson: JSON.stringify(m), servedBy: [this.opts.id] });
-      await this.infra!.models.put(m.name, value);
+      // A KV put is a JetStream publish on `$KV.<bucket>.<key>`. Until the coordinator has made
+      // the bucket there is no stream to answer: wait for it.
+      for (let waitMs = 250; ; waitMs = Math.min(waitMs * 2, 5000)) {
+        try {
+          await this.js!.publish(`$KV.${this.names.modelsBucket}.${m.name}`, value, { timeout: 5000 });
+          break;
+        } catch (err) {
+          if (this.closePromise) throw err;
+          this.log.warn({ model: m.name, err: errorMessage(err), retryInMs: waitMs }, "model not registered yet (is the coordinator up?); retrying");
+          await new Promise((r) => setTimeout(r, waitMs));
+        }
+      }
     }
   }
 
@@ -345,9 +361,12 @@ export class ShoalWorker {
   }
 
   private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array): Promise<Artifact> {
-    const objectName = `${lease.batchId}/${lease.index}/${name}`;
+    // The attempt's token is part of the name: only the coordinator and this worker know it, so
+    // no other worker can name (let alone replace) this artifact, and the coordinator accepts an
+    // outcome only with artifacts under its own attempt's name (wire-validation.ts).
+    const objectName = `${lease.batchId}/${lease.index}/${lease.token}/${name}`;
     try {
-      await this.infra!.artifacts.putBlob({ name: objectName, description: contentType }, data);
+      await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024);
     } catch (err) {
       // A full store fails this attempt with a message that says what to change; retryable,
       // because --retention frees room as old artifacts age out.
@@ -507,6 +526,11 @@ export class ShoalWorker {
 }
 
 /** Why an assigned item's lease cannot be taken: its batch id becomes a subject token. */
+/** `_INBOX_<worker id>`: what a worker's NATS permissions allow it to subscribe to for replies. */
+export function workerInboxPrefix(workerId: string): string {
+  return `_INBOX_${workerId}`;
+}
+
 function leaseProblem(lease: LeaseRef | undefined): string | undefined {
   if (!lease) return "lease: is required";
   if (!BATCH_ID.test(lease.batchId)) return `lease.batch_id: ${JSON.stringify(lease.batchId.slice(0, 40))} is not a batch id`;

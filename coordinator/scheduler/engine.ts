@@ -45,7 +45,8 @@ export interface PassInput {
   recoveringUntilMs: number;
   policy: PlacementPolicy;
   /** A fresh attempt token for the given attempt number (random in production, fixed in tests). */
-  newToken: (attempt: number) => string;
+  /** A lease token for one attempt of one item on one worker (see lease-tokens.ts). */
+  newToken: (attempt: number, batchId: string, index: number, workerId: string) => string;
 }
 
 /**
@@ -82,7 +83,7 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
       return false;
     }
     const attempt = slot.attempts + 1;
-    const lease: Attempt = { token: input.newToken(attempt), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: input.nowMs, activationBytes: activation };
+    const lease: Attempt = { token: input.newToken(attempt, batch.id, index, placement.workerId), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: input.nowMs, activationBytes: activation };
     state.attempts.open(batch, index, lease, attempt, {
       gpuKey: placement.gpuKey,
       bytes: placement.bytes,

@@ -13,6 +13,8 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import fc from "fast-check";
 import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import { BatchStore } from "../../coordinator/batch-store.js";
+import { LeaseTokens, loadLeaseKey } from "../../coordinator/lease-tokens.js";
+import { fence } from "../../coordinator/outcome-fence.js";
 import { BatchState, ItemStatus, type Batch, type ItemResult } from "../../proto/gen/shoal/v1/shoal.js";
 import { ResultLogEntry, type BatchRecord, type ItemOutcome } from "../../proto/gen/shoal/v1/wire.js";
 import { encodeMessage } from "../../shared/codec.js";
@@ -71,17 +73,19 @@ const logArb: fc.Arbitrary<GenLog> = fc.integer({ min: 1, max: 5 }).chain((n) =>
 });
 
 /** The log as stored: duplicates resolved to copies of the earlier message (or dropped). */
-function entries(batchId: string, log: GenLog): ResultLogEntry[] {
+function entries(batchId: string, log: GenLog, tokens: LeaseTokens): ResultLogEntry[] {
   const out: ResultLogEntry[] = [];
-  const token = (attempt: number, epoch: string) => `${attempt}.${epoch}`;
+  // Tokens as the coordinator issues them (bound to item and worker under the fleet's lease
+  // key). A revocation names w1's attempt: w1's later outcome of it is a late result.
+  const tokenOf = (index: number, attempt: number, epoch: string, worker: string) => tokens.issue(batchId, index, attempt, worker, `epoch${epoch}`);
   for (const m of log.msgs) {
     if (m.t === "dup") {
       const earlier = out[out.length - m.back];
       if (earlier) out.push(earlier);
     } else if (m.t === "revoked") {
-      out.push({ entry: { $case: "revoked", revoked: { lease: { batchId, index: m.index, token: token(m.attempt, m.epoch) }, reason: `worker lost (attempt ${m.attempt}${m.epoch})` } } });
+      out.push({ entry: { $case: "revoked", revoked: { lease: { batchId, index: m.index, token: tokenOf(m.index, m.attempt, m.epoch, "w1") }, reason: `worker lost (attempt ${m.attempt}${m.epoch})` } } });
     } else {
-      const outcomes = m.outcomes.map((o) => outcomeOf(batchId, o, token(o.attempt, o.epoch)));
+      const outcomes = m.outcomes.map((o) => outcomeOf(batchId, o, tokenOf(o.index, o.attempt, o.epoch, m.worker)));
       out.push({ entry: { $case: "results", results: { workerId: m.worker, outcomes } } });
     }
   }
@@ -127,7 +131,7 @@ function recordOf(batchId: string, n: number): BatchRecord {
 // ---------------------------------------------------------------------------------------------
 // The live side: the same entries applied one at a time to ActiveBatch
 
-function live(record: BatchRecord, log: ResultLogEntry[], opts: { ignoreRevocations?: boolean } = {}): ActiveBatch {
+function live(record: BatchRecord, log: ResultLogEntry[], tokens: LeaseTokens, opts: { ignoreRevocations?: boolean } = {}): ActiveBatch {
   const slots: ItemSlot[] = record.items.map((item) => ({
     model: item.model,
     params: item.params ?? {},
@@ -145,9 +149,13 @@ function live(record: BatchRecord, log: ResultLogEntry[], opts: { ignoreRevocati
     if (e.entry?.$case === "revoked") {
       if (opts.ignoreRevocations) continue;
       const { lease, reason } = e.entry.revoked;
+      // The fence the coordinator applies first (no current attempts: none are in the log).
+      if (!fence(tokens, b.id, lease!.index, lease!.token, undefined, b, false).ok) continue;
       b.applyRevocation(lease!.index, lease!.token, { code: "WORKER_LOST", message: reason, retryable: true }, 0);
     } else if (e.entry?.$case === "results") {
-      for (const o of e.entry.results.outcomes) b.applyOutcome(o, e.entry.results.workerId, 0);
+      for (const o of e.entry.results.outcomes) {
+        if (fence(tokens, b.id, o.lease!.index, o.lease!.token, e.entry.results.workerId, b, false).ok) b.applyOutcome(o, e.entry.results.workerId, 0);
+      }
     }
   }
   return b;
@@ -215,6 +223,7 @@ describe("replay - a restarted coordinator rebuilds from the results log what li
   const names = new Names();
   let nc: NatsConnection;
   let client: TestClient;
+  let tokens: LeaseTokens;
   const logs = fc.sample(logArb, { seed: SEED, numRuns: LOGS });
   const recorded: { batchId: string; record: BatchRecord; log: ResultLogEntry[]; expected: Expected }[] = [];
 
@@ -247,11 +256,13 @@ describe("replay - a restarted coordinator rebuilds from the results log what li
     const infra = await ensureInfrastructure(nc, names);
     const store = new BatchStore(infra.batches, infra.idempotency, names);
     const js = jetstream(nc);
+    // The fleet's lease key, made as the coordinator makes it; the coordinator started below reads it.
+    tokens = new LeaseTokens(await loadLeaseKey(nc, names.leaseKeyBucket));
     for (const log of logs) {
       const batchId = newBatchId();
       const record = recordOf(batchId, log.n);
-      const entriesOfLog = entries(batchId, log);
-      recorded.push({ batchId, record, log: entriesOfLog, expected: expectedOf(live(record, entriesOfLog)) });
+      const entriesOfLog = entries(batchId, log, tokens);
+      recorded.push({ batchId, record, log: entriesOfLog, expected: expectedOf(live(record, entriesOfLog, tokens)) });
     }
     // Recorded as they are in production: the open marker and the record first (what a restart
     // resumes from), then the entries in order.
@@ -335,7 +346,7 @@ describe("replay - a restarted coordinator rebuilds from the results log what li
     // And a replay that ignored revocations would be told apart on these logs.
     const told = [];
     for (const r of recorded) {
-      const naive = expectedOf(live(r.record, r.log, { ignoreRevocations: true }));
+      const naive = expectedOf(live(r.record, r.log, tokens, { ignoreRevocations: true }));
       if (differences(await observe(r.batchId), naive).length > 0) told.push(r.batchId);
     }
     assert.ok(told.length >= 5, `only ${told.length} logs tell a replay that ignores revocations apart`);

@@ -1,9 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect } from "@nats-io/transport-node";
 import { decode } from "fast-png";
 import { CLI, ROOT, freePort } from "../harness/processes.js";
 
@@ -55,6 +56,18 @@ test("shoal up - starts nats-server, a coordinator, 2 workers and the HTTP gatew
     assert.ok(((await models.json()) as { models: { name: string }[] }).models.some((m) => m.name === "imagegen-tiny"));
     assert.ok(existsSync(join(dir, "data", "gateway-url-signing-key")));
     assert.ok(existsSync(join(dir, "data", "jetstream")), "JetStream store under the data dir");
+    // Its nats-server is secured: no anonymous access, a user per role, secrets readable by the owner only.
+    await assert.rejects(connect({ servers: `127.0.0.1:${natsPort}`, timeout: 10_000 }), /Authorization Violation/);
+    for (const f of ["nats-server.conf", "nats-identities.json"]) assert.equal(statSync(join(dir, "data", f)).mode & 0o777, 0o600, `${f} mode`);
+    const identities = JSON.parse(readFileSync(join(dir, "data", "nats-identities.json"), "utf8")) as { workers: Record<string, { password: string }> };
+    assert.deepEqual(Object.keys(identities.workers).sort(), ["w1", "w2"]);
+    // A worker's identity may not act as the other worker.
+    const w1 = await connect({ servers: `127.0.0.1:${natsPort}`, user: "w1", pass: identities.workers.w1!.password, inboxPrefix: "_INBOX_w1", timeout: 10_000 });
+    try {
+      await assert.rejects(w1.request("shoal.worker.w2.drain", new Uint8Array(), { timeout: 5000 }), /Permissions Violation/);
+    } finally {
+      await w1.close();
+    }
 
     const env = { ...process.env, SHOAL_ADDR: `127.0.0.1:${grpcPort}` };
     const run = (args: string[]) =>

@@ -50,7 +50,23 @@ test("wire validation - outcomes for another batch, with unknown codes or foreig
   assert.match(outcomeProblem("b_1", outcome({ status: ItemStatus.ITEM_STATUS_FAILED, error: { code: "OOPS", message: "", retryable: true } }))!, /^error.code/);
   const artifact = { name: "image", contentType: "image/png", sizeBytes: 1, sha256: "a".repeat(64), uri: "shoal://artifacts/b_9/0/image" };
   assert.match(outcomeProblem("b_1", outcome({ artifacts: [artifact] }))!, /^artifacts\[0\]\.uri/);
-  assert.equal(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/0/image" }] })), undefined);
+  // Only under the attempt's own name: not another item's, not another attempt's.
+  assert.match(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/0/image" }] }))!, /^artifacts\[0\]\.uri/);
+  assert.match(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/1/1.x/image" }] }))!, /^artifacts\[0\]\.uri/);
+  assert.match(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/0/2.y/image" }] }))!, /^artifacts\[0\]\.uri/);
+  assert.equal(outcomeProblem("b_1", outcome({ artifacts: [{ ...artifact, uri: "shoal://artifacts/b_1/0/1.x/image" }] })), undefined);
+});
+
+test("wire validation - heartbeat claims are bounded: VRAM per GPU, GPU count, list lengths", () => {
+  const gpu = { index: 0, name: "g", vramTotalBytes: 2 ** 53, vramFreeBytes: 2 ** 53, source: "budget" };
+  assert.match(heartbeatProblem("w1", hb({ gpus: [gpu] }))!, /^gpus\[0\]\.vram_total_bytes: .* \(4 TiB\)/);
+  assert.equal(heartbeatProblem("w1", hb({ gpus: [{ ...gpu, vramTotalBytes: 192 * 2 ** 30, vramFreeBytes: 100 }] })), undefined);
+  const many = Array.from({ length: 65 }, (_, i) => ({ ...gpu, index: i, vramTotalBytes: 100, vramFreeBytes: 1 }));
+  assert.match(heartbeatProblem("w1", hb({ gpus: many }))!, /^gpus: must list 1\.\.64/);
+  assert.match(heartbeatProblem("w1", hb({ models: Array.from({ length: 1025 }, (_, i) => `m${i}`) }))!, /^models: more than 1024/);
+  assert.match(heartbeatProblem("w1", hb({ residentModels: ["x".repeat(129)] }))!, /^resident_models\[0\]: must be 1\.\.128/);
+  assert.match(heartbeatProblem("w1", hb({ maxInFlight: 100_001 }))!, /^max_in_flight/);
+  assert.match(heartbeatProblem("w1", hb({ gpus: [{ ...gpu, vramTotalBytes: 100, vramFreeBytes: 1, name: "n".repeat(300) }] }))!, /^gpus\[0\]\.name/);
 });
 
 test("wire validation - absurd run times and memory figures are refused before they reach estimates and metrics", () => {

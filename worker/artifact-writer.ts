@@ -1,0 +1,51 @@
+// Writes one artifact into the object store the way @nats-io/obj lays objects out (chunks on
+// `$O.<bucket>.C.<nuid>`, then the object's info on `$O.<bucket>.M.<base64url(name)>`), so the
+// coordinator reads it back with the library's get() and its digest check. Written by hand
+// because the library's put() first reads the store (a STREAM.MSG.GET, which would let a worker
+// identity read every stored message, other tenants' images included) and purges old chunks
+// (STREAM.PURGE). This writer only publishes, so a worker identity needs publish rights on the
+// bucket's subjects and nothing else, and the info is published with "expected last subject
+// sequence 0": the server refuses it if an object of that name exists, so a worker never
+// replaces an artifact, its own or another's.
+
+import { createHash } from "node:crypto";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { headers, nuid } from "@nats-io/transport-node";
+
+const CHUNK_BYTES = 128 * 1024;
+
+export async function writeArtifact(js: JetStreamClient, bucket: string, name: string, contentType: string, data: Uint8Array, maxPayload: number, timeoutMs = 5000): Promise<void> {
+  const id = nuid.next();
+  const chunkSubject = `$O.${bucket}.C.${id}`;
+  const chunkBytes = Math.max(1, Math.min(CHUNK_BYTES, maxPayload));
+  let chunks = 0;
+  for (let off = 0; off < data.length; off += chunkBytes) {
+    await js.publish(chunkSubject, data.subarray(off, off + chunkBytes), { timeout: timeoutMs });
+    chunks++;
+  }
+  const info = {
+    name,
+    description: contentType,
+    options: { max_chunk_size: chunkBytes },
+    bucket,
+    nuid: id,
+    size: data.length,
+    chunks,
+    mtime: new Date().toISOString(),
+    digest: `SHA-256=${urlSafe(createHash("sha256").update(data).digest("base64"))}`,
+    deleted: false,
+  };
+  const h = headers();
+  h.set("Nats-Rollup", "sub");
+  h.set("Nats-Expected-Last-Subject-Sequence", "0");
+  await js.publish(metaSubject(bucket, name), JSON.stringify(info), { headers: h, timeout: timeoutMs });
+}
+
+/** The library's "base64url with padding". */
+function urlSafe(base64: string): string {
+  return base64.replace(/\+/g, "-").replace(/\//g, "_");
+}
+
+export function metaSubject(bucket: string, name: string): string {
+  return `$O.${bucket}.M.${urlSafe(Buffer.from(name, "latin1").toString("base64"))}`;
+}
