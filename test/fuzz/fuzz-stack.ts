@@ -36,7 +36,7 @@ export async function startFuzzStack(opts: FuzzStackOptions): Promise<FuzzStack>
     const [coordinatorMetricsPort, workerMetricsPort] = [await freePort(), await freePort()];
     await stack.startNats();
     // A later --metrics-port wins over the harness's "--metrics-port 0".
-    const coordinator = await stack.startCoordinator(["--metrics-port", String(coordinatorMetricsPort), "--api-keys", `fuzz:${apiKey}`]);
+    const coordinator = await stack.startCoordinator(["--metrics-port", String(coordinatorMetricsPort), "--api-keys", `fuzz:${apiKey}`, "--webhook-allow-private"]);
     const worker = await stack.startWorker(workerId, ["--vram", "4GiB", "--metrics-port", String(workerMetricsPort)]);
     const client = new TestClient(stack.grpcAddr, apiKey);
     await client.waitForWorkers(1);
