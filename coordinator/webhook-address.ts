@@ -114,7 +114,7 @@ function classifyV6(b: number[]): AddressVerdict {
   if (b[0] === 0xfe && (b[1]! & 0xc0) === 0xc0) return verdict("private"); // fec0::/10, site-local (deprecated)
   if ((b[0]! & 0xfe) === 0xfc) {
     // fc00::/7, unique local; fd00:ec2::254 is AWS's IPv6 metadata service.
-    const awsMetadata = b[0] === 0xfd && b[1] === 0 && b[2] === 0x0e && b[3] === 0xc2 && b.slice(4, 15).every((x) => x === 0) && b[15] === 0x54 && b[14] === 0x02;
+    const awsMetadata = b[0] === 0xfd && b[1] === 0 && b[2] === 0x0e && b[3] === 0xc2 && b.slice(4, 14).every((x) => x === 0) && b[14] === 0x02 && b[15] === 0x54;
     return verdict(awsMetadata ? "metadata" : "private");
   }
   if (b[0] === 0x20 && b[1] === 0x01 && b[2] === 0x0d && b[3] === 0xb8) return verdict("reserved"); // documentation
