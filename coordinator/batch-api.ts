@@ -28,7 +28,7 @@ import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./rec
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { validateSubmit } from "./validation.js";
 import { withoutSecret, type WebhookSender } from "./webhooks.js";
-import { webhookTargetProblem } from "./webhook-target.js";
+import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
@@ -71,11 +71,19 @@ export class BatchApi {
         `batch has ${req.items.length} items, over tenant "${tenant}"'s limit max_items_per_batch = ${limits.maxItemsPerBatch} (--api-keys-file); submit smaller batches`,
       );
     }
-    const valid = validateSubmit(req, (m) => this.d.models.get(m), { maxItems: this.d.opts.maxItems });
-    if (req.webhook?.url) {
-      const problem = await webhookTargetProblem(req.webhook.url, { allowPrivate: this.d.opts.webhookAllowPrivate });
-      if (problem) throw invalidArgument([`webhook.url: ${problem}`]);
+    // The webhook's target is resolved and checked (SSRF) before validation, so its problem is
+    // listed with every other one; a URL that does not even parse is validation's to name.
+    const target = req.webhook?.url && Buffer.byteLength(req.webhook.url) <= MAX_WEBHOOK_URL_BYTES && URL.canParse(req.webhook.url)
+      ? await webhookTargetProblem(req.webhook.url, { allowPrivate: this.d.opts.webhookAllowPrivate })
+      : undefined;
+    let valid: ReturnType<typeof validateSubmit>;
+    try {
+      valid = validateSubmit(req, (m) => this.d.models.get(m), { maxItems: this.d.opts.maxItems });
+    } catch (err) {
+      if (target && err instanceof ServerError && err.violations.length > 0) throw invalidArgument([...err.violations, `webhook.url: ${target}`], err.headline);
+      throw err;
     }
+    if (target) throw invalidArgument([`webhook.url: ${target}`]);
     if (limits.maxQueuedItems !== undefined) {
       const unfinished = this.unfinishedItemsOf(tenant);
       if (unfinished + valid.length > limits.maxQueuedItems) {
