@@ -68,7 +68,8 @@ function reportClientError(err: ClientError, line: (text: string) => void, ctx: 
     case "UNAVAILABLE":
       line(
         `error: cannot reach the Shoal coordinator at ${ctx.addr} (UNAVAILABLE${err.details ? `: ${connectReason(err.details)}` : ""}); ` +
-          "is it running? Start one with `shoal up`, or point --addr or SHOAL_ADDR at it",
+          "is it running? Start one with `shoal up`, or point --addr or SHOAL_ADDR at it" +
+          (/ssl|tls|certificate|handshake/i.test(err.details) ? "; TLS failed: check --ca (SHOAL_CA), and --cert/--key (SHOAL_CERT, SHOAL_KEY) if it requires client certificates" : ""),
       );
       return EXIT_FAILURE;
     case "UNAUTHENTICATED":
