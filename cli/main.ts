@@ -108,6 +108,8 @@ workerFlags(up, true).action(async (raw) => {
   const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems), "--retention", String(raw.retention)], common }));
   await runUntilSignal(log, async () => {
     const fleet = new Fleet(opts, log);
+    // `kill -HUP <up>` rotates the coordinator's API keys, as it does for a coordinator run alone.
+    process.on("SIGHUP", () => fleet.reloadKeys());
     try {
       const { natsUrl, grpcAddr, grpcListen, httpUrl, workerMetricsPorts, durability } = await fleet.start();
       const lines = [

@@ -208,6 +208,12 @@ export class Fleet {
     return { natsUrl, grpcAddr, grpcListen: listen.shown, httpUrl, workerMetricsPorts, durability };
   }
 
+  /** Passes SIGHUP on to the coordinator, which reads its API keys again. */
+  reloadKeys(): void {
+    const c = this.children.find((x) => x.name === "coordinator")?.child;
+    if (c && c.exitCode === null) c.kill("SIGHUP");
+  }
+
   /** The gateway first, then workers (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
   stop(graceMs = 40_000): Promise<void> {
     return (this.stopping ??= (async () => {
