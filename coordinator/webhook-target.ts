@@ -41,11 +41,11 @@ function lookupAll(host: string): Promise<LookupAddress[]> {
 }
 
 /**
- * The address to connect to: the host itself when it is an IP literal, else every address DNS
- * gives must be allowed (one bad answer refuses the lot, so a host cannot mix a public address
- * with an internal one), and the first is used.
+ * The addresses to connect to: the host itself when it is an IP literal, else what DNS gives,
+ * every one of which must be allowed (one bad answer refuses the lot, so a host cannot mix a
+ * public address with an internal one).
  */
-export async function resolveTarget(url: URL, policy: TargetPolicy): Promise<LookupAddress> {
+export async function resolveTarget(url: URL, policy: TargetPolicy): Promise<LookupAddress[]> {
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookupAll(host);
   if (!policy.allowPrivate) {
@@ -57,7 +57,7 @@ export async function resolveTarget(url: URL, policy: TargetPolicy): Promise<Loo
       }
     }
   }
-  return addresses[0]!;
+  return addresses;
 }
 
 /** The problem with a webhook URL's target at submit, or undefined when it may be reached. */
@@ -80,10 +80,12 @@ export async function postWebhook(
   opts: TargetPolicy & { timeoutMs: number },
 ): Promise<number> {
   const url = new URL(rawUrl);
-  const target = await resolveTarget(url, opts);
+  const targets = await resolveTarget(url, opts);
+  // Only the checked addresses can be connected to (all of them when Node tries several, as
+  // with autoSelectFamily, else the first); no second DNS answer is ever asked for.
   const pinned: LookupFunction = (_host, options, callback) => {
-    if ((options as { all?: boolean }).all) (callback as (e: null, a: LookupAddress[]) => void)(null, [target]);
-    else (callback as (e: null, a: string, f: number) => void)(null, target.address, target.family);
+    if ((options as { all?: boolean }).all) (callback as (e: null, a: LookupAddress[]) => void)(null, targets);
+    else (callback as (e: null, a: string, f: number) => void)(null, targets[0]!.address, targets[0]!.family);
   };
   const request = url.protocol === "https:" ? httpsRequest : httpRequest;
   const options: RequestOptions = {

@@ -129,7 +129,9 @@ describe("security - webhooks without SSRF", () => {
     await stack.kill(stack.coordinator!);
     await stack.startCoordinator(["--api-keys", `alice:${KEY}`, "--webhook-allow-private", "--webhook-retries", "20s,300ms"]);
     await client.waitForWorkers(1);
-    const { batchId } = await client.submit({ items: [{ model: "sim-zero", params: {} }], webhook: { url: `${receiver.url}/hook`, events: [], secret: SECRET } });
+    // By host name, so the delivery goes through the pinned lookup (an IP literal needs none).
+    const byName = receiver.url.replace("127.0.0.1", "localhost");
+    const { batchId } = await client.submit({ items: [{ model: "sim-zero", params: {} }], webhook: { url: `${byName}/hook`, events: [], secret: SECRET } });
     await waitFor("the first attempt", () => calls === 1, 30_000);
     await waitFor("the retry to be scheduled", () => stack.coordinator!.logs.some((l) => l.batchId === batchId && l.msg === "webhook not delivered; will retry"), 10_000);
     await stack.kill(stack.coordinator!);
@@ -146,7 +148,7 @@ describe("security - webhooks without SSRF", () => {
       assert.ok(!pending || pending.operation !== "PUT", "the pending delivery (and its secret) is deleted");
       const stored = await (await kvm.open("shoal-batches")).get(batchId);
       const record = BatchRecord.decode(stored!.value);
-      assert.equal(record.webhook?.url, `${receiver.url}/hook`);
+      assert.equal(record.webhook?.url, `${byName}/hook`);
       assert.equal(record.webhook?.secret, "(removed)");
       assert.ok(!Buffer.from(stored!.value).toString("latin1").includes(SECRET.slice(6)), "no trace of the secret in the record");
     } finally {
