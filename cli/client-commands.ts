@@ -4,6 +4,7 @@
 
 import { Command, InvalidArgumentError } from "commander";
 import { createClients, DEFAULT_ADDR, type ShoalClients } from "./client.js";
+import { clientTlsPaths, loadClientTls, type ClientTls, type ClientTlsPaths } from "./client-tls.js";
 import * as commands from "./commands.js";
 import { reportError } from "./error-report.js";
 import type { Output } from "./output.js";
@@ -12,7 +13,7 @@ export interface ClientCommandDeps {
   out?: Output;
   err?: Output;
   /** Tests inject clients bound to a fake server. */
-  createClients?: (addr: string) => ShoalClients;
+  createClients?: (addr: string, tls?: ClientTls) => ShoalClients;
 }
 
 const SUBMIT_HELP = `
@@ -33,14 +34,26 @@ export function registerClientCommands(program: Command, deps: ClientCommandDeps
   if (!program.options.some((o) => o.long === "--addr")) {
     program.option("--addr <host:port>", `coordinator gRPC address (env SHOAL_ADDR, default ${DEFAULT_ADDR})`);
   }
+  if (!program.options.some((o) => o.long === "--ca")) {
+    program
+      .option("--ca <file>", "PEM CA of the coordinator's TLS certificate; turns TLS on (env SHOAL_CA)")
+      .option("--cert <file>", "PEM client certificate, for a coordinator that requires one (mTLS) (env SHOAL_CERT)")
+      .option("--key <file>", "PEM private key of --cert (env SHOAL_KEY)");
+  }
   const out = deps.out ?? process.stdout;
   const err = deps.err ?? process.stderr;
-  const makeClients = deps.createClients ?? ((addr: string) => createClients(addr));
+  const makeClients = deps.createClients ?? ((addr: string, tls?: ClientTls) => createClients(addr, undefined, { tls: tls ?? null }));
 
   const run = async (command: Command, body: (ctx: commands.CommandContext) => Promise<number>): Promise<void> => {
-    const globals = command.optsWithGlobals<{ addr?: string }>();
+    const globals = command.optsWithGlobals<{ addr?: string } & ClientTlsPaths>();
     const addr = globals.addr ?? process.env.SHOAL_ADDR ?? DEFAULT_ADDR;
-    const clients = makeClients(addr);
+    let clients: ShoalClients;
+    try {
+      clients = makeClients(addr, loadClientTls(clientTlsPaths(globals)));
+    } catch (e) {
+      process.exitCode = reportError(e, err, { addr, debug: Boolean(process.env.SHOAL_DEBUG) });
+      return;
+    }
     try {
       const code = await body({ clients, out, err });
       if (code !== 0) process.exitCode = code;

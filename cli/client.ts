@@ -2,7 +2,7 @@
 // Shoal from Node) gets async functions and async iterables, API-key metadata on every call,
 // and one error type, ClientError, carrying the gRPC status name.
 
-import { credentials, Metadata, type CallOptions, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
+import { Metadata, type CallOptions, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import {
   BatchServiceClient,
   FleetServiceClient,
@@ -14,6 +14,7 @@ import {
   type SubmitBatchResponse,
   type Worker,
 } from "../proto/gen/shoal/v1/shoal.js";
+import { channelCredentials, clientTlsPaths, loadClientTls, type ClientTls } from "./client-tls.js";
 import { toClientError } from "./errors.js";
 
 export { ClientError } from "./errors.js";
@@ -65,6 +66,11 @@ export interface ClientOptions {
    * applied to RunBatch or the streams, which last as long as the batch.
    */
   defaultTimeoutMs?: number;
+  /**
+   * TLS toward the coordinator. Absent: from SHOAL_CA, SHOAL_CERT, SHOAL_KEY (files), plaintext
+   * when none is set; `null`: plaintext whatever the environment says.
+   */
+  tls?: ClientTls | null;
 }
 
 export function createClients(
@@ -73,7 +79,7 @@ export function createClients(
   options: ClientOptions = {},
 ): ShoalClients {
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 60_000;
-  const creds = credentials.createInsecure();
+  const creds = channelCredentials(options.tls === undefined ? loadClientTls(clientTlsPaths()) : (options.tls ?? undefined));
   // Streams of artifacts can be large; lift grpc-js's 4 MiB default on what we receive.
   const channelOptions = { "grpc.max_receive_message_length": 64 * 1024 * 1024 };
   const batch = new BatchServiceClient(addr, creds, channelOptions);

@@ -5,6 +5,7 @@
 import { ArtifactIntegrityError, BatchFileError, ClientError, UsageError } from "./errors.js";
 import { EXIT_FAILURE, EXIT_USAGE } from "./commands.js";
 import type { Output } from "./output.js";
+import { ConfigError } from "../shared/errors.js";
 
 export interface ReportContext {
   /** The coordinator address, to say where we failed to connect. */
@@ -22,6 +23,10 @@ export function reportError(err: unknown, out: Output, ctx: ReportContext): numb
       line(`error: ${err.file}: ${err.problems.length} problems`);
       for (const p of err.problems) line(`  ${p}`);
     }
+    return EXIT_USAGE;
+  }
+  if (err instanceof ConfigError) {
+    line(`error: ${err.message}`);
     return EXIT_USAGE;
   }
   if (err instanceof UsageError) {
@@ -63,7 +68,8 @@ function reportClientError(err: ClientError, line: (text: string) => void, ctx: 
     case "UNAVAILABLE":
       line(
         `error: cannot reach the Shoal coordinator at ${ctx.addr} (UNAVAILABLE${err.details ? `: ${connectReason(err.details)}` : ""}); ` +
-          "is it running? Start one with `shoal up`, or point --addr or SHOAL_ADDR at it",
+          "is it running? Start one with `shoal up`, or point --addr or SHOAL_ADDR at it" +
+          (/ssl|tls|certificate|handshake/i.test(err.details) ? "; TLS failed: check --ca (SHOAL_CA), and --cert/--key (SHOAL_CERT, SHOAL_KEY) if it requires client certificates" : ""),
       );
       return EXIT_FAILURE;
     case "UNAUTHENTICATED":

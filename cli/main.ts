@@ -8,6 +8,7 @@ import { gatewayOptionsFrom } from "../gateway/options.js";
 import { startWorkerProcess } from "../worker/main.js";
 import { registerClientCommands } from "./client-commands.js";
 import {
+  apiKeysFrom,
   commonOptions,
   coordinatorFlags,
   coordinatorOptionsFrom,
@@ -37,7 +38,10 @@ const program = new Command("shoal")
 commonOptions(coordinatorFlags(program.command("coordinator").description("run the coordinator (gRPC API, scheduler)"))).action(async (raw) => {
   const log = loggerFrom(raw, "coordinator");
   await runUntilSignal(log, async () => {
-    const running = await startCoordinatorProcess(parseOrExit(() => coordinatorOptionsFrom(raw)), log);
+    const opts = parseOrExit(() => coordinatorOptionsFrom(raw));
+    const running = await startCoordinatorProcess(opts, log);
+    // SIGHUP reads --api-keys and --api-keys-file again (keys rotate without a restart).
+    process.on("SIGHUP", () => running.reloadApiKeys(() => apiKeysFrom(opts.apiKeySources)));
     return { stop: running.stop };
   });
 });
@@ -54,9 +58,11 @@ commonOptions(workerFlags(program.command("worker").description("run a worker fo
 gatewayFlags(program.command("gateway").description("run the HTTP gateway (the batch image API under /v1) in front of a coordinator")).action(async (raw) => {
   const log = loggerFrom(raw, "gateway");
   // `--addr` is also the client commands' global option, which commander fills first.
-  const addr = (program.opts() as { addr?: string }).addr ?? raw.addr;
+  const globals = program.opts() as { addr?: string; ca?: string; cert?: string; key?: string };
+  const addr = globals.addr ?? raw.addr;
+  const tlsFlags = { ca: globals.ca ?? raw.ca, cert: globals.cert ?? raw.cert, key: globals.key ?? raw.key };
   await runUntilSignal(log, async () => {
-    const running = await startGatewayProcess(parseOrExit(() => gatewayOptionsFrom({ ...raw, addr })), log);
+    const running = await startGatewayProcess(parseOrExit(() => gatewayOptionsFrom({ ...raw, addr, ...tlsFlags })), log);
     return { stop: running.stop };
   });
 });
@@ -65,7 +71,13 @@ const up = program
   .command("up")
   .description("start nats-server (JetStream), a coordinator and N workers on this machine; Ctrl-C stops them all")
   .addOption(new Option("--workers <n>", "workers to start").env("SHOAL_WORKERS").default("2"))
+  .addOption(new Option("--grpc-host <host>", "coordinator gRPC listen address (beyond loopback, use --tls-cert and API keys)").env("SHOAL_GRPC_HOST").default("127.0.0.1"))
   .addOption(new Option("--grpc-port <port>", "coordinator gRPC port").env("SHOAL_GRPC_PORT").default("50051"))
+  .addOption(new Option("--api-keys <list>", "tenant:key,... for the coordinator (passed by env, not on its command line)").env("SHOAL_API_KEYS"))
+  .addOption(new Option("--api-keys-file <file>", "JSON keys file for the coordinator (see docs/security.md)").env("SHOAL_API_KEYS_FILE"))
+  .addOption(new Option("--tls-cert <file>", "PEM certificate of the coordinator's gRPC TLS (set SHOAL_CA for up's own checks)").env("SHOAL_TLS_CERT"))
+  .addOption(new Option("--tls-key <file>", "PEM private key of --tls-cert").env("SHOAL_TLS_KEY"))
+  .addOption(new Option("--tls-client-ca <file>", "PEM CA of client certificates (mTLS; set SHOAL_CERT, SHOAL_KEY for up)").env("SHOAL_TLS_CLIENT_CA"))
   .addOption(new Option("--metrics-port <port>", "coordinator /metrics port; worker i gets port + i (0 = off)").env("SHOAL_METRICS_PORT").default("9464"))
   .addOption(new Option("--http-port <port>", "HTTP gateway port (the batch image API under /v1; 0 = no gateway)").env("SHOAL_HTTP_PORT").default("8080"))
   .addOption(new Option("--data-dir <dir>", "where the embedded nats-server keeps its JetStream store").env("SHOAL_DATA_DIR").default(".shoal"))
@@ -105,12 +117,14 @@ workerFlags(up, true).action(async (raw) => {
   const opts = parseOrExit(() => upOptionsFrom(raw, { worker, coordinator: ["--max-items", String(raw.maxItems), "--retention", String(raw.retention), ...(raw.contentPolicy ? ["--content-policy", String(raw.contentPolicy)] : [])], common }));
   await runUntilSignal(log, async () => {
     const fleet = new Fleet(opts, log);
+    // `kill -HUP <up>` rotates the coordinator's API keys, as it does for a coordinator run alone.
+    process.on("SIGHUP", () => fleet.reloadKeys());
     try {
-      const { natsUrl, grpcAddr, httpUrl, workerMetricsPorts, durability } = await fleet.start();
+      const { natsUrl, grpcAddr, grpcListen, httpUrl, workerMetricsPorts, durability } = await fleet.start();
       const lines = [
         "",
         "Shoal is up:",
-        `  gRPC API        ${grpcAddr}   (export SHOAL_ADDR=${grpcAddr})`,
+        `  gRPC API        ${grpcListen}   (export SHOAL_ADDR=${grpcAddr})`,
         ...(httpUrl ? [`  HTTP API        ${httpUrl}/v1   (OpenAPI: ${httpUrl}/v1/openapi.json)`] : []),
         `  NATS            ${natsUrl}${durability ? `   (JetStream store in ${opts.dataDir}/jetstream, ${durability})` : ""}`,
         `  metrics         http://127.0.0.1:${opts.metricsPort}/metrics (coordinator)`,

@@ -4,6 +4,9 @@
 
 import { Command, Option } from "commander";
 import { COORDINATOR_DEFAULTS, type CoordinatorOptions } from "../coordinator/options.js";
+import { readFileSync } from "node:fs";
+import { ApiKeyTable, readKeysFile } from "../coordinator/api-keys.js";
+import type { ServerTls } from "../coordinator/grpc/server.js";
 import { ConfigError, errorMessage } from "../shared/errors.js";
 import { createLogger, defaultLogFormat, LOG_LEVELS, type LogFormat, type Logger } from "../shared/logger.js";
 import { parseBytes, parseDuration, parseIntOption } from "../shared/units.js";
@@ -32,7 +35,11 @@ export function commonOptions(cmd: Command): Command {
 export function coordinatorFlags(cmd: Command): Command {
   const d = COORDINATOR_DEFAULTS;
   return cmd
-    .addOption(new Option("--grpc-host <host>", "gRPC listen address").env("SHOAL_GRPC_HOST").default(d.grpcHost))
+    .addOption(new Option("--grpc-host <host>", "gRPC listen address (beyond loopback, use --tls-cert and --api-keys)").env("SHOAL_GRPC_HOST").default(d.grpcHost))
+    .addOption(new Option("--tls-cert <file>", "PEM certificate (chain) of the gRPC server; with --tls-key turns on TLS").env("SHOAL_TLS_CERT"))
+    .addOption(new Option("--tls-key <file>", "PEM private key of --tls-cert").env("SHOAL_TLS_KEY"))
+    .addOption(new Option("--tls-client-ca <file>", "PEM CA: clients must present a certificate it signed (mTLS)").env("SHOAL_TLS_CLIENT_CA"))
+    .addOption(new Option("--metrics-host <host>", "/metrics listen address").env("SHOAL_METRICS_HOST").default(d.metricsHost))
     .addOption(new Option("--grpc-port <port>", "gRPC port").env("SHOAL_GRPC_PORT").default(String(d.grpcPort)))
     .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_METRICS_PORT").default(String(d.metricsPort)))
     .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default(String(d.maxItems)))
@@ -41,9 +48,12 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--item-timeout <duration>", "an attempt running longer fails with TIMEOUT (retryable)").env("SHOAL_ITEM_TIMEOUT").default("10m"))
     .addOption(new Option("--placement <policy>", "best-fit packs GPUs, spread balances them").env("SHOAL_PLACEMENT").choices(["best-fit", "spread"]).default(d.policy))
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
+    .addOption(new Option("--api-keys-file <file>", "JSON keys file (tenants, roles, limits; see docs/security.md); reloaded on SIGHUP").env("SHOAL_API_KEYS_FILE"))
     .addOption(new Option("--max-queued-items <n>", "waiting items beyond which SubmitBatch is refused (RESOURCE_EXHAUSTED)").env("SHOAL_MAX_QUEUED_ITEMS").default(String(d.maxQueuedItems)))
     .addOption(new Option("--unplaceable-grace <duration>", "items no registered worker could ever fit fail after this long").env("SHOAL_UNPLACEABLE_GRACE").default("60s"))
     .addOption(new Option("--webhook-retries <durations>", "comma-separated delays between webhook delivery attempts").env("SHOAL_WEBHOOK_RETRIES").default("1s,5s,30s,2m,10m"))
+    .addOption(new Option("--webhook-allow-private", "let webhooks reach loopback, private and link-local addresses (local development, tests)").env("SHOAL_WEBHOOK_ALLOW_PRIVATE"))
+    .addOption(new Option("--webhook-concurrency <n>", "webhook deliveries in flight at once").env("SHOAL_WEBHOOK_CONCURRENCY").default(String(d.webhookConcurrency)))
     .addOption(new Option("--retention <duration>", "how long finished batches, results, artifacts and idempotency keys are kept").env("SHOAL_RETENTION").default("7d"))
     .addOption(new Option("--batches-max-bytes <size>", "byte limit of the batch records bucket, the batch index and the idempotency keys, each (0 = only the server's max_file_store)").env("SHOAL_BATCHES_MAX_BYTES").default("0"))
     .addOption(new Option("--results-max-bytes <size>", "byte limit of the results stream (0 = only the server's max_file_store)").env("SHOAL_RESULTS_MAX_BYTES").default("0"))
@@ -58,6 +68,9 @@ export function gatewayFlags(cmd: Command): Command {
   return cmd
     .addOption(new Option("--addr <host:port>", "the coordinator's gRPC address").env("SHOAL_ADDR").default(d.addr))
     .addOption(new Option("--http-host <host>", "HTTP listen address").env("SHOAL_HTTP_HOST").default(d.httpHost))
+    .addOption(new Option("--ca <file>", "PEM CA of the coordinator's TLS certificate; turns TLS on toward it").env("SHOAL_CA"))
+    .addOption(new Option("--cert <file>", "PEM client certificate for a coordinator that requires one (mTLS)").env("SHOAL_CERT"))
+    .addOption(new Option("--key <file>", "PEM private key of --cert").env("SHOAL_KEY"))
     .addOption(new Option("--http-port <port>", "HTTP port (0 = any free port)").env("SHOAL_HTTP_PORT").default(String(d.httpPort)))
     .addOption(new Option("--public-url <url>", "base of the image URLs handed out (default: from each request's Host header)").env("SHOAL_PUBLIC_URL"))
     .addOption(new Option("--url-signing-key <key>", "HMAC key of image URLs, at least 32 characters; the same on every gateway (default: random per process)").env("SHOAL_URL_SIGNING_KEY"))
@@ -77,7 +90,8 @@ export function workerFlags(cmd: Command, forUp = false): Command {
     cmd
       .addOption(new Option("--id <id>", "worker id (stable across restarts of the same GPU)").env("SHOAL_WORKER_ID"))
       .addOption(new Option("--gpu <which>", "auto, none or a GPU index").env("SHOAL_GPU").default("auto"))
-      .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_WORKER_METRICS_PORT").default("9465"));
+      .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_WORKER_METRICS_PORT").default("9465"))
+      .addOption(new Option("--metrics-host <host>", "/metrics listen address").env("SHOAL_WORKER_METRICS_HOST").default("127.0.0.1"));
   }
   return cmd
     .addOption(new Option("--vram <size>", "VRAM budget when no GPU is measured, e.g. 8GiB").env("SHOAL_VRAM"))
@@ -118,21 +132,53 @@ function retention(v: unknown): number {
   return ms;
 }
 
-export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
-  const apiKeys = new Map<string, string>();
-  if (typeof raw.apiKeys === "string" && raw.apiKeys.trim() !== "") {
-    for (const [i, pair] of raw.apiKeys.split(",").entries()) {
-      const [tenant, key] = pair.includes(":") ? pair.split(/:(.*)/s, 2) : [`tenant${i}`, pair];
-      if (!key || key.length < 8) throw new ConfigError("--api-keys", `entry ${i + 1} needs tenant:key with a key of at least 8 characters`);
-      apiKeys.set(tenant!.trim(), key.trim());
-    }
+/** A boolean flag that commander fills from its env var as a string. */
+function flagOn(v: unknown): boolean {
+  return v === true || v === "true" || v === "1" || v === "yes";
+}
+
+function readPem(option: string, path: string): Buffer {
+  try {
+    const pem = readFileSync(path);
+    if (!pem.includes("-----BEGIN ")) throw new Error("no PEM block (-----BEGIN ...) in it");
+    return pem;
+  } catch (err) {
+    throw new ConfigError(option, `cannot use ${path}: ${errorMessage(err)}`);
   }
+}
+
+function serverTlsFrom(raw: Raw): ServerTls | undefined {
+  const cert = typeof raw.tlsCert === "string" && raw.tlsCert !== "" ? raw.tlsCert : undefined;
+  const key = typeof raw.tlsKey === "string" && raw.tlsKey !== "" ? raw.tlsKey : undefined;
+  const ca = typeof raw.tlsClientCa === "string" && raw.tlsClientCa !== "" ? raw.tlsClientCa : undefined;
+  if (!cert && !key) {
+    if (ca) throw new ConfigError("--tls-client-ca", "needs --tls-cert and --tls-key (mTLS is TLS with client certificates)");
+    return undefined;
+  }
+  if (!cert) throw new ConfigError("--tls-cert", "--tls-key was given without its certificate");
+  if (!key) throw new ConfigError("--tls-key", "--tls-cert was given without its private key");
+  return { cert: readPem("--tls-cert", cert), key: readPem("--tls-key", key), clientCa: ca ? readPem("--tls-client-ca", ca) : undefined };
+}
+
+/** The key table from --api-keys and --api-keys-file (also what SIGHUP reloads). */
+export function apiKeysFrom(sources: { list?: string; file?: string }): ApiKeyTable {
+  return ApiKeyTable.from({ list: sources.list, file: sources.file ? readKeysFile(sources.file) : undefined });
+}
+
+export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
+  const apiKeySources = {
+    list: typeof raw.apiKeys === "string" ? raw.apiKeys : undefined,
+    file: typeof raw.apiKeysFile === "string" && raw.apiKeysFile !== "" ? raw.apiKeysFile : undefined,
+  };
+  const apiKeys = apiKeysFrom(apiKeySources);
   return {
     natsUrl: String(raw.nats),
     natsSecurity: natsSecurityFrom(raw),
     prefix: String(raw.prefix),
     grpcHost: String(raw.grpcHost),
     grpcPort: port("--grpc-port", raw.grpcPort),
+    tls: serverTlsFrom(raw),
+    metricsHost: String(raw.metricsHost ?? COORDINATOR_DEFAULTS.metricsHost),
     metricsPort: port("--metrics-port", raw.metricsPort),
     maxItems: parseIntOption("--max-items", String(raw.maxItems), 1, 100_000),
     maxAttempts: parseIntOption("--max-attempts", String(raw.maxAttempts), 1, 100),
@@ -140,6 +186,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     itemTimeoutMs: parseDuration("--item-timeout", String(raw.itemTimeout)),
     policy: raw.placement as CoordinatorOptions["policy"],
     apiKeys,
+    apiKeySources,
     assignTimeoutMs: COORDINATOR_DEFAULTS.assignTimeoutMs,
     maxQueuedItems: parseIntOption("--max-queued-items", String(raw.maxQueuedItems), 1, 100_000_000),
     unplaceableGraceMs: parseDuration("--unplaceable-grace", String(raw.unplaceableGrace)),
@@ -147,6 +194,8 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
       .split(",")
       .filter((d) => d.trim() !== "")
       .map((d) => parseDuration("--webhook-retries", d)),
+    webhookAllowPrivate: flagOn(raw.webhookAllowPrivate),
+    webhookConcurrency: parseIntOption("--webhook-concurrency", String(raw.webhookConcurrency ?? COORDINATOR_DEFAULTS.webhookConcurrency), 1, 1000),
     storage: {
       retentionMs: retention(raw.retention ?? "7d"),
       batchesMaxBytes: optionalBytes("--batches-max-bytes", raw.batchesMaxBytes ?? "0"),
@@ -175,6 +224,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     itemTimeoutMs: 600_000,
     drainGraceMs: parseDuration("--drain-grace", String(raw.drainGrace)),
     metricsPort: port("--metrics-port", raw.metricsPort ?? 9465),
+    metricsHost: String(raw.metricsHost ?? "127.0.0.1"),
     executionProviders: [String(raw.executionProvider ?? "cpu")],
     simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
     nvidiaSmi: String(raw.nvidiaSmi ?? "nvidia-smi"),

@@ -7,7 +7,9 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
 import { delimiter, join, resolve } from "node:path";
-import { credentials } from "@grpc/grpc-js";
+import { Metadata } from "@grpc/grpc-js";
+import { isIP } from "node:net";
+import { channelCredentials, clientTlsPaths, loadClientTls } from "./client-tls.js";
 import { HealthClient, HealthCheckResponse_ServingStatus } from "../proto/gen/grpc/health/v1/health.js";
 import { FleetServiceClient, WorkerState } from "../proto/gen/shoal/v1/shoal.js";
 import { ConfigError } from "../shared/errors.js";
@@ -19,7 +21,14 @@ import { formatVersion, natsServerConfig, natsServerVersion, parseFsyncInterval,
 
 export interface UpOptions {
   workers: number;
+  /** The coordinator's gRPC listen address (loopback unless asked otherwise). */
+  grpcHost: string;
   grpcPort: number;
+  /** --api-keys / --api-keys-file for the coordinator; passed by env so keys stay out of `ps`. */
+  apiKeys: string | undefined;
+  apiKeysFile: string | undefined;
+  /** --tls-cert, --tls-key, --tls-client-ca for the coordinator (paths). */
+  tls: { cert?: string; key?: string; clientCa?: string };
   metricsPort: number;
   /** Port of the HTTP gateway; 0 = none. */
   httpPort: number;
@@ -56,6 +65,21 @@ function identityEnv(u: NatsUser): Record<string, string> {
   const env: Record<string, string> = {};
   for (const name of Object.values(NATS_SECURITY_ENV)) env[name] = "";
   return { ...env, SHOAL_NATS_USER: u.user, SHOAL_NATS_PASSWORD: u.password };
+}
+
+/** The tenant name of the key `shoal up` makes for its own readiness poll. */
+export const UP_TENANT = "shoal-up";
+
+/**
+ * Where the coordinator listens, as people should read it, and where up (and the gateway it
+ * starts) connect: a wildcard address is reached through loopback.
+ */
+export function listenAddress(host: string, port: number): { shown: string; connect: string; connectHost: string } {
+  const h = host.replace(/^\[|\]$/g, "");
+  const wildcard = h === "0.0.0.0" || h === "::" || h === "";
+  const connectHost = wildcard ? "127.0.0.1" : h;
+  const fmt = (x: string) => (isIP(x) === 6 ? `[${x}]:${port}` : `${x}:${port}`);
+  return { shown: wildcard ? `${fmt(h || "0.0.0.0")} (every interface)` : fmt(h), connect: fmt(connectHost), connectHost };
 }
 
 /** Finds nats-server: $SHOAL_NATS_SERVER, then PATH, then /usr/sbin. */
@@ -126,7 +150,7 @@ export class Fleet {
     return child;
   }
 
-  async start(): Promise<{ natsUrl: string; grpcAddr: string; httpUrl: string | undefined; workerMetricsPorts: number[]; durability: string | undefined }> {
+  async start(): Promise<{ natsUrl: string; grpcAddr: string; grpcListen: string; httpUrl: string | undefined; workerMetricsPorts: number[]; durability: string | undefined }> {
     const o = this.opts;
     const dataDir = resolve(o.dataDir);
     mkdirSync(dataDir, { recursive: true });
@@ -153,9 +177,23 @@ export class Fleet {
       natsUrl = `nats://127.0.0.1:${o.natsPort}`;
     }
     const self = process.argv[1]!;
+    // With keys configured, up needs one of its own for its readiness poll (ListWorkers): a
+    // random tenant key that lives only in this process and the coordinator's environment.
+    const keysOn = (o.apiKeys ?? "").trim() !== "" || o.apiKeysFile !== undefined;
+    const upKey = keysOn ? randomBytes(24).toString("hex") : undefined;
+    const coordinatorEnv: Record<string, string> = {};
+    if (keysOn) {
+      coordinatorEnv.SHOAL_API_KEYS = [o.apiKeys?.trim(), `${UP_TENANT}:${upKey}`].filter(Boolean).join(",");
+      if (o.apiKeysFile) coordinatorEnv.SHOAL_API_KEYS_FILE = o.apiKeysFile;
+    }
+    const tlsArgs = [
+      ...(o.tls.cert ? ["--tls-cert", o.tls.cert] : []),
+      ...(o.tls.key ? ["--tls-key", o.tls.key] : []),
+      ...(o.tls.clientCa ? ["--tls-client-ca", o.tls.clientCa] : []),
+    ];
     const coordinator = this.spawnChild("coordinator", process.execPath, [
-      self, "coordinator", "--nats", natsUrl, "--grpc-port", String(o.grpcPort), "--metrics-port", String(o.metricsPort), ...o.commonArgs, ...o.coordinatorArgs,
-    ], identities ? identityEnv(identities.coordinator) : o.natsSecurityEnv);
+      self, "coordinator", "--nats", natsUrl, "--grpc-host", o.grpcHost, "--grpc-port", String(o.grpcPort), "--metrics-port", String(o.metricsPort), ...tlsArgs, ...o.commonArgs, ...o.coordinatorArgs,
+    ], { ...(identities ? identityEnv(identities.coordinator) : o.natsSecurityEnv), ...coordinatorEnv });
     const workerMetricsPorts: number[] = [];
     for (let i = 1; i <= o.workers; i++) {
       const mport = o.metricsPort === 0 ? 0 : o.metricsPort + i;
@@ -164,17 +202,21 @@ export class Fleet {
         self, "worker", "--nats", natsUrl, "--id", `w${i}`, "--metrics-port", String(mport), ...o.commonArgs, ...o.workerArgs,
       ], identities ? identityEnv(identities.workers[`w${i}`]!) : o.natsSecurityEnv);
     }
-    const grpcAddr = `127.0.0.1:${o.grpcPort}`;
+    const listen = listenAddress(o.grpcHost, o.grpcPort);
+    const grpcAddr = listen.connect;
     const children = this.children.map((c) => c.child);
-    const health = new HealthClient(grpcAddr, credentials.createInsecure());
-    const fleet = new FleetServiceClient(grpcAddr, credentials.createInsecure());
+    const creds = channelCredentials(loadClientTls(clientTlsPaths()));
+    const health = new HealthClient(grpcAddr, creds);
+    const fleet = new FleetServiceClient(grpcAddr, creds);
+    const md = new Metadata();
+    if (upKey) md.set("authorization", `Bearer ${upKey}`);
     try {
-      await waitForPort(o.grpcPort, "127.0.0.1", coordinator, 60_000);
+      await waitForPort(o.grpcPort, listen.connectHost, coordinator, 60_000);
       await poll("coordinator", 30_000, () =>
         new Promise((res) => health.check({ service: "" }, (err, r) => res(!err && r.status === HealthCheckResponse_ServingStatus.SERVING))),
       children);
       await poll(`${o.workers} workers`, 120_000, () =>
-        new Promise((res) => fleet.listWorkers({}, (err, r) => res(!err && r.workers.filter((w) => w.state === WorkerState.WORKER_STATE_READY).length >= o.workers))),
+        new Promise((res) => fleet.listWorkers({}, md, (err, r) => res(!err && r.workers.filter((w) => w.state === WorkerState.WORKER_STATE_READY).length >= o.workers))),
       children);
     } finally {
       health.close();
@@ -193,7 +235,13 @@ export class Fleet {
       });
       httpUrl = `http://127.0.0.1:${o.httpPort}`;
     }
-    return { natsUrl, grpcAddr, httpUrl, workerMetricsPorts, durability };
+    return { natsUrl, grpcAddr, grpcListen: listen.shown, httpUrl, workerMetricsPorts, durability };
+  }
+
+  /** Passes SIGHUP on to the coordinator, which reads its API keys again. */
+  reloadKeys(): void {
+    const c = this.children.find((x) => x.name === "coordinator")?.child;
+    if (c && c.exitCode === null) c.kill("SIGHUP");
   }
 
   /** The gateway first, then workers (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
@@ -256,8 +304,21 @@ export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worke
   if (natsUrl && storage.fsync === "always") {
     throw new ConfigError("--fsync", "applies to the nats-server that shoal up starts; with --nats, set `jetstream { sync_interval: always }` in that server's config");
   }
+  const path = (v: unknown): string | undefined => (typeof v === "string" && v.trim() !== "" ? v.trim() : undefined);
+  const tls = { cert: path(raw.tlsCert), key: path(raw.tlsKey), clientCa: path(raw.tlsClientCa) };
+  // up checks the coordinator over the same TLS: without the CA it could not tell it is there.
+  if (tls.cert && !process.env.SHOAL_CA) {
+    throw new ConfigError("--tls-cert", "shoal up talks to its coordinator over TLS too: set SHOAL_CA to the CA that signed the certificate (and SHOAL_CERT, SHOAL_KEY with --tls-client-ca)");
+  }
+  if (tls.clientCa && (!process.env.SHOAL_CERT || !process.env.SHOAL_KEY)) {
+    throw new ConfigError("--tls-client-ca", "with mTLS shoal up needs a client certificate for itself and its gateway: set SHOAL_CERT and SHOAL_KEY");
+  }
   return {
     workers: parseIntOption("--workers", String(raw.workers), 1, 64),
+    grpcHost: path(raw.grpcHost) ?? "127.0.0.1",
+    apiKeys: path(raw.apiKeys),
+    apiKeysFile: path(raw.apiKeysFile),
+    tls,
     grpcPort: parseIntOption("--grpc-port", String(raw.grpcPort), 1, 65535),
     metricsPort: parseIntOption("--metrics-port", String(raw.metricsPort), 0, 65535),
     httpPort: parseIntOption("--http-port", String(raw.httpPort ?? "8080"), 0, 65535),

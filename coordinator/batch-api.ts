@@ -7,6 +7,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { BatchState, ItemStatus, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord } from "../proto/gen/shoal/v1/wire.js";
+import type { TenantLimits } from "./api-keys.js";
 import { errorMessage } from "../shared/errors.js";
 import { BATCH_ID, newBatchId } from "../shared/ids.js";
 import type { Infrastructure } from "../shared/jetstream-setup.js";
@@ -27,7 +28,8 @@ import type { CoordinatorOptions } from "./options.js";
 import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { validateSubmit } from "./validation.js";
-import type { WebhookSender } from "./webhooks.js";
+import { withoutSecret, type WebhookSender } from "./webhooks.js";
+import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
@@ -65,9 +67,34 @@ export class BatchApi {
 
   constructor(private readonly d: BatchApiDeps) {}
 
-  async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
+  async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = [], limits: TenantLimits = {}): Promise<{ batchId: string; itemCount: number }> {
     this.d.ensureStarted();
-    const valid = validateSubmit(req, (m) => this.d.models.get(m), { maxItems: this.d.opts.maxItems });
+    if (limits.maxItemsPerBatch !== undefined && req.items.length > limits.maxItemsPerBatch) {
+      throw resourceExhausted(
+        `batch has ${req.items.length} items, over tenant "${tenant}"'s limit max_items_per_batch = ${limits.maxItemsPerBatch} (--api-keys-file); submit smaller batches`,
+      );
+    }
+    // The webhook's target is resolved and checked (SSRF) before validation, so its problem is
+    // listed with every other one; a URL that does not even parse is validation's to name.
+    const target = req.webhook?.url && Buffer.byteLength(req.webhook.url) <= MAX_WEBHOOK_URL_BYTES && URL.canParse(req.webhook.url)
+      ? await webhookTargetProblem(req.webhook.url, { allowPrivate: this.d.opts.webhookAllowPrivate })
+      : undefined;
+    let valid: ReturnType<typeof validateSubmit>;
+    try {
+      valid = validateSubmit(req, (m) => this.d.models.get(m), { maxItems: this.d.opts.maxItems });
+    } catch (err) {
+      if (target && err instanceof ServerError && err.violations.length > 0) throw invalidArgument([...err.violations, `webhook.url: ${target}`], err.headline);
+      throw err;
+    }
+    if (target) throw invalidArgument([`webhook.url: ${target}`]);
+    if (limits.maxQueuedItems !== undefined) {
+      const unfinished = this.unfinishedItemsOf(tenant);
+      if (unfinished + valid.length > limits.maxQueuedItems) {
+        throw resourceExhausted(
+          `tenant "${tenant}" has ${unfinished} items queued or running and this batch adds ${valid.length}, over its limit max_queued_items = ${limits.maxQueuedItems} (--api-keys-file); retry once some finish`,
+        );
+      }
+    }
     if (this.d.queue.size + valid.length > this.d.opts.maxQueuedItems) {
       throw resourceExhausted(
         `queue full: ${this.d.queue.size} items are waiting and this batch adds ${valid.length}, over the limit of ${this.d.opts.maxQueuedItems} (coordinator flag --max-queued-items); retry later`,
@@ -138,6 +165,13 @@ export class BatchApi {
     }
     this.d.scheduleSoon();
     return { batchId, itemCount: valid.length };
+  }
+
+  /** Items of this tenant's running batches not finished yet (queued or running). */
+  private unfinishedItemsOf(tenant: string): number {
+    let n = 0;
+    for (const b of this.d.active.values()) if (b.record.tenant === tenant) n += b.total - b.doneCount;
+    return n;
   }
 
   /**
@@ -254,7 +288,7 @@ export class BatchApi {
     );
   }
 
-  async retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
+  async retry(batchId: string, tenant: string, limits: TenantLimits = {}): Promise<{ batchId: string; itemCount: number }> {
     const batch = await this.getBatch(batchId, tenant);
     if (!isTerminal(batch)) throw failedPrecondition(`batch ${batchId} is not finished yet; cancel it or wait`);
     const got = await this.d.store().get(batchId);
@@ -263,11 +297,13 @@ export class BatchApi {
     const retryable = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_FAILED && r.error?.retryable);
     if (retryable.length === 0) throw failedPrecondition(`batch ${batchId} has no failed items with a retryable error${skippedNote(batch)}`);
     const items = retryable.map((r) => got!.record.items[r.index]!);
+    const webhook = await this.d.webhooks().inheritedWebhook(batchId, got!.record.webhook);
     return this.submit(
-      { items, idempotencyKey: "", webhook: got!.record.webhook, priority: batch.priority, labels: batch.labels },
+      { items, idempotencyKey: "", webhook, priority: batch.priority, labels: batch.labels },
       tenant,
       batchId,
       retryable.map((r) => r.index),
+      limits,
     );
   }
 
@@ -367,7 +403,9 @@ export class BatchApi {
   private async writeFinal(batch: ActiveBatch): Promise<Batch> {
     batch.finalizing = true;
     this.d.queue.removeBatch(batch.id);
-    const record = fitTerminalRecord({ ...batch.record, batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
+    // The webhook's secret does not go into the terminal record: the pending delivery holds it
+    // until the delivery is done, then it is deleted with it.
+    const record = fitTerminalRecord({ ...batch.record, webhook: withoutSecret(batch.record.webhook), batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
     let webhook: Awaited<ReturnType<WebhookSender["record"]>>;
     let waiting = false;
     const outcome = await writeTerminal({

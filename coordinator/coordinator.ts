@@ -24,6 +24,7 @@ import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
+import type { TenantLimits } from "./api-keys.js";
 import { WorkerLink } from "./worker-link.js";
 import { LeaseTokens, loadLeaseKey } from "./lease-tokens.js";
 import { fence } from "./outcome-fence.js";
@@ -147,7 +148,7 @@ export class Coordinator {
     this.webhooks = new WebhookSender(
       this.infra.webhooks,
       async (id) => (await this.store!.get(id))?.record.batch,
-      { retryDelaysMs: this.opts.webhookRetryDelaysMs, timeoutMs: 10_000 },
+      { retryDelaysMs: this.opts.webhookRetryDelaysMs, timeoutMs: 10_000, allowPrivate: this.opts.webhookAllowPrivate, concurrency: this.opts.webhookConcurrency },
       this.log.child({ component: "webhooks" }),
     );
     await this.recovery.recover();
@@ -202,8 +203,8 @@ export class Coordinator {
   // ---------------------------------------------------------------------------------------
   // API: the batch calls are the BatchApi's (batch-api.ts)
 
-  submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = []): Promise<{ batchId: string; itemCount: number }> {
-    return this.api.submit(req, tenant, retryOf, sourceIndices);
+  submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = [], limits: TenantLimits = {}): Promise<{ batchId: string; itemCount: number }> {
+    return this.api.submit(req, tenant, retryOf, sourceIndices, limits);
   }
 
   getBatch(batchId: string, tenant: string): Promise<Batch> {
@@ -222,8 +223,8 @@ export class Coordinator {
     return this.api.cancel(batchId, tenant);
   }
 
-  retry(batchId: string, tenant: string): Promise<{ batchId: string; itemCount: number }> {
-    return this.api.retry(batchId, tenant);
+  retry(batchId: string, tenant: string, limits: TenantLimits = {}): Promise<{ batchId: string; itemCount: number }> {
+    return this.api.retry(batchId, tenant, limits);
   }
 
   list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {

@@ -23,5 +23,6 @@ export const invalidArgument = (violations: string[], headline = "the batch was 
 export const notFound = (what: string) => new ServerError(status.NOT_FOUND, what);
 export const resourceExhausted = (what: string) => new ServerError(status.RESOURCE_EXHAUSTED, what);
 export const unauthenticated = (what: string) => new ServerError(status.UNAUTHENTICATED, what);
+export const permissionDenied = (what: string) => new ServerError(status.PERMISSION_DENIED, what);
 export const unavailable = (what: string) => new ServerError(status.UNAVAILABLE, what);
 export const failedPrecondition = (what: string) => new ServerError(status.FAILED_PRECONDITION, what);

@@ -1,5 +1,7 @@
 import { DEFAULT_RETENTION_MS, type StorageLimits } from "../shared/jetstream-setup.js";
 import type { NatsSecurity } from "../shared/nats-security.js";
+import type { ApiKeyTable } from "./api-keys.js";
+import type { ServerTls } from "./grpc/server.js";
 import type { PlacementPolicy } from "./placement.js";
 
 /** Every field present, durations in ms: what the coordinator runs with. */
@@ -10,6 +12,9 @@ export interface CoordinatorOptions {
   prefix: string;
   grpcHost: string;
   grpcPort: number;
+  /** TLS of the gRPC server (mTLS with a client CA); absent: plaintext. */
+  tls: ServerTls | undefined;
+  metricsHost: string;
   metricsPort: number;
   maxItems: number;
   maxAttempts: number;
@@ -17,8 +22,10 @@ export interface CoordinatorOptions {
   heartbeatTimeoutMs: number;
   itemTimeoutMs: number;
   policy: PlacementPolicy;
-  /** API keys as tenant → key; empty means no authentication. */
-  apiKeys: Map<string, string>;
+  /** API keys (digests only); empty means no authentication. */
+  apiKeys: ApiKeyTable;
+  /** Where the keys came from, read again on SIGHUP. */
+  apiKeySources: { list?: string; file?: string };
   /** How long an assignment request waits for the worker's answer. */
   assignTimeoutMs: number;
   /** Items waiting in the queue beyond which SubmitBatch answers RESOURCE_EXHAUSTED. */
@@ -27,6 +34,10 @@ export interface CoordinatorOptions {
   unplaceableGraceMs: number;
   /** Delays between webhook delivery attempts. */
   webhookRetryDelaysMs: number[];
+  /** Let webhooks reach loopback, private, link-local addresses (local development, tests). */
+  webhookAllowPrivate: boolean;
+  /** Deliveries in flight at once. */
+  webhookConcurrency: number;
   /** Retention and byte limits of the streams and buckets, applied at start. */
   storage: StorageLimits;
   /** First delay before a failed terminal write is tried again; it doubles up to the max. */
@@ -37,8 +48,9 @@ export interface CoordinatorOptions {
 }
 
 export const COORDINATOR_DEFAULTS = {
-  grpcHost: "0.0.0.0",
+  grpcHost: "127.0.0.1",
   grpcPort: 50051,
+  metricsHost: "127.0.0.1",
   metricsPort: 9464,
   maxItems: 50,
   maxAttempts: 3,
@@ -49,6 +61,7 @@ export const COORDINATOR_DEFAULTS = {
   maxQueuedItems: 100_000,
   unplaceableGraceMs: 60_000,
   webhookRetryDelaysMs: [1000, 5000, 30_000, 120_000, 600_000],
+  webhookConcurrency: 8,
   storage: { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 } satisfies StorageLimits,
   terminalRetryInitialMs: 200,
   terminalRetryMaxMs: 30_000,

@@ -1,6 +1,7 @@
 // Everything that decides whether a SubmitBatch is accepted. The whole request is checked and
 // every problem reported at once, each as a path into the request.
 
+import { MAX_WEBHOOK_SECRET_CHARS, MAX_WEBHOOK_URL_BYTES } from "./webhook-target.js";
 import type { SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
 import { validateParams, type ModelManifest } from "../shared/manifest.js";
 import { itemNeed, type VramNeed } from "../shared/vram-need.js";
@@ -63,16 +64,22 @@ export function validateSubmit(
   }
   if (req.webhook && (req.webhook.url || req.webhook.events.length || req.webhook.secret)) {
     let url: URL | undefined;
-    try {
-      url = new URL(req.webhook.url);
-    } catch {
-      problems.push("webhook.url: must be an absolute http(s) URL");
+    const urlBytes = Buffer.byteLength(req.webhook.url);
+    if (urlBytes > MAX_WEBHOOK_URL_BYTES) problems.push(`webhook.url: must be at most ${MAX_WEBHOOK_URL_BYTES} bytes (got ${urlBytes})`);
+    else {
+      try {
+        url = new URL(req.webhook.url);
+      } catch {
+        problems.push("webhook.url: must be an absolute http(s) URL");
+      }
     }
     if (url && url.protocol !== "http:" && url.protocol !== "https:") problems.push("webhook.url: must be http or https");
+    if (url && (url.username || url.password)) problems.push("webhook.url: must not carry a user name or password (sign with webhook.secret instead)");
     req.webhook.events.forEach((e, i) => {
       if (!WEBHOOK_EVENTS.has(e)) problems.push(`webhook.events[${i}]: ${quoteInput(e)} is not one of ${[...WEBHOOK_EVENTS].join(", ")}`);
     });
-    if (req.webhook.secret && !/^(whsec_)?[A-Za-z0-9+/=]{16,}$/.test(req.webhook.secret)) {
+    if (req.webhook.secret.length > MAX_WEBHOOK_SECRET_CHARS) problems.push(`webhook.secret: must be at most ${MAX_WEBHOOK_SECRET_CHARS} characters (got ${req.webhook.secret.length})`);
+    else if (req.webhook.secret && !/^(whsec_)?[A-Za-z0-9+/=]{16,}$/.test(req.webhook.secret)) {
       problems.push("webhook.secret: must be a Standard Webhooks secret (whsec_ + base64, at least 16 chars)");
     }
   }

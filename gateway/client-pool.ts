@@ -4,6 +4,7 @@
 
 import { createHash } from "node:crypto";
 import { createClients, type ShoalClients } from "../cli/client.js";
+import type { ClientTls } from "../cli/client-tls.js";
 
 interface Entry {
   clients: ShoalClients;
@@ -25,6 +26,7 @@ export class ClientPool {
     private readonly addr: string,
     private readonly max: number,
     private readonly rpcTimeoutMs: number,
+    private readonly tls?: ClientTls,
   ) {}
 
   get size(): number {
@@ -40,7 +42,7 @@ export class ClientPool {
     if (entry) {
       this.entries.delete(id);
     } else {
-      entry = { clients: createClients(this.addr, apiKey || undefined, { defaultTimeoutMs: this.rpcTimeoutMs }), users: 0, evicted: false };
+      entry = { clients: createClients(this.addr, apiKey || undefined, { defaultTimeoutMs: this.rpcTimeoutMs, tls: this.tls ?? null }), users: 0, evicted: false };
     }
     this.entries.set(id, entry);
     entry.users++;

@@ -1,5 +1,6 @@
 import { installCrashGuard } from "../shared/crash-guard.js";
 import type { Logger } from "../shared/logger.js";
+import { warnIfExposed } from "../shared/exposure.js";
 import type { GatewayOptions } from "./options.js";
 import { Gateway } from "./server.js";
 
@@ -16,6 +17,9 @@ export async function startGatewayProcess(opts: GatewayOptions, log: Logger): Pr
       "no --url-signing-key (SHOAL_URL_SIGNING_KEY): using a random key, so image URLs stop working when this gateway restarts and are refused by other gateways; give every gateway the same key",
     );
   }
+  warnIfExposed(log, "the HTTP gateway", opts.httpHost, [
+    { condition: true, why: "over plain HTTP: API keys, prompts and image URLs cross the network in the clear (put a TLS-terminating proxy in front)" },
+  ]);
   const gateway = new Gateway(opts, log);
   const httpPort = await gateway.start();
   log.info({ http: `${opts.httpHost}:${httpPort}`, coordinator: opts.addr, urlTtlMs: opts.urlTtlMs }, "gateway serving");

@@ -3,6 +3,7 @@
 // takes its flag defaults from GATEWAY_DEFAULTS instead of restating them.
 
 import { randomBytes } from "node:crypto";
+import { clientTlsPaths, loadClientTls, type ClientTls } from "../cli/client-tls.js";
 import { ConfigError } from "../shared/errors.js";
 import { parseBytes, parseDuration, parseIntOption } from "../shared/units.js";
 
@@ -32,11 +33,13 @@ export interface GatewayOptions {
   maxClients: number;
   /** Deadline of the gateway's unary calls to the coordinator. */
   rpcTimeoutMs: number;
+  /** TLS toward the coordinator (--ca, --cert, --key); absent: plaintext. */
+  tls?: ClientTls;
 }
 
 export const GATEWAY_DEFAULTS = {
   addr: "127.0.0.1:50051",
-  httpHost: "0.0.0.0",
+  httpHost: "127.0.0.1",
   httpPort: 8080,
   publicUrl: "",
   urlTtl: "1h",
@@ -62,6 +65,9 @@ export interface GatewayFlags {
   maxBody?: string;
   maxClients?: string;
   rpcTimeout?: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
 }
 
 const MIN_KEY_BYTES = 32;
@@ -108,5 +114,6 @@ export function gatewayOptionsFrom(raw: GatewayFlags): GatewayOptions {
     maxBodyBytes: parseBytes("--max-body", raw.maxBody ?? d.maxBody),
     maxClients: parseIntOption("--max-clients", raw.maxClients ?? String(d.maxClients), 1, 100_000),
     rpcTimeoutMs: rpc,
+    tls: loadClientTls(clientTlsPaths({ ca: raw.ca, cert: raw.cert, key: raw.key })),
   };
 }

@@ -40,7 +40,7 @@ export class Gateway {
     private readonly opts: GatewayOptions,
     private readonly log: Logger,
   ) {
-    this.pool = new ClientPool(opts.addr, opts.maxClients, opts.rpcTimeoutMs);
+    this.pool = new ClientPool(opts.addr, opts.maxClients, opts.rpcTimeoutMs, opts.tls);
     this.signer = new UrlSigner(opts.urlSigningKey);
     this.app = Fastify({
       loggerInstance: log.child({ component: "http" }) as unknown as FastifyBaseLogger,

@@ -2,7 +2,7 @@ import { createServer, type Server } from "node:http";
 import type { Registry } from "prom-client";
 
 /** Serves one process's registry on /metrics. Port 0 picks a free port (tests). */
-export async function startMetricsServer(registry: Registry, port: number, host = "0.0.0.0"): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+export async function startMetricsServer(registry: Registry, port: number, host = "127.0.0.1"): Promise<{ server: Server; port: number; close(): Promise<void> }> {
   const server = createServer((req, res) => {
     if (req.url === "/metrics" || req.url?.startsWith("/metrics?")) {
       registry

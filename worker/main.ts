@@ -48,7 +48,7 @@ export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Prom
   const guard = installCrashGuard(log, (kind) => metrics.unexpectedError(kind));
   const worker = new ShoalWorker(opts, await createBackend(opts, log, metrics), log, metrics);
   await worker.start();
-  const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort) : undefined;
+  const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort, opts.metricsHost ?? "127.0.0.1") : undefined;
   let stopping: Promise<void> | undefined;
   return {
     worker,

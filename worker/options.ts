@@ -23,6 +23,8 @@ export interface WorkerOptions {
   itemTimeoutMs: number;
   drainGraceMs: number;
   metricsPort: number;
+  /** Listen address of /metrics; default 127.0.0.1. */
+  metricsHost?: string;
   executionProviders: string[];
   /** Use the simulated backend (load tests, benchmarks): items sleep instead of computing. */
   simulate: boolean;

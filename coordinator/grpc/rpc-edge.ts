@@ -6,31 +6,50 @@
 import { status, type Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Logger } from "../../shared/logger.js";
 import type { CoordinatorMetrics } from "../metrics.js";
-import { ServerError, unauthenticated } from "../errors.js";
+import type { ApiKeyTable, Principal, Role, TenantLimits } from "../api-keys.js";
+import { permissionDenied, ServerError, unauthenticated } from "../errors.js";
 import { decodeFailure } from "./request-decoding.js";
 import { toGrpcStatus, type GrpcStatus } from "./status-encoding.js";
 
 export interface CallContext {
   tenant: string;
+  /** "operator" may drain workers and see fleet details; with keys off every caller is one. */
+  role: Role;
+  limits: TenantLimits;
   /** Aborted when the client cancels or the call's deadline passes (grpc-js cancels it). */
   signal: AbortSignal;
 }
 
+/**
+ * Who is calling, from the `authorization: Bearer <key>` (or `x-api-key`) metadata. The table
+ * is swapped whole on reload (SIGHUP), so a call sees either the old keys or the new ones.
+ */
 export class Auth {
-  private readonly byKey = new Map<string, string>();
-  constructor(keys: Map<string, string>) {
-    for (const [tenant, key] of keys) this.byKey.set(key, tenant);
+  constructor(private table: ApiKeyTable) {}
+
+  replace(table: ApiKeyTable): void {
+    this.table = table;
   }
-  /** The caller's tenant; "" when keys are not configured. */
-  tenant(md: Metadata): string {
-    if (this.byKey.size === 0) return "";
+
+  get enabled(): boolean {
+    return this.table.size > 0;
+  }
+
+  /** The caller; tenant "" with the operator role when keys are not configured. */
+  principal(md: Metadata): Principal {
+    if (this.table.size === 0) return { tenant: "", role: "operator", limits: {} };
     const raw = md.get("authorization")[0] ?? md.get("x-api-key")[0];
     if (raw === undefined) throw unauthenticated("missing API key: send `authorization: Bearer <key>` (SHOAL_API_KEY)");
     const key = String(raw).replace(/^Bearer\s+/i, "");
-    const tenant = this.byKey.get(key);
-    if (tenant === undefined) throw unauthenticated("invalid API key");
-    return tenant;
+    const principal = this.table.lookup(key);
+    if (principal === undefined) throw unauthenticated("invalid API key");
+    return principal;
   }
+}
+
+/** Refuses a tenant key where an operator key is needed. */
+export function requireOperator(ctx: CallContext, what: string): void {
+  if (ctx.role !== "operator") throw permissionDenied(`${what} needs an operator key (role "operator" in --api-keys-file); tenant "${ctx.tenant}" has role "${ctx.role}"`);
 }
 
 function statusName(code: number): string {
@@ -67,8 +86,8 @@ export class RpcEdge {
         try {
           const refused = decodeFailure(call.request);
           if (refused) throw refused;
-          const tenant = this.auth.tenant(call.metadata);
-          res = await fn(call.request, { tenant, signal: controller.signal });
+          const who = this.auth.principal(call.metadata);
+          res = await fn(call.request, { ...who, signal: controller.signal });
         } catch (err) {
           const e = answerFor(err, this.log, method);
           this.count(method, e.code, started);
@@ -92,8 +111,8 @@ export class RpcEdge {
         try {
           const refused = decodeFailure(call.request);
           if (refused) throw refused;
-          const tenant = this.auth.tenant(call.metadata);
-          for await (const msg of fn(call.request, { tenant, signal: controller.signal })) {
+          const who = this.auth.principal(call.metadata);
+          for await (const msg of fn(call.request, { ...who, signal: controller.signal })) {
             if (controller.signal.aborted) break;
             // Respect flow control: wait when the client reads slower than we write, but not
             // past a cancel, after which "drain" never comes.

@@ -14,7 +14,7 @@ import type { Coordinator } from "../coordinator.js";
 import type { CoordinatorMetrics } from "../metrics.js";
 import { lenientService } from "./request-decoding.js";
 import { addReflection } from "./reflection.js";
-import { Auth, RpcEdge } from "./rpc-edge.js";
+import { type Auth, RpcEdge, requireOperator } from "./rpc-edge.js";
 import type { WorkerRecord } from "../fleet.js";
 import type { GpuView } from "../vram-ledger.js";
 
@@ -37,16 +37,16 @@ function toWorker({ record, gpus, attemptsOpen }: { record: WorkerRecord; gpus: 
 
 export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceServer {
   return {
-    submitBatch: edge.unary("SubmitBatch", (req, ctx) => c.submit(req, ctx.tenant)),
+    submitBatch: edge.unary("SubmitBatch", (req, ctx) => c.submit(req, ctx.tenant, "", [], ctx.limits)),
     runBatch: edge.unary("RunBatch", async (req, ctx): Promise<Batch> => {
-      const { batchId } = await c.submit(req, ctx.tenant);
+      const { batchId } = await c.submit(req, ctx.tenant, "", [], ctx.limits);
       // The call's deadline and cancellation end the wait; the batch itself keeps running.
       return c.waitTerminal(batchId, ctx.tenant, ctx.signal);
     }),
     getBatch: edge.unary("GetBatch", (req, ctx) => c.getBatch(req.batchId, ctx.tenant)),
     watchBatch: edge.stream("WatchBatch", (req, ctx) => c.watch(req.batchId, ctx.tenant, ctx.signal)),
     cancelBatch: edge.unary("CancelBatch", (req, ctx) => c.cancel(req.batchId, ctx.tenant)),
-    retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant)),
+    retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant, ctx.limits)),
     listBatches: edge.unary("ListBatches", (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
     getArtifact: edge.stream("GetArtifact", async function* (req, ctx) {
       const stream = await c.artifact(req.uri, ctx.tenant);
@@ -57,10 +57,34 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
   };
 }
 
+/**
+ * What a tenant key sees of a worker: its id, state, GPUs' names and total VRAM, and the models
+ * it serves (enough to know what can run and where it may go). Free and reserved VRAM, items in
+ * flight and done, hostname and last heartbeat are left out: they show other tenants' load and
+ * the fleet's layout, which are the operator's business.
+ */
+export function tenantView(w: Worker): Worker {
+  return {
+    id: w.id,
+    state: w.state,
+    gpus: w.gpus.map((g) => ({ index: g.index, name: g.name, vramTotalBytes: g.vramTotalBytes, vramFreeBytes: 0, vramReservedBytes: 0, source: g.source })),
+    residentModels: w.residentModels,
+    itemsInFlight: 0,
+    itemsDone: 0,
+    hostname: "",
+    lastHeartbeatAt: undefined,
+    models: w.models,
+  };
+}
+
 export function fleetServiceImpl(c: Coordinator, edge: RpcEdge): FleetServiceServer {
   return {
-    listWorkers: edge.unary("ListWorkers", async () => ({ workers: c.workers().map(toWorker) })),
-    drainWorker: edge.unary("DrainWorker", async (req) => {
+    listWorkers: edge.unary("ListWorkers", async (_req, ctx) => {
+      const workers = c.workers().map(toWorker);
+      return { workers: ctx.role === "operator" ? workers : workers.map(tenantView) };
+    }),
+    drainWorker: edge.unary("DrainWorker", async (req, ctx) => {
+      requireOperator(ctx, "DrainWorker");
       const w = await c.drainWorker(req.workerId);
       return toWorker(c.workers().find((x) => x.record.id === w.id) ?? { record: w, gpus: [], attemptsOpen: 0 });
     }),
@@ -116,23 +140,37 @@ export interface GrpcServerHandle {
   close(graceMs?: number): Promise<void>;
 }
 
+/** Server-side TLS: PEM contents. With `clientCa`, clients must present a certificate it signed (mTLS). */
+export interface ServerTls {
+  cert: Buffer;
+  key: Buffer;
+  clientCa?: Buffer;
+}
+
+export function serverCredentials(tls: ServerTls | undefined): ServerCredentials {
+  if (!tls) return ServerCredentials.createInsecure();
+  return ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
+}
+
 export async function startGrpcServer(
   c: Coordinator,
   host: string,
   port: number,
-  apiKeys: Map<string, string>,
+  auth: Auth,
   log: Logger,
   metrics?: CoordinatorMetrics,
+  tls?: ServerTls,
 ): Promise<GrpcServerHandle> {
   const server = new Server({ "grpc.max_receive_message_length": MAX_MESSAGE, "grpc.max_send_message_length": MAX_MESSAGE });
-  const auth = new Auth(apiKeys);
   let serving = true;
   server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics)));
   server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics)));
   server.addService(HealthService, healthImpl(() => serving));
   addReflection(server);
+  // An IPv6 literal needs brackets in the address grpc-js parses.
+  const hostPart = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
   const bound = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(`${hostPart}:${port}`, serverCredentials(tls), (err, p) => (err ? reject(err) : resolve(p))),
   );
   let closing: Promise<void> | undefined;
   return {

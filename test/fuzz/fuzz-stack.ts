@@ -4,6 +4,8 @@
 // fuzzed DrainWorker or drain subject never reaches the real worker by chance).
 
 import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { BatchState, ItemStatus, type Batch } from "../../proto/gen/shoal/v1/shoal.js";
 import { TestClient } from "../harness/client.js";
 import { freePort, Stack, type Proc } from "../harness/processes.js";
@@ -36,7 +38,10 @@ export async function startFuzzStack(opts: FuzzStackOptions): Promise<FuzzStack>
     const [coordinatorMetricsPort, workerMetricsPort] = [await freePort(), await freePort()];
     await stack.startNats();
     // A later --metrics-port wins over the harness's "--metrics-port 0".
-    const coordinator = await stack.startCoordinator(["--metrics-port", String(coordinatorMetricsPort), "--api-keys", `fuzz:${apiKey}`]);
+    // An operator key, so DrainWorker is fuzzed past the role check too.
+    const keysFile = join(stack.dir, "fuzz-keys.json");
+    writeFileSync(keysFile, JSON.stringify({ tenants: [{ name: "fuzz", keys: [apiKey], role: "operator" }] }));
+    const coordinator = await stack.startCoordinator(["--metrics-port", String(coordinatorMetricsPort), "--api-keys-file", keysFile, "--webhook-allow-private"]);
     const worker = await stack.startWorker(workerId, ["--vram", "4GiB", "--metrics-port", String(workerMetricsPort)]);
     const client = new TestClient(stack.grpcAddr, apiKey);
     await client.waitForWorkers(1);

@@ -1,4 +1,5 @@
 import { status } from "@grpc/grpc-js";
+import type { ClientTls } from "../../cli/client-tls.js";
 import { createClients, type CallOpts, type ShoalClients, type SubmitInput } from "../../cli/client.js";
 import { BatchState, WorkerState, type Batch, type BatchEvent, type Worker } from "../../proto/gen/shoal/v1/shoal.js";
 
@@ -52,8 +53,8 @@ const TERMINAL = new Set([BatchState.BATCH_STATE_COMPLETED, BatchState.BATCH_STA
 /** The SDK's clients plus the waiting and collecting that tests need; every call has a deadline. */
 export class TestClient {
   readonly sdk: ShoalClients;
-  constructor(addr: string, apiKey?: string, opts: { unaryTimeoutMs?: number; longCallTimeoutMs?: number } = {}) {
-    this.sdk = withDeadlines(createClients(addr, apiKey), opts.unaryTimeoutMs, opts.longCallTimeoutMs);
+  constructor(addr: string, apiKey?: string, opts: { unaryTimeoutMs?: number; longCallTimeoutMs?: number; tls?: ClientTls | null } = {}) {
+    this.sdk = withDeadlines(createClients(addr, apiKey, { tls: opts.tls }), opts.unaryTimeoutMs, opts.longCallTimeoutMs);
   }
   submit(req: SubmitInput) {
     return this.sdk.submitBatch(req);

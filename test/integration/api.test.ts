@@ -37,7 +37,7 @@ describe("api - webhooks, tenants, retries, pages", () => {
     await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
     receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/hook`;
     await stack.startNats();
-    await stack.startCoordinator(["--api-keys", "alice:alice-key-123,bob:bob-key-4567", "--webhook-retries", "200ms,200ms,200ms"]);
+    await stack.startCoordinator(["--api-keys", "alice:alice-key-123,bob:bob-key-4567", "--webhook-retries", "200ms,200ms,200ms", "--webhook-allow-private"]);
     await stack.startWorker("w1", ["--simulate", "--vram", "40GB"]);
     alice = new TestClient(stack.grpcAddr, "alice-key-123");
     bob = new TestClient(stack.grpcAddr, "bob-key-4567");

@@ -85,6 +85,7 @@ describe("content policy - rules at submit and a prompt classifier on the worker
     coordinator = await stack.startCoordinator([
       "--content-policy", policyFile,
       "--metrics-port", String(coordinatorPort),
+      "--webhook-allow-private", // the webhook receiver is on 127.0.0.1
       "--api-keys", `alice:${ALICE_KEY},bob:${BOB_KEY}`,
       // An item too large for the worker fails OUT_OF_MEMORY (retryable) after this: the retryable
       // failure beside the blocked ones in the RetryBatch test.

@@ -69,7 +69,7 @@ describe("gateway", () => {
   before(async () => {
     stack = new Stack();
     await stack.startNats();
-    await stack.startCoordinator(["--api-keys", `alice:${KEY},bob:${OTHER_KEY}`, "--max-items", "8", "--unplaceable-grace", "2s"]);
+    await stack.startCoordinator(["--api-keys", `alice:${KEY},bob:${OTHER_KEY}`, "--max-items", "8", "--unplaceable-grace", "2s", "--webhook-allow-private"]);
     await stack.startWorker("w-img", ["--vram", "4GiB"]);
     await stack.startWorker("w-sim", ["--vram", "8GiB", "--simulate"]);
     const gw = await stack.startGateway(["--url-ttl", "1h"], { SHOAL_URL_SIGNING_KEY: SIGNING_KEY });
