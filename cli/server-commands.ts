@@ -39,7 +39,8 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--batches-max-bytes <size>", "byte limit of the batch records bucket, the batch index and the idempotency keys, each (0 = only the server's max_file_store)").env("SHOAL_BATCHES_MAX_BYTES").default("0"))
     .addOption(new Option("--results-max-bytes <size>", "byte limit of the results stream (0 = only the server's max_file_store)").env("SHOAL_RESULTS_MAX_BYTES").default("0"))
     .addOption(new Option("--artifacts-max-bytes <size>", "byte limit of the artifact object store (0 = only the server's max_file_store)").env("SHOAL_ARTIFACTS_MAX_BYTES").default("0"))
-    .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"));
+    .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"))
+    .addOption(new Option("--forget-durations", "delete the learned item durations at start (they are learned again from outcomes)").env("SHOAL_FORGET_DURATIONS"));
 }
 
 /** `shoal gateway`'s flags; `shoal up` takes --http-port only and passes the rest by env. */
@@ -144,6 +145,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     },
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
+    forgetDurations: raw.forgetDurations === true,
   };
 }
 

@@ -29,6 +29,8 @@ export interface CoordinatorOptions {
   /** First delay before a failed terminal write is tried again; it doubles up to the max. */
   terminalRetryInitialMs: number;
   terminalRetryMaxMs: number;
+  /** Delete the learned item durations at start (they are learned again from outcomes). */
+  forgetDurations: boolean;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -47,4 +49,5 @@ export const COORDINATOR_DEFAULTS = {
   storage: { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 } satisfies StorageLimits,
   terminalRetryInitialMs: 200,
   terminalRetryMaxMs: 30_000,
+  forgetDurations: false,
 };

@@ -60,6 +60,10 @@ export class Names {
   get webhooksBucket(): string {
     return `${this.prefix}-webhooks`;
   }
+  /** What the scheduler learned (item durations), kept across coordinator restarts. */
+  get schedulerBucket(): string {
+    return `${this.prefix}-scheduler`;
+  }
   get artifactsBucket(): string {
     return `${this.prefix}-artifacts`;
   }

@@ -88,7 +88,8 @@ export interface DurationSnapshot {
 
 export const DEFAULT_ITEM_MS = 1000;
 const DEFAULT_ALPHA = 0.05;
-const DEFAULT_MAX_KEYS = 20_000;
+/** About 100 bytes a key in a snapshot: 4,000 keep it well under NATS's default 1 MB payload. */
+const DEFAULT_MAX_KEYS = 4000;
 /** A level needs this many samples before outliers are clipped (before, the mean is still moving fast). */
 const CLIP_AFTER = 5;
 const OUTLIER_FACTOR = 4;
@@ -183,8 +184,8 @@ export class DurationModel {
 
   snapshot(): DurationSnapshot {
     const ratios: DurationSnapshot["ratios"] = [];
-    for (const [t, byOther] of this.ratios) for (const [u, r] of byOther) ratios.push([t, u, r.ran, r.other, r.n]);
-    return { v: 1, stats: [...this.stats].map(([k, s]) => [k, s.mean, s.n]), ratios };
+    for (const [t, byOther] of this.ratios) for (const [u, r] of byOther) ratios.push([t, u, round(r.ran), round(r.other), r.n]);
+    return { v: 1, stats: [...this.stats].map(([k, s]) => [k, round(s.mean), s.n]), ratios };
   }
 
   /**
@@ -271,6 +272,11 @@ export class DurationModel {
     const drop = [...this.stats].sort((a, b) => a[1].at - b[1].at).slice(0, Math.ceil(this.stats.size / 10));
     for (const [k] of drop) this.stats.delete(k);
   }
+}
+
+/** Hundredths of a ms are plenty, and keep snapshots short. */
+function round(x: number): number {
+  return Math.round(x * 100) / 100;
 }
 
 function clip(x: number, around: number): number {

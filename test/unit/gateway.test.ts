@@ -82,7 +82,7 @@ test("gateway translate - results as the guide shows them, in request order", ()
   assert.deepEqual(resultJson(failed, url), { index: 0, status: "failed", image_url: null, content_type: null, error: "refused", error_code: "content_policy" });
   assert.equal(resultJson(cancelled, url).error_code, "cancelled");
   const b = batchJson(
-    { id: "b_1", state: BatchState.BATCH_STATE_COMPLETED, total: 3, succeeded: 1, failed: 1, cancelled: 1, results: [cancelled, ok, failed], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0 },
+    { id: "b_1", state: BatchState.BATCH_STATE_COMPLETED, total: 3, succeeded: 1, failed: 1, cancelled: 1, results: [cancelled, ok, failed], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined },
     url,
   );
   assert.deepEqual(b.results.map((r) => r.index), [0, 1, 2]);
