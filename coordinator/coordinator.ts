@@ -57,7 +57,7 @@ export class Coordinator {
   private readonly attempts = new Attempts(this.ledger);
   private readonly estimates = new VramEstimates();
   /** Item durations learned from counted outcomes, kept in the scheduler bucket across restarts. */
-  private readonly durations: LearnedDurations;
+  private readonly learnedDurations: LearnedDurations;
   /** Queue position and ETA of the running batches, refreshed about once a second. */
   private readonly progress: BatchProgress;
   private lastProgress = 0;
@@ -81,8 +81,8 @@ export class Coordinator {
     this.names = new Names(opts.prefix);
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
-    this.durations = new LearnedDurations(this.ledger, log.child({ component: "durations" }));
-    this.progress = new BatchProgress(this.durations);
+    this.learnedDurations = new LearnedDurations(this.ledger, log.child({ component: "durations" }));
+    this.progress = new BatchProgress(this.learnedDurations);
     this.link = new WorkerLink({
       nc: () => this.nc!,
       resultLog: () => this.resultLog!,
@@ -143,7 +143,7 @@ export class Coordinator {
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);
-    await this.durations.start(this.infra.scheduler, this.opts.forgetDurations);
+    await this.learnedDurations.start(this.infra.scheduler, this.opts.forgetDurations);
     this.webhooks = new WebhookSender(
       this.infra.webhooks,
       async (id) => (await this.store!.get(id))?.record.batch,
@@ -293,7 +293,7 @@ export class Coordinator {
       const effect = batch.applyOutcome(o, workerId, now);
       if (!replaying && current && effect.kind === "done" && o.status === ItemStatus.ITEM_STATUS_SUCCEEDED) {
         // Only the current attempt's counted success teaches durations (a failure's time says little).
-        this.durations.observe(slot!.model, slot!.shapeKey ?? slot!.model, current.workerId, current.gpuIndex, o.runMs);
+        this.learnedDurations.observe(slot!.model, slot!.shapeKey ?? slot!.model, current.workerId, current.gpuIndex, o.runMs);
         this.progress.observeSlotTime(current.assignedAtMs, now, o.runMs);
       }
       if (slot?.shapeKey && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
@@ -373,7 +373,7 @@ export class Coordinator {
     if (now - this.lastProgress >= 1000) {
       this.lastProgress = now;
       for (const id of this.progress.refresh(now, this.active.values())) this.api.emitProgress(id);
-      this.durations.maybeSave(now);
+      this.learnedDurations.maybeSave(now);
     }
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all(), (id) => this.attempts.openOn(id));
     this.metrics?.batchesInMemory(this.active.size);
@@ -442,7 +442,7 @@ export class Coordinator {
       }
       this.models.stop();
       await this.resultLog?.stop();
-      await this.durations.flush();
+      await this.learnedDurations.flush();
       try {
         await this.nc?.drain();
       } catch {

@@ -16,7 +16,6 @@ import type { VramLedger } from "./vram-ledger.js";
 export const DURATIONS_KEY = "durations";
 
 export class LearnedDurations {
-  model = new DurationModel();
   private kv: KV | undefined;
   private savedVersion = 0;
   private lastSaveMs = 0;
@@ -25,6 +24,8 @@ export class LearnedDurations {
   constructor(
     private readonly ledger: VramLedger,
     private readonly log: Logger,
+    /** Loaded in place at start, so whoever else reads it (the engine) shares what was learned. */
+    readonly model: DurationModel = new DurationModel(),
     private readonly saveEveryMs = 5000,
   ) {}
 
@@ -46,8 +47,9 @@ export class LearnedDurations {
     }
     if (!entry || entry.operation !== "PUT" || entry.length === 0) return;
     try {
-      this.model = DurationModel.restore(JSON.parse(entry.string()));
-      this.log.info({ keys: this.model.size }, "learned durations loaded");
+      const keys = this.model.load(JSON.parse(entry.string()));
+      this.savedVersion = this.model.version;
+      this.log.info({ keys }, "learned durations loaded");
     } catch (err) {
       this.log.warn({ err: errorMessage(err) }, "stored learned durations are unreadable; starting without them");
     }

@@ -6,7 +6,8 @@
 //   model.observe(key, ms)               one counted outcome: `key` ran `ms` on `key.gpuType`
 //   model.predict(key, declaredMs?)      -> { ms, samples, source }; key.gpuType optional
 //   model.ratio(t, u)                    how many times as long GPU type t takes as u (once known)
-//   model.snapshot() / DurationModel.restore(snapshot, options?)   plain JSON, for persistence
+//   model.snapshot() / DurationModel.restore(snapshot, options?) / model.load(snapshot)
+//                                        plain JSON, for persistence (load replaces in place)
 //   model.version                        grows with every observe (persist when it moved)
 //
 // A key is (model, shape, GPU type): the shape is the caller's shape key (coordinator: the
@@ -194,8 +195,22 @@ export class DurationModel {
    */
   static restore(snapshot: unknown, options: DurationOptions = {}): DurationModel {
     const m = new DurationModel(options);
+    m.load(snapshot);
+    return m;
+  }
+
+  /**
+   * Replaces what this model holds with a snapshot's content, in place (so every holder of the
+   * model sees it); the same checks as `restore`. Returns the number of keys loaded.
+   */
+  load(snapshot: unknown): number {
+    this.stats.clear();
+    this.ratios.clear();
+    this.gpuTypes.clear();
+    this.version = 0;
+    const m = this;
     const snap = snapshot as Partial<DurationSnapshot> | null;
-    if (!snap || typeof snap !== "object" || snap.v !== 1) return m;
+    if (!snap || typeof snap !== "object" || snap.v !== 1) return 0;
     const ok = (x: unknown): x is number => typeof x === "number" && Number.isFinite(x) && x >= 0;
     for (const e of Array.isArray(snap.stats) ? snap.stats : []) {
       if (!Array.isArray(e) || typeof e[0] !== "string" || !ok(e[1]) || !ok(e[2]) || e[2] < 1) continue;
@@ -210,7 +225,7 @@ export class DurationModel {
       r.other = e[3];
       r.n = Math.floor(e[4]);
     }
-    return m;
+    return m.stats.size;
   }
 
   /** `gpuType`'s prediction from other GPU types' means scaled by the ratios: weighted by samples. */

@@ -120,6 +120,12 @@ test("durations - snapshot and restore keep every level; damaged entries are dro
   snap.stats.push(["bad", "NaN", 1], ["worse", -1, 3], 7);
   assert.equal(DurationModel.restore(snap).size, m.size);
   assert.equal(DurationModel.restore({ v: 99 }).size, 0);
+  // load() replaces a model's content in place, so every holder of the instance sees it.
+  const shared = new DurationModel();
+  shared.observe({ model: "gone", shape: "g" }, 5);
+  assert.equal(shared.load(m.snapshot()), m.size);
+  assert.equal(shared.predict({ model: "gone", shape: "g" }).source, "default");
+  assert.equal(Math.round(shared.predict({ model: "m", shape: "s", gpuType: T4 }).ms), Math.round(m.predict({ model: "m", shape: "s", gpuType: T4 }).ms));
   assert.equal(DurationModel.restore(null).size, 0);
   assert.equal(DurationModel.restore("garbage").size, 0);
 });

@@ -159,3 +159,18 @@ test("eta - at 25 % progress the ETA is within 20 % of the remaining time (media
   const median = errors[Math.floor(errors.length / 2)]!;
   assert.ok(median < 0.2, `median relative error ${median.toFixed(3)} (all: ${errors.map((e) => e.toFixed(2)).join(" ")})`);
 });
+
+test("eta - the bench's accuracy rule: the first sample at 25 % with an ETA, error over the time left", async () => {
+  const { etaErrorAt } = await import("../../bench/lib/eta-accuracy.js");
+  const samples = [
+    { atMs: 0, done: 0, total: 100, etaMs: undefined },
+    { atMs: 100, done: 20, total: 100, etaMs: 900 },
+    { atMs: 200, done: 25, total: 100, etaMs: undefined },
+    { atMs: 300, done: 30, total: 100, etaMs: 1300 },
+    { atMs: 400, done: 40, total: 100, etaMs: 1000 },
+  ];
+  // At 300 ms the ETA said 1300; the batch ended at 1100: 200 off of 800 left.
+  assert.equal(etaErrorAt(samples, 1100), 0.25);
+  assert.equal(etaErrorAt(samples.slice(0, 3), 1100), undefined);
+  assert.equal(etaErrorAt(samples, 250), undefined, "ended before the sample: no remaining time to compare");
+});
