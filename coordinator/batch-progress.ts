@@ -67,17 +67,23 @@ export class BatchProgress {
       let waitingWorkMs = 0;
       let unknown = false;
       const runningRemainingMs: number[] = [];
+      // Items of a batch mostly share one shape: the last one's prediction is reused without a lookup.
+      let lastShape: string | undefined;
+      let p: { ms: number; guessed: boolean } | undefined;
       for (const slot of batch.items) {
         if (slot.state === "pending") {
           const shape = slot.shapeKey ?? slot.model;
-          let p = pooled.get(shape);
-          if (!p) {
-            const pred = predictor.predict({ model: slot.model, shape });
-            pooled.set(shape, (p = { ms: pred.ms + overhead, guessed: pred.source === "default" }));
+          if (shape !== lastShape) {
+            lastShape = shape;
+            p = pooled.get(shape);
+            if (!p) {
+              const pred = predictor.predict({ model: slot.model, shape });
+              pooled.set(shape, (p = { ms: pred.ms + overhead, guessed: pred.source === "default" }));
+            }
           }
           waitingItems++;
-          waitingWorkMs += p.ms;
-          unknown ||= p.guessed;
+          waitingWorkMs += p!.ms;
+          unknown ||= p!.guessed;
         } else if (slot.state === "leased" && slot.lease) {
           const lease = slot.lease;
           const gpu = `${lease.workerId}/${lease.gpuIndex}`;

@@ -174,3 +174,46 @@ test("eta - the bench's accuracy rule: the first sample at 25 % with an ETA, err
   assert.equal(etaErrorAt(samples.slice(0, 3), 1100), undefined);
   assert.equal(etaErrorAt(samples, 250), undefined, "ended before the sample: no remaining time to compare");
 });
+
+test("eta - batch progress: summaries from the learned durations, slot overhead added, watchers told only of real moves", async () => {
+  const { BatchProgress } = await import("../../coordinator/batch-progress.js");
+  const { LearnedDurations } = await import("../../coordinator/learned-durations.js");
+  const { VramLedger } = await import("../../coordinator/vram-ledger.js");
+  const ledger = new VramLedger();
+  const quiet = { info() {}, warn() {} } as unknown as ConstructorParameters<typeof LearnedDurations>[1];
+  const learned = new LearnedDurations(ledger, quiet);
+  const slot = (state: "pending" | "leased" | "done", model = "m", assignedAtMs = 0) => ({
+    model,
+    shapeKey: `${model}|0x0`,
+    state,
+    lease: state === "leased" ? { workerId: "w1", gpuIndex: 0, assignedAtMs, token: "1.x" } : undefined,
+  });
+  const batch = (id: string, items: ReturnType<typeof slot>[], started: boolean) =>
+    ({ id, items, started, doneCount: items.filter((s) => s.state === "done").length, record: { batch: { priority: 0 } } }) as never;
+  const progress = new BatchProgress(learned);
+  const t = 1_000_000;
+  // Nothing learned for m: running work, no ETA for the batch whose waiting items are guesses.
+  let a = batch("a", [slot("leased", "m", t - 100), slot("pending"), slot("pending")], true);
+  let b = batch("b", [slot("pending"), slot("pending")], false);
+  assert.deepEqual(progress.refresh(t, [a, b]), ["a", "b"], "new estimates are news");
+  assert.equal(progress.get("a")!.estimatedCompletionAt, undefined);
+  assert.equal(progress.get("b")!.queuePosition, 1);
+  assert.equal(progress.get("a")!.queuePosition, 0);
+  // Learned: m takes 1 s, and a slot is held 100 ms longer than the run (assignment, commit).
+  learned.observe("m", "m|0x0", "w1", 0, 1000);
+  progress.observeSlotTime(t - 1100, t, 1000);
+  assert.deepEqual(progress.refresh(t, [a, b]).sort(), ["a", "b"], "an ETA appeared");
+  const etaA = progress.get("a")!.estimatedCompletionAt!.getTime() - t;
+  // One slot: a's running item has 1.1 s − 0.1 s left, then a's two and b's two share the slot.
+  assert.ok(etaA > 3000 && etaA < 5500, `a ends in ${etaA} ms`);
+  // 100 ms later nothing moved enough to tell anyone.
+  assert.deepEqual(progress.refresh(t + 100, [a, b]), []);
+  // b started: its position changes.
+  b = batch("b", [slot("leased", "m", t + 200), slot("pending")], true);
+  a = batch("a", [slot("done"), slot("leased", "m", t + 200), slot("pending")], true);
+  assert.ok(progress.refresh(t + 300, [a, b]).includes("b"));
+  assert.equal(progress.get("b")!.queuePosition, 0);
+  // A batch gone from the running set has no estimate any more.
+  progress.refresh(t + 400, [a]);
+  assert.equal(progress.get("b"), undefined);
+});
