@@ -143,7 +143,7 @@ export class Coordinator {
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);
-    await this.learnedDurations.start(this.infra.scheduler, this.opts.forgetDurations);
+    await this.learnedDurations.start(this.infra.scheduler!, this.opts.forgetDurations);
     this.webhooks = new WebhookSender(
       this.infra.webhooks,
       async (id) => (await this.store!.get(id))?.record.batch,

@@ -13,8 +13,8 @@ export interface Infrastructure {
   idempotency: KV;
   models: KV;
   webhooks: KV;
-  /** What the scheduler learned (learned-durations.ts): small, rewritten in place. */
-  scheduler: KV;
+  /** What the scheduler learned (learned-durations.ts): small, rewritten in place. Coordinator only. */
+  scheduler: KV | undefined;
   artifacts: ObjectStore;
   /** True when this call created the batch index stream (so batches stored before it existed need indexing). */
   batchIndexCreated: boolean;
@@ -107,7 +107,8 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
     kv(names.modelsBucket, 0, 0, ""),
     kv(names.webhooksBucket, 0, 0, ""),
     // Learned durations: one small key that must outlive any idle spell, so no age limit either.
-    kv(names.schedulerBucket, 0, 0, ""),
+    // Only the coordinator uses it, so only the coordinator creates it.
+    apply ? kv(names.schedulerBucket, 0, 0, "") : Promise.resolve(undefined),
   ]);
   const artifacts = await createOrExplain(
     () => new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File, ttl: ageNs, max_bytes: bytes(l.artifactsMaxBytes) }),
