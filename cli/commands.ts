@@ -22,6 +22,7 @@ import {
   itemErrorText,
   itemLine,
   modelsTable,
+  progressNote,
   workersTable,
 } from "./views.js";
 
@@ -98,6 +99,7 @@ export async function submit(ctx: CommandContext, file: string, opts: SubmitOpti
         counts.failed = Math.max(counts.failed, snapshot.failed);
         counts.cancelled = Math.max(counts.cancelled, snapshot.cancelled);
         progress.update(counts);
+        progress.estimate({ queuePosition: snapshot.queuePosition, completionAt: snapshot.estimatedCompletionAt });
       },
       onReconnect(reason) {
         ctx.err.write(`lost the watch stream (${reason}); watching ${batchId} again\n`);
@@ -129,8 +131,11 @@ export async function watch(ctx: CommandContext, batchId: string): Promise<numbe
     for (const r of first.results) ctx.out.write(itemLine(r, first.total) + "\n");
     batch = first;
   } else {
+    // Queue position and ETA go to stderr, so stdout stays one line per item.
+    ctx.err.write(progressNote(first) + "\n");
     batch = await followBatch(ctx.clients, batchId, {
       onItem: (r) => ctx.out.write(itemLine(r, first.total) + "\n"),
+      onSnapshot: (snapshot) => ctx.err.write(progressNote(snapshot) + "\n"),
       onReconnect: (reason) => ctx.err.write(`lost the watch stream (${reason}); watching ${batchId} again\n`),
     });
   }

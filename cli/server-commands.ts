@@ -59,7 +59,8 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--results-max-bytes <size>", "byte limit of the results stream (0 = only the server's max_file_store)").env("SHOAL_RESULTS_MAX_BYTES").default("0"))
     .addOption(new Option("--artifacts-max-bytes <size>", "byte limit of the artifact object store (0 = only the server's max_file_store)").env("SHOAL_ARTIFACTS_MAX_BYTES").default("0"))
     .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"))
-    .addOption(new Option("--content-policy <file>", "JSON rules screening items' text before they are queued (docs/content-policy.md); reloaded on SIGHUP").env("SHOAL_CONTENT_POLICY"));
+    .addOption(new Option("--content-policy <file>", "JSON rules screening items' text before they are queued (docs/content-policy.md); reloaded on SIGHUP").env("SHOAL_CONTENT_POLICY"))
+    .addOption(new Option("--forget-durations", "delete the learned item durations at start (they are learned again from outcomes)").env("SHOAL_FORGET_DURATIONS"));
 }
 
 /** `shoal gateway`'s flags; `shoal up` takes --http-port only and passes the rest by env. */
@@ -205,6 +206,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
     contentPolicyFile: typeof raw.contentPolicy === "string" && raw.contentPolicy.trim() !== "" ? raw.contentPolicy : undefined,
+    forgetDurations: raw.forgetDurations === true,
   };
 }
 

@@ -53,6 +53,31 @@ export function batchSummaryLine(batch: Batch): string {
   return `batch ${batch.id} ${batchStateName(batch.state)}${took}: ${batchCounts(batch)}`;
 }
 
+/** "1 (next to start)", "3 (2 batches ahead)": a queued batch's place among those not started. */
+export function queuePositionText(position: number): string {
+  if (position <= 1) return "1 (next to start)";
+  return `${position} (${position - 1} batch${position === 2 ? "" : "es"} ahead)`;
+}
+
+/**
+ * "in 1m05s (2025-03-27 11:41:17)": when a running batch is expected to finish; undefined when
+ * the coordinator has no estimate (or the batch is terminal).
+ */
+export function etaText(batch: Pick<Batch, "state" | "estimatedCompletionAt">, now = Date.now()): string | undefined {
+  if (isTerminal(batch.state) || !batch.estimatedCompletionAt) return undefined;
+  const left = batch.estimatedCompletionAt.getTime() - now;
+  return `${left > 500 ? `in ${formatDuration(left)}` : "any moment now"} (${formatTime(batch.estimatedCompletionAt)})`;
+}
+
+/** "queue position 2 (1 batch ahead); done in 1m05s (…)": one line for `shoal watch`. */
+export function progressNote(batch: Batch, now = Date.now()): string {
+  const parts: string[] = [];
+  if (batch.queuePosition > 0) parts.push(`queue position ${queuePositionText(batch.queuePosition)}`);
+  const eta = etaText(batch, now);
+  parts.push(eta ? `expected to finish ${eta}` : "no estimate of its completion yet");
+  return `batch ${batch.id}: ${parts.join("; ")}`;
+}
+
 /** The error of an item as one phrase: "OUT_OF_MEMORY: CUDA out of memory (retryable)". */
 export function itemErrorText(result: ItemResult): string {
   const e = result.error;
@@ -85,6 +110,9 @@ export function describeBatch(batch: Batch, now = Date.now()): string {
   } else {
     const running = batch.running ? `, ${batch.running} running` : "";
     rows.push(["progress", `${doneCount(batch)}/${batch.total} done (${batchCounts(batch)}${running})`]);
+    if (batch.queuePosition > 0) rows.push(["queue", queuePositionText(batch.queuePosition)]);
+    // Unknown until an item of each of its models has run somewhere (or while no worker runs).
+    rows.push(["eta", etaText(batch, now) ?? "unknown yet"]);
   }
   rows.push(["created", formatTime(batch.createdAt)]);
   const elapsed = batchElapsedMs(batch, now);
@@ -213,6 +241,8 @@ export function batchToJson(batch: Batch): Record<string, unknown> {
     labels: batch.labels,
     created_at: batch.createdAt?.toISOString() ?? null,
     completed_at: batch.completedAt?.toISOString() ?? null,
+    queue_position: batch.queuePosition,
+    estimated_completion_at: batch.estimatedCompletionAt?.toISOString() ?? null,
     results: batch.results.map(itemResultToJson),
   };
 }

@@ -59,6 +59,8 @@ export interface BatchApiDeps {
   ensureStarted: () => void;
   /** Aborted when the coordinator stops: ends the retries of terminal writes (the next start resumes them). */
   stopping: AbortSignal;
+  /** A running batch's queue position and ETA (batch-progress.ts); undefined until first estimated. */
+  progress?: (batchId: string) => { queuePosition: number; estimatedCompletionAt: Date | undefined } | undefined;
 }
 
 export class BatchApi {
@@ -118,6 +120,8 @@ export class BatchApi {
         labels: req.labels,
         running: 0,
         priority: req.priority,
+        queuePosition: 0,
+        estimatedCompletionAt: undefined,
       },
       // Stored with defaults applied, so a replay does not depend on today's manifest defaults.
       items: valid.map((v) => ({ model: v.model.name, params: v.params })),
@@ -215,7 +219,7 @@ export class BatchApi {
   async getBatch(batchId: string, tenant: string): Promise<Batch> {
     this.d.ensureStarted();
     const active = this.d.active.get(batchId);
-    if (active && active.record.tenant === tenant) return active.snapshot();
+    if (active && active.record.tenant === tenant) return this.runningView(active);
     const got = BATCH_ID.test(batchId) ? await this.d.store().get(batchId) : undefined;
     if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
     return got.record.batch!;
@@ -250,7 +254,8 @@ export class BatchApi {
         while (buffer.length > 0) {
           const ev = buffer.shift()!;
           yield ev;
-          if (ev.event?.$case === "batch") return;
+          // Progress events (emitProgress) are batches too; only the terminal one ends the stream.
+          if (ev.event?.$case === "batch" && isTerminal(ev.event.batch)) return;
         }
       }
     } finally {
@@ -261,7 +266,7 @@ export class BatchApi {
 
   /** Resolves with the terminal batch. */
   async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
-    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch") return ev.event.batch;
+    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch" && isTerminal(ev.event.batch)) return ev.event.batch;
     throw new Error("watch ended before the batch was terminal");
   }
 
@@ -361,7 +366,7 @@ export class BatchApi {
   /** A batch as ListBatches shows it (no results), if it is the tenant's and still stored. */
   private async summaryOf(batchId: string, tenant: string): Promise<Batch | undefined> {
     const active = this.d.active.get(batchId);
-    if (active) return active.record.tenant === tenant ? active.snapshot() : undefined;
+    if (active) return active.record.tenant === tenant ? this.runningView(active) : undefined;
     const got = await this.d.store().get(batchId);
     if (!got || got.record.tenant !== tenant) return undefined;
     return { ...got.record.batch!, results: [] };
@@ -484,6 +489,28 @@ export class BatchApi {
 
   private unlisten(batchId: string, l: BatchListener): void {
     this.listeners.get(batchId)?.delete(l);
+  }
+
+  /** A running batch as clients see it: its counts, queue position and ETA. */
+  private runningView(active: ActiveBatch): Batch {
+    const b = active.snapshot();
+    const p = this.d.progress?.(active.id);
+    if (p) {
+      b.queuePosition = p.queuePosition;
+      b.estimatedCompletionAt = p.estimatedCompletionAt;
+    }
+    return b;
+  }
+
+  /**
+   * Tells the batch's watchers its new queue position or ETA: a Batch event that is not terminal
+   * (WatchBatch clients tell it from the final one by its state). Sent only when the estimate
+   * moved (batch-progress.ts decides), so a long batch does not flood its watchers.
+   */
+  emitProgress(batchId: string): void {
+    const active = this.d.active.get(batchId);
+    if (!active || active.finalizing || !this.listeners.get(batchId)?.size) return;
+    this.emit(batchId, { event: { $case: "batch", batch: this.runningView(active) } });
   }
 
   emit(batchId: string, ev: BatchEvent): void {

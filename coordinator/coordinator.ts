@@ -9,12 +9,14 @@ import { itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { Attempts } from "./attempts.js";
 import { BatchApi } from "./batch-api.js";
 import { BatchIndex } from "./batch-index.js";
+import { BatchProgress } from "./batch-progress.js";
 import { BatchQueue } from "./batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "./batch-state.js";
 import { BatchStore } from "./batch-store.js";
 import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
 import { unavailable } from "./errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
+import { LearnedDurations } from "./learned-durations.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
@@ -61,6 +63,11 @@ export class Coordinator {
   /** The only writer of attempt state: an attempt, its reservation in the ledger and its worker. */
   private readonly attempts = new Attempts(this.ledger);
   private readonly estimates = new VramEstimates();
+  /** Item durations learned from counted outcomes, kept in the scheduler bucket across restarts. */
+  private readonly learnedDurations: LearnedDurations;
+  /** Queue position and ETA of the running batches, refreshed about once a second. */
+  private readonly progress: BatchProgress;
+  private lastProgress = 0;
   private lastUnplaceableCheck = 0;
   private lastQueueGauges = 0;
   private readonly queue = new BatchQueue();
@@ -82,6 +89,8 @@ export class Coordinator {
     this.contentPolicy = new ContentPolicyStage(opts.contentPolicyFile, log.child({ component: "content-policy" }), (rules, outcome) => metrics?.contentPolicyLoaded(rules, outcome));
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
+    this.learnedDurations = new LearnedDurations(this.ledger, log.child({ component: "durations" }));
+    this.progress = new BatchProgress(this.learnedDurations);
     this.link = new WorkerLink({
       nc: () => this.nc!,
       resultLog: () => this.resultLog!,
@@ -134,6 +143,7 @@ export class Coordinator {
       scheduleSoon: () => this.scheduleSoon(),
       ensureStarted: () => this.ensureStarted(),
       stopping: this.stopping.signal,
+      progress: (batchId) => this.progress.get(batchId),
     });
   }
 
@@ -145,6 +155,7 @@ export class Coordinator {
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);
+    await this.learnedDurations.start(this.infra.scheduler!, this.opts.forgetDurations);
     this.webhooks = new WebhookSender(
       this.infra.webhooks,
       async (id) => (await this.store!.get(id))?.record.batch,
@@ -317,8 +328,14 @@ export class Coordinator {
         continue;
       }
       const slot = batch.items[o.lease.index];
-      const reserved = slot?.lease?.token === o.lease.token ? slot.lease.activationBytes : undefined;
+      const current = slot?.lease?.token === o.lease.token ? slot.lease : undefined;
+      const reserved = current?.activationBytes;
       const effect = batch.applyOutcome(o, workerId, now);
+      if (!replaying && current && effect.kind === "done" && o.status === ItemStatus.ITEM_STATUS_SUCCEEDED) {
+        // Only the current attempt's counted success teaches durations (a failure's time says little).
+        this.learnedDurations.observe(slot!.model, slot!.shapeKey ?? slot!.model, current.workerId, current.gpuIndex, o.runMs);
+        this.progress.observeSlotTime(current.assignedAtMs, now, o.runMs);
+      }
       // Learning takes only outcomes that counted: an ignored one's figures are nobody's.
       if (slot?.shapeKey && effect.kind !== "ignored" && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
       if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
@@ -401,6 +418,11 @@ export class Coordinator {
       this.lastQueueGauges = now;
       this.metrics?.queue(this.queueDepthByModel(), this.servedModels());
     }
+    if (now - this.lastProgress >= 1000) {
+      this.lastProgress = now;
+      for (const id of this.progress.refresh(now, this.active.values())) this.api.emitProgress(id);
+      this.learnedDurations.maybeSave(now);
+    }
     this.metrics?.observeWorkers(this.fleet.all(), this.ledger.all(), (id) => this.attempts.openOn(id));
     this.metrics?.batchesInMemory(this.active.size);
     this.api.refreshAging(now);
@@ -468,6 +490,7 @@ export class Coordinator {
       }
       this.models.stop();
       await this.resultLog?.stop();
+      await this.learnedDurations.flush();
       try {
         await this.nc?.drain();
       } catch {

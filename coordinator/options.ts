@@ -45,6 +45,8 @@ export interface CoordinatorOptions {
   terminalRetryMaxMs: number;
   /** The content policy file (docs/content-policy.md); unset or "": nothing is screened. */
   contentPolicyFile?: string;
+  /** Delete the learned item durations at start (they are learned again from outcomes). */
+  forgetDurations: boolean;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -65,4 +67,5 @@ export const COORDINATOR_DEFAULTS = {
   storage: { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 } satisfies StorageLimits,
   terminalRetryInitialMs: 200,
   terminalRetryMaxMs: 30_000,
+  forgetDurations: false,
 };

@@ -56,7 +56,7 @@ const RESULT = {
 
 const BATCH = {
   type: "object",
-  required: ["batch_id", "status", "total", "succeeded", "failed", "cancelled", "running", "created_at", "completed_at", "results"],
+  required: ["batch_id", "status", "total", "succeeded", "failed", "cancelled", "running", "created_at", "completed_at", "queue_position", "estimated_completion_at", "results"],
   properties: {
     batch_id: { type: "string" },
     status: { type: "string", enum: ["queued", "running", "completed", "failed", "cancelled"] },
@@ -67,6 +67,8 @@ const BATCH = {
     running: { type: "integer", minimum: 0 },
     created_at: nullable("string", "RFC 3339"),
     completed_at: nullable("string", "RFC 3339"),
+    queue_position: { type: "integer", minimum: 0, description: "While the batch waits to start: 1 + the batches not started yet ahead of it (1 = next). 0 once it started, and when finished." },
+    estimated_completion_at: nullable("string", "RFC 3339. When the batch is expected to finish, from learned item durations and the queue ahead; refreshed about once a second. Null when unknown and once finished."),
     results: { type: "array", items: { $ref: "#/components/schemas/Result" }, description: "Empty until the batch is finished; then one per request, in order." },
   },
 } as const;

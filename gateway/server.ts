@@ -15,7 +15,7 @@ import { ClientPool } from "./client-pool.js";
 import { ApiError, fromClientError } from "./errors.js";
 import { BATCH_REQUEST_SCHEMA, OPENAPI } from "./openapi.js";
 import type { GatewayOptions } from "./options.js";
-import { batchJson, batchStatus, parseWait, resultJson, toSubmit, validationProblems, type BatchRequestBody, type UrlFor } from "./translate.js";
+import { batchJson, batchStatus, isTerminalState, parseWait, resultJson, toSubmit, validationProblems, type BatchRequestBody, type UrlFor } from "./translate.js";
 import { UrlSigner } from "./url-signer.js";
 
 /** A comment line every so often keeps idle event streams open through proxies. */
@@ -184,7 +184,8 @@ export class Gateway {
       if (left <= 0) break;
       try {
         for await (const ev of clients.watchBatch(batchId, { timeoutMs: left, signal })) {
-          if (ev.event?.$case === "batch") return ev.event.batch;
+          // Non-terminal batches are progress updates (queue position, ETA): keep waiting.
+          if (ev.event?.$case === "batch" && isTerminalState(ev.event.batch.state)) return ev.event.batch;
         }
         // The stream ended without the batch (an older coordinator): ask for it.
         const b = await clients.getBatch(batchId);
@@ -224,7 +225,8 @@ export class Gateway {
         for (let next = await it.next(); !next.done; next = await it.next()) {
           const ev = next.value.event;
           if (ev?.$case === "item") raw.write(sse("item", resultJson(ev.item, urlFor), String(ev.item.index)));
-          else if (ev?.$case === "batch") raw.write(sse("batch", batchJson(ev.batch, urlFor)));
+          // Progress updates (non-terminal batches) are not events of this stream: `batch` is the end.
+          else if (ev?.$case === "batch" && isTerminalState(ev.batch.state)) raw.write(sse("batch", batchJson(ev.batch, urlFor)));
         }
       } catch (err) {
         req.log.debug({ batchId: req.params.id, aborted: signal.aborted, err: String(err) }, "event stream: watch ended");

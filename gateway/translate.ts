@@ -103,6 +103,10 @@ export interface BatchJson {
   running: number;
   created_at: string | null;
   completed_at: string | null;
+  /** While queued: 1 + the batches not started ahead of it; 0 once started and when finished. */
+  queue_position: number;
+  /** When the batch is expected to finish; null when unknown and once finished. */
+  estimated_completion_at: string | null;
   /** Empty until the batch is finished; then one per request, in request order. */
   results: ResultJson[];
 }
@@ -118,6 +122,8 @@ export function batchJson(b: Batch, urlFor: UrlFor): BatchJson {
     running: b.running,
     created_at: b.createdAt?.toISOString() ?? null,
     completed_at: b.completedAt?.toISOString() ?? null,
+    queue_position: b.queuePosition,
+    estimated_completion_at: b.estimatedCompletionAt?.toISOString() ?? null,
     results: [...b.results].sort((x, y) => x.index - y.index).map((r) => resultJson(r, urlFor)),
   };
 }

@@ -64,6 +64,11 @@ export class Names {
   get leaseKeyBucket(): string {
     return `${this.prefix}-lease-key`;
   }
+
+  /** What the scheduler learned (item durations), kept across coordinator restarts. */
+  get schedulerBucket(): string {
+    return `${this.prefix}-scheduler`;
+  }
   get artifactsBucket(): string {
     return `${this.prefix}-artifacts`;
   }

@@ -12,6 +12,7 @@ import { connect } from "@nats-io/transport-node";
 import { ItemStatus, type Batch, type ItemResult } from "../../proto/gen/shoal/v1/shoal.js";
 import { Stack } from "../../test/harness/processes.js";
 import { SIMULATED_MODELS } from "../../worker/simulated-backend.js";
+import { etaAccuracyMetrics, trackEta } from "../lib/eta-accuracy.js";
 import { capacity, capacityBound, type SimGpu, type SimModelNeed } from "../lib/ideal.js";
 import { spawnBenchScript, stopProc, stopStack, trackStack, type BenchProc } from "../lib/procs.js";
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
@@ -235,7 +236,9 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     ctx.log(`baseline (a): ${rr.makespanS.toFixed(2)} s, ${rr.wastedAttempts} wasted attempts`);
 
     ctx.log("Shoal: one RunBatch of every item");
+    const etaTracking = trackEta(shoal.client); // samples the batch's ETA while it runs (lib/eta-accuracy.ts)
     const one = await runShoalBatch(shoal, w.items, Math.round(idealS * 10_000) + 60_000);
+    const eta = await etaTracking.stop();
     ctx.log(`Shoal: ${one.makespanS.toFixed(2)} s`);
     ctx.log("baseline (b): every item as its own RunBatch, all at once");
     const singles = await runSingleCalls(shoal, w.items, Math.max(ctx.quick ? 20_000 : 60_000, Math.round(idealS * 3000)));
@@ -275,6 +278,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
         target: { of: "value", op: "<=", threshold: 0, text: "0 (guarantee 2)" },
       }),
       { name: "queue group: wasted (OOM) attempts", value: rr.wastedAttempts, unit: "attempts", reference: { label: "items", value: n, unit: "" }, ratio: rr.wastedAttempts / n },
+      ...etaAccuracyMetrics(eta.errors, "the Shoal batch"),
       { name: "Shoal peak VRAM in use / VRAM (reconstructed)", value: one.peakVramUse, unit: "", reference: { label: "no overbooking", value: 1, unit: "" }, ratio: one.peakVramUse },
     ];
     return {
@@ -294,7 +298,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
         idealS,
         capacityBoundS: w.capacityBoundS,
         longestItemS: w.longestS,
-        shoal: { ...one, efficiency: eff(one.makespanS) },
+        shoal: { ...one, efficiency: eff(one.makespanS), etaErrorAt25: eta.errors },
         concurrentSingleCalls: { ...singles, efficiency: eff(singles.makespanS) },
         vramBlindQueue: { ...rr, efficiency: eff(rr.makespanS) },
       },

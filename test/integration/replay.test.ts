@@ -117,7 +117,7 @@ function outcomeOf(batchId: string, o: GenOutcome, token: string): ItemOutcome {
 
 function recordOf(batchId: string, n: number): BatchRecord {
   return {
-    batch: { id: batchId, state: BatchState.BATCH_STATE_QUEUED, total: n, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(), completedAt: undefined, labels: { suite: "replay" }, running: 0, priority: 0 },
+    batch: { id: batchId, state: BatchState.BATCH_STATE_QUEUED, total: n, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(), completedAt: undefined, labels: { suite: "replay" }, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined },
     items: Array.from({ length: n }, (_, i) => ({ model: MODEL, params: { prompt: `item ${i}`, width: 64, height: 64, steps: 1 } })),
     idempotencyKey: "",
     webhook: undefined,

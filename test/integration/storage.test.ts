@@ -404,7 +404,7 @@ describe("storage - batches stored by an earlier version", () => {
     const nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
     try {
       const infra = await ensureInfrastructure(nc, names);
-      const base = { succeeded: 0, failed: 0, cancelled: 0, results: [], labels: {}, running: 0, priority: 0, completedAt: undefined };
+      const base = { succeeded: 0, failed: 0, cancelled: 0, results: [], labels: {}, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined, completedAt: undefined };
       const done = { ...base, id: ids[0]!, state: BatchState.BATCH_STATE_COMPLETED, total: 1, succeeded: 1, createdAt: new Date(Date.now() - 2000), completedAt: new Date() };
       const terminal = { ...done, results: [{ index: 0, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts: [], workerId: "old", attempts: 1, queueMs: 1, runMs: 1, model: "sim-zero" }] };
       await infra.batches.create(ids[0]!, encodeMessage(BatchRecord, { batch: terminal, items: [{ model: "sim-zero", params: {} }], tenant: "" }));

@@ -21,7 +21,7 @@ function batch(n: number, maxAttempts = 3): ActiveBatch {
     queuedAtMs: 0,
     firstQueuedAtMs: 0,
   }));
-  return new ActiveBatch({ batch: { id: "b", state: 1, total: n, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0 }, items: [], idempotencyKey: "", webhook: undefined, tenant: "", retryOf: "", sourceIndices: [], policyBlocked: [] }, 1, slots, maxAttempts);
+  return new ActiveBatch({ batch: { id: "b", state: 1, total: n, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined }, items: [], idempotencyKey: "", webhook: undefined, tenant: "", retryOf: "", sourceIndices: [], policyBlocked: [] }, 1, slots, maxAttempts);
 }
 
 const ok = (index: number, token: string): ItemOutcome => ({ lease: { batchId: "b", index, token }, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts: [], runMs: 1, vramUsedBytes: 0 });

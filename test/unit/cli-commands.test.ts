@@ -14,7 +14,7 @@ import { registerClientCommands } from "../../cli/client-commands.js";
 import * as commands from "../../cli/commands.js";
 import { ClientError } from "../../cli/errors.js";
 import { followBatch } from "../../cli/follow.js";
-import { formatBytes } from "../../cli/format.js";
+import { formatBytes, formatTime } from "../../cli/format.js";
 import { BufferOutput } from "../../cli/output.js";
 import {
   Batch,
@@ -368,6 +368,22 @@ describe("cli commands", () => {
       "#001  FAILED     WORKER_LOST: worker w-2 stopped answering (retryable) after 3 attempts",
       "batch b_test COMPLETED in 2.5s: 1 succeeded, 1 failed of 2",
     ]);
+  });
+
+  test("commands - watch of a queued batch notes its queue position and ETA on stderr as they change", async () => {
+    const done = finishedBatch(BatchState.BATCH_STATE_COMPLETED);
+    const eta = new Date(Date.now() + 90_000);
+    fake.batch = { ...done, state: BatchState.BATCH_STATE_QUEUED, succeeded: 0, failed: 0, results: [], completedAt: undefined, queuePosition: 2, estimatedCompletionAt: undefined };
+    const started = { ...fake.batch, state: BatchState.BATCH_STATE_RUNNING, queuePosition: 0, estimatedCompletionAt: eta };
+    fake.events = [{ event: { $case: "batch", batch: started } }, { event: { $case: "item", item: done.results[0]! } }, { event: { $case: "item", item: done.results[1]! } }, { event: { $case: "batch", batch: done } }];
+    const watched = await shoal(["watch", "b_test", "--addr", addr]);
+    assert.equal(watched.out.trimEnd().split("\n").length, 3, "stdout: the two items and the summary");
+    const notes = watched.err.trimEnd().split("\n");
+    assert.equal(notes.length, 2, watched.err);
+    assert.equal(notes[0], "batch b_test: queue position 2 (1 batch ahead); no estimate of its completion yet");
+    // 90 s ahead when the test began; a slow machine may have used a few of them.
+    assert.match(notes[1]!, /^batch b_test: expected to finish in 1m[0-3]\ds \((.+)\)$/);
+    assert.ok(notes[1]!.endsWith(`(${formatTime(eta)})`));
   });
 
   test("commands - an unknown batch is NOT_FOUND in one line, no stack", async () => {

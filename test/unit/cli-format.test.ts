@@ -12,6 +12,7 @@ import {
   itemLine,
   modelsTable,
   paramLine,
+  progressNote,
   workersTable,
 } from "../../cli/views.js";
 import {
@@ -210,6 +211,54 @@ describe("cli format", () => {
     assert.match(text, /  progress  12\/50 done \(11 succeeded, 1 failed of 50, 4 running\)\n/);
     assert.match(text, /  elapsed   1m00s\n/);
     assert.match(text, /shoal watch b_y/);
+  });
+
+  test("format - a queued batch shows its queue position and ETA; unknown ETA says so", () => {
+    const created = new Date(2025, 2, 27, 11, 40, 0);
+    const queued = Batch.fromPartial({ id: "b_q", state: BatchState.BATCH_STATE_QUEUED, total: 5, createdAt: created, queuePosition: 3, estimatedCompletionAt: new Date(created.getTime() + 125_000) });
+    const text = describeBatch(queued, created.getTime() + 60_000);
+    assert.match(text, /  queue     3 \(2 batches ahead\)\n/);
+    assert.match(text, /  eta       in 1m05s \(2025-03-27 11:42:05\)\n/);
+    const next = describeBatch({ ...queued, queuePosition: 1, estimatedCompletionAt: undefined }, created.getTime());
+    assert.match(next, /  queue     1 \(next to start\)\n/);
+    assert.match(next, /  eta       unknown yet\n/);
+    const started = describeBatch({ ...queued, state: BatchState.BATCH_STATE_RUNNING, queuePosition: 0 }, created.getTime());
+    assert.doesNotMatch(started, /queue/);
+    assert.match(progressNote({ ...queued, queuePosition: 2 }, created.getTime() + 125_000), /^batch b_q: queue position 2 \(1 batch ahead\); expected to finish any moment now \(2025-03-27 11:42:05\)$/);
+    assert.equal(progressNote({ ...queued, queuePosition: 0, estimatedCompletionAt: undefined }), "batch b_q: no estimate of its completion yet");
+    // A terminal batch has neither.
+    assert.doesNotMatch(describeBatch(terminalBatch()), /eta|queue/);
+    const json = batchToJson(queued);
+    assert.equal(json.queue_position, 3);
+    assert.equal(json.estimated_completion_at, new Date(created.getTime() + 125_000).toISOString());
+    assert.equal(batchToJson(terminalBatch()).estimated_completion_at, null);
+  });
+
+  test("format - progress lines carry the server's queue position and ETA", () => {
+    const at = new Date(2025, 2, 27, 11, 42, 5);
+    assert.equal(
+      progressLine("b_x", 50, { succeeded: 0, failed: 0, cancelled: 0 }, { queuePosition: 2, completionAt: at }),
+      "batch b_x: 0/50 done (0 ok, 0 failed); queue position 2; eta 2025-03-27 11:42:05",
+    );
+    let now = 0;
+    const out = new BufferOutput(false);
+    const progress = createProgress(out, "b_x", 2, { intervalMs: 0, now: () => now });
+    progress.estimate({ queuePosition: 1, completionAt: undefined });
+    progress.update({ succeeded: 1, failed: 0, cancelled: 0 });
+    progress.estimate({ queuePosition: 0, completionAt: at });
+    now = 10;
+    progress.update({ succeeded: 2, failed: 0, cancelled: 0 });
+    progress.stop();
+    assert.equal(
+      out.text,
+      [
+        "batch b_x: 0/2 done (0 ok, 0 failed); queue position 1",
+        "batch b_x: 1/2 done (1 ok, 0 failed); queue position 1",
+        "batch b_x: 1/2 done (1 ok, 0 failed); eta 2025-03-27 11:42:05",
+        "batch b_x: 2/2 done (2 ok, 0 failed)",
+        "",
+      ].join("\n"),
+    );
   });
 
   test("format - --json keeps zero values and uses contract field names", () => {

@@ -82,12 +82,21 @@ test("gateway translate - results as the guide shows them, in request order", ()
   assert.deepEqual(resultJson(failed, url), { index: 0, status: "failed", image_url: null, content_type: null, error: "refused", error_code: "content_policy" });
   assert.equal(resultJson(cancelled, url).error_code, "cancelled");
   const b = batchJson(
-    { id: "b_1", state: BatchState.BATCH_STATE_COMPLETED, total: 3, succeeded: 1, failed: 1, cancelled: 1, results: [cancelled, ok, failed], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0 },
+    { id: "b_1", state: BatchState.BATCH_STATE_COMPLETED, total: 3, succeeded: 1, failed: 1, cancelled: 1, results: [cancelled, ok, failed], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined },
     url,
   );
   assert.deepEqual(b.results.map((r) => r.index), [0, 1, 2]);
   assert.equal(b.status, "completed");
   assert.equal(b.completed_at, null);
+  assert.equal(b.queue_position, 0);
+  assert.equal(b.estimated_completion_at, null);
+  const queued = batchJson(
+    { id: "b_2", state: BatchState.BATCH_STATE_QUEUED, total: 3, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0, queuePosition: 2, estimatedCompletionAt: new Date(90_000) },
+    url,
+  );
+  assert.equal(queued.status, "queued");
+  assert.equal(queued.queue_position, 2);
+  assert.equal(queued.estimated_completion_at, "1970-01-01T00:01:30.000Z");
 });
 
 test("gateway translate - wait and validation problems", () => {

@@ -37,7 +37,7 @@ function makeBatch(id: string, items: ItemSpec[], priority = 0): ActiveBatch {
     shapeKey: shapeKey(it.model, {}),
   }));
   const record = {
-    batch: { id, state: 1, total: items.length, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority },
+    batch: { id, state: 1, total: items.length, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority, queuePosition: 0, estimatedCompletionAt: undefined },
     items: [],
     idempotencyKey: "",
     webhook: undefined,

@@ -48,7 +48,7 @@ describe("storage - write failures", () => {
 });
 
 function batch(id: string, state = BatchState.BATCH_STATE_COMPLETED): Batch {
-  return { id, state, total: 1, succeeded: 1, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: new Date(1), labels: {}, running: 0, priority: 0 } as Batch;
+  return { id, state, total: 1, succeeded: 1, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: new Date(1), labels: {}, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined } as Batch;
 }
 
 function record(id: string, state = BatchState.BATCH_STATE_COMPLETED): BatchRecord {

@@ -232,6 +232,17 @@ export interface Batch {
   /** Items that are currently assigned to a worker (not part of the fixed contract). */
   running: number;
   priority: number;
+  /**
+   * While the batch has not started: 1 + the batches not started yet ahead of it in the queue
+   * (1 = next to start). 0 once an item of it is placed, and for a terminal batch.
+   */
+  queuePosition: number;
+  /**
+   * When the batch is expected to be terminal, from the durations the coordinator learned and
+   * the queue ahead of it; refreshed about once a second. Unset when unknown (nothing learned
+   * yet for one of its models, no worker running anything) and for a terminal batch.
+   */
+  estimatedCompletionAt: Date | undefined;
 }
 
 export interface Batch_LabelsEntry {
@@ -925,6 +936,8 @@ function createBaseBatch(): Batch {
     labels: {},
     running: 0,
     priority: 0,
+    queuePosition: 0,
+    estimatedCompletionAt: undefined,
   };
 }
 
@@ -965,6 +978,12 @@ export const Batch: MessageFns<Batch> = {
     }
     if (message.priority !== 0) {
       writer.uint32(96).int32(message.priority);
+    }
+    if (message.queuePosition !== 0) {
+      writer.uint32(104).uint32(message.queuePosition);
+    }
+    if (message.estimatedCompletionAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.estimatedCompletionAt), writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -1081,6 +1100,22 @@ export const Batch: MessageFns<Batch> = {
             message.priority = reader.int32();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.queuePosition = reader.uint32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.estimatedCompletionAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1128,6 +1163,16 @@ export const Batch: MessageFns<Batch> = {
         : {},
       running: isSet(object.running) ? globalThis.Number(object.running) : 0,
       priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
+      queuePosition: isSet(object.queuePosition)
+        ? globalThis.Number(object.queuePosition)
+        : isSet(object.queue_position)
+        ? globalThis.Number(object.queue_position)
+        : 0,
+      estimatedCompletionAt: isSet(object.estimatedCompletionAt)
+        ? fromJsonTimestamp(object.estimatedCompletionAt)
+        : isSet(object.estimated_completion_at)
+        ? fromJsonTimestamp(object.estimated_completion_at)
+        : undefined,
     };
   },
 
@@ -1175,6 +1220,12 @@ export const Batch: MessageFns<Batch> = {
     if (message.priority !== 0) {
       obj.priority = Math.round(message.priority);
     }
+    if (message.queuePosition !== 0) {
+      obj.queuePosition = Math.round(message.queuePosition);
+    }
+    if (message.estimatedCompletionAt !== undefined) {
+      obj.estimatedCompletionAt = message.estimatedCompletionAt.toISOString();
+    }
     return obj;
   },
 
@@ -1203,6 +1254,8 @@ export const Batch: MessageFns<Batch> = {
     );
     message.running = object.running ?? 0;
     message.priority = object.priority ?? 0;
+    message.queuePosition = object.queuePosition ?? 0;
+    message.estimatedCompletionAt = object.estimatedCompletionAt ?? undefined;
     return message;
   },
 };
