@@ -41,7 +41,8 @@ export interface ShoalClients {
   runBatch(req: SubmitInput, opts?: CallOpts): Promise<Batch>;
   getBatch(batchId: string, opts?: CallOpts): Promise<Batch>;
   /** One event per finished item, then the terminal batch; ends when the server ends it. */
-  watchBatch(batchId: string, opts?: CallOpts): AsyncIterable<BatchEvent>;
+  /** `progress`: also non-terminal Batch events as the queue position or ETA moves. */
+  watchBatch(batchId: string, opts?: CallOpts & { progress?: boolean }): AsyncIterable<BatchEvent>;
   cancelBatch(batchId: string, opts?: CallOpts): Promise<Batch>;
   retryBatch(batchId: string, opts?: CallOpts): Promise<SubmitBatchResponse>;
   listBatches(opts?: ListBatchesOpts): Promise<ListBatchesResponse>;
@@ -144,7 +145,7 @@ export function createClients(
     submitBatch: (req, opts) => unary(batch.submitBatch.bind(batch), fullRequest(req), opts),
     runBatch: (req, opts) => unary(batch.runBatch.bind(batch), fullRequest(req), opts, null),
     getBatch: (batchId, opts) => unary(batch.getBatch.bind(batch), { batchId }, opts),
-    watchBatch: (batchId, opts) => stream(batch.watchBatch({ batchId }, metadata(), callOptions(opts)), opts),
+    watchBatch: (batchId, opts) => stream(batch.watchBatch({ batchId, progress: opts?.progress ?? false }, metadata(), callOptions(opts)), opts),
     cancelBatch: (batchId, opts) => unary(batch.cancelBatch.bind(batch), { batchId }, opts),
     retryBatch: (batchId, opts) => unary(batch.retryBatch.bind(batch), { batchId }, opts),
     listBatches: (opts) =>

@@ -42,7 +42,7 @@ export async function followBatch(
   for (;;) {
     let reason: string;
     try {
-      for await (const event of clients.watchBatch(batchId, { signal: options.signal })) {
+      for await (const event of clients.watchBatch(batchId, { signal: options.signal, progress: true })) {
         connected = true;
         attempt = 0;
         const e = event.event;

@@ -227,9 +227,11 @@ export class BatchApi {
 
   /**
    * Streams one event per finished item (those already finished first), then the terminal
-   * batch. The caller's signal ends the watch early.
+   * batch. With `progress`, also the running batch whenever its queue position or ETA moves
+   * (and once at the start), each a non-terminal Batch event. The caller's signal ends the
+   * watch early.
    */
-  async *watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
+  async *watch(batchId: string, tenant: string, signal: AbortSignal, progress = false): AsyncGenerator<BatchEvent> {
     const first = await this.getBatch(batchId, tenant);
     if (isTerminal(first)) {
       for (const r of first.results) yield { event: { $case: "item", item: r } };
@@ -240,6 +242,8 @@ export class BatchApi {
     const buffer: BatchEvent[] = [];
     let wake: (() => void) | undefined;
     const listener: BatchListener = (ev) => {
+      // Without `progress` the contract's sequence holds: items, then the terminal batch only.
+      if (!progress && ev.event?.$case === "batch" && !isTerminal(ev.event.batch)) return;
       buffer.push(ev);
       wake?.();
     };
@@ -248,6 +252,7 @@ export class BatchApi {
     signal.addEventListener("abort", onAbort);
     try {
       for (const s of active.items) if (s.state === "done") yield { event: { $case: "item", item: s.result! } };
+      if (progress && !active.finalizing) yield { event: { $case: "batch", batch: this.runningView(active) } };
       while (!signal.aborted) {
         if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
         wake = undefined;

@@ -222,8 +222,8 @@ export class Coordinator {
     return this.api.getBatch(batchId, tenant);
   }
 
-  watch(batchId: string, tenant: string, signal: AbortSignal): AsyncGenerator<BatchEvent> {
-    return this.api.watch(batchId, tenant, signal);
+  watch(batchId: string, tenant: string, signal: AbortSignal, progress = false): AsyncGenerator<BatchEvent> {
+    return this.api.watch(batchId, tenant, signal, progress);
   }
 
   waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {

@@ -44,7 +44,7 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
       return c.waitTerminal(batchId, ctx.tenant, ctx.signal);
     }),
     getBatch: edge.unary("GetBatch", (req, ctx) => c.getBatch(req.batchId, ctx.tenant)),
-    watchBatch: edge.stream("WatchBatch", (req, ctx) => c.watch(req.batchId, ctx.tenant, ctx.signal)),
+    watchBatch: edge.stream("WatchBatch", (req, ctx) => c.watch(req.batchId, ctx.tenant, ctx.signal, req.progress)),
     cancelBatch: edge.unary("CancelBatch", (req, ctx) => c.cancel(req.batchId, ctx.tenant)),
     retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant, ctx.limits)),
     listBatches: edge.unary("ListBatches", (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),

@@ -56,7 +56,12 @@ describe("eta - queue position and estimated completion with real processes", ()
     const second = await client.submit({ items: items(3, 200, "b") });
     const events: BatchEvent[] = [];
     const watching = (async () => {
-      for await (const ev of client.sdk.watchBatch(second.batchId, { timeoutMs: 120_000 })) events.push(ev);
+      for await (const ev of client.sdk.watchBatch(second.batchId, { timeoutMs: 120_000, progress: true })) events.push(ev);
+    })();
+    // A watch that does not ask for progress keeps the contract's exact sequence.
+    const plainEvents: BatchEvent[] = [];
+    const plainWatching = (async () => {
+      for await (const ev of client.sdk.watchBatch(second.batchId, { timeoutMs: 120_000 })) plainEvents.push(ev);
     })();
 
     let queued: Batch | undefined;
@@ -87,6 +92,8 @@ describe("eta - queue position and estimated completion with real processes", ()
     assertWholeBatch((await pollUntilTerminal(client, first.batchId, { timeoutMs: 60_000 })).batch, 3);
 
     await watching;
+    await plainWatching;
+    assert.deepEqual(plainEvents.map((e) => e.event?.$case), ["item", "item", "item", "batch"], "without progress: one event per item, then the terminal batch");
     const progress = events.flatMap((e) => (e.event?.$case === "batch" && e.event.batch.state !== BatchState.BATCH_STATE_COMPLETED ? [e.event.batch] : []));
     assert.ok(progress.length >= 1, `WatchBatch sent progress events (${events.map((e) => e.event?.$case).join(",")})`);
     assert.ok(progress.some((b) => b.estimatedCompletionAt !== undefined), "a progress event carries the ETA");

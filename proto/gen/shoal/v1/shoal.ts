@@ -291,6 +291,12 @@ export interface GetBatchRequest {
 
 export interface WatchBatchRequest {
   batchId: string;
+  /**
+   * Also send a non-terminal Batch event whenever the batch's queue_position or
+   * estimated_completion_at moves (at most about once a second). Off by default, so a watch is
+   * exactly one event per finished item, then the terminal Batch.
+   */
+  progress: boolean;
 }
 
 export interface CancelBatchRequest {
@@ -1985,13 +1991,16 @@ export const GetBatchRequest: MessageFns<GetBatchRequest> = {
 };
 
 function createBaseWatchBatchRequest(): WatchBatchRequest {
-  return { batchId: "" };
+  return { batchId: "", progress: false };
 }
 
 export const WatchBatchRequest: MessageFns<WatchBatchRequest> = {
   encode(message: WatchBatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.batchId !== "") {
       writer.uint32(10).string(message.batchId);
+    }
+    if (message.progress !== false) {
+      writer.uint32(16).bool(message.progress);
     }
     return writer;
   },
@@ -2017,6 +2026,14 @@ export const WatchBatchRequest: MessageFns<WatchBatchRequest> = {
             message.batchId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.progress = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2036,6 +2053,7 @@ export const WatchBatchRequest: MessageFns<WatchBatchRequest> = {
         : isSet(object.batch_id)
         ? globalThis.String(object.batch_id)
         : "",
+      progress: isSet(object.progress) ? globalThis.Boolean(object.progress) : false,
     };
   },
 
@@ -2043,6 +2061,9 @@ export const WatchBatchRequest: MessageFns<WatchBatchRequest> = {
     const obj: any = {};
     if (message.batchId !== "") {
       obj.batchId = message.batchId;
+    }
+    if (message.progress !== false) {
+      obj.progress = message.progress;
     }
     return obj;
   },
@@ -2053,6 +2074,7 @@ export const WatchBatchRequest: MessageFns<WatchBatchRequest> = {
   fromPartial<I extends Exact<DeepPartial<WatchBatchRequest>, I>>(object: I): WatchBatchRequest {
     const message = createBaseWatchBatchRequest();
     message.batchId = object.batchId ?? "";
+    message.progress = object.progress ?? false;
     return message;
   },
 };
