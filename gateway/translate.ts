@@ -103,6 +103,8 @@ export interface BatchJson {
   running: number;
   created_at: string | null;
   completed_at: string | null;
+  queue_position?: number;
+  estimated_completion_at?: string;
   /** Empty until the batch is finished; then one per request, in request order. */
   results: ResultJson[];
 }
@@ -118,7 +120,21 @@ export function batchJson(b: Batch, urlFor: UrlFor): BatchJson {
     running: b.running,
     created_at: b.createdAt?.toISOString() ?? null,
     completed_at: b.completedAt?.toISOString() ?? null,
+    ...progressJson(b),
     results: [...b.results].sort((x, y) => x.index - y.index).map((r) => resultJson(r, urlFor)),
+  };
+}
+
+/**
+ * Queue position and ETA, where the coordinator knows them (Batch.queue_position,
+ * Batch.estimated_completion_at of the v0.2 contract); left out when unknown. Read loosely so the
+ * gateway builds with or without those fields in the generated code.
+ */
+export function progressJson(b: Batch): { queue_position?: number; estimated_completion_at?: string } {
+  const p = b as Batch & { queuePosition?: unknown; estimatedCompletionAt?: unknown };
+  return {
+    ...(typeof p.queuePosition === "number" && p.queuePosition > 0 ? { queue_position: p.queuePosition } : {}),
+    ...(p.estimatedCompletionAt instanceof Date ? { estimated_completion_at: p.estimatedCompletionAt.toISOString() } : {}),
   };
 }
 
