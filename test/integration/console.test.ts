@@ -131,7 +131,6 @@ describe("console", () => {
     // The API route the page reads is in the OpenAPI document and says the same.
     const viaHttp = await api("/v1/workers");
     assert.deepEqual(viaHttp.workers.map((w: any) => w.worker_id).sort(), workers.map((w) => w.id).sort());
-    await screenshot("console-fleet.png");
   });
 
   test("console - a batch submitted from the page fills its grid in live, shows the failure, and retry answers", async () => {
@@ -140,10 +139,10 @@ describe("console", () => {
       "Modern living room, minimalist design, natural light",
       "Cozy bedroom, warm lighting, plants",
       hostile,
-      // Simulated models (worker/simulated-backend.ts): one that fails, one that takes 15 s so
-      // the grid is seen part-filled.
+      // Simulated models (worker/simulated-backend.ts): one that fails, and one that holds 6 GB
+      // of w-sim's VRAM for 20 s, so the grid is seen part-filled and the fleet busy.
       JSON.stringify({ model: "sim-zero", fail: true }),
-      JSON.stringify({ model: "sim-zero", work_ms: 15000, tag: "slow" }),
+      JSON.stringify({ model: "sim-6g", work_ms: 20000, tag: "slow" }),
     ];
     await page.goto(`${base}/#/new`);
     await page.fill("#prompts", lines.join("\n"));
@@ -170,6 +169,16 @@ describe("console", () => {
     const sizes = await page.$$eval("#grid .cell.success img", (els) => els.map((i) => [(i as HTMLImageElement).naturalWidth, (i as HTMLImageElement).naturalHeight]));
     assert.deepEqual(sizes, [[128, 96], [128, 96], [128, 96]]);
     await screenshot("console-batch-running.png");
+
+    // Meanwhile the fleet view shows the slow item in flight on w-sim, as ListWorkers does.
+    await page.goto(`${base}/#/fleet`);
+    const busy = page.locator('[data-worker-id="w-sim"] .in-flight');
+    await busy.filter({ hasText: /^1$/ }).waitFor();
+    const wSim = (await sdk.listWorkers()).find((w) => w.id === "w-sim")!;
+    assert.equal(wSim.itemsInFlight, 1, "ListWorkers agrees: one item in flight on w-sim");
+    assert.match((await page.locator('[data-worker-id="w-sim"] .resident').textContent()) ?? "", /sim-6g/);
+    await screenshot("console-fleet.png");
+    await page.goto(`${base}/#/batch/${encodeURIComponent(batchId)}`);
 
     // Finished: the failure's code and message as the API gives them; the prompt shown as text.
     await page.locator("#batch-status[data-status=completed]").waitFor({ timeout: BATCH_MS });
