@@ -50,7 +50,8 @@ describe("console", () => {
     await stack.startNats();
     await stack.startCoordinator(["--api-keys", `console:${KEY}`]);
     await stack.startWorker("w-img", ["--vram", "4GiB"]);
-    await stack.startWorker("w-sim", ["--vram", "8GiB", "--simulate"]);
+    // 7 GiB: one sim-6g item (4 GB weights + 2 GB activations) fits, a second waits in the queue.
+    await stack.startWorker("w-sim", ["--vram", "7GiB", "--simulate"]);
     const gw = await stack.startGateway([], { SHOAL_URL_SIGNING_KEY: "console-test-signing-key-0123456789abcdef" });
     base = gw.url;
     sdk = withDeadlines(createClients(stack.grpcAddr, KEY));
@@ -139,10 +140,12 @@ describe("console", () => {
       "Modern living room, minimalist design, natural light",
       "Cozy bedroom, warm lighting, plants",
       hostile,
-      // Simulated models (worker/simulated-backend.ts): one that fails, and one that holds 6 GB
-      // of w-sim's VRAM for 20 s, so the grid is seen part-filled and the fleet busy.
+      // Simulated models (worker/simulated-backend.ts): one that fails, and two that each hold
+      // 6 GB of w-sim's 7 GiB for 20 s, one after the other, so the grid is seen part-filled,
+      // the fleet busy and the queue non-empty.
       JSON.stringify({ model: "sim-zero", fail: true }),
-      JSON.stringify({ model: "sim-6g", work_ms: 20000, tag: "slow" }),
+      JSON.stringify({ model: "sim-6g", work_ms: 20000, tag: "slow 1" }),
+      JSON.stringify({ model: "sim-6g", work_ms: 20000, tag: "slow 2" }),
     ];
     await page.goto(`${base}/#/new`);
     await page.fill("#prompts", lines.join("\n"));
@@ -163,9 +166,9 @@ describe("console", () => {
       undefined,
       { timeout: BATCH_MS },
     );
-    const slowWaiting = await page.locator('#grid .cell[data-index="4"]').getAttribute("class");
+    const slowWaiting = await page.locator('#grid .cell[data-index="5"]').getAttribute("class");
     assert.match(slowWaiting ?? "", /waiting/, "the slow item is still waiting while the others are shown");
-    assert.notEqual((await sdk.getBatch(batchId)).results.length, 5, "the batch is not finished yet: the grid filled from events");
+    assert.equal((await sdk.getBatch(batchId)).results.length, 0, "the batch is not finished yet: the grid filled from events");
     const sizes = await page.$$eval("#grid .cell.success img", (els) => els.map((i) => [(i as HTMLImageElement).naturalWidth, (i as HTMLImageElement).naturalHeight]));
     assert.deepEqual(sizes, [[128, 96], [128, 96], [128, 96]]);
     await screenshot("console-batch-running.png");
@@ -178,11 +181,21 @@ describe("console", () => {
     assert.equal(wSim.itemsInFlight, 1, "ListWorkers agrees: one item in flight on w-sim");
     assert.match((await page.locator('[data-worker-id="w-sim"] .resident').textContent()) ?? "", /sim-6g/);
     await screenshot("console-fleet.png");
+
+    // And the queue view shows the second sim-6g item waiting, with the VRAM it will need.
+    await page.goto(`${base}/#/queue`);
+    const queued = page.locator('#queue tr[data-model="sim-6g"][data-queued-items="1"]');
+    await queued.waitFor();
+    const sim6g = (await sdk.listModels()).find((m) => m.name === "sim-6g")!;
+    assert.equal(sim6g.queuedItems, 1, "ListModels agrees: one sim-6g item waiting");
+    assert.equal(Number(await queued.getAttribute("data-queued-vram")), sim6g.queuedVramBytes);
+    assert.ok(sim6g.queuedVramBytes > 0, "the waiting item needs VRAM");
+    await screenshot("console-queue.png");
     await page.goto(`${base}/#/batch/${encodeURIComponent(batchId)}`);
 
     // Finished: the failure's code and message as the API gives them; the prompt shown as text.
     await page.locator("#batch-status[data-status=completed]").waitFor({ timeout: BATCH_MS });
-    await page.locator('#grid .cell[data-index="4"].success').waitFor();
+    await page.locator('#grid .cell[data-index="5"].success').waitFor();
     const fromApi = await api(`/v1/batch/${encodeURIComponent(batchId)}`);
     const failed = fromApi.results[3];
     assert.equal(failed.status, "failed");
@@ -193,7 +206,7 @@ describe("console", () => {
     assert.equal(await page.locator('#grid .cell[data-index="2"] figcaption').textContent(), hostile);
     assert.equal(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned), undefined, "the prompt ran as markup");
     assert.equal(await page.locator('#grid img[src="x"]').count(), 0);
-    assert.match((await page.locator("#batch-status").textContent()) ?? "", /4 succeeded · 1 failed/);
+    assert.match((await page.locator("#batch-status").textContent()) ?? "", /5 succeeded · 1 failed/);
     await screenshot("console-batch.png");
 
     // The batch list shows it with its counts.
@@ -208,14 +221,5 @@ describe("console", () => {
     await page.click("#retry");
     await page.locator("#batch-message").filter({ hasText: "conflict" }).waitFor();
     assert.match((await page.locator("#batch-message").textContent()) ?? "", /no failed items with a retryable error/);
-  });
-
-  test("console - the queue view lists the served models with their backlog", async () => {
-    await page.goto(`${base}/#/queue`);
-    const row = page.locator('#queue tr[data-model="imagegen-tiny"]');
-    await row.waitFor();
-    const models = await api("/v1/models");
-    const m = models.models.find((x: any) => x.name === "imagegen-tiny");
-    assert.equal(await row.locator("td").nth(1).textContent(), String(m.queued_items));
   });
 });

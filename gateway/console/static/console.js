@@ -229,7 +229,7 @@ function queueView(signal) {
     const rows = models
       .filter((m) => m.served_by.length > 0 || (m.queued_items ?? 0) > 0)
       .map((m) =>
-        el("tr", { "data-model": m.name },
+        el("tr", { "data-model": m.name, "data-queued-items": m.queued_items, "data-queued-vram": m.queued_vram_bytes },
           el("td", { text: m.name }),
           el("td", { class: "num", text: m.queued_items ?? "?" }),
           el("td", { class: "num", text: m.queued_vram_bytes === undefined ? "?" : bytes(m.queued_vram_bytes) }),
