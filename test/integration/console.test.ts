@@ -48,7 +48,8 @@ describe("console", () => {
     assert.ok(existsSync(CHROMIUM), `chromium is not installed at ${CHROMIUM} (apt-get install chromium, or set SHOAL_CHROMIUM)`);
     stack = new Stack();
     await stack.startNats();
-    await stack.startCoordinator(["--api-keys", `console:${KEY}`]);
+    // A short grace, so an item no GPU can hold fails soon (OUT_OF_MEMORY, retryable).
+    await stack.startCoordinator(["--api-keys", `console:${KEY}`, "--unplaceable-grace", "1s"]);
     await stack.startWorker("w-img", ["--vram", "4GiB"]);
     // 7 GiB: one sim-6g item (4 GB weights + 2 GB activations) fits, a second waits in the queue.
     await stack.startWorker("w-sim", ["--vram", "7GiB", "--simulate"]);
@@ -221,5 +222,26 @@ describe("console", () => {
     await page.click("#retry");
     await page.locator("#batch-message").filter({ hasText: "conflict" }).waitFor();
     assert.match((await page.locator("#batch-message").textContent()) ?? "", /no failed items with a retryable error/);
+  });
+
+  test("console - retry on a retryable failure opens the new batch", async () => {
+    await page.goto(`${base}/#/new`);
+    // sim-30g needs 30 GB; w-sim has 7 GiB: unplaceable, so OUT_OF_MEMORY (retryable).
+    await page.fill("#prompts", JSON.stringify({ model: "sim-30g", tag: "too big" }));
+    await page.click("#submit-batch");
+    await page.waitForURL(/#\/batch\/b_/);
+    const first = decodeURIComponent(new URL(page.url()).hash.slice("#/batch/".length));
+    await page.locator("#batch-status[data-status=failed]").waitFor({ timeout: BATCH_MS });
+    const code = page.locator('#grid .cell[data-index="0"] .error-code');
+    await code.waitFor();
+    assert.equal(await code.textContent(), "out_of_memory");
+    assert.match((await page.locator('#grid .cell[data-index="0"] .error-message').textContent()) ?? "", /needs \d+ bytes of VRAM/);
+    await page.click("#retry");
+    await page.waitForFunction((old) => location.hash.startsWith("#/batch/b_") && location.hash !== `#/batch/${old}`, first);
+    const second = decodeURIComponent(new URL(page.url()).hash.slice("#/batch/".length));
+    assert.equal(await page.locator("#batch-id").textContent(), second);
+    const retried = await api(`/v1/batch/${encodeURIComponent(second)}`);
+    assert.equal(retried.total, 1, "the new batch holds the one retryable request");
+    await page.locator("#grid .cell").first().waitFor();
   });
 });
