@@ -91,6 +91,12 @@ describe("console", () => {
     assert.equal(res.headers.get("x-content-type-options"), "nosniff");
     const html = await res.text();
     assert.doesNotMatch(html, /<script(?![^>]*\ssrc=)[^>]*>/, "no inline script in the page");
+    // The list route the page reads refuses a bad page size with the field named.
+    const bad = await fetch(`${base}/v1/batches?page_size=0`, { headers: { authorization: `Bearer ${KEY}` }, signal: AbortSignal.timeout(STEP_MS) });
+    const body = await bad.json();
+    checkResponse("GET", bad.url, bad, body);
+    assert.equal(bad.status, 400);
+    assert.match(body.error.fields[0], /^page_size: /);
   });
 
   test("console - asks for the key, refuses a wrong one, opens with the right one", async () => {
@@ -215,6 +221,12 @@ describe("console", () => {
     const row = page.locator(`#batches tr[data-batch-id="${batchId}"]`);
     await row.waitFor();
     assert.equal(await row.locator(".badge").textContent(), "completed");
+    const listed = (await api("/v1/batches?page_size=10")).batches.find((b: any) => b.batch_id === batchId);
+    assert.deepEqual([listed.total, listed.succeeded, listed.failed], [6, 5, 1]);
+    assert.deepEqual(
+      await row.locator("td.num").evaluateAll((tds) => tds.slice(0, 3).map((t) => t.textContent)),
+      [String(listed.succeeded), String(listed.failed), String(listed.cancelled)],
+    );
 
     // Retry: the simulated failure is not retryable, and the page says what the API answered.
     await row.locator("a").click();
