@@ -397,20 +397,41 @@ function batchView(signal, id) {
     showBatch(b);
     for (const r of b.results) fillCell(cellFor(grid, r.index), r);
   };
+  const finished = () => ["completed", "failed", "cancelled"].includes($("batch-status").dataset.status);
+  // The counts (running, queue position, ETA) are not in item events: fetched again after an
+  // item finishes, at most once per REFRESH_MS / 4 however fast items finish.
+  let countsDue = false;
+  const refreshCounts = () => {
+    if (countsDue) return;
+    countsDue = true;
+    setTimeout(() => {
+      countsDue = false;
+      if (!signal.aborted && !finished()) api("GET", `/v1/batch/${encodeURIComponent(id)}`, undefined, signal).then(apply, () => {});
+    }, REFRESH_MS / 4);
+  };
   (async () => {
-    try {
-      apply(await api("GET", `/v1/batch/${encodeURIComponent(id)}`, undefined, signal));
-      if (["completed", "failed", "cancelled"].includes($("batch-status").dataset.status)) return;
-      await streamEvents(id, signal, (event, data) => {
-        if (event === "item") {
-          fillCell(cellFor(grid, data.index), data);
-          // Counts between events come from the item events themselves.
-          api("GET", `/v1/batch/${encodeURIComponent(id)}`, undefined, signal).then(apply, () => {});
-        } else if (event === "batch") apply(data);
-        else if (event === "error") showError(`${data.error?.code}: ${data.error?.message}`);
-      });
-    } catch (err) {
-      if (!signal.aborted && err.status !== 401) showError(`${err.code ?? "error"}: ${err.message}`);
+    // Until the batch is finished or the page is left; a stream cut short (the coordinator
+    // restarting) is opened again, and replays the items already finished.
+    while (!signal.aborted) {
+      try {
+        apply(await api("GET", `/v1/batch/${encodeURIComponent(id)}`, undefined, signal));
+        if (finished()) return;
+        await streamEvents(id, signal, (event, data) => {
+          if (event === "item") {
+            fillCell(cellFor(grid, data.index), data);
+            refreshCounts();
+          } else if (event === "batch") apply(data);
+          else if (event === "error") showError(`${data.error?.code}: ${data.error?.message}`);
+        });
+        if (finished()) return;
+      } catch (err) {
+        if (signal.aborted || err.status === 401 || err.status === 404) {
+          if (!signal.aborted && err.status === 404) showError(`${err.code}: ${err.message}`);
+          return;
+        }
+        showError(`${err.code ?? "error"}: ${err.message}`);
+      }
+      await new Promise((r) => setTimeout(r, REFRESH_MS));
     }
   })();
 }
