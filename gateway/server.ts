@@ -109,7 +109,8 @@ export class Gateway {
       const route = req.routeOptions.url ?? "(none)";
       const batchId = (req.params as Partial<IdParams> | undefined)?.id ?? (reply as FastifyReply & { batchId?: string }).batchId;
       const line = { method: req.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), batchId };
-      if (route.startsWith("/v1/images")) req.log.debug(line, "request");
+      // Images and the console's own files are many and say little: debug.
+      if (route.startsWith("/v1/images") || route === "/" || route === "/favicon.ico" || route.startsWith("/console/")) req.log.debug(line, "request");
       else req.log.info(line, "request");
     });
 
