@@ -256,4 +256,18 @@ describe("console", () => {
     assert.equal(retried.total, 1, "the new batch holds the one retryable request");
     await page.locator("#grid .cell").first().waitFor();
   });
+
+  test("console - cancel stops a running batch from its page", async () => {
+    await page.goto(`${base}/#/new`);
+    await page.fill("#prompts", [1, 2].map((i) => JSON.stringify({ model: "sim-zero", work_ms: 120000, tag: `long ${i}` })).join("\n"));
+    await page.click("#submit-batch");
+    await page.waitForURL(/#\/batch\/b_/);
+    const id = decodeURIComponent(new URL(page.url()).hash.slice("#/batch/".length));
+    await page.locator("#cancel").waitFor({ state: "visible" });
+    await page.click("#cancel");
+    await page.locator("#batch-status[data-status=cancelled]").waitFor();
+    assert.equal((await api(`/v1/batch/${encodeURIComponent(id)}`)).status, "cancelled");
+    await page.locator("#grid .cell.failed .error-code").first().waitFor();
+    assert.deepEqual(await page.locator("#grid .error-code").allTextContents(), ["cancelled", "cancelled"]);
+  });
 });
