@@ -125,7 +125,7 @@ workerFlags(up, true).action(async (raw) => {
         "",
         "Shoal is up:",
         `  gRPC API        ${grpcListen}   (export SHOAL_ADDR=${grpcAddr})`,
-        ...(httpUrl ? [`  HTTP API        ${httpUrl}/v1   (OpenAPI: ${httpUrl}/v1/openapi.json)`] : []),
+        ...(httpUrl ? [`  HTTP API        ${httpUrl}/v1   (OpenAPI: ${httpUrl}/v1/openapi.json)`, `  web console     ${httpUrl}/`] : []),
         `  NATS            ${natsUrl}${durability ? `   (JetStream store in ${opts.dataDir}/jetstream, ${durability})` : ""}`,
         `  metrics         http://127.0.0.1:${opts.metricsPort}/metrics (coordinator)`,
         ...workerMetricsPorts.map((p, i) => `                  http://127.0.0.1:${p}/metrics (worker w${i + 1})`),

@@ -453,7 +453,8 @@ export class Coordinator {
     return out;
   }
 
-  private queueDepthByModel(): Map<string, { items: number; bytes: number }> {
+  /** Items waiting for a GPU per model and the activation VRAM they need (metrics, ListModels). */
+  queueDepthByModel(): Map<string, { items: number; bytes: number }> {
     const out = new Map<string, { items: number; bytes: number }>();
     for (const b of this.active.values()) {
       for (const s of b.items) {

@@ -73,6 +73,55 @@ const BATCH = {
   },
 } as const;
 
+const BATCH_SUMMARY = {
+  type: "object",
+  required: ["batch_id", "status", "total", "succeeded", "failed", "cancelled", "running", "created_at", "completed_at", "queue_position", "estimated_completion_at", "labels"],
+  properties: {
+    batch_id: { type: "string" },
+    status: BATCH.properties.status,
+    total: { type: "integer", minimum: 0 },
+    succeeded: { type: "integer", minimum: 0 },
+    failed: { type: "integer", minimum: 0 },
+    cancelled: { type: "integer", minimum: 0 },
+    running: { type: "integer", minimum: 0 },
+    created_at: nullable("string", "RFC 3339"),
+    completed_at: nullable("string", "RFC 3339"),
+    queue_position: BATCH.properties.queue_position,
+    estimated_completion_at: BATCH.properties.estimated_completion_at,
+    labels: { type: "object", additionalProperties: { type: "string" } },
+  },
+} as const;
+
+const GPU = {
+  type: "object",
+  required: ["index", "name", "source", "vram_total_bytes", "vram_used_bytes", "vram_reserved_bytes", "vram_available_bytes"],
+  properties: {
+    index: { type: "integer", minimum: 0 },
+    name: { type: "string" },
+    source: { type: "string", description: "nvidia-smi when measured, budget when it is the worker's configured --vram." },
+    vram_total_bytes: { type: "integer", minimum: 0 },
+    vram_used_bytes: { type: "integer", minimum: 0, description: "Total less what the worker reports free (weights of resident models, running items, other processes)." },
+    vram_reserved_bytes: { type: "integer", minimum: 0, description: "Of the free VRAM, what the coordinator has reserved for items it placed there." },
+    vram_available_bytes: { type: "integer", minimum: 0, description: "Free and not reserved: what new items can be placed into. used + reserved + available = total." },
+  },
+} as const;
+
+const WORKER = {
+  type: "object",
+  required: ["worker_id", "state", "hostname", "models", "resident_models", "items_in_flight", "items_done", "last_heartbeat_at", "gpus"],
+  properties: {
+    worker_id: { type: "string" },
+    state: { type: "string", enum: ["ready", "draining", "lost", "unknown"] },
+    hostname: { type: "string" },
+    models: { type: "array", items: { type: "string" }, description: "Models it serves." },
+    resident_models: { type: "array", items: { type: "string" }, description: "Models loaded now." },
+    items_in_flight: { type: "integer", minimum: 0 },
+    items_done: { type: "integer", minimum: 0 },
+    last_heartbeat_at: nullable("string", "RFC 3339"),
+    gpus: { type: "array", items: { $ref: "#/components/schemas/Gpu" } },
+  },
+} as const;
+
 const ERROR = {
   type: "object",
   required: ["error"],
@@ -127,6 +176,8 @@ const MODEL = {
     },
     served_by: { type: "array", items: { type: "string" }, description: "Workers that serve it." },
     resident_on: { type: "array", items: { type: "string" }, description: "Workers where it is loaded now." },
+    queued_items: { type: "integer", minimum: 0, description: "Items of this model waiting for a GPU (the backlog)." },
+    queued_vram_bytes: { type: "integer", minimum: 0, description: "Activation VRAM the waiting items will need (the VRAM backlog)." },
   },
 } as const;
 
@@ -167,6 +218,18 @@ export const OPENAPI = {
       Batch: BATCH,
       Models: { type: "object", required: ["models"], properties: { models: { type: "array", items: { $ref: "#/components/schemas/Model" } } } },
       Model: MODEL,
+      Workers: { type: "object", required: ["workers"], properties: { workers: { type: "array", items: { $ref: "#/components/schemas/Worker" } } } },
+      Worker: WORKER,
+      Gpu: GPU,
+      Batches: {
+        type: "object",
+        required: ["batches", "next_page_token"],
+        properties: {
+          batches: { type: "array", items: { $ref: "#/components/schemas/BatchSummary" }, description: "Newest first." },
+          next_page_token: nullable("string", "Pass as page_token for the next page; null on the last."),
+        },
+      },
+      BatchSummary: BATCH_SUMMARY,
       Error: ERROR,
     },
   },
@@ -242,6 +305,32 @@ export const OPENAPI = {
         operationId: "listModels",
         summary: "The models the fleet serves and their params",
         responses: { "200": { description: "Models.", content: json("Models") }, ...COMMON_ERRORS },
+      },
+    },
+    "/v1/workers": {
+      get: {
+        operationId: "listWorkers",
+        summary: "The fleet: each worker, its GPUs' VRAM, resident models and items in flight (FleetService.ListWorkers)",
+        responses: { "200": { description: "Workers.", content: json("Workers") }, ...COMMON_ERRORS },
+      },
+    },
+    "/v1/batches": {
+      get: {
+        operationId: "listBatches",
+        summary: "The key's batches, newest first, without results (BatchService.ListBatches)",
+        parameters: [
+          { name: "page_size", in: "query", required: false, schema: { type: "integer", minimum: 1, maximum: 1000, default: 50 } },
+          { name: "page_token", in: "query", required: false, schema: { type: "string" } },
+        ],
+        responses: { "200": { description: "A page of batches.", content: json("Batches") }, "400": err("A bad page_size or page_token."), ...COMMON_ERRORS },
+      },
+    },
+    "/": {
+      get: {
+        operationId: "console",
+        summary: "The web console (HTML); it asks for the API key and calls the routes above with it",
+        security: [{}],
+        responses: { "200": { description: "The console page.", content: { "text/html": { schema: { type: "string" } } } } },
       },
     },
     "/v1/images/{token}": {

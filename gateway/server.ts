@@ -12,6 +12,8 @@ import { ClientError } from "../cli/errors.js";
 import type { Batch, Model } from "../proto/gen/shoal/v1/shoal.js";
 import type { Logger } from "../shared/logger.js";
 import { ClientPool } from "./client-pool.js";
+import { registerConsole } from "./console/routes.js";
+import { batchSummaryJson, workerJson } from "./fleet-json.js";
 import { ApiError, fromClientError } from "./errors.js";
 import { BATCH_REQUEST_SCHEMA, OPENAPI } from "./openapi.js";
 import type { GatewayOptions } from "./options.js";
@@ -107,7 +109,8 @@ export class Gateway {
       const route = req.routeOptions.url ?? "(none)";
       const batchId = (req.params as Partial<IdParams> | undefined)?.id ?? (reply as FastifyReply & { batchId?: string }).batchId;
       const line = { method: req.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), batchId };
-      if (route.startsWith("/v1/images")) req.log.debug(line, "request");
+      // Images and the console's own files are many and say little: debug.
+      if (route.startsWith("/v1/images") || route === "/" || route === "/favicon.ico" || route.startsWith("/console/")) req.log.debug(line, "request");
       else req.log.info(line, "request");
     });
 
@@ -160,6 +163,20 @@ export class Gateway {
     app.get<{ Params: IdParams }>("/v1/batch/:id/events", async (req, reply) => this.events(req, reply));
 
     app.get("/v1/models", async (req) => this.withClients(apiKeyOf(req), async (c) => ({ models: (await c.listModels()).map(modelJson) })));
+
+    app.get("/v1/workers", async (req) => this.withClients(apiKeyOf(req), async (c) => ({ workers: (await c.listWorkers()).map(workerJson) })));
+
+    app.get<{ Querystring: { page_size?: string; page_token?: string } }>("/v1/batches", async (req) => {
+      const pageSize = parsePageSize(req.query.page_size);
+      const pageToken = typeof req.query.page_token === "string" ? req.query.page_token : "";
+      return this.withClients(apiKeyOf(req), async (c) => {
+        const page = await c.listBatches({ pageSize, pageToken });
+        return { batches: page.batches.map(batchSummaryJson), next_page_token: page.nextPageToken || null };
+      });
+    });
+
+    // The web console (static files; its data comes from the routes above with the user's key).
+    registerConsole(app, { publicUrl: this.opts.publicUrl });
 
     app.get<{ Params: { token: string } }>("/v1/images/:token", async (req, reply) => this.image(req, reply));
   }
@@ -345,6 +362,17 @@ function abortOnClose(reply: FastifyReply, stopping: AbortSignal): AbortSignal {
   return controller.signal;
 }
 
+/** `page_size` of GET /v1/batches: 1..1000, default 50 (the coordinator's). */
+function parsePageSize(raw: unknown): number {
+  if (raw === undefined) return 0;
+  const v = Array.isArray(raw) ? raw[raw.length - 1] : raw;
+  const n = Number(v);
+  if (typeof v !== "string" || !/^\d+$/.test(v) || n < 1 || n > 1000) {
+    throw new ApiError(400, "invalid_request", "bad query", [`page_size: must be an integer in 1..1000, not ${JSON.stringify(String(v)).slice(0, 40)}`]);
+  }
+  return n;
+}
+
 function sse(event: string, data: unknown, id?: string): string {
   return `event: ${event}\n${id !== undefined ? `id: ${id}\n` : ""}data: ${JSON.stringify(data)}\n\n`;
 }
@@ -371,5 +399,7 @@ function modelJson(m: Model) {
     })),
     served_by: m.servedBy,
     resident_on: m.residentOn,
+    queued_items: m.queuedItems,
+    queued_vram_bytes: m.queuedVramBytes,
   };
 }

@@ -122,10 +122,17 @@ export function batchJson(b: Batch, urlFor: UrlFor): BatchJson {
     running: b.running,
     created_at: b.createdAt?.toISOString() ?? null,
     completed_at: b.completedAt?.toISOString() ?? null,
-    queue_position: b.queuePosition,
-    estimated_completion_at: b.estimatedCompletionAt?.toISOString() ?? null,
+    ...progressJson(b),
     results: [...b.results].sort((x, y) => x.index - y.index).map((r) => resultJson(r, urlFor)),
   };
+}
+
+/**
+ * Queue position and ETA (Batch.queue_position, Batch.estimated_completion_at of the v0.2
+ * contract): 0 and null when not queued, unknown or finished.
+ */
+export function progressJson(b: Batch): { queue_position: number; estimated_completion_at: string | null } {
+  return { queue_position: b.queuePosition, estimated_completion_at: b.estimatedCompletionAt?.toISOString() ?? null };
 }
 
 /** The `wait` query parameter: true unless `false` or `0`. */

@@ -90,6 +90,7 @@ export function fleetServiceImpl(c: Coordinator, edge: RpcEdge): FleetServiceSer
     }),
     listModels: edge.unary("ListModels", async () => {
       const workers = c.workers().filter((w) => w.record.state !== WorkerState.WORKER_STATE_LOST);
+      const queued = c.queueDepthByModel();
       return {
         models: c.models.all().map((m) => ({
           name: m.name,
@@ -113,6 +114,8 @@ export function fleetServiceImpl(c: Coordinator, edge: RpcEdge): FleetServiceSer
           activationBytesPerPixel: m.vram.activation_bytes_per_pixel ?? 0,
           residentOn: workers.filter((w) => w.record.resident.has(m.name)).map((w) => w.record.id),
           servedBy: workers.filter((w) => w.record.models.has(m.name)).map((w) => w.record.id),
+          queuedItems: queued.get(m.name)?.items ?? 0,
+          queuedVramBytes: queued.get(m.name)?.bytes ?? 0,
         })),
       };
     }),

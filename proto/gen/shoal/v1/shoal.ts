@@ -387,6 +387,12 @@ export interface Model {
   residentOn: string[];
   servedBy: string[];
   builtin: boolean;
+  /**
+   * Items waiting for a GPU that run this model, and the activation VRAM they will need: the
+   * queue the console shows (the same numbers as shoal_queue_items / shoal_queue_vram_bytes).
+   */
+  queuedItems: number;
+  queuedVramBytes: number;
 }
 
 export interface ListModelsResponse {
@@ -3425,6 +3431,8 @@ function createBaseModel(): Model {
     residentOn: [],
     servedBy: [],
     builtin: false,
+    queuedItems: 0,
+    queuedVramBytes: 0,
   };
 }
 
@@ -3459,6 +3467,12 @@ export const Model: MessageFns<Model> = {
     }
     if (message.builtin !== false) {
       writer.uint32(80).bool(message.builtin);
+    }
+    if (message.queuedItems !== 0) {
+      writer.uint32(88).uint32(message.queuedItems);
+    }
+    if (message.queuedVramBytes !== 0) {
+      writer.uint32(96).uint64(message.queuedVramBytes);
     }
     return writer;
   },
@@ -3556,6 +3570,22 @@ export const Model: MessageFns<Model> = {
             message.builtin = reader.bool();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.queuedItems = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.queuedVramBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3600,6 +3630,16 @@ export const Model: MessageFns<Model> = {
         ? object.served_by.map((e: any) => globalThis.String(e))
         : [],
       builtin: isSet(object.builtin) ? globalThis.Boolean(object.builtin) : false,
+      queuedItems: isSet(object.queuedItems)
+        ? globalThis.Number(object.queuedItems)
+        : isSet(object.queued_items)
+        ? globalThis.Number(object.queued_items)
+        : 0,
+      queuedVramBytes: isSet(object.queuedVramBytes)
+        ? globalThis.Number(object.queuedVramBytes)
+        : isSet(object.queued_vram_bytes)
+        ? globalThis.Number(object.queued_vram_bytes)
+        : 0,
     };
   },
 
@@ -3635,6 +3675,12 @@ export const Model: MessageFns<Model> = {
     if (message.builtin !== false) {
       obj.builtin = message.builtin;
     }
+    if (message.queuedItems !== 0) {
+      obj.queuedItems = Math.round(message.queuedItems);
+    }
+    if (message.queuedVramBytes !== 0) {
+      obj.queuedVramBytes = Math.round(message.queuedVramBytes);
+    }
     return obj;
   },
 
@@ -3653,6 +3699,8 @@ export const Model: MessageFns<Model> = {
     message.residentOn = object.residentOn?.map((e) => e) || [];
     message.servedBy = object.servedBy?.map((e) => e) || [];
     message.builtin = object.builtin ?? false;
+    message.queuedItems = object.queuedItems ?? 0;
+    message.queuedVramBytes = object.queuedVramBytes ?? 0;
     return message;
   },
 };
