@@ -7,7 +7,7 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { createClients, type ShoalClients } from "../../cli/client.js";
@@ -49,7 +49,10 @@ describe("console", () => {
     stack = new Stack();
     await stack.startNats();
     // A short grace, so an item no GPU can hold fails soon (OUT_OF_MEMORY, retryable).
-    await stack.startCoordinator(["--api-keys", `console:${KEY}`, "--unplaceable-grace", "1s"]);
+    // An operator key: the fleet view shows load and free VRAM, which tenants' keys do not see.
+    const keysFile = join(stack.dir, "keys.json");
+    writeFileSync(keysFile, JSON.stringify({ tenants: [{ name: "console", keys: [KEY], role: "operator" }] }));
+    await stack.startCoordinator(["--api-keys-file", keysFile, "--unplaceable-grace", "1s"]);
     await stack.startWorker("w-img", ["--vram", "4GiB"]);
     // 7 GiB: one sim-6g item (4 GB weights + 2 GB activations) fits, a second waits in the queue.
     await stack.startWorker("w-sim", ["--vram", "7GiB", "--simulate"]);
