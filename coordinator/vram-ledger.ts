@@ -110,6 +110,11 @@ export class VramLedger {
     return (this.warmCounts.get(key)?.get(model) ?? 0) > 0;
   }
 
+  /** Models with a live lease on this GPU (their weights are counted there). */
+  warmModels(key: string): IterableIterator<string> | string[] {
+    return this.warmCounts.get(key)?.keys() ?? [];
+  }
+
   /** Opens a lease: `bytes` are reserved (activations, plus the weights if it loads the model). */
   reserve(token: string, key: string, bytes: number, model: string, activation: number = bytes, weights = 0): void {
     const g = this.gpus.get(key);
