@@ -72,6 +72,8 @@ export class AffinityPlanner {
   /** Predicted time the backlog lasts at the last plan (1 / λ), in ms. */
   horizonMs = 0;
   plans = 0;
+  /** GPUs moved to another model (each may cost a load). */
+  switches = 0;
 
   constructor(private readonly opts: AffinityOptions = AFFINITY_DEFAULTS) {}
 
@@ -181,27 +183,43 @@ export class AffinityPlanner {
   }
 
   /**
-   * Whole GPUs per model from the fractional targets: ⌊t⌋ each, then the leftover GPUs by largest
-   * remainder. A GPU keeps its current model where it can; a GPU that must switch prefers a model
-   * it already holds. A switch the remaining backlog cannot repay (see switchFactor) is skipped.
+   * Whole GPUs per model from the fractional targets. A model keeps the GPUs it has while that
+   * count is within one of its target (hysteresis: each switch costs a load and a drain of the
+   * old model's items), otherwise it gets its target rounded; then the counts are balanced to
+   * the class's size. A GPU keeps its current model where it can; a GPU that must switch
+   * prefers a model it already holds; a switch the remaining backlog cannot repay (see
+   * switchFactor) is skipped. Models left short of their fractional share may also use the GPUs
+   * of models given more than theirs (the fluid solution time-shares those GPUs).
    */
   private roundClass(list: PlannerGpu[], targets: Map<string, number>, backlog: ReadonlyMap<string, ModelBacklog>, out: Map<string, Set<string>>): void {
+    const current = new Map<string, number>();
+    for (const g of list) {
+      const m = this.primary.get(g.key);
+      if (m !== undefined) current.set(m, (current.get(m) ?? 0) + 1);
+    }
     const want = new Map<string, number>();
-    let assigned = 0;
     for (const [m, t] of targets) {
-      const n = Math.floor(t + 1e-6);
-      want.set(m, n);
-      assigned += n;
+      const cur = current.get(m) ?? 0;
+      want.set(m, cur >= Math.floor(t) && cur <= Math.ceil(t) && cur > 0 ? cur : Math.max(1, Math.round(t)));
     }
-    const rema = [...targets.entries()].map(([m, t]) => ({ m, f: t - Math.floor(t + 1e-6) })).filter((r) => r.f > 1e-6).sort((a, b) => b.f - a.f);
-    for (const r of rema) {
-      if (assigned >= list.length) break;
-      want.set(r.m, want.get(r.m)! + 1);
-      assigned++;
+    const total = () => [...want.values()].reduce((a, b) => a + b, 0);
+    while (total() > list.length) {
+      let worst: string | undefined;
+      for (const [m, n] of want) if (n > 0 && (worst === undefined || n - targets.get(m)! > want.get(worst)! - targets.get(worst)!)) worst = m;
+      want.set(worst!, want.get(worst!)! - 1);
     }
+    const ceilSum = Math.min(list.length, [...targets.values()].reduce((a, t) => a + Math.ceil(t - 1e-6), 0));
+    while (total() < ceilSum) {
+      let best: string | undefined;
+      for (const [m, n] of want) if (best === undefined || targets.get(m)! - n > targets.get(best)! - want.get(best)!) best = m;
+      want.set(best!, want.get(best!)! + 1);
+    }
+    const planned = new Map(want);
     const free = new Set(list);
     const give = (g: PlannerGpu, m: string) => {
       free.delete(g);
+      const was = this.primary.get(g.key);
+      if (was !== undefined && was !== m) this.switches++;
       this.primary.set(g.key, m);
       out.set(g.key, new Set([m]));
       want.set(m, want.get(m)! - 1);
@@ -237,11 +255,13 @@ export class AffinityPlanner {
     }
     // GPUs the plan did not need (more GPUs than work): they take whatever waits.
     for (const g of free) out.delete(g.key);
-    // A model with a fractional share but no whole GPU here may also use the class's leftover GPUs.
-    for (const r of rema) {
-      if ([...list].some((g) => out.get(g.key)?.has(r.m))) continue;
-      const g = list.find((x) => out.has(x.key));
-      if (g) out.get(g.key)!.add(r.m);
+    const short = [...targets.entries()].filter(([m, t]) => t - (planned.get(m) ?? 0) > 0.05).map(([m]) => m);
+    if (short.length === 0) return;
+    for (const g of list) {
+      const mine = out.get(g.key);
+      if (!mine) continue;
+      const m = this.primary.get(g.key)!;
+      if ((planned.get(m) ?? 0) - (targets.get(m) ?? 0) > 0.05) for (const s of short) mine.add(s);
     }
   }
 }
