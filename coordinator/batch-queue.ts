@@ -29,6 +29,14 @@ export interface QueueClass {
 
 export type QueueClassifier = (batchId: string, index: number) => QueueClass;
 
+/**
+ * What a placement attempt says: placed (true), not placed (false: the group is blocked, the
+ * next few behind its head are tried), "block" (nothing of this group can be placed this pass:
+ * no look-behind), "stop" (nothing more can be placed at all: the pass ends), "drop" (the item
+ * was done or adopted meanwhile: taken out without counting).
+ */
+export type PlaceResult = boolean | "drop" | "block" | "stop";
+
 export interface GroupBacklog {
   count: number;
   /** Sum of the waiting items' ranks. */
@@ -216,19 +224,24 @@ export class BatchQueue {
    * were placed. "drop" takes the item out of the queue without counting against the budget
    * (it was done or adopted meanwhile).
    */
-  drain(tryPlace: (ref: QueuedRef) => boolean | "drop", budget = Infinity): number {
+  drain(tryPlace: (ref: QueuedRef) => PlaceResult, budget = Infinity): number {
     let placed = 0;
     const blocked = new Set<Group>();
-    while (placed < budget) {
+    let stopped = false;
+    while (placed < budget && !stopped) {
       let progressed = false;
       for (const lane of [...this.lanes.values()]) {
         for (let k = 0; k < lane.weight && placed < budget; ) {
           const next = lane.pick(blocked);
           if (!next) break;
           const r = tryPlace({ batchId: lane.batchId, index: next.entry.index });
-          if (!r) {
+          if (r === "stop") {
+            stopped = true;
+            break;
+          }
+          if (r === false || r === "block") {
             blocked.add(next.group);
-            placed += this.placeBehind(lane.batchId, next.group, tryPlace, budget - placed);
+            if (r === false) placed += this.placeBehind(lane.batchId, next.group, tryPlace, budget - placed);
             continue;
           }
           next.group.shift();
@@ -239,6 +252,7 @@ export class BatchQueue {
           k++;
         }
         if (lane.size === 0) this.lanes.delete(lane.batchId);
+        if (stopped) break;
       }
       if (!progressed) break;
     }
@@ -257,12 +271,13 @@ export class BatchQueue {
   }
 
   /** The head of the group fits nowhere: try the next few items behind it. */
-  private placeBehind(batchId: string, group: Group, tryPlace: (ref: QueuedRef) => boolean | "drop", budget: number): number {
+  private placeBehind(batchId: string, group: Group, tryPlace: (ref: QueuedRef) => PlaceResult, budget: number): number {
     let placed = 0;
     for (let k = 1, tried = 0; tried < LOOKAHEAD && placed < budget; tried++) {
       const next = group.behind(k);
       if (!next) break;
       const r = tryPlace({ batchId, index: next.index });
+      if (r === "stop" || r === "block") break;
       if (r) {
         group.take(next.index);
         this.taken(group.name, next.rank);

@@ -20,7 +20,11 @@ import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
 import { Recovery } from "./recovery.js";
 import { ResultLog } from "./result-log.js";
-import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
+import { performance } from "node:perf_hooks";
+import { AffinityPlanner } from "./scheduler/affinity.js";
+import { DurationModel, gpuTypeOf } from "./scheduler/durations.js";
+import { findUnplaceable, newEnginePolicy, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
+import { LearnedPredictor } from "./scheduler/predictor.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
@@ -56,7 +60,12 @@ export class Coordinator {
   private readonly estimates = new VramEstimates();
   private lastUnplaceableCheck = 0;
   private lastQueueGauges = 0;
-  private readonly queue = new BatchQueue();
+  /** Learned run times per model, shape and GPU type (durations.ts), read by the engine. */
+  readonly durations: LearnedPredictor;
+  /** Items grouped by model (the affinity planner's backlog), longest predicted first. */
+  private readonly queue: BatchQueue;
+  /** The engine's policy state: affinity plan, predictor, decision timer. */
+  private readonly engine: EnginePolicy;
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
@@ -71,6 +80,26 @@ export class Coordinator {
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
   ) {
+    this.durations = new LearnedPredictor(new DurationModel(), {
+      gpuTypeOf: (workerId) => {
+        const g = this.ledger.gpusOf(workerId)[0];
+        return g ? gpuTypeOf(g.name, g.totalBytes) : undefined;
+      },
+      loadBytesPerS: opts.loadBytesPerS ?? 0,
+    });
+    this.queue = new BatchQueue({
+      classify: (batchId, index) => {
+        const slot = this.active.get(batchId)?.items[index];
+        return slot ? { group: slot.model, rank: this.durations.predictMs(slot) } : { group: "", rank: 0 };
+      },
+      longestFirst: opts.longestFirst ?? true,
+    });
+    this.engine = newEnginePolicy({
+      affinity: (opts.scheduler ?? "affinity") === "affinity" ? new AffinityPlanner() : undefined,
+      predictor: this.durations,
+      observeDecision: metrics ? (s) => metrics!.placement(s) : undefined,
+      timer: () => performance.now(),
+    });
     this.names = new Names(opts.prefix);
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
@@ -279,6 +308,8 @@ export class Coordinator {
       const slot = batch.items[o.lease.index];
       const reserved = slot?.lease?.token === o.lease.token ? slot.lease.activationBytes : undefined;
       const effect = batch.applyOutcome(o, workerId, now);
+      // A counted success teaches the duration model (live and on replay: a restart relearns).
+      if (slot && effect.kind === "done" && o.status === ItemStatus.ITEM_STATUS_SUCCEEDED && o.runMs > 0) this.durations.observe(slot, workerId, o.runMs);
       if (slot?.shapeKey && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
       if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
         const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes);
@@ -334,7 +365,7 @@ export class Coordinator {
   /** One pass of the pure engine (scheduler/engine.ts); this only sends what it decided. */
   private schedule(): void {
     const outgoing = schedulePass(
-      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
+      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates, engine: this.engine },
       { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: newLeaseToken },
     );
     for (const [workerId, list] of outgoing) void this.link.send(workerId, list);

@@ -29,6 +29,12 @@ export interface CoordinatorOptions {
   /** First delay before a failed terminal write is tried again; it doubles up to the max. */
   terminalRetryInitialMs: number;
   terminalRetryMaxMs: number;
+  /** affinity: GPUs split between models by backlog (default); greedy: queue order only. */
+  scheduler?: "affinity" | "greedy";
+  /** Longest predicted items first within each batch's share (default on). */
+  longestFirst?: boolean;
+  /** Bytes per second GPUs load model weights at, for the cost of switching models (0 = unknown). */
+  loadBytesPerS?: number;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -47,4 +53,7 @@ export const COORDINATOR_DEFAULTS = {
   storage: { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 } satisfies StorageLimits,
   terminalRetryInitialMs: 200,
   terminalRetryMaxMs: 30_000,
+  scheduler: "affinity" as "affinity" | "greedy",
+  longestFirst: true,
+  loadBytesPerS: 0,
 };

@@ -88,7 +88,8 @@ export class ShoalWorker {
 
   async start(): Promise<void> {
     if (this.state !== "INITIALIZED") throw new Error(`worker cannot start from ${this.state}`);
-    this.vram = await detectVramSource(this.opts.gpu, this.opts.vramBytes, this.opts.nvidiaSmi);
+    const speed = this.opts.simulate && this.opts.simSpeed !== undefined && this.opts.simSpeed !== 1 ? `, speed ×${this.opts.simSpeed}` : "";
+    this.vram = await detectVramSource(this.opts.gpu, this.opts.vramBytes, this.opts.nvidiaSmi, speed);
     this.devices = this.vram.devices();
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);

@@ -22,7 +22,9 @@ import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
 import { newEnginePolicy, schedulePass, type DurationPredictor, type EngineState, type Placed } from "../../coordinator/scheduler/engine.js";
+import { DurationModel, gpuTypeOf } from "../../coordinator/scheduler/durations.js";
 import { maximize } from "../../coordinator/scheduler/lp.js";
+import { LearnedPredictor } from "../../coordinator/scheduler/predictor.js";
 import { VramEstimates, shapeKey } from "../../coordinator/vram-estimates.js";
 import { VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
@@ -148,36 +150,6 @@ type Ev =
   | { t: number; seq: number; kind: "finish"; gpu: GpuSim; token: string; oom: boolean }
   | { t: number; seq: number; kind: "tick" };
 
-/** A duration model learned from outcomes, for the "learned" policy: mean per model, speed per worker. */
-class LearnedDurations implements DurationPredictor {
-  private readonly perModel = new Map<string, { n: number; mean: number }>();
-  private readonly speed = new Map<string, number>();
-  constructor(private readonly loadBytesPerS: number) {}
-  predictMs(slot: ItemSlot, workerId?: string): number {
-    const base = this.perModel.get(slot.model)?.mean ?? 1000;
-    return workerId ? base / this.speedOf(workerId) : base;
-  }
-  speedOf(workerId: string): number {
-    return this.speed.get(workerId) ?? 1;
-  }
-  loadMs(_model: string, weightsBytes: number): number {
-    return Number.isFinite(this.loadBytesPerS) ? (weightsBytes / this.loadBytesPerS) * 1000 : 0;
-  }
-  observe(model: string, workerId: string, runMs: number): void {
-    const s = this.speedOf(workerId);
-    const nominal = runMs * s;
-    const m = this.perModel.get(model);
-    if (!m) this.perModel.set(model, { n: 1, mean: nominal });
-    else {
-      m.n++;
-      m.mean += (nominal - m.mean) / Math.min(m.n, 200);
-      // The worker's speed: how its runs compare with the model's mean (smoothed).
-      const ratio = m.mean / Math.max(1, runMs);
-      this.speed.set(workerId, s + (ratio - s) * 0.2);
-    }
-  }
-}
-
 class OracleDurations implements DurationPredictor {
   constructor(
     private readonly speeds: Map<string, number>,
@@ -210,7 +182,13 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const batches = new Map<string, ActiveBatch>();
   const simItems = new Map<string, SimItem[]>();
   const speeds = new Map(w.gpus.map((g) => [g.id, g.speed]));
-  const learned = new LearnedDurations(w.loadBytesPerS);
+  // The GPU name carries the speed, as a real GPU's model name does: GPU types differ by it.
+  const gpuName = (g: SimGpuSpec) => `SIMULATED x${g.speed}`;
+  const typeOf = new Map(w.gpus.map((g) => [g.id, gpuTypeOf(gpuName(g), g.vramBytes)]));
+  const learned = new LearnedPredictor(new DurationModel(), {
+    gpuTypeOf: (id) => typeOf.get(id),
+    loadBytesPerS: Number.isFinite(w.loadBytesPerS) ? w.loadBytesPerS : 0,
+  });
   const predictor: DurationPredictor | undefined =
     policy.durations === "oracle" ? new OracleDurations(speeds, w.loadBytesPerS) : policy.durations === "learned" ? learned : undefined;
   const classify = (batchId: string, index: number) => {
@@ -253,7 +231,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     return g.spec.vramBytes - weights - g.activations;
   };
   const report = (g: GpuSim) =>
-    ledger.observe(g.spec.id, [{ index: 0, name: "SIMULATED", totalBytes: g.spec.vramBytes, freeBytes: Math.max(0, freeOf(g)), source: "budget" }], new Set(g.held.keys()));
+    ledger.observe(g.spec.id, [{ index: 0, name: gpuName(g.spec), totalBytes: g.spec.vramBytes, freeBytes: Math.max(0, freeOf(g)), source: "budget" }], new Set(g.held.keys()));
   for (const g of gpus) report(g);
 
   const heap = new EventHeap<Ev>();
@@ -411,7 +389,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     if (oom) {
       res.estimateOoms++;
       if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes);
-    } else if (policy.durations === "learned") learned.observe(h.model, g.spec.id, runMs);
+    } else if (policy.durations === "learned" && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
     if (effect.kind === "retry") queue.add(h.batch.id, h.index, h.batch.record.batch!.priority);
     else if (effect.kind === "done") {
       const e = ended.get(h.batch.id)!;

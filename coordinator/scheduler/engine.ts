@@ -47,6 +47,8 @@ export interface EnginePolicy {
   predictor?: DurationPredictor;
   /** The need of each model seen so far (weights, largest activations): the planner's input. */
   modelNeeds: Map<string, VramNeed>;
+  /** The smallest activations seen per model: below a failed need nothing of the model can fit. */
+  minActivation: Map<string, number>;
   /** Measures each placement decision (shoal_placement_seconds); gets seconds. */
   observeDecision?: (seconds: number) => void;
   /** A monotonic clock in ms for observeDecision (performance.now in production). */
@@ -54,7 +56,7 @@ export interface EnginePolicy {
 }
 
 export function newEnginePolicy(opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number } = {}): EnginePolicy {
-  return { ...opts, modelNeeds: new Map() };
+  return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
 
 /** What a pass reads (and records its decisions in). */
@@ -115,6 +117,15 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
   // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
   // that model cannot fit either, so they are refused without another scan of the fleet.
   const failedNeed = new Map<string, number>();
+  const waitingModels = state.queue.backlogByGroup().size;
+  // Every waiting model has failed at (or below) its smallest item: nothing more fits this pass.
+  const allBlocked = () => {
+    for (const m of state.queue.backlogByGroup().keys()) {
+      const f = failedNeed.get(m);
+      if (f === undefined || f > (eng!.minActivation.get(m) ?? 0)) return false;
+    }
+    return true;
+  };
   state.queue.drain(({ batchId, index }) => {
     const batch = state.batches.get(batchId);
     const slot = batch?.items[index];
@@ -122,7 +133,12 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
     const t0 = timer?.();
     const activation = state.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
     if (eng) noteNeed(eng, slot.model, slot.need.weightsBytes, activation);
-    if (activation >= (failedNeed.get(slot.model) ?? Infinity)) return false;
+    const failed = failedNeed.get(slot.model);
+    if (failed !== undefined && activation >= failed) {
+      // No item of the model smaller than the one that failed was ever seen: none behind can fit.
+      if (eng && failed <= (eng.minActivation.get(slot.model) ?? 0)) return failedNeed.size >= waitingModels && allBlocked() ? "stop" : "block";
+      return false;
+    }
     const need = { model: slot.model, activationBytes: activation, weightsBytes: slot.need.weightsBytes };
     let placement: Placement | undefined;
     if (planner?.active) {
@@ -163,6 +179,8 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
 }
 
 function noteNeed(eng: EnginePolicy, model: string, weightsBytes: number, activationBytes: number): void {
+  const min = eng.minActivation.get(model);
+  if (min === undefined || activationBytes < min) eng.minActivation.set(model, activationBytes);
   const cur = eng.modelNeeds.get(model);
   if (!cur) eng.modelNeeds.set(model, { weightsBytes, activationBytes });
   else if (activationBytes > cur.activationBytes || weightsBytes !== cur.weightsBytes) {
