@@ -77,7 +77,12 @@ export interface SimWorkload {
   oomMs: number;
 }
 
-export type DurationKnowledge = "none" | "learned" | "oracle";
+/**
+ * none: the engine knows no durations (every item counts the same); learned: the duration model
+ * learned from outcomes (per model, shape, GPU type); declared: that, plus the run time the
+ * SIMULATED items declare (work_ms), as the coordinator uses it (see predictor.ts).
+ */
+export type DurationKnowledge = "none" | "learned" | "declared";
 
 export interface SimPolicy {
   name: string;
@@ -89,8 +94,9 @@ export interface SimPolicy {
 export const POLICIES: SimPolicy[] = [
   { name: "greedy", affinity: false, longestFirst: false, durations: "none" },
   { name: "affinity", affinity: true, longestFirst: false, durations: "none" },
-  { name: "affinity+durations", affinity: true, longestFirst: true, durations: "learned" },
-  { name: "affinity+oracle", affinity: true, longestFirst: true, durations: "oracle" },
+  { name: "affinity+learned", affinity: true, longestFirst: true, durations: "learned" },
+  { name: "affinity+declared", affinity: true, longestFirst: true, durations: "declared" },
+  { name: "greedy+declared", affinity: false, longestFirst: true, durations: "declared" },
 ];
 
 export interface SimResult {
@@ -150,23 +156,6 @@ type Ev =
   | { t: number; seq: number; kind: "finish"; gpu: GpuSim; token: string; oom: boolean }
   | { t: number; seq: number; kind: "tick" };
 
-class OracleDurations implements DurationPredictor {
-  constructor(
-    private readonly speeds: Map<string, number>,
-    private readonly loadBytesPerS: number,
-  ) {}
-  predictMs(slot: ItemSlot, workerId?: string): number {
-    const w = Number(slot.params.work_ms ?? 0);
-    return workerId ? w / this.speedOf(workerId) : w;
-  }
-  speedOf(workerId: string): number {
-    return this.speeds.get(workerId) ?? 1;
-  }
-  loadMs(_model: string, weightsBytes: number): number {
-    return Number.isFinite(this.loadBytesPerS) ? (weightsBytes / this.loadBytesPerS) * 1000 : 0;
-  }
-}
-
 export interface SimOptions {
   measureDecisions?: boolean;
   /** Stop after this much virtual time (a guard; the run then reports what did not end). */
@@ -181,16 +170,15 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const estimates = new VramEstimates();
   const batches = new Map<string, ActiveBatch>();
   const simItems = new Map<string, SimItem[]>();
-  const speeds = new Map(w.gpus.map((g) => [g.id, g.speed]));
   // The GPU name carries the speed, as a real GPU's model name does: GPU types differ by it.
   const gpuName = (g: SimGpuSpec) => `SIMULATED x${g.speed}`;
   const typeOf = new Map(w.gpus.map((g) => [g.id, gpuTypeOf(gpuName(g), g.vramBytes)]));
   const learned = new LearnedPredictor(new DurationModel(), {
     gpuTypeOf: (id) => typeOf.get(id),
     loadBytesPerS: Number.isFinite(w.loadBytesPerS) ? w.loadBytesPerS : 0,
+    useDeclared: policy.durations === "declared",
   });
-  const predictor: DurationPredictor | undefined =
-    policy.durations === "oracle" ? new OracleDurations(speeds, w.loadBytesPerS) : policy.durations === "learned" ? learned : undefined;
+  const predictor: DurationPredictor | undefined = policy.durations === "none" ? undefined : learned;
   const classify = (batchId: string, index: number) => {
     const slot = batches.get(batchId)!.items[index]!;
     return { group: slot.model, rank: predictor ? predictor.predictMs(slot) : 0 };
@@ -389,7 +377,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     if (oom) {
       res.estimateOoms++;
       if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes);
-    } else if (policy.durations === "learned" && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
+    } else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
     if (effect.kind === "retry") queue.add(h.batch.id, h.index, h.batch.record.batch!.priority);
     else if (effect.kind === "done") {
       const e = ended.get(h.batch.id)!;
@@ -470,7 +458,7 @@ export function classCapacityBoundMs(gpus: SimGpuSpec[], models: SimModel[], wor
   const pairs: { m: number; c: number; rate: number }[] = [];
   ms.forEach((m, mi) =>
     cls.forEach(({ g }, ci) => {
-      if (g.models && !g.models.includes(m.name)) return;
+      if (g.models && !g.models.includes(m.name.split("|")[0]!)) return;
       if (g.vramBytes < m.weightsBytes + m.activationBytes) return;
       // As ideal.ts's capacity(): VRAM only (real-valued), no slot limit.
       const cap = m.activationBytes > 0 ? (g.vramBytes - m.weightsBytes) / m.activationBytes : g.slots;
@@ -512,14 +500,27 @@ export function classCapacityBoundMs(gpus: SimGpuSpec[], models: SimModel[], wor
 export function idealMs(w: SimWorkload): number {
   const sorted = [...w.batches].sort((a, b) => a.arrivalMs - b.arrivalMs);
   const fastest = Math.max(...w.gpus.map((g) => g.speed));
+  // Items that really use more than their manifest says count with what they use: the bound is
+  // of the real work, not of the estimate.
+  const byName = new Map(w.models.map((m) => [m.name, m]));
+  const realModels = new Map<string, SimModel>();
+  const keyOf = (it: SimItem): string => {
+    const m = byName.get(it.model)!;
+    if (it.useBytes === undefined || it.useBytes <= m.activationBytes) return m.name;
+    const key = `${m.name}|${it.useBytes}`;
+    if (!realModels.has(key)) realModels.set(key, { name: key, weightsBytes: m.weightsBytes, activationBytes: it.useBytes });
+    return key;
+  };
   let best = 0;
   for (const b of sorted) for (const it of b.items) best = Math.max(best, b.arrivalMs + it.workMs / fastest);
+  for (const b of sorted) for (const it of b.items) keyOf(it);
+  const models = [...w.models, ...realModels.values()];
   // Suffix sums of work per model; the bound is checked at up to 40 arrival instants.
   const step = Math.max(1, Math.floor(sorted.length / 40));
   for (let i = 0; i < sorted.length; i += step) {
     const work = new Map<string, number>();
-    for (let j = i; j < sorted.length; j++) for (const it of sorted[j]!.items) work.set(it.model, (work.get(it.model) ?? 0) + it.workMs);
-    best = Math.max(best, sorted[i]!.arrivalMs + classCapacityBoundMs(w.gpus, w.models, work));
+    for (let j = i; j < sorted.length; j++) for (const it of sorted[j]!.items) work.set(keyOf(it), (work.get(keyOf(it)) ?? 0) + it.workMs);
+    best = Math.max(best, sorted[i]!.arrivalMs + classCapacityBoundMs(w.gpus, models, work));
   }
   return best;
 }

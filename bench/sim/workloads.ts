@@ -71,9 +71,14 @@ export function fleetShape(o: ShapeOptions): SimWorkload {
   return { name: "fleet-case", gpus: FLEET_CASE_GPUS, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: items(rand, n, 600) }], loadBytesPerS: Infinity, oomMs: 50 };
 }
 
-/** 2. The same fleet paying model loads (weights at 5 GB/s: 0.8 to 4 s a load). */
+/** Weights load at 10 GB/s (0.4 to 2 s a load of the simulated models). */
+const LOAD_BYTES_PER_S = 10 * GB;
+
+/** 2. The same fleet and mix, items 2.5 × as long, paying model loads. */
 export function fleetLoadsShape(o: ShapeOptions): SimWorkload {
-  return { ...fleetShape(o), name: "fleet-with-loads", loadBytesPerS: 5 * GB };
+  const rand = seededRandom(o.seed + 7);
+  const n = o.quick ? 300 : 2000;
+  return { name: "fleet-with-loads", gpus: FLEET_CASE_GPUS, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: items(rand, n, 1500) }], loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 50 };
 }
 
 /** 3. The seed's shape: 50-item batches arriving at random, one model per batch, loads paid. */
@@ -86,17 +91,17 @@ export function seedBatchesShape(o: ShapeOptions): SimWorkload {
     const model = u < 0.5 ? "sim-6g" : u < 0.8 ? "sim-12g" : "sim-30g";
     return { id: `s${i}`, arrivalMs: t, priority: 0, items: items(rand, 50, 800, [{ model, share: 1 }]) };
   });
-  return { name: "seed-50-item-batches", gpus: FLEET_CASE_GPUS, models: SIM_MODELS, batches, loadBytesPerS: 5 * GB, oomMs: 50 };
+  return { name: "seed-50-item-batches", gpus: FLEET_CASE_GPUS, models: SIM_MODELS, batches, loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 50 };
 }
 
 /** 4. Many tenants with priorities 0–4 and batch sizes 1–400, arriving over time, on a larger fleet. */
 export function tenantsShape(o: ShapeOptions): SimWorkload {
   const rand = seededRandom(o.seed + 2);
-  const n = o.quick ? 40 : 300;
+  const n = o.quick ? 40 : 120;
   const gpus = [...Array.from({ length: 4 }, (_, i) => gpu(`a80-${i}`, 80)), ...Array.from({ length: 12 }, (_, i) => gpu(`a24-${i}`, 24)), ...Array.from({ length: 8 }, (_, i) => gpu(`a16-${i}`, 16))];
   const at = arrivals(rand, n, 400);
   const batches = at.map((t, i) => ({ id: `t${i}`, arrivalMs: t, priority: Math.floor(rand() * 5), items: items(rand, 1 + Math.floor(rand() ** 2 * 400), 700) }));
-  return { name: "tenants-priorities", gpus, models: SIM_MODELS, batches, loadBytesPerS: 5 * GB, oomMs: 50 };
+  return { name: "tenants-priorities", gpus, models: SIM_MODELS, batches, loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 50 };
 }
 
 /** 5. GPUs of different speeds (0.5× to 2×) and sizes, the fleet mix. */
@@ -104,7 +109,7 @@ export function speedsShape(o: ShapeOptions): SimWorkload {
   const rand = seededRandom(o.seed + 3);
   const n = o.quick ? 300 : 3000;
   const gpus = [gpu("h80-fast", 80, 2), gpu("h80-slow", 80, 0.7), gpu("h48-a", 48, 1.5), gpu("h48-b", 48, 1), gpu("h24-fast", 24, 2), gpu("h24-slow", 24, 0.5), gpu("h24-c", 24, 1), gpu("h16-a", 16, 1.2), gpu("h16-b", 16, 0.6)];
-  return { name: "mixed-speeds", gpus, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: items(rand, n, 600) }], loadBytesPerS: 5 * GB, oomMs: 50 };
+  return { name: "mixed-speeds", gpus, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: items(rand, n, 600) }], loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 50 };
 }
 
 /**
@@ -119,19 +124,19 @@ export function misestimateShape(o: ShapeOptions): SimWorkload {
     const width = rand() < 0.5 ? 512 : 768;
     return { ...it, width, useBytes: Math.round(4 * GB * (width === 512 ? 1.3 : 1.6)) };
   });
-  return { name: "misestimated-vram", gpus: FLEET_CASE_GPUS, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: base }], loadBytesPerS: 5 * GB, oomMs: 200 };
+  return { name: "misestimated-vram", gpus: FLEET_CASE_GPUS, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: base }], loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 200 };
 }
 
 /** 7. Only small GPUs and one model dominant: affinity must not strand work (24 × 24 GB). */
 export function uniformShape(o: ShapeOptions): SimWorkload {
   const rand = seededRandom(o.seed + 5);
-  const n = o.quick ? 300 : 3000;
+  const n = o.quick ? 300 : 4000;
   const gpus = Array.from({ length: 24 }, (_, i) => gpu(`u24-${i}`, 24));
   const mix = [
     { model: "sim-6g", share: 0.8 },
     { model: "sim-12g", share: 0.2 },
   ];
-  return { name: "uniform-24gb", gpus, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: items(rand, n, 600, mix) }], loadBytesPerS: 5 * GB, oomMs: 50 };
+  return { name: "uniform-24gb", gpus, models: SIM_MODELS, batches: [{ id: "b0", arrivalMs: 0, priority: 0, items: items(rand, n, 1500, mix) }], loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 50 };
 }
 
 /** The scale shape: 1,000 workers (a mix of sizes), 100,000 items in 50-item batches, all queued at once. */
@@ -143,7 +148,7 @@ export function scaleShape(o: ShapeOptions & { workers?: number; items?: number 
   const gpus = Array.from({ length: nw }, (_, i) => gpu(`x${i}`, sizes[i % sizes.length]!, [0.8, 1, 1.25][i % 3]!));
   const batches: SimBatch[] = [];
   for (let b = 0; b * 50 < ni; b++) batches.push({ id: `x${b}`, arrivalMs: 0, priority: b % 3, items: items(rand, Math.min(50, ni - b * 50), 2000) });
-  return { name: "scale-1000-workers", gpus, models: SIM_MODELS, batches, loadBytesPerS: 5 * GB, oomMs: 50 };
+  return { name: "scale-1000-workers", gpus, models: SIM_MODELS, batches, loadBytesPerS: LOAD_BYTES_PER_S, oomMs: 50 };
 }
 
 export const SHAPES = [fleetShape, fleetLoadsShape, seedBatchesShape, tenantsShape, speedsShape, misestimateShape, uniformShape];

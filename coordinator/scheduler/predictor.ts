@@ -15,6 +15,18 @@ export interface LearnedPredictorOptions {
   loadBytesPerS?: number;
   /** How often (in model versions) relative speeds are worked out again. */
   speedRefreshEvery?: number;
+  /**
+   * Use an item's declared run time where it has one (default on). Only SIMULATED items declare
+   * one: their `work_ms` param is exactly how long they run at speed 1, the counterpart of a
+   * real model's cost parameters (steps, resolution) that a per-shape learned model predicts.
+   */
+  useDeclared?: boolean;
+}
+
+/** The run time an item declares (SIMULATED models: `work_ms`), if any. */
+export function declaredMs(slot: ItemSlot): number | undefined {
+  const w = slot.params.work_ms;
+  return typeof w === "number" && w > 0 && slot.model.startsWith("sim-") ? w : undefined;
 }
 
 export class LearnedPredictor implements DurationPredictor {
@@ -28,6 +40,8 @@ export class LearnedPredictor implements DurationPredictor {
   ) {}
 
   predictMs(slot: ItemSlot, workerId?: string): number {
+    const declared = this.opts.useDeclared === false ? undefined : declaredMs(slot);
+    if (declared !== undefined) return workerId !== undefined ? declared / this.speedOf(workerId) : declared;
     const gpuType = workerId !== undefined ? this.opts.gpuTypeOf(workerId) : undefined;
     return this.model.predict({ model: slot.model, shape: slot.shapeKey ?? slot.model, gpuType }).ms;
   }
