@@ -231,6 +231,7 @@ export class BatchQueue {
     while (placed < budget && !stopped) {
       let progressed = false;
       for (const lane of [...this.lanes.values()]) {
+        let servedNow = 0;
         for (let k = 0; k < lane.weight && placed < budget; ) {
           const next = lane.pick(blocked);
           if (!next) break;
@@ -249,9 +250,17 @@ export class BatchQueue {
           progressed = true;
           if (r === "drop") continue;
           placed++;
+          servedNow++;
           k++;
         }
         if (lane.size === 0) this.lanes.delete(lane.batchId);
+        else if (servedNow > 0) {
+          // Served: to the back of the turn order, so the next pass (often one freed slot)
+          // starts with a batch that was not; otherwise the oldest batch would win every
+          // freed slot of a scarce GPU.
+          this.lanes.delete(lane.batchId);
+          this.lanes.set(lane.batchId, lane);
+        }
         if (stopped) break;
       }
       if (!progressed) break;

@@ -45,7 +45,7 @@ export interface EnginePolicy {
   /** Split GPUs between models by backlog (model affinity); undefined = greedy. */
   affinity?: AffinityPlanner;
   predictor?: DurationPredictor;
-  /** The need of each model seen so far (weights, largest activations): the planner's input. */
+  /** The need of each model as last seen (weights, activations): the planner's input. */
   modelNeeds: Map<string, VramNeed>;
   /** The smallest activations seen per model: below a failed need nothing of the model can fit. */
   minActivation: Map<string, number>;
@@ -181,11 +181,9 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
 function noteNeed(eng: EnginePolicy, model: string, weightsBytes: number, activationBytes: number): void {
   const min = eng.minActivation.get(model);
   if (min === undefined || activationBytes < min) eng.minActivation.set(model, activationBytes);
+  // The latest estimate (learned estimates move both ways): what the model's items reserve now.
   const cur = eng.modelNeeds.get(model);
-  if (!cur) eng.modelNeeds.set(model, { weightsBytes, activationBytes });
-  else if (activationBytes > cur.activationBytes || weightsBytes !== cur.weightsBytes) {
-    eng.modelNeeds.set(model, { weightsBytes, activationBytes: Math.max(activationBytes, cur.activationBytes) });
-  }
+  if (!cur || cur.activationBytes !== activationBytes || cur.weightsBytes !== weightsBytes) eng.modelNeeds.set(model, { weightsBytes, activationBytes });
 }
 
 /** The fleet and the backlog as the affinity planner reads them (built only when it re-plans). */
