@@ -23,7 +23,7 @@ import { ResultLog } from "./result-log.js";
 import { performance } from "node:perf_hooks";
 import { AffinityPlanner } from "./scheduler/affinity.js";
 import { DurationModel, gpuTypeOf } from "./scheduler/durations.js";
-import { findUnplaceable, newEnginePolicy, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
+import { findUnplaceable, newEnginePolicy, noteNeed, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
 import { LearnedPredictor } from "./scheduler/predictor.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
@@ -90,7 +90,10 @@ export class Coordinator {
     this.queue = new BatchQueue({
       classify: (batchId, index) => {
         const slot = this.active.get(batchId)?.items[index];
-        return slot ? { group: slot.model, rank: this.durations.predictMs(slot) } : { group: "", rank: 0 };
+        if (!slot) return { group: "", rank: 0 };
+        // The planner knows every waiting model's need before the first pass places any of it.
+        noteNeed(this.engine, slot.model, slot.need.weightsBytes, this.estimates.activation(slot.shapeKey!, slot.need.activationBytes));
+        return { group: slot.model, rank: this.durations.predictMs(slot) };
       },
       longestFirst: opts.longestFirst ?? true,
     });

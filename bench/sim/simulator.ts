@@ -21,7 +21,7 @@ import { BatchQueue } from "../../coordinator/batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
-import { newEnginePolicy, schedulePass, type DurationPredictor, type EngineState, type Placed } from "../../coordinator/scheduler/engine.js";
+import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type EngineState, type Placed } from "../../coordinator/scheduler/engine.js";
 import { DurationModel, gpuTypeOf } from "../../coordinator/scheduler/durations.js";
 import { maximize } from "../../coordinator/scheduler/lp.js";
 import { LearnedPredictor } from "../../coordinator/scheduler/predictor.js";
@@ -181,6 +181,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const predictor: DurationPredictor | undefined = policy.durations === "none" ? undefined : learned;
   const classify = (batchId: string, index: number) => {
     const slot = batches.get(batchId)!.items[index]!;
+    noteNeed(engine, slot.model, slot.need.weightsBytes, estimates.activation(slot.shapeKey!, slot.need.activationBytes));
     return { group: slot.model, rank: predictor ? predictor.predictMs(slot) : 0 };
   };
   const queue = new BatchQueue({ classify, longestFirst: policy.longestFirst });

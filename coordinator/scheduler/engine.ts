@@ -178,7 +178,8 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
   return outgoing;
 }
 
-function noteNeed(eng: EnginePolicy, model: string, weightsBytes: number, activationBytes: number): void {
+/** Records a model's need as the planner reads it; called for each item tried, and when items are queued. */
+export function noteNeed(eng: EnginePolicy, model: string, weightsBytes: number, activationBytes: number): void {
   const min = eng.minActivation.get(model);
   if (min === undefined || activationBytes < min) eng.minActivation.set(model, activationBytes);
   // The latest estimate (learned estimates move both ways): what the model's items reserve now.

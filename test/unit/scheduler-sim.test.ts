@@ -79,7 +79,9 @@ test("scheduler sim - misestimated VRAM: out-of-memory attempts are retried with
   const w = misestimateShape({ seed: 3, quick: true });
   const r = simulate(w, byName("affinity+declared"));
   assert.ok(r.estimateOoms > 0, "the workload must provoke OUT_OF_MEMORY");
-  assert.ok(r.estimateOoms < 20, `the estimate learns: ${r.estimateOoms} OOM attempts`);
+  // Only the first wave of each misestimated shape runs out of memory: the estimate learns.
+  const misestimated = w.batches[0]!.items.filter((it) => it.useBytes !== undefined).length;
+  assert.ok(r.estimateOoms <= misestimated / 3, `the estimate learns: ${r.estimateOoms} OOM attempts for ${misestimated} misestimated items`);
   assert.equal(r.overbooked, 0);
   assert.equal(r.notEnded, 0);
   assert.equal(r.failed, 0);
@@ -95,4 +97,32 @@ test("scheduler sim - model affinity beats greedy placement on the fleet case's 
   const again = simulate(w, byName("affinity+declared"));
   assert.equal(again.makespanMs, declared.makespanMs);
   assert.equal(again.passes, declared.passes);
+});
+
+test("scheduler options - flags parse, bad values are refused with the option named", async () => {
+  const { Command } = await import("commander");
+  const { commonOptions, coordinatorFlags, coordinatorOptionsFrom, workerFlags, workerOptionsFrom } = await import("../../cli/server-commands.js");
+  const coordinator = (args: string[]) => {
+    const cmd = commonOptions(coordinatorFlags(new Command("coordinator"))).exitOverride();
+    cmd.parse(args, { from: "user" });
+    return coordinatorOptionsFrom(cmd.opts());
+  };
+  const worker = (args: string[]) => {
+    const cmd = commonOptions(workerFlags(new Command("worker"))).exitOverride();
+    cmd.parse(args, { from: "user" });
+    return workerOptionsFrom(cmd.opts());
+  };
+  const d = coordinator([]);
+  assert.equal(d.scheduler, "affinity");
+  assert.equal(d.longestFirst, true);
+  assert.equal(d.loadBytesPerS, 0);
+  const g = coordinator(["--scheduler", "greedy", "--longest-first", "off", "--load-bandwidth", "10GB"]);
+  assert.equal(g.scheduler, "greedy");
+  assert.equal(g.longestFirst, false);
+  assert.equal(g.loadBytesPerS, 10e9);
+  const w = worker(["--simulate", "--vram", "8GB", "--sim-speed", "2.5", "--sim-load-bandwidth", "4GB"]);
+  assert.equal(w.simSpeed, 2.5);
+  assert.equal(w.simLoadBytesPerS, 4e9);
+  assert.throws(() => worker(["--simulate", "--vram", "8GB", "--sim-speed", "0"]), /--sim-speed/);
+  assert.throws(() => worker(["--simulate", "--vram", "8GB", "--sim-speed", "fast"]), /--sim-speed/);
 });
