@@ -66,6 +66,7 @@ export class Coordinator {
   private readonly queue: BatchQueue;
   /** The engine's policy state: affinity plan, predictor, decision timer. */
   private readonly engine: EnginePolicy;
+  private plansCounted = 0;
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
@@ -372,6 +373,8 @@ export class Coordinator {
       { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: newLeaseToken },
     );
     for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
+    const plans = this.engine.affinity?.plans ?? 0;
+    for (; this.plansCounted < plans; this.plansCounted++) this.metrics?.replanned();
   }
 
   private tick(): void {
