@@ -18,11 +18,12 @@ import { fleetCase } from "./cases/fleet.js";
 import { fsyncCase } from "./cases/fsync.js";
 import { onnxCase } from "./cases/real-onnx.js";
 import { scaleCase } from "./cases/scale.js";
+import { simCase } from "./cases/sim.js";
 import { formatProfileSummary, type ProfileSummary } from "./lib/cpuprofile.js";
 import { stopEverything } from "./lib/procs.js";
 import { formatTable, machineInfo, tableRows, type BenchResults, type CaseResult } from "./lib/report.js";
 
-export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase];
+export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase];
 
 interface MainOptions {
   quick: boolean;

@@ -47,6 +47,9 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--heartbeat-timeout <duration>", "a worker silent this long is lost").env("SHOAL_HEARTBEAT_TIMEOUT").default("3s"))
     .addOption(new Option("--item-timeout <duration>", "an attempt running longer fails with TIMEOUT (retryable)").env("SHOAL_ITEM_TIMEOUT").default("10m"))
     .addOption(new Option("--placement <policy>", "best-fit packs GPUs, spread balances them").env("SHOAL_PLACEMENT").choices(["best-fit", "spread"]).default(d.policy))
+    .addOption(new Option("--scheduler <policy>", "affinity splits GPUs between models by their backlog; greedy places in queue order").env("SHOAL_SCHEDULER").choices(["affinity", "greedy"]).default(d.scheduler))
+    .addOption(new Option("--longest-first <on|off>", "within each batch's share, the longest predicted items first").env("SHOAL_LONGEST_FIRST").choices(["on", "off"]).default("on"))
+    .addOption(new Option("--load-bandwidth <size>", "bytes per second GPUs load model weights at, the cost of switching a GPU to another model (0 = unknown)").env("SHOAL_LOAD_BANDWIDTH").default("0"))
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
     .addOption(new Option("--api-keys-file <file>", "JSON keys file (tenants, roles, limits; see docs/security.md); reloaded on SIGHUP").env("SHOAL_API_KEYS_FILE"))
     .addOption(new Option("--max-queued-items <n>", "waiting items beyond which SubmitBatch is refused (RESOURCE_EXHAUSTED)").env("SHOAL_MAX_QUEUED_ITEMS").default(String(d.maxQueuedItems)))
@@ -103,6 +106,8 @@ export function workerFlags(cmd: Command, forUp = false): Command {
     .addOption(new Option("--drain-grace <duration>", "on SIGTERM/drain, how long in-flight items may finish").env("SHOAL_DRAIN_GRACE").default("30s"))
     .addOption(new Option("--execution-provider <ep>", "onnxruntime execution provider").env("SHOAL_EXECUTION_PROVIDER").choices(["cpu", "cuda"]).default("cpu"))
     .addOption(new Option("--simulate", "SIMULATION: run the sim-* models (sleep instead of compute), for load tests").env("SHOAL_SIMULATE"))
+    .addOption(new Option("--sim-speed <factor>", "SIMULATION: items take work_ms / factor (a GPU this many times as fast)").env("SHOAL_SIM_SPEED").default("1"))
+    .addOption(new Option("--sim-load-bandwidth <size>", "SIMULATION: bytes per second model weights load at, paid the first time a model runs (0 = instantly)").env("SHOAL_SIM_LOAD_BANDWIDTH").default("0"))
     .addOption(new Option("--nvidia-smi <path>", "nvidia-smi binary").env("SHOAL_NVIDIA_SMI").default("nvidia-smi"));
 }
 
@@ -124,6 +129,12 @@ function port(option: string, v: unknown): number {
 /** A byte limit: "0" means none. */
 function optionalBytes(option: string, v: unknown): number {
   return String(v).trim() === "0" ? 0 : parseBytes(option, String(v));
+}
+
+function simSpeed(v: unknown): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || n > 1000) throw new ConfigError("--sim-speed", `"${String(v)}" must be a number above 0 (at most 1000)`);
+  return n;
 }
 
 /** Shorter than a second, JetStream's de-duplication and expiry stop making sense. */
@@ -203,6 +214,9 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
       resultsMaxBytes: optionalBytes("--results-max-bytes", raw.resultsMaxBytes ?? "0"),
       artifactsMaxBytes: optionalBytes("--artifacts-max-bytes", raw.artifactsMaxBytes ?? "0"),
     },
+    scheduler: raw.scheduler === "greedy" ? "greedy" : "affinity",
+    longestFirst: raw.longestFirst !== "off",
+    loadBytesPerS: optionalBytes("--load-bandwidth", raw.loadBandwidth ?? "0"),
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
     contentPolicyFile: typeof raw.contentPolicy === "string" && raw.contentPolicy.trim() !== "" ? raw.contentPolicy : undefined,
@@ -229,6 +243,8 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     metricsHost: String(raw.metricsHost ?? "127.0.0.1"),
     executionProviders: [String(raw.executionProvider ?? "cpu")],
     simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
+    simSpeed: simSpeed(raw.simSpeed ?? "1"),
+    simLoadBytesPerS: optionalBytes("--sim-load-bandwidth", raw.simLoadBandwidth ?? "0"),
     nvidiaSmi: String(raw.nvidiaSmi ?? "nvidia-smi"),
   });
 }

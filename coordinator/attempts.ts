@@ -22,7 +22,17 @@ export interface Reservation {
   weightsBytes: number;
 }
 
+/** An open attempt as the scheduler's backlog sees it. */
+export interface OpenAttempt {
+  model: string;
+  workerId: string;
+  startMs: number;
+  predictedMs: number;
+}
+
 export class Attempts {
+  /** token → what the scheduler needs to know of each open attempt (model, start, prediction). */
+  private readonly openInfo = new Map<string, OpenAttempt>();
   /** workerId → tokens of the attempts this coordinator has open there. */
   private readonly byWorker = new Map<string, Set<string>>();
   private readonly workerOf = new Map<string, string>();
@@ -36,7 +46,7 @@ export class Attempts {
   open(batch: ActiveBatch, index: number, attempt: Attempt, attemptNo: number, reservation: Reservation): void {
     const slot = batch.items[index]!;
     this.ledger.reserve(attempt.token, reservation.gpuKey, reservation.bytes, reservation.model, reservation.activationBytes, reservation.weightsBytes);
-    this.track(attempt);
+    this.track(attempt, reservation.model);
     slot.state = "leased";
     slot.lease = attempt;
     slot.attempts = attemptNo;
@@ -49,7 +59,7 @@ export class Attempts {
    */
   adopt(batch: ActiveBatch, index: number, attempt: Attempt, attemptNo: number): void {
     const slot = batch.items[index]!;
-    this.track(attempt);
+    this.track(attempt, slot.model);
     slot.state = "leased";
     slot.lease = attempt;
     slot.attempts = Math.max(slot.attempts, attemptNo);
@@ -63,6 +73,7 @@ export class Attempts {
    */
   end(token: string): void {
     this.ledger.release(token);
+    this.openInfo.delete(token);
     const workerId = this.workerOf.get(token);
     if (workerId === undefined) return;
     this.workerOf.delete(token);
@@ -102,7 +113,13 @@ export class Attempts {
     return this.byWorker.get(workerId)?.size ?? 0;
   }
 
-  private track(attempt: Attempt): void {
+  /** Every open attempt (the scheduler's backlog of running work). */
+  running(): IterableIterator<OpenAttempt> {
+    return this.openInfo.values();
+  }
+
+  private track(attempt: Attempt, model: string): void {
+    this.openInfo.set(attempt.token, { model, workerId: attempt.workerId, startMs: attempt.assignedAtMs, predictedMs: attempt.predictedMs ?? 0 });
     let set = this.byWorker.get(attempt.workerId);
     if (!set) this.byWorker.set(attempt.workerId, (set = new Set()));
     set.add(attempt.token);

@@ -18,6 +18,8 @@ export interface Attempt {
   assignedAtMs: number;
   /** Activation bytes reserved for this attempt (an OUT_OF_MEMORY raises the next one). */
   activationBytes?: number;
+  /** How long the scheduler expected it to run on its worker (for the backlog and hedging). */
+  predictedMs?: number;
 }
 
 export interface ItemSlot {

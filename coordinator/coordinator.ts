@@ -22,7 +22,11 @@ import { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
 import { Recovery } from "./recovery.js";
 import { ResultLog } from "./result-log.js";
-import { findUnplaceable, schedulePass } from "./scheduler/engine.js";
+import { performance } from "node:perf_hooks";
+import { AffinityPlanner } from "./scheduler/affinity.js";
+import { DurationModel, gpuTypeOf } from "./scheduler/durations.js";
+import { findUnplaceable, newEnginePolicy, noteNeed, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
+import { LearnedPredictor } from "./scheduler/predictor.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
@@ -70,7 +74,13 @@ export class Coordinator {
   private lastProgress = 0;
   private lastUnplaceableCheck = 0;
   private lastQueueGauges = 0;
-  private readonly queue = new BatchQueue();
+  /** Learned run times per model, shape and GPU type (durations.ts), read by the engine. */
+  readonly durations: LearnedPredictor;
+  /** Items grouped by model (the affinity planner's backlog), longest predicted first. */
+  private readonly queue: BatchQueue;
+  /** The engine's policy state: affinity plan, predictor, decision timer. */
+  private readonly engine: EnginePolicy;
+  private plansCounted = 0;
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
@@ -85,11 +95,36 @@ export class Coordinator {
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
   ) {
+    // One duration model: the engine predicts from it, LearnedDurations keeps it in KV.
+    const durationModel = new DurationModel();
+    this.durations = new LearnedPredictor(durationModel, {
+      gpuTypeOf: (workerId) => {
+        const g = this.ledger.gpusOf(workerId)[0];
+        return g ? gpuTypeOf(g.name, g.totalBytes) : undefined;
+      },
+      loadBytesPerS: opts.loadBytesPerS ?? 0,
+    });
+    this.queue = new BatchQueue({
+      classify: (batchId, index) => {
+        const slot = this.active.get(batchId)?.items[index];
+        if (!slot) return { group: "", rank: 0 };
+        // The planner knows every waiting model's need before the first pass places any of it.
+        noteNeed(this.engine, slot.model, slot.need.weightsBytes, this.estimates.activation(slot.shapeKey!, slot.need.activationBytes));
+        return { group: slot.model, rank: this.durations.predictMs(slot) };
+      },
+      longestFirst: opts.longestFirst ?? true,
+    });
+    this.engine = newEnginePolicy({
+      affinity: (opts.scheduler ?? "affinity") === "affinity" ? new AffinityPlanner() : undefined,
+      predictor: this.durations,
+      observeDecision: metrics ? (s) => metrics!.placement(s) : undefined,
+      timer: () => performance.now(),
+    });
     this.names = new Names(opts.prefix);
     this.contentPolicy = new ContentPolicyStage(opts.contentPolicyFile, log.child({ component: "content-policy" }), (rules, outcome) => metrics?.contentPolicyLoaded(rules, outcome));
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
-    this.learnedDurations = new LearnedDurations(this.ledger, log.child({ component: "durations" }));
+    this.learnedDurations = new LearnedDurations(this.ledger, log.child({ component: "durations" }), durationModel);
     this.progress = new BatchProgress(this.learnedDurations);
     this.link = new WorkerLink({
       nc: () => this.nc!,
@@ -331,9 +366,10 @@ export class Coordinator {
       const current = slot?.lease?.token === o.lease.token ? slot.lease : undefined;
       const reserved = current?.activationBytes;
       const effect = batch.applyOutcome(o, workerId, now);
-      if (!replaying && current && effect.kind === "done" && o.status === ItemStatus.ITEM_STATUS_SUCCEEDED) {
-        // Only the current attempt's counted success teaches durations (a failure's time says little).
-        this.learnedDurations.observe(slot!.model, slot!.shapeKey ?? slot!.model, current.workerId, current.gpuIndex, o.runMs);
+      if (!replaying && current && effect.kind === "done" && o.status === ItemStatus.ITEM_STATUS_SUCCEEDED && o.runMs > 0) {
+        // Only the current attempt's counted success teaches durations (a failure's time says
+        // little), and not on replay: what was learned before the restart is loaded from KV.
+        this.durations.observe(slot!, current.workerId, o.runMs);
         this.progress.observeSlotTime(current.assignedAtMs, now, o.runMs);
       }
       // Learning takes only outcomes that counted: an ignored one's figures are nobody's.
@@ -399,10 +435,12 @@ export class Coordinator {
   /** One pass of the pure engine (scheduler/engine.ts); this only sends what it decided. */
   private schedule(): void {
     const outgoing = schedulePass(
-      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates },
+      { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates, engine: this.engine },
       { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: (attempt, batchId, index, workerId) => this.leaseTokens!.issue(batchId, index, attempt, workerId) },
     );
     for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
+    const plans = this.engine.affinity?.plans ?? 0;
+    for (; this.plansCounted < plans; this.plansCounted++) this.metrics?.replanned();
   }
 
   private tick(): void {

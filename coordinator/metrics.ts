@@ -60,6 +60,8 @@ export class CoordinatorMetrics {
   private readonly contentPolicyItems: Counter;
   private readonly contentPolicyRules: Gauge;
   private readonly contentPolicyLoads: Counter;
+  private readonly placementSeconds: Histogram;
+  private readonly replans: Counter;
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -72,6 +74,13 @@ export class CoordinatorMetrics {
       labelNames: ["outcome"],
       registers,
     });
+    this.placementSeconds = new Histogram({
+      name: "shoal_placement_seconds",
+      help: "Time of one placement decision of the scheduling engine (choosing the GPU of one item)",
+      buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+      registers,
+    });
+    this.replans = new Counter({ name: "shoal_scheduler_replans_total", help: "Times the affinity planner split the fleet between models again", registers });
     const latency = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
     this.queueSeconds = new Histogram({ name: "shoal_item_queue_seconds", help: "Time from submission until the attempt that finished the item was assigned", labelNames: ["model"], buckets: latency, registers });
     this.runSeconds = new Histogram({ name: "shoal_item_run_seconds", help: "Time a worker spent on the item's last attempt", labelNames: ["model"], buckets: latency, registers });
@@ -192,6 +201,15 @@ export class CoordinatorMetrics {
   contentPolicyLoaded(rules: number, outcome: "loaded" | "refused"): void {
     this.contentPolicyRules.set(rules);
     this.contentPolicyLoads.inc({ outcome });
+  }
+
+  /** One placement decision took `seconds` (shoal_placement_seconds). */
+  placement(seconds: number): void {
+    this.placementSeconds.observe(seconds);
+  }
+
+  replanned(): void {
+    this.replans.inc();
   }
 
   batchesInMemory(n: number): void {

@@ -47,6 +47,12 @@ export interface CoordinatorOptions {
   contentPolicyFile?: string;
   /** Delete the learned item durations at start (they are learned again from outcomes). */
   forgetDurations: boolean;
+  /** affinity: GPUs split between models by backlog (default); greedy: queue order only. */
+  scheduler?: "affinity" | "greedy";
+  /** Longest predicted items first within each batch's share (default on). */
+  longestFirst?: boolean;
+  /** Bytes per second GPUs load model weights at, for the cost of switching models (0 = unknown). */
+  loadBytesPerS?: number;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -68,4 +74,7 @@ export const COORDINATOR_DEFAULTS = {
   terminalRetryInitialMs: 200,
   terminalRetryMaxMs: 30_000,
   forgetDurations: false,
+  scheduler: "affinity" as "affinity" | "greedy",
+  longestFirst: true,
+  loadBytesPerS: 0,
 };

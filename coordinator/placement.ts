@@ -34,13 +34,21 @@ export interface Placement {
  * large items; spread picks the one that leaves the most. Either way a GPU where the model is
  * resident (or already being loaded) wins over one that would have to load it.
  */
-export function placeItem(item: ItemNeed, workers: Iterable<PlaceableWorker>, ledger: VramLedger, policy: PlacementPolicy): Placement | undefined {
+export function placeItem(
+  item: ItemNeed,
+  workers: Iterable<PlaceableWorker>,
+  ledger: VramLedger,
+  policy: PlacementPolicy,
+  /** Only GPUs it accepts are considered (the scheduler's affinity plan). */
+  gpuFilter?: (gpuKey: string) => boolean,
+): Placement | undefined {
   let best: Placement | undefined;
   let bestScore = Infinity;
   for (const w of workers) {
     if (w.slotsFree <= 0 || !w.models.has(item.model)) continue;
     const resident = w.resident.has(item.model);
     for (const g of ledger.gpusOf(w.id)) {
+      if (gpuFilter && !gpuFilter(g.key)) continue;
       // Weights are free only where a live lease of the model keeps them counted; a model the
       // worker merely has loaded may be evicted, so its weights are counted again (safe).
       const warm = ledger.warm(g.key, item.model);

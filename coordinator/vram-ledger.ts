@@ -65,9 +65,11 @@ export class VramLedger {
   /**
    * A report from the worker (heartbeat, or its answer to an assignment): replaces each GPU's
    * free figure; the leases it lists as held are counted in that figure from now on, so their
-   * reservations stop being subtracted.
+   * reservations stop being subtracted. `partial`: the report lists only some of what the
+   * worker holds (an assignment's answer lists the items it just took): leases it does not list
+   * are not taken as let go, or their room would only come back with the next heartbeat.
    */
-  observe(workerId: string, gpus: GpuReport[], heldTokens: Iterable<string>): void {
+  observe(workerId: string, gpus: GpuReport[], heldTokens: Iterable<string>, partial = false): void {
     const previous = this.byWorker.get(workerId) ?? [];
     const next: GpuView[] = [];
     for (const g of gpus) {
@@ -94,7 +96,7 @@ export class VramLedger {
           lease.counted = true;
           this.unreserve(lease);
         }
-      } else if (lease.counted) {
+      } else if (lease.counted && !partial) {
         lease.letGo = true;
       }
     }
@@ -108,6 +110,11 @@ export class VramLedger {
   /** True while a live lease of the model is on this GPU: its weights are counted there. */
   warm(key: string, model: string): boolean {
     return (this.warmCounts.get(key)?.get(model) ?? 0) > 0;
+  }
+
+  /** Models with a live lease on this GPU (their weights are counted there). */
+  warmModels(key: string): IterableIterator<string> | string[] {
+    return this.warmCounts.get(key)?.keys() ?? [];
   }
 
   /** Opens a lease: `bytes` are reserved (activations, plus the weights if it loads the model). */

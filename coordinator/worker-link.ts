@@ -139,6 +139,7 @@ export class WorkerLink {
           workerId,
           decoded.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
           accepted,
+          true, // the answer lists only the items just taken, not all the worker holds
         );
       }
     } catch (err) {

@@ -28,6 +28,10 @@ export interface WorkerOptions {
   executionProviders: string[];
   /** Use the simulated backend (load tests, benchmarks): items sleep instead of computing. */
   simulate: boolean;
+  /** SIMULATION: items take work_ms / this (default 1). */
+  simSpeed?: number;
+  /** SIMULATION: bytes per second model weights load at (0 = instantly, the default). */
+  simLoadBytesPerS?: number;
   nvidiaSmi: string;
 }
 

@@ -34,13 +34,55 @@ export const SIMULATED_MODELS: readonly ModelManifest[] = [
   simModel("sim-zero", 0, 0),
 ];
 
+/** The costs a simulated GPU charges, so real-process runs pay what the simulator (bench/sim) does. */
+export interface SimulatedCosts {
+  /** Items take work_ms / speed (a GPU `speed` times as fast as nominal). Default 1. */
+  speed?: number;
+  /** Weights load at this many bytes per second the first time a model runs (0 = instantly). */
+  loadBytesPerS?: number;
+  /** VRAM of the simulated GPU: loaded models with no item running are evicted (least recently used) to make room. */
+  vramBytes?: number;
+}
+
 export class SimulatedBackend implements InferenceBackend {
-  private readonly resident = new Set<string>();
+  /** Loaded models: when the load ends (shared by every item of the model arriving meanwhile), last use. */
+  private readonly loaded = new Map<string, { ready: Promise<void>; lastUsed: number; running: number }>();
   private readonly all: ModelManifest[];
   private readonly names: Set<string>;
-  constructor(extraModels: ModelManifest[] = []) {
+  private readonly speed: number;
+  private readonly loadBytesPerS: number;
+  /** Loads done (each paid its time). */
+  loads = 0;
+  constructor(
+    extraModels: ModelManifest[] = [],
+    private readonly costs: SimulatedCosts = {},
+  ) {
     this.all = [...SIMULATED_MODELS, ...extraModels];
     this.names = new Set(this.all.map((m) => m.name));
+    this.speed = costs.speed && costs.speed > 0 ? costs.speed : 1;
+    this.loadBytesPerS = costs.loadBytesPerS ?? 0;
+  }
+
+  /** Loads the model's weights unless loaded, paying weights / bandwidth; evicts idle models for room. */
+  private load(name: string, signal: CancelSignal): Promise<void> {
+    const have = this.loaded.get(name);
+    if (have) return have.ready;
+    const manifest = this.all.find((m) => m.name === name)!;
+    const weights = manifest.vram.weights_bytes;
+    if (this.costs.vramBytes !== undefined) {
+      let resident = [...this.loaded.keys()].reduce((s, m) => s + (this.all.find((x) => x.name === m)?.vram.weights_bytes ?? 0), 0);
+      const idle = [...this.loaded.entries()].filter(([, l]) => l.running === 0).sort((a, b) => a[1].lastUsed - b[1].lastUsed);
+      while (resident + weights > this.costs.vramBytes && idle.length > 0) {
+        const [evict] = idle.shift()!;
+        this.loaded.delete(evict);
+        resident -= this.all.find((x) => x.name === evict)?.vram.weights_bytes ?? 0;
+      }
+    }
+    const ms = this.loadBytesPerS > 0 ? (weights / this.loadBytesPerS) * 1000 : 0;
+    if (ms > 0) this.loads++;
+    const ready = ms > 0 ? sleep(ms, signal) : Promise.resolve();
+    this.loaded.set(name, { ready, lastUsed: performance.now(), running: 0 });
+    return ready;
   }
 
   async start(): Promise<void> {}
@@ -50,23 +92,29 @@ export class SimulatedBackend implements InferenceBackend {
   }
 
   residentModels(): string[] {
-    return [...this.resident];
+    return [...this.loaded.keys()];
   }
 
   async run(job: InferenceJob, signal: CancelSignal): Promise<InferenceOutput> {
     if (!this.names.has(job.model)) {
       throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served here`, false);
     }
-    this.resident.add(job.model);
-    const workMs = Number(job.params.work_ms ?? 0);
-    if (job.params.busy === true) {
-      const end = performance.now() + workMs;
-      while (performance.now() < end) if (signal.aborted) break;
-    } else if (workMs > 0) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, workMs);
-        signal.addEventListener("abort", () => (clearTimeout(t), resolve()));
-      });
+    await this.load(job.model, signal);
+    const entry = this.loaded.get(job.model);
+    if (entry) entry.running++;
+    try {
+      const workMs = Number(job.params.work_ms ?? 0) / this.speed;
+      if (job.params.busy === true) {
+        const end = performance.now() + workMs;
+        while (performance.now() < end) if (signal.aborted) break;
+      } else if (workMs > 0) {
+        await sleep(workMs, signal);
+      }
+    } finally {
+      if (entry) {
+        entry.running--;
+        entry.lastUsed = performance.now();
+      }
     }
     if (signal.aborted) throw new InferenceError("CANCELLED", "cancelled", false);
     if (job.params.fail === true) throw new InferenceError("INFERENCE_FAILED", "simulated failure", false);
@@ -78,4 +126,11 @@ export class SimulatedBackend implements InferenceBackend {
   }
 
   async close(): Promise<void> {}
+}
+
+function sleep(ms: number, signal: CancelSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => (clearTimeout(t), resolve()));
+  });
 }

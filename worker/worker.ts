@@ -96,7 +96,8 @@ export class ShoalWorker {
 
   async start(): Promise<void> {
     if (this.state !== "INITIALIZED") throw new Error(`worker cannot start from ${this.state}`);
-    this.vram = await detectVramSource(this.opts.gpu, this.opts.vramBytes, this.opts.nvidiaSmi);
+    const speed = this.opts.simulate && this.opts.simSpeed !== undefined && this.opts.simSpeed !== 1 ? `, speed ×${this.opts.simSpeed}` : "";
+    this.vram = await detectVramSource(this.opts.gpu, this.opts.vramBytes, this.opts.nvidiaSmi, speed);
     this.devices = this.vram.devices();
     if (this.devices.some((d) => d.source === "nvidia-smi") && this.opts.executionProviders.some((p) => cudaDevice(p) !== undefined)) {
       const sample = nvidiaSmiSampler(this.opts.nvidiaSmi, process.pid, this.devices.map((d) => d.index));

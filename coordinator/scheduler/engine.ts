@@ -11,18 +11,52 @@
 import type { ItemError } from "../../proto/gen/shoal/v1/shoal.js";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import type { Attempts } from "../attempts.js";
-import type { ActiveBatch, Attempt } from "../batch-state.js";
+import type { VramNeed } from "../../shared/vram-need.js";
+import type { ActiveBatch, Attempt, ItemSlot } from "../batch-state.js";
 import type { BatchQueue } from "../batch-queue.js";
 import type { WorkerRecord } from "../fleet.js";
-import { placeItem, type PlaceableWorker, type PlacementPolicy } from "../placement.js";
+import { placeItem, type PlaceableWorker, type Placement, type PlacementPolicy } from "../placement.js";
 import type { VramEstimates } from "../vram-estimates.js";
 import type { VramLedger } from "../vram-ledger.js";
+import type { AffinityPlanner, ModelBacklog, PlannerGpu } from "./affinity.js";
 
 /** One placement decision: this attempt of this item goes to `lease.workerId`, GPU `lease.gpuIndex`. */
 export interface Placed {
   batch: ActiveBatch;
   index: number;
   lease: Attempt;
+}
+
+/**
+ * What the scheduler knows of durations: how long an item is predicted to run (at nominal speed,
+ * or on a given worker), and how fast each worker is relative to nominal. Injected: the
+ * coordinator learns it from outcomes (see durations), the simulator may know it exactly.
+ */
+export interface DurationPredictor {
+  predictMs(slot: ItemSlot, workerId?: string): number;
+  /** Relative speed of a worker (1 = nominal). */
+  speedOf(workerId: string): number;
+  /** Time to load a model's weights (0 when unknown). */
+  loadMs?(model: string, weightsBytes: number): number;
+}
+
+/** Policy knobs of the engine (see docs/scheduling.md). */
+export interface EnginePolicy {
+  /** Split GPUs between models by backlog (model affinity); undefined = greedy. */
+  affinity?: AffinityPlanner;
+  predictor?: DurationPredictor;
+  /** The need of each model as last seen (weights, activations): the planner's input. */
+  modelNeeds: Map<string, VramNeed>;
+  /** The smallest activations seen per model: below a failed need nothing of the model can fit. */
+  minActivation: Map<string, number>;
+  /** Measures each placement decision (shoal_placement_seconds); gets seconds. */
+  observeDecision?: (seconds: number) => void;
+  /** A monotonic clock in ms for observeDecision (performance.now in production). */
+  timer?: () => number;
+}
+
+export function newEnginePolicy(opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number } = {}): EnginePolicy {
+  return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
 
 /** What a pass reads (and records its decisions in). */
@@ -37,6 +71,8 @@ export interface EngineState {
   /** Where each decision is recorded: the attempt, its reservation and its worker together. */
   attempts: Attempts;
   estimates: VramEstimates;
+  /** Affinity, durations, timing; absent = greedy in queue order, as before. */
+  engine?: EnginePolicy;
 }
 
 export interface PassInput {
@@ -53,37 +89,80 @@ export interface PassInput {
  * One scheduling pass: places every waiting item that fits somewhere now, batches taking turns
  * (see BatchQueue.drain). Returns the decisions grouped by worker, in placement order, so each
  * worker gets one assignment message per pass.
+ *
+ * With affinity, an item goes first to a GPU the plan gives its model, else to a GPU whose
+ * planned models have nothing waiting (so no GPU idles while something it can run waits).
  */
 export function schedulePass(state: EngineState, input: PassInput): Map<string, Placed[]> {
   const outgoing = new Map<string, Placed[]>();
   if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
   const workers = new Map<string, PlaceableWorker>();
+  let slots = 0;
   for (const w of state.workers) {
     if (w.state !== WorkerState.WORKER_STATE_READY || w.unreachable) continue;
-    workers.set(w.id, { id: w.id, slotsFree: w.maxInFlight - state.attempts.openOn(w.id), resident: w.resident, models: w.models });
+    const free = w.maxInFlight - state.attempts.openOn(w.id);
+    workers.set(w.id, { id: w.id, slotsFree: free, resident: w.resident, models: w.models });
+    slots += Math.max(0, free);
   }
-  if (workers.size === 0) return outgoing;
+  if (workers.size === 0 || slots === 0) return outgoing;
+  const eng = state.engine;
+  const planner = eng?.affinity;
+  const planned = new Set<string>();
+  if (planner && eng) {
+    const waiting = [...state.queue.backlogByGroup().keys()].sort().join(",");
+    planner.maybePlan(input.nowMs, waiting, workers.size, () => plannerInputs(state, eng, workers, input.nowMs));
+    for (const m of eng.modelNeeds.keys()) planned.add(m);
+  }
+  const waitingOf = (m: string) => state.queue.waiting(m);
+  const timer = eng?.observeDecision ? eng.timer : undefined;
   // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
   // that model cannot fit either, so they are refused without another scan of the fleet.
   const failedNeed = new Map<string, number>();
+  const waitingModels = state.queue.backlogByGroup().size;
+  // Every waiting model has failed at (or below) its smallest item: nothing more fits this pass.
+  const allBlocked = () => {
+    for (const m of state.queue.backlogByGroup().keys()) {
+      const f = failedNeed.get(m);
+      if (f === undefined || f > (eng!.minActivation.get(m) ?? 0)) return false;
+    }
+    return true;
+  };
   state.queue.drain(({ batchId, index }) => {
     const batch = state.batches.get(batchId);
     const slot = batch?.items[index];
-    if (!batch || !slot || slot.state !== "pending") return true; // done or adopted meanwhile: drop
+    if (!batch || !slot || slot.state !== "pending") return "drop"; // done or adopted meanwhile
+    const t0 = timer?.();
     const activation = state.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
-    if (activation >= (failedNeed.get(slot.model) ?? Infinity)) return false;
-    const placement = placeItem(
-      { model: slot.model, activationBytes: activation, weightsBytes: slot.need.weightsBytes },
-      workers.values(),
-      state.ledger,
-      input.policy,
-    );
+    if (eng) noteNeed(eng, slot.model, slot.need.weightsBytes, activation);
+    const failed = failedNeed.get(slot.model);
+    if (failed !== undefined && activation >= failed) {
+      // No item of the model smaller than the one that failed was ever seen: none behind can fit.
+      if (eng && failed <= (eng.minActivation.get(slot.model) ?? 0)) return failedNeed.size >= waitingModels && allBlocked() ? "stop" : "block";
+      return false;
+    }
+    const need = { model: slot.model, activationBytes: activation, weightsBytes: slot.need.weightsBytes };
+    let placement: Placement | undefined;
+    if (planner?.active) {
+      placement =
+        placeItem(need, workers.values(), state.ledger, input.policy, (key) => planner.allows(key, slot.model, planned)) ??
+        placeItem(need, workers.values(), state.ledger, input.policy, (key) => planner.spillable(key, waitingOf));
+    } else {
+      placement = placeItem(need, workers.values(), state.ledger, input.policy);
+    }
+    if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
     if (!placement) {
       failedNeed.set(slot.model, Math.min(activation, failedNeed.get(slot.model) ?? Infinity));
       return false;
     }
     const attempt = slot.attempts + 1;
-    const lease: Attempt = { token: input.newToken(attempt, batch.id, index, placement.workerId), workerId: placement.workerId, gpuIndex: placement.gpuIndex, assignedAtMs: input.nowMs, activationBytes: activation };
+    const lease: Attempt = {
+      token: input.newToken(attempt, batch.id, index, placement.workerId),
+      workerId: placement.workerId,
+      gpuIndex: placement.gpuIndex,
+      assignedAtMs: input.nowMs,
+      activationBytes: activation,
+      predictedMs: eng?.predictor?.predictMs(slot, placement.workerId),
+    };
     state.attempts.open(batch, index, lease, attempt, {
       gpuKey: placement.gpuKey,
       bytes: placement.bytes,
@@ -96,8 +175,59 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
     if (!list) outgoing.set(placement.workerId, (list = []));
     list.push({ batch, index, lease });
     return true;
-  });
+  }, slots);
   return outgoing;
+}
+
+/** Records a model's need as the planner reads it; called for each item tried, and when items are queued. */
+export function noteNeed(eng: EnginePolicy, model: string, weightsBytes: number, activationBytes: number): void {
+  const min = eng.minActivation.get(model);
+  if (min === undefined || activationBytes < min) eng.minActivation.set(model, activationBytes);
+  // The latest estimate (learned estimates move both ways): what the model's items reserve now.
+  const cur = eng.modelNeeds.get(model);
+  if (!cur || cur.activationBytes !== activationBytes || cur.weightsBytes !== weightsBytes) eng.modelNeeds.set(model, { weightsBytes, activationBytes });
+}
+
+/** The fleet and the backlog as the affinity planner reads them (built only when it re-plans). */
+function plannerInputs(state: EngineState, eng: EnginePolicy, workers: Map<string, PlaceableWorker>, nowMs: number): { gpus: PlannerGpu[]; backlog: Map<string, ModelBacklog> } {
+  const gpus: PlannerGpu[] = [];
+  const maxInFlight = new Map<string, number>();
+  for (const w of state.workers) maxInFlight.set(w.id, w.maxInFlight);
+  for (const w of workers.values()) {
+    const speed = eng.predictor?.speedOf(w.id) ?? 1;
+    for (const g of state.ledger.gpusOf(w.id)) {
+      const loaded = new Set<string>(w.resident);
+      for (const m of state.ledger.warmModels(g.key)) loaded.add(m);
+      gpus.push({ key: g.key, totalBytes: g.totalBytes, speed, slots: maxInFlight.get(w.id) ?? 1, models: w.models, loaded });
+    }
+  }
+  const backlog = new Map<string, ModelBacklog>();
+  const entry = (m: string): ModelBacklog | undefined => {
+    let b = backlog.get(m);
+    if (!b) {
+      const need = eng.modelNeeds.get(m);
+      if (!need) return undefined;
+      const loadMs = eng.predictor?.loadMs?.(m, need.weightsBytes) ?? 0;
+      backlog.set(m, (b = { workMs: 0, waiting: 0, weightsBytes: need.weightsBytes, activationBytes: need.activationBytes, loadMs }));
+    }
+    return b;
+  };
+  for (const [m, q] of state.queue.backlogByGroup()) {
+    const b = entry(m);
+    if (!b) continue;
+    b.waiting += q.count;
+    // Without a predictor every item counts as one unit of work.
+    b.workMs += eng.predictor ? q.rank : q.count * 1000;
+  }
+  for (const a of state.attempts.running()) {
+    const b = entry(a.model);
+    if (!b) continue;
+    const speed = eng.predictor?.speedOf(a.workerId) ?? 1;
+    const predicted = eng.predictor ? a.predictedMs : 1000;
+    // What is left of it, in nominal-speed ms.
+    b.workMs += Math.max(0, predicted - (nowMs - a.startMs)) * speed;
+  }
+  return { gpus, backlog };
 }
 
 /** An item no registered worker could ever fit, past the grace period: it fails with `error`. */

@@ -51,3 +51,29 @@ test("batch queue - items behind a head that fits nowhere are placed (no head-of
   assert.deepEqual(next, [0]);
   assert.equal(q.size, 0);
 });
+
+test("batch queue - groups: a blocked model does not hold back the batch's other model; longest first within a group; backlog per group", () => {
+  const model = (i: number) => (i % 2 === 0 ? "a" : "b");
+  const q = new BatchQueue({ classify: (_b, i) => ({ group: model(i), rank: i }), longestFirst: true });
+  for (let i = 0; i < 8; i++) q.add("x", i);
+  assert.deepEqual(Object.fromEntries([...q.backlogByGroup()].map(([g, v]) => [g, { ...v }])), { a: { count: 4, rank: 12 }, b: { count: 4, rank: 16 } });
+  const order: number[] = [];
+  // Model "a" fits nowhere this pass ("block": nothing of it can fit); "b" still goes, longest first.
+  q.drain((ref) => (model(ref.index) === "a" ? "block" : (order.push(ref.index), true)));
+  assert.deepEqual(order, [7, 5, 3, 1]);
+  assert.equal(q.waiting("a"), 4);
+  assert.equal(q.waiting("b"), 0);
+  const next: number[] = [];
+  q.drain((ref) => (next.push(ref.index), true));
+  assert.deepEqual(next, [6, 4, 2, 0]);
+  assert.equal(q.size, 0);
+  assert.equal(q.backlogByGroup().size, 0);
+});
+
+test("batch queue - a batch served in a pass goes to the back: one freed slot per pass rotates between batches", () => {
+  const q = new BatchQueue();
+  for (const b of ["p", "q", "r"]) for (let i = 0; i < 5; i++) q.add(b, i);
+  const winners: string[] = [];
+  for (let pass = 0; pass < 6; pass++) q.drain((ref) => (winners.push(ref.batchId), true), 1);
+  assert.deepEqual(winners, ["p", "q", "r", "p", "q", "r"]);
+});

@@ -28,6 +28,8 @@ export async function detectVramSource(
   selection: GpuSelection,
   budgetBytes: number | undefined,
   nvidiaSmi = "nvidia-smi",
+  /** Appended to the budget GPU's name (a simulated GPU's speed: GPU types differ by it). */
+  budgetNote = "",
 ): Promise<VramSource> {
   if (selection.kind !== "none") {
     const readings = await queryNvidiaSmi(nvidiaSmi);
@@ -43,7 +45,7 @@ export async function detectVramSource(
   if (budgetBytes === undefined) {
     throw new ConfigError("--vram", "no GPU found (nvidia-smi absent or --gpu none): give a VRAM budget, e.g. --vram 8GiB");
   }
-  return new BudgetSource(budgetBytes);
+  return new BudgetSource(budgetBytes, budgetNote);
 }
 
 class NvidiaSmiSource implements VramSource {
@@ -64,9 +66,12 @@ class NvidiaSmiSource implements VramSource {
 }
 
 class BudgetSource implements VramSource {
-  constructor(private readonly budget: number) {}
+  constructor(
+    private readonly budget: number,
+    private readonly note = "",
+  ) {}
   devices(): GpuDevice[] {
-    return [{ index: 0, name: `cpu (${hostname()}, simulated VRAM budget)`, totalBytes: this.budget, source: "budget" }];
+    return [{ index: 0, name: `cpu (${hostname()}, simulated VRAM budget${this.note})`, totalBytes: this.budget, source: "budget" }];
   }
   async measureFree(): Promise<undefined> {
     return undefined;

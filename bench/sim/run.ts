@@ -1,0 +1,24 @@
+// SIMULATION. Runs every shape under every policy and prints one line each:
+//   node dist/bench/sim/run.js [--quick] [--seed N] [--only shape1,shape2]
+import { POLICIES, simulate } from "./simulator.js";
+import { SHAPES } from "./workloads.js";
+
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const seedAt = args.indexOf("--seed");
+const seed = seedAt >= 0 ? Number(args[seedAt + 1]) : 42;
+const onlyAt = args.indexOf("--only");
+const only = onlyAt >= 0 ? args[onlyAt + 1]!.split(",") : undefined;
+const polAt = args.indexOf("--policy");
+const pols = polAt >= 0 ? args[polAt + 1]!.split(",") : undefined;
+for (const shape of SHAPES) {
+  const w = shape({ seed, quick });
+  if (only && !only.includes(w.name)) continue;
+  for (const p of POLICIES) {
+    if (pols && !pols.includes(p.name)) continue;
+    const r = simulate(w, p);
+    process.stdout.write(
+      `${w.name.padEnd(22)} ${p.name.padEnd(20)} eff ${r.efficiency.toFixed(3)} makespan ${(r.makespanMs / 1000).toFixed(1)}s ideal ${(r.idealMs / 1000).toFixed(1)}s ooms ${r.estimateOoms} over ${r.overbooked} refused ${r.refusedByWorker} loads ${r.loads} notEnded ${r.notEnded} wall ${r.wallMs.toFixed(0)}ms\n`,
+    );
+  }
+}

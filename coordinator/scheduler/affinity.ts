@@ -1,0 +1,267 @@
+// Model affinity: which models each GPU should serve now. Greedy placement in submission order
+// mixes models on every GPU (each pays the weights of every model it runs) and fills the large
+// GPUs with small items that could have run anywhere, so the items only the large GPUs can hold
+// are left for the end. The planner instead splits the fleet between the models by their
+// backlog, as the fluid solution of the capacity LP does (the same LP bench/lib/ideal.ts uses as
+// the lower bound on makespan):
+//
+//   maximize λ  s.t.  Σ_c rate(c,m)·u(m,c) ≥ λ·W_m  for each model,  Σ_m u(m,c) ≤ n_c  for each class,
+//
+// where a class is a set of identical GPUs (VRAM, speed, slots, models served), n_c how many, W_m
+// the model's backlog (predicted milliseconds of its waiting and running items), rate(c,m) the
+// items of m one GPU of c runs at once ((VRAM − weights) / activations, at most its slots) times
+// its speed, and u(m,c) how many GPUs of class c serve m. The fractional u is rounded to whole
+// GPUs per class, keeping each GPU on the model it serves now wherever the rounding allows (a
+// switch costs the model's load time), and preferring GPUs that already hold the new model.
+//
+// The plan is a preference, not a wall: a GPU none of whose planned models has items waiting
+// takes any item that fits (work conservation), see `spillable`. Pure: the time is passed in.
+
+import { maximize } from "./lp.js";
+
+export interface PlannerGpu {
+  key: string;
+  totalBytes: number;
+  /** Relative speed (1 = nominal): items take predicted / speed. */
+  speed: number;
+  /** Items the GPU's worker may hold at once (shared by its GPUs). */
+  slots: number;
+  models: ReadonlySet<string>;
+  /** Models whose weights are on the GPU now (resident, or kept by a running item). */
+  loaded: ReadonlySet<string>;
+}
+
+export interface ModelBacklog {
+  /** Predicted milliseconds (at speed 1) of the model's waiting and running items. */
+  workMs: number;
+  /** Items waiting. */
+  waiting: number;
+  weightsBytes: number;
+  activationBytes: number;
+  /** Time to load the model's weights onto a GPU (0 when unknown). */
+  loadMs: number;
+}
+
+export interface AffinityOptions {
+  /** Re-plan at most this often (the backlog changes slowly); also when the models waiting change. */
+  replanMs: number;
+  /**
+   * A GPU changes models only when the backlog left lasts longer than this many times the new
+   * model's load time: near the end of the work a switch costs more than it saves.
+   */
+  switchFactor: number;
+}
+
+export const AFFINITY_DEFAULTS: AffinityOptions = { replanMs: 1000, switchFactor: 2 };
+
+/** Items of a model one GPU can run at once when it serves only that model (real-valued). */
+export function ratePerGpu(g: { totalBytes: number; slots: number; speed: number }, m: { weightsBytes: number; activationBytes: number }): number {
+  if (g.totalBytes < m.weightsBytes + m.activationBytes) return 0;
+  const byVram = m.activationBytes > 0 ? (g.totalBytes - m.weightsBytes) / m.activationBytes : Infinity;
+  return Math.min(byVram, g.slots) * g.speed;
+}
+
+export class AffinityPlanner {
+  /** gpuKey → the models it should serve now. */
+  private allowedBy = new Map<string, Set<string>>();
+  /** gpuKey → its primary model (what it served in the last plan), kept across plans. */
+  private primary = new Map<string, string>();
+  private plannedAtMs = -Infinity;
+  private plannedModels = "";
+  private plannedGpus = 0;
+  /** Predicted time the backlog lasts at the last plan (1 / λ), in ms. */
+  horizonMs = 0;
+  plans = 0;
+  /** GPUs moved to another model (each may cost a load). */
+  switches = 0;
+
+  constructor(private readonly opts: AffinityOptions = AFFINITY_DEFAULTS) {}
+
+  /** True when a plan exists: without one (nothing known yet) every GPU may take every model. */
+  get active(): boolean {
+    return this.allowedBy.size > 0;
+  }
+
+  /** Whether the plan lets GPU `key` serve `model` (always, for models the plan did not cover). */
+  allows(key: string, model: string, planned: ReadonlySet<string>): boolean {
+    if (!planned.has(model)) return true;
+    return this.allowedBy.get(key)?.has(model) ?? true;
+  }
+
+  /** The GPU's planned models have nothing waiting: it may take other work rather than idle. */
+  spillable(key: string, waiting: (model: string) => number): boolean {
+    const mine = this.allowedBy.get(key);
+    if (!mine) return true;
+    for (const m of mine) if (waiting(m) > 0) return false;
+    return true;
+  }
+
+  /** Whether a re-plan is due: `replanMs` passed, or the set of models waiting or of GPUs changed. */
+  due(nowMs: number, waitingModels: string, gpuCount: number): boolean {
+    return nowMs - this.plannedAtMs >= this.opts.replanMs || waitingModels !== this.plannedModels || gpuCount !== this.plannedGpus;
+  }
+
+  /** Re-plans when due (see `due`); the fleet and the backlog are only built then. */
+  maybePlan(nowMs: number, waitingModels: string, gpuCount: number, inputs: () => { gpus: PlannerGpu[]; backlog: ReadonlyMap<string, ModelBacklog> }): boolean {
+    if (!this.due(nowMs, waitingModels, gpuCount)) return false;
+    this.plannedAtMs = nowMs;
+    this.plannedModels = waitingModels;
+    this.plannedGpus = gpuCount;
+    const { gpus, backlog } = inputs();
+    this.plan(gpus, backlog);
+    return true;
+  }
+
+  plan(gpus: PlannerGpu[], backlog: ReadonlyMap<string, ModelBacklog>): void {
+    this.plans++;
+    const names = [...backlog.keys()].filter((m) => backlog.get(m)!.workMs > 0).sort();
+    const next = new Map<string, Set<string>>();
+    if (names.length === 0 || gpus.length === 0) {
+      this.allowedBy = next;
+      return;
+    }
+    // Classes of identical GPUs keep the LP small with a thousand workers.
+    const classes = new Map<string, PlannerGpu[]>();
+    for (const g of gpus) {
+      const key = `${g.totalBytes}|${g.speed}|${g.slots}|${[...g.models].sort().join(",")}`;
+      let list = classes.get(key);
+      if (!list) classes.set(key, (list = []));
+      list.push(g);
+    }
+    const cls = [...classes.values()];
+    const pairs: { m: number; c: number; rate: number }[] = [];
+    names.forEach((name, mi) => {
+      const b = backlog.get(name)!;
+      cls.forEach((list, ci) => {
+        const g = list[0]!;
+        if (!g.models.has(name)) return;
+        const rate = ratePerGpu(g, b);
+        if (rate > 0 && Number.isFinite(rate)) pairs.push({ m: mi, c: ci, rate });
+      });
+    });
+    const nVars = 1 + pairs.length;
+    const A: number[][] = [];
+    const rhs: number[] = [];
+    const served = new Set(pairs.map((p) => p.m));
+    names.forEach((name, mi) => {
+      if (!served.has(mi)) return;
+      const row = new Array<number>(nVars).fill(0);
+      // Work in seconds keeps the tableau's numbers in a comfortable range.
+      row[0] = backlog.get(name)!.workMs / 1000;
+      pairs.forEach((p, k) => {
+        if (p.m === mi) row[1 + k] = -p.rate;
+      });
+      A.push(row);
+      rhs.push(0);
+    });
+    cls.forEach((list, ci) => {
+      const row = new Array<number>(nVars).fill(0);
+      pairs.forEach((p, k) => {
+        if (p.c === ci) row[1 + k] = 1;
+      });
+      A.push(row);
+      rhs.push(list.length);
+    });
+    const c = new Array<number>(nVars).fill(0);
+    c[0] = 1;
+    let sol: { value: number; x: number[] };
+    try {
+      sol = maximize(c, A, rhs);
+    } catch {
+      this.allowedBy = next;
+      return;
+    }
+    this.horizonMs = sol.value > 0 ? 1000 / sol.value : Infinity;
+    cls.forEach((list, ci) => {
+      const targets = new Map<string, number>();
+      pairs.forEach((p, k) => {
+        if (p.c === ci && sol.x[1 + k]! > 1e-9) targets.set(names[p.m]!, sol.x[1 + k]!);
+      });
+      this.roundClass(list, targets, backlog, next);
+    });
+    this.allowedBy = next;
+  }
+
+  /**
+   * Whole GPUs per model from the fractional targets. A model keeps the GPUs it has while that
+   * count is within one of its target (hysteresis: each switch costs a load and a drain of the
+   * old model's items), otherwise it gets its target rounded; then the counts are balanced to
+   * the class's size. A GPU keeps its current model where it can; a GPU that must switch
+   * prefers a model it already holds; a switch the remaining backlog cannot repay (see
+   * switchFactor) is skipped. Models left short of their fractional share may also use the GPUs
+   * of models given more than theirs (the fluid solution time-shares those GPUs).
+   */
+  private roundClass(list: PlannerGpu[], targets: Map<string, number>, backlog: ReadonlyMap<string, ModelBacklog>, out: Map<string, Set<string>>): void {
+    const current = new Map<string, number>();
+    for (const g of list) {
+      const m = this.primary.get(g.key);
+      if (m !== undefined) current.set(m, (current.get(m) ?? 0) + 1);
+    }
+    const want = new Map<string, number>();
+    for (const [m, t] of targets) {
+      const cur = current.get(m) ?? 0;
+      want.set(m, cur >= Math.floor(t) && cur <= Math.ceil(t) && cur > 0 ? cur : Math.max(1, Math.round(t)));
+    }
+    const total = () => [...want.values()].reduce((a, b) => a + b, 0);
+    while (total() > list.length) {
+      let worst: string | undefined;
+      for (const [m, n] of want) if (n > 0 && (worst === undefined || n - targets.get(m)! > want.get(worst)! - targets.get(worst)!)) worst = m;
+      want.set(worst!, want.get(worst!)! - 1);
+    }
+    const ceilSum = Math.min(list.length, [...targets.values()].reduce((a, t) => a + Math.ceil(t - 1e-6), 0));
+    while (total() < ceilSum) {
+      let best: string | undefined;
+      for (const [m, n] of want) if (best === undefined || targets.get(m)! - n > targets.get(best)! - want.get(best)!) best = m;
+      want.set(best!, want.get(best!)! + 1);
+    }
+    const planned = new Map(want);
+    const free = new Set(list);
+    const give = (g: PlannerGpu, m: string) => {
+      free.delete(g);
+      const was = this.primary.get(g.key);
+      if (was !== undefined && was !== m) this.switches++;
+      this.primary.set(g.key, m);
+      out.set(g.key, new Set([m]));
+      want.set(m, want.get(m)! - 1);
+    };
+    // 1. GPUs stay on their current model while the plan still wants it there.
+    for (const g of list) {
+      const cur = this.primary.get(g.key);
+      if (cur !== undefined && (want.get(cur) ?? 0) > 0) give(g, cur);
+    }
+    // 2. Then GPUs that already hold a wanted model.
+    for (const g of [...free]) {
+      for (const m of g.loaded) {
+        if ((want.get(m) ?? 0) > 0) {
+          give(g, m);
+          break;
+        }
+      }
+    }
+    // 3. The rest switch, unless the backlog left is too short to repay the load.
+    for (const [m, n] of [...want.entries()].sort((a, b) => b[1] - a[1])) {
+      for (let i = 0; i < n; i++) {
+        const g = free.values().next().value as PlannerGpu | undefined;
+        if (!g) break;
+        const cur = this.primary.get(g.key);
+        const load = backlog.get(m)?.loadMs ?? 0;
+        if (cur !== undefined && backlog.has(cur) && this.horizonMs < this.opts.switchFactor * load) {
+          free.delete(g);
+          out.set(g.key, new Set([cur]));
+          continue;
+        }
+        give(g, m);
+      }
+    }
+    // GPUs the plan did not need (more GPUs than work): they take whatever waits.
+    for (const g of free) out.delete(g.key);
+    const short = [...targets.entries()].filter(([m, t]) => t - (planned.get(m) ?? 0) > 0.05).map(([m]) => m);
+    if (short.length === 0) return;
+    for (const g of list) {
+      const mine = out.get(g.key);
+      if (!mine) continue;
+      const m = this.primary.get(g.key)!;
+      if ((planned.get(m) ?? 0) - (targets.get(m) ?? 0) > 0.05) for (const s of short) mine.add(s);
+    }
+  }
+}
