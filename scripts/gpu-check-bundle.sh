@@ -22,6 +22,6 @@ tar -cf - \
   --exclude='node_modules/onnxruntime-node/bin/napi-v6/win32' \
   --exclude='node_modules/onnxruntime-node/bin/napi-v6/linux/arm64' \
   --exclude='dist/test' --exclude='dist/bench' \
-  package.json bin dist scripts/gpu-check.sh examples -T "$tmp/modules" \
+  package.json bin dist proto/shoal proto/grpc scripts/gpu-check.sh examples -T "$tmp/modules" \
   -C "$tmp" bin/nats-server | xz -T2 -6 >"$OUTPUT"
 echo "wrote $OUTPUT ($(du -h "$OUTPUT" | cut -f1))"

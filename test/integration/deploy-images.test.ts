@@ -31,6 +31,8 @@ function stageContext(): string {
   const dir = mkdtempSync(join(tmpdir(), "shoal-image-ctx-"));
   for (const f of ["package.json", "package-lock.json", ".npmrc"]) copyFileSync(join(ROOT, f), join(dir, f));
   cpSync(join(ROOT, "bin"), join(dir, "bin"), { recursive: true });
+  // The .proto files: the coordinator's gRPC reflection serves the schema from them.
+  cpSync(join(ROOT, "proto"), join(dir, "proto"), { recursive: true, filter: (src) => !/[/\\]gen([/\\]|$)/.test(relative(ROOT, src)) });
   cpSync(join(ROOT, "dist"), join(dir, "dist"), { recursive: true, filter: (src) => !/^dist[/\\](test|bench)([/\\]|$)/.test(relative(ROOT, src)) });
   const prod = execFileSync("npm", ["ls", "--omit=dev", "--all", "--parseable"], { cwd: ROOT, encoding: "utf8", timeout: 60_000 })
     .split("\n")
