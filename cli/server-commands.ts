@@ -16,6 +16,7 @@ export function commonOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option("--nats <url>", "NATS server URL(s), comma-separated").env("SHOAL_NATS_URL").default(DEFAULT_NATS_URL))
     .addOption(new Option("--prefix <name>", "subject/stream prefix, so fleets can share a NATS cluster").env("SHOAL_PREFIX").default("shoal"))
+    .addOption(new Option("--replicas <n>", "copies of each JetStream stream, bucket and object store (1 on one nats-server, 3 on a cluster)").env("SHOAL_REPLICAS").default("1"))
     .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
     .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 }
@@ -39,7 +40,9 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--batches-max-bytes <size>", "byte limit of the batch records bucket, the batch index and the idempotency keys, each (0 = only the server's max_file_store)").env("SHOAL_BATCHES_MAX_BYTES").default("0"))
     .addOption(new Option("--results-max-bytes <size>", "byte limit of the results stream (0 = only the server's max_file_store)").env("SHOAL_RESULTS_MAX_BYTES").default("0"))
     .addOption(new Option("--artifacts-max-bytes <size>", "byte limit of the artifact object store (0 = only the server's max_file_store)").env("SHOAL_ARTIFACTS_MAX_BYTES").default("0"))
-    .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"));
+    .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"))
+    .addOption(new Option("--lease-ttl <duration>", "standby coordinators: the active one's lease ends this long after its last renewal").env("SHOAL_LEASE_TTL").default("2s"))
+    .addOption(new Option("--advertise-addr <host:port>", "the gRPC address standbys name when they send clients to this coordinator (default host:port)").env("SHOAL_ADVERTISE_ADDR"));
 }
 
 /** `shoal gateway`'s flags; `shoal up` takes --http-port only and passes the rest by env. */
@@ -108,6 +111,18 @@ function retention(v: unknown): number {
   return ms;
 }
 
+/** JetStream keeps 1 to 5 copies of a stream. */
+export function replicas(v: unknown): number {
+  return parseIntOption("--replicas", String(v ?? "1"), 1, 5);
+}
+
+/** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
+function leaseTtl(v: unknown): number {
+  const ms = parseDuration("--lease-ttl", String(v ?? "2s"));
+  if (ms < 500 || ms > 60_000) throw new ConfigError("--lease-ttl", `"${String(v)}" must be between 500ms and 60s`);
+  return ms;
+}
+
 export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
   const apiKeys = new Map<string, string>();
   if (typeof raw.apiKeys === "string" && raw.apiKeys.trim() !== "") {
@@ -144,6 +159,9 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     },
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
+    replicas: replicas(raw.replicas),
+    leaseTtlMs: leaseTtl(raw.leaseTtl),
+    ...(typeof raw.advertiseAddr === "string" && raw.advertiseAddr.trim() !== "" ? { advertiseAddr: raw.advertiseAddr.trim() } : {}),
   };
 }
 
@@ -165,6 +183,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     executionProviders: [String(raw.executionProvider ?? "cpu")],
     simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
     nvidiaSmi: String(raw.nvidiaSmi ?? "nvidia-smi"),
+    replicas: replicas(raw.replicas),
   });
 }
 

@@ -128,7 +128,7 @@ export class Coordinator {
 
   async start(): Promise<void> {
     this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log);
-    this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }));
+    this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }), this.opts.replicas);
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);

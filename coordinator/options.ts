@@ -29,6 +29,12 @@ export interface CoordinatorOptions {
   /** First delay before a failed terminal write is tried again; it doubles up to the max. */
   terminalRetryInitialMs: number;
   terminalRetryMaxMs: number;
+  /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */
+  replicas?: number;
+  /** Standby coordinators: how long the active one's lease lasts unrenewed (--lease-ttl); default LEASE_TTL_MS. */
+  leaseTtlMs?: number;
+  /** The gRPC address standbys name when they refuse a call (--advertise-addr); default host:port. */
+  advertiseAddr?: string;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -47,4 +53,6 @@ export const COORDINATOR_DEFAULTS = {
   storage: { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 } satisfies StorageLimits,
   terminalRetryInitialMs: 200,
   terminalRetryMaxMs: 30_000,
+  replicas: 1,
+  leaseTtlMs: 2000,
 };

@@ -24,6 +24,8 @@ export interface WorkerOptions {
   /** Use the simulated backend (load tests, benchmarks): items sleep instead of computing. */
   simulate: boolean;
   nvidiaSmi: string;
+  /** Copies of each stream and bucket a worker creates when it starts first (--replicas); 1 when absent. */
+  replicas?: number;
 }
 
 export function defaultWorkerId(): string {

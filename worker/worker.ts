@@ -93,7 +93,7 @@ export class ShoalWorker {
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);
     this.nc = await connectNats(this.opts.natsUrl, `shoal-worker-${this.opts.id}`, this.log);
-    this.infra = await ensureInfrastructure(this.nc, this.names);
+    this.infra = await ensureInfrastructure(this.nc, this.names, undefined, undefined, this.opts.replicas);
     this.publisher = new ResultPublisher(
       jetstream(this.nc),
       this.names,
