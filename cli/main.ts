@@ -38,6 +38,11 @@ commonOptions(coordinatorFlags(program.command("coordinator").description("run t
   const log = loggerFrom(raw, "coordinator");
   await runUntilSignal(log, async () => {
     const running = await startCoordinatorProcess(parseOrExit(() => coordinatorOptionsFrom(raw)), log);
+    // A standby that meets a configuration error only when it becomes active exits as at start.
+    running.fatal.catch((err: unknown) => {
+      process.stderr.write(`shoal: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(2);
+    });
     return { stop: running.stop };
   });
 });

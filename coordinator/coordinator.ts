@@ -25,6 +25,7 @@ import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
 import { WorkerLink } from "./worker-link.js";
+import { fenceConnection, type Fence } from "./fenced-connection.js";
 import { outcomeProblem } from "./wire-validation.js";
 
 /**
@@ -70,6 +71,8 @@ export class Coordinator {
     private readonly opts: CoordinatorOptions,
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
+    /** With standby coordinators: refuses every message to NATS once this one's lease is over. */
+    private readonly fence?: Fence,
   ) {
     this.names = new Names(opts.prefix);
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
@@ -128,6 +131,7 @@ export class Coordinator {
 
   async start(): Promise<void> {
     this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log);
+    if (this.fence) fenceConnection(this.nc, this.fence);
     this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }), this.opts.replicas);
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);

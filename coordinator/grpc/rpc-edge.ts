@@ -55,6 +55,8 @@ export class RpcEdge {
     private readonly auth: Auth,
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
+    /** Throws (UNAVAILABLE) when this coordinator may not answer: a standby names the active one. */
+    private readonly gate?: () => void,
   ) {}
 
   unary<Req, Res>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>) {
@@ -67,6 +69,7 @@ export class RpcEdge {
         try {
           const refused = decodeFailure(call.request);
           if (refused) throw refused;
+          this.gate?.();
           const tenant = this.auth.tenant(call.metadata);
           res = await fn(call.request, { tenant, signal: controller.signal });
         } catch (err) {
@@ -92,6 +95,7 @@ export class RpcEdge {
         try {
           const refused = decodeFailure(call.request);
           if (refused) throw refused;
+          this.gate?.();
           const tenant = this.auth.tenant(call.metadata);
           for await (const msg of fn(call.request, { tenant, signal: controller.signal })) {
             if (controller.signal.aborted) break;

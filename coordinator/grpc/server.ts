@@ -122,13 +122,15 @@ export async function startGrpcServer(
   apiKeys: Map<string, string>,
   log: Logger,
   metrics?: CoordinatorMetrics,
+  /** Standby coordinators: `gate` refuses calls while standby, `serving` is what health reports. */
+  standby?: { gate: () => void; serving: () => boolean },
 ): Promise<GrpcServerHandle> {
   const server = new Server({ "grpc.max_receive_message_length": MAX_MESSAGE, "grpc.max_send_message_length": MAX_MESSAGE });
   const auth = new Auth(apiKeys);
   let serving = true;
-  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics)));
-  server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics)));
-  server.addService(HealthService, healthImpl(() => serving));
+  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics, standby?.gate)));
+  server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics, standby?.gate)));
+  server.addService(HealthService, healthImpl(() => serving && (standby?.serving() ?? true)));
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );

@@ -28,7 +28,7 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function waitPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
+export function waitPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const attempt = () => {
@@ -54,7 +54,8 @@ export interface Proc {
   exited: Promise<number | null>;
 }
 
-function track(name: string, child: ChildProcess): Proc {
+/** Collects a child's output (and its JSON log lines) as a Proc. */
+export function trackProcess(name: string, child: ChildProcess): Proc {
   const logs: Record<string, unknown>[] = [];
   const output: string[] = [];
   let buf = "";
@@ -109,7 +110,7 @@ export class Stack {
     const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
       stdio: ["ignore", "pipe", "pipe"],
     });
-    this.nats = track("nats", child);
+    this.nats = trackProcess("nats", child);
     this.procs.push(this.nats);
     await waitPort(this.natsPort, child);
   }
@@ -121,7 +122,7 @@ export class Stack {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info" },
     });
-    const p = track("coordinator", child);
+    const p = trackProcess("coordinator", child);
     this.procs.push(p);
     this.coordinator = p;
     await waitPort(port, child, 30_000);
@@ -134,7 +135,7 @@ export class Stack {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
     });
-    const p = track(`worker ${id}`, child);
+    const p = trackProcess(`worker ${id}`, child);
     this.procs.push(p);
     return p;
   }
@@ -149,7 +150,7 @@ export class Stack {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
     });
-    const p = track("gateway", child);
+    const p = trackProcess("gateway", child);
     this.procs.push(p);
     await waitPort(port, child, 30_000);
     return { proc: p, url: `http://127.0.0.1:${port}` };
