@@ -130,7 +130,7 @@ export class Coordinator {
   }
 
   async start(): Promise<void> {
-    this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log);
+    this.nc = await connectNats(this.opts.natsUrl, `shoal-coordinator ${process.pid}`, this.log);
     if (this.fence) fenceConnection(this.nc, this.fence);
     this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }), this.opts.replicas);
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);

@@ -64,7 +64,7 @@ export class CoordinatorTerms {
 
   /** Joins the election; resolves after the first look, and after the first term started when this process won it. */
   async start(): Promise<void> {
-    this.leaseNc = await connectNats(this.opts.natsUrl, "shoal-coordinator-lease", this.log);
+    this.leaseNc = await connectNats(this.opts.natsUrl, `shoal-coordinator-lease ${process.pid}`, this.log);
     this.leadership = new Leadership(this.leaseNc, {
       bucket: new Names(this.opts.prefix).leaderBucket,
       ttlMs: this.opts.leaseTtlMs ?? COORDINATOR_DEFAULTS.leaseTtlMs,

@@ -86,6 +86,8 @@ export function trackProcess(name: string, child: ChildProcess): Proc {
 export class Stack {
   readonly dir = mkdtempSync(join(tmpdir(), "shoal-test-"));
   natsPort = 0;
+  /** nats-server's HTTP monitoring port (/connz, /jsz). */
+  natsMonitorPort = 0;
   natsUrl = "";
   nats: Proc | undefined;
   readonly procs: Proc[] = [];
@@ -104,10 +106,11 @@ export class Stack {
    */
   async startNats(extraConfig = ""): Promise<void> {
     this.natsPort = this.natsPort || (await freePort());
+    this.natsMonitorPort = this.natsMonitorPort || (await freePort());
     this.natsUrl = `nats://127.0.0.1:${this.natsPort}`;
     const conf = join(this.dir, "nats.conf");
     writeFileSync(conf, `${this.natsConfig}${extraConfig}\n`);
-    const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
+    const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-m", String(this.natsMonitorPort), "-c", conf], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.nats = trackProcess("nats", child);
