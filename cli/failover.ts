@@ -13,7 +13,7 @@ import type { CallOpts, ListBatchesOpts, ShoalClients } from "./client.js";
 const STANDBY = /\bstandby\b/;
 const ACTIVE_NAMED = /the active coordinator is (\S+)/;
 /** grpc-js's words for a channel that never connected (nothing was sent). */
-const NOT_CONNECTED = /No connection established|ECONNREFUSED|connect|Name resolution failed|getaddrinfo/i;
+const NOT_CONNECTED = /No connection established|ECONNREFUSED|Name resolution failed|getaddrinfo|ENOTFOUND|EHOSTUNREACH/;
 
 export function splitAddrs(addr: string): string[] {
   return addr
