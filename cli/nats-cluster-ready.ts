@@ -22,7 +22,7 @@ export async function waitForJetStreamCluster(servers: string, replicas: number,
       if (gone) throw new Error(`nats-server ${gone} exited while the cluster was forming; see its log above`);
       try {
         const jsm = await jetstreamManager(nc, { timeout: 5000 });
-        await jsm.streams.add({ name: PROBE_STREAM, subjects: ["_shoal.cluster.probe"], num_replicas: replicas, storage: StorageType.Memory });
+        await jsm.streams.add({ name: PROBE_STREAM, subjects: ["_shoal.cluster.probe"], num_replicas: replicas, storage: StorageType.File });
         await jsm.streams.delete(PROBE_STREAM);
         return;
       } catch (err) {

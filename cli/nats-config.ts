@@ -142,6 +142,8 @@ export interface NatsClusterNode {
   routePort: number;
   /** nats-server's HTTP monitoring port; 0 = off. */
   monitorPort: number;
+  /** The address its routes listen on and others dial; 127.0.0.1 when absent. */
+  host?: string;
 }
 
 export const DEFAULT_NATS_CLUSTER_PORT = 6222;
@@ -176,6 +178,15 @@ export function natsClusterUrls(nodes: readonly NatsClusterNode[], host = "127.0
 
 /** The server name and cluster block of `node`: it listens for routes on loopback and dials every other node. */
 export function natsClusterConfig(node: NatsClusterNode, nodes: readonly NatsClusterNode[], clusterName = NATS_CLUSTER_NAME): string {
-  const routes = nodes.filter((n) => n.name !== node.name).map((n) => `    nats-route://127.0.0.1:${n.routePort}`);
-  return [`server_name: ${node.name}`, "cluster {", `  name: ${clusterName}`, `  listen: 127.0.0.1:${node.routePort}`, "  routes: [", ...routes, "  ]", "}", ""].join("\n");
+  const routes = nodes.filter((n) => n.name !== node.name).map((n) => `    nats-route://${n.host ?? "127.0.0.1"}:${n.routePort}`);
+  return [
+    `server_name: ${node.name}`,
+    "cluster {",
+    `  name: ${clusterName}`,
+    `  listen: ${node.host ?? "127.0.0.1"}:${node.routePort}`,
+    // One route per pair of servers. With 2.10's default pool of three, servers started together
+    // sometimes drop a "Duplicate Route" in a way that leaves one of them out of the JetStream
+    // meta group for good (seen here: it never learns the leader; 3-replica streams then find
+    // "no suitable peers for placement").
+    "  pool_size: -1", "  routes: [", ...routes, "  ]", "}", ""].join("\n");
 }

@@ -11,6 +11,8 @@ export interface Fence {
   allows(): boolean;
   /** Counted once per refused message (metrics, logs). */
   refused?(subject: string): void;
+  /** Called for every message let through (the term's record of when it placed). */
+  sent?(subject: string): void;
 }
 
 /** Thrown (synchronously, from inside the NATS client) for a message sent past the lease. */
@@ -39,6 +41,7 @@ export function fenceConnection(nc: NatsConnection, fence: Fence): NatsConnectio
       throw new FencedError(subject);
     }
     publish(subject, payload, options);
+    fence.sent?.(subject);
   };
   return nc;
 }

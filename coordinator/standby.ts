@@ -35,6 +35,7 @@ export class CoordinatorTerms {
   /** Never started: what the gRPC services see between terms (the gate refuses first anyway). */
   private readonly idle: Coordinator;
   private ready = false;
+  private placing: PlacementSpan | undefined;
   private chain: Promise<void> = Promise.resolve();
   private closing: Promise<void> | undefined;
   readonly self: LeaseHolder;
@@ -103,9 +104,12 @@ export class CoordinatorTerms {
     this.chain = this.chain.then(async () => {
       if (!this.leadership?.isActive() || this.closing) return;
       const log = this.log.child({ term });
+      const placing = new PlacementSpan(term, log);
+      this.placing = placing;
       const c = new Coordinator(this.opts, log, this.metrics, {
         allows: () => this.leadership?.isActive() ?? false,
         refused: (subject) => log.debug({ subject }, "fenced: message not sent"),
+        sent: (subject) => placing.sent(subject),
       });
       this.current = c;
       try {
@@ -125,6 +129,8 @@ export class CoordinatorTerms {
 
   private endTerm(reason: string): void {
     this.ready = false;
+    this.placing?.end();
+    this.placing = undefined;
     const c = this.current;
     this.current = undefined;
     if (!c) return;
@@ -142,6 +148,33 @@ export class CoordinatorTerms {
       await this.leadership?.stop();
       await this.leaseNc?.close().catch(() => undefined);
     })());
+  }
+}
+
+/**
+ * When a term sent its first and last assignment, in wall-clock ms: logged at the first and at
+ * the end of the term, so the spans of every term of every coordinator can be checked for
+ * overlap (the network-namespace test does).
+ */
+class PlacementSpan {
+  private first = 0;
+  private last = 0;
+  constructor(
+    private readonly term: number,
+    private readonly log: Logger,
+  ) {}
+
+  sent(subject: string): void {
+    if (!subject.endsWith(".assign")) return;
+    this.last = Date.now();
+    if (this.first === 0) {
+      this.first = this.last;
+      this.log.info({ term: this.term, firstAssignAt: this.first }, "term placing");
+    }
+  }
+
+  end(): void {
+    this.log.info({ term: this.term, firstAssignAt: this.first || null, lastAssignAt: this.last || null }, "term ended");
   }
 }
 
