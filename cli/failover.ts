@@ -2,7 +2,7 @@
 // standbys that refuse every call with UNAVAILABLE naming the active one. The client keeps one
 // set of channels per address and sends each call to the one it last found active; a standby's
 // refusal (nothing was done) moves it to the address named there, and an address that cannot be
-// reached moves it to the next one. Calls that change state (submit, run, retry, cancel, drain)
+// reached (or that does not answer a read in time) moves it to the next one. Calls that change state (submit, run, retry, cancel, drain)
 // move on only when the refusal came before the call did anything: a standby's refusal, or a
 // connection that was never made; any other failure is the caller's to see.
 
@@ -22,14 +22,17 @@ export function splitAddrs(addr: string): string[] {
     .filter((a) => a !== "");
 }
 
-function unavailable(err: unknown): ClientError | undefined {
-  return err instanceof ClientError && err.grpcCode === status.UNAVAILABLE ? err : undefined;
-}
-
-/** True when nothing was done by the failed call, so another address may be tried. */
-function safeToMoveOn(err: ClientError, mutating: boolean): boolean {
-  if (STANDBY.test(err.details)) return true;
-  return !mutating || NOT_CONNECTED.test(err.details);
+/**
+ * The error when the call may be tried at another address: nothing was done (a standby's
+ * refusal, a connection never made), or the call only reads and this address did not answer
+ * (unreachable, or answering too late: a coordinator cut off from the network).
+ */
+function movable(err: unknown, mutating: boolean): ClientError | undefined {
+  if (!(err instanceof ClientError)) return undefined;
+  if (err.grpcCode === status.DEADLINE_EXCEEDED) return mutating ? undefined : err;
+  if (err.grpcCode !== status.UNAVAILABLE) return undefined;
+  if (STANDBY.test(err.details)) return err;
+  return !mutating || NOT_CONNECTED.test(err.details) ? err : undefined;
 }
 
 export function createFailoverClients(addrs: string[], make: (addr: string) => ShoalClients): ShoalClients {
@@ -61,8 +64,8 @@ export function createFailoverClients(addrs: string[], make: (addr: string) => S
       try {
         return await fn(clientFor(addr));
       } catch (err) {
-        const u = unavailable(err);
-        if (!u || !safeToMoveOn(u, mutating)) throw err;
+        const u = movable(err, mutating);
+        if (!u) throw err;
         lastErr = err;
         next(u, addr);
       }
@@ -84,8 +87,8 @@ export function createFailoverClients(addrs: string[], make: (addr: string) => S
           }
           return;
         } catch (err) {
-          const u = unavailable(err);
-          if (yielded || !u || !safeToMoveOn(u, false)) throw err;
+          const u = movable(err, false);
+          if (yielded || !u) throw err;
           lastErr = err;
           next(u, addr);
         }
