@@ -17,6 +17,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import { isWrongLastSequence } from "../shared/storage-errors.js";
+import { replicasError } from "../shared/jetstream-setup.js";
 
 /** Who holds (or wants) the lease: a unique id per process and the gRPC address clients should use. */
 export interface LeaseHolder {
@@ -76,7 +77,11 @@ export class Leadership {
   }
 
   async start(): Promise<void> {
-    this.kv = await new Kvm(this.nc).create(this.o.bucket, { storage: StorageType.File, history: 1, ttl: this.o.ttlMs, replicas: this.o.replicas });
+    try {
+      this.kv = await new Kvm(this.nc).create(this.o.bucket, { storage: StorageType.File, history: 1, ttl: this.o.ttlMs, replicas: this.o.replicas });
+    } catch (err) {
+      throw replicasError(err, this.o.replicas) ?? err;
+    }
     this.running = true;
     await this.step();
     this.schedule();

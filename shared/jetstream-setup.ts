@@ -198,7 +198,8 @@ const JS_REPLICAS_NOT_SUPPORTED = 10074; // "replicas > 1 not supported in non-c
 const JS_INSUFFICIENT_PEERS = 10005; // "insufficient resources" for a placement: fewer servers than replicas
 const JS_REPLICAS_EXCEED_MAX = 10078; // "replicas count cannot be negative" / above the maximum
 
-function replicasError(err: unknown, replicas: number | undefined): ConfigError | undefined {
+/** A ConfigError naming --replicas when `err` says the servers cannot keep `replicas` copies. */
+export function replicasError(err: unknown, replicas: number | undefined): ConfigError | undefined {
   if (replicas === undefined || replicas <= 1) return undefined;
   const code = (err as { code?: unknown } | null)?.code;
   const message = err instanceof Error ? err.message : String(err);
