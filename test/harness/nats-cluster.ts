@@ -25,7 +25,21 @@ export class NatsCluster {
     }
     this.urls = natsClusterUrls(this.nodes);
     await Promise.all(this.nodes.map((n) => this.startNode(n.name)));
-    await waitForJetStreamCluster(this.urls, Math.min(3, this.size), 60_000, () => [...this.procs].find(([, p]) => p.child.exitCode !== null)?.[0]);
+    // nats-server 2.10 started as three at once now and then leaves one server out of the
+    // JetStream meta group for good ("no suitable peers for placement"); restarting the servers
+    // on their stores brings it in. Three tries, then the last error.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await waitForJetStreamCluster(this.urls, Math.min(3, this.size), 20_000, () => [...this.procs].find(([, p]) => p.child.exitCode !== null)?.[0]);
+        return;
+      } catch (err) {
+        if (attempt >= 3) throw err;
+        for (const n of this.nodes) {
+          await this.kill(n.name, "SIGTERM");
+          await this.startNode(n.name);
+        }
+      }
+    }
   }
 
   /** Starts (or starts again, on the same ports and store) one node. */
