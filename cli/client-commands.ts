@@ -32,7 +32,7 @@ Examples:
 
 export function registerClientCommands(program: Command, deps: ClientCommandDeps = {}): void {
   if (!program.options.some((o) => o.long === "--addr")) {
-    program.option("--addr <host:port>", `coordinator gRPC address (env SHOAL_ADDR, default ${DEFAULT_ADDR})`);
+    program.option("--addr <host:port>", `coordinator gRPC address, or several comma-separated (standbys: the active one answers) (env SHOAL_ADDR, default ${DEFAULT_ADDR})`);
   }
   if (!program.options.some((o) => o.long === "--ca")) {
     program

@@ -16,6 +16,7 @@ import {
 } from "../proto/gen/shoal/v1/shoal.js";
 import { channelCredentials, clientTlsPaths, loadClientTls, type ClientTls } from "./client-tls.js";
 import { toClientError } from "./errors.js";
+import { createFailoverClients, splitAddrs } from "./failover.js";
 
 export { ClientError } from "./errors.js";
 
@@ -74,11 +75,16 @@ export interface ClientOptions {
   tls?: ClientTls | null;
 }
 
+/** `addr` may list several coordinators, comma-separated (`a:50051,b:50051`): the active one answers. */
 export function createClients(
   addr: string = process.env.SHOAL_ADDR ?? DEFAULT_ADDR,
   apiKey: string | undefined = process.env.SHOAL_API_KEY,
   options: ClientOptions = {},
 ): ShoalClients {
+  // Several coordinators (one active, standbys): calls go to the active one (failover.ts).
+  const addrs = splitAddrs(addr);
+  if (addrs.length > 1) return createFailoverClients(addrs, (one) => createClients(one, apiKey, options));
+  if (addrs.length === 1) addr = addrs[0]!;
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 60_000;
   const creds = channelCredentials(options.tls === undefined ? loadClientTls(clientTlsPaths()) : (options.tls ?? undefined));
   // Streams of artifacts can be large; lift grpc-js's 4 MiB default on what we receive.

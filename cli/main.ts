@@ -42,6 +42,11 @@ commonOptions(coordinatorFlags(program.command("coordinator").description("run t
     const running = await startCoordinatorProcess(opts, log);
     // SIGHUP reads --api-keys and --api-keys-file again (keys rotate without a restart).
     process.on("SIGHUP", () => running.reloadApiKeys(() => apiKeysFrom(opts.apiKeySources)));
+    // A standby that meets a configuration error only when it becomes active exits as at start.
+    running.fatal.catch((err: unknown) => {
+      process.stderr.write(`shoal: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(2);
+    });
     return { stop: running.stop };
   });
 });
@@ -92,6 +97,8 @@ const up = program
   .addOption(new Option("--nats-tls-cert <file>", "with --nats: PEM client certificate for NATS").env("SHOAL_NATS_TLS_CERT"))
   .addOption(new Option("--nats-tls-key <file>", "with --nats: PEM key of --nats-tls-cert").env("SHOAL_NATS_TLS_KEY"))
   .addOption(new Option("--nats-monitor-port <port>", "HTTP monitoring port (/varz, /jsz) of the embedded nats-server (0 = off)").env("SHOAL_NATS_MONITOR_PORT").default("0"))
+  .addOption(new Option("--nats-cluster <n>", "start a local JetStream cluster of n nats-servers (3: client ports --nats-port and up, 3 replicas) instead of one").env("SHOAL_NATS_CLUSTER").default("1"))
+  .addOption(new Option("--nats-cluster-port <port>", "first route port of the local cluster (node i listens on it + i)").env("SHOAL_NATS_CLUSTER_PORT").default("6222"))
   .addOption(new Option("--fsync <mode>", "always: JetStream fsyncs every write before acknowledging it; interval: every --fsync-interval").env("SHOAL_FSYNC").default(DEFAULT_FSYNC))
   .addOption(new Option("--fsync-interval <duration>", "with --fsync interval, the longest time between fsyncs (nats-server's sync_interval)").env("SHOAL_FSYNC_INTERVAL").default(DEFAULT_FSYNC_INTERVAL))
   .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default("50"))

@@ -128,3 +128,65 @@ export function natsServerConfig(opts: NatsStorageOptions, version: NatsVersion,
   }
   return { text: lines.join("\n") + "\n", notes, summary };
 }
+
+// ---------------------------------------------------------------------------------------------
+// `shoal up --nats-cluster N`: N nats-servers on this machine joined by routes on loopback, one
+// JetStream cluster. Kept apart from natsServerConfig (durability, authorization): a node's file
+// is that text followed by natsClusterConfig's.
+
+/** One server of the local cluster: its name (JetStream needs one per server) and its ports. */
+export interface NatsClusterNode {
+  name: string;
+  clientPort: number;
+  /** Where the other nodes' routes connect. */
+  routePort: number;
+  /** nats-server's HTTP monitoring port; 0 = off. */
+  monitorPort: number;
+  /** The address its routes listen on and others dial; 127.0.0.1 when absent. */
+  host?: string;
+}
+
+export const DEFAULT_NATS_CLUSTER_PORT = 6222;
+export const NATS_CLUSTER_NAME = "shoal";
+
+/**
+ * `--nats-cluster N` → N, where 1 means one server without a cluster. Two servers cannot
+ * elect a JetStream leader when either is down, so they buy nothing over one: refused.
+ */
+export function parseNatsClusterSize(text: string): number {
+  const n = Number(text.trim());
+  if (!Number.isInteger(n) || n < 1 || n > 9 || n === 2) {
+    throw new ConfigError("--nats-cluster", `"${text}" must be 1 (one nats-server) or 3 to 9 servers (JetStream needs a majority up; 3 survives one down)`);
+  }
+  return n;
+}
+
+/** Consecutive client ports from `clientPort`, route ports from `routePort`, monitor ports from `monitorPort` (0 = none). */
+export function natsClusterNodes(size: number, clientPort: number, routePort: number, monitorPort = 0): NatsClusterNode[] {
+  return Array.from({ length: size }, (_, i) => ({
+    name: `n${i + 1}`,
+    clientPort: clientPort + i,
+    routePort: routePort + i,
+    monitorPort: monitorPort > 0 ? monitorPort + i : 0,
+  }));
+}
+
+/** The client URLs of every node, comma-separated, as --nats takes them. */
+export function natsClusterUrls(nodes: readonly NatsClusterNode[], host = "127.0.0.1"): string {
+  return nodes.map((n) => `nats://${host}:${n.clientPort}`).join(",");
+}
+
+/** The server name and cluster block of `node`: it listens for routes on loopback and dials every other node. */
+export function natsClusterConfig(node: NatsClusterNode, nodes: readonly NatsClusterNode[], clusterName = NATS_CLUSTER_NAME): string {
+  const routes = nodes.filter((n) => n.name !== node.name).map((n) => `    nats-route://${n.host ?? "127.0.0.1"}:${n.routePort}`);
+  return [
+    `server_name: ${node.name}`,
+    "cluster {",
+    `  name: ${clusterName}`,
+    `  listen: ${node.host ?? "127.0.0.1"}:${node.routePort}`,
+    // One route per pair of servers. With 2.10's default pool of three, servers started together
+    // sometimes drop a "Duplicate Route" in a way that leaves one of them out of the JetStream
+    // meta group for good (seen here: it never learns the leader; 3-replica streams then find
+    // "no suitable peers for placement").
+    "  pool_size: -1", "  routes: [", ...routes, "  ]", "}", ""].join("\n");
+}

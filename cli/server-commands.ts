@@ -28,6 +28,7 @@ export function commonOptions(cmd: Command): Command {
     .addOption(new Option("--nats-tls-cert <file>", "PEM client certificate for NATS (with --nats-tls-key)").env("SHOAL_NATS_TLS_CERT"))
     .addOption(new Option("--nats-tls-key <file>", "PEM key of --nats-tls-cert").env("SHOAL_NATS_TLS_KEY"))
     .addOption(new Option("--prefix <name>", "subject/stream prefix, so fleets can share a NATS cluster").env("SHOAL_PREFIX").default("shoal"))
+    .addOption(new Option("--replicas <n>", "copies of each JetStream stream, bucket and object store (1 on one nats-server, 3 on a cluster)").env("SHOAL_REPLICAS").default("1"))
     .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
     .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 }
@@ -63,7 +64,9 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--artifacts-max-bytes <size>", "byte limit of the artifact object store (0 = only the server's max_file_store)").env("SHOAL_ARTIFACTS_MAX_BYTES").default("0"))
     .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"))
     .addOption(new Option("--content-policy <file>", "JSON rules screening items' text before they are queued (docs/content-policy.md); reloaded on SIGHUP").env("SHOAL_CONTENT_POLICY"))
-    .addOption(new Option("--forget-durations", "delete the learned item durations at start (they are learned again from outcomes)").env("SHOAL_FORGET_DURATIONS"));
+    .addOption(new Option("--forget-durations", "delete the learned item durations at start (they are learned again from outcomes)").env("SHOAL_FORGET_DURATIONS"))
+    .addOption(new Option("--lease-ttl <duration>", "standby coordinators: the active one's lease ends this long after its last renewal").env("SHOAL_LEASE_TTL").default("2s"))
+    .addOption(new Option("--advertise-addr <host:port>", "the gRPC address standbys name when they send clients to this coordinator (default host:port)").env("SHOAL_ADVERTISE_ADDR"));
 }
 
 /** `shoal gateway`'s flags; `shoal up` takes --http-port only and passes the rest by env. */
@@ -159,6 +162,18 @@ function readPem(option: string, path: string): Buffer {
   }
 }
 
+/** JetStream keeps 1 to 5 copies of a stream. */
+export function replicas(v: unknown): number {
+  return parseIntOption("--replicas", String(v ?? "1"), 1, 5);
+}
+
+/** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
+function leaseTtl(v: unknown): number {
+  const ms = parseDuration("--lease-ttl", String(v ?? "2s"));
+  if (ms < 500 || ms > 60_000) throw new ConfigError("--lease-ttl", `"${String(v)}" must be between 500ms and 60s`);
+  return ms;
+}
+
 function serverTlsFrom(raw: Raw): ServerTls | undefined {
   const cert = typeof raw.tlsCert === "string" && raw.tlsCert !== "" ? raw.tlsCert : undefined;
   const key = typeof raw.tlsKey === "string" && raw.tlsKey !== "" ? raw.tlsKey : undefined;
@@ -221,6 +236,9 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
     contentPolicyFile: typeof raw.contentPolicy === "string" && raw.contentPolicy.trim() !== "" ? raw.contentPolicy : undefined,
     forgetDurations: raw.forgetDurations === true,
+    replicas: replicas(raw.replicas),
+    leaseTtlMs: leaseTtl(raw.leaseTtl),
+    ...(typeof raw.advertiseAddr === "string" && raw.advertiseAddr.trim() !== "" ? { advertiseAddr: raw.advertiseAddr.trim() } : {}),
   };
 }
 
@@ -246,6 +264,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     simSpeed: simSpeed(raw.simSpeed ?? "1"),
     simLoadBytesPerS: optionalBytes("--sim-load-bandwidth", raw.simLoadBandwidth ?? "0"),
     nvidiaSmi: String(raw.nvidiaSmi ?? "nvidia-smi"),
+    replicas: replicas(raw.replicas),
   });
 }
 

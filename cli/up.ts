@@ -17,7 +17,20 @@ import type { Logger } from "../shared/logger.js";
 import { natsSecurityFrom } from "../shared/nats-security.js";
 import { parseIntOption } from "../shared/units.js";
 import { fleetIdentities, natsAuthorizationConfig, type FleetIdentities, type NatsUser } from "./nats-auth.js";
-import { formatVersion, natsServerConfig, natsServerVersion, parseFsyncInterval, parseFsyncMode, type NatsStorageOptions } from "./nats-config.js";
+import { waitForJetStreamCluster } from "./nats-cluster-ready.js";
+import {
+  DEFAULT_NATS_CLUSTER_PORT,
+  formatVersion,
+  natsClusterConfig,
+  natsClusterNodes,
+  natsClusterUrls,
+  natsServerConfig,
+  natsServerVersion,
+  parseFsyncInterval,
+  parseFsyncMode,
+  parseNatsClusterSize,
+  type NatsStorageOptions,
+} from "./nats-config.js";
 
 export interface UpOptions {
   workers: number;
@@ -38,6 +51,10 @@ export interface UpOptions {
   natsPort: number;
   /** nats-server's HTTP monitoring port (/varz, /jsz); 0 = off. */
   natsMonitorPort: number;
+  /** Servers of the embedded NATS: 1, or a local JetStream cluster of 3 or more (--nats-cluster). */
+  natsCluster: number;
+  /** First route port of the local cluster; node i listens on it + i. */
+  natsClusterPort: number;
   /** Durability of the embedded nats-server's JetStream store. */
   storage: NatsStorageOptions;
   /** Flags passed through to every worker / the coordinator. */
@@ -159,7 +176,12 @@ export class Fleet {
     const workerIds = Array.from({ length: o.workers }, (_, i) => `w${i + 1}`);
     // Our own server gets users per role (cli/nats-auth.ts); someone else's, the settings given.
     let identities: FleetIdentities | undefined;
-    if (!natsUrl) {
+    // On a cluster every stream is kept on three servers, so one can die without losing anything.
+    const replicas = !natsUrl && o.natsCluster >= 3 ? ["--replicas", "3"] : [];
+    if (!natsUrl && o.natsCluster >= 3) {
+      identities = fleetIdentities(dataDir, workerIds);
+      ({ natsUrl, durability } = await this.startNatsCluster(dataDir, identities));
+    } else if (!natsUrl) {
       const bin = findNatsServer();
       const version = natsServerVersion(bin);
       const config = natsServerConfig(o.storage, version, bin);
@@ -192,14 +214,14 @@ export class Fleet {
       ...(o.tls.clientCa ? ["--tls-client-ca", o.tls.clientCa] : []),
     ];
     const coordinator = this.spawnChild("coordinator", process.execPath, [
-      self, "coordinator", "--nats", natsUrl, "--grpc-host", o.grpcHost, "--grpc-port", String(o.grpcPort), "--metrics-port", String(o.metricsPort), ...tlsArgs, ...o.commonArgs, ...o.coordinatorArgs,
+      self, "coordinator", "--nats", natsUrl, "--grpc-host", o.grpcHost, "--grpc-port", String(o.grpcPort), "--metrics-port", String(o.metricsPort), ...tlsArgs, ...replicas, ...o.commonArgs, ...o.coordinatorArgs,
     ], { ...(identities ? identityEnv(identities.coordinator) : o.natsSecurityEnv), ...coordinatorEnv });
     const workerMetricsPorts: number[] = [];
     for (let i = 1; i <= o.workers; i++) {
       const mport = o.metricsPort === 0 ? 0 : o.metricsPort + i;
       workerMetricsPorts.push(mport);
       this.spawnChild(`worker w${i}`, process.execPath, [
-        self, "worker", "--nats", natsUrl, "--id", `w${i}`, "--metrics-port", String(mport), ...o.commonArgs, ...o.workerArgs,
+        self, "worker", "--nats", natsUrl, "--id", `w${i}`, "--metrics-port", String(mport), ...replicas, ...o.commonArgs, ...o.workerArgs,
       ], identities ? identityEnv(identities.workers[`w${i}`]!) : o.natsSecurityEnv);
     }
     const listen = listenAddress(o.grpcHost, o.grpcPort);
@@ -244,6 +266,33 @@ export class Fleet {
     if (c && c.exitCode === null) c.kill("SIGHUP");
   }
 
+  /**
+   * `--nats-cluster N`: N nats-servers, each with its own store under <data-dir>/jetstream/<name>,
+   * joined by routes on loopback. Resolves once the JetStream cluster can place a stream of 3
+   * replicas, so the coordinator's first writes do not meet a cluster still electing its leader.
+   */
+  private async startNatsCluster(dataDir: string, identities: FleetIdentities): Promise<{ natsUrl: string; durability: string }> {
+    const o = this.opts;
+    const bin = findNatsServer();
+    const version = natsServerVersion(bin);
+    const base = natsServerConfig(o.storage, version, bin);
+    for (const note of base.notes) this.log.info({ natsServer: bin, version: formatVersion(version), fsync: o.storage.fsync }, note);
+    const nodes = natsClusterNodes(o.natsCluster, o.natsPort, o.natsClusterPort, o.natsMonitorPort);
+    const started = nodes.map((node) => {
+      const conf = join(dataDir, `nats-server-${node.name}.conf`);
+      // Each node holds the passwords (the same users on every node): readable by the owner only.
+      writeFileSync(conf, base.text + natsClusterConfig(node, nodes) + natsAuthorizationConfig(process.env.SHOAL_PREFIX || "shoal", identities), { mode: 0o600 });
+      chmodSync(conf, 0o600);
+      const monitor = node.monitorPort > 0 ? ["-m", String(node.monitorPort)] : [];
+      const child = this.spawnChild(`nats-server ${node.name}`, bin, ["-js", "-sd", join(dataDir, "jetstream", node.name), "-a", "127.0.0.1", "-p", String(node.clientPort), ...monitor, "-c", conf]);
+      return { node, child };
+    });
+    await Promise.all(started.map(({ node, child }) => waitForPort(node.clientPort, "127.0.0.1", child, 15_000)));
+    const natsUrl = natsClusterUrls(nodes);
+    await waitForJetStreamCluster(natsUrl, Math.min(3, nodes.length), 60_000, () => started.find((s) => s.child.exitCode !== null)?.node.name, identities.coordinator);
+    return { natsUrl, durability: `${nodes.length}-node JetStream cluster, 3 replicas, ${base.summary}` };
+  }
+
   /** The gateway first, then workers (they drain), then the coordinator, then nats-server; SIGKILL after grace. */
   stop(graceMs = 40_000): Promise<void> {
     return (this.stopping ??= (async () => {
@@ -251,7 +300,7 @@ export class Fleet {
         this.children.filter((c) => c.name === "gateway"),
         this.children.filter((c) => c.name.startsWith("worker")),
         this.children.filter((c) => c.name === "coordinator"),
-        this.children.filter((c) => c.name === "nats-server"),
+        this.children.filter((c) => c.name.startsWith("nats-server")),
       ];
       for (const group of order) await Promise.all(group.map(({ name, child }) => stopChild(name, child, graceMs, this.log)));
     })());
@@ -313,6 +362,8 @@ export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worke
   if (tls.clientCa && (!process.env.SHOAL_CERT || !process.env.SHOAL_KEY)) {
     throw new ConfigError("--tls-client-ca", "with mTLS shoal up needs a client certificate for itself and its gateway: set SHOAL_CERT and SHOAL_KEY");
   }
+  const natsCluster = parseNatsClusterSize(String(raw.natsCluster ?? "1"));
+  if (natsUrl && natsCluster > 1) throw new ConfigError("--nats-cluster", "starts a local cluster; with --nats, Shoal uses the servers given there");
   return {
     workers: parseIntOption("--workers", String(raw.workers), 1, 64),
     grpcHost: path(raw.grpcHost) ?? "127.0.0.1",
@@ -326,6 +377,8 @@ export function upOptionsFrom(raw: Record<string, unknown>, passthrough: { worke
     natsUrl,
     natsPort: parseIntOption("--nats-port", String(raw.natsPort), 1, 65535),
     natsMonitorPort: parseIntOption("--nats-monitor-port", String(raw.natsMonitorPort), 0, 65535),
+    natsCluster,
+    natsClusterPort: parseIntOption("--nats-cluster-port", String(raw.natsClusterPort ?? DEFAULT_NATS_CLUSTER_PORT), 1, 65535),
     storage,
     natsSecurityEnv: natsUrl ? natsSecurityEnv(raw) : {},
     workerArgs: passthrough.worker,

@@ -34,6 +34,7 @@ import type { TenantLimits } from "./api-keys.js";
 import { WorkerLink } from "./worker-link.js";
 import { LeaseTokens, loadLeaseKey } from "./lease-tokens.js";
 import { fence } from "./outcome-fence.js";
+import { fenceConnection, type Fence } from "./fenced-connection.js";
 import { outcomeProblem } from "./wire-validation.js";
 
 /**
@@ -94,6 +95,8 @@ export class Coordinator {
     private readonly opts: CoordinatorOptions,
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
+    /** With standby coordinators: refuses every message to NATS once this one's lease is over. */
+    private readonly fence?: Fence,
   ) {
     // One duration model: the engine predicts from it, LearnedDurations keeps it in KV.
     const durationModel = new DurationModel();
@@ -183,9 +186,10 @@ export class Coordinator {
   }
 
   async start(): Promise<void> {
-    this.nc = await connectNats(this.opts.natsUrl, "shoal-coordinator", this.log, { security: this.opts.natsSecurity, inboxPrefix: "_INBOX_coordinator" });
-    this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }));
-    this.leaseTokens = new LeaseTokens(await loadLeaseKey(this.nc, this.names.leaseKeyBucket));
+    this.nc = await connectNats(this.opts.natsUrl, `shoal-coordinator ${process.pid}`, this.log, { security: this.opts.natsSecurity, inboxPrefix: "_INBOX_coordinator" });
+    if (this.fence) fenceConnection(this.nc, this.fence);
+    this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }), this.opts.replicas);
+    this.leaseTokens = new LeaseTokens(await loadLeaseKey(this.nc, this.names.leaseKeyBucket, this.opts.replicas ?? 1));
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);

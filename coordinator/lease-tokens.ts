@@ -63,8 +63,18 @@ export class LeaseTokens {
  * The key every coordinator of a fleet shares (standbys and restarts must accept each other's
  * tokens): made once, with a create that only one coordinator can win, and read by the rest.
  */
-export async function loadLeaseKey(nc: NatsConnection, bucket: string): Promise<Uint8Array> {
-  const kv = await new Kvm(nc).create(bucket, { storage: StorageType.File, history: 1 });
+export async function loadLeaseKey(nc: NatsConnection, bucket: string, replicas = 1): Promise<Uint8Array> {
+  const kvm = new Kvm(nc);
+  let kv;
+  try {
+    kv = await kvm.create(bucket, { storage: StorageType.File, history: 1, replicas });
+  } catch (err) {
+    // Made earlier with another replica count (a fleet moved to a cluster): the key in it is
+    // what matters, so use the bucket as it is; anything else is the create's own error.
+    kv = await kvm.open(bucket).catch(() => {
+      throw err;
+    });
+  }
   const existing = await kv.get(KEY_NAME);
   if (existing && existing.operation === "PUT" && existing.value.length >= 32) return existing.value;
   try {

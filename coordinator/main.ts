@@ -1,7 +1,7 @@
 import { installCrashGuard } from "../shared/crash-guard.js";
 import type { Logger } from "../shared/logger.js";
 import { startMetricsServer } from "../shared/metrics-server.js";
-import { Coordinator } from "./coordinator.js";
+import type { Coordinator } from "./coordinator.js";
 import { Auth } from "./grpc/rpc-edge.js";
 import { startGrpcServer } from "./grpc/server.js";
 import { warnIfExposed } from "../shared/exposure.js";
@@ -9,9 +9,13 @@ import { errorMessage } from "../shared/errors.js";
 import type { ApiKeyTable } from "./api-keys.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import type { CoordinatorOptions } from "./options.js";
+import { CoordinatorTerms } from "./standby.js";
 
 export interface RunningCoordinator {
+  /** The Coordinator of the current term (standby.ts); between terms one that refuses everything. */
   coordinator: Coordinator;
+  /** True while this process is the active coordinator (it holds the lease). */
+  isActive(): boolean;
   grpcPort: number;
   metricsPort: number | undefined;
   /**
@@ -20,16 +24,37 @@ export interface RunningCoordinator {
    */
   reloadApiKeys(read: () => ApiKeyTable): boolean;
   stop(): Promise<void>;
+  /** Rejects when the process cannot go on (a configuration error found when a term starts). */
+  fatal: Promise<never>;
 }
 
-/** The coordinator process: state, gRPC API and /metrics, stopped in reverse order. */
+/**
+ * The coordinator process: the election among standby coordinators and, while active, the
+ * coordinator's state; the gRPC API and /metrics all along. Stopped in reverse order.
+ */
 export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Logger): Promise<RunningCoordinator> {
   const metrics = new CoordinatorMetrics();
   const guard = installCrashGuard(log, (kind) => metrics.unexpectedError(kind));
-  const coordinator = new Coordinator(opts, log, metrics);
-  await coordinator.start();
+  let rejectFatal: (err: unknown) => void = () => undefined;
+  const fatal = new Promise<never>((_, reject) => (rejectFatal = reject));
+  fatal.catch(() => undefined);
+  let firstTerm = true;
+  const terms = new CoordinatorTerms(opts, log, metrics, (err) => {
+    // At the first start a configuration error ends startCoordinatorProcess itself.
+    if (firstTerm) startError = err;
+    else rejectFatal(err);
+  });
+  let startError: unknown;
+  await terms.start();
+  firstTerm = false;
+  if (startError !== undefined) {
+    await terms.close();
+    guard.uninstall();
+    throw startError;
+  }
   const auth = new Auth(opts.apiKeys);
-  const grpc = await startGrpcServer(coordinator, opts.grpcHost, opts.grpcPort, auth, log, metrics, opts.tls);
+  const grpc = await startGrpcServer(terms.facade, opts.grpcHost, opts.grpcPort, auth, log, metrics, opts.tls, { gate: () => terms.gate(), serving: () => terms.serving() });
+  terms.setPort(grpc.port);
   const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort, opts.metricsHost) : undefined;
   warnIfExposed(log, "the gRPC API", opts.grpcHost, [
     { condition: opts.apiKeys.size === 0, why: "with no API keys: anyone who can reach it may submit, read every batch and drain workers (--api-keys-file)" },
@@ -37,16 +62,17 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
   ]);
   if (http) warnIfExposed(log, "/metrics", opts.metricsHost, [{ condition: true, why: "without authentication: anyone who can reach it reads the fleet's metrics" }]);
   log.info(
-    { grpc: `${opts.grpcHost}:${grpc.port}`, tls: opts.tls ? (opts.tls.clientCa ? "mtls" : "tls") : "off", apiKeys: opts.apiKeys.size, metrics: http ? `${opts.metricsHost}:${http.port}/metrics` : "off" },
+    { grpc: `${opts.grpcHost}:${grpc.port}`, tls: opts.tls ? (opts.tls.clientCa ? "mtls" : "tls") : "off", apiKeys: opts.apiKeys.size, metrics: http ? `${opts.metricsHost}:${http.port}/metrics` : "off", active: terms.isActive() },
     "coordinator serving",
   );
-  // SIGHUP reloads the content policy file; a bad file keeps the policy in force (logged).
-  // Handled even without a file, so a stray SIGHUP never ends the coordinator.
-  const onHangup = () => void coordinator.contentPolicy.reload();
+  // SIGHUP reloads the content policy file of the current term's coordinator; a bad file keeps
+  // the policy in force (logged). Handled even without a file, so a stray SIGHUP never ends it.
+  const onHangup = () => void terms.facade.contentPolicy.reload();
   process.on("SIGHUP", onHangup);
   let stopping: Promise<void> | undefined;
   return {
-    coordinator,
+    coordinator: terms.facade,
+    isActive: () => terms.isActive(),
     grpcPort: grpc.port,
     metricsPort: http?.port,
     reloadApiKeys: (read) => {
@@ -60,11 +86,12 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
         return false;
       }
     },
+    fatal,
     stop: () =>
       (stopping ??= (async () => {
         process.off("SIGHUP", onHangup);
         await grpc.close(5000);
-        await coordinator.close();
+        await terms.close();
         await http?.close();
         guard.uninstall();
       })()),

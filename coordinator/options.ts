@@ -53,6 +53,12 @@ export interface CoordinatorOptions {
   longestFirst?: boolean;
   /** Bytes per second GPUs load model weights at, for the cost of switching models (0 = unknown). */
   loadBytesPerS?: number;
+  /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */
+  replicas?: number;
+  /** Standby coordinators: how long the active one's lease lasts unrenewed (--lease-ttl); default LEASE_TTL_MS. */
+  leaseTtlMs?: number;
+  /** The gRPC address standbys name when they refuse a call (--advertise-addr); default host:port. */
+  advertiseAddr?: string;
 }
 
 export const COORDINATOR_DEFAULTS = {
@@ -77,4 +83,6 @@ export const COORDINATOR_DEFAULTS = {
   scheduler: "affinity" as "affinity" | "greedy",
   longestFirst: true,
   loadBytesPerS: 0,
+  replicas: 1,
+  leaseTtlMs: 2000,
 };

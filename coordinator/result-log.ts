@@ -24,6 +24,7 @@ export class ResultLog {
   private readonly js: JetStreamClient;
   private messages: ConsumerMessages | undefined;
   private loop: Promise<void> | undefined;
+  private stopped = false;
 
   constructor(
     nc: NatsConnection,
@@ -106,6 +107,9 @@ export class ResultLog {
         await this.js.publish(this.names.results(batchId), data, { timeout: 5000 });
         return;
       } catch (err) {
+        // Stopped (or fenced, no longer the active coordinator): the next coordinator finds the
+        // attempt unrevoked and treats the item as a restart does.
+        if (this.stopped) throw err;
         this.log.warn({ batchId, attempt, err: errorMessage(err) }, "revocation not stored yet, retrying");
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
       }
@@ -113,6 +117,7 @@ export class ResultLog {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     await this.messages?.close().catch(() => undefined);
     await this.loop?.catch(() => undefined);
   }

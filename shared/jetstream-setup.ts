@@ -35,6 +35,8 @@ export interface StorageLimits {
 }
 
 export const DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000;
+/** Copies of every stream, bucket and object store: 1 on a single nats-server, 3 on a cluster. */
+export const DEFAULT_REPLICAS = 1;
 const DEFAULT_LIMITS: StorageLimits = { retentionMs: DEFAULT_RETENTION_MS, batchesMaxBytes: 0, resultsMaxBytes: 0, artifactsMaxBytes: 0 };
 const MS_NS = 1e6;
 /** JetStream's de-duplication window; the server refuses one longer than the stream's max_age. */
@@ -47,8 +49,9 @@ const DUPLICATE_WINDOW_MS = 2 * 60 * 1000;
  * changing --retention or a --*-max-bytes flag takes effect at the next coordinator start;
  * without (workers) missing stores are created with the defaults and existing ones left alone.
  */
-export async function ensureInfrastructure(nc: NatsConnection, names: Names, limits?: StorageLimits, log?: Logger): Promise<Infrastructure> {
+export async function ensureInfrastructure(nc: NatsConnection, names: Names, limits?: StorageLimits, log?: Logger, replicas = DEFAULT_REPLICAS): Promise<Infrastructure> {
   const l = limits ?? DEFAULT_LIMITS;
+  const r = replicas;
   const apply = limits !== undefined;
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
   const ageNs = l.retentionMs * MS_NS;
@@ -69,6 +72,7 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
       max_bytes: bytes(l.resultsMaxBytes),
       discard: DiscardPolicy.New,
       duplicate_window: dupNs,
+      num_replicas: r,
     },
     apply,
     "--results-max-bytes",
@@ -87,6 +91,7 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
         max_bytes: bytes(l.batchesMaxBytes),
         discard: DiscardPolicy.New,
         duplicate_window: dupNs,
+        num_replicas: r,
       },
       apply,
       "--batches-max-bytes",
@@ -95,8 +100,8 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
   }
   const kvm = new Kvm(nc);
   const kv = async (bucket: string, ttlMs: number, maxBytes: number, flag: string): Promise<KV> => {
-    const store = await createOrExplain(() => kvm.create(bucket, { storage: StorageType.File, history: 1, ttl: ttlMs, max_bytes: bytes(maxBytes) }), flag);
-    if (apply) await applyLimits(jsm, `KV_${bucket}`, { max_age: ttlMs * MS_NS, max_bytes: bytes(maxBytes) }, flag, log);
+    const store = await createOrExplain(() => kvm.create(bucket, { storage: StorageType.File, history: 1, ttl: ttlMs, max_bytes: bytes(maxBytes), replicas: r }), flag, r);
+    if (apply) await applyLimits(jsm, `KV_${bucket}`, { max_age: ttlMs * MS_NS, max_bytes: bytes(maxBytes), num_replicas: r }, flag, log);
     return store;
   };
   const [batches, idempotency, models, webhooks, scheduler] = await Promise.all([
@@ -111,10 +116,11 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
     apply ? kv(names.schedulerBucket, 0, 0, "") : Promise.resolve(undefined),
   ]);
   const artifacts = await createOrExplain(
-    () => new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File, ttl: ageNs, max_bytes: bytes(l.artifactsMaxBytes) }),
+    () => new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File, ttl: ageNs, max_bytes: bytes(l.artifactsMaxBytes), replicas: r }),
     "--artifacts-max-bytes",
+    r,
   );
-  if (apply) await applyLimits(jsm, `OBJ_${names.artifactsBucket}`, { max_age: ageNs, max_bytes: bytes(l.artifactsMaxBytes) }, "--artifacts-max-bytes", log);
+  if (apply) await applyLimits(jsm, `OBJ_${names.artifactsBucket}`, { max_age: ageNs, max_bytes: bytes(l.artifactsMaxBytes), num_replicas: r }, "--artifacts-max-bytes", log);
   return { jsm, batches, idempotency, models, webhooks, scheduler, artifacts, batchIndexCreated };
 }
 
@@ -124,7 +130,7 @@ async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig>
     await jsm.streams.info(config.name);
   } catch {
     try {
-      await createOrExplain(() => jsm.streams.add(config), flag);
+      await createOrExplain(() => jsm.streams.add(config), flag, config.num_replicas);
       return true;
     } catch (err) {
       // Another process created it between our info and add.
@@ -133,15 +139,17 @@ async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig>
       });
     }
   }
-  if (apply) await applyLimits(jsm, config.name, { max_age: config.max_age!, max_bytes: config.max_bytes!, discard: config.discard }, flag, log);
+  if (apply) await applyLimits(jsm, config.name, { max_age: config.max_age!, max_bytes: config.max_bytes!, discard: config.discard, num_replicas: config.num_replicas }, flag, log);
   return false;
 }
 
-type Limits = Pick<StreamConfig, "max_age" | "max_bytes"> & { discard?: DiscardPolicy };
+type Limits = Pick<StreamConfig, "max_age" | "max_bytes"> & { discard?: DiscardPolicy; num_replicas?: number };
 
 /**
- * Updates a stream whose age or byte limit differs from what is configured now. The
- * de-duplication window is shortened with the age (the server refuses a longer one).
+ * Updates a stream whose age or byte limit, or replica count, differs from what is configured
+ * now. The de-duplication window is shortened with the age (the server refuses a longer one).
+ * A store made on one server (R1) is raised to --replicas when the coordinator starts on a
+ * cluster; a server that cannot hold that many copies refuses, and the error names --replicas.
  */
 async function applyLimits(jsm: JetStreamManager, stream: string, want: Limits, flag: string, log?: Logger): Promise<void> {
   const { config } = await jsm.streams.info(stream);
@@ -149,24 +157,62 @@ async function applyLimits(jsm: JetStreamManager, stream: string, want: Limits, 
   const dup = maxAge > 0 ? Math.min(DUPLICATE_WINDOW_MS * MS_NS, maxAge) : config.duplicate_window;
   const changed =
     config.max_age !== maxAge || config.max_bytes !== want.max_bytes || (want.discard !== undefined && config.discard !== want.discard) || config.duplicate_window !== dup;
-  if (!changed) return;
-  const update = { ...config, max_age: maxAge, max_bytes: want.max_bytes, duplicate_window: dup, ...(want.discard !== undefined ? { discard: want.discard } : {}) };
-  await createOrExplain(() => jsm.streams.update(stream, update), flag);
+  const replicasChanged = want.num_replicas !== undefined && (config.num_replicas || 1) !== want.num_replicas;
+  if (!changed && !replicasChanged) return;
+  const update = {
+    ...config,
+    max_age: maxAge,
+    max_bytes: want.max_bytes,
+    duplicate_window: dup,
+    ...(want.discard !== undefined ? { discard: want.discard } : {}),
+    ...(want.num_replicas !== undefined ? { num_replicas: want.num_replicas } : {}),
+  };
+  await createOrExplain(() => jsm.streams.update(stream, update), flag, want.num_replicas);
   log?.info(
-    { stream, maxAgeMs: maxAge / MS_NS, maxBytes: want.max_bytes, before: { maxAgeMs: config.max_age / MS_NS, maxBytes: config.max_bytes } },
+    {
+      stream,
+      maxAgeMs: maxAge / MS_NS,
+      maxBytes: want.max_bytes,
+      replicas: update.num_replicas,
+      before: { maxAgeMs: config.max_age / MS_NS, maxBytes: config.max_bytes, replicas: config.num_replicas },
+    },
     "storage limits updated",
   );
 }
 
-/** A byte limit the server cannot reserve is a configuration problem: say which flag. */
-async function createOrExplain<T>(fn: () => Promise<T>, flag: string): Promise<T> {
+/**
+ * A byte limit the server cannot reserve, or a replica count it cannot place, is a
+ * configuration problem: say which flag.
+ */
+async function createOrExplain<T>(fn: () => Promise<T>, flag: string, replicas?: number): Promise<T> {
   try {
     return await fn();
   } catch (err) {
+    const replicaProblem = replicasError(err, replicas);
+    if (replicaProblem) throw replicaProblem;
     const e = storageError(err, "a JetStream store", flag || "the server's max_file_store");
     if (e.code === "STORAGE_FULL" && flag) {
       throw new ConfigError(flag, `nats-server cannot reserve this much JetStream storage (${e.message}); lower ${flag} or raise the server's jetstream max_file_store`);
     }
     throw err;
   }
+}
+
+// JetStream API errors that mean "cannot have that many copies here".
+const JS_REPLICAS_NOT_SUPPORTED = 10074; // "replicas > 1 not supported in non-clustered mode"
+const JS_INSUFFICIENT_PEERS = 10005; // "insufficient resources" for a placement: fewer servers than replicas
+const JS_REPLICAS_EXCEED_MAX = 10078; // "replicas count cannot be negative" / above the maximum
+
+/** A ConfigError naming --replicas when `err` says the servers cannot keep `replicas` copies. */
+export function replicasError(err: unknown, replicas: number | undefined): ConfigError | undefined {
+  if (replicas === undefined || replicas <= 1) return undefined;
+  const code = (err as { code?: unknown } | null)?.code;
+  const message = err instanceof Error ? err.message : String(err);
+  if (code === JS_REPLICAS_NOT_SUPPORTED || code === JS_INSUFFICIENT_PEERS || code === JS_REPLICAS_EXCEED_MAX || /replica|peers|non-clustered/i.test(message)) {
+    return new ConfigError(
+      "--replicas",
+      `nats-server cannot keep ${replicas} copies of Shoal's streams (${message}); a single server holds 1 (--replicas 1), a cluster of N servers at most N`,
+    );
+  }
+  return undefined;
 }

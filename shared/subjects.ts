@@ -72,6 +72,10 @@ export class Names {
   get artifactsBucket(): string {
     return `${this.prefix}-artifacts`;
   }
+  /** The lease that says which coordinator is active (standby coordinators, leadership.ts). */
+  get leaderBucket(): string {
+    return `${this.prefix}-leader`;
+  }
 }
 
 export const ARTIFACT_URI_PREFIX = "shoal://artifacts/";

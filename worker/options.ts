@@ -33,6 +33,8 @@ export interface WorkerOptions {
   /** SIMULATION: bytes per second model weights load at (0 = instantly, the default). */
   simLoadBytesPerS?: number;
   nvidiaSmi: string;
+  /** Copies of each stream and bucket a worker creates when it starts first (--replicas); 1 when absent. */
+  replicas?: number;
 }
 
 export function defaultWorkerId(): string {

@@ -74,6 +74,8 @@ export class RpcEdge {
     private readonly auth: Auth,
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
+    /** Throws (UNAVAILABLE) when this coordinator may not answer: a standby names the active one. */
+    private readonly gate?: () => void,
   ) {}
 
   unary<Req, Res>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>) {
@@ -86,6 +88,7 @@ export class RpcEdge {
         try {
           const refused = decodeFailure(call.request);
           if (refused) throw refused;
+          this.gate?.();
           const who = this.auth.principal(call.metadata);
           res = await fn(call.request, { ...who, signal: controller.signal });
         } catch (err) {
@@ -111,6 +114,7 @@ export class RpcEdge {
         try {
           const refused = decodeFailure(call.request);
           if (refused) throw refused;
+          this.gate?.();
           const who = this.auth.principal(call.metadata);
           for await (const msg of fn(call.request, { ...who, signal: controller.signal })) {
             if (controller.signal.aborted) break;

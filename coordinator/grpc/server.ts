@@ -163,12 +163,14 @@ export async function startGrpcServer(
   log: Logger,
   metrics?: CoordinatorMetrics,
   tls?: ServerTls,
+  /** Standby coordinators: `gate` refuses calls while standby, `serving` is what health reports. */
+  standby?: { gate: () => void; serving: () => boolean },
 ): Promise<GrpcServerHandle> {
   const server = new Server({ "grpc.max_receive_message_length": MAX_MESSAGE, "grpc.max_send_message_length": MAX_MESSAGE });
   let serving = true;
-  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics)));
-  server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics)));
-  server.addService(HealthService, healthImpl(() => serving));
+  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics, standby?.gate)));
+  server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics, standby?.gate)));
+  server.addService(HealthService, healthImpl(() => serving && (standby?.serving() ?? true)));
   addReflection(server);
   // An IPv6 literal needs brackets in the address grpc-js parses.
   const hostPart = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;

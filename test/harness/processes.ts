@@ -28,7 +28,7 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function waitPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
+export function waitPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const attempt = () => {
@@ -54,7 +54,8 @@ export interface Proc {
   exited: Promise<number | null>;
 }
 
-function track(name: string, child: ChildProcess): Proc {
+/** Collects a child's output (and its JSON log lines) as a Proc. */
+export function trackProcess(name: string, child: ChildProcess): Proc {
   const logs: Record<string, unknown>[] = [];
   const output: string[] = [];
   let buf = "";
@@ -85,6 +86,8 @@ function track(name: string, child: ChildProcess): Proc {
 export class Stack {
   readonly dir = mkdtempSync(join(tmpdir(), "shoal-test-"));
   natsPort = 0;
+  /** nats-server's HTTP monitoring port (/connz, /jsz). */
+  natsMonitorPort = 0;
   natsUrl = "";
   nats: Proc | undefined;
   readonly procs: Proc[] = [];
@@ -103,13 +106,14 @@ export class Stack {
    */
   async startNats(extraConfig = ""): Promise<void> {
     this.natsPort = this.natsPort || (await freePort());
+    this.natsMonitorPort = this.natsMonitorPort || (await freePort());
     this.natsUrl = `nats://127.0.0.1:${this.natsPort}`;
     const conf = join(this.dir, "nats.conf");
     writeFileSync(conf, `${this.natsConfig}${extraConfig}\n`);
-    const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-c", conf], {
+    const child = spawn(natsServerBinary(), ["-js", "-sd", join(this.dir, "js"), "-a", "127.0.0.1", "-p", String(this.natsPort), "-m", String(this.natsMonitorPort), "-c", conf], {
       stdio: ["ignore", "pipe", "pipe"],
     });
-    this.nats = track("nats", child);
+    this.nats = trackProcess("nats", child);
     this.procs.push(this.nats);
     await waitPort(this.natsPort, child);
   }
@@ -121,7 +125,7 @@ export class Stack {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info" },
     });
-    const p = track("coordinator", child);
+    const p = trackProcess("coordinator", child);
     this.procs.push(p);
     this.coordinator = p;
     await waitPort(port, child, 30_000);
@@ -134,7 +138,7 @@ export class Stack {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
     });
-    const p = track(`worker ${id}`, child);
+    const p = trackProcess(`worker ${id}`, child);
     this.procs.push(p);
     return p;
   }
@@ -149,7 +153,7 @@ export class Stack {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...env },
     });
-    const p = track("gateway", child);
+    const p = trackProcess("gateway", child);
     this.procs.push(p);
     await waitPort(port, child, 30_000);
     return { proc: p, url: `http://127.0.0.1:${port}` };

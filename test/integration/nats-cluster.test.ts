@@ -1,0 +1,227 @@
+// Shoal on a real three-node JetStream cluster: several --nats URLs, --replicas 3 on every
+// store, a nats-server killed (-9) mid-batch, stores made R1 raised to R3, a refusal that names
+// --replicas on a single server, and `shoal up --nats-cluster 3`.
+
+import { afterEach, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { Names } from "../../shared/subjects.js";
+import { CLI, ROOT, Stack, type Proc } from "../harness/processes.js";
+import { NatsCluster } from "../harness/nats-cluster.js";
+import { TestClient } from "../harness/client.js";
+import { assertWholeBatch, executionsPerItem, pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
+
+const N = 150;
+const SIM = ["--simulate", "--vram", "40GB", "--threads", "4", "--max-in-flight", "4"];
+const items = (workMs: number, tag: string, n = N) => Array.from({ length: n }, (_, i) => ({ model: "sim-6g", params: { work_ms: workMs, tag: `${tag} ${i}` } }));
+
+/** Replicas of every stream behind Shoal's streams, buckets and object store. */
+async function replicasOf(servers: string): Promise<Map<string, number>> {
+  const names = new Names("shoal");
+  const nc = await connect({ servers: servers.split(","), timeout: 10_000 });
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+    const out = new Map<string, number>();
+    for (const stream of [
+      names.resultsStream,
+      names.batchIndexStream,
+      `KV_${names.batchesBucket}`,
+      `KV_${names.idempotencyBucket}`,
+      `KV_${names.modelsBucket}`,
+      `KV_${names.webhooksBucket}`,
+      `OBJ_${names.artifactsBucket}`,
+    ]) {
+      // The batch index is made by the coordinator only; before it starts there is none.
+      const info = await jsm.streams.info(stream).catch(() => undefined);
+      if (info) out.set(stream, info.config.num_replicas);
+    }
+    return out;
+  } finally {
+    await nc.close();
+  }
+}
+
+describe("NATS cluster", () => {
+  let cluster: NatsCluster | undefined;
+  let stack: Stack | undefined;
+  let client: TestClient | undefined;
+
+  afterEach(async () => {
+    client?.close();
+    await stack?.stop();
+    await cluster?.stop();
+    client = undefined;
+    stack = undefined;
+    cluster = undefined;
+  });
+
+  test("cluster - 3 nodes, --replicas 3: every store has 3 copies; kill -9 a nats-server mid-batch and the batch completes, nothing runs twice", async () => {
+    cluster = new NatsCluster(3);
+    await cluster.start();
+    stack = new Stack();
+    stack.natsUrl = cluster.urls;
+    await stack.startCoordinator(["--max-items", "1000", "--replicas", "3"]);
+    const workers: Proc[] = await Promise.all(["w1", "w2", "w3"].map((id) => stack!.startWorker(id, [...SIM, "--replicas", "3"])));
+    client = new TestClient(stack.grpcAddr);
+    await client.waitForWorkers(3);
+    const replicas = await replicasOf(cluster.urls);
+    assert.deepEqual([...replicas.values()], Array(replicas.size).fill(3), `replicas: ${JSON.stringify([...replicas])}`);
+
+    const { batchId } = await client.submit({ items: items(100, "k") });
+    let killed = "";
+    const { batch, partialTerminalPolls } = await pollUntilTerminal(client, batchId, {
+      onProgress: (b) => {
+        if (!killed && b.succeeded >= N / 3) {
+          // The meta leader is the hardest one to lose: streams and consumers elect again.
+          killed = "pending";
+          void cluster!.metaLeader().then(async (leader) => {
+            killed = leader ?? "n1";
+            await cluster!.kill(killed);
+          });
+        }
+      },
+    });
+    assert.ok(killed && killed !== "pending", "a nats-server was killed mid-batch");
+    assert.equal(partialTerminalPolls, 0);
+    assertWholeBatch(batch, N);
+    assert.equal(batch.succeeded, N);
+    const runs = executionsPerItem(workers.map((w) => w.logs), batchId);
+    const twice = [...runs].filter(([, n]) => n > 1).map(([i]) => i);
+    assert.deepEqual(twice, [], `items ran more than once: ${twice.join(", ")}`);
+    // With two of three servers the cluster still takes new batches.
+    const after = await client.submit({ items: items(1, "k2", 10) });
+    assertWholeBatch((await pollUntilTerminal(client, after.batchId)).batch, 10);
+  });
+
+  test("cluster - stores a worker made with 1 replica are raised to --replicas 3 when the coordinator starts", async () => {
+    cluster = new NatsCluster(3);
+    await cluster.start();
+    stack = new Stack();
+    stack.natsUrl = cluster.urls;
+    const w = await stack.startWorker("w1", [...SIM, "--replicas", "1"]);
+    await waitFor("the worker's stores", async () => (await replicasOf(cluster!.urls).catch(() => new Map())).size >= 6, 30_000);
+    assert.equal(w.child.exitCode, null, "the worker runs");
+    const before = await replicasOf(cluster.urls);
+    assert.equal(before.get(new Names("shoal").resultsStream), 1);
+    // Raising six stores to 3 replicas keeps a loaded cluster busy for seconds; a longer lease
+    // keeps the renewals from running out meanwhile (see docs/cluster.md, known issues).
+    const coordinator = await stack.startCoordinator(["--replicas", "3", "--lease-ttl", "10s"]);
+    client = new TestClient(stack.grpcAddr);
+    await client.waitForWorkers(1);
+    const after = await replicasOf(cluster.urls);
+    assert.deepEqual([...after.values()], Array(after.size).fill(3), `replicas: ${JSON.stringify([...after])}`);
+    assert.ok(coordinator.logs.some((l) => l.msg === "storage limits updated" && l.replicas === 3), "the coordinator logged the change");
+    const { batchId } = await client.submit({ items: items(1, "r", 5) });
+    assertWholeBatch((await pollUntilTerminal(client, batchId)).batch, 5);
+  });
+
+  test("cluster - --replicas 3 on a single nats-server: the coordinator exits 2 with a message naming --replicas", async () => {
+    stack = new Stack();
+    await stack.startNats();
+    const p = await stack.startCoordinator(["--replicas", "3"]).catch(() => stack!.coordinator!);
+    const code = await Promise.race([p.exited, new Promise<"hung">((r) => setTimeout(() => r("hung"), 30_000).unref())]);
+    assert.equal(code, 2, p.output.join("\n").slice(-2000));
+    assert.match(p.output.join("\n"), /--replicas: nats-server cannot keep 3 copies/);
+  });
+});
+
+/** n consecutive free loopback ports (shoal up's cluster takes --nats-port and the next ones). */
+async function freeRun(n: number): Promise<number> {
+  const isFree = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const s = createServer();
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+    });
+  for (let tries = 0; tries < 200; tries++) {
+    // Below Linux's ephemeral range (32768 and up), where outgoing connections could take a port first.
+    const base = 10_000 + Math.floor(Math.random() * 20_000);
+    let ok = true;
+    for (let i = 0; i < n && ok; i++) ok = await isFree(base + i);
+    if (ok) return base;
+  }
+  throw new Error(`no ${n} consecutive free ports`);
+}
+
+function childrenOf(pid: number): { pid: number; comm: string }[] {
+  const out: { pid: number; comm: string }[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === pid) out.push({ pid: Number(entry), comm: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) });
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return out;
+}
+
+test("cluster - shoal up --nats-cluster 3 starts three nats-servers with routes on loopback, stores with 3 replicas, and stops them all", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "shoal-up-cluster-"));
+  const natsPort = await freeRun(3);
+  const routePort = await freeRun(3);
+  const grpcPort = await freeRun(1);
+  const up = spawn(
+    process.execPath,
+    [CLI, "up", "--nats-cluster", "3", "--workers", "2", "--simulate", "--vram", "40GB", "--grpc-port", String(grpcPort), "--nats-port", String(natsPort), "--nats-cluster-port", String(routePort), "--http-port", "0", "--metrics-port", "0", "--data-dir", join(dir, "data"), "--log-format", "json"],
+    { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
+  );
+  let stdout = "";
+  let stderr = "";
+  up.stdout.on("data", (d) => (stdout += d));
+  up.stderr.on("data", (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => up.once("exit", (code) => r(code)));
+  let children: { pid: number; comm: string }[] = [];
+  try {
+    const deadline = Date.now() + 120_000;
+    while (!stdout.includes("Shoal is up")) {
+      assert.ok(up.exitCode === null, `shoal up exited early:\n${stderr.slice(-3000)}`);
+      assert.ok(Date.now() < deadline, `shoal up not ready:\n${stderr.slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const urls = [0, 1, 2].map((i) => `nats://127.0.0.1:${natsPort + i}`).join(",");
+    assert.ok(stdout.includes(urls), `every node's URL printed: ${stdout}`);
+    children = childrenOf(up.pid!);
+    assert.equal(children.filter((c) => c.comm === "nats-server").length, 3, JSON.stringify(children));
+    for (const n of ["n1", "n2", "n3"]) {
+      const conf = readFileSync(join(dir, "data", `nats-server-${n}.conf`), "utf8");
+      assert.match(conf, new RegExp(`server_name: ${n}`));
+      assert.match(conf, /listen: 127\.0\.0\.1:\d+/);
+      assert.ok(existsSync(join(dir, "data", "jetstream", n)), `store of ${n}`);
+    }
+    const replicas = await replicasOf(urls);
+    assert.deepEqual([...replicas.values()], Array(replicas.size).fill(3), `replicas: ${JSON.stringify([...replicas])}`);
+    const batchFile = join(dir, "batch.json");
+    writeFileSync(batchFile, JSON.stringify(items(1, "up", 20)));
+    const submitted = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, [CLI, "submit", batchFile, "--wait"], { env: { ...process.env, SHOAL_ADDR: `127.0.0.1:${grpcPort}` }, timeout: 120_000, killSignal: "SIGKILL" });
+      let out = "";
+      c.stdout.on("data", (d) => (out += d));
+      c.stderr.on("data", (d) => (out += d));
+      c.on("exit", (code) => resolve({ code, out }));
+    });
+    assert.equal(submitted.code, 0, submitted.out);
+    up.kill("SIGTERM");
+    const code = await Promise.race([exited, new Promise<"hung">((r) => setTimeout(() => r("hung"), 60_000).unref())]);
+    assert.equal(code, 0, stderr.slice(-3000));
+    for (const c of children) assert.ok(!existsSync(`/proc/${c.pid}`) || readFileSync(`/proc/${c.pid}/stat`, "utf8").includes(") Z "), `child ${c.comm} ${c.pid} still running`);
+  } finally {
+    if (up.exitCode === null) up.kill("SIGKILL");
+    for (const c of children) {
+      try {
+        process.kill(c.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
