@@ -19,13 +19,6 @@ import { ROOT } from "../harness/processes.js";
 const CHART = join(ROOT, "deploy/helm/shoal");
 const ALERTS = join(ROOT, "deploy/prometheus/alerts.yml");
 
-/**
- * Contract names (shared/ARCHITECTURE.md, "Contract additions (v0.2)") that another branch adds
- * to the CLI: accepted here only while the CLI lacks them. Once that branch is merged they are
- * checked like any other name; then delete this set.
- */
-const AWAITING_MERGE = new Set(["SHOAL_REPLICAS"]);
-
 /** Each value set the chart ships, and one that turns on what the others leave off. */
 const VALUE_SETS: Record<string, string[]> = {
   default: [],
@@ -142,9 +135,8 @@ for (const set of Object.keys(VALUE_SETS)) {
           const env = envOf(c);
           const known = acceptedEnv(cmd);
           for (const k of Object.keys(env)) {
-            assert.ok(known.has(k) || AWAITING_MERGE.has(k), `${where}: shoal ${cmd} reads no env var ${k}`);
+            assert.ok(known.has(k), `${where}: shoal ${cmd} reads no env var ${k}`);
           }
-          for (const k of AWAITING_MERGE) delete env[k];
           const opts = parseServer(cmd, flags, env);
           // Ports the pod declares are the ones the process listens on.
           const port = (n: string) => c.ports?.find((p) => p.name === n)?.containerPort;

@@ -16,8 +16,6 @@ import { requireTools, run } from "../harness/podman.js";
 
 const DIR = join(ROOT, "deploy/compose");
 const FILE = join(DIR, "compose.yaml");
-/** See deploy-chart.test.ts: contract names another branch adds to the CLI. */
-const AWAITING_MERGE = new Set(["SHOAL_REPLICAS"]);
 
 interface Service {
   image?: string;
@@ -65,8 +63,7 @@ describe("compose fleet", () => {
       assert.ok(SERVER_COMMANDS.includes(command as ServerCommand), `${name}: runs "${command}"`);
       const cmd = command as ServerCommand;
       const env = envOf(s);
-      for (const k of Object.keys(env)) assert.ok(acceptedEnv(cmd).has(k) || AWAITING_MERGE.has(k), `${name}: shoal ${cmd} reads no env var ${k}`);
-      for (const k of AWAITING_MERGE) delete env[k];
+      for (const k of Object.keys(env)) assert.ok(acceptedEnv(cmd).has(k), `${name}: shoal ${cmd} reads no env var ${k}`);
       if (env.SHOAL_URL_SIGNING_KEY === "") delete env.SHOAL_URL_SIGNING_KEY; // unset in the .env: the gateway makes its own
       const opts = parseServer(cmd, args, env);
       const targets = portPairs(s).map((p) => p.target);
@@ -115,7 +112,6 @@ describe("compose fleet", () => {
     const dns = jobs["shoal-worker"]!.dns_sd_configs![0]!;
     for (const n of dns.names) {
       const env = envOf(services[n]!);
-      for (const k of AWAITING_MERGE) delete env[k];
       assert.equal(dns.port, parseServer("worker", [], env).metricsPort, n);
     }
     const mounts = (s: Service) => (s.volumes ?? []).map((v) => (typeof v === "string" ? { source: v.split(":")[0]!, target: v.split(":")[1]! } : v));
