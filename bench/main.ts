@@ -12,6 +12,7 @@ import { dirname, resolve } from "node:path";
 import { natsServerBinary } from "../test/harness/processes.js";
 import type { BenchCase, CaseContext } from "./cases/case.js";
 import { batchOf50Case } from "./cases/batch-of-50.js";
+import { clusterCase } from "./cases/cluster.js";
 import { dispatchCase } from "./cases/dispatch.js";
 import { encodeCase } from "./cases/encode.js";
 import { fleetCase } from "./cases/fleet.js";
@@ -23,7 +24,7 @@ import { formatProfileSummary, type ProfileSummary } from "./lib/cpuprofile.js";
 import { stopEverything } from "./lib/procs.js";
 import { formatTable, machineInfo, tableRows, type BenchResults, type CaseResult } from "./lib/report.js";
 
-export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase];
+export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase, clusterCase];
 
 interface MainOptions {
   quick: boolean;
