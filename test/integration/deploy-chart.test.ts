@@ -214,7 +214,7 @@ describe("helm chart (what each value set turns on)", () => {
     assert.equal(envOf(c).SHOAL_EXECUTION_PROVIDER, "cuda");
     assert.equal(envOf(c).SHOAL_VRAM, undefined, "a GPU worker measures VRAM with nvidia-smi; no budget");
     assert.equal((gpu.spec as { replicas?: number }).replicas, undefined, "KEDA owns the replica count");
-    const drainMs = parseServer("worker", [], { ...envOf(c), SHOAL_REPLICAS: "" }).drainGraceMs as number;
+    const drainMs = parseServer("worker", [], envOf(c)).drainGraceMs as number;
     assert.ok(spec.terminationGracePeriodSeconds! * 1000 > drainMs, "pods outlive their drain grace");
     assert.equal(ofKind(objects, "ScaledObject").length, 1);
     assert.equal(ofKind(objects, "ServiceMonitor").length, 1);
