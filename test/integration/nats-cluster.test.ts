@@ -22,9 +22,9 @@ const SIM = ["--simulate", "--vram", "40GB", "--threads", "4", "--max-in-flight"
 const items = (workMs: number, tag: string, n = N) => Array.from({ length: n }, (_, i) => ({ model: "sim-6g", params: { work_ms: workMs, tag: `${tag} ${i}` } }));
 
 /** Replicas of every stream behind Shoal's streams, buckets and object store. */
-async function replicasOf(servers: string): Promise<Map<string, number>> {
+async function replicasOf(servers: string, auth?: { user: string; password: string }): Promise<Map<string, number>> {
   const names = new Names("shoal");
-  const nc = await connect({ servers: servers.split(","), timeout: 10_000 });
+  const nc = await connect({ servers: servers.split(","), timeout: 10_000, ...(auth ? { user: auth.user, pass: auth.password, inboxPrefix: "_INBOX_coordinator" } : {}) });
   try {
     const jsm = await jetstreamManager(nc, { timeout: 10_000 });
     const out = new Map<string, number>();
@@ -99,19 +99,21 @@ describe("NATS cluster", () => {
     assertWholeBatch((await pollUntilTerminal(client, after.batchId)).batch, 10);
   });
 
-  test("cluster - stores a worker made with 1 replica are raised to --replicas 3 when the coordinator starts", async () => {
+  test("cluster - stores made with 1 replica are raised to --replicas 3 when the coordinator starts again with it", async () => {
     cluster = new NatsCluster(3);
     await cluster.start();
     stack = new Stack();
     stack.natsUrl = cluster.urls;
-    const w = await stack.startWorker("w1", [...SIM, "--replicas", "1"]);
-    await waitFor("the worker's stores", async () => (await replicasOf(cluster!.urls).catch(() => new Map())).size >= 6, 30_000);
-    assert.equal(w.child.exitCode, null, "the worker runs");
+    // Only coordinators create stores (workers publish into them): the first one makes them R1.
+    const first = await stack.startCoordinator(["--replicas", "1"]);
+    await waitFor("the stores", async () => (await replicasOf(cluster!.urls).catch(() => new Map())).size >= 6, 30_000);
     const before = await replicasOf(cluster.urls);
     assert.equal(before.get(new Names("shoal").resultsStream), 1);
-    // Raising six stores to 3 replicas keeps a loaded cluster busy for seconds; a longer lease
+    await stack.kill(first);
+    // Raising the stores to 3 replicas keeps a loaded cluster busy for seconds; a longer lease
     // keeps the renewals from running out meanwhile (see docs/cluster.md, known issues).
     const coordinator = await stack.startCoordinator(["--replicas", "3", "--lease-ttl", "10s"]);
+    const w = await stack.startWorker("w1", [...SIM, "--replicas", "3"]);
     client = new TestClient(stack.grpcAddr);
     await client.waitForWorkers(1);
     const after = await replicasOf(cluster.urls);
@@ -119,6 +121,7 @@ describe("NATS cluster", () => {
     assert.ok(coordinator.logs.some((l) => l.msg === "storage limits updated" && l.replicas === 3), "the coordinator logged the change");
     const { batchId } = await client.submit({ items: items(1, "r", 5) });
     assertWholeBatch((await pollUntilTerminal(client, batchId)).batch, 5);
+    assert.equal(w.child.exitCode, null, "the worker runs");
   });
 
   test("cluster - --replicas 3 on a single nats-server: the coordinator exits 2 with a message naming --replicas", async () => {
@@ -197,7 +200,9 @@ test("cluster - shoal up --nats-cluster 3 starts three nats-servers with routes 
       assert.match(conf, /listen: 127\.0\.0\.1:\d+/);
       assert.ok(existsSync(join(dir, "data", "jetstream", n)), `store of ${n}`);
     }
-    const replicas = await replicasOf(urls);
+    // up's servers refuse anonymous clients: look as its coordinator, with the identity it keeps.
+    const ids = JSON.parse(readFileSync(join(dir, "data", "nats-identities.json"), "utf8")) as { coordinator: { user: string; password: string } };
+    const replicas = await replicasOf(urls, ids.coordinator);
     assert.deepEqual([...replicas.values()], Array(replicas.size).fill(3), `replicas: ${JSON.stringify([...replicas])}`);
     const batchFile = join(dir, "batch.json");
     writeFileSync(batchFile, JSON.stringify(items(1, "up", 20)));
