@@ -12,6 +12,7 @@ import { BatchIndex } from "./batch-index.js";
 import { BatchProgress } from "./batch-progress.js";
 import { BatchQueue } from "./batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "./batch-state.js";
+import { UsageStore } from "./usage.js";
 import { BatchStore } from "./batch-store.js";
 import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
 import { unavailable } from "./errors.js";
@@ -48,6 +49,9 @@ export class Coordinator {
   private infra: Infrastructure | undefined;
   private store: BatchStore | undefined;
   private index: BatchIndex | undefined;
+  private usage: UsageStore | undefined;
+  /** Tenants the API keys name: the only values the usage metrics' tenant label takes (others are "other"). SIGHUP updates it. */
+  tenantLabels: Set<string>;
   private resultLog: ResultLog | undefined;
   private webhooks: WebhookSender | undefined;
   /** Issues and checks lease tokens (bound to item and worker by a MAC); set at start. */
@@ -95,6 +99,7 @@ export class Coordinator {
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
   ) {
+    this.tenantLabels = new Set(opts.apiKeys.tenants);
     // One duration model: the engine predicts from it, LearnedDurations keeps it in KV.
     const durationModel = new DurationModel();
     this.durations = new LearnedPredictor(durationModel, {
@@ -179,6 +184,8 @@ export class Coordinator {
       ensureStarted: () => this.ensureStarted(),
       stopping: this.stopping.signal,
       progress: (batchId) => this.progress.get(batchId),
+      usage: () => this.usage!,
+      tenantLabel: (tenant) => (this.tenantLabels.has(tenant) ? tenant : "other"),
     });
   }
 
@@ -187,6 +194,7 @@ export class Coordinator {
     this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }));
     this.leaseTokens = new LeaseTokens(await loadLeaseKey(this.nc, this.names.leaseKeyBucket));
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
+    this.usage = new UsageStore(this.infra.usage!, this.names.usageBucket);
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);

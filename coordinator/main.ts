@@ -53,6 +53,7 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
       try {
         const table = read();
         auth.replace(table);
+        coordinator.tenantLabels = new Set(table.tenants);
         log.info({ apiKeys: table.size, tenants: table.tenants.length }, "API keys reloaded");
         return true;
       } catch (err) {
