@@ -12,10 +12,11 @@ import { BatchIndex } from "./batch-index.js";
 import { BatchProgress } from "./batch-progress.js";
 import { BatchQueue } from "./batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "./batch-state.js";
-import { UsageStore } from "./usage.js";
+import { UsageStore, type DayUsage } from "./usage.js";
 import { BatchStore } from "./batch-store.js";
 import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
 import { unavailable } from "./errors.js";
+import { errorMessage } from "../shared/errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import { LearnedDurations } from "./learned-durations.js";
 import type { CoordinatorMetrics } from "./metrics.js";
@@ -283,6 +284,16 @@ export class Coordinator {
 
   list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
     return this.api.list(tenant, pageSize, pageToken);
+  }
+
+  /** Stored usage days from `since` on, of one tenant or (undefined) every tenant (usage.ts). */
+  async usageSince(since: string, tenant: string | undefined): Promise<DayUsage[]> {
+    this.ensureStarted();
+    try {
+      return await this.usage!.list(since, tenant);
+    } catch (err) {
+      throw unavailable(`the usage bucket (${this.names.usageBucket}) could not be read: ${errorMessage(err)}`);
+    }
   }
 
   artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {

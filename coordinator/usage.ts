@@ -185,3 +185,15 @@ export class UsageStore {
     return out;
   }
 }
+
+const DAY = /^\d{4}-\d{2}-\d{2}$/;
+/** How far back GetUsage looks when `since` is empty. */
+export const DEFAULT_USAGE_DAYS = 30;
+
+/** The `since` day of a GetUsage call: YYYY-MM-DD as given (a real date), or 30 days before `now`. Undefined when malformed. */
+export function usageSince(since: string, now: Date): string | undefined {
+  if (since === "") return utcDay(new Date(now.getTime() - DEFAULT_USAGE_DAYS * 86_400_000));
+  if (!DAY.test(since)) return undefined;
+  const d = new Date(`${since}T00:00:00Z`);
+  return !Number.isNaN(d.getTime()) && utcDay(d) === since ? since : undefined;
+}

@@ -15,6 +15,7 @@ import { BatchState } from "../../proto/gen/shoal/v1/shoal.js";
 import { pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
 import { TestClient, grpcCode } from "../harness/client.js";
 import { freePort, Stack } from "../harness/processes.js";
+import { checkResponse } from "../harness/openapi.js";
 
 const ALICE = "alice-key-0001";
 const BOB = "bob-key-0002";
@@ -148,5 +149,49 @@ describe("usage - per tenant and day, from durable records", () => {
     // The restarted coordinator's metrics hold a2 only: a1 was not counted again.
     assert.equal(await metric(metricsPort, "shoal_tenant_items_total", { tenant: "alice", status: "succeeded" }), 6);
     assert.equal(await metric(metricsPort, "shoal_tenant_items_total", { tenant: "alice", status: "content_policy" }), 0);
+  });
+
+  test("usage - shoal usage and GET /v1/usage: a tenant sees its own days, an operator any or all", async () => {
+    const day = new Date().toISOString().slice(0, 10);
+    // bob's usage is the previous test's (he is at his daily limit now).
+    const a = await alice.submit({ items: [sim({ work_ms: 50 })] });
+    await pollUntilTerminal(alice, a.batchId);
+    const aliceDay = (await usage("alice", day))!;
+
+    // CLI: alice's own table; an operator's for all tenants; alice asking for bob is refused.
+    const own = await stack.cli(["usage", "--since", day], { SHOAL_API_KEY: ALICE }, 60_000);
+    assert.equal(own.code, 0, own.stderr);
+    const header = own.stdout.split("\n")[0]!;
+    assert.match(header, /DAY \(UTC\)\s+TENANT\s+ACCEPTED\s+SUCCEEDED\s+FAILED\s+CONTENT_POLICY\s+CANCELLED\s+GPU-SECONDS/);
+    const row = own.stdout.split("\n").find((l) => l.startsWith(day))!;
+    assert.deepEqual(row.trim().split(/\s+/).slice(0, 7), [day, "alice", String(aliceDay.accepted), String(aliceDay.succeeded), String(aliceDay.failed), String(aliceDay.contentPolicy), String(aliceDay.cancelled)]);
+    assert.ok(!own.stdout.includes("bob"), "a tenant sees only its own usage");
+    const all = await stack.cli(["usage", "--since", day], { SHOAL_API_KEY: OPS }, 60_000);
+    assert.equal(all.code, 0, all.stderr);
+    assert.ok(all.stdout.includes(" alice ") && all.stdout.includes(" bob "), all.stdout);
+    const denied = await stack.cli(["usage", "--tenant", "bob"], { SHOAL_API_KEY: ALICE }, 60_000);
+    assert.notEqual(denied.code, 0);
+    assert.match(denied.stderr, /PERMISSION_DENIED.*only its own usage/);
+    const badDay = await stack.cli(["usage", "--since", "2026-13-45"], { SHOAL_API_KEY: ALICE }, 60_000);
+    assert.notEqual(badDay.code, 0);
+    assert.match(badDay.stderr, /--since must be a date YYYY-MM-DD/);
+
+    // HTTP, checked against the OpenAPI document.
+    const gw = await stack.startGateway([], { SHOAL_URL_SIGNING_KEY: "usage-test-signing-key-0123456789abcdef" });
+    const http = async (path: string, key: string) => {
+      const res = await fetch(`${gw.url}${path}`, { headers: { authorization: `Bearer ${key}` }, signal: AbortSignal.timeout(10_000) });
+      const json = await res.json();
+      checkResponse("GET", res.url, res, json);
+      return { res, json };
+    };
+    const mine = await http(`/v1/usage?since=${day}`, ALICE);
+    assert.equal(mine.res.status, 200);
+    assert.deepEqual(mine.json.days.map((d: { tenant: string }) => d.tenant), ["alice"]);
+    assert.equal(mine.json.days[0].succeeded, aliceDay.succeeded);
+    assert.equal(mine.json.days[0].content_policy, aliceDay.contentPolicy);
+    const bobs = await http(`/v1/usage?tenant=bob&since=${day}`, OPS);
+    assert.deepEqual(bobs.json.days.map((d: { tenant: string }) => d.tenant), ["bob"]);
+    assert.equal((await http("/v1/usage?tenant=bob", ALICE)).res.status, 403);
+    assert.equal((await http("/v1/usage?since=yesterday", ALICE)).res.status, 400);
   });
 });
