@@ -102,6 +102,8 @@ const MAX_CAS_ATTEMPTS = 50;
 
 export class UsageStore {
   private readonly where: string;
+  /** The last queued update of each key (see update()). */
+  private readonly queues = new Map<string, Promise<void>>();
 
   constructor(
     private readonly kv: KV,
@@ -120,8 +122,25 @@ export class UsageStore {
    * Applies `change` to the key's current value with compare-and-set, retrying when another
    * writer got there first. `change` returning undefined means nothing to write.
    */
-  private async update(tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
+  private update(tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
+    // Updates of one key from this process go one at a time: many submits of one tenant at once
+    // would otherwise mostly lose their compare-and-set to each other. Only another coordinator
+    // can still win a race, and then the loser retries.
     const key = usageKey(tenant, day);
+    const prev = this.queues.get(key) ?? Promise.resolve();
+    const run = prev.then(() => this.casLoop(key, tenant, day, change));
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.queues.set(key, tail);
+    void tail.then(() => {
+      if (this.queues.get(key) === tail) this.queues.delete(key);
+    });
+    return run;
+  }
+
+  private async casLoop(key: string, tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
     for (let attempt = 1; ; attempt++) {
       const e = await this.kv.get(key);
       const exists = e !== null && e.operation === "PUT";

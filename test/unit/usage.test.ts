@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { BatchState, ItemStatus, type Batch, type ItemResult } from "../../proto/gen/shoal/v1/shoal.js";
-import { DailyLimitExceeded, UsageStore, addBatch, batchUsage, emptyDay, nextUtcMidnight, usageKey, utcDay } from "../../coordinator/usage.js";
+import { DailyLimitExceeded, UsageStore, addBatch, batchUsage, emptyDay, nextUtcMidnight, usageKey, usageSince, utcDay } from "../../coordinator/usage.js";
 
 function result(index: number, status: ItemStatus, runMs: number, code = ""): ItemResult {
   return { index, status, error: code ? { code, message: code, retryable: false } : undefined, artifacts: [], workerId: "w", attempts: 1, queueMs: 0, runMs, model: "m" };
@@ -111,16 +111,29 @@ test("usage - recordBatch counts a batch once under its submission day, even if 
 test("usage - a lost compare-and-set is retried on top of the other writer's value, losing nothing", async () => {
   const kv = new FakeKv();
   const store = new UsageStore(kv as unknown as KV, "t-usage");
-  const other = new UsageStore(kv as unknown as KV, "t-usage");
   const day = new Date("2026-05-01T10:00:00Z");
   await store.reserve("alice", 1, undefined, day);
-  // Another coordinator counts its batch between our read and our write.
-  kv.interfere = () => void other.recordBatch("alice", batch("b-other", day, [result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 1000)]));
+  // Another coordinator stores its count between our read and our write (a direct write, as
+  // that coordinator's compare-and-set would have landed).
+  kv.interfere = () => {
+    const k = usageKey("alice", "2026-05-01");
+    const cur = JSON.parse(kv.entries.get(k)!.value);
+    const other = addBatch(cur, "b-other", { succeeded: 1, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 1 })!;
+    kv.entries.set(k, { value: JSON.stringify(other), revision: ++kv.seq });
+  };
   await store.recordBatch("alice", batch("b-ours", day, [result(0, ItemStatus.ITEM_STATUS_FAILED, 500, "TIMEOUT")]));
-  await new Promise((r) => setTimeout(r, 10));
   const got = (await store.get("alice", "2026-05-01"))!;
-  assert.ok(kv.conflicts >= 1, "the fake raced a write");
+  assert.equal(kv.conflicts, 1, "our first write lost its compare-and-set");
   assert.deepEqual([got.accepted, got.succeeded, got.failed, got.gpuSeconds, [...got.batches].sort()], [1, 1, 1, 1.5, ["b-other", "b-ours"]]);
+});
+
+test("usage - many updates of one key at once from one process all land", async () => {
+  const kv = new FakeKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  await Promise.all(Array.from({ length: 200 }, () => store.reserve("carol", 1, 150, now).catch((e: unknown) => e)));
+  assert.equal((await store.get("carol", "2026-05-01"))!.accepted, 150, "exactly up to the limit");
+  assert.equal(kv.conflicts, 0, "queued in process: no compare-and-set lost to ourselves");
 });
 
 test("usage - items_per_day: reservations up to the limit pass, the next is refused with the reset time and counts nothing", async () => {
@@ -143,4 +156,11 @@ test("usage - items_per_day: reservations up to the limit pass, the next is refu
   assert.equal((await store.get("bob", "2026-05-02"))!.accepted, 3);
   assert.deepEqual((await store.list("2026-05-02")).map((d) => `${d.day}.${d.tenant}`), ["2026-05-02.bob"]);
   assert.deepEqual((await store.list("2026-01-01", "alice")).map((d) => d.accepted), [5]);
+});
+
+test("usage - GetUsage's since: a real YYYY-MM-DD as given, 30 days back when empty, undefined when malformed", () => {
+  const now = new Date("2026-03-10T05:00:00Z");
+  assert.equal(usageSince("", now), "2026-02-08");
+  assert.equal(usageSince("2026-01-31", now), "2026-01-31");
+  for (const bad of ["2026-02-30", "2026-13-01", "yesterday", "2026-1-01", "2026-01-01T00:00:00Z"]) assert.equal(usageSince(bad, now), undefined, bad);
 });
