@@ -193,5 +193,16 @@ describe("usage - per tenant and day, from durable records", () => {
     assert.deepEqual(bobs.json.days.map((d: { tenant: string }) => d.tenant), ["bob"]);
     assert.equal((await http("/v1/usage?tenant=bob", ALICE)).res.status, 403);
     assert.equal((await http("/v1/usage?since=yesterday", ALICE)).res.status, 400);
+    // bob used his 5 items today: over HTTP the refusal is a 429 naming the limit and its reset.
+    const over = await fetch(`${gw.url}/v1/batch?wait=false`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${BOB}`, "content-type": "application/json" },
+      body: JSON.stringify({ requests: [{ model: "sim-6g" }] }),
+      signal: AbortSignal.timeout(10_000),
+    });
+    const overJson = await over.json();
+    checkResponse("POST", over.url, over, overJson);
+    assert.equal(over.status, 429);
+    assert.match(overJson.error.message, /items_per_day = 5 .*resets at \d{4}-\d{2}-\d{2}T00:00:00\.000Z/);
   });
 });
