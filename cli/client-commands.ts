@@ -130,6 +130,13 @@ export function registerClientCommands(program: Command, deps: ClientCommandDeps
     .action(async (opts: commands.ListOptions, command: Command) => run(command, (ctx) => commands.list(ctx, opts)));
 
   program
+    .command("usage")
+    .description("items and GPU-seconds per tenant and UTC day (succeeded items are what is charged)")
+    .option("--tenant <name>", "one tenant's usage (an operator key may name any; a tenant key only its own)")
+    .option("--since <YYYY-MM-DD>", "first UTC day shown (default: 30 days ago)", dayArg)
+    .action(async (opts: commands.UsageOptions, command: Command) => run(command, (ctx) => commands.usage(ctx, opts)));
+
+  program
     .command("drain")
     .description("stop placing items on a worker; its in-flight items finish")
     .argument("<worker-id>")
@@ -138,6 +145,11 @@ export function registerClientCommands(program: Command, deps: ClientCommandDeps
 
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
+}
+
+function dayArg(value: string): string {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(value) || Number.isNaN(Date.parse(`${value}T00:00:00Z`))) throw new InvalidArgumentError("--since must be a date YYYY-MM-DD (UTC)");
+  return value;
 }
 
 function intArg(flag: string, min: number, max: number): (value: string) => number {

@@ -10,6 +10,7 @@ import {
   type BatchEvent,
   type ListBatchesResponse,
   type Model,
+  type TenantDayUsage,
   type SubmitBatchRequest,
   type SubmitBatchResponse,
   type Worker,
@@ -51,6 +52,8 @@ export interface ShoalClients {
   listWorkers(opts?: CallOpts): Promise<Worker[]>;
   drainWorker(workerId: string, opts?: CallOpts): Promise<Worker>;
   listModels(opts?: CallOpts): Promise<Model[]>;
+  /** Usage days (oldest first); tenant "" is the caller's own (an operator's: every tenant). */
+  getUsage(req: { tenant?: string; since?: string }, opts?: CallOpts): Promise<TenantDayUsage[]>;
   /** Closes both channels; safe to call more than once. */
   close(): void;
 }
@@ -165,6 +168,7 @@ export function createClients(
     listWorkers: async (opts) => (await unary(fleet.listWorkers.bind(fleet), {}, opts)).workers,
     drainWorker: (workerId, opts) => unary(fleet.drainWorker.bind(fleet), { workerId }, opts),
     listModels: async (opts) => (await unary(fleet.listModels.bind(fleet), {}, opts)).models,
+    getUsage: async (req, opts) => (await unary(batch.getUsage.bind(batch), { tenant: req.tenant ?? "", since: req.since ?? "" }, opts)).days,
     close() {
       if (closed) return;
       closed = true;

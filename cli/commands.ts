@@ -23,6 +23,7 @@ import {
   itemLine,
   modelsTable,
   progressNote,
+  usageTable,
   workersTable,
 } from "./views.js";
 
@@ -231,6 +232,21 @@ export function notRetried(batch: Batch): string {
 export interface ListOptions {
   pageSize?: number;
   pageToken?: string;
+}
+
+export interface UsageOptions {
+  tenant?: string;
+  since?: string;
+}
+
+export async function usage(ctx: CommandContext, opts: UsageOptions = {}): Promise<number> {
+  const days = await ctx.clients.getUsage({ tenant: opts.tenant, since: opts.since });
+  if (days.length === 0) {
+    ctx.out.write("no usage recorded in that period\n");
+    return EXIT_OK;
+  }
+  ctx.out.write(usageTable(days));
+  return EXIT_OK;
 }
 
 export async function list(ctx: CommandContext, opts: ListOptions = {}): Promise<number> {

@@ -113,6 +113,7 @@ export function createFailoverClients(addrs: string[], make: (addr: string) => S
     listWorkers: (opts?: CallOpts) => call(false, (c) => c.listWorkers(opts)),
     drainWorker: (id, opts) => call(true, (c) => c.drainWorker(id, opts)),
     listModels: (opts?: CallOpts) => call(false, (c) => c.listModels(opts)),
+    getUsage: (req, opts) => call(false, (c) => c.getUsage(req, opts)),
     close() {
       if (closed) return;
       closed = true;

@@ -8,6 +8,7 @@ import {
   type ItemResult,
   type Model,
   type ModelParam,
+  type TenantDayUsage,
   type Worker,
 } from "../proto/gen/shoal/v1/shoal.js";
 import {
@@ -206,6 +207,21 @@ export function modelsTable(models: Model[]): string {
     m.residentOn.length ? m.residentOn.join("\n") : "-",
   ]);
   return formatTable(["MODEL", "VERSION", "PARAMS (* required)", "VRAM", "RESIDENT ON"], rows);
+}
+
+/** `shoal usage`: one row per tenant and UTC day; CHARGED is succeeded items (content-policy ones never are). */
+export function usageTable(days: TenantDayUsage[]): string {
+  const rows = days.map((d) => [
+    d.day,
+    d.tenant || "-",
+    String(d.accepted),
+    String(d.succeeded),
+    String(d.failed),
+    String(d.contentPolicy),
+    String(d.cancelled),
+    d.gpuSeconds.toFixed(1),
+  ]);
+  return formatTable(["DAY (UTC)", "TENANT", "ACCEPTED", "SUCCEEDED", "FAILED", "CONTENT_POLICY", "CANCELLED", "GPU-SECONDS"], rows, { alignRight: [2, 3, 4, 5, 6, 7] });
 }
 
 export function batchesTable(batches: Batch[]): string {

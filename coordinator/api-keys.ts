@@ -13,7 +13,7 @@ export type Role = "tenant" | "operator";
 /** Per-tenant limits from the keys file; absent means only the coordinator-wide limits apply. */
 export interface TenantLimits {
   maxItemsPerBatch?: number;
-  /** Parsed and validated; enforced by the usage records of issue 12, not here yet. */
+  /** Items accepted per UTC day; enforced at submit from the usage bucket (usage.ts). */
   itemsPerDay?: number;
   maxQueuedItems?: number;
 }

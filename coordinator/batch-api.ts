@@ -27,6 +27,7 @@ import type { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
 import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
+import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
 import { validateSubmit } from "./validation.js";
 import { withoutSecret, type WebhookSender } from "./webhooks.js";
 import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
@@ -61,6 +62,10 @@ export interface BatchApiDeps {
   stopping: AbortSignal;
   /** A running batch's queue position and ETA (batch-progress.ts); undefined until first estimated. */
   progress?: (batchId: string) => { queuePosition: number; estimatedCompletionAt: Date | undefined } | undefined;
+  /** Per-tenant usage by day (usage.ts); exists once the coordinator has started. */
+  usage: () => UsageStore;
+  /** The tenant label for metrics: a configured tenant's name, or "other" (bounded cardinality). */
+  tenantLabel: (tenant: string) => string;
 }
 
 export class BatchApi {
@@ -141,6 +146,9 @@ export class BatchApi {
         await this.storing(() => this.d.store().overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
       }
     }
+    // Counted as accepted (and checked against items_per_day) before it is stored; given back
+    // if storing fails, so a refused batch uses none of the tenant's day.
+    await this.reserveDaily(tenant, valid.length, limits, now, req.idempotencyKey, batchId);
     // Marker and index entry first: a record that exists always has both, and a failure leaves
     // at most a marker (removed at the next start) and an index entry ListBatches skips.
     let revision: number;
@@ -154,6 +162,7 @@ export class BatchApi {
     } catch (err) {
       if (marked) void this.d.store().clearOpen(batchId).catch(() => undefined);
       if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
+      void this.d.usage().release(tenant, valid.length, utcDay(now)).catch((e: unknown) => this.d.log.warn({ batchId, err: errorMessage(e) }, "accepted items not given back to the day's usage"));
       throw err;
     }
     const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
@@ -169,6 +178,19 @@ export class BatchApi {
     }
     this.d.scheduleSoon();
     return { batchId, itemCount: valid.length };
+  }
+
+  /**
+   * Counts the batch's items as accepted today; past the tenant's items_per_day the batch is
+   * refused with RESOURCE_EXHAUSTED naming the limit and the next UTC midnight, when it resets.
+   */
+  private async reserveDaily(tenant: string, items: number, limits: TenantLimits, now: Date, idempotencyKey: string, batchId: string): Promise<void> {
+    try {
+      await this.storing(() => this.d.usage().reserve(tenant, items, limits.itemsPerDay, now));
+    } catch (err) {
+      if (idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, idempotencyKey, batchId).catch(() => undefined);
+      throw err;
+    }
   }
 
   /** Items of this tenant's running batches not finished yet (queued or running). */
@@ -188,6 +210,11 @@ export class BatchApi {
       return await write();
     } catch (err) {
       if (err instanceof ServerError) throw err;
+      if (err instanceof DailyLimitExceeded) {
+        throw resourceExhausted(
+          `tenant's daily limit reached: ${err.acceptedToday} items accepted today (UTC) and this batch adds ${err.adding}, over its limit items_per_day = ${err.limit} (--api-keys-file); the limit resets at ${err.resetsAt.toISOString()}`,
+        );
+      }
       const e = storageError(err, "JetStream", "--batches-max-bytes");
       this.d.metrics?.submitStorageFailed(e.reason);
       this.d.log.warn({ code: e.code, err: e.message }, "batch refused: it could not be stored");
@@ -428,6 +455,11 @@ export class BatchApi {
         } catch (err) {
           throw storageError(err, `the pending webhooks bucket (${this.d.names.webhooksBucket})`, "the server's max_file_store");
         }
+        // Usage is counted before the record is stored, so a crash between the two loses no
+        // count; the next start writes the record again and the usage key, which lists the
+        // batches it counted, does not count it twice.
+        const added = await this.d.usage().recordBatch(batch.record.tenant, record.batch!);
+        if (added) this.d.metrics?.tenantUsage(this.d.tenantLabel(batch.record.tenant), added);
       },
       onFailure: (err, attempt, retryInMs) => {
         if (!waiting) this.d.metrics?.terminalWriteWaiting(1);

@@ -102,12 +102,11 @@ export function finishBlockedItems(batch: ActiveBatch): number {
   return n;
 }
 
-// USAGE HOOK (issue 12, usage and plans, not built yet): an item that ended with CONTENT_POLICY
-// ran no model (the rules stop it before it is queued; a prompt-policy classifier stops it
-// before its model runs, worker/prompt-policy.ts) and must not be charged, as the batch API
-// guide promises ("only charged for successfully generated images"). Usage should charge
-// SUCCEEDED items only, which leaves these out; if it ever charges failed attempts for GPU
-// time, it must still skip results whose error code is CONTENT_POLICY_CODE.
+// Usage (coordinator/usage.ts): an item that ended with CONTENT_POLICY ran no model (the rules
+// stop it before it is queued; a prompt-policy classifier stops it before its model runs,
+// worker/prompt-policy.ts) and is never charged, as the batch API guide promises ("only charged
+// for successfully generated images"): usage charges SUCCEEDED items only and counts these apart
+// from failed ones (contentPolicy).
 
 function readPolicy(file: string): ContentPolicy {
   let text: string;

@@ -12,9 +12,11 @@ import { BatchIndex } from "./batch-index.js";
 import { BatchProgress } from "./batch-progress.js";
 import { BatchQueue } from "./batch-queue.js";
 import { ActiveBatch, type ItemSlot } from "./batch-state.js";
+import { UsageStore, type DayUsage } from "./usage.js";
 import { BatchStore } from "./batch-store.js";
 import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
 import { unavailable } from "./errors.js";
+import { errorMessage } from "../shared/errors.js";
 import { Fleet, type WorkerRecord } from "./fleet.js";
 import { LearnedDurations } from "./learned-durations.js";
 import type { CoordinatorMetrics } from "./metrics.js";
@@ -49,6 +51,9 @@ export class Coordinator {
   private infra: Infrastructure | undefined;
   private store: BatchStore | undefined;
   private index: BatchIndex | undefined;
+  private usage: UsageStore | undefined;
+  /** Tenants the API keys name: the only values the usage metrics' tenant label takes (others are "other"). SIGHUP updates it. */
+  tenantLabels: Set<string>;
   private resultLog: ResultLog | undefined;
   private webhooks: WebhookSender | undefined;
   /** Issues and checks lease tokens (bound to item and worker by a MAC); set at start. */
@@ -98,6 +103,7 @@ export class Coordinator {
     /** With standby coordinators: refuses every message to NATS once this one's lease is over. */
     private readonly fence?: Fence,
   ) {
+    this.tenantLabels = new Set(opts.apiKeys.tenants);
     // One duration model: the engine predicts from it, LearnedDurations keeps it in KV.
     const durationModel = new DurationModel();
     this.durations = new LearnedPredictor(durationModel, {
@@ -182,6 +188,8 @@ export class Coordinator {
       ensureStarted: () => this.ensureStarted(),
       stopping: this.stopping.signal,
       progress: (batchId) => this.progress.get(batchId),
+      usage: () => this.usage!,
+      tenantLabel: (tenant) => (this.tenantLabels.has(tenant) ? tenant : "other"),
     });
   }
 
@@ -191,6 +199,7 @@ export class Coordinator {
     this.infra = await ensureInfrastructure(this.nc, this.names, this.opts.storage, this.log.child({ component: "storage" }), this.opts.replicas);
     this.leaseTokens = new LeaseTokens(await loadLeaseKey(this.nc, this.names.leaseKeyBucket, this.opts.replicas ?? 1));
     this.store = new BatchStore(this.infra.batches, this.infra.idempotency, this.names);
+    this.usage = new UsageStore(this.infra.usage!, this.names.usageBucket);
     this.index = new BatchIndex(this.nc, this.infra.jsm, this.names);
     this.resultLog = new ResultLog(this.nc, this.infra.jsm, this.names, this.log);
     await this.models.start(this.infra.models);
@@ -279,6 +288,16 @@ export class Coordinator {
 
   list(tenant: string, pageSize: number, pageToken: string): Promise<{ batches: Batch[]; nextPageToken: string }> {
     return this.api.list(tenant, pageSize, pageToken);
+  }
+
+  /** Stored usage days from `since` on, of one tenant or (undefined) every tenant (usage.ts). */
+  async usageSince(since: string, tenant: string | undefined): Promise<DayUsage[]> {
+    this.ensureStarted();
+    try {
+      return await this.usage!.list(since, tenant);
+    } catch (err) {
+      throw unavailable(`the usage bucket (${this.names.usageBucket}) could not be read: ${errorMessage(err)}`);
+    }
   }
 
   artifact(uri: string, tenant: string): Promise<ReadableStream<Uint8Array>> {

@@ -79,6 +79,9 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
       try {
         const table = read();
         auth.replace(table);
+        // Tenant labels of the metrics: the current term's coordinator now, later terms from opts.
+        opts.apiKeys = table;
+        terms.facade.tenantLabels = new Set(table.tenants);
         log.info({ apiKeys: table.size, tenants: table.tenants.length }, "API keys reloaded");
         return true;
       } catch (err) {

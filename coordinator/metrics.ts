@@ -62,6 +62,8 @@ export class CoordinatorMetrics {
   private readonly contentPolicyLoads: Counter;
   private readonly placementSeconds: Histogram;
   private readonly replans: Counter;
+  private readonly tenantItems: Counter;
+  private readonly tenantGpuSeconds: Counter;
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -144,6 +146,15 @@ export class CoordinatorMetrics {
       labelNames: ["model", "stage"],
       registers,
     });
+    // Usage (coordinator/usage.ts): counted once per batch, when its outcome is recorded. The
+    // tenant label is a configured tenant's name or "other", so it stays bounded.
+    this.tenantItems = new Counter({
+      name: "shoal_tenant_items_total",
+      help: "Items of terminal batches by tenant and status (succeeded, failed, content_policy, cancelled); only succeeded is charged",
+      labelNames: ["tenant", "status"],
+      registers,
+    });
+    this.tenantGpuSeconds = new Counter({ name: "shoal_tenant_gpu_seconds_total", help: "Sum of items' run times of terminal batches, by tenant", labelNames: ["tenant"], registers });
     this.contentPolicyRules = new Gauge({ name: "shoal_content_policy_rules", help: "Rules of the --content-policy file in force", registers });
     this.contentPolicyLoads = new Counter({
       name: "shoal_content_policy_loads_total",
@@ -172,6 +183,15 @@ export class CoordinatorMetrics {
   batchFinished(b: Batch): void {
     this.batches.inc({ state: lower(BatchState[b.state], "BATCH_STATE_") });
     if (b.createdAt && b.completedAt) this.batchSeconds.observe((b.completedAt.getTime() - b.createdAt.getTime()) / 1000);
+  }
+
+  /** One batch's usage, counted once (usage.ts); `tenant` is already bounded to configured tenants or "other". */
+  tenantUsage(tenant: string, u: { succeeded: number; failed: number; contentPolicy: number; cancelled: number; gpuSeconds: number }): void {
+    this.tenantItems.inc({ tenant, status: "succeeded" }, u.succeeded);
+    this.tenantItems.inc({ tenant, status: "failed" }, u.failed);
+    this.tenantItems.inc({ tenant, status: "content_policy" }, u.contentPolicy);
+    this.tenantItems.inc({ tenant, status: "cancelled" }, u.cancelled);
+    this.tenantGpuSeconds.inc({ tenant }, u.gpuSeconds);
   }
 
   itemFinished(r: ItemResult): void {

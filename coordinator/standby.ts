@@ -60,6 +60,7 @@ export class CoordinatorTerms {
         const v = Reflect.get(c, prop, c) as unknown;
         return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(c) : v;
       },
+      set: (_t, prop, value) => Reflect.set(target(), prop, value),
     });
   }
 

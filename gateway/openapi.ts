@@ -221,6 +221,30 @@ export const OPENAPI = {
       Workers: { type: "object", required: ["workers"], properties: { workers: { type: "array", items: { $ref: "#/components/schemas/Worker" } } } },
       Worker: WORKER,
       Gpu: GPU,
+      Usage: {
+        type: "object",
+        required: ["days"],
+        properties: {
+          days: {
+            type: "array",
+            description: "One row per tenant and UTC day (the day its batches were submitted), oldest first. Only succeeded items are charged; content_policy items are not in failed and never charged.",
+            items: {
+              type: "object",
+              required: ["tenant", "day", "accepted", "succeeded", "failed", "content_policy", "cancelled", "gpu_seconds"],
+              properties: {
+                tenant: { type: "string" },
+                day: { type: "string", description: "YYYY-MM-DD (UTC)" },
+                accepted: { type: "integer", description: "Items accepted that day: what items_per_day counts." },
+                succeeded: { type: "integer" },
+                failed: { type: "integer" },
+                content_policy: { type: "integer" },
+                cancelled: { type: "integer" },
+                gpu_seconds: { type: "number", description: "Sum of the items' run times." },
+              },
+            },
+          },
+        },
+      },
       Batches: {
         type: "object",
         required: ["batches", "next_page_token"],
@@ -352,7 +376,20 @@ export const OPENAPI = {
       },
     },
     "/v1/usage": {
-      get: { operationId: "getUsage", summary: "Not implemented yet (tenants' usage comes with a later version)", responses: { "501": err("Not implemented.") } },
+      get: {
+        operationId: "getUsage",
+        summary: "Items and GPU-seconds per tenant and UTC day (BatchService.GetUsage); a tenant key sees its own, an operator key any tenant's or (no tenant) all",
+        parameters: [
+          { name: "tenant", in: "query", required: false, schema: { type: "string" } },
+          { name: "since", in: "query", required: false, description: "First UTC day, YYYY-MM-DD; default 30 days ago.", schema: { type: "string" } },
+        ],
+        responses: {
+          "200": { description: "Usage days.", content: json("Usage") },
+          "400": err("A malformed since."),
+          "403": err("A tenant key asked for another tenant's usage."),
+          ...COMMON_ERRORS,
+        },
+      },
     },
     "/v1/openapi.json": {
       get: { operationId: "getOpenApi", summary: "This document", security: [{}], responses: { "200": { description: "OpenAPI 3.1", content: { "application/json": { schema: { type: "object" } } } } } },

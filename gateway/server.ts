@@ -115,8 +115,21 @@ export class Gateway {
     });
 
     app.get("/v1/openapi.json", async () => OPENAPI);
-    app.get("/v1/usage", async () => {
-      throw new ApiError(501, "not_implemented", "per-tenant usage is not implemented in this version of the gateway");
+    app.get<{ Querystring: { tenant?: string; since?: string } }>("/v1/usage", async (req) => {
+      const tenant = typeof req.query.tenant === "string" ? req.query.tenant : "";
+      const since = typeof req.query.since === "string" ? req.query.since : "";
+      return this.withClients(apiKeyOf(req), async (c) => ({
+        days: (await c.getUsage({ tenant, since })).map((d) => ({
+          tenant: d.tenant,
+          day: d.day,
+          accepted: d.accepted,
+          succeeded: d.succeeded,
+          failed: d.failed,
+          content_policy: d.contentPolicy,
+          cancelled: d.cancelled,
+          gpu_seconds: d.gpuSeconds,
+        })),
+      }));
     });
 
     app.post<{ Body: BatchRequestBody; Querystring: Record<string, unknown> }>("/v1/batch", { schema: { body: BATCH_REQUEST_SCHEMA } }, async (req, reply) => {

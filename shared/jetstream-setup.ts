@@ -15,6 +15,8 @@ export interface Infrastructure {
   webhooks: KV;
   /** What the scheduler learned (learned-durations.ts): small, rewritten in place. Coordinator only. */
   scheduler: KV | undefined;
+  /** Per-tenant usage by day (coordinator/usage.ts). Coordinator only. */
+  usage: KV | undefined;
   artifacts: ObjectStore;
   /** True when this call created the batch index stream (so batches stored before it existed need indexing). */
   batchIndexCreated: boolean;
@@ -104,7 +106,7 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
     if (apply) await applyLimits(jsm, `KV_${bucket}`, { max_age: ttlMs * MS_NS, max_bytes: bytes(maxBytes), num_replicas: r }, flag, log);
     return store;
   };
-  const [batches, idempotency, models, webhooks, scheduler] = await Promise.all([
+  const [batches, idempotency, models, webhooks, scheduler, usage] = await Promise.all([
     kv(names.batchesBucket, l.retentionMs, l.batchesMaxBytes, "--batches-max-bytes"),
     kv(names.idempotencyBucket, l.retentionMs, l.batchesMaxBytes, "--batches-max-bytes"),
     // Model registrations live as long as their workers; pending webhooks until delivered or
@@ -114,6 +116,8 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
     // Learned durations: one small key that must outlive any idle spell, so no age limit either.
     // Only the coordinator uses it, so only the coordinator creates it.
     apply ? kv(names.schedulerBucket, 0, 0, "") : Promise.resolve(undefined),
+    // Usage is what tenants are billed from: kept until an operator removes it, never aged out.
+    apply ? kv(names.usageBucket, 0, 0, "") : Promise.resolve(undefined),
   ]);
   const artifacts = await createOrExplain(
     () => new Objm(nc).create(names.artifactsBucket, { storage: StorageType.File, ttl: ageNs, max_bytes: bytes(l.artifactsMaxBytes), replicas: r }),
@@ -121,7 +125,7 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
     r,
   );
   if (apply) await applyLimits(jsm, `OBJ_${names.artifactsBucket}`, { max_age: ageNs, max_bytes: bytes(l.artifactsMaxBytes), num_replicas: r }, "--artifacts-max-bytes", log);
-  return { jsm, batches, idempotency, models, webhooks, scheduler, artifacts, batchIndexCreated };
+  return { jsm, batches, idempotency, models, webhooks, scheduler, usage, artifacts, batchIndexCreated };
 }
 
 /** Creates the stream, or brings an existing one to the config's limits; true when created. */

@@ -69,6 +69,10 @@ export class Names {
   get schedulerBucket(): string {
     return `${this.prefix}-scheduler`;
   }
+  /** Per-tenant usage by day (coordinator/usage.ts); never ages out. */
+  get usageBucket(): string {
+    return `${this.prefix}-usage`;
+  }
   get artifactsBucket(): string {
     return `${this.prefix}-artifacts`;
   }

@@ -17,6 +17,8 @@ import { addReflection } from "./reflection.js";
 import { type Auth, RpcEdge, requireOperator } from "./rpc-edge.js";
 import type { WorkerRecord } from "../fleet.js";
 import type { GpuView } from "../vram-ledger.js";
+import { invalidArgument, permissionDenied } from "../errors.js";
+import { usageSince } from "../usage.js";
 
 const MAX_MESSAGE = 64 * 1024 * 1024;
 const CHUNK = 64 * 1024;
@@ -48,6 +50,17 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
     cancelBatch: edge.unary("CancelBatch", (req, ctx) => c.cancel(req.batchId, ctx.tenant)),
     retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant, ctx.limits)),
     listBatches: edge.unary("ListBatches", (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
+    getUsage: edge.unary("GetUsage", async (req, ctx) => {
+      const since = usageSince(req.since, new Date());
+      if (since === undefined) throw invalidArgument([`since: ${JSON.stringify(req.since.slice(0, 40))} is not a date YYYY-MM-DD`], "usage not read");
+      // A tenant sees its own usage only; an operator names a tenant, or gets every one.
+      if (ctx.role !== "operator" && req.tenant !== "" && req.tenant !== ctx.tenant) {
+        throw permissionDenied(`tenant "${ctx.tenant}" may read only its own usage; another tenant's needs an operator key`);
+      }
+      const tenant = req.tenant !== "" ? req.tenant : ctx.role === "operator" ? undefined : ctx.tenant;
+      const days = await c.usageSince(since, tenant);
+      return { days: days.map((d) => ({ tenant: d.tenant, day: d.day, accepted: d.accepted, succeeded: d.succeeded, failed: d.failed, contentPolicy: d.contentPolicy, cancelled: d.cancelled, gpuSeconds: d.gpuSeconds })) };
+    }),
     getArtifact: edge.stream("GetArtifact", async function* (req, ctx) {
       const stream = await c.artifact(req.uri, ctx.tenant);
       for await (const chunk of stream) {

@@ -29,6 +29,7 @@ export function withDeadlines(clients: ShoalClients, unaryMs = RPC_TIMEOUT_MS, l
     listWorkers: (opts) => clients.listWorkers(d(opts, unaryMs)),
     drainWorker: (workerId, opts) => clients.drainWorker(workerId, d(opts, unaryMs)),
     listModels: (opts) => clients.listModels(d(opts, unaryMs)),
+    getUsage: (req, opts) => clients.getUsage(req, d(opts, unaryMs)),
     close: () => clients.close(),
   };
 }

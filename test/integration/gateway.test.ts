@@ -359,13 +359,13 @@ describe("gateway", () => {
     assert.equal((await download(`${url.origin}/v1/images/${foreign}`)).res.status, 403);
   });
 
-  test("gateway - the OpenAPI document is served; /v1/usage is 501; unknown routes are JSON 404s", async () => {
+  test("gateway - the OpenAPI document is served; /v1/usage answers the key's usage; unknown routes are JSON 404s", async () => {
     const doc = await call("GET", "/v1/openapi.json", { key: null });
     assert.equal(doc.res.status, 200);
     assert.equal(doc.json.openapi, "3.1.0");
     const usage = await call("GET", "/v1/usage");
-    assert.equal(usage.res.status, 501);
-    assert.equal(usage.json.error.code, "not_implemented");
+    assert.equal(usage.res.status, 200);
+    assert.ok(Array.isArray(usage.json.days), "usage days (details in usage.test.ts)");
     const nowhere = await fetch(`${base}/v1/nowhere`, { signal: AbortSignal.timeout(CALL_MS) });
     assert.equal(nowhere.status, 404);
     assert.equal((await nowhere.json()).error.code, "not_found");

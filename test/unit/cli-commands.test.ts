@@ -119,6 +119,9 @@ const batchImpl: BatchServiceServer = {
     if (call.request.batchId !== fake.batch.id) return cb({ code: status.NOT_FOUND, details: `batch ${call.request.batchId} not found` } as ServiceError);
     cb(null, fake.batch);
   },
+  getUsage(_call, cb) {
+    cb(null, { days: [] });
+  },
   watchBatch(call: ServerWritableStream<{ batchId: string }, BatchEvent>) {
     for (const event of fake.events) call.write(event);
     call.end();

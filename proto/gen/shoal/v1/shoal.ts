@@ -325,6 +325,35 @@ export interface ArtifactChunk {
   data: Buffer;
 }
 
+export interface GetUsageRequest {
+  /** Empty: the caller's own tenant (an operator: every tenant). */
+  tenant: string;
+  /** YYYY-MM-DD (UTC), inclusive; empty: the last 30 days. */
+  since: string;
+}
+
+/**
+ * One tenant's UTC day. Only succeeded items are charged; content_policy items are not counted
+ * in failed and never charged.
+ */
+export interface TenantDayUsage {
+  tenant: string;
+  day: string;
+  /** Items accepted at submit that day: what the items_per_day limit counts. */
+  accepted: number;
+  succeeded: number;
+  failed: number;
+  contentPolicy: number;
+  cancelled: number;
+  /** Sum of the items' run times. */
+  gpuSeconds: number;
+}
+
+export interface GetUsageResponse {
+  /** Oldest day first, then by tenant. */
+  days: TenantDayUsage[];
+}
+
 export interface Gpu {
   index: number;
   name: string;
@@ -2547,6 +2576,349 @@ export const ArtifactChunk: MessageFns<ArtifactChunk> = {
   },
 };
 
+function createBaseGetUsageRequest(): GetUsageRequest {
+  return { tenant: "", since: "" };
+}
+
+export const GetUsageRequest: MessageFns<GetUsageRequest> = {
+  encode(message: GetUsageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenant !== "") {
+      writer.uint32(10).string(message.tenant);
+    }
+    if (message.since !== "") {
+      writer.uint32(18).string(message.since);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetUsageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetUsageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.since = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetUsageRequest {
+    return {
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      since: isSet(object.since) ? globalThis.String(object.since) : "",
+    };
+  },
+
+  toJSON(message: GetUsageRequest): unknown {
+    const obj: any = {};
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.since !== "") {
+      obj.since = message.since;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetUsageRequest>, I>>(base?: I): GetUsageRequest {
+    return GetUsageRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetUsageRequest>, I>>(object: I): GetUsageRequest {
+    const message = createBaseGetUsageRequest();
+    message.tenant = object.tenant ?? "";
+    message.since = object.since ?? "";
+    return message;
+  },
+};
+
+function createBaseTenantDayUsage(): TenantDayUsage {
+  return { tenant: "", day: "", accepted: 0, succeeded: 0, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 0 };
+}
+
+export const TenantDayUsage: MessageFns<TenantDayUsage> = {
+  encode(message: TenantDayUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenant !== "") {
+      writer.uint32(10).string(message.tenant);
+    }
+    if (message.day !== "") {
+      writer.uint32(18).string(message.day);
+    }
+    if (message.accepted !== 0) {
+      writer.uint32(24).uint64(message.accepted);
+    }
+    if (message.succeeded !== 0) {
+      writer.uint32(32).uint64(message.succeeded);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(40).uint64(message.failed);
+    }
+    if (message.contentPolicy !== 0) {
+      writer.uint32(48).uint64(message.contentPolicy);
+    }
+    if (message.cancelled !== 0) {
+      writer.uint32(56).uint64(message.cancelled);
+    }
+    if (message.gpuSeconds !== 0) {
+      writer.uint32(65).double(message.gpuSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TenantDayUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTenantDayUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.day = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.accepted = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.succeeded = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.failed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.contentPolicy = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.cancelled = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.gpuSeconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TenantDayUsage {
+    return {
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      day: isSet(object.day) ? globalThis.String(object.day) : "",
+      accepted: isSet(object.accepted) ? globalThis.Number(object.accepted) : 0,
+      succeeded: isSet(object.succeeded) ? globalThis.Number(object.succeeded) : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      contentPolicy: isSet(object.contentPolicy)
+        ? globalThis.Number(object.contentPolicy)
+        : isSet(object.content_policy)
+        ? globalThis.Number(object.content_policy)
+        : 0,
+      cancelled: isSet(object.cancelled) ? globalThis.Number(object.cancelled) : 0,
+      gpuSeconds: isSet(object.gpuSeconds)
+        ? globalThis.Number(object.gpuSeconds)
+        : isSet(object.gpu_seconds)
+        ? globalThis.Number(object.gpu_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: TenantDayUsage): unknown {
+    const obj: any = {};
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.day !== "") {
+      obj.day = message.day;
+    }
+    if (message.accepted !== 0) {
+      obj.accepted = Math.round(message.accepted);
+    }
+    if (message.succeeded !== 0) {
+      obj.succeeded = Math.round(message.succeeded);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.contentPolicy !== 0) {
+      obj.contentPolicy = Math.round(message.contentPolicy);
+    }
+    if (message.cancelled !== 0) {
+      obj.cancelled = Math.round(message.cancelled);
+    }
+    if (message.gpuSeconds !== 0) {
+      obj.gpuSeconds = floatToJson(message.gpuSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TenantDayUsage>, I>>(base?: I): TenantDayUsage {
+    return TenantDayUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TenantDayUsage>, I>>(object: I): TenantDayUsage {
+    const message = createBaseTenantDayUsage();
+    message.tenant = object.tenant ?? "";
+    message.day = object.day ?? "";
+    message.accepted = object.accepted ?? 0;
+    message.succeeded = object.succeeded ?? 0;
+    message.failed = object.failed ?? 0;
+    message.contentPolicy = object.contentPolicy ?? 0;
+    message.cancelled = object.cancelled ?? 0;
+    message.gpuSeconds = object.gpuSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetUsageResponse(): GetUsageResponse {
+  return { days: [] };
+}
+
+export const GetUsageResponse: MessageFns<GetUsageResponse> = {
+  encode(message: GetUsageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.days) {
+      TenantDayUsage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetUsageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetUsageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.days.push(TenantDayUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetUsageResponse {
+    return {
+      days: globalThis.Array.isArray(object?.days) ? object.days.map((e: any) => TenantDayUsage.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetUsageResponse): unknown {
+    const obj: any = {};
+    if (message.days?.length) {
+      obj.days = message.days.map((e) => TenantDayUsage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetUsageResponse>, I>>(base?: I): GetUsageResponse {
+    return GetUsageResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetUsageResponse>, I>>(object: I): GetUsageResponse {
+    const message = createBaseGetUsageResponse();
+    message.days = object.days?.map((e) => TenantDayUsage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseGpu(): Gpu {
   return { index: 0, name: "", vramTotalBytes: 0, vramFreeBytes: 0, vramReservedBytes: 0, source: "" };
 }
@@ -3855,6 +4227,19 @@ export const BatchServiceService = {
     responseSerialize: (value: ArtifactChunk): Buffer => Buffer.from(ArtifactChunk.encode(value).finish()),
     responseDeserialize: (value: Buffer): ArtifactChunk => ArtifactChunk.decode(value),
   },
+  /**
+   * Items and GPU-seconds per tenant and UTC day (the day a batch was submitted). A tenant key
+   * sees only its own usage; an operator key any tenant's, or every tenant's with tenant "".
+   */
+  getUsage: {
+    path: "/shoal.v1.BatchService/GetUsage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetUsageRequest): Buffer => Buffer.from(GetUsageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetUsageRequest => GetUsageRequest.decode(value),
+    responseSerialize: (value: GetUsageResponse): Buffer => Buffer.from(GetUsageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetUsageResponse => GetUsageResponse.decode(value),
+  },
 } as const;
 
 export interface BatchServiceServer extends UntypedServiceImplementation {
@@ -3871,6 +4256,11 @@ export interface BatchServiceServer extends UntypedServiceImplementation {
   /** Newest first, without results. */
   listBatches: handleUnaryCall<ListBatchesRequest, ListBatchesResponse>;
   getArtifact: handleServerStreamingCall<GetArtifactRequest, ArtifactChunk>;
+  /**
+   * Items and GPU-seconds per tenant and UTC day (the day a batch was submitted). A tenant key
+   * sees only its own usage; an operator key any tenant's, or every tenant's with tenant "".
+   */
+  getUsage: handleUnaryCall<GetUsageRequest, GetUsageResponse>;
 }
 
 export interface BatchServiceClient extends Client {
@@ -3978,6 +4368,25 @@ export interface BatchServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ArtifactChunk>;
+  /**
+   * Items and GPU-seconds per tenant and UTC day (the day a batch was submitted). A tenant key
+   * sees only its own usage; an operator key any tenant's, or every tenant's with tenant "".
+   */
+  getUsage(
+    request: GetUsageRequest,
+    callback: (error: ServiceError | null, response: GetUsageResponse) => void,
+  ): ClientUnaryCall;
+  getUsage(
+    request: GetUsageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetUsageResponse) => void,
+  ): ClientUnaryCall;
+  getUsage(
+    request: GetUsageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetUsageResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const BatchServiceClient = makeGenericClientConstructor(

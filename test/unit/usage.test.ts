@@ -1,0 +1,166 @@
+// Usage counting (coordinator/usage.ts): the UTC day math, what one batch adds (CONTENT_POLICY
+// apart from failed), idempotency per batch id, items_per_day reservations, and compare-and-set
+// retries against a fake KV (a plain map with revisions, the same refusals JetStream gives; the
+// real bucket is exercised by test/integration/usage.test.ts).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { JetStreamApiError } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import { BatchState, ItemStatus, type Batch, type ItemResult } from "../../proto/gen/shoal/v1/shoal.js";
+import { DailyLimitExceeded, UsageStore, addBatch, batchUsage, emptyDay, nextUtcMidnight, usageKey, usageSince, utcDay } from "../../coordinator/usage.js";
+
+function result(index: number, status: ItemStatus, runMs: number, code = ""): ItemResult {
+  return { index, status, error: code ? { code, message: code, retryable: false } : undefined, artifacts: [], workerId: "w", attempts: 1, queueMs: 0, runMs, model: "m" };
+}
+
+function batch(id: string, createdAt: Date, results: ItemResult[]): Batch {
+  return {
+    id,
+    state: BatchState.BATCH_STATE_COMPLETED,
+    total: results.length,
+    succeeded: 0,
+    failed: 0,
+    cancelled: 0,
+    results,
+    createdAt,
+    completedAt: undefined,
+    labels: {},
+    running: 0,
+    priority: 0,
+    queuePosition: 0,
+    estimatedCompletionAt: undefined,
+  } as Batch;
+}
+
+/** A KV with revisions; `interfere` runs once before a write, as another writer would. */
+class FakeKv {
+  entries = new Map<string, { value: string; revision: number }>();
+  seq = 0;
+  interfere: (() => void) | undefined;
+  conflicts = 0;
+  private wrongSeq(): Error {
+    this.conflicts++;
+    return new JetStreamApiError({ code: 400, err_code: 10071, description: "wrong last sequence" });
+  }
+  private race(): void {
+    const f = this.interfere;
+    this.interfere = undefined;
+    f?.();
+  }
+  async get(k: string) {
+    const e = this.entries.get(k);
+    return e ? { operation: "PUT", revision: e.revision, json: () => JSON.parse(e.value) } : null;
+  }
+  async create(k: string, v: string) {
+    this.race();
+    if (this.entries.has(k)) throw this.wrongSeq();
+    this.entries.set(k, { value: v, revision: ++this.seq });
+    return this.seq;
+  }
+  async update(k: string, v: string, rev: number) {
+    this.race();
+    if (this.entries.get(k)?.revision !== rev) throw this.wrongSeq();
+    this.entries.set(k, { value: v, revision: ++this.seq });
+    return this.seq;
+  }
+  async keys() {
+    return (async function* (keys: string[]) {
+      yield* keys;
+    })([...this.entries.keys()]);
+  }
+}
+
+test("usage - UTC day and the next midnight, whatever the local time zone", () => {
+  const at = new Date("2026-03-31T23:59:59.999Z");
+  assert.equal(utcDay(at), "2026-03-31");
+  assert.equal(nextUtcMidnight(at).toISOString(), "2026-04-01T00:00:00.000Z");
+  assert.equal(nextUtcMidnight(new Date("2026-12-31T00:00:00.000Z")).toISOString(), "2027-01-01T00:00:00.000Z");
+  assert.equal(nextUtcMidnight(new Date("2028-02-28T12:00:00Z")).toISOString(), "2028-02-29T00:00:00.000Z");
+  assert.equal(usageKey("alice", "2026-03-31"), "2026-03-31.alice");
+  assert.equal(usageKey("", "2026-03-31"), "2026-03-31._");
+});
+
+test("usage - a batch adds each item once by status; CONTENT_POLICY is apart from failed; GPU-seconds sum run_ms", () => {
+  const b = batch("b1", new Date(), [
+    result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 1500),
+    result(1, ItemStatus.ITEM_STATUS_SUCCEEDED, 250),
+    result(2, ItemStatus.ITEM_STATUS_FAILED, 100, "OUT_OF_MEMORY"),
+    result(3, ItemStatus.ITEM_STATUS_FAILED, 0, "CONTENT_POLICY"),
+    result(4, ItemStatus.ITEM_STATUS_CANCELLED, 0, "CANCELLED"),
+  ]);
+  assert.deepEqual(batchUsage(b), { succeeded: 2, failed: 1, contentPolicy: 1, cancelled: 1, gpuSeconds: 1.85 });
+  const day = addBatch(emptyDay("t", "2026-01-01"), "b1", batchUsage(b))!;
+  assert.equal(day.succeeded, 2);
+  assert.deepEqual(day.batches, ["b1"]);
+  assert.equal(addBatch(day, "b1", batchUsage(b)), undefined, "the same batch is not counted twice");
+});
+
+test("usage - recordBatch counts a batch once under its submission day, even if recorded again", async () => {
+  const kv = new FakeKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const b = batch("b1", new Date("2026-05-01T23:59:00Z"), [result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 2000)]);
+  assert.deepEqual(await store.recordBatch("alice", b), { succeeded: 1, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 2 });
+  assert.equal(await store.recordBatch("alice", b), undefined);
+  const day = (await store.get("alice", "2026-05-01"))!;
+  assert.equal(day.succeeded, 1);
+  assert.equal(day.gpuSeconds, 2);
+  assert.equal(await store.get("alice", "2026-05-02"), undefined);
+});
+
+test("usage - a lost compare-and-set is retried on top of the other writer's value, losing nothing", async () => {
+  const kv = new FakeKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const day = new Date("2026-05-01T10:00:00Z");
+  await store.reserve("alice", 1, undefined, day);
+  // Another coordinator stores its count between our read and our write (a direct write, as
+  // that coordinator's compare-and-set would have landed).
+  kv.interfere = () => {
+    const k = usageKey("alice", "2026-05-01");
+    const cur = JSON.parse(kv.entries.get(k)!.value);
+    const other = addBatch(cur, "b-other", { succeeded: 1, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 1 })!;
+    kv.entries.set(k, { value: JSON.stringify(other), revision: ++kv.seq });
+  };
+  await store.recordBatch("alice", batch("b-ours", day, [result(0, ItemStatus.ITEM_STATUS_FAILED, 500, "TIMEOUT")]));
+  const got = (await store.get("alice", "2026-05-01"))!;
+  assert.equal(kv.conflicts, 1, "our first write lost its compare-and-set");
+  assert.deepEqual([got.accepted, got.succeeded, got.failed, got.gpuSeconds, [...got.batches].sort()], [1, 1, 1, 1.5, ["b-other", "b-ours"]]);
+});
+
+test("usage - many updates of one key at once from one process all land", async () => {
+  const kv = new FakeKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  await Promise.all(Array.from({ length: 200 }, () => store.reserve("carol", 1, 150, now).catch((e: unknown) => e)));
+  assert.equal((await store.get("carol", "2026-05-01"))!.accepted, 150, "exactly up to the limit");
+  assert.equal(kv.conflicts, 0, "queued in process: no compare-and-set lost to ourselves");
+});
+
+test("usage - items_per_day: reservations up to the limit pass, the next is refused with the reset time and counts nothing", async () => {
+  const kv = new FakeKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  await store.reserve("bob", 3, 5, now);
+  await store.reserve("bob", 2, 5, now);
+  await assert.rejects(store.reserve("bob", 1, 5, now), (e: unknown) => {
+    assert.ok(e instanceof DailyLimitExceeded);
+    assert.equal(e.acceptedToday, 5);
+    assert.equal(e.resetsAt.toISOString(), "2026-05-02T00:00:00.000Z");
+    return true;
+  });
+  assert.equal((await store.get("bob", "2026-05-01"))!.accepted, 5);
+  // Another tenant and the next day are apart.
+  await store.reserve("alice", 5, 5, now);
+  await store.reserve("bob", 5, 5, new Date("2026-05-02T00:00:00Z"));
+  await store.release("bob", 2, "2026-05-02");
+  assert.equal((await store.get("bob", "2026-05-02"))!.accepted, 3);
+  assert.deepEqual((await store.list("2026-05-02")).map((d) => `${d.day}.${d.tenant}`), ["2026-05-02.bob"]);
+  assert.deepEqual((await store.list("2026-01-01", "alice")).map((d) => d.accepted), [5]);
+});
+
+test("usage - GetUsage's since: a real YYYY-MM-DD as given, 30 days back when empty, undefined when malformed", () => {
+  const now = new Date("2026-03-10T05:00:00Z");
+  assert.equal(usageSince("", now), "2026-02-08");
+  assert.equal(usageSince("2026-01-31", now), "2026-01-31");
+  for (const bad of ["2026-02-30", "2026-13-01", "yesterday", "2026-1-01", "2026-01-01T00:00:00Z"]) assert.equal(usageSince(bad, now), undefined, bad);
+});
