@@ -70,16 +70,15 @@ async function readVarz(port: number): Promise<ModeSamples["varz"]> {
 async function startFleet(mode: FsyncMode, p: { workers: number; maxInFlight: number }): Promise<Fleet> {
   const bin = natsServerBinary();
   const stack = trackStack(new Stack());
-  const monitorPort = await freePort();
-  // Exactly what `shoal up --fsync <mode>` writes, plus a monitoring port to confirm it took.
-  stack.natsConfig = natsServerConfig({ fsync: mode, fsyncIntervalMs: DEFAULT_INTERVAL_MS }, natsServerVersion(bin), bin).text + `http: "127.0.0.1:${monitorPort}"\n`;
+  // Exactly what `shoal up --fsync <mode>` writes; the harness's monitoring port confirms it took.
+  stack.natsConfig = natsServerConfig({ fsync: mode, fsyncIntervalMs: DEFAULT_INTERVAL_MS }, natsServerVersion(bin), bin).text;
   try {
     const shoal = await startShoal({
       stack,
       coordinatorArgs: ["--max-items", "100000", "--max-queued-items", "10000000"],
       workers: Array.from({ length: p.workers }, (_, i) => simWorker(`fsync-${mode}-${i + 1}`, "80GB", p.maxInFlight, 256)),
     });
-    return { mode, shoal, monitorPort };
+    return { mode, shoal, monitorPort: stack.natsMonitorPort };
   } catch (err) {
     await stopStack(stack);
     throw err;
