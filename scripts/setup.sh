@@ -24,6 +24,10 @@ if [ "${SHOAL_SKIP_CONTAINERS:-}" != "1" ]; then
     if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then need_apt+=("$tool"); fi
   done
 fi
+# The web console's browser test drives Debian's chromium (playwright-core, no browser download);
+# the TLS tests make their certificates with openssl.
+if [ "${SHOAL_SKIP_BROWSER:-}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
+if ! command -v openssl >/dev/null 2>&1; then need_apt+=(openssl); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""
