@@ -93,7 +93,12 @@ export class CoordinatorTerms {
 
   /** Before every RPC: a standby refuses with UNAVAILABLE naming the active coordinator. */
   gate(): void {
-    if (this.leadership?.isActive()) return;
+    if (this.leadership?.isActive()) {
+      // Elected but still recovering (the term's coordinator replays the results log first):
+      // answering now would show an empty fleet and unknown batches.
+      if (this.ready) return;
+      throw unavailable("this coordinator was just elected and is recovering its state; try again in a moment");
+    }
     throw unavailable(standbyMessage(this.leadership?.active));
   }
 

@@ -91,14 +91,18 @@ export class TestClient {
     let last: unknown;
     for (;;) {
       let ws: Worker[] = [];
+      let answered = true;
       try {
         ws = await this.workers();
       } catch (err) {
         if (!isTransient(err)) throw err;
         last = err;
+        answered = false;
       }
       const ready = ws.filter((w) => w.state === WorkerState.WORKER_STATE_READY);
-      if (ready.length >= n) return ready;
+      // Only an answer counts (a standby's or a restarting coordinator's UNAVAILABLE is none),
+      // so waitForWorkers(0) waits for a coordinator that serves.
+      if (answered && ready.length >= n) return ready;
       if (Date.now() > deadline) throw new Error(`only ${ready.length} of ${n} workers ready after ${timeoutMs} ms${last ? ` (last error: ${String(last)})` : ""}`);
       await new Promise((r) => setTimeout(r, 100));
     }
