@@ -7,6 +7,8 @@ import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { HealthCheckResponse_ServingStatus, HealthClient } from "../../proto/gen/grpc/health/v1/health.js";
 
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const CLI = join(ROOT, "dist/cli/main.js");
@@ -26,6 +28,29 @@ export async function freePort(): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/** Polls gRPC health until SERVING; fails when the process exits or the deadline passes. */
+export async function waitServing(addr: string, child: ChildProcess, timeoutMs: number): Promise<void> {
+  const health = new HealthClient(addr, credentials.createInsecure());
+  const deadline = Date.now() + timeoutMs;
+  let last = "no answer";
+  try {
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`coordinator exited (${child.exitCode ?? child.signalCode}) before it served`);
+      const status = await new Promise<string>((resolve) =>
+        health.check({ service: "" }, new Metadata(), { deadline: Date.now() + 2000 }, (err, res) =>
+          resolve(err ? err.message : res!.status === HealthCheckResponse_ServingStatus.SERVING ? "SERVING" : String(res!.status)),
+        ),
+      );
+      if (status === "SERVING") return;
+      last = status;
+      if (Date.now() > deadline) throw new Error(`coordinator at ${addr} not SERVING after ${timeoutMs} ms (last: ${last})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    health.close();
+  }
 }
 
 export function waitPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
@@ -118,8 +143,13 @@ export class Stack {
     await waitPort(this.natsPort, child);
   }
 
-  /** Starts the coordinator; resolves once its gRPC port is open. */
-  async startCoordinator(args: string[] = [], grpcPort?: number): Promise<Proc> {
+  /**
+   * Starts the coordinator; resolves once its gRPC port is open and (unless `waitActive` is
+   * false, for a coordinator meant to stay standby) its health says SERVING: after a kill -9 of
+   * the previous one, a restarted coordinator is standby until the old lease runs out and then
+   * recovers before it serves.
+   */
+  async startCoordinator(args: string[] = [], grpcPort?: number, opts: { waitActive?: boolean } = {}): Promise<Proc> {
     const port = grpcPort ?? (this.grpcAddr ? Number(this.grpcAddr.split(":")[1]) : await freePort());
     const child = spawn(process.execPath, [...this.coordinatorNodeArgs, CLI, "coordinator", "--nats", this.natsUrl, "--grpc-port", String(port), "--grpc-host", "127.0.0.1", "--metrics-port", "0", "--log-format", "json", "--heartbeat-timeout", "1500ms", ...args], {
       stdio: ["ignore", "pipe", "pipe"],
@@ -130,6 +160,8 @@ export class Stack {
     this.coordinator = p;
     await waitPort(port, child, 30_000);
     this.grpcAddr = `127.0.0.1:${port}`;
+    // A TLS server cannot be asked in plaintext; its tests wait on their own TLS clients.
+    if (opts.waitActive !== false && !args.includes("--tls-cert")) await waitServing(this.grpcAddr, child, 30_000);
     return p;
   }
 

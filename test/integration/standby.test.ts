@@ -56,7 +56,7 @@ describe("standby coordinators", () => {
     const [p1, p2] = [await freePort(), await freePort()];
     const a = await stack.startCoordinator(coordinatorArgs, p1);
     // The first takes the free lease before it opens its port; the second finds it held.
-    const b = await stack.startCoordinator(coordinatorArgs, p2);
+    const b = await stack.startCoordinator(coordinatorArgs, p2, { waitActive: false });
     coordinators = [a, b];
     addrs = [`127.0.0.1:${p1}`, `127.0.0.1:${p2}`];
     workers = await Promise.all(["w1", "w2", "w3"].map((id) => stack.startWorker(id, [...SIM, "--log-level", "debug"])));
