@@ -33,7 +33,8 @@ export function clientTlsPaths(flags: ClientTlsPaths = {}, env: NodeJS.ProcessEn
   };
 }
 
-function read(option: string, path: string): Buffer {
+/** A PEM file for `option`; a ConfigError naming the option when it cannot be read or holds no PEM. */
+export function readPem(option: string, path: string): Buffer {
   try {
     const pem = readFileSync(path);
     if (!pem.includes("-----BEGIN ")) throw new Error("no PEM block (-----BEGIN ...) in it");
@@ -49,9 +50,9 @@ export function loadClientTls(paths: ClientTlsPaths): ClientTls | undefined {
   if (paths.cert && !paths.key) throw new ConfigError("--key", "--cert (SHOAL_CERT) was given without its private key (--key, SHOAL_KEY)");
   if (paths.key && !paths.cert) throw new ConfigError("--cert", "--key (SHOAL_KEY) was given without its certificate (--cert, SHOAL_CERT)");
   return {
-    ca: paths.ca ? read("--ca", paths.ca) : undefined,
-    cert: paths.cert ? read("--cert", paths.cert) : undefined,
-    key: paths.key ? read("--key", paths.key) : undefined,
+    ca: paths.ca ? readPem("--ca", paths.ca) : undefined,
+    cert: paths.cert ? readPem("--cert", paths.cert) : undefined,
+    key: paths.key ? readPem("--key", paths.key) : undefined,
   };
 }
 

@@ -3,6 +3,7 @@
 // the components receive complete, typed options. Signals are handled here and nowhere else.
 
 import { Command, Option } from "commander";
+import { readPem } from "./client-tls.js";
 import { COORDINATOR_DEFAULTS, type CoordinatorOptions } from "../coordinator/options.js";
 import { readFileSync } from "node:fs";
 import { ApiKeyTable, readKeysFile } from "../coordinator/api-keys.js";
@@ -150,16 +151,6 @@ function retention(v: unknown): number {
 /** A boolean flag that commander fills from its env var as a string. */
 function flagOn(v: unknown): boolean {
   return v === true || v === "true" || v === "1" || v === "yes";
-}
-
-function readPem(option: string, path: string): Buffer {
-  try {
-    const pem = readFileSync(path);
-    if (!pem.includes("-----BEGIN ")) throw new Error("no PEM block (-----BEGIN ...) in it");
-    return pem;
-  } catch (err) {
-    throw new ConfigError(option, `cannot use ${path}: ${errorMessage(err)}`);
-  }
 }
 
 /** JetStream keeps 1 to 5 copies of a stream. */

@@ -44,7 +44,7 @@ async function screenshot(name: string): Promise<void> {
 
 describe("console", () => {
   before(async () => {
-    // No skip: without chromium the test fails and says why.
+    // Without chromium the test fails and says why (setup.sh installs it).
     assert.ok(existsSync(CHROMIUM), `chromium is not installed at ${CHROMIUM} (apt-get install chromium, or set SHOAL_CHROMIUM)`);
     stack = new Stack();
     await stack.startNats();

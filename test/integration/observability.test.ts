@@ -31,7 +31,7 @@ const PROMETHEUS = findBinary("prometheus");
 const PROMTOOL = findBinary("promtool");
 const MISSING = [!PROMETHEUS && "prometheus", !PROMTOOL && "promtool"].filter(Boolean).join(" and ");
 const WHY_MISSING = `${MISSING} not found: install the Debian package \`prometheus\` (./scripts/setup.sh does)`;
-// No skip: setup.sh installs both tools, so a machine without them fails in before() with the
+// setup.sh installs both tools, so a machine without them fails in before() with the
 // reason, and a missing tool can never pass unnoticed.
 
 const DEPLOY = join(ROOT, "deploy");
