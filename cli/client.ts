@@ -2,6 +2,7 @@
 // Shoal from Node) gets async functions and async iterables, API-key metadata on every call,
 // and one error type, ClientError, carrying the gRPC status name.
 
+import { activeTraceparent } from "../shared/tracing.js";
 import { Metadata, type CallOptions, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import {
   BatchServiceClient,
@@ -98,6 +99,9 @@ export function createClients(
   const metadata = (): Metadata => {
     const md = new Metadata();
     if (apiKey) md.set("authorization", `Bearer ${apiKey}`);
+    // The caller's trace, where its process traces (the gateway): the coordinator's spans join it.
+    const tp = activeTraceparent();
+    if (tp) md.set("traceparent", tp);
     return md;
   };
 

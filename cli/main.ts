@@ -16,6 +16,7 @@ import {
   loggerFrom,
   parseOrExit,
   runUntilSignal,
+  tracingFrom,
   workerFlags,
   workerOptionsFrom,
 } from "./server-commands.js";
@@ -37,6 +38,7 @@ const program = new Command("shoal")
 
 commonOptions(coordinatorFlags(program.command("coordinator").description("run the coordinator (gRPC API, scheduler)"))).action(async (raw) => {
   const log = loggerFrom(raw, "coordinator");
+  const tracing = tracingFrom(raw, "shoal-coordinator", log);
   await runUntilSignal(log, async () => {
     const opts = parseOrExit(() => coordinatorOptionsFrom(raw));
     const running = await startCoordinatorProcess(opts, log);
@@ -47,16 +49,17 @@ commonOptions(coordinatorFlags(program.command("coordinator").description("run t
       process.stderr.write(`shoal: ${err instanceof Error ? err.message : String(err)}\n`);
       process.exit(2);
     });
-    return { stop: running.stop };
+    return { stop: () => running.stop().then(() => tracing.stop()) };
   });
 });
 
 commonOptions(workerFlags(program.command("worker").description("run a worker for one GPU (or a CPU VRAM budget)"))).action(async (raw) => {
   const opts = parseOrExit(() => workerOptionsFrom(raw));
   const log = loggerFrom(raw, "worker", { workerId: opts.id });
+  const tracing = tracingFrom(raw, "shoal-worker", log);
   await runUntilSignal(log, async () => {
     const running = await startWorkerProcess(opts, log);
-    return { stop: running.stop, done: running.done };
+    return { stop: () => running.stop().then(() => tracing.stop()), done: running.done.then(() => tracing.stop()) };
   });
 });
 
@@ -66,9 +69,10 @@ gatewayFlags(program.command("gateway").description("run the HTTP gateway (the b
   const globals = program.opts() as { addr?: string; ca?: string; cert?: string; key?: string };
   const addr = globals.addr ?? raw.addr;
   const tlsFlags = { ca: globals.ca ?? raw.ca, cert: globals.cert ?? raw.cert, key: globals.key ?? raw.key };
+  const tracing = tracingFrom(raw, "shoal-gateway", log);
   await runUntilSignal(log, async () => {
     const running = await startGatewayProcess(parseOrExit(() => gatewayOptionsFrom({ ...raw, addr, ...tlsFlags })), log);
-    return { stop: running.stop };
+    return { stop: () => running.stop().then(() => tracing.stop()) };
   });
 });
 

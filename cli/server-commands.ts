@@ -13,6 +13,7 @@ import { createLogger, defaultLogFormat, LOG_LEVELS, type LogFormat, type Logger
 import { parseBytes, parseDuration, parseIntOption } from "../shared/units.js";
 import { GATEWAY_DEFAULTS } from "../gateway/options.js";
 import { natsSecurityFrom } from "../shared/nats-security.js";
+import { otlpTracesUrl, startTracing, type ServiceName, type TracingHandle } from "../shared/tracing.js";
 import { checkWorkerOptions, defaultWorkerId, parseGpuSelection, type WorkerOptions } from "../worker/options.js";
 
 export const DEFAULT_NATS_URL = "nats://127.0.0.1:4222";
@@ -30,6 +31,7 @@ export function commonOptions(cmd: Command): Command {
     .addOption(new Option("--nats-tls-key <file>", "PEM key of --nats-tls-cert").env("SHOAL_NATS_TLS_KEY"))
     .addOption(new Option("--prefix <name>", "subject/stream prefix, so fleets can share a NATS cluster").env("SHOAL_PREFIX").default("shoal"))
     .addOption(new Option("--replicas <n>", "copies of each JetStream stream, bucket and object store (1 on one nats-server, 3 on a cluster)").env("SHOAL_REPLICAS").default("1"))
+    .addOption(new Option("--otlp-endpoint <url>", "export OpenTelemetry traces over OTLP/HTTP to this collector (spans go to <url>/v1/traces; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else off)"))
     .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
     .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 }
@@ -89,6 +91,7 @@ export function gatewayFlags(cmd: Command): Command {
     .addOption(new Option("--max-body <size>", "largest request body (413 beyond)").env("SHOAL_MAX_BODY").default(d.maxBody))
     .addOption(new Option("--max-clients <n>", "gRPC clients kept, one per distinct API key (least recently used closed first)").env("SHOAL_MAX_CLIENTS").default(String(d.maxClients)))
     .addOption(new Option("--rpc-timeout <duration>", "deadline of the gateway's unary calls to the coordinator").env("SHOAL_RPC_TIMEOUT").default(d.rpcTimeout))
+    .addOption(new Option("--otlp-endpoint <url>", "export OpenTelemetry traces over OTLP/HTTP to this collector (spans go to <url>/v1/traces; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else off)"))
     .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").choices(LOG_LEVELS).default("info"))
     .addOption(new Option("--log-format <format>", "json, or pretty for people (default: pretty on a terminal)").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 }
@@ -312,6 +315,17 @@ function watchParent(log: Logger | undefined): void {
     }
   }, 1000);
   timer.unref();
+}
+
+/**
+ * Starts exporting this process's traces when --otlp-endpoint or the OTEL_EXPORTER_OTLP_* env
+ * names a collector (shared/tracing.ts); otherwise nothing is started. A bad URL exits 2.
+ */
+export function tracingFrom(raw: Raw, service: ServiceName, log: Logger): TracingHandle {
+  const url = parseOrExit(() => otlpTracesUrl(typeof raw.otlpEndpoint === "string" ? raw.otlpEndpoint : undefined));
+  const handle = startTracing(service, url);
+  if (handle.url) log.info({ otlp: handle.url, service }, "exporting traces");
+  return handle;
 }
 
 /** Parses options; a ConfigError ends the process with a one-line message and exit code 2. */

@@ -28,6 +28,7 @@ import type { CoordinatorOptions } from "./options.js";
 import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
+import { activeTraceparent, annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
 import { validateSubmit } from "./validation.js";
 import { withoutSecret, type WebhookSender } from "./webhooks.js";
 import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
@@ -87,9 +88,12 @@ export class BatchApi {
       ? await webhookTargetProblem(req.webhook.url, { allowPrivate: this.d.opts.webhookAllowPrivate })
       : undefined;
     let valid: ReturnType<typeof validateSubmit>;
+    const validation = startSpan("shoal.validate", { attributes: { "shoal.items": req.items.length } });
     try {
       valid = validateSubmit(req, (m) => this.d.models.get(m), { maxItems: this.d.opts.maxItems });
+      endSpan(validation);
     } catch (err) {
+      endSpan(validation, err);
       if (target && err instanceof ServerError && err.violations.length > 0) throw invalidArgument([...err.violations, `webhook.url: ${target}`], err.headline);
       throw err;
     }
@@ -136,6 +140,8 @@ export class BatchApi {
       retryOf,
       sourceIndices,
       policyBlocked,
+      // The submitting call's span: every item's spans join its trace, after a restart too.
+      traceparent: activeTraceparent(),
     };
     this.checkRecordFits(record, valid.map((v) => v.model));
     if (req.idempotencyKey) {
@@ -168,6 +174,7 @@ export class BatchApi {
     const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
     this.d.metrics?.batchesInMemory(this.d.active.size);
     this.d.metrics?.batchSubmitted();
+    annotateActiveSpan("shoal.batch_id", batchId);
     this.d.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
     if (policyBlocked.length > 0) {
       for (const b of policyBlocked) this.d.metrics?.itemFinished(active.items[b.index]!.result!);

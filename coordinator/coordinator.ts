@@ -1,4 +1,4 @@
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { ItemStatus, WorkerState, type Batch, type BatchEvent, type SubmitBatchRequest } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
 import { ensureInfrastructure, type Infrastructure } from "../shared/jetstream-setup.js";
@@ -38,6 +38,7 @@ import { LeaseTokens, loadLeaseKey } from "./lease-tokens.js";
 import { fence } from "./outcome-fence.js";
 import { fenceConnection, type Fence } from "./fenced-connection.js";
 import { outcomeProblem } from "./wire-validation.js";
+import { outcomeSpans } from "./item-tracing.js";
 
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
@@ -214,7 +215,7 @@ export class Coordinator {
     await this.webhooks.start();
     this.subs.push(this.link.subscribeHeartbeats());
     await this.resultLog.startConsuming(
-      (entry, subject) => this.onLogEntry(entry, subject),
+      (entry, subject, headers) => this.onLogEntry(entry, subject, headers),
       (subject, problem) => this.protocolError("outcome", subject, problem),
     );
     // Ask every worker to report now rather than within its next interval.
@@ -315,8 +316,10 @@ export class Coordinator {
   // ---------------------------------------------------------------------------------------
   // Events from NATS
 
-  private onLogEntry(entry: ResultLogEntry, subject: string): void {
+  private onLogEntry(entry: ResultLogEntry, subject: string, headers?: MsgHdrs): void {
+    const endSpans = outcomeSpans(entry, headers);
     this.applyEntry(entry, false, subject.slice(subject.lastIndexOf(".") + 1));
+    endSpans?.();
     this.scheduleSoon();
   }
 

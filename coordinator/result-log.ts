@@ -1,12 +1,13 @@
 import { AckPolicy, DeliverPolicy, jetstream, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { ResultLogEntry, type LeaseRevoked } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import type { Names } from "../shared/subjects.js";
 
-export type LogEntryHandler = (entry: ResultLogEntry, subject: string) => void;
+/** `headers`: the message's NATS headers (the items' trace context, shared/trace-headers.ts). */
+export type LogEntryHandler = (entry: ResultLogEntry, subject: string, headers?: MsgHdrs) => void;
 /** Told about each live entry that does not decode, so it is counted as a protocol error. */
 export type UnreadableEntryHandler = (subject: string, problem: string) => void;
 
@@ -89,7 +90,7 @@ export class ResultLog {
         }
         if (entry) {
           try {
-            handler(entry, m.subject);
+            handler(entry, m.subject, m.headers);
           } catch (err) {
             this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "results entry not applied");
           }

@@ -23,6 +23,7 @@ import type { ResultLog } from "./result-log.js";
 import type { Placed } from "./scheduler/engine.js";
 import type { VramLedger } from "./vram-ledger.js";
 import { heartbeatProblem } from "./wire-validation.js";
+import { placementSpans } from "./item-tracing.js";
 
 export interface WorkerLinkDeps {
   /** Read when used: the connection exists once the coordinator has started. */
@@ -127,8 +128,9 @@ export class WorkerLink {
     let accepted = new Set<string>();
     let answered = false;
     let why = "";
+    const spans = placementSpans(workerId, list);
     try {
-      const reply = await this.d.nc().request(this.d.names.assign(workerId), assignment, { timeout: this.d.opts.assignTimeoutMs });
+      const reply = await this.d.nc().request(this.d.names.assign(workerId), assignment, { timeout: this.d.opts.assignTimeoutMs, headers: spans?.headers });
       const decoded = decodeMessage(AssignReply, reply.subject, reply.data);
       accepted = new Set(decoded.accepted);
       answered = true;
@@ -153,6 +155,7 @@ export class WorkerLink {
         this.d.fleet.markUnreachable(workerId);
       }
     }
+    spans?.end(accepted, why);
     const refused = list.filter((p) => !accepted.has(p.lease.token));
     if (refused.length === 0) return;
     this.d.log.warn({ workerId, refused: refused.length, why }, "assignment not taken; items go back to the queue");

@@ -19,6 +19,10 @@ import { BATCH_REQUEST_SCHEMA, OPENAPI } from "./openapi.js";
 import type { GatewayOptions } from "./options.js";
 import { batchJson, batchStatus, isTerminalState, parseWait, resultJson, toSubmit, validationProblems, type BatchRequestBody, type UrlFor } from "./translate.js";
 import { UrlSigner } from "./url-signer.js";
+import { contextFromTraceparent, endSpan, SpanKind, startSpan, tracingOn, withinSpan, type Span } from "../shared/tracing.js";
+
+/** The server span of each traced request (tracing on only). */
+const requestSpans = new WeakMap<FastifyRequest, Span>();
 
 /** A comment line every so often keeps idle event streams open through proxies. */
 const SSE_KEEPALIVE_MS = 15_000;
@@ -105,7 +109,22 @@ export class Gateway {
     const app = this.app;
     app.setErrorHandler((err, req, reply) => this.sendError(req, reply, err));
     app.setNotFoundHandler((req, reply) => this.sendError(req, reply, new ApiError(404, "not_found", `no route ${req.method} ${req.url.split("?")[0]}`)));
+    // A server span per API request, joined to the caller's trace by its `traceparent` header.
+    if (tracingOn()) {
+      app.addHook("onRequest", async (req) => {
+        const route = req.routeOptions.url;
+        if (route === undefined || !route.startsWith("/v1/") || route.startsWith("/v1/images")) return;
+        const header = (k: string) => (typeof req.headers[k] === "string" ? (req.headers[k] as string) : undefined);
+        const span = startSpan(`${req.method} ${route}`, { kind: SpanKind.SERVER, attributes: { "http.request.method": req.method, "http.route": route, "url.path": req.url.split("?")[0]! } }, contextFromTraceparent(header("traceparent"), header("tracestate")));
+        if (span) requestSpans.set(req, span);
+      });
+    }
     app.addHook("onResponse", async (req, reply) => {
+      const span = requestSpans.get(req);
+      if (span) {
+        span.setAttribute("http.response.status_code", reply.statusCode);
+        endSpan(span, reply.statusCode >= 500 ? new Error(`HTTP ${reply.statusCode}`) : undefined);
+      }
       const route = req.routeOptions.url ?? "(none)";
       const batchId = (req.params as Partial<IdParams> | undefined)?.id ?? (reply as FastifyReply & { batchId?: string }).batchId;
       const line = { method: req.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), batchId };
@@ -118,7 +137,7 @@ export class Gateway {
     app.get<{ Querystring: { tenant?: string; since?: string } }>("/v1/usage", async (req) => {
       const tenant = typeof req.query.tenant === "string" ? req.query.tenant : "";
       const since = typeof req.query.since === "string" ? req.query.since : "";
-      return this.withClients(apiKeyOf(req), async (c) => ({
+      return this.withClients(req, apiKeyOf(req), async (c) => ({
         days: (await c.getUsage({ tenant, since })).map((d) => ({
           tenant: d.tenant,
           day: d.day,
@@ -141,7 +160,7 @@ export class Gateway {
         idempotencyKey: typeof idem === "string" ? idem : undefined,
       });
       const key = apiKeyOf(req);
-      return this.withClients(key, async (clients) => {
+      return this.withClients(req, key, async (clients) => {
         const { batchId, itemCount } = await clients.submitBatch(submit);
         (reply as FastifyReply & { batchId?: string }).batchId = batchId;
         if (!wait || submit.webhook !== undefined) return reply.code(202).send({ batch_id: batchId, item_count: itemCount });
@@ -153,12 +172,12 @@ export class Gateway {
 
     app.get<{ Params: IdParams }>("/v1/batch/:id", async (req) => {
       const key = apiKeyOf(req);
-      return this.withClients(key, async (c) => batchJson(await c.getBatch(req.params.id), this.urlFor(req, key)));
+      return this.withClients(req, key, async (c) => batchJson(await c.getBatch(req.params.id), this.urlFor(req, key)));
     });
 
     app.post<{ Params: IdParams }>("/v1/batch/:id/cancel", async (req) => {
       const key = apiKeyOf(req);
-      return this.withClients(key, async (c) => {
+      return this.withClients(req, key, async (c) => {
         const b = await c.cancelBatch(req.params.id);
         req.log.info({ batchId: b.id }, "batch cancelled through the gateway");
         return batchJson(b, this.urlFor(req, key));
@@ -166,7 +185,7 @@ export class Gateway {
     });
 
     app.post<{ Params: IdParams }>("/v1/batch/:id/retry", async (req, reply) => {
-      return this.withClients(apiKeyOf(req), async (c) => {
+      return this.withClients(req, apiKeyOf(req), async (c) => {
         const r = await c.retryBatch(req.params.id);
         req.log.info({ batchId: r.batchId, retryOf: req.params.id }, "batch retried through the gateway");
         return reply.code(202).send({ batch_id: r.batchId, item_count: r.itemCount, retry_of: req.params.id });
@@ -175,14 +194,14 @@ export class Gateway {
 
     app.get<{ Params: IdParams }>("/v1/batch/:id/events", async (req, reply) => this.events(req, reply));
 
-    app.get("/v1/models", async (req) => this.withClients(apiKeyOf(req), async (c) => ({ models: (await c.listModels()).map(modelJson) })));
+    app.get("/v1/models", async (req) => this.withClients(req, apiKeyOf(req), async (c) => ({ models: (await c.listModels()).map(modelJson) })));
 
-    app.get("/v1/workers", async (req) => this.withClients(apiKeyOf(req), async (c) => ({ workers: (await c.listWorkers()).map(workerJson) })));
+    app.get("/v1/workers", async (req) => this.withClients(req, apiKeyOf(req), async (c) => ({ workers: (await c.listWorkers()).map(workerJson) })));
 
     app.get<{ Querystring: { page_size?: string; page_token?: string } }>("/v1/batches", async (req) => {
       const pageSize = parsePageSize(req.query.page_size);
       const pageToken = typeof req.query.page_token === "string" ? req.query.page_token : "";
-      return this.withClients(apiKeyOf(req), async (c) => {
+      return this.withClients(req, apiKeyOf(req), async (c) => {
         const page = await c.listBatches({ pageSize, pageToken });
         return { batches: page.batches.map(batchSummaryJson), next_page_token: page.nextPageToken || null };
       });
@@ -195,10 +214,11 @@ export class Gateway {
   }
 
   /** Runs `fn` with the SDK clients of this key; coordinator errors become ApiErrors. */
-  private async withClients<T>(apiKey: string | undefined, fn: (c: ShoalClients) => Promise<T>): Promise<T> {
+  private async withClients<T>(req: FastifyRequest, apiKey: string | undefined, fn: (c: ShoalClients) => Promise<T>): Promise<T> {
     const lease = this.pool.acquire(apiKey);
     try {
-      return await fn(lease.clients);
+      // Inside the request's span: the SDK sends it to the coordinator as `traceparent` metadata.
+      return await withinSpan(requestSpans.get(req), () => fn(lease.clients));
     } catch (err) {
       throw fromClientError(err);
     } finally {

@@ -4,6 +4,7 @@ import { encodeMessage } from "../shared/codec.js";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import type { Names } from "../shared/subjects.js";
+import { itemTraceHeaders } from "../shared/trace-headers.js";
 
 export interface ResultPublisherOptions {
   workerId: string;
@@ -14,6 +15,8 @@ export interface ResultPublisherOptions {
 
 interface Pending {
   outcome: ItemOutcome;
+  /** The item's span on this worker, sent in the message's headers (shared/trace-headers.ts). */
+  traceparent: string | undefined;
   resolve: () => void;
 }
 
@@ -36,11 +39,11 @@ export class ResultPublisher {
     private readonly log: Logger,
   ) {}
 
-  publish(batchId: string, outcome: ItemOutcome): Promise<void> {
+  publish(batchId: string, outcome: ItemOutcome, traceparent?: string): Promise<void> {
     return new Promise((resolve) => {
       let list = this.pending.get(batchId);
       if (!list) this.pending.set(batchId, (list = []));
-      list.push({ outcome, resolve });
+      list.push({ outcome, traceparent, resolve });
       if (list.length >= this.opts.maxOutcomesPerMessage) this.flushSoon(0);
       else this.flushSoon(this.opts.flushIntervalMs);
     });
@@ -71,9 +74,10 @@ export class ResultPublisher {
     const data = encodeMessage(ResultLogEntry, {
       entry: { $case: "results", results: { workerId: this.opts.workerId, outcomes: group.map((p) => p.outcome) } },
     });
+    const headers = itemTraceHeaders(group.map((p) => [p.outcome.lease?.token ?? "", p.traceparent]));
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.js.publish(this.names.results(batchId), data, { timeout: 5000 });
+        await this.js.publish(this.names.results(batchId), data, { timeout: 5000, headers });
         for (const p of group) p.resolve();
         return;
       } catch (err) {

@@ -31,6 +31,8 @@ import { PromptPolicy } from "./prompt-policy.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { writeArtifact } from "./artifact-writer.js";
 import type { ProtocolErrorKind, WorkerMetrics } from "./metrics.js";
+import { itemTracesFrom } from "../shared/trace-headers.js";
+import { contextFromTraceparent, endSpan, inChildSpan, SpanKind, startSpan, traceparentOf, tracingOn, type Span } from "../shared/tracing.js";
 
 export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING" | "STOPPED";
 
@@ -45,6 +47,8 @@ interface HeldItem {
   activation: number;
   controller: CancelToken;
   started: boolean;
+  /** `shoal.item`, the attempt on this worker, under the coordinator's placement span (tracing on only). */
+  span?: Span;
 }
 
 /**
@@ -168,13 +172,14 @@ export class ShoalWorker {
       let firstBadLease: string | undefined;
       if (this.state === "RUNNING") {
         const room = this.room();
+        const traces = tracingOn() ? itemTracesFrom(msg.headers) : undefined;
         for (const item of assignment.items) {
           const problem = leaseProblem(item.lease);
           if (problem) {
             badLeases++;
             firstBadLease ??= problem;
           } else if (this.held.has(item.lease!.token)) accepted.push(item.lease!.token); // re-sent: already ours
-          else if (this.fits(item, room) && this.accept(item)) accepted.push(item.lease!.token);
+          else if (this.fits(item, room) && this.accept(item, traces?.get(item.lease!.token))) accepted.push(item.lease!.token);
           else refused++;
         }
       }
@@ -260,7 +265,7 @@ export class ShoalWorker {
   }
 
   /** `item.lease` has passed leaseProblem(). */
-  private accept(item: AssignedItem): boolean {
+  private accept(item: AssignedItem, traceparent?: string): boolean {
     const lease = item.lease!;
     const model = this.manifests.get(item.model);
     const controller = new CancelToken();
@@ -276,6 +281,9 @@ export class ShoalWorker {
       activation: this.needOf(item, model).activationBytes,
       controller,
       started: false,
+      span: traceparent
+        ? startSpan("shoal.item", { kind: SpanKind.CONSUMER, attributes: { "shoal.batch_id": lease.batchId, "shoal.item": lease.index, "shoal.attempt": item.attempt, "shoal.model": item.model, "shoal.worker_id": this.opts.id } }, contextFromTraceparent(traceparent))
+        : undefined,
     };
     this.held.set(lease.token, held);
     this.metrics?.inFlight(this.held.size);
@@ -321,9 +329,10 @@ export class ShoalWorker {
       this.metrics?.itemStarted(held.gpuIndex);
       held.started = true;
       this.peak?.begin(lease.token);
-      const output = await this.backend.run(
-        { id: lease.token, model: held.model.name, params: checked.params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation },
-        held.controller,
+      // `shoal.run`: waiting for a thread and running; a run that merges items of several
+      // traces (dynamic batching) links to each item's run span (thread-pool.ts).
+      const output = await inChildSpan(held.span, "shoal.run", (span) =>
+        this.backend.run({ id: lease.token, model: held.model.name, params: checked.params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation, traceparent: traceparentOf(span) }, held.controller),
       );
       const measured = this.peak ? await this.peak.end(lease.token) : 0;
       const peakBytes = output.peakBytes > 0 ? output.peakBytes : measured;
@@ -331,7 +340,10 @@ export class ShoalWorker {
         this.metrics?.itemPeakVram(held.model.name, peakBytes);
         this.log.info({ ...ids(), peakVramBytes: peakBytes }, "item peak VRAM measured");
       }
-      const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
+      const artifacts = await inChildSpan(held.span, "shoal.upload", (span) => {
+        span?.setAttribute("shoal.artifacts", output.artifacts.length);
+        return Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
+      });
       const runMs = Math.round(performance.now() - started);
       outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: peakBytes };
       if (this.log.isLevelEnabled("debug")) this.log.debug({ ...ids(), runMs }, "item succeeded");
@@ -353,7 +365,9 @@ export class ShoalWorker {
     if (outcome.error?.code !== "CONTENT_POLICY") {
       this.metrics?.itemDone(this.manifests.has(held.model.name) ? held.model.name : "(unknown)", outcome.status, outcome.runMs / 1000, held.gpuIndex, held.started);
     }
-    await this.publisher!.publish(lease.batchId, outcome);
+    await this.publisher!.publish(lease.batchId, outcome, traceparentOf(held.span));
+    held.span?.setAttribute("shoal.status", outcome.error?.code ?? "SUCCEEDED");
+    endSpan(held.span, outcome.error ? new Error(`${outcome.error.code}: ${outcome.error.message}`) : undefined);
     // Only now, with the outcome stored, does the item stop appearing in heartbeats.
     this.held.delete(lease.token);
     this.itemsDone++;

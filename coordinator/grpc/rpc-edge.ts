@@ -10,6 +10,7 @@ import type { ApiKeyTable, Principal, Role, TenantLimits } from "../api-keys.js"
 import { permissionDenied, ServerError, unauthenticated } from "../errors.js";
 import { decodeFailure } from "./request-decoding.js";
 import { toGrpcStatus, type GrpcStatus } from "./status-encoding.js";
+import { contextFromTraceparent, endSpan, SpanKind, startSpan, tracingOn, withinSpan, type Span } from "../../shared/tracing.js";
 
 export interface CallContext {
   tenant: string;
@@ -68,6 +69,15 @@ function answerFor(err: unknown, log: Logger, method: string): GrpcStatus {
   return toGrpcStatus(err);
 }
 
+/** `<service>/<method>`, kind SERVER, child of the caller's `traceparent` (and `tracestate`) metadata. */
+function rpcServerSpan(service: string, method: string, md: Metadata): Span | undefined {
+  const first = (k: string) => {
+    const v = md.get(k)[0];
+    return v === undefined ? undefined : String(v);
+  };
+  return startSpan(`${service}/${method}`, { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method } }, contextFromTraceparent(first("traceparent"), first("tracestate")));
+}
+
 export class RpcEdge {
   constructor(
     private readonly service: string,
@@ -83,6 +93,8 @@ export class RpcEdge {
       const started = performance.now();
       const controller = new AbortController();
       call.on("cancelled", () => controller.abort());
+      // The server span of the call, joined to the caller's trace by its `traceparent` metadata.
+      const span = tracingOn() ? rpcServerSpan(this.service, method, call.metadata) : undefined;
       void (async () => {
         let res: Res;
         try {
@@ -90,13 +102,17 @@ export class RpcEdge {
           if (refused) throw refused;
           this.gate?.();
           const who = this.auth.principal(call.metadata);
-          res = await fn(call.request, { ...who, signal: controller.signal });
+          res = await withinSpan(span, () => fn(call.request, { ...who, signal: controller.signal }));
         } catch (err) {
           const e = answerFor(err, this.log, method);
           this.count(method, e.code, started);
+          span?.setAttribute("rpc.grpc.status_code", e.code);
+          endSpan(span, err);
           this.guard(method, () => callback(e, null));
           return;
         }
+        span?.setAttribute("rpc.grpc.status_code", status.OK);
+        endSpan(span);
         this.count(method, status.OK, started);
         this.guard(method, () => callback(null, res));
       })().catch((err) => this.unexpected(method, err));

@@ -15,6 +15,8 @@ export interface InferenceJob {
   index: number;
   /** VRAM the coordinator reserved for this item's activations (0 when unknown). */
   vramBytes?: number;
+  /** The item's `shoal.run` span (shared/tracing.ts), for the span of the inference it runs in; absent when not traced. */
+  traceparent?: string;
 }
 
 export interface ArtifactData {

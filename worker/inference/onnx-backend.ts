@@ -115,7 +115,7 @@ export class OnnxBackend implements InferenceBackend {
     if (job.model !== IMAGEGEN_TINY.name && !this.local.some((m) => m.manifest.name === job.model)) {
       throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served by this worker`, false);
     }
-    const result = await this.pool.run({ id: job.id, model: job.model, params: job.params }, signal);
+    const result = await this.pool.run({ id: job.id, model: job.model, params: job.params, traceparent: job.traceparent }, signal);
     return { artifacts: result.artifacts, peakBytes: 0 };
   }
 

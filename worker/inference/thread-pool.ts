@@ -21,6 +21,7 @@ import { Worker } from "node:worker_threads";
 import { InferenceError, type ArtifactData } from "./backend.js";
 import type { BatchKey } from "./batch-key.js";
 import type { FromThread, ThreadInit, ToThread } from "./thread-protocol.js";
+import { contextFromTraceparent, endSpan, linkTo, startSpan, tracingOn, type Link, type Span } from "../../shared/tracing.js";
 
 /** The subset of pino's Logger the backend uses. */
 export interface BackendLogger {
@@ -33,6 +34,8 @@ export interface PoolJob {
   id: string;
   model: string;
   params: Record<string, unknown>;
+  /** The item's run span, when traced: the group's `shoal.inference` span links to it. */
+  traceparent?: string;
 }
 
 export interface PoolResult {
@@ -89,6 +92,8 @@ interface Group {
   tasks: Task[];
   /** Shared with the thread, one entry per task: 1 asks it to drop that item at its next check. */
   cancel: Int32Array;
+  /** `shoal.inference`, the thread's run of the group (tracing on, traced items only). */
+  span?: Span;
 }
 
 interface Slot {
@@ -204,6 +209,7 @@ export class ThreadPool {
         const group = slot.current;
         if (group === undefined || group.id !== msg.groupId) return;
         slot.current = undefined;
+        endSpan(group.span);
         this.counters.denoiserCalls += msg.stats.denoiserCalls ?? 0;
         group.tasks.forEach((task, k) => {
           const result = msg.items[k];
@@ -231,6 +237,7 @@ export class ThreadPool {
     if (!slot.ready) slot.onReady.reject(new Error(`${why} before it was ready`));
     const group = slot.current;
     slot.current = undefined;
+    endSpan(group?.span, new Error(why));
     const live = group?.tasks.filter((t) => !t.settled) ?? [];
     if (group !== undefined && group.tasks.length > 1 && live.length > 0 && this.closing === undefined && this.broken === undefined) {
       // One of them may have killed the thread, and nothing tells which: run each again alone,
@@ -296,7 +303,7 @@ export class ThreadPool {
   }
 
   private assign(slot: Slot, tasks: Task[]): void {
-    const group: Group = { id: this.nextGroupId++, tasks, cancel: new Int32Array(new SharedArrayBuffer(4 * tasks.length)) };
+    const group: Group = { id: this.nextGroupId++, tasks, cancel: new Int32Array(new SharedArrayBuffer(4 * tasks.length)), span: inferenceSpan(tasks.map((t) => t.job)) };
     slot.current = group;
     this.counters.groups++;
     this.counters.items += tasks.length;
@@ -371,6 +378,18 @@ export class ThreadPool {
     this.options.logger.warn({ thread: slot.id, items: slot.current?.tasks.map((t) => t.job.id) }, "inference thread still computing at close; leaving it to finish");
     slot.worker.unref();
   }
+}
+
+/**
+ * The span of one run of a thread: a child of its first traced item's run span, linked to every
+ * item's (dynamic batching merges items of several batches, so of several traces, into one run).
+ */
+function inferenceSpan(jobs: PoolJob[]): Span | undefined {
+  if (!tracingOn()) return undefined;
+  const traced = jobs.filter((j) => j.traceparent);
+  if (traced.length === 0) return undefined;
+  const links = traced.map((j) => linkTo(j.traceparent)).filter((l): l is Link => l !== undefined);
+  return startSpan("shoal.inference", { links, attributes: { "shoal.model": jobs[0]!.model, "shoal.inference.batch_size": jobs.length } }, contextFromTraceparent(traced[0]!.traceparent));
 }
 
 function cancelled(job: PoolJob, when: string): InferenceError {

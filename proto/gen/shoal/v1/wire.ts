@@ -159,6 +159,12 @@ export interface BatchRecord {
    * they are never queued.
    */
   policyBlocked: PolicyBlock[];
+  /**
+   * W3C traceparent of the call that submitted the batch (shared/tracing.ts), absent when the
+   * coordinator does not trace: kept with the batch so the spans of items placed after a
+   * restart still join the submitter's trace.
+   */
+  traceparent?: string | undefined;
 }
 
 /** One item refused by a content-policy rule: it ends FAILED with CONTENT_POLICY and this message. */
@@ -1566,6 +1572,7 @@ function createBaseBatchRecord(): BatchRecord {
     retryOf: "",
     sourceIndices: [],
     policyBlocked: [],
+    traceparent: undefined,
   };
 }
 
@@ -1598,6 +1605,9 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     }
     for (const v of message.policyBlocked) {
       PolicyBlock.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.traceparent !== undefined) {
+      writer.uint32(74).string(message.traceparent);
     }
     return writer;
   },
@@ -1689,6 +1699,14 @@ export const BatchRecord: MessageFns<BatchRecord> = {
             message.policyBlocked.push(PolicyBlock.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.traceparent = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1727,6 +1745,7 @@ export const BatchRecord: MessageFns<BatchRecord> = {
         : globalThis.Array.isArray(object?.policy_blocked)
         ? object.policy_blocked.map((e: any) => PolicyBlock.fromJSON(e))
         : [],
+      traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : undefined,
     };
   },
 
@@ -1756,6 +1775,9 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     if (message.policyBlocked?.length) {
       obj.policyBlocked = message.policyBlocked.map((e) => PolicyBlock.toJSON(e));
     }
+    if (message.traceparent !== undefined) {
+      obj.traceparent = message.traceparent;
+    }
     return obj;
   },
 
@@ -1774,6 +1796,7 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     message.retryOf = object.retryOf ?? "";
     message.sourceIndices = object.sourceIndices?.map((e) => e) || [];
     message.policyBlocked = object.policyBlocked?.map((e) => PolicyBlock.fromPartial(e)) || [];
+    message.traceparent = object.traceparent ?? undefined;
     return message;
   },
 };

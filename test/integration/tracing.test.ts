@@ -1,0 +1,248 @@
+// OpenTelemetry traces across real processes: nats-server, a coordinator, an imagegen worker and
+// two gateways. An OTLP/HTTP receiver inside this test process takes what they export (JSON, the
+// http exporter's encoding). The coordinator is configured by --otlp-endpoint, the worker by
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, the first gateway by OTEL_EXPORTER_OTLP_ENDPOINT; the
+// second gateway has no configuration at all.
+//
+// One batch is submitted over gRPC with a known `traceparent` in the metadata, another over
+// HTTP with a known `traceparent` header. Both traces must hold the spans of every process in
+// the right parent chain (gateway → SubmitBatch → validate, queue, place → worker item → run,
+// upload → outcome). Their items have the same shape and wait behind a slow item on a worker
+// with one inference thread, so dynamic batching merges them into one run: its span links to
+// items of both traces. The unconfigured gateway sends nothing, not even to OTLP's default
+// address (localhost:4318), which this test listens on.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import { randomBytes } from "node:crypto";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { BatchServiceClient, BatchState, type SubmitBatchRequest, type SubmitBatchResponse } from "../../proto/gen/shoal/v1/shoal.js";
+import { waitFor } from "../harness/batch-checks.js";
+import { TestClient } from "../harness/client.js";
+import { Stack } from "../harness/processes.js";
+
+interface OtlpSpan {
+  service: string;
+  traceId: string;
+  spanId: string;
+  parentSpanId: string;
+  name: string;
+  links: { traceId: string; spanId: string }[];
+  attributes: Record<string, unknown>;
+}
+
+/** An OTLP/HTTP receiver: collects every span posted to /v1/traces (JSON encoding). */
+class OtlpReceiver {
+  readonly spans: OtlpSpan[] = [];
+  requests = 0;
+  private server: Server | undefined;
+
+  async start(port = 0, host = "127.0.0.1"): Promise<number> {
+    this.server = createServer((req, res) => void this.take(req).then(() => res.writeHead(200, { "content-type": "application/json" }).end("{}")));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once("error", reject);
+      this.server!.listen(port, host, () => resolve());
+    });
+    return (this.server.address() as { port: number }).port;
+  }
+
+  private async take(req: IncomingMessage): Promise<void> {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    this.requests++;
+    if (req.url !== "/v1/traces") return;
+    const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
+      resourceSpans: { resource: { attributes: Attr[] }; scopeSpans: { spans: RawSpan[] }[] }[];
+    };
+    for (const rs of body.resourceSpans) {
+      const service = String(attrs(rs.resource.attributes)["service.name"]);
+      for (const ss of rs.scopeSpans) {
+        for (const s of ss.spans) {
+          this.spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId ?? "", name: s.name, links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId })), attributes: attrs(s.attributes ?? []) });
+        }
+      }
+    }
+  }
+
+  stop(): Promise<void> {
+    return new Promise((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+}
+
+interface Attr {
+  key: string;
+  value: { stringValue?: string; intValue?: number | string; boolValue?: boolean; doubleValue?: number };
+}
+interface RawSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  links?: { traceId: string; spanId: string }[];
+  attributes?: Attr[];
+}
+
+function attrs(list: Attr[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const a of list) out[a.key] = a.value.stringValue ?? (a.value.intValue !== undefined ? Number(a.value.intValue) : undefined) ?? a.value.boolValue ?? a.value.doubleValue;
+  return out;
+}
+
+function newTraceparent(): { traceparent: string; traceId: string; spanId: string } {
+  const traceId = randomBytes(16).toString("hex");
+  const spanId = randomBytes(8).toString("hex");
+  return { traceparent: `00-${traceId}-${spanId}-01`, traceId, spanId };
+}
+
+const SMALL = { width: 64, height: 64, steps: 2 };
+
+describe("tracing - OTLP traces across gateway, coordinator and worker", () => {
+  const stack = new Stack();
+  const receiver = new OtlpReceiver();
+  const defaultAddress = new OtlpReceiver();
+  let client: TestClient;
+  let raw: BatchServiceClient;
+  let gatewayUrl = "";
+  let quietGatewayUrl = "";
+
+  before(async () => {
+    for (const k of ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) delete process.env[k];
+    // Children inherit it: spans are exported within a fifth of a second instead of 5 s.
+    process.env.OTEL_BSP_SCHEDULE_DELAY = "200";
+    const port = await receiver.start();
+    // Where an exporter without a configured URL would send (OTLP/HTTP's default).
+    await defaultAddress.start(4318, "127.0.0.1").catch((err: unknown) => {
+      throw new Error(`this test listens on 127.0.0.1:4318 (OTLP's default port) to see that nothing is sent there; it is taken: ${String(err)}`);
+    });
+    const endpoint = `http://127.0.0.1:${port}`;
+    await stack.startNats();
+    await stack.startCoordinator(["--otlp-endpoint", endpoint]);
+    // One inference thread: items queued behind a running one are merged into one run.
+    await stack.startWorker("w-trace", ["--vram", "16GiB", "--threads", "1", "--max-in-flight", "16"], { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${endpoint}/v1/traces` });
+    gatewayUrl = (await stack.startGateway([], { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint })).url;
+    quietGatewayUrl = (await stack.startGateway()).url;
+    client = new TestClient(stack.grpcAddr);
+    raw = new BatchServiceClient(stack.grpcAddr, credentials.createInsecure());
+    await client.waitForWorkers(1);
+  });
+
+  after(async () => {
+    raw?.close();
+    await stack.stop();
+    await receiver.stop();
+    await defaultAddress.stop();
+    delete process.env.OTEL_BSP_SCHEDULE_DELAY;
+  });
+
+  const submitWithTrace = (req: SubmitBatchRequest, traceparent: string) =>
+    new Promise<SubmitBatchResponse>((resolve, reject) => {
+      const md = new Metadata();
+      md.set("traceparent", traceparent);
+      raw.submitBatch(req, md, { deadline: Date.now() + 30_000 }, (err, res) => (err ? reject(err) : resolve(res!)));
+    });
+
+  test("one trace from the caller through every process; a merged run links both traces", { timeout: 240_000 }, async () => {
+    // The slow item first, running alone on the only thread.
+    const blocker = await client.submit({ items: [{ model: "imagegen-tiny", params: { prompt: "slow", width: 512, height: 512, steps: 30 } }] });
+    await waitFor("the slow item to run", async () => (await client.get(blocker.batchId)).running === 1, 60_000);
+
+    const grpcTrace = newTraceparent();
+    const httpTrace = newTraceparent();
+    const [viaGrpc, viaHttp] = await Promise.all([
+      submitWithTrace(
+        { items: [0, 1].map((i) => ({ model: "imagegen-tiny", params: { prompt: `grpc ${i}`, ...SMALL } })), idempotencyKey: "", webhook: undefined, priority: 0, labels: {} },
+        grpcTrace.traceparent,
+      ),
+      fetch(`${gatewayUrl}/v1/batch?wait=false`, {
+        method: "POST",
+        headers: { "content-type": "application/json", traceparent: httpTrace.traceparent },
+        body: JSON.stringify({ requests: [0, 1].map((i) => ({ prompt: `http ${i}`, ...SMALL })) }),
+        signal: AbortSignal.timeout(30_000),
+      }).then(async (r) => {
+        assert.equal(r.status, 202, await r.clone().text());
+        return (await r.json()) as { batch_id: string };
+      }),
+    ]);
+    for (const id of [blocker.batchId, viaGrpc.batchId, viaHttp.batch_id]) {
+      assert.equal((await client.waitTerminal(id)).state, BatchState.BATCH_STATE_COMPLETED);
+    }
+
+    const inTrace = (traceId: string) => receiver.spans.filter((s) => s.traceId === traceId);
+    const named = (spans: OtlpSpan[], name: string) => spans.filter((s) => s.name === name);
+    // Each process exports on its own schedule: wait for the last spans of every item from both.
+    const complete = (traceId: string) => ["shoal.outcome", "shoal.item", "shoal.upload"].every((n) => named(inTrace(traceId), n).length === 2);
+    await waitFor("the outcome (coordinator) and item (worker) spans of all four items", () => complete(grpcTrace.traceId) && complete(httpTrace.traceId), 60_000);
+
+    const checkChain = (traceId: string, rootParent: string, batchId: string) => {
+      const spans = inTrace(traceId);
+      const byId = new Map(spans.map((s) => [s.spanId, s]));
+      const parentOf = (s: OtlpSpan) => byId.get(s.parentSpanId);
+      const [submit] = named(spans, "shoal.v1.BatchService/SubmitBatch");
+      assert.ok(submit, `SubmitBatch span in trace ${traceId}: ${spans.map((s) => s.name).join(", ")}`);
+      assert.equal(submit.service, "shoal-coordinator");
+      assert.equal(submit.attributes["shoal.batch_id"], batchId);
+      const [validate] = named(spans, "shoal.validate");
+      assert.equal(validate?.parentSpanId, submit.spanId);
+      for (const name of ["shoal.queue", "shoal.place"]) {
+        const list = named(spans, name);
+        assert.equal(list.length, 2, name);
+        for (const s of list) {
+          assert.equal(s.parentSpanId, submit.spanId, `${name} under SubmitBatch`);
+          assert.equal(s.service, "shoal-coordinator");
+        }
+      }
+      const items = named(spans, "shoal.item");
+      assert.equal(items.length, 2);
+      for (const item of items) {
+        assert.equal(item.service, "shoal-worker");
+        assert.equal(parentOf(item)?.name, "shoal.place", "the worker's item span is a child of its placement");
+        assert.equal(parentOf(item)?.attributes["shoal.item"], item.attributes["shoal.item"]);
+        for (const child of ["shoal.run", "shoal.upload"]) {
+          assert.equal(spans.filter((s) => s.name === child && s.parentSpanId === item.spanId).length, 1, `${child} under item ${String(item.attributes["shoal.item"])}`);
+        }
+        const outcome = spans.find((s) => s.name === "shoal.outcome" && s.parentSpanId === item.spanId);
+        assert.equal(outcome?.service, "shoal-coordinator", "the coordinator's outcome span is a child of the worker's item span");
+      }
+      return submit;
+    };
+
+    const grpcSubmit = checkChain(grpcTrace.traceId, grpcTrace.spanId, viaGrpc.batchId);
+    assert.equal(grpcSubmit.parentSpanId, grpcTrace.spanId, "SubmitBatch continues the caller's traceparent from gRPC metadata");
+    const httpSubmit = checkChain(httpTrace.traceId, httpTrace.spanId, viaHttp.batch_id);
+    const gatewaySpan = receiver.spans.find((s) => s.spanId === httpSubmit.parentSpanId);
+    assert.equal(gatewaySpan?.service, "shoal-gateway");
+    assert.equal(gatewaySpan?.name, "POST /v1/batch");
+    assert.equal(gatewaySpan?.parentSpanId, httpTrace.spanId, "the gateway's span continues the traceparent header");
+
+    // Dynamic batching merged items of both traces into one run: its span links to both.
+    const runsOf = (traceId: string) => new Set(named(inTrace(traceId), "shoal.run").map((s) => s.spanId));
+    const merged = receiver.spans.filter(
+      (s) => s.name === "shoal.inference" && s.links.some((l) => runsOf(grpcTrace.traceId).has(l.spanId)) && s.links.some((l) => runsOf(httpTrace.traceId).has(l.spanId)),
+    );
+    assert.equal(merged.length, 1, `one inference run links items of both traces; inference spans: ${JSON.stringify(receiver.spans.filter((s) => s.name === "shoal.inference").map((s) => s.attributes))}`);
+    assert.equal(merged[0]!.attributes["shoal.inference.batch_size"], 4);
+    assert.equal(merged[0]!.service, "shoal-worker");
+  });
+
+  test("a gateway without OTLP configuration exports nothing", { timeout: 120_000 }, async () => {
+    const quiet = newTraceparent();
+    const res = await fetch(`${quietGatewayUrl}/v1/batch`, {
+      method: "POST",
+      headers: { "content-type": "application/json", traceparent: quiet.traceparent },
+      body: JSON.stringify({ requests: [{ prompt: "untraced gateway", ...SMALL }] }),
+      signal: AbortSignal.timeout(60_000),
+    });
+    assert.equal(res.status, 200, await res.clone().text());
+    const body = (await res.json()) as { batch_id: string };
+    // The coordinator (configured) still traces the call, as a trace of its own: the quiet
+    // gateway neither exported its span nor passed the caller's traceparent on.
+    await waitFor("the coordinator's spans of that batch", () => receiver.spans.some((s) => s.name === "shoal.outcome" && s.attributes["shoal.batch_id"] === body.batch_id), 60_000);
+    const submit = receiver.spans.find((s) => s.name === "shoal.v1.BatchService/SubmitBatch" && s.attributes["shoal.batch_id"] === body.batch_id);
+    assert.ok(submit);
+    assert.notEqual(submit.traceId, quiet.traceId);
+    assert.equal(submit.parentSpanId, "");
+    assert.equal(receiver.spans.filter((s) => s.traceId === quiet.traceId).length, 0);
+    assert.equal(defaultAddress.requests, 0, "nothing was sent to OTLP's default address");
+  });
+});
