@@ -12,6 +12,7 @@ import {
   type ListBatchesResponse,
   type Model,
   type TenantDayUsage,
+  type GetUsageResponse,
   type SubmitBatchRequest,
   type SubmitBatchResponse,
   type Worker,
@@ -55,6 +56,8 @@ export interface ShoalClients {
   listModels(opts?: CallOpts): Promise<Model[]>;
   /** Usage days (oldest first); tenant "" is the caller's own (an operator's: every tenant). */
   getUsage(req: { tenant?: string; since?: string }, opts?: CallOpts): Promise<TenantDayUsage[]>;
+  /** GetUsage's whole answer: the days and the plan limits of the tenants asked about. */
+  getUsageReport(req: { tenant?: string; since?: string }, opts?: CallOpts): Promise<GetUsageResponse>;
   /** Closes both channels; safe to call more than once. */
   close(): void;
 }
@@ -173,6 +176,7 @@ export function createClients(
     drainWorker: (workerId, opts) => unary(fleet.drainWorker.bind(fleet), { workerId }, opts),
     listModels: async (opts) => (await unary(fleet.listModels.bind(fleet), {}, opts)).models,
     getUsage: async (req, opts) => (await unary(batch.getUsage.bind(batch), { tenant: req.tenant ?? "", since: req.since ?? "" }, opts)).days,
+    getUsageReport: (req, opts) => unary(batch.getUsage.bind(batch), { tenant: req.tenant ?? "", since: req.since ?? "" }, opts),
     close() {
       if (closed) return;
       closed = true;

@@ -114,6 +114,7 @@ export function createFailoverClients(addrs: string[], make: (addr: string) => S
     drainWorker: (id, opts) => call(true, (c) => c.drainWorker(id, opts)),
     listModels: (opts?: CallOpts) => call(false, (c) => c.listModels(opts)),
     getUsage: (req, opts) => call(false, (c) => c.getUsage(req, opts)),
+    getUsageReport: (req, opts) => call(false, (c) => c.getUsageReport(req, opts)),
     close() {
       if (closed) return;
       closed = true;

@@ -61,6 +61,11 @@ export class ApiKeyTable {
     return found && { tenant: found.tenant, role: found.role, limits: found.limits };
   }
 
+  /** The limits of a tenant's keys (the first key's: the file gives limits per tenant); undefined for a tenant not here. */
+  limitsOf(tenant: string): TenantLimits | undefined {
+    return this.entries.find((e) => e.tenant === tenant)?.limits;
+  }
+
   /**
    * Builds the table from the flag's list and the file's content (either may be absent);
    * throws ConfigError naming the source and the entry for empty keys, duplicate keys (within

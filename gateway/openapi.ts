@@ -243,6 +243,20 @@ export const OPENAPI = {
               },
             },
           },
+          limits: {
+            type: "array",
+            description: "The plan limits (--api-keys-file) of the tenants asked about: the key's own tenant, the one an operator named, or every configured tenant. Tenants without limits are left out; null: no limit of the tenant's own.",
+            items: {
+              type: "object",
+              required: ["tenant", "max_items_per_batch", "items_per_day", "max_queued_items"],
+              properties: {
+                tenant: { type: "string" },
+                max_items_per_batch: { type: ["integer", "null"] },
+                items_per_day: { type: ["integer", "null"], description: "Items accepted per UTC day; reset at the next UTC midnight." },
+                max_queued_items: { type: ["integer", "null"] },
+              },
+            },
+          },
         },
       },
       Batches: {

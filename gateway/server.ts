@@ -137,18 +137,28 @@ export class Gateway {
     app.get<{ Querystring: { tenant?: string; since?: string } }>("/v1/usage", async (req) => {
       const tenant = typeof req.query.tenant === "string" ? req.query.tenant : "";
       const since = typeof req.query.since === "string" ? req.query.since : "";
-      return this.withClients(req, apiKeyOf(req), async (c) => ({
-        days: (await c.getUsage({ tenant, since })).map((d) => ({
-          tenant: d.tenant,
-          day: d.day,
-          accepted: d.accepted,
-          succeeded: d.succeeded,
-          failed: d.failed,
-          content_policy: d.contentPolicy,
-          cancelled: d.cancelled,
-          gpu_seconds: d.gpuSeconds,
-        })),
-      }));
+      return this.withClients(req, apiKeyOf(req), async (c) => {
+        const report = await c.getUsageReport({ tenant, since });
+        return {
+          days: report.days.map((d) => ({
+            tenant: d.tenant,
+            day: d.day,
+            accepted: d.accepted,
+            succeeded: d.succeeded,
+            failed: d.failed,
+            content_policy: d.contentPolicy,
+            cancelled: d.cancelled,
+            gpu_seconds: d.gpuSeconds,
+          })),
+          // 0 from the coordinator is "no limit of the tenant's own": null here.
+          limits: report.limits.map((l) => ({
+            tenant: l.tenant,
+            max_items_per_batch: l.maxItemsPerBatch || null,
+            items_per_day: l.itemsPerDay || null,
+            max_queued_items: l.maxQueuedItems || null,
+          })),
+        };
+      });
     });
 
     app.post<{ Body: BatchRequestBody; Querystring: Record<string, unknown> }>("/v1/batch", { schema: { body: BATCH_REQUEST_SCHEMA } }, async (req, reply) => {

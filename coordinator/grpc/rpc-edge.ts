@@ -36,6 +36,11 @@ export class Auth {
     return this.table.size > 0;
   }
 
+  /** The keys in force (swapped whole on reload). */
+  get keys(): ApiKeyTable {
+    return this.table;
+  }
+
   /** The caller; tenant "" with the operator role when keys are not configured. */
   principal(md: Metadata): Principal {
     if (this.table.size === 0) return { tenant: "", role: "operator", limits: {} };
@@ -81,7 +86,7 @@ function rpcServerSpan(service: string, method: string, md: Metadata): Span | un
 export class RpcEdge {
   constructor(
     private readonly service: string,
-    private readonly auth: Auth,
+    readonly auth: Auth,
     private readonly log: Logger,
     private readonly metrics?: CoordinatorMetrics,
     /** Throws (UNAVAILABLE) when this coordinator may not answer: a standby names the active one. */

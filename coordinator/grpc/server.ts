@@ -8,6 +8,7 @@ import {
   type BatchServiceServer,
   type FleetServiceServer,
   type Worker,
+  type TenantPlanLimits,
 } from "../../proto/gen/shoal/v1/shoal.js";
 import type { Logger } from "../../shared/logger.js";
 import type { Coordinator } from "../coordinator.js";
@@ -19,6 +20,7 @@ import type { WorkerRecord } from "../fleet.js";
 import type { GpuView } from "../vram-ledger.js";
 import { invalidArgument, permissionDenied } from "../errors.js";
 import { usageSince } from "../usage.js";
+import type { ApiKeyTable } from "../api-keys.js";
 
 const MAX_MESSAGE = 64 * 1024 * 1024;
 const CHUNK = 64 * 1024;
@@ -59,7 +61,10 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
       }
       const tenant = req.tenant !== "" ? req.tenant : ctx.role === "operator" ? undefined : ctx.tenant;
       const days = await c.usageSince(since, tenant);
-      return { days: days.map((d) => ({ tenant: d.tenant, day: d.day, accepted: d.accepted, succeeded: d.succeeded, failed: d.failed, contentPolicy: d.contentPolicy, cancelled: d.cancelled, gpuSeconds: d.gpuSeconds })) };
+      return {
+        days: days.map((d) => ({ tenant: d.tenant, day: d.day, accepted: d.accepted, succeeded: d.succeeded, failed: d.failed, contentPolicy: d.contentPolicy, cancelled: d.cancelled, gpuSeconds: d.gpuSeconds })),
+        limits: planLimits(edge.auth.keys, tenant === undefined ? edge.auth.keys.tenants : [tenant]),
+      };
     }),
     getArtifact: edge.stream("GetArtifact", async function* (req, ctx) {
       const stream = await c.artifact(req.uri, ctx.tenant);
@@ -68,6 +73,17 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
       }
     }),
   };
+}
+
+/** The plan limits of these tenants, in their order; tenants without any limit are left out. */
+function planLimits(keys: ApiKeyTable, tenants: string[]): TenantPlanLimits[] {
+  const out: TenantPlanLimits[] = [];
+  for (const tenant of [...new Set(tenants)]) {
+    const l = keys.limitsOf(tenant);
+    if (!l || (l.maxItemsPerBatch === undefined && l.itemsPerDay === undefined && l.maxQueuedItems === undefined)) continue;
+    out.push({ tenant, maxItemsPerBatch: l.maxItemsPerBatch ?? 0, itemsPerDay: l.itemsPerDay ?? 0, maxQueuedItems: l.maxQueuedItems ?? 0 });
+  }
+  return out;
 }
 
 /**

@@ -30,6 +30,7 @@ export function withDeadlines(clients: ShoalClients, unaryMs = RPC_TIMEOUT_MS, l
     drainWorker: (workerId, opts) => clients.drainWorker(workerId, d(opts, unaryMs)),
     listModels: (opts) => clients.listModels(d(opts, unaryMs)),
     getUsage: (req, opts) => clients.getUsage(req, d(opts, unaryMs)),
+    getUsageReport: (req, opts) => clients.getUsageReport(req, d(opts, unaryMs)),
     close: () => clients.close(),
   };
 }

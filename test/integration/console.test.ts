@@ -2,8 +2,9 @@
 // chromium against real processes (nats-server, a coordinator with API keys, a real imagegen
 // worker and a simulated one, the gateway). The test types the key, submits a batch from the
 // page, watches its grid fill in as items finish (images load from their signed URLs), reads a
-// failed item's code and message, presses retry, and checks the fleet view against
-// FleetService.ListWorkers. With SHOAL_WRITE_SCREENSHOTS=1 it writes docs/console-*.png.
+// failed item's code and message, presses retry, checks the fleet view against
+// FleetService.ListWorkers and the usage page against GET /v1/usage. With
+// SHOAL_WRITE_SCREENSHOTS=1 it writes docs/console-*.png.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -16,6 +17,9 @@ import { checkResponse } from "../harness/openapi.js";
 import { ROOT, Stack } from "../harness/processes.js";
 
 const KEY = "sk_live_console_0123456789";
+/** A second tenant, with a plan: its limits are shown on the usage page. */
+const ACME_KEY = "sk_live_acme_0123456789";
+const ACME_LIMITS = { max_items_per_batch: 50, items_per_day: 100 };
 const CHROMIUM = process.env.SHOAL_CHROMIUM ?? "/usr/bin/chromium";
 /** Deadline of one browser step (a click, a wait for the page to show something). */
 const STEP_MS = 30_000;
@@ -51,7 +55,10 @@ describe("console", () => {
     // A short grace, so an item no GPU can hold fails soon (OUT_OF_MEMORY, retryable).
     // An operator key: the fleet view shows load and free VRAM, which tenants' keys do not see.
     const keysFile = join(stack.dir, "keys.json");
-    writeFileSync(keysFile, JSON.stringify({ tenants: [{ name: "console", keys: [KEY], role: "operator" }] }));
+    writeFileSync(
+      keysFile,
+      JSON.stringify({ tenants: [{ name: "console", keys: [KEY], role: "operator" }, { name: "acme", keys: [ACME_KEY], limits: ACME_LIMITS }] }),
+    );
     await stack.startCoordinator(["--api-keys-file", keysFile, "--unplaceable-grace", "1s"]);
     await stack.startWorker("w-img", ["--vram", "4GiB"]);
     // 7 GiB: one sim-6g item (4 GB weights + 2 GB activations) fits, a second waits in the queue.
@@ -272,5 +279,58 @@ describe("console", () => {
     assert.equal((await api(`/v1/batch/${encodeURIComponent(id)}`)).status, "cancelled");
     await page.locator("#grid .cell.failed .error-code").first().waitFor();
     assert.deepEqual(await page.locator("#grid .error-code").allTextContents(), ["cancelled", "cancelled"]);
+  });
+
+  test("console - the usage page shows GET /v1/usage per tenant and day, and the tenants' limits", async () => {
+    // A batch of the other tenant, so the page has two tenants' rows.
+    const res = await fetch(`${base}/v1/batch`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ACME_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify({ requests: [{ model: "sim-zero", tag: "acme 1" }, { model: "sim-zero", tag: "acme 2" }] }),
+      signal: AbortSignal.timeout(BATCH_MS),
+    });
+    assert.equal(res.status, 200, await res.clone().text());
+    await page.goto(`${base}/#/usage`);
+    await page.locator("#usage tbody tr").first().waitFor();
+    const readPage = () =>
+      page.$$eval("#usage tbody tr", (rows) =>
+        rows.map((r) => {
+          const cell = (c: string) => r.querySelector(`td.${c}`)?.textContent ?? "";
+          return [r.getAttribute("data-day"), r.getAttribute("data-tenant"), cell("succeeded"), cell("failed"), cell("cancelled"), cell("content-policy"), cell("accepted"), cell("gpu-seconds")].join(" ");
+        }),
+      );
+    const fromApi = (days: any[]) =>
+      [...days].reverse().map((d) => [d.day, d.tenant, d.succeeded, d.failed, d.cancelled, d.content_policy, d.accepted, d.gpu_seconds.toFixed(3)].join(" "));
+    // Batches of the earlier tests may still be finishing: the page refreshes every 2 s, so
+    // it must come to show what the API says.
+    let usage: any;
+    let shown: string[] = [];
+    const deadline = Date.now() + BATCH_MS;
+    for (;;) {
+      usage = await api("/v1/usage");
+      shown = await readPage();
+      if (JSON.stringify(shown) === JSON.stringify(fromApi(usage.days)) || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(shown, fromApi(usage.days));
+    const today = new Date().toISOString().slice(0, 10);
+    const console_ = usage.days.find((d: any) => d.tenant === "console" && d.day === today);
+    assert.ok(console_ && console_.succeeded >= 5 && console_.failed >= 1 && console_.cancelled === 2 && console_.gpu_seconds > 0, JSON.stringify(usage.days));
+    const acme = usage.days.find((d: any) => d.tenant === "acme" && d.day === today);
+    assert.deepEqual([acme?.accepted, acme?.succeeded], [2, 2]);
+    // Totals under the table are the sums of the API's rows.
+    const sum = (k: string) => usage.days.reduce((s: number, d: any) => s + d[k], 0);
+    assert.equal(await page.locator("#usage tfoot td.succeeded").textContent(), String(sum("succeeded")));
+    assert.equal(await page.locator("#usage tfoot td.gpu-seconds").textContent(), sum("gpu_seconds").toFixed(3));
+
+    // Limits: acme's from the keys file, with what it used of items_per_day today.
+    assert.deepEqual(usage.limits, [{ tenant: "acme", max_items_per_batch: 50, items_per_day: 100, max_queued_items: null }]);
+    const limits = page.locator('#usage-limits tr[data-tenant="acme"]');
+    assert.deepEqual(
+      await limits.locator("td.num").allTextContents(),
+      ["50", "100", `${acme.accepted} of 100`, "none"],
+    );
+    assert.equal(await page.locator('#usage-limits tr[data-tenant="console"]').count(), 0, "a tenant without limits has no row");
+    await screenshot("console-usage.png");
   });
 });

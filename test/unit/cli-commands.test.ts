@@ -120,7 +120,7 @@ const batchImpl: BatchServiceServer = {
     cb(null, fake.batch);
   },
   getUsage(_call, cb) {
-    cb(null, { days: [] });
+    cb(null, { days: [], limits: [] });
   },
   watchBatch(call: ServerWritableStream<{ batchId: string }, BatchEvent>) {
     for (const event of fake.events) call.write(event);

@@ -141,7 +141,7 @@ function route() {
   const hash = location.hash || "#/fleet";
   const m = /^#\/batch\/(.+)$/.exec(hash);
   const name = m ? "batch" : hash.slice(2) || "fleet";
-  const views = { fleet: fleetView, queue: queueView, batches: batchesView, new: newView, batch: batchView };
+  const views = { fleet: fleetView, queue: queueView, batches: batchesView, usage: usageView, new: newView, batch: batchView };
   const view = views[name] || fleetView;
   if (current) current.abort();
   current = new AbortController();
@@ -238,6 +238,66 @@ function queueView(signal) {
       );
     $("queue").tBodies[0].replaceChildren(...rows);
   });
+}
+
+// --- usage
+
+/** A limit, or "none" where the tenant has none of its own. */
+function limitText(n) {
+  return n === null || n === undefined ? "none" : String(n);
+}
+
+function usageView(signal) {
+  const form = $("usage-form");
+  const load = async () => {
+    const since = $("usage-since").value;
+    const { days, limits } = await api("GET", `/v1/usage${since ? `?since=${encodeURIComponent(since)}` : ""}`, undefined, signal);
+    if (signal.aborted) return;
+    const today = new Date().toISOString().slice(0, 10);
+    const acceptedToday = (tenant) => days.filter((d) => d.tenant === tenant && d.day === today).reduce((s, d) => s + d.accepted, 0);
+    $("usage-limits").tBodies[0].replaceChildren(
+      ...limits.map((l) =>
+        el("tr", { "data-tenant": l.tenant },
+          el("td", { text: l.tenant }),
+          el("td", { class: "num max-items-per-batch", text: limitText(l.max_items_per_batch) }),
+          el("td", { class: "num items-per-day", text: limitText(l.items_per_day) }),
+          el("td", { class: "num accepted-today", text: l.items_per_day ? `${acceptedToday(l.tenant)} of ${l.items_per_day}` : String(acceptedToday(l.tenant)) }),
+          el("td", { class: "num max-queued-items", text: limitText(l.max_queued_items) }))),
+    );
+    $("usage-limits").hidden = limits.length === 0;
+    $("usage-no-limits").hidden = limits.length > 0;
+    // Newest day first on the page (the API answers oldest first).
+    const rows = [...days].reverse().map((d) =>
+      el("tr", { "data-day": d.day, "data-tenant": d.tenant },
+        el("td", { text: d.day }),
+        el("td", { text: d.tenant || "(no keys)" }),
+        el("td", { class: "num succeeded", text: d.succeeded }),
+        el("td", { class: "num failed", text: d.failed }),
+        el("td", { class: "num cancelled", text: d.cancelled }),
+        el("td", { class: "num content-policy", text: d.content_policy }),
+        el("td", { class: "num accepted", text: d.accepted }),
+        el("td", { class: "num gpu-seconds", title: String(d.gpu_seconds), text: d.gpu_seconds.toFixed(3) })),
+    );
+    const sum = (k) => days.reduce((s, d) => s + d[k], 0);
+    $("usage").tBodies[0].replaceChildren(...rows);
+    $("usage").tFoot.replaceChildren(
+      el("tr", { class: "total" },
+        el("th", { text: "Total" }), el("th", {}),
+        el("td", { class: "num succeeded", text: sum("succeeded") }),
+        el("td", { class: "num failed", text: sum("failed") }),
+        el("td", { class: "num cancelled", text: sum("cancelled") }),
+        el("td", { class: "num content-policy", text: sum("content_policy") }),
+        el("td", { class: "num accepted", text: sum("accepted") }),
+        el("td", { class: "num gpu-seconds", text: sum("gpu_seconds").toFixed(3) })),
+    );
+  };
+  const onSubmit = (e) => {
+    e.preventDefault();
+    load().catch((err) => err.status !== 401 && showError(`${err.code ?? "error"}: ${err.message}`));
+  };
+  form.addEventListener("submit", onSubmit);
+  signal.addEventListener("abort", () => form.removeEventListener("submit", onSubmit));
+  refreshing(signal, load);
 }
 
 // --- batches

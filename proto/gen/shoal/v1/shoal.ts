@@ -352,6 +352,23 @@ export interface TenantDayUsage {
 export interface GetUsageResponse {
   /** Oldest day first, then by tenant. */
   days: TenantDayUsage[];
+  /**
+   * The plan limits (--api-keys-file) of the tenants asked about: the caller's own tenant, the
+   * one an operator named, or every configured tenant for an operator asking for all. Tenants
+   * without any limit are left out.
+   */
+  limits: TenantPlanLimits[];
+}
+
+/**
+ * A tenant's limits from the keys file; 0: no limit of the tenant's own (only the
+ * coordinator-wide ones apply).
+ */
+export interface TenantPlanLimits {
+  tenant: string;
+  maxItemsPerBatch: number;
+  itemsPerDay: number;
+  maxQueuedItems: number;
 }
 
 export interface Gpu {
@@ -2851,13 +2868,16 @@ export const TenantDayUsage: MessageFns<TenantDayUsage> = {
 };
 
 function createBaseGetUsageResponse(): GetUsageResponse {
-  return { days: [] };
+  return { days: [], limits: [] };
 }
 
 export const GetUsageResponse: MessageFns<GetUsageResponse> = {
   encode(message: GetUsageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.days) {
       TenantDayUsage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.limits) {
+      TenantPlanLimits.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -2883,6 +2903,14 @@ export const GetUsageResponse: MessageFns<GetUsageResponse> = {
             message.days.push(TenantDayUsage.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.limits.push(TenantPlanLimits.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2898,6 +2926,9 @@ export const GetUsageResponse: MessageFns<GetUsageResponse> = {
   fromJSON(object: any): GetUsageResponse {
     return {
       days: globalThis.Array.isArray(object?.days) ? object.days.map((e: any) => TenantDayUsage.fromJSON(e)) : [],
+      limits: globalThis.Array.isArray(object?.limits)
+        ? object.limits.map((e: any) => TenantPlanLimits.fromJSON(e))
+        : [],
     };
   },
 
@@ -2905,6 +2936,9 @@ export const GetUsageResponse: MessageFns<GetUsageResponse> = {
     const obj: any = {};
     if (message.days?.length) {
       obj.days = message.days.map((e) => TenantDayUsage.toJSON(e));
+    }
+    if (message.limits?.length) {
+      obj.limits = message.limits.map((e) => TenantPlanLimits.toJSON(e));
     }
     return obj;
   },
@@ -2915,6 +2949,136 @@ export const GetUsageResponse: MessageFns<GetUsageResponse> = {
   fromPartial<I extends Exact<DeepPartial<GetUsageResponse>, I>>(object: I): GetUsageResponse {
     const message = createBaseGetUsageResponse();
     message.days = object.days?.map((e) => TenantDayUsage.fromPartial(e)) || [];
+    message.limits = object.limits?.map((e) => TenantPlanLimits.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTenantPlanLimits(): TenantPlanLimits {
+  return { tenant: "", maxItemsPerBatch: 0, itemsPerDay: 0, maxQueuedItems: 0 };
+}
+
+export const TenantPlanLimits: MessageFns<TenantPlanLimits> = {
+  encode(message: TenantPlanLimits, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenant !== "") {
+      writer.uint32(10).string(message.tenant);
+    }
+    if (message.maxItemsPerBatch !== 0) {
+      writer.uint32(16).uint32(message.maxItemsPerBatch);
+    }
+    if (message.itemsPerDay !== 0) {
+      writer.uint32(24).uint64(message.itemsPerDay);
+    }
+    if (message.maxQueuedItems !== 0) {
+      writer.uint32(32).uint64(message.maxQueuedItems);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TenantPlanLimits {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTenantPlanLimits();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxItemsPerBatch = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.itemsPerDay = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxQueuedItems = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TenantPlanLimits {
+    return {
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      maxItemsPerBatch: isSet(object.maxItemsPerBatch)
+        ? globalThis.Number(object.maxItemsPerBatch)
+        : isSet(object.max_items_per_batch)
+        ? globalThis.Number(object.max_items_per_batch)
+        : 0,
+      itemsPerDay: isSet(object.itemsPerDay)
+        ? globalThis.Number(object.itemsPerDay)
+        : isSet(object.items_per_day)
+        ? globalThis.Number(object.items_per_day)
+        : 0,
+      maxQueuedItems: isSet(object.maxQueuedItems)
+        ? globalThis.Number(object.maxQueuedItems)
+        : isSet(object.max_queued_items)
+        ? globalThis.Number(object.max_queued_items)
+        : 0,
+    };
+  },
+
+  toJSON(message: TenantPlanLimits): unknown {
+    const obj: any = {};
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.maxItemsPerBatch !== 0) {
+      obj.maxItemsPerBatch = Math.round(message.maxItemsPerBatch);
+    }
+    if (message.itemsPerDay !== 0) {
+      obj.itemsPerDay = Math.round(message.itemsPerDay);
+    }
+    if (message.maxQueuedItems !== 0) {
+      obj.maxQueuedItems = Math.round(message.maxQueuedItems);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TenantPlanLimits>, I>>(base?: I): TenantPlanLimits {
+    return TenantPlanLimits.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TenantPlanLimits>, I>>(object: I): TenantPlanLimits {
+    const message = createBaseTenantPlanLimits();
+    message.tenant = object.tenant ?? "";
+    message.maxItemsPerBatch = object.maxItemsPerBatch ?? 0;
+    message.itemsPerDay = object.itemsPerDay ?? 0;
+    message.maxQueuedItems = object.maxQueuedItems ?? 0;
     return message;
   },
 };
