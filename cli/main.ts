@@ -22,6 +22,7 @@ import {
 } from "./server-commands.js";
 import { DEFAULT_FSYNC, DEFAULT_FSYNC_INTERVAL } from "./nats-config.js";
 import { Fleet, upOptionsFrom } from "./up.js";
+import { otlpTracesUrl } from "../shared/tracing.js";
 
 // `shoal list | head` closes the pipe early: that is not an error.
 for (const stream of [process.stdout, process.stderr]) {
@@ -109,10 +110,14 @@ const up = program
   .addOption(new Option("--retention <duration>", "how long finished batches, results, artifacts and idempotency keys are kept").env("SHOAL_RETENTION").default("7d"))
   .addOption(new Option("--gpu <which>", "auto, none or an index, for every worker").env("SHOAL_GPU").default("auto"))
   .addOption(new Option("--content-policy <file>", "the coordinator's content policy rules (docs/content-policy.md)").env("SHOAL_CONTENT_POLICY"))
+  .addOption(new Option("--otlp-endpoint <url>", "export the coordinator's, workers' and gateway's OpenTelemetry traces to this OTLP/HTTP collector (default: the OTEL_EXPORTER_OTLP_* env, else off)"))
   .addOption(new Option("--log-level <level>", "log level").env("SHOAL_LOG_LEVEL").default("info"))
   .addOption(new Option("--log-format <format>", "json or pretty").env("SHOAL_LOG_FORMAT").choices(["json", "pretty"]));
 workerFlags(up, true).action(async (raw) => {
   const log = loggerFrom({ ...raw, logLevel: raw.logLevel }, "up");
+  // The children read it as the most specific of the standard variables (shared/tracing.ts).
+  const traces = parseOrExit(() => otlpTracesUrl(typeof raw.otlpEndpoint === "string" ? raw.otlpEndpoint : undefined));
+  if (traces !== undefined) process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = traces;
   const common = ["--log-level", String(raw.logLevel), ...(raw.logFormat ? ["--log-format", String(raw.logFormat)] : [])];
   const worker = [
     "--gpu", String(raw.gpu),
