@@ -9,15 +9,17 @@
 // the right parent chain (gateway → SubmitBatch → validate, queue, place → worker item → run,
 // upload → outcome). Their items have the same shape and wait behind a slow item on a worker
 // with one inference thread, so dynamic batching merges them into one run: its span links to
-// items of both traces. The unconfigured gateway sends nothing, not even to OTLP's default
-// address (localhost:4318), which this test listens on.
+// items of both traces. A batch submitted while no worker runs, then a kill -9 and restart of
+// the coordinator: the new coordinator places its items under the SubmitBatch span of the old
+// one (the traceparent is kept in the batch record). The unconfigured gateway sends nothing,
+// not even to OTLP's default address (localhost:4318), which this test listens on.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { randomBytes } from "node:crypto";
 import { credentials, Metadata } from "@grpc/grpc-js";
-import { BatchServiceClient, BatchState, type SubmitBatchRequest, type SubmitBatchResponse } from "../../proto/gen/shoal/v1/shoal.js";
+import { BatchServiceClient, BatchState, WorkerState, type SubmitBatchRequest, type SubmitBatchResponse } from "../../proto/gen/shoal/v1/shoal.js";
 import { waitFor } from "../harness/batch-checks.js";
 import { TestClient } from "../harness/client.js";
 import { Stack } from "../harness/processes.js";
@@ -105,6 +107,9 @@ describe("tracing - OTLP traces across gateway, coordinator and worker", () => {
   let raw: BatchServiceClient;
   let gatewayUrl = "";
   let quietGatewayUrl = "";
+  let endpoint = "";
+  const workerEnv = () => ({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${endpoint}/v1/traces` });
+  const workerArgs = ["--vram", "16GiB", "--threads", "1", "--max-in-flight", "16"];
 
   before(async () => {
     for (const k of ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) delete process.env[k];
@@ -115,11 +120,11 @@ describe("tracing - OTLP traces across gateway, coordinator and worker", () => {
     await defaultAddress.start(4318, "127.0.0.1").catch((err: unknown) => {
       throw new Error(`this test listens on 127.0.0.1:4318 (OTLP's default port) to see that nothing is sent there; it is taken: ${String(err)}`);
     });
-    const endpoint = `http://127.0.0.1:${port}`;
+    endpoint = `http://127.0.0.1:${port}`;
     await stack.startNats();
     await stack.startCoordinator(["--otlp-endpoint", endpoint]);
     // One inference thread: items queued behind a running one are merged into one run.
-    await stack.startWorker("w-trace", ["--vram", "16GiB", "--threads", "1", "--max-in-flight", "16"], { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${endpoint}/v1/traces` });
+    await stack.startWorker("w-trace", workerArgs, workerEnv());
     gatewayUrl = (await stack.startGateway([], { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint })).url;
     quietGatewayUrl = (await stack.startGateway()).url;
     client = new TestClient(stack.grpcAddr);
@@ -223,6 +228,32 @@ describe("tracing - OTLP traces across gateway, coordinator and worker", () => {
     assert.equal(merged.length, 1, `one inference run links items of both traces; inference spans: ${JSON.stringify(receiver.spans.filter((s) => s.name === "shoal.inference").map((s) => s.attributes))}`);
     assert.equal(merged[0]!.attributes["shoal.inference.batch_size"], 4);
     assert.equal(merged[0]!.service, "shoal-worker");
+  });
+
+  test("items placed by a restarted coordinator stay in the submitter's trace (traceparent kept in the batch record)", { timeout: 240_000 }, async () => {
+    // No worker: the items wait in the coordinator's queue.
+    await stack.kill(stack.procs.find((p) => p.name === "worker w-trace")!);
+    await waitFor("the worker to be lost", async () => (await client.workers()).every((w) => w.state !== WorkerState.WORKER_STATE_READY), 30_000);
+    const t = newTraceparent();
+    const { batchId } = await submitWithTrace(
+      { items: [0, 1].map((i) => ({ model: "imagegen-tiny", params: { prompt: `after restart ${i}`, ...SMALL } })), idempotencyKey: "", webhook: undefined, priority: 0, labels: {} },
+      t.traceparent,
+    );
+    await waitFor("the SubmitBatch span to be exported", () => receiver.spans.some((s) => s.traceId === t.traceId && s.name === "shoal.v1.BatchService/SubmitBatch"), 30_000);
+    const before = receiver.spans.filter((s) => s.traceId === t.traceId).map((s) => s.name);
+    assert.ok(!before.includes("shoal.place"), `nothing placed before the restart: ${before.join(", ")}`);
+    const submit = receiver.spans.find((s) => s.traceId === t.traceId && s.name === "shoal.v1.BatchService/SubmitBatch")!;
+
+    await stack.kill(stack.coordinator!);
+    await stack.startCoordinator(["--otlp-endpoint", endpoint]);
+    await stack.startWorker("w-trace", workerArgs, workerEnv());
+    assert.equal((await client.waitTerminal(batchId)).state, BatchState.BATCH_STATE_COMPLETED);
+    const inTrace = () => receiver.spans.filter((s) => s.traceId === t.traceId);
+    await waitFor("the items' spans after the restart", () => inTrace().filter((s) => s.name === "shoal.outcome").length === 2 && inTrace().filter((s) => s.name === "shoal.item").length === 2, 60_000);
+    const places = inTrace().filter((s) => s.name === "shoal.place");
+    assert.equal(places.length, 2);
+    for (const p of places) assert.equal(p.parentSpanId, submit.spanId, "placed by the new coordinator under the stored SubmitBatch span");
+    for (const item of inTrace().filter((s) => s.name === "shoal.item")) assert.ok(places.some((p) => p.spanId === item.parentSpanId));
   });
 
   test("a gateway without OTLP configuration exports nothing", { timeout: 120_000 }, async () => {
