@@ -74,7 +74,7 @@ export class ResultPublisher {
     const data = encodeMessage(ResultLogEntry, {
       entry: { $case: "results", results: { workerId: this.opts.workerId, outcomes: group.map((p) => p.outcome) } },
     });
-    const headers = itemTraceHeaders(group.map((p) => [p.outcome.lease?.token ?? "", p.traceparent]));
+    const headers = group.some((p) => p.traceparent) ? itemTraceHeaders(group.map((p) => [p.outcome.lease?.token ?? "", p.traceparent])) : undefined;
     for (let attempt = 1; ; attempt++) {
       try {
         await this.js.publish(this.names.results(batchId), data, { timeout: 5000, headers });

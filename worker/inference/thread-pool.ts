@@ -303,7 +303,7 @@ export class ThreadPool {
   }
 
   private assign(slot: Slot, tasks: Task[]): void {
-    const group: Group = { id: this.nextGroupId++, tasks, cancel: new Int32Array(new SharedArrayBuffer(4 * tasks.length)), span: inferenceSpan(tasks.map((t) => t.job)) };
+    const group: Group = { id: this.nextGroupId++, tasks, cancel: new Int32Array(new SharedArrayBuffer(4 * tasks.length)), span: tracingOn() ? inferenceSpan(tasks.map((t) => t.job)) : undefined };
     slot.current = group;
     this.counters.groups++;
     this.counters.items += tasks.length;
