@@ -54,6 +54,32 @@ export class Attempts {
   }
 
   /**
+   * Opens a hedge: a second copy of the item's running attempt on another worker (see
+   * scheduler/hedging.ts). Reserved and counted like any attempt; the item keeps its attempt
+   * number (a copy is not a retry) and is never hedged again.
+   */
+  openHedge(batch: ActiveBatch, index: number, attempt: Attempt, reservation: Reservation): void {
+    const slot = batch.items[index]!;
+    if (slot.state !== "leased" || !slot.lease || slot.hedge) throw new Error(`item ${batch.id}/${index} has no single running attempt to hedge`);
+    this.ledger.reserve(attempt.token, reservation.gpuKey, reservation.bytes, reservation.model, reservation.activationBytes, reservation.weightsBytes);
+    this.track(attempt, reservation.model);
+    slot.hedge = attempt;
+    slot.hedged = true;
+  }
+
+  /**
+   * After a restart, a second worker reports holding a copy of an item another worker already
+   * holds (the item was hedged before the restart): it is adopted as the item's hedge, so the
+   * outcome of either copy counts.
+   */
+  adoptHedge(batch: ActiveBatch, index: number, attempt: Attempt): void {
+    const slot = batch.items[index]!;
+    this.track(attempt, slot.model);
+    slot.hedge = attempt;
+    slot.hedged = true;
+  }
+
+  /**
    * After a restart: an attempt a worker reports holding becomes the item's current one again.
    * Nothing is reserved: the worker already counts it in the free VRAM it reports.
    */
@@ -90,6 +116,11 @@ export class Attempts {
   withdraw(batch: ActiveBatch, index: number, attempt: Attempt): boolean {
     const slot = batch.items[index]!;
     this.end(attempt.token);
+    if (slot.hedge?.token === attempt.token) {
+      // A refused hedge: the original runs on alone (and the item is not hedged again).
+      slot.hedge = undefined;
+      return false;
+    }
     if (slot.state !== "leased" || slot.lease?.token !== attempt.token) return false;
     slot.state = "pending";
     slot.lease = undefined;

@@ -116,13 +116,21 @@ export class Recovery {
     for (const l of hb.inFlight) {
       const batch = this.d.active.get(l.batchId);
       const slot = batch?.items[l.index];
-      if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
+      if (!batch || !slot || slot.closed?.has(l.token)) continue;
+      // A second worker holding a copy of an item already adopted from another: the item was
+      // hedged before the restart, and either copy's outcome may come.
+      const hedgeCopy = slot.state === "leased" && slot.lease !== undefined && slot.lease.token !== l.token && slot.lease.workerId !== worker.id && !slot.hedge;
+      if (slot.state !== "pending" && !hedgeCopy) continue;
       // A worker adopts only attempts issued to it: claiming another's (or an invented token)
       // would make it the item's assignee and let its outcome count.
       const holder = this.d.holder(l.token, l.batchId, l.index);
       if (holder !== worker.id) {
         this.d.fenced("adoption", holder === undefined ? "forged_token" : "wrong_worker");
         refused++;
+        continue;
+      }
+      if (hedgeCopy) {
+        this.d.attempts.adoptHedge(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() });
         continue;
       }
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
