@@ -160,8 +160,8 @@ export class ActiveBatch {
       if (other) {
         // One copy failed while the other still runs: that one carries the item on alone; no
         // retry, no failure. (A replay, which knows no open attempts, queues the item again
-        // here and then counts the other copy's outcome: the same end. Items on their last
-        // attempt are never hedged, so a replay cannot fail the item here either.)
+        // here and then counts the other copy's outcome: the same end. A copy is never an
+        // item's last allowed attempt, so a replay cannot fail the item here either.)
         slot.lease = other;
         slot.hedge = undefined;
         return { kind: "closed", hedge: { outcome: "cancelled" } };

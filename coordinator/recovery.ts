@@ -130,7 +130,7 @@ export class Recovery {
         continue;
       }
       if (hedgeCopy) {
-        this.d.attempts.adoptHedge(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() });
+        this.d.attempts.adoptHedge(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
         continue;
       }
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.

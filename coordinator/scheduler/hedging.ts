@@ -17,8 +17,10 @@
 //   - only items of batches with no item left in the queue (the end of a batch);
 //   - only onto an idle GPU: a ready worker with a free slot that serves none of the models
 //     still waiting in the queue, so a hedge never takes a GPU from queued work;
-//   - never on the worker that runs the original, at most one hedge per item, and never for an
-//     item on its last allowed attempt (see ActiveBatch.applyOutcome on why);
+//   - never on the worker that runs the original, and at most one hedge per item. The copy is
+//     the item's next attempt (a second try, shown in its result's `attempts`), and never its
+//     last allowed one: a failure of either copy must leave the other running, live and on
+//     replay alike (see ActiveBatch.applyOutcome);
 //   - the copy's VRAM is reserved through the ledger like any placement (fits or no hedge).
 
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
@@ -72,7 +74,7 @@ export function planHedges(state: EngineState, input: PassInput, policy: HedgePo
     if (batch.cancelRequested || state.queue.sizeOf(batch.id) > 0) continue;
     for (const [index, slot] of batch.items.entries()) {
       const lease = slot.lease;
-      if (slot.state !== "leased" || !lease || slot.hedge || slot.hedged || slot.attempts >= batch.maxAttempts) continue;
+      if (slot.state !== "leased" || !lease || slot.hedge || slot.hedged || slot.attempts + 1 >= batch.maxAttempts) continue;
       const ownMs = lease.predictedMs ?? predictor.predictMs(slot, lease.workerId);
       if (!(ownMs > 0)) continue; // nothing known of its duration: no basis for calling it late
       candidates.push({ batch, index, slot, lease, elapsedMs: input.nowMs - lease.assignedAtMs, ownMs });
@@ -106,14 +108,14 @@ export function planHedges(state: EngineState, input: PassInput, policy: HedgePo
       placeItem(need, idle.filter((w) => w.id !== c.lease.workerId), state.ledger, input.policy);
     if (!placement) continue;
     const lease: Attempt = {
-      token: input.newToken(c.slot.attempts, c.batch.id, c.index, placement.workerId),
+      token: input.newToken(c.slot.attempts + 1, c.batch.id, c.index, placement.workerId),
       workerId: placement.workerId,
       gpuIndex: placement.gpuIndex,
       assignedAtMs: input.nowMs,
       activationBytes: activation,
       predictedMs: predictor.predictMs(c.slot, placement.workerId),
     };
-    state.attempts.openHedge(c.batch, c.index, lease, {
+    state.attempts.openHedge(c.batch, c.index, lease, c.slot.attempts + 1, {
       gpuKey: placement.gpuKey,
       bytes: placement.bytes,
       model: c.slot.model,

@@ -96,7 +96,8 @@ test("hedging - a straggler of a batch with nothing queued gets one copy on an i
   assert.ok(copy.hedge, "the placement is marked as a hedge");
   assert.notEqual(copy.lease.workerId, original.workerId, "never on the original's worker");
   assert.equal(b.items[0]!.hedge?.token, copy.lease.token);
-  assert.equal(b.items[0]!.attempts, 1, "a copy is not another attempt");
+  assert.equal(b.items[0]!.attempts, 2, "the copy is the item's second attempt");
+  assert.ok(copy.lease.token.startsWith("2."), copy.lease.token);
   assert.equal(state.attempts.openOn(copy.lease.workerId), 1, "the copy holds a slot of its worker");
   // At most one hedge per item, however long it runs.
   assert.equal(schedulePass(state, pass(10_000)).size, 0);
@@ -141,11 +142,13 @@ test("hedging - a known-slow worker's item is hedged as soon as an idle fast GPU
   assert.equal(copies[0]!.hedge!.reason, "slower-gpu");
 });
 
-test("hedging - an item on its last allowed attempt is not hedged", () => {
-  const b = makeBatch("b", 1, 1);
-  const state = makeState([makeWorker("w1"), makeWorker("w2")], [b]);
-  schedulePass(state, pass(0));
-  assert.equal(schedulePass(state, pass(10_000)).size, 0);
+test("hedging - a copy is never an item's last allowed attempt", () => {
+  for (const maxAttempts of [1, 2]) {
+    const b = makeBatch("b", 1, maxAttempts);
+    const state = makeState([makeWorker("w1"), makeWorker("w2")], [b]);
+    schedulePass(state, pass(0));
+    assert.equal(schedulePass(state, pass(10_000)).size, 0, `--max-attempts ${maxAttempts}`);
+  }
 });
 
 test("hedging - the first outcome of a pair wins, the other copy is named for cancelling, its late outcome is ignored", () => {
@@ -210,6 +213,7 @@ test("hedging - a refused copy is withdrawn: the original runs on alone, nothing
   const copy = [...schedulePass(state, pass(2000)).values()].flat()[0]!;
   assert.equal(state.attempts.withdraw(b, 0, copy.lease), false);
   assert.equal(b.items[0]!.hedge, undefined);
+  assert.equal(b.items[0]!.attempts, 1, "a refused copy was no attempt");
   assert.equal(b.items[0]!.state, "leased");
   assert.equal(state.attempts.openOn(copy.lease.workerId), 0);
   assert.equal(state.ledger.all().reduce((s, g) => s + g.reservedBytes, 0), 2 * GB, "only the original's reservation is left");
