@@ -129,7 +129,7 @@ export class Coordinator {
       predictor: this.durations,
       observeDecision: metrics ? (s) => metrics!.placement(s) : undefined,
       timer: () => performance.now(),
-      hedging: opts.hedging === false ? undefined : { afterFactor: opts.hedgeAfterFactor ?? DEFAULT_HEDGE_AFTER_FACTOR },
+      hedging: opts.hedging === false ? undefined : { afterFactor: opts.hedgeAfterFactor ?? DEFAULT_HEDGE_AFTER_FACTOR, minOverrunMs: opts.hedgeMinOverrunMs },
     });
     this.names = new Names(opts.prefix);
     this.contentPolicy = new ContentPolicyStage(opts.contentPolicyFile, log.child({ component: "content-policy" }), (rules, outcome) => metrics?.contentPolicyLoaded(rules, outcome));

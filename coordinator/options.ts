@@ -55,6 +55,8 @@ export interface CoordinatorOptions {
   hedging?: boolean;
   /** k: a hedge is placed once an item runs past k × its predicted time (default 2). */
   hedgeAfterFactor?: number;
+  /** ... and only once it is at least this late (ms; default 1000). */
+  hedgeMinOverrunMs?: number;
   /** Bytes per second GPUs load model weights at, for the cost of switching models (0 = unknown). */
   loadBytesPerS?: number;
   /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */

@@ -41,6 +41,8 @@ export interface DurationPredictor {
   speedOf(workerId: string): number;
   /** Time to load a model's weights (0 when unknown). */
   loadMs?(model: string, weightsBytes: number): number;
+  /** Whether the prediction rests on something (a declared time, learned samples), not a default guess. */
+  knows?(slot: ItemSlot): boolean;
 }
 
 /** Policy knobs of the engine (see docs/scheduling.md). */

@@ -9,8 +9,8 @@
 // Attempts.openHedge (the copy's reservation and worker slot), so the caller only sends them.
 //
 // When an attempt is a straggler (k = --hedge-after-factor, default 2):
-//   - it has run for k × its predicted time on its own worker (a slowdown the predictor did not
-//     foresee: a throttled GPU, a noisy neighbour), or
+//   - it has run for k × its predicted time on its own worker, and at least minOverrunMs past
+//     it (a slowdown the predictor did not foresee: a throttled GPU, a noisy neighbour), or
 //   - its own worker is predicted to take at least k × as long as an idle GPU would, and a copy
 //     started there now is predicted to finish first (a known-slow GPU took one of the last items).
 // The rules that keep it safe:
@@ -29,10 +29,17 @@ import { placeItem, type PlaceableWorker } from "../placement.js";
 import type { DurationPredictor, EngineState, PassInput, Placed } from "./engine.js";
 
 export const DEFAULT_HEDGE_AFTER_FACTOR = 2;
+export const DEFAULT_HEDGE_MIN_OVERRUN_MS = 1000;
 
 export interface HedgePolicy {
   /** k: an attempt is a straggler past k × its predicted time (see above). */
   afterFactor: number;
+  /**
+   * An attempt counts as overrunning only once it is also this much past its prediction: the
+   * coordinator's clock includes dispatch and reporting delays, which a busy machine stretches,
+   * and those make no straggler. Default DEFAULT_HEDGE_MIN_OVERRUN_MS.
+   */
+  minOverrunMs?: number;
 }
 
 /** Why a copy was placed: the original overran its prediction, or sits on a much slower GPU. */
@@ -76,7 +83,8 @@ export function planHedges(state: EngineState, input: PassInput, policy: HedgePo
       const lease = slot.lease;
       if (slot.state !== "leased" || !lease || slot.hedge || slot.hedged || slot.attempts + 1 >= batch.maxAttempts) continue;
       const ownMs = lease.predictedMs ?? predictor.predictMs(slot, lease.workerId);
-      if (!(ownMs > 0)) continue; // nothing known of its duration: no basis for calling it late
+      // Nothing known of its duration (only the default guess): no basis for calling it late.
+      if (!(ownMs > 0) || (predictor.knows && !predictor.knows(slot))) continue;
       candidates.push({ batch, index, slot, lease, elapsedMs: input.nowMs - lease.assignedAtMs, ownMs });
     }
   }
@@ -84,7 +92,9 @@ export function planHedges(state: EngineState, input: PassInput, policy: HedgePo
   // The most overdue first: they gain the most from the few idle GPUs.
   candidates.sort((a, b) => b.elapsedMs / b.ownMs - a.elapsedMs / a.ownMs);
   for (const c of candidates) {
-    const overran = c.elapsedMs >= k * c.ownMs;
+    const minOverrunMs = policy.minOverrunMs ?? DEFAULT_HEDGE_MIN_OVERRUN_MS;
+    const dueAtMs = c.lease.assignedAtMs + Math.max(k * c.ownMs, c.ownMs + minOverrunMs);
+    const overran = input.nowMs >= dueAtMs;
     // The idle GPU predicted to finish a copy soonest, among those that can hold it now.
     let best: { w: PlaceableWorker; ms: number } | undefined;
     for (const w of idle) {
@@ -96,8 +106,7 @@ export function planHedges(state: EngineState, input: PassInput, policy: HedgePo
     const copyMs = best.ms;
     const slowerGpu = c.ownMs >= k * copyMs && input.nowMs + copyMs < c.lease.assignedAtMs + c.ownMs;
     if (!overran && !slowerGpu) {
-      const due = c.lease.assignedAtMs + k * c.ownMs;
-      plan.nextCheckAtMs = Math.min(plan.nextCheckAtMs ?? Infinity, due);
+      plan.nextCheckAtMs = Math.min(plan.nextCheckAtMs ?? Infinity, dueAtMs);
       continue;
     }
     const activation = state.estimates.activation(c.slot.shapeKey!, c.slot.need.activationBytes);
