@@ -169,6 +169,7 @@ export class Coordinator {
       fenced: (kind, reason) => this.fenced(kind, reason),
       applyEntry: (entry, replaying, subjectBatchId) => this.applyEntry(entry, replaying, subjectBatchId),
       finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
+      cancel: (batchId, running) => this.link.cancel(batchId, running),
     });
     this.api = new BatchApi({
       nc: () => this.nc,

@@ -173,3 +173,38 @@ describe("hedging - a coordinator restart while both copies run", () => {
     assertRanOnce(f, batchId, 3);
   });
 });
+
+describe("hedging - the copy ends the item while the coordinator is down", () => {
+  let f: Fleet;
+
+  before(async () => {
+    f = await startFleet([], "0.1");
+  });
+
+  after(async () => {
+    f?.client.close();
+    await f?.stack.stop();
+  });
+
+  test("hedging - after the restart the copy's outcome counts from the log, and the slow worker's copy is cancelled", async () => {
+    const { batchId } = await f.client.submit({ items: items(4000, "down") });
+    const first = f.stack.coordinator!;
+    await waitFor("the hedge", () => hedgesOf(first, batchId).length > 0, 60_000);
+    const hedge = hedgesOf(first, batchId)[0]!;
+    const slowIndex = Number(hedge.item);
+    const copyWorker = String(hedge.workerId);
+    await f.stack.kill(first, "SIGKILL");
+    // The copy ends and its outcome goes to the results stream while no coordinator runs.
+    await waitFor("the copy to succeed", () => f.workers.get(copyWorker)!.logs.some((l) => l.msg === "item succeeded" && l.batchId === batchId && Number(l.item) === slowIndex), 60_000);
+    const second = await f.stack.startCoordinator(["--max-items", "100", "--metrics-port", String(f.metricsPort)]);
+    const { batch, partialTerminalPolls } = await pollUntilTerminal(f.client, batchId, { timeoutMs: 120_000 });
+    assert.equal(partialTerminalPolls, 0);
+    assertWholeBatch(batch, 3);
+    assert.equal(batch.succeeded, 3);
+    assert.equal(batch.results[slowIndex]!.workerId, copyWorker);
+    // The slow worker reported still holding its copy: the recovered coordinator stops it.
+    await waitFor("the slow copy to be cancelled", () => f.workers.get(SLOW)!.logs.some((l) => l.msg === "cancel requested" && Number(l.cancelled) === 1), 30_000);
+    assert.ok(second.logs.some((l) => l.msg === "cancelling copies of items that ended while the coordinator was away" && l.batchId === batchId && l.workerId === SLOW));
+    assertRanOnce(f, batchId, 3);
+  });
+});
