@@ -53,6 +53,9 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--placement <policy>", "best-fit packs GPUs, spread balances them").env("SHOAL_PLACEMENT").choices(["best-fit", "spread"]).default(d.policy))
     .addOption(new Option("--scheduler <policy>", "affinity splits GPUs between models by their backlog; greedy places in queue order").env("SHOAL_SCHEDULER").choices(["affinity", "greedy"]).default(d.scheduler))
     .addOption(new Option("--longest-first <on|off>", "within each batch's share, the longest predicted items first").env("SHOAL_LONGEST_FIRST").choices(["on", "off"]).default("on"))
+    .addOption(new Option("--hedging <on|off>", "straggler hedging: a second copy of a batch's last items that overrun their predicted time, on an idle GPU").env("SHOAL_HEDGING").choices(["on", "off"]).default("on"))
+    .addOption(new Option("--hedge-after-factor <k>", "hedge an item once it runs past k × its predicted time (or its GPU is predicted k × slower than an idle one)").env("SHOAL_HEDGE_AFTER_FACTOR").default("2"))
+    .addOption(new Option("--hedge-min-overrun <duration>", "an item counts as overrunning its predicted time only once it is also this much past it").env("SHOAL_HEDGE_MIN_OVERRUN").default("1s"))
     .addOption(new Option("--load-bandwidth <size>", "bytes per second GPUs load model weights at, the cost of switching a GPU to another model (0 = unknown)").env("SHOAL_LOAD_BANDWIDTH").default("0"))
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
     .addOption(new Option("--api-keys-file <file>", "JSON keys file (tenants, roles, limits; see docs/security.md); reloaded on SIGHUP").env("SHOAL_API_KEYS_FILE"))
@@ -136,6 +139,12 @@ function port(option: string, v: unknown): number {
 /** A byte limit: "0" means none. */
 function optionalBytes(option: string, v: unknown): number {
   return String(v).trim() === "0" ? 0 : parseBytes(option, String(v));
+}
+
+function hedgeAfterFactor(v: unknown): number {
+  const n = Number(v);
+  if (String(v).trim() === "" || !Number.isFinite(n) || n < 1 || n > 100) throw new ConfigError("--hedge-after-factor", `"${String(v)}" must be a number from 1 to 100`);
+  return n;
 }
 
 function simSpeed(v: unknown): number {
@@ -225,6 +234,9 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     },
     scheduler: raw.scheduler === "greedy" ? "greedy" : "affinity",
     longestFirst: raw.longestFirst !== "off",
+    hedging: raw.hedging !== "off",
+    hedgeAfterFactor: hedgeAfterFactor(raw.hedgeAfterFactor ?? "2"),
+    hedgeMinOverrunMs: parseDuration("--hedge-min-overrun", String(raw.hedgeMinOverrun ?? "1s")),
     loadBytesPerS: optionalBytes("--load-bandwidth", raw.loadBandwidth ?? "0"),
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),

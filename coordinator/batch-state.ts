@@ -32,6 +32,13 @@ export interface ItemSlot {
   /** The attempt running now, if any (set by Attempts; cleared here when the item's attempt ends). */
   lease: Attempt | undefined;
   /**
+   * A second copy of the running attempt on another worker (straggler hedging, see
+   * scheduler/hedging.ts), open beside `lease`: the first of the two to end the item wins.
+   */
+  hedge?: Attempt;
+  /** A hedge was placed for this item once: never a second one. */
+  hedged?: boolean;
+  /**
    * Attempts that ended without a result that counts (failed and retried, or taken back).
    * Allocated on the first one: most items never need it, and batches hold many items.
    */
@@ -45,11 +52,22 @@ export interface ItemSlot {
   unplaceableSinceMs?: number;
 }
 
+/**
+ * How a hedged item's pair of attempts ended: won (the hedge copy's outcome ended the item),
+ * lost (the original's did, while the copy still ran), cancelled (one copy failed or was taken
+ * back while the other ran on, which then carries the item alone). `other`: the copy still open
+ * when the item ended, which the caller cancels on its worker.
+ */
+export interface HedgeEnd {
+  outcome: "won" | "lost" | "cancelled";
+  other?: Attempt;
+}
+
 export type OutcomeEffect =
   | { kind: "ignored"; reason: "item-done" | "lease-closed" | "unknown-item" }
-  | { kind: "done" }
+  | { kind: "done"; hedge?: HedgeEnd }
   | { kind: "retry" }
-  | { kind: "closed" };
+  | { kind: "closed"; hedge?: HedgeEnd };
 
 export class ActiveBatch {
   readonly items: ItemSlot[];
@@ -128,13 +146,26 @@ export class ActiveBatch {
     if (!slot) return { kind: "ignored", reason: "unknown-item" };
     if (slot.state === "done") return { kind: "ignored", reason: "item-done" };
     if (slot.closed?.has(lease.token)) return { kind: "ignored", reason: "lease-closed" };
-    const isCurrent = slot.lease?.token === lease.token;
+    const isHedge = slot.hedge !== undefined && slot.hedge.token === lease.token;
+    const isCurrent = slot.lease?.token === lease.token || isHedge;
+    const running = isHedge ? slot.hedge : isCurrent ? slot.lease : undefined;
+    // A hedged item has two open copies of one attempt: the other one, if this is one of them.
+    const other = isHedge ? slot.lease : isCurrent ? slot.hedge : undefined;
     const attempt = isCurrent ? slot.attempts : leaseAttempt(lease.token);
     if (attempt > slot.attempts) slot.attempts = attempt;
-    const assignedAtMs = isCurrent ? slot.lease!.assignedAtMs : nowMs - o.runMs;
+    const assignedAtMs = running ? running.assignedAtMs : nowMs - o.runMs;
     const queueMs = Math.max(0, assignedAtMs - slot.firstQueuedAtMs);
     if (o.status === ItemStatus.ITEM_STATUS_FAILED && o.error?.retryable) {
       (slot.closed ??= new Set()).add(lease.token);
+      if (other) {
+        // One copy failed while the other still runs: that one carries the item on alone; no
+        // retry, no failure. (A replay, which knows no open attempts, queues the item again
+        // here and then counts the other copy's outcome: the same end. A copy is never an
+        // item's last allowed attempt, so a replay cannot fail the item here either.)
+        slot.lease = other;
+        slot.hedge = undefined;
+        return { kind: "closed", hedge: { outcome: "cancelled" } };
+      }
       if (slot.attempts >= this.maxAttempts) {
         this.finish(slot, result(lease.index, ItemStatus.ITEM_STATUS_FAILED, withAttempts(o.error, slot.attempts), [], workerId, slot, queueMs, o.runMs));
         return { kind: "done" };
@@ -147,6 +178,8 @@ export class ActiveBatch {
     }
     const status = o.status === ItemStatus.ITEM_STATUS_UNSPECIFIED ? ItemStatus.ITEM_STATUS_FAILED : o.status;
     this.finish(slot, result(lease.index, status, o.error, o.artifacts, workerId, slot, queueMs, o.runMs));
+    // The first terminal outcome of a hedged pair wins; the other copy is to be cancelled.
+    if (other) return { kind: "done", hedge: { outcome: isHedge ? "won" : "lost", other } };
     return { kind: "done" };
   }
 
@@ -158,7 +191,7 @@ export class ActiveBatch {
     if (slot.closed?.has(token)) return { kind: "ignored", reason: "lease-closed" };
     return this.applyOutcome(
       { lease: { batchId: this.id, index, token }, status: ItemStatus.ITEM_STATUS_FAILED, error: { ...error, retryable: true }, artifacts: [], runMs: 0, vramUsedBytes: 0 },
-      slot.lease?.workerId ?? "",
+      (slot.hedge?.token === token ? slot.hedge.workerId : slot.lease?.workerId) ?? "",
       nowMs,
     );
   }
@@ -178,6 +211,7 @@ export class ActiveBatch {
     for (const [index, slot] of this.items.entries()) {
       if (slot.state === "done") continue;
       if (slot.lease) running.push({ index, lease: slot.lease });
+      if (slot.hedge) running.push({ index, lease: slot.hedge });
       this.finish(slot, {
         index,
         status: ItemStatus.ITEM_STATUS_CANCELLED,
@@ -197,6 +231,7 @@ export class ActiveBatch {
     slot.state = "done";
     slot.result = result;
     slot.lease = undefined;
+    slot.hedge = undefined;
     if (result.status === ItemStatus.ITEM_STATUS_SUCCEEDED) this.succeeded++;
     else if (result.status === ItemStatus.ITEM_STATUS_CANCELLED) this.cancelled++;
     else this.failed++;

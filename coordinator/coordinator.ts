@@ -11,7 +11,7 @@ import { BatchApi } from "./batch-api.js";
 import { BatchIndex } from "./batch-index.js";
 import { BatchProgress } from "./batch-progress.js";
 import { BatchQueue } from "./batch-queue.js";
-import { ActiveBatch, type ItemSlot } from "./batch-state.js";
+import { ActiveBatch, type HedgeEnd, type ItemSlot } from "./batch-state.js";
 import { UsageStore, type DayUsage } from "./usage.js";
 import { BatchStore } from "./batch-store.js";
 import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
@@ -29,6 +29,7 @@ import { AffinityPlanner } from "./scheduler/affinity.js";
 import { DurationModel, gpuTypeOf } from "./scheduler/durations.js";
 import { findUnplaceable, newEnginePolicy, noteNeed, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
 import { LearnedPredictor } from "./scheduler/predictor.js";
+import { DEFAULT_HEDGE_AFTER_FACTOR } from "./scheduler/hedging.js";
 import { VramEstimates, shapeKey } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
@@ -129,6 +130,7 @@ export class Coordinator {
       predictor: this.durations,
       observeDecision: metrics ? (s) => metrics!.placement(s) : undefined,
       timer: () => performance.now(),
+      hedging: opts.hedging === false ? undefined : { afterFactor: opts.hedgeAfterFactor ?? DEFAULT_HEDGE_AFTER_FACTOR, minOverrunMs: opts.hedgeMinOverrunMs },
     });
     this.names = new Names(opts.prefix);
     this.contentPolicy = new ContentPolicyStage(opts.contentPolicyFile, log.child({ component: "content-policy" }), (rules, outcome) => metrics?.contentPolicyLoaded(rules, outcome));
@@ -168,6 +170,7 @@ export class Coordinator {
       fenced: (kind, reason) => this.fenced(kind, reason),
       applyEntry: (entry, replaying, subjectBatchId) => this.applyEntry(entry, replaying, subjectBatchId),
       finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
+      cancel: (batchId, running) => this.link.cancel(batchId, running),
     });
     this.api = new BatchApi({
       nc: () => this.nc,
@@ -389,7 +392,8 @@ export class Coordinator {
         continue;
       }
       const slot = batch.items[o.lease.index];
-      const current = slot?.lease?.token === o.lease.token ? slot.lease : undefined;
+      // Either copy of a hedged item is current (scheduler/hedging.ts).
+      const current = slot?.lease?.token === o.lease.token ? slot.lease : slot?.hedge?.token === o.lease.token ? slot.hedge : undefined;
       const reserved = current?.activationBytes;
       const effect = batch.applyOutcome(o, workerId, now);
       if (!replaying && current && effect.kind === "done" && o.status === ItemStatus.ITEM_STATUS_SUCCEEDED && o.runMs > 0) {
@@ -424,6 +428,7 @@ export class Coordinator {
 
   private afterEffect(batch: ActiveBatch, index: number, effect: ReturnType<ActiveBatch["applyOutcome"]>, replaying: boolean): void {
     const slot = batch.items[index]!;
+    if (!replaying && (effect.kind === "done" || effect.kind === "closed") && effect.hedge) this.hedgeEnded(batch, index, effect.hedge);
     if (effect.kind === "retry") {
       if (!replaying) this.log.info({ batchId: batch.id, item: index, attempts: slot.attempts }, "item will be placed again");
       this.queue.add(batch.id, index, batch.record.batch!.priority);
@@ -435,6 +440,21 @@ export class Coordinator {
         if (batch.isComplete) this.api.finalizeInBackground(batch);
       }
     }
+  }
+
+  /**
+   * A hedged item's pair ended: the first outcome won. The other copy, when still running, is
+   * cancelled on its worker; it stays open (its reservation and worker slot held) until its
+   * worker reports it ended, as any cancelled attempt, and that late outcome changes nothing.
+   */
+  private hedgeEnded(batch: ActiveBatch, index: number, end: HedgeEnd): void {
+    const slot = batch.items[index]!;
+    this.metrics?.hedgeEnded(slot.model, end.outcome);
+    this.log.info(
+      { batchId: batch.id, item: index, outcome: end.outcome, winner: end.outcome === "cancelled" ? slot.lease?.workerId : slot.result?.workerId, cancelled: end.other?.workerId },
+      end.outcome === "cancelled" ? "a copy of a hedged item ended; the other carries it on" : "hedged item ended by its first outcome; cancelling the other copy",
+    );
+    if (end.other) this.link.cancel(batch.id, [{ index, lease: end.other }]);
   }
 
   private fenced(kind: string, reason: string): void {
@@ -464,7 +484,17 @@ export class Coordinator {
       { queue: this.queue, batches: this.active, workers: this.fleet.ready(), ledger: this.ledger, attempts: this.attempts, estimates: this.estimates, engine: this.engine },
       { nowMs: Date.now(), recoveringUntilMs: this.recovery.until, policy: this.opts.policy, newToken: (attempt, batchId, index, workerId) => this.leaseTokens!.issue(batchId, index, attempt, workerId) },
     );
-    for (const [workerId, list] of outgoing) void this.link.send(workerId, list);
+    for (const [workerId, list] of outgoing) {
+      for (const p of list) {
+        if (!p.hedge) continue;
+        const h = p.hedge;
+        this.log.info(
+          { batchId: p.batch.id, item: p.index, workerId, originalWorkerId: h.originalWorkerId, reason: h.reason, elapsedMs: Math.round(h.elapsedMs), predictedMs: Math.round(h.predictedMs), copyPredictedMs: Math.round(h.copyPredictedMs) },
+          "hedging a straggler: a second copy on an idle GPU",
+        );
+      }
+      void this.link.send(workerId, list);
+    }
     const plans = this.engine.affinity?.plans ?? 0;
     for (; this.plansCounted < plans; this.plansCounted++) this.metrics?.replanned();
   }

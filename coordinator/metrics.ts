@@ -62,6 +62,7 @@ export class CoordinatorMetrics {
   private readonly contentPolicyLoads: Counter;
   private readonly placementSeconds: Histogram;
   private readonly replans: Counter;
+  private readonly hedges: Counter;
   private readonly tenantItems: Counter;
   private readonly tenantGpuSeconds: Counter;
 
@@ -83,6 +84,12 @@ export class CoordinatorMetrics {
       registers,
     });
     this.replans = new Counter({ name: "shoal_scheduler_replans_total", help: "Times the affinity planner split the fleet between models again", registers });
+    this.hedges = new Counter({
+      name: "shoal_item_hedges_total",
+      help: "Hedged items (a second copy of a straggler on an idle GPU) by how the pair ended: won (the copy ended the item), lost (the original did; the copy was cancelled), cancelled (one copy failed or was taken back, or the batch was cancelled)",
+      labelNames: ["model", "outcome"],
+      registers,
+    });
     const latency = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
     this.queueSeconds = new Histogram({ name: "shoal_item_queue_seconds", help: "Time from submission until the attempt that finished the item was assigned", labelNames: ["model"], buckets: latency, registers });
     this.runSeconds = new Histogram({ name: "shoal_item_run_seconds", help: "Time a worker spent on the item's last attempt", labelNames: ["model"], buckets: latency, registers });
@@ -226,6 +233,11 @@ export class CoordinatorMetrics {
   /** One placement decision took `seconds` (shoal_placement_seconds). */
   placement(seconds: number): void {
     this.placementSeconds.observe(seconds);
+  }
+
+  /** A hedged item's pair of attempts ended (see HedgeEnd in batch-state.ts). */
+  hedgeEnded(model: string, outcome: "won" | "lost" | "cancelled"): void {
+    this.hedges.inc({ model, outcome });
   }
 
   replanned(): void {

@@ -51,6 +51,12 @@ export interface CoordinatorOptions {
   scheduler?: "affinity" | "greedy";
   /** Longest predicted items first within each batch's share (default on). */
   longestFirst?: boolean;
+  /** Straggler hedging at the end of batches (scheduler/hedging.ts); default on. */
+  hedging?: boolean;
+  /** k: a hedge is placed once an item runs past k × its predicted time (default 2). */
+  hedgeAfterFactor?: number;
+  /** ... and only once it is at least this late (ms; default 1000). */
+  hedgeMinOverrunMs?: number;
   /** Bytes per second GPUs load model weights at, for the cost of switching models (0 = unknown). */
   loadBytesPerS?: number;
   /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */

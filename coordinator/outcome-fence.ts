@@ -26,8 +26,11 @@ export function fence(tokens: LeaseTokens, batchId: string, index: number, token
   if (holder === undefined) return { ok: false, reason: "forged_token" };
   if (sender !== undefined && holder !== sender) return { ok: false, reason: "wrong_worker", holder };
   if (live) {
-    const current = batch?.items[index]?.lease;
-    if (current && (current.token !== token || current.workerId !== holder)) return { ok: false, reason: "not_current", holder };
+    const slot = batch?.items[index];
+    const current = slot?.lease;
+    // A hedged item has two current attempts (its copy on another worker): either may report.
+    const isOpen = (a: typeof current) => a !== undefined && a.token === token && a.workerId === holder;
+    if (current && !isOpen(current) && !isOpen(slot.hedge)) return { ok: false, reason: "not_current", holder };
   }
   return { ok: true, holder };
 }

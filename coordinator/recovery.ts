@@ -11,7 +11,7 @@ import type { Logger } from "../shared/logger.js";
 import type { Names } from "../shared/subjects.js";
 import type { Attempts } from "./attempts.js";
 import type { BatchIndex } from "./batch-index.js";
-import type { ActiveBatch } from "./batch-state.js";
+import type { ActiveBatch, Attempt } from "./batch-state.js";
 import { isTerminal, type BatchStore } from "./batch-store.js";
 import type { WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
@@ -38,6 +38,8 @@ export interface RecoveryDeps {
   /** Applies one results-log entry, as the live consumer does (`replaying` silences metrics and events). */
   applyEntry: (entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string) => void;
   finalizeInBackground: (batch: ActiveBatch) => void;
+  /** Asks a worker to stop attempts of items that ended meanwhile (worker-link's cancel). */
+  cancel: (batchId: string, running: { index: number; lease: Attempt }[]) => void;
 }
 
 export class Recovery {
@@ -113,10 +115,26 @@ export class Recovery {
   adopt(worker: WorkerRecord, hb: Heartbeat, now: number): void {
     if (now >= this.recoveringUntil) return;
     let refused = 0;
+    const ended = new Map<string, { index: number; lease: Attempt }[]>();
     for (const l of hb.inFlight) {
       const batch = this.d.active.get(l.batchId);
       const slot = batch?.items[l.index];
-      if (!batch || !slot || slot.state !== "pending" || slot.closed?.has(l.token)) continue;
+      if (!batch || !slot || slot.state === "done") {
+        // The item (or its whole batch: every running batch was resumed before workers are
+        // heard) ended in the log while this worker still runs a copy of it, e.g. the losing
+        // copy of a hedged item whose cancel the restart swallowed: stop it.
+        if (slot?.result?.workerId !== worker.id && this.d.holder(l.token, l.batchId, l.index) === worker.id) {
+          const list = ended.get(l.batchId) ?? [];
+          list.push({ index: l.index, lease: { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: now } });
+          ended.set(l.batchId, list);
+        }
+        continue;
+      }
+      if (slot.closed?.has(l.token)) continue;
+      // A second worker holding a copy of an item already adopted from another: the item was
+      // hedged before the restart, and either copy's outcome may come.
+      const hedgeCopy = slot.state === "leased" && slot.lease !== undefined && slot.lease.token !== l.token && slot.lease.workerId !== worker.id && !slot.hedge;
+      if (slot.state !== "pending" && !hedgeCopy) continue;
       // A worker adopts only attempts issued to it: claiming another's (or an invented token)
       // would make it the item's assignee and let its outcome count.
       const holder = this.d.holder(l.token, l.batchId, l.index);
@@ -125,8 +143,16 @@ export class Recovery {
         refused++;
         continue;
       }
+      if (hedgeCopy) {
+        this.d.attempts.adoptHedge(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
+        continue;
+      }
       // The index stays in the queue; schedule() drops entries whose slot is no longer pending.
       this.d.attempts.adopt(batch, l.index, { token: l.token, workerId: worker.id, gpuIndex: 0, assignedAtMs: Date.now() }, leaseAttempt(l.token));
+    }
+    for (const [batchId, list] of ended) {
+      this.d.log.info({ batchId, workerId: worker.id, items: list.map((e) => e.index) }, "cancelling copies of items that ended while the coordinator was away");
+      this.d.cancel(batchId, list);
     }
     // One line per report, however many it claims.
     if (refused > 0) this.d.log.warn({ workerId: worker.id, refused }, "not adopting attempts the worker was not given");

@@ -180,7 +180,8 @@ export class WorkerLink {
   private async takeBackAttempt(batch: ActiveBatch, index: number, lease: Attempt, reason: string): Promise<void> {
     const slot = batch.items[index]!;
     this.d.attempts.end(lease.token);
-    const current = () => slot.state === "leased" && slot.lease?.token === lease.token;
+    // Either copy of a hedged item: its revocation closes that copy, the other carries on.
+    const current = () => slot.state === "leased" && (slot.lease?.token === lease.token || slot.hedge?.token === lease.token);
     if (!current()) return;
     // The revocation takes effect when it comes back through the results consumer, in the log's
     // order (applyEntry): a result the worker stored before it counts and one stored after it
@@ -204,9 +205,16 @@ export class WorkerLink {
     this.d.log.warn({ workerId: worker.id, items: tokens.size, reason }, "taking items back from a worker");
     for (const batch of this.d.batches.values()) {
       for (const [index, slot] of batch.items.entries()) {
-        if (slot.lease && tokens.has(slot.lease.token)) void this.takeBackAttempt(batch, index, slot.lease, `worker ${worker.id} lost: ${reason}`);
+        for (const a of [slot.lease, slot.hedge]) {
+          if (!a || !tokens.has(a.token)) continue;
+          tokens.delete(a.token);
+          void this.takeBackAttempt(batch, index, a, `worker ${worker.id} lost: ${reason}`);
+        }
       }
     }
+    // Attempts of items that ended meanwhile (a cancelled batch, the losing copy of a hedged
+    // item) whose worker never reported them ended: nothing to take back, only their reservations.
+    for (const t of tokens) this.d.attempts.end(t);
   }
 
   /** Asks the workers running a cancelled batch's attempts to stop them (best effort: their outcomes still end the attempts). */

@@ -11,6 +11,9 @@
 //   - an item whose real activations exceed what was reserved fails with OUT_OF_MEMORY (a
 //     misestimated manifest), and the engine's estimates learn from it, as in the coordinator.
 // Outcomes go through ActiveBatch.applyOutcome; retries are queued again, as the coordinator does.
+// With hedging (SimOptions.hedging) the engine's straggler hedges run as second copies; the first
+// outcome of a pair ends the item and the other copy is cancelled on its GPU (freed at once, as a
+// worker that gets the cancel does), as the coordinator does.
 // Every pass is a real schedulePass; with `measureDecisions` each placement decision is timed.
 
 import { performance } from "node:perf_hooks";
@@ -129,6 +132,8 @@ export interface SimResult {
   gpuUse: Record<string, number>;
   plans: number;
   switches: number;
+  /** Hedges placed, and how each pair ended (won: the copy ended the item; lost: the original did). */
+  hedges: { placed: number; won: number; lost: number; cancelled: number };
 }
 
 interface Held {
@@ -160,6 +165,8 @@ export interface SimOptions {
   measureDecisions?: boolean;
   /** Stop after this much virtual time (a guard; the run then reports what did not end). */
   maxVirtualMs?: number;
+  /** Straggler hedging in the engine (coordinator/scheduler/hedging.ts); off when absent. */
+  hedging?: { afterFactor: number };
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -191,6 +198,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     predictor,
     observeDecision: opts.measureDecisions ? (s) => decisionTimes.push(s) : undefined,
     timer: opts.measureDecisions ? () => performance.now() : undefined,
+    hedging: opts.hedging,
   });
 
   const gpus: GpuSim[] = w.gpus.map((spec) => {
@@ -251,6 +259,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     gpuUse: {},
     plans: 0,
     switches: 0,
+    hedges: { placed: 0, won: 0, lost: 0, cancelled: 0 },
   };
   const lpTime = new Map<string, number>();
   const times = new Map<string, SimResult["batchTimes"][number]>();
@@ -343,9 +352,10 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     return now + loadMs;
   };
 
-  const finish = (g: GpuSim, token: string, oom: boolean) => {
+  /** The GPU lets go of an item (it ended, or was cancelled): its VRAM and its slot come back. */
+  const letGo = (g: GpuSim, token: string): Held | undefined => {
     const h = g.held.get(token);
-    if (!h) return;
+    if (!h) return undefined;
     g.held.delete(token);
     const n = (g.heldByModel.get(h.model) ?? 1) - 1;
     if (n > 0) g.heldByModel.set(h.model, n);
@@ -354,6 +364,12 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     const l = g.loaded.get(h.model);
     if (l) l.lastUsed = now;
     attempts.end(token);
+    return h;
+  };
+
+  const finish = (g: GpuSim, token: string, oom: boolean) => {
+    const h = letGo(g, token);
+    if (!h) return; // cancelled meanwhile (the losing copy of a hedged item)
     const slot = h.batch.items[h.index]!;
     const runMs = oom ? w.oomMs : h.item.workMs / g.spec.speed;
     const reserved = slot.lease?.token === token ? slot.lease.activationBytes : undefined;
@@ -379,6 +395,16 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       res.estimateOoms++;
       if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes);
     } else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
+    if ((effect.kind === "done" || effect.kind === "closed") && effect.hedge) {
+      res.hedges[effect.hedge.outcome]++;
+      const other = effect.hedge.other;
+      if (other) {
+        // The coordinator cancels the other copy; the worker stops it and reports it ended.
+        const og = gpuById.get(other.workerId)!;
+        letGo(og, other.token);
+        report(og);
+      }
+    }
     if (effect.kind === "retry") queue.add(h.batch.id, h.index, h.batch.record.batch!.priority);
     else if (effect.kind === "done") {
       const e = ended.get(h.batch.id)!;
@@ -398,8 +424,18 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const pass = () => {
     res.passes++;
     const out = schedulePass(state, { nowMs: now, recoveringUntilMs: 0, policy: "best-fit", newToken: (a) => `${a}.${seq++}` });
-    for (const [workerId, list] of out) assign(gpuById.get(workerId)!, list);
+    for (const [workerId, list] of out) {
+      for (const p of list) if (p.hedge) res.hedges.placed++;
+      assign(gpuById.get(workerId)!, list);
+    }
+    // A running attempt falls due for a hedge later: a pass runs then (the coordinator's tick).
+    const due = engine.hedgeCheckAtMs;
+    if (due !== undefined && due > now && !hedgeTicks.has(due)) {
+      hedgeTicks.add(due);
+      push({ t: due, kind: "tick" });
+    }
   };
+  const hedgeTicks = new Set<number>();
 
   const maxT = opts.maxVirtualMs ?? Infinity;
   while (heap.size > 0) {

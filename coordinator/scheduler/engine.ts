@@ -19,12 +19,15 @@ import { placeItem, type PlaceableWorker, type Placement, type PlacementPolicy }
 import type { VramEstimates } from "../vram-estimates.js";
 import type { VramLedger } from "../vram-ledger.js";
 import type { AffinityPlanner, ModelBacklog, PlannerGpu } from "./affinity.js";
+import { planHedges, type HedgeInfo, type HedgePolicy } from "./hedging.js";
 
 /** One placement decision: this attempt of this item goes to `lease.workerId`, GPU `lease.gpuIndex`. */
 export interface Placed {
   batch: ActiveBatch;
   index: number;
   lease: Attempt;
+  /** Set when this attempt is a hedge: a second copy of a straggler (hedging.ts). */
+  hedge?: HedgeInfo;
 }
 
 /**
@@ -38,6 +41,8 @@ export interface DurationPredictor {
   speedOf(workerId: string): number;
   /** Time to load a model's weights (0 when unknown). */
   loadMs?(model: string, weightsBytes: number): number;
+  /** Whether the prediction rests on something (a declared time, learned samples), not a default guess. */
+  knows?(slot: ItemSlot): boolean;
 }
 
 /** Policy knobs of the engine (see docs/scheduling.md). */
@@ -53,9 +58,17 @@ export interface EnginePolicy {
   observeDecision?: (seconds: number) => void;
   /** A monotonic clock in ms for observeDecision (performance.now in production). */
   timer?: () => number;
+  /** Straggler hedging at the end of batches (hedging.ts); undefined = off. Needs a predictor. */
+  hedging?: HedgePolicy;
+  /** Set by each pass: when a running attempt becomes due for a hedge (a pass should run then). */
+  hedgeCheckAtMs?: number;
+  /** When the last hedging scan ran. */
+  hedgeScannedAtMs?: number;
 }
 
-export function newEnginePolicy(opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number } = {}): EnginePolicy {
+export function newEnginePolicy(
+  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy } = {},
+): EnginePolicy {
   return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
 
@@ -94,6 +107,38 @@ export interface PassInput {
  * planned models have nothing waiting (so no GPU idles while something it can run waits).
  */
 export function schedulePass(state: EngineState, input: PassInput): Map<string, Placed[]> {
+  const outgoing = placeQueued(state, input);
+  const eng = state.engine;
+  if (eng?.hedging && eng.predictor && hedgeScanDue(eng, input.nowMs)) {
+    // After the queue had its turn: hedges only take GPUs that nothing queued can use.
+    eng.hedgeScannedAtMs = input.nowMs;
+    const plan = planHedges(state, input, eng.hedging, eng.predictor);
+    eng.hedgeCheckAtMs = plan.nextCheckAtMs;
+    for (const h of plan.hedges) {
+      let list = outgoing.get(h.lease.workerId);
+      if (!list) outgoing.set(h.lease.workerId, (list = []));
+      list.push(h);
+    }
+  }
+  return outgoing;
+}
+
+/**
+ * The hedging scan walks the running items of batches with nothing queued: at most once per
+ * HEDGE_SCAN_INTERVAL_MS (passes run after every outcome), and whenever an attempt falls due.
+ */
+export const HEDGE_SCAN_INTERVAL_MS = 100;
+
+function hedgeScanDue(eng: EnginePolicy, nowMs: number): boolean {
+  if (eng.hedgeScannedAtMs === undefined || nowMs - eng.hedgeScannedAtMs >= HEDGE_SCAN_INTERVAL_MS) return true;
+  if (eng.hedgeCheckAtMs !== undefined && nowMs >= eng.hedgeCheckAtMs) return true;
+  // Skipped: the next pass at or after this time scans (a caller that waits for due times sees it).
+  eng.hedgeCheckAtMs = Math.min(eng.hedgeCheckAtMs ?? Infinity, eng.hedgeScannedAtMs + HEDGE_SCAN_INTERVAL_MS);
+  return false;
+}
+
+/** The queue's part of a pass: every waiting item that fits somewhere now. */
+function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]> {
   const outgoing = new Map<string, Placed[]>();
   if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
   const workers = new Map<string, PlaceableWorker>();

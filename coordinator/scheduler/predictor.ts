@@ -46,6 +46,12 @@ export class LearnedPredictor implements DurationPredictor {
     return this.model.predict({ model: slot.model, shape: slot.shapeKey ?? slot.model, gpuType }).ms;
   }
 
+  /** The item declares its run time, or its model has learned samples (not the default guess). */
+  knows(slot: ItemSlot): boolean {
+    if (this.opts.useDeclared !== false && declaredMs(slot) !== undefined) return true;
+    return this.model.predict({ model: slot.model, shape: slot.shapeKey ?? slot.model }).samples > 0;
+  }
+
   /** A counted outcome: `ms` of `slot` on `workerId`'s GPU. */
   observe(slot: ItemSlot, workerId: string, ms: number): void {
     const gpuType = this.opts.gpuTypeOf(workerId);
