@@ -17,6 +17,7 @@ import { dispatchCase } from "./cases/dispatch.js";
 import { encodeCase } from "./cases/encode.js";
 import { fleetCase } from "./cases/fleet.js";
 import { fsyncCase } from "./cases/fsync.js";
+import { peerCase } from "./cases/peer-bullmq.js";
 import { onnxCase } from "./cases/real-onnx.js";
 import { scaleCase } from "./cases/scale.js";
 import { simCase } from "./cases/sim.js";
@@ -24,7 +25,7 @@ import { formatProfileSummary, type ProfileSummary } from "./lib/cpuprofile.js";
 import { stopEverything } from "./lib/procs.js";
 import { formatTable, machineInfo, tableRows, type BenchResults, type CaseResult } from "./lib/report.js";
 
-export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase, clusterCase];
+export const CASES: BenchCase[] = [dispatchCase, peerCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase, clusterCase];
 
 interface MainOptions {
   quick: boolean;
