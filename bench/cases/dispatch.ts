@@ -237,7 +237,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
         cpuDefinition: "utime + stime (all threads) from /proc/<pid>/stat over the measured window, divided by the items the window moved; 0-work items, so all of it is overhead",
       },
       raw: {
-        peak: { items: pk.items, seconds: pk.seconds, itemsPerS: peakRate, cpuCoresUsed: { ...Object.fromEntries(Object.entries(peakCpu.byProcess).map(([k, v]) => [k, v.cores])), benchClient: (benchCpu.user + benchCpu.system) / 1e6 / pk.seconds }, fleetCpu: peakCpu },
+        peak: { items: pk.items, seconds: pk.seconds, itemsPerS: peakRate, cpuCoresUsed: { ...Object.fromEntries(Object.entries(peakCpu.byProcess).map(([k, v]) => [k, v.cpuMs / 1000 / pk.seconds])), benchClient: (benchCpu.user + benchCpu.system) / 1e6 / pk.seconds }, fleetCpu: peakCpu },
         paced: pacedRaw(half),
         pacedFleetRate: pacedRaw(fleetRate),
         lostItems,
