@@ -18,6 +18,7 @@ import { encodeCase } from "./cases/encode.js";
 import { fleetCase } from "./cases/fleet.js";
 import { fsyncCase } from "./cases/fsync.js";
 import { hedgingCase } from "./cases/hedging.js";
+import { peerCase } from "./cases/peer-bullmq.js";
 import { onnxCase } from "./cases/real-onnx.js";
 import { scaleCase } from "./cases/scale.js";
 import { simCase } from "./cases/sim.js";
@@ -25,7 +26,7 @@ import { formatProfileSummary, type ProfileSummary } from "./lib/cpuprofile.js";
 import { stopEverything } from "./lib/procs.js";
 import { formatTable, machineInfo, tableRows, type BenchResults, type CaseResult } from "./lib/report.js";
 
-export const CASES: BenchCase[] = [dispatchCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase, clusterCase, hedgingCase];
+export const CASES: BenchCase[] = [dispatchCase, peerCase, fleetCase, batchOf50Case, onnxCase, scaleCase, fsyncCase, encodeCase, simCase, clusterCase, hedgingCase];
 
 interface MainOptions {
   quick: boolean;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Shoal needs on a fresh Debian/Ubuntu machine with Node 20: npm packages,
-# nats-server >= 2.10 (and prometheus, for the observability tests), then builds. Safe to re-run.
+# nats-server >= 2.10 (and prometheus, for the observability tests; redis-server, for the bench's
+# BullMQ peer), then builds. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,10 @@ fi
 # the TLS tests make their certificates with openssl.
 if [ "${SHOAL_SKIP_BROWSER:-}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if ! command -v openssl >/dev/null 2>&1; then need_apt+=(openssl); fi
+# The bench's peer case runs BullMQ on a redis-server of its own (npm run bench -- --only peer).
+if [ "${SHOAL_SKIP_REDIS:-}" != "1" ] && [ -z "${SHOAL_REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  need_apt+=(redis-server)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""
@@ -37,6 +42,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # The Debian package starts a system prometheus on :9090; Shoal's tests run their own.
   if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  # Likewise the redis-server package's system service on :6379: the bench starts its own.
+  if [[ " ${need_apt[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
 fi
 

@@ -11,12 +11,12 @@
 // commit, not one per item. Items with artifacts add their object-store writes, which this case
 // does not have; the raw JetStream figures show what each such write costs.
 
-import { statfsSync } from "node:fs";
 import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { natsServerConfig, natsServerVersion, type FsyncMode } from "../../cli/nats-config.js";
 import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import { freePort, natsServerBinary, Stack } from "../../test/harness/processes.js";
+import { readJetStreamSync, storeFileSystem } from "../lib/durability.js";
 import { stopStack, trackStack } from "../lib/procs.js";
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
 import { runBatch, simWorker, startShoal, type ShoalStack } from "../lib/shoal.js";
@@ -25,18 +25,6 @@ import type { BenchCase, CaseContext } from "./case.js";
 
 const MODES: FsyncMode[] = ["interval", "always"];
 const DEFAULT_INTERVAL_MS = 120_000;
-
-// statfs f_type of file systems on which fsync does nothing durable, or where the number means
-// something else than "this disk".
-const FS_TYPES: Record<number, string> = {
-  0xef53: "ext2/3/4",
-  0x58465342: "xfs",
-  0x9123683e: "btrfs",
-  0x01021994: "tmpfs",
-  0x794c7630: "overlayfs",
-  0x2fc12fc1: "zfs",
-  0x6969: "nfs",
-};
 
 interface Fleet {
   mode: FsyncMode;
@@ -59,12 +47,6 @@ interface ModeSamples {
 
 function zeroItems(n: number) {
   return Array.from({ length: n }, () => ({ model: "sim-zero", params: {} }));
-}
-
-async function readVarz(port: number): Promise<ModeSamples["varz"]> {
-  const res = await fetch(`http://127.0.0.1:${port}/varz`, { signal: AbortSignal.timeout(5000) });
-  const v = (await res.json()) as { jetstream?: { config?: { sync_always?: boolean; sync_interval?: number } } };
-  return v.jetstream?.config;
 }
 
 async function startFleet(mode: FsyncMode, p: { workers: number; maxInFlight: number }): Promise<Fleet> {
@@ -181,15 +163,6 @@ async function paced(f: Fleet, rate: number, seconds: number, batchesPerSecond: 
   return { batchSize, intervalMs, count };
 }
 
-function storeFileSystem(dir: string): string {
-  try {
-    const type = statfsSync(dir).type;
-    return FS_TYPES[type] ?? `0x${type.toString(16)}`;
-  } catch {
-    return "unknown";
-  }
-}
-
 async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const p = ctx.quick
     ? { rounds: 1, workers: 2, maxInFlight: 2000, warmItems: 100, batches: 2, batchSize: 500, unloadedCalls: 10, pacedSeconds: 1, batchesPerSecond: 20, jsSequential: 50, jsWindowed: 200, jsWindow: 32, settleMs: 200 }
@@ -208,7 +181,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       for (const mode of order) fleets.push(await startFleet(mode, p));
       storeFs = storeFileSystem(fleets[0]!.shoal.stack.dir);
       for (const f of fleets) {
-        const v = await readVarz(f.monitorPort);
+        const v = await readJetStreamSync(f.monitorPort);
         samples[f.mode].varz = v;
         if ((v?.sync_always === true) !== (f.mode === "always")) throw new Error(`${f.mode}: nats-server reports sync_always ${v?.sync_always}`);
       }

@@ -13,6 +13,7 @@ import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import { CLI, freePort } from "../../test/harness/processes.js";
 import { TestClient } from "../../test/harness/client.js";
 import { OnnxBackend } from "../../worker/inference/onnx-backend.js";
+import { cpuWindow, fleetOverheadByProcess, fleetOverheadMetric, shoalUpProcesses, type CpuPerItem } from "../lib/cpu-accounting.js";
 import { childPids, spawnTracked, stopProc, trackPid, untrackPid, type BenchProc } from "../lib/procs.js";
 import { check, type CaseOutcome } from "../lib/report.js";
 import { runBatch } from "../lib/shoal.js";
@@ -27,18 +28,20 @@ function items(n: number, size: number, steps: number) {
   }));
 }
 
-async function direct(threads: number, batching: boolean, list: ReturnType<typeof items>, warm: ReturnType<typeof items>): Promise<{ seconds: number; itemsPerS: number }> {
+async function direct(threads: number, batching: boolean, list: ReturnType<typeof items>, warm: ReturnType<typeof items>): Promise<{ seconds: number; itemsPerS: number; cpu: CpuPerItem }> {
   const backend = new OnnxBackend({ threads, batching });
   try {
     await backend.start();
     const runAll = (l: ReturnType<typeof items>, tag: string) =>
       Promise.all(l.map((it, i) => backend.run({ id: `${tag}-${i}`, model: it.model, params: it.params, batchId: "bench", index: i }, new AbortController().signal)));
     await runAll(warm, "warm");
+    const cpu = cpuWindow({ direct: [process.pid] });
     const t0 = performance.now();
     const out = await runAll(list, "item");
     const seconds = (performance.now() - t0) / 1000;
+    const cpuUse = cpu.end(list.length);
     if (out.some((o) => o.artifacts.length !== 1)) throw new Error("direct: an item produced no image");
-    return { seconds, itemsPerS: list.length / seconds };
+    return { seconds, itemsPerS: list.length / seconds, cpu: cpuUse };
   } finally {
     await backend.close();
   }
@@ -62,15 +65,18 @@ async function throughShoalUp(workers: number, list: ReturnType<typeof items>, w
     log(`shoal up: ${workers} workers ready (pids ${[up.pid, ...children].join(", ")})`);
     client = new TestClient(`127.0.0.1:${grpcPort}`);
     if (!(await runBatch(client, { items: warm }, 300_000))) throw new Error("shoal up: the warm-up batch did not finish");
+    const cpu = cpuWindow(shoalUpProcesses(up.pid));
     const t0 = performance.now();
     const batch = await runBatch(client, { items: list }, 600_000);
     const seconds = (performance.now() - t0) / 1000;
+    const cpuUse = cpu.end(list.length);
     if (!batch) throw new Error("shoal up: the batch did not finish within 600 s");
     const ok = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_SUCCEEDED).length;
     if (ok !== list.length) throw new Error(`shoal up: ${ok} of ${list.length} items succeeded: ${JSON.stringify(batch.results.find((r) => r.error)?.error)}`);
     return {
       seconds,
       itemsPerS: list.length / seconds,
+      cpu: cpuUse,
       runMsTotal: batch.results.reduce((s, r) => s + Number(r.runMs), 0),
       byWorker: Object.fromEntries([...new Set(batch.results.map((r) => r.workerId))].map((w) => [w, batch.results.filter((r) => r.workerId === w).length])),
     };
@@ -112,7 +118,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   ctx.log(`shoal up: ${s.itemsPerS.toFixed(2)} items/s`);
   return {
     params: { items: p.n, model: "imagegen-tiny", width: p.size, height: p.size, steps: p.steps, workers, threadsPerWorker, directThreads: workers * threadsPerWorker, warmUpItems: warm.length },
-    raw: { direct: d, directUnbatched: alone, shoalUp: s },
+    raw: { direct: d, directUnbatched: alone, shoalUp: s, fleetCpuMsPerItemOutsideInference: fleetOverheadByProcess(s.cpu, d.cpu, s.byWorker) },
     metrics: [
       check({
         name: "imagegen-tiny items/s through shoal up",
@@ -122,6 +128,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
         ratio: s.itemsPerS / d.itemsPerS,
         target: { of: "ratio", op: ">=", threshold: TARGET_RATIO, text: `≥ ${TARGET_RATIO} × direct` },
       }),
+      fleetOverheadMetric(s.cpu, d.cpu),
       {
         name: "the same vs direct, every item alone",
         value: s.itemsPerS,

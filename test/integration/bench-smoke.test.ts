@@ -10,9 +10,9 @@ import { ROOT } from "../harness/processes.js";
 // it runs to the end and that what it prints and writes is well-formed. Not how fast anything is:
 // a target that is missed is still a well-formed result.
 
-const CASES = ["dispatch", "fleet", "batch50", "onnx", "scale", "fsync", "encode", "sim", "cluster", "hedging"];
+const CASES = ["dispatch", "peer", "fleet", "batch50", "onnx", "scale", "fsync", "encode", "sim", "cluster", "hedging"];
 /** Which cases simulate GPUs: all but the ones that run imagegen-tiny and its encoders for real. */
-const SIMULATED: Record<string, boolean> = { dispatch: true, fleet: true, batch50: true, onnx: false, scale: true, fsync: true, encode: false, sim: true, cluster: true, hedging: true };
+const SIMULATED: Record<string, boolean> = { dispatch: true, peer: true, fleet: true, batch50: true, onnx: false, scale: true, fsync: true, encode: false, sim: true, cluster: true, hedging: true };
 
 function finiteNumbers(value: unknown, path: string, problems: string[]): void {
   if (typeof value === "number") {
