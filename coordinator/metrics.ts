@@ -62,6 +62,7 @@ export class CoordinatorMetrics {
   private readonly contentPolicyLoads: Counter;
   private readonly placementSeconds: Histogram;
   private readonly replans: Counter;
+  private readonly defragEvictions: Counter;
   private readonly tenantItems: Counter;
   private readonly tenantGpuSeconds: Counter;
 
@@ -83,6 +84,12 @@ export class CoordinatorMetrics {
       registers,
     });
     this.replans = new Counter({ name: "shoal_scheduler_replans_total", help: "Times the affinity planner split the fleet between models again", registers });
+    this.defragEvictions = new Counter({
+      name: "shoal_defrag_evictions_total",
+      help: "Models defragmentation asked a worker to evict, by result (evicted, refused, failed: no answer)",
+      labelNames: ["result"],
+      registers,
+    });
     const latency = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
     this.queueSeconds = new Histogram({ name: "shoal_item_queue_seconds", help: "Time from submission until the attempt that finished the item was assigned", labelNames: ["model"], buckets: latency, registers });
     this.runSeconds = new Histogram({ name: "shoal_item_run_seconds", help: "Time a worker spent on the item's last attempt", labelNames: ["model"], buckets: latency, registers });
@@ -226,6 +233,10 @@ export class CoordinatorMetrics {
   /** One placement decision took `seconds` (shoal_placement_seconds). */
   placement(seconds: number): void {
     this.placementSeconds.observe(seconds);
+  }
+
+  defragEviction(result: "evicted" | "refused" | "failed", n = 1): void {
+    this.defragEvictions.inc({ result }, n);
   }
 
   replanned(): void {
