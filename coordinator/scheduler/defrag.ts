@@ -103,15 +103,21 @@ function better(a: Eviction, b: Eviction): boolean {
 /**
  * How long the item would wait for room without any eviction: on each GPU that serves it, the
  * time until enough of its running attempts have ended (their activations come back; resident
- * weights stay), the least over those GPUs. Infinity when no GPU would ever have room so.
+ * weights stay), the least over those GPUs; 0 when one has room and a free slot now (the item
+ * waits by the plan's choice, not for VRAM). Infinity when no GPU would ever have room so.
  */
 export function waitWithoutEviction(gpus: readonly DefragGpu[], needOn: (g: DefragGpu) => number): number {
   let best = Infinity;
   for (const g of gpus) {
     let room = g.availableBytes;
     const need = needOn(g);
-    if (room >= need) return 0;
     const ends = [...g.running].sort((x, y) => x.endsInMs - y.endsInMs);
+    // A GPU with room but no free slot takes the item when its first running item ends.
+    if (room >= need) {
+      if (g.slotsFree > 0) return 0;
+      if (ends.length > 0) best = Math.min(best, Math.max(0, ends[0]!.endsInMs));
+      continue;
+    }
     for (const r of ends) {
       if (!Number.isFinite(r.endsInMs)) break;
       room += r.bytes;
