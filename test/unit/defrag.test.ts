@@ -4,10 +4,19 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { planEvictions, waitWithoutEviction, type DefragGpu } from "../../coordinator/scheduler/defrag.js";
+import { planEvictions, waitWithoutEviction, type DefragGpu, type Eviction } from "../../coordinator/scheduler/defrag.js";
 import { POLICIES, simulate, type SimWorkload } from "../../bench/sim/simulator.js";
 import { DEFRAG_MODELS, defragShape } from "../../bench/sim/defrag-workload.js";
 import { SHAPES } from "../../bench/sim/workloads.js";
+import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
+import { Attempts } from "../../coordinator/attempts.js";
+import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
+import { BatchQueue } from "../../coordinator/batch-queue.js";
+import type { WorkerRecord } from "../../coordinator/fleet.js";
+import { newEnginePolicy, schedulePass, type EngineState } from "../../coordinator/scheduler/engine.js";
+import { VramEstimates, shapeKey } from "../../coordinator/vram-estimates.js";
+import { VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
+import { residentWeightsProblem } from "../../coordinator/wire-validation.js";
 
 const GB = 1e9;
 
@@ -94,6 +103,100 @@ test("defrag - the wait without eviction: 0 with room and a slot now; the first 
   assert.equal(waitWithoutEviction([gpu("a/0", { availableBytes: 5 * GB, slotsFree: 0, running: [{ endsInMs: 700, bytes: 1 }] })], need), 700);
   assert.equal(waitWithoutEviction([gpu("a/0", { availableBytes: 1 * GB, running: [{ endsInMs: Infinity, bytes: 8 * GB }] })], need), Infinity);
   assert.equal(waitWithoutEviction([gpu("a/0", { availableBytes: 1 * GB, running: [{ endsInMs: 900, bytes: 2 * GB }, { endsInMs: 400, bytes: 1 * GB }] })], need), 900);
+});
+
+// --- the engine: the ledger's resident weights in, evictions out ------------------------------
+
+function batchOf(id: string, items: { model: string; weights: number; activation: number }[]): ActiveBatch {
+  const slots: ItemSlot[] = items.map((it) => ({
+    model: it.model,
+    params: {},
+    need: { weightsBytes: it.weights, activationBytes: it.activation },
+    state: "pending",
+    attempts: 0,
+    lease: undefined,
+    closed: undefined,
+    result: undefined,
+    queuedAtMs: 0,
+    firstQueuedAtMs: 0,
+    shapeKey: shapeKey(it.model, {}),
+  }));
+  const record = { batch: { id, priority: 0 }, items: [] } as unknown as ConstructorParameters<typeof ActiveBatch>[0];
+  return new ActiveBatch(record, 1, slots, 3, 0);
+}
+
+/** One 14 GB budget worker that keeps `resident` (model → weights) loaded and counted: free = 14 − their weights. */
+function engineState(resident: Record<string, number>, batches: ActiveBatch[], defrag = true): EngineState {
+  const ledger = new VramLedger();
+  const used = Object.values(resident).reduce((a, b) => a + b, 0);
+  ledger.observe("w1", [{ index: 0, name: "g", totalBytes: 14 * GB, freeBytes: 14 * GB - used, source: "budget" }], []);
+  ledger.observeResident("w1", Object.entries(resident).map(([model, weightsBytes]) => ({ gpuIndex: 0, model, weightsBytes })));
+  const worker: WorkerRecord = { id: "w1", incarnation: "i", state: WorkerState.WORKER_STATE_READY, lastSeenMs: 0, lastSeq: 1, hostname: "h", resident: new Set(Object.keys(resident)), models: new Set(["a", "b"]), maxInFlight: 4, itemsDone: 0, heldReported: 0, unreachable: false };
+  const map = new Map<string, ActiveBatch>();
+  // Waiting items are kept per model, as the coordinator's queue keeps them.
+  const queue = new BatchQueue({ classify: (batchId, index) => ({ group: map.get(batchId)!.items[index]!.model, rank: 0 }) });
+  for (const b of batches) {
+    map.set(b.id, b);
+    for (let i = 0; i < b.items.length; i++) queue.add(b.id, i, 0);
+  }
+  const engine = newEnginePolicy();
+  if (defrag) engine.defrag = { busy: new Set(), evictions: [] };
+  return { queue, batches: map, workers: [worker], ledger, attempts: new Attempts(ledger), estimates: new VramEstimates(), engine };
+}
+
+let tokens = 0;
+const passInput = { nowMs: 1000, recoveringUntilMs: 0, policy: "best-fit" as const, newToken: (a: number) => `${a}.t${tokens++}` };
+
+test("defrag engine - an item of another model that fits only without the idle resident weights gets an eviction", () => {
+  const state = engineState({ a: 4 * GB }, [batchOf("b1", [{ model: "b", weights: 8 * GB, activation: 4 * GB }])]);
+  const out = schedulePass(state, passInput);
+  assert.equal(out.size, 0, "12 GB do not fit the 10 GB left beside a's weights");
+  assert.deepEqual(state.engine!.defrag!.evictions.map((e) => [e.workerId, e.gpuIndex, e.models, e.forModel]), [["w1", 0, ["a"], "b"]]);
+  // Off: the same pass decides nothing.
+  const off = engineState({ a: 4 * GB }, [batchOf("b1", [{ model: "b", weights: 8 * GB, activation: 4 * GB }])], false);
+  schedulePass(off, passInput);
+  assert.equal(off.engine!.defrag, undefined);
+});
+
+test("defrag engine - an item of the resident model needs only its activations, and its weights stay counted after it", () => {
+  const b = batchOf("b1", [{ model: "a", weights: 4 * GB, activation: 2 * GB }]);
+  const state = engineState({ a: 4 * GB }, [b]);
+  const out = schedulePass(state, passInput);
+  const placed = out.get("w1") ?? [];
+  assert.equal(placed.length, 1);
+  assert.equal(state.ledger.available(gpuKey("w1", 0)), 8 * GB, "only the 2 GB of activations are reserved");
+  assert.deepEqual(state.engine!.defrag!.evictions, []);
+  // The worker counts the item (a report lists it), then it ends: its activations come back, a's weights stay.
+  state.ledger.observe("w1", [{ index: 0, name: "g", totalBytes: 14 * GB, freeBytes: 8 * GB, source: "budget" }], [placed[0]!.lease.token]);
+  state.attempts.end(placed[0]!.lease.token);
+  assert.equal(state.ledger.available(gpuKey("w1", 0)), 10 * GB);
+});
+
+test("defrag engine - a model with a live attempt on the GPU is never proposed for eviction", () => {
+  // a is resident and an item of it runs (placed by an earlier pass); b's item cannot fit.
+  const state = engineState({ a: 4 * GB }, [batchOf("b0", [{ model: "a", weights: 4 * GB, activation: 2 * GB }])]);
+  schedulePass(state, passInput);
+  const blocked = batchOf("b1", [{ model: "b", weights: 8 * GB, activation: 4 * GB }]);
+  (state.batches as Map<string, ActiveBatch>).set("b1", blocked);
+  state.queue.add("b1", 0, 0);
+  schedulePass(state, passInput);
+  assert.equal(blocked.items[0]!.state, "pending", "b's item cannot fit beside a's weights and running item");
+  assert.deepEqual(state.engine!.defrag!.evictions, []);
+  // Once a's item has ended, a is idle: now it is the one to go.
+  const running = [...(state.batches.get("b0")!.items)].map((i) => i.lease!.token);
+  for (const token of running) state.attempts.end(token);
+  schedulePass(state, passInput);
+  const later: Eviction[] = state.engine!.defrag!.evictions;
+  assert.deepEqual(later.map((e) => e.models), [["a"]]);
+});
+
+test("defrag - resident weights reported by a worker are bounded and must name its own GPUs", () => {
+  const gpus = [{ index: 0, name: "g", vramTotalBytes: 10, vramFreeBytes: 5, source: "budget" }];
+  assert.equal(residentWeightsProblem([{ model: "a", gpuIndex: 0, weightsBytes: 4 }], gpus), undefined);
+  assert.match(residentWeightsProblem([{ model: "a", gpuIndex: 3, weightsBytes: 4 }], gpus)!, /resident_weights\[0\]\.gpu_index: 3 is not one of the reported GPUs/);
+  assert.match(residentWeightsProblem([{ model: "a", gpuIndex: 0, weightsBytes: 11 }], gpus)!, /weights_bytes: 11 exceeds the GPU's total 10/);
+  assert.match(residentWeightsProblem([{ model: "", gpuIndex: 0, weightsBytes: 1 }], gpus)!, /model: must be 1\.\.128 characters/);
+  assert.match(residentWeightsProblem(Array.from({ length: 1025 }, () => ({ model: "a", gpuIndex: 0, weightsBytes: 1 })), gpus)!, /more than 1024 entries/);
 });
 
 // --- through the simulator: the real engine, ledger and attempts on a virtual clock ----------
