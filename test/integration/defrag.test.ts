@@ -1,7 +1,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BatchState } from "../../proto/gen/shoal/v1/shoal.js";
-import { Stack, type Proc } from "../harness/processes.js";
+import { freePort, Stack, type Proc } from "../harness/processes.js";
 import { TestClient } from "../harness/client.js";
 
 // Defragmentation on real processes. The worker is SIMULATED with a 14 GB budget and
@@ -27,15 +27,27 @@ async function leaveSim6gResident(client: TestClient): Promise<void> {
 
 const logged = (p: Proc, msg: string) => p.logs.filter((l) => l.msg === msg);
 
+/** One sample of a Prometheus text exposition (0 when absent). */
+async function metric(port: number, name: string, labels: string): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5000) });
+  const line = (await res.text()).split("\n").find((l) => l.startsWith(`${name}{`) && labels.split(",").every((kv) => l.includes(kv)));
+  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : 0;
+}
+
 describe("defrag - an idle resident model is evicted for an item that fits nowhere else", () => {
   const stack = new Stack();
   let client: TestClient;
   let worker: Proc;
+  let coordinatorMetrics: number;
+  let workerMetrics: number;
 
   before(async () => {
     await stack.startNats();
-    await stack.startCoordinator();
-    worker = await stack.startWorker("w", WORKER_ARGS);
+    coordinatorMetrics = await freePort();
+    workerMetrics = await freePort();
+    // A later --metrics-port wins over the harness's "--metrics-port 0".
+    await stack.startCoordinator(["--metrics-port", String(coordinatorMetrics)]);
+    worker = await stack.startWorker("w", [...WORKER_ARGS, "--metrics-port", String(workerMetrics)]);
     client = new TestClient(stack.grpcAddr);
     await client.waitForWorkers(1);
   });
@@ -62,6 +74,9 @@ describe("defrag - an idle resident model is evicted for an item that fits nowhe
     assert.deepEqual(decided[0]!.models, ["sim-6g"]);
     assert.equal(decided[0]!.forModel, "sim-12g");
     assert.equal(decided[0]!.workerId, "w");
+    // Counted on both sides.
+    assert.equal(await metric(workerMetrics, "shoal_worker_evictions_total", 'model="sim-6g",reason="defrag"'), 1);
+    assert.equal(await metric(coordinatorMetrics, "shoal_defrag_evictions_total", 'result="evicted"'), 1);
     // sim-12g is resident now (kept after its item), sim-6g is not.
     const deadline = Date.now() + 20_000;
     for (;;) {
@@ -112,6 +127,7 @@ describe("defrag - an idle resident model is evicted for an item that fits nowhe
       assert.match(bad.error, /gpu_index: 7 is not a GPU of this worker/);
       const garbage = EvictReply.decode((await nc.request("shoal.worker.w.evict", new Uint8Array([0xff, 0xff, 0xff]), { timeout: 5000 })).data);
       assert.notEqual(garbage.error, "");
+      assert.equal(await metric(workerMetrics, "shoal_protocol_errors_total", 'kind="evict"'), 2);
     } finally {
       await nc.close();
     }
