@@ -69,6 +69,13 @@ export class VramLedger {
    * only an eviction (defragmentation) gives them back.
    */
   private readonly residentByGpu = new Map<string, Map<string, number>>();
+  /**
+   * workerId → items its last full report listed that are no live lease here: their outcomes
+   * came first, so that report's free figure still counts room the ledger has already given
+   * back (a heartbeat sent just before an item ended). Until a report without them, its GPUs'
+   * figures understate what is free.
+   */
+  private readonly staleHeld = new Map<string, number>();
 
   /**
    * A report from the worker (heartbeat, or its answer to an assignment): replaces each GPU's
@@ -101,6 +108,13 @@ export class VramLedger {
     next.sort((a, b) => a.index - b.index);
     this.byWorker.set(workerId, next);
     const held = heldTokens instanceof Set ? (heldTokens as Set<string>) : new Set(heldTokens);
+    if (!partial) {
+      const mine = this.leasesByWorker.get(workerId);
+      let stale = 0;
+      for (const token of held) if (!mine?.has(token)) stale++;
+      if (stale > 0) this.staleHeld.set(workerId, stale);
+      else this.staleHeld.delete(workerId);
+    }
     for (const token of this.leasesByWorker.get(workerId) ?? []) {
       const lease = this.leases.get(token)!;
       if (held.has(token)) {
@@ -124,6 +138,15 @@ export class VramLedger {
       if (!m) this.residentByGpu.set(key, (m = new Map()));
       m.set(r.model, r.weightsBytes);
     }
+  }
+
+  /**
+   * False while the worker's last full report listed items whose attempts have ended here: its
+   * free figures are too low until its next report (defragmentation waits for that, rather than
+   * evicting for room that is about to show).
+   */
+  settled(workerId: string): boolean {
+    return !this.staleHeld.has(workerId);
   }
 
   /** Models whose weights the worker keeps (and counts) on this GPU, with their bytes. */
@@ -183,6 +206,7 @@ export class VramLedger {
   removeWorker(workerId: string): void {
     for (const token of [...(this.leasesByWorker.get(workerId) ?? [])]) this.end(token, this.leases.get(token)!);
     this.leasesByWorker.delete(workerId);
+    this.staleHeld.delete(workerId);
     for (const g of this.byWorker.get(workerId) ?? []) {
       this.gpus.delete(g.key);
       this.warmCounts.delete(g.key);

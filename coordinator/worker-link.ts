@@ -143,6 +143,7 @@ export class WorkerLink {
           accepted,
           true, // the answer lists only the items just taken, not all the worker holds
         );
+        if (!residentWeightsProblem(decoded.residentWeights, decoded.gpus)) this.d.ledger.observeResident(workerId, decoded.residentWeights);
       }
     } catch (err) {
       why = errorMessage(err);

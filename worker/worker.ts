@@ -187,7 +187,7 @@ export class ShoalWorker {
       if (this.state !== "RUNNING") errors.push(`worker is ${this.state.toLowerCase()}`);
       if (badLeases > 0) errors.push(`${badLeases} item(s) refused for a bad lease (${firstBadLease})`);
       if (refused > 0) errors.push(`${refused} item(s) do not fit the VRAM left here`);
-      reply = { accepted, error: errors.join("; "), gpus: this.gpuStatus() };
+      reply = { accepted, error: errors.join("; "), gpus: this.gpuStatus(), residentWeights: this.residentWeights() };
     } catch (err) {
       if (err instanceof ProtocolError) this.protocolError("assign", msg.subject, err.message);
       else this.log.error({ err: errorMessage(err) }, "bad assignment");
@@ -275,7 +275,13 @@ export class ShoalWorker {
       if (m) out.push({ model, gpuIndex, weightsBytes: m.vram.weights_bytes });
     };
     const budget = this.devices.find((d) => d.source === "budget");
-    if (budget) for (const m of this.backend.keptWeights?.() ?? []) add(m, budget.index);
+    if (budget && this.opts.simulate && this.opts.simKeepWeights) {
+      // Kept after their items end: the loaded models, and those of the items held (loading
+      // now or soon), so the coordinator never takes their weights as given back.
+      const kept = new Set(this.backend.keptWeights?.() ?? []);
+      for (const h of this.held.values()) if (h.gpuIndex === budget.index) kept.add(h.model.name);
+      for (const m of kept) add(m, budget.index);
+    }
     const cuda = this.opts.executionProviders.map((p) => cudaDevice(p)).find((d) => d !== undefined);
     if (this.devices.some((d) => d.source === "nvidia-smi" && d.index === cuda)) for (const m of this.backend.residentModels()) add(m, cuda!);
     return out;

@@ -211,7 +211,9 @@ function planDefrag(state: EngineState, eng: EnginePolicy, defrag: DefragState, 
       const counted = new Set<string>(resident.keys());
       for (const m of state.ledger.warmModels(g.key)) counted.add(m);
       const idle = new Map<string, number>();
-      for (const [m, bytes] of resident) if (!state.ledger.warm(g.key, m)) idle.set(m, bytes);
+      // A worker whose last report still counts items that have ended is not asked to evict:
+      // its figure understates the room, which its next report shows.
+      if (state.ledger.settled(w.id)) for (const [m, bytes] of resident) if (!state.ledger.warm(g.key, m)) idle.set(m, bytes);
       gpus.push({ key: g.key, workerId: w.id, gpuIndex: g.index, availableBytes: state.ledger.available(g.key), slotsFree: w.slotsFree, serves: w.models, counted, idle, running: [] });
     }
   }

@@ -158,6 +158,21 @@ test("defrag engine - an item of another model that fits only without the idle r
   assert.equal(off.engine!.defrag, undefined);
 });
 
+test("defrag engine - no eviction on a report that still counts items already ended: it waits for the next report", () => {
+  const state = engineState({ a: 4 * GB }, [batchOf("b1", [{ model: "b", weights: 8 * GB, activation: 4 * GB }])]);
+  // A heartbeat sent just before an item ended arrives after its outcome: it lists a token the ledger no longer has.
+  state.ledger.observe("w1", [{ index: 0, name: "g", totalBytes: 14 * GB, freeBytes: 8 * GB, source: "budget" }], ["1.ended"]);
+  assert.equal(state.ledger.settled("w1"), false);
+  schedulePass(state, passInput);
+  assert.deepEqual(state.engine!.defrag!.evictions, []);
+  // The next report shows what is really free: a's idle weights are what keeps b out.
+  state.ledger.observe("w1", [{ index: 0, name: "g", totalBytes: 14 * GB, freeBytes: 10 * GB, source: "budget" }], []);
+  assert.equal(state.ledger.settled("w1"), true);
+  schedulePass(state, passInput);
+  const now: Eviction[] = state.engine!.defrag!.evictions;
+  assert.deepEqual(now.map((e) => e.models), [["a"]]);
+});
+
 test("defrag engine - an item of the resident model needs only its activations, and its weights stay counted after it", () => {
   const b = batchOf("b1", [{ model: "a", weights: 4 * GB, activation: 2 * GB }]);
   const state = engineState({ a: 4 * GB }, [b]);

@@ -113,6 +113,11 @@ export interface AssignReply {
    * coordinator's ledger does not wait for the next heartbeat.
    */
   gpus: GpuStatus[];
+  /**
+   * Its resident weights then (as in Heartbeat), models of the accepted items included where
+   * the worker will keep them after the items end.
+   */
+  residentWeights: ResidentWeights[];
 }
 
 /** Request on `<prefix>.worker.<worker_id>.cancel`. */
@@ -1164,7 +1169,7 @@ export const AssignedItem: MessageFns<AssignedItem> = {
 };
 
 function createBaseAssignReply(): AssignReply {
-  return { accepted: [], error: "", gpus: [] };
+  return { accepted: [], error: "", gpus: [], residentWeights: [] };
 }
 
 export const AssignReply: MessageFns<AssignReply> = {
@@ -1177,6 +1182,9 @@ export const AssignReply: MessageFns<AssignReply> = {
     }
     for (const v of message.gpus) {
       GpuStatus.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.residentWeights) {
+      ResidentWeights.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1218,6 +1226,14 @@ export const AssignReply: MessageFns<AssignReply> = {
             message.gpus.push(GpuStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.residentWeights.push(ResidentWeights.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1235,6 +1251,11 @@ export const AssignReply: MessageFns<AssignReply> = {
       accepted: globalThis.Array.isArray(object?.accepted) ? object.accepted.map((e: any) => globalThis.String(e)) : [],
       error: isSet(object.error) ? globalThis.String(object.error) : "",
       gpus: globalThis.Array.isArray(object?.gpus) ? object.gpus.map((e: any) => GpuStatus.fromJSON(e)) : [],
+      residentWeights: globalThis.Array.isArray(object?.residentWeights)
+        ? object.residentWeights.map((e: any) => ResidentWeights.fromJSON(e))
+        : globalThis.Array.isArray(object?.resident_weights)
+        ? object.resident_weights.map((e: any) => ResidentWeights.fromJSON(e))
+        : [],
     };
   },
 
@@ -1249,6 +1270,9 @@ export const AssignReply: MessageFns<AssignReply> = {
     if (message.gpus?.length) {
       obj.gpus = message.gpus.map((e) => GpuStatus.toJSON(e));
     }
+    if (message.residentWeights?.length) {
+      obj.residentWeights = message.residentWeights.map((e) => ResidentWeights.toJSON(e));
+    }
     return obj;
   },
 
@@ -1260,6 +1284,7 @@ export const AssignReply: MessageFns<AssignReply> = {
     message.accepted = object.accepted?.map((e) => e) || [];
     message.error = object.error ?? "";
     message.gpus = object.gpus?.map((e) => GpuStatus.fromPartial(e)) || [];
+    message.residentWeights = object.residentWeights?.map((e) => ResidentWeights.fromPartial(e)) || [];
     return message;
   },
 };
