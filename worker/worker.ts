@@ -230,10 +230,16 @@ export class ShoalWorker {
         const refused: { model: string; reason: string }[] = [];
         const reason = req.reason === "defrag" ? "defrag" : "other";
         for (const model of new Set(req.models)) {
-          const why = await this.evictOne(model, reason);
-          if (why === undefined) evicted.push(model);
-          else refused.push({ model, reason: why });
-          this.log.info({ workerId: this.opts.id, model, gpuIndex: req.gpuIndex, reason, ...(why ? { refused: why } : {}) }, why ? "eviction refused" : "model evicted");
+          const r = await this.evictOne(model, reason);
+          const ids = { workerId: this.opts.id, model, gpuIndex: req.gpuIndex, reason };
+          if (typeof r === "object") {
+            refused.push({ model, reason: r.refused });
+            this.log.info({ ...ids, refused: r.refused }, "eviction refused");
+          } else {
+            // Not loaded: nothing to free, and nothing left of it to count either.
+            evicted.push(model);
+            this.log.info(ids, r === "evicted" ? "model evicted" : "eviction asked for a model not loaded");
+          }
         }
         reply = { evicted, refused, gpus: this.gpuStatus(), residentWeights: this.residentWeights() };
       }
@@ -249,17 +255,16 @@ export class ShoalWorker {
     }
   }
 
-  /** Evicts one model; undefined when done (or nothing was loaded), else why not. */
-  private async evictOne(model: string, reason: string): Promise<string | undefined> {
-    if (!this.manifests.has(model)) return `model ${model} is not served by worker ${this.opts.id}`;
+  /** Evicts one model, or says why not. */
+  private async evictOne(model: string, reason: string): Promise<"evicted" | "not-loaded" | { refused: string }> {
+    if (!this.manifests.has(model)) return { refused: `model ${model} is not served by worker ${this.opts.id}` };
     let held = 0;
     for (const h of this.held.values()) if (h.model.name === model) held++;
-    if (held > 0) return `${held} item(s) of ${model} held here (running or queued)`;
-    if (!this.backend.evict) return "this inference backend cannot evict models";
+    if (held > 0) return { refused: `${held} item(s) of ${model} held here (running or queued)` };
+    if (!this.backend.evict) return { refused: "this inference backend cannot evict models" };
     const r = await this.backend.evict(model);
-    if (typeof r === "object") return r.refused;
     if (r === "evicted") this.metrics?.evicted(model, reason);
-    return undefined;
+    return r;
   }
 
   /**
