@@ -82,7 +82,7 @@ export function workerPermissions(prefix: string, workerId: string): Permissions
       `$O.${n.artifactsBucket}.M.*`,
       `$KV.${n.modelsBucket}.*`,
     ],
-    subscribe: [n.assign(workerId), n.cancel(workerId), n.drain(workerId), n.coordinatorHello, `_INBOX_${workerId}.>`],
+    subscribe: [n.assign(workerId), n.cancel(workerId), n.drain(workerId), n.evict(workerId), n.coordinatorHello, `_INBOX_${workerId}.>`],
     allowResponses: true,
   };
 }

@@ -57,6 +57,7 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--hedge-after-factor <k>", "hedge an item once it runs past k × its predicted time (or its GPU is predicted k × slower than an idle one)").env("SHOAL_HEDGE_AFTER_FACTOR").default("2"))
     .addOption(new Option("--hedge-min-overrun <duration>", "an item counts as overrunning its predicted time only once it is also this much past it").env("SHOAL_HEDGE_MIN_OVERRUN").default("1s"))
     .addOption(new Option("--load-bandwidth <size>", "bytes per second GPUs load model weights at, the cost of switching a GPU to another model (0 = unknown)").env("SHOAL_LOAD_BANDWIDTH").default("0"))
+    .addOption(new Option("--defrag <on|off>", "evict idle resident weights when that opens room for a waiting item that fits nowhere and the wait saved beats the reload").env("SHOAL_DEFRAG").choices(["on", "off"]).default("on"))
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
     .addOption(new Option("--api-keys-file <file>", "JSON keys file (tenants, roles, limits; see docs/security.md); reloaded on SIGHUP").env("SHOAL_API_KEYS_FILE"))
     .addOption(new Option("--max-queued-items <n>", "waiting items beyond which SubmitBatch is refused (RESOURCE_EXHAUSTED)").env("SHOAL_MAX_QUEUED_ITEMS").default(String(d.maxQueuedItems)))
@@ -118,6 +119,7 @@ export function workerFlags(cmd: Command, forUp = false): Command {
     .addOption(new Option("--simulate", "SIMULATION: run the sim-* models (sleep instead of compute), for load tests").env("SHOAL_SIMULATE"))
     .addOption(new Option("--sim-speed <factor>", "SIMULATION: items take work_ms / factor (a GPU this many times as fast)").env("SHOAL_SIM_SPEED").default("1"))
     .addOption(new Option("--sim-load-bandwidth <size>", "SIMULATION: bytes per second model weights load at, paid the first time a model runs (0 = instantly)").env("SHOAL_SIM_LOAD_BANDWIDTH").default("0"))
+    .addOption(new Option("--sim-keep-weights", "SIMULATION: loaded models keep their weights in the VRAM budget after their last item, until the coordinator evicts them").env("SHOAL_SIM_KEEP_WEIGHTS"))
     .addOption(new Option("--nvidia-smi <path>", "nvidia-smi binary").env("SHOAL_NVIDIA_SMI").default("nvidia-smi"));
 }
 
@@ -237,6 +239,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     hedging: raw.hedging !== "off",
     hedgeAfterFactor: hedgeAfterFactor(raw.hedgeAfterFactor ?? "2"),
     hedgeMinOverrunMs: parseDuration("--hedge-min-overrun", String(raw.hedgeMinOverrun ?? "1s")),
+    defrag: raw.defrag !== "off",
     loadBytesPerS: optionalBytes("--load-bandwidth", raw.loadBandwidth ?? "0"),
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),
@@ -269,6 +272,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
     simSpeed: simSpeed(raw.simSpeed ?? "1"),
     simLoadBytesPerS: optionalBytes("--sim-load-bandwidth", raw.simLoadBandwidth ?? "0"),
+    simKeepWeights: flagOn(raw.simKeepWeights),
     nvidiaSmi: String(raw.nvidiaSmi ?? "nvidia-smi"),
     replicas: replicas(raw.replicas),
   });

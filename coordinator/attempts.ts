@@ -28,6 +28,9 @@ export interface OpenAttempt {
   workerId: string;
   startMs: number;
   predictedMs: number;
+  /** Its GPU and the activations it gives back when it ends (defragmentation's wait estimate). */
+  gpuIndex?: number;
+  activationBytes?: number;
 }
 
 export class Attempts {
@@ -154,7 +157,7 @@ export class Attempts {
   }
 
   private track(attempt: Attempt, model: string): void {
-    this.openInfo.set(attempt.token, { model, workerId: attempt.workerId, startMs: attempt.assignedAtMs, predictedMs: attempt.predictedMs ?? 0 });
+    this.openInfo.set(attempt.token, { model, workerId: attempt.workerId, startMs: attempt.assignedAtMs, predictedMs: attempt.predictedMs ?? 0, gpuIndex: attempt.gpuIndex, activationBytes: attempt.activationBytes });
     let set = this.byWorker.get(attempt.workerId);
     if (!set) this.byWorker.set(attempt.workerId, (set = new Set()));
     set.add(attempt.token);

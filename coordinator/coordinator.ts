@@ -27,6 +27,7 @@ import { ResultLog } from "./result-log.js";
 import { performance } from "node:perf_hooks";
 import { AffinityPlanner } from "./scheduler/affinity.js";
 import { DurationModel, gpuTypeOf } from "./scheduler/durations.js";
+import type { Eviction } from "./scheduler/defrag.js";
 import { findUnplaceable, newEnginePolicy, noteNeed, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
 import { LearnedPredictor } from "./scheduler/predictor.js";
 import { DEFAULT_HEDGE_AFTER_FACTOR } from "./scheduler/hedging.js";
@@ -132,6 +133,7 @@ export class Coordinator {
       timer: () => performance.now(),
       hedging: opts.hedging === false ? undefined : { afterFactor: opts.hedgeAfterFactor ?? DEFAULT_HEDGE_AFTER_FACTOR, minOverrunMs: opts.hedgeMinOverrunMs },
     });
+    if (opts.defrag ?? true) this.engine.defrag = { busy: new Set(), evictions: [] };
     this.names = new Names(opts.prefix);
     this.contentPolicy = new ContentPolicyStage(opts.contentPolicyFile, log.child({ component: "content-policy" }), (rules, outcome) => metrics?.contentPolicyLoaded(rules, outcome));
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
@@ -495,8 +497,34 @@ export class Coordinator {
       }
       void this.link.send(workerId, list);
     }
+    for (const e of this.engine.defrag?.evictions ?? []) this.sendEviction(e);
     const plans = this.engine.affinity?.plans ?? 0;
     for (; this.plansCounted < plans; this.plansCounted++) this.metrics?.replanned();
+  }
+
+  /** Carries one defragmentation decision to its worker; the GPU takes no other until it answers. */
+  private sendEviction(e: Eviction): void {
+    const busy = this.engine.defrag!.busy;
+    busy.add(e.gpuKey);
+    const ids = { workerId: e.workerId, gpuIndex: e.gpuIndex, models: e.models, forModel: e.forModel };
+    this.log.info({ ...ids, bytes: e.bytes, gainMs: Number.isFinite(e.gainMs) ? Math.round(e.gainMs) : "unbounded", reloadMs: Math.round(e.costMs) }, "defrag: evicting idle weights for an item that fits nowhere");
+    void this.link
+      .evict(e)
+      .then(({ evicted, refused }) => {
+        if (evicted.length > 0) this.metrics?.defragEviction("evicted", evicted.length);
+        if (refused.length > 0) {
+          this.metrics?.defragEviction("refused", refused.length);
+          this.log.warn({ ...ids, refused }, "defrag: worker refused to evict");
+        }
+      })
+      .catch((err: unknown) => {
+        this.metrics?.defragEviction("failed", e.models.length);
+        this.log.warn({ ...ids, err: errorMessage(err) }, "defrag: eviction not done");
+      })
+      .finally(() => {
+        busy.delete(e.gpuKey);
+        this.scheduleSoon();
+      });
   }
 
   private tick(): void {

@@ -63,6 +63,7 @@ export class CoordinatorMetrics {
   private readonly placementSeconds: Histogram;
   private readonly replans: Counter;
   private readonly hedges: Counter;
+  private readonly defragEvictions: Counter;
   private readonly tenantItems: Counter;
   private readonly tenantGpuSeconds: Counter;
 
@@ -88,6 +89,12 @@ export class CoordinatorMetrics {
       name: "shoal_item_hedges_total",
       help: "Hedged items (a second copy of a straggler on an idle GPU) by how the pair ended: won (the copy ended the item), lost (the original did; the copy was cancelled), cancelled (one copy failed or was taken back, or the batch was cancelled)",
       labelNames: ["model", "outcome"],
+      registers,
+    });
+    this.defragEvictions = new Counter({
+      name: "shoal_defrag_evictions_total",
+      help: "Models defragmentation asked a worker to evict, by result (evicted, refused, failed: no answer)",
+      labelNames: ["result"],
       registers,
     });
     const latency = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
@@ -238,6 +245,10 @@ export class CoordinatorMetrics {
   /** A hedged item's pair of attempts ended (see HedgeEnd in batch-state.ts). */
   hedgeEnded(model: string, outcome: "won" | "lost" | "cancelled"): void {
     this.hedges.inc({ model, outcome });
+  }
+
+  defragEviction(result: "evicted" | "refused" | "failed", n = 1): void {
+    this.defragEvictions.inc({ result }, n);
   }
 
   replanned(): void {

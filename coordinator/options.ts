@@ -59,6 +59,8 @@ export interface CoordinatorOptions {
   hedgeMinOverrunMs?: number;
   /** Bytes per second GPUs load model weights at, for the cost of switching models (0 = unknown). */
   loadBytesPerS?: number;
+  /** Evict idle resident weights to fit a waiting item (scheduler/defrag.ts); default on. */
+  defrag?: boolean;
   /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */
   replicas?: number;
   /** Standby coordinators: how long the active one's lease lasts unrenewed (--lease-ttl); default LEASE_TTL_MS. */
@@ -88,6 +90,7 @@ export const COORDINATOR_DEFAULTS = {
   forgetDurations: false,
   scheduler: "affinity" as "affinity" | "greedy",
   longestFirst: true,
+  defrag: true,
   loadBytesPerS: 0,
   replicas: 1,
   leaseTtlMs: 2000,

@@ -49,9 +49,11 @@ export function placeItem(
     const resident = w.resident.has(item.model);
     for (const g of ledger.gpusOf(w.id)) {
       if (gpuFilter && !gpuFilter(g.key)) continue;
-      // Weights are free only where a live lease of the model keeps them counted; a model the
-      // worker merely has loaded may be evicted, so its weights are counted again (safe).
-      const warm = ledger.warm(g.key, item.model);
+      // Weights are free only where a live lease of the model keeps them counted, or where the
+      // worker reports keeping them resident and counted in its free figure (until evicted); a
+      // model the worker merely has loaded elsewhere may be evicted, so its weights are counted
+      // again (safe). The worker's own check decides on what it really holds.
+      const warm = ledger.warm(g.key, item.model) || ledger.residentWeights(g.key).has(item.model);
       const left = fits(g.freeBytes, g.reservedBytes, item, warm);
       if (left === undefined) continue;
       const bytes = bytesToReserve(item, warm);

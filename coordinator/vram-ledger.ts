@@ -52,6 +52,8 @@ export class ReservationError extends Error {
   readonly code = "OVERBOOKED";
 }
 
+const EMPTY: ReadonlyMap<string, number> = new Map();
+
 export class VramLedger {
   private readonly gpus = new Map<string, GpuView>();
   /** The same GPUs by worker, sorted by index: placement reads this for every item. */
@@ -61,6 +63,19 @@ export class VramLedger {
   private readonly warmCounts = new Map<string, Map<string, number>>();
   /** workerId → its live lease tokens, so a report only visits its own worker's leases. */
   private readonly leasesByWorker = new Map<string, Set<string>>();
+  /**
+   * gpuKey → model → weights the worker keeps loaded and counts as used in that GPU's free
+   * figure, idle or not (Heartbeat.resident_weights). Their weights are paid there already, and
+   * only an eviction (defragmentation) gives them back.
+   */
+  private readonly residentByGpu = new Map<string, Map<string, number>>();
+  /**
+   * workerId → items its last full report listed that are no live lease here: their outcomes
+   * came first, so that report's free figure still counts room the ledger has already given
+   * back (a heartbeat sent just before an item ended). Until a report without them, its GPUs'
+   * figures understate what is free.
+   */
+  private readonly staleHeld = new Map<string, number>();
 
   /**
    * A report from the worker (heartbeat, or its answer to an assignment): replaces each GPU's
@@ -85,10 +100,21 @@ export class VramLedger {
       view.source = g.source;
       next.push(view);
     }
-    for (const old of previous) if (!next.includes(old)) this.gpus.delete(old.key);
+    for (const old of previous) {
+      if (next.includes(old)) continue;
+      this.gpus.delete(old.key);
+      this.residentByGpu.delete(old.key);
+    }
     next.sort((a, b) => a.index - b.index);
     this.byWorker.set(workerId, next);
     const held = heldTokens instanceof Set ? (heldTokens as Set<string>) : new Set(heldTokens);
+    if (!partial) {
+      const mine = this.leasesByWorker.get(workerId);
+      let stale = 0;
+      for (const token of held) if (!mine?.has(token)) stale++;
+      if (stale > 0) this.staleHeld.set(workerId, stale);
+      else this.staleHeld.delete(workerId);
+    }
     for (const token of this.leasesByWorker.get(workerId) ?? []) {
       const lease = this.leases.get(token)!;
       if (held.has(token)) {
@@ -100,6 +126,32 @@ export class VramLedger {
         lease.letGo = true;
       }
     }
+  }
+
+  /** The resident weights a worker reports (all of them: the list replaces the last one). */
+  observeResident(workerId: string, list: Iterable<{ gpuIndex: number; model: string; weightsBytes: number }>): void {
+    for (const g of this.byWorker.get(workerId) ?? []) this.residentByGpu.delete(g.key);
+    for (const r of list) {
+      const key = gpuKey(workerId, r.gpuIndex);
+      if (!this.gpus.has(key)) continue;
+      let m = this.residentByGpu.get(key);
+      if (!m) this.residentByGpu.set(key, (m = new Map()));
+      m.set(r.model, r.weightsBytes);
+    }
+  }
+
+  /**
+   * False while the worker's last full report listed items whose attempts have ended here: its
+   * free figures are too low until its next report (defragmentation waits for that, rather than
+   * evicting for room that is about to show).
+   */
+  settled(workerId: string): boolean {
+    return !this.staleHeld.has(workerId);
+  }
+
+  /** Models whose weights the worker keeps (and counts) on this GPU, with their bytes. */
+  residentWeights(key: string): ReadonlyMap<string, number> {
+    return this.residentByGpu.get(key) ?? EMPTY;
   }
 
   available(key: string): number {
@@ -145,7 +197,8 @@ export class VramLedger {
     // exactly this (its activations, and the weights once no item of the model is left there),
     // so say it now and let the room be used at once.
     if (lease.counted && !lease.letGo && g && g.source === "budget") {
-      const weights = this.warm(lease.gpuKey, lease.model) ? 0 : lease.weights;
+      // Weights the worker keeps resident stay counted until they are evicted.
+      const weights = this.warm(lease.gpuKey, lease.model) || this.residentWeights(lease.gpuKey).has(lease.model) ? 0 : lease.weights;
       g.freeBytes = Math.min(g.totalBytes, g.freeBytes + lease.activation + weights);
     }
   }
@@ -153,9 +206,11 @@ export class VramLedger {
   removeWorker(workerId: string): void {
     for (const token of [...(this.leasesByWorker.get(workerId) ?? [])]) this.end(token, this.leases.get(token)!);
     this.leasesByWorker.delete(workerId);
+    this.staleHeld.delete(workerId);
     for (const g of this.byWorker.get(workerId) ?? []) {
       this.gpus.delete(g.key);
       this.warmCounts.delete(g.key);
+      this.residentByGpu.delete(g.key);
     }
     this.byWorker.delete(workerId);
   }

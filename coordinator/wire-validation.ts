@@ -3,7 +3,7 @@
 // (and counted) with a reason that names the field.
 
 import { ItemStatus } from "../proto/gen/shoal/v1/shoal.js";
-import type { Heartbeat, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
+import type { GpuStatus, Heartbeat, ItemOutcome, ResidentWeights } from "../proto/gen/shoal/v1/wire.js";
 import { MAX_LEASE_TOKEN_LENGTH, WORKER_ID } from "../shared/ids.js";
 import { ARTIFACT_URI_PREFIX } from "../shared/subjects.js";
 
@@ -60,6 +60,18 @@ export function heartbeatProblem(subjectWorkerId: string, hb: Heartbeat): string
     if (list.length > HEARTBEAT_LIMITS.models) return `${field}: more than ${HEARTBEAT_LIMITS.models} entries`;
     const long = list.findIndex((m) => m.length === 0 || m.length > HEARTBEAT_LIMITS.modelNameChars);
     if (long >= 0) return `${field}[${long}]: must be 1..${HEARTBEAT_LIMITS.modelNameChars} characters`;
+  }
+  return residentWeightsProblem(hb.residentWeights ?? [], hb.gpus);
+}
+
+/** Resident weights (heartbeat, evict reply): bounded, on a GPU the report lists, within its size. */
+export function residentWeightsProblem(list: readonly ResidentWeights[], gpus: readonly GpuStatus[]): string | undefined {
+  if (list.length > HEARTBEAT_LIMITS.models) return `resident_weights: more than ${HEARTBEAT_LIMITS.models} entries`;
+  for (const [i, r] of list.entries()) {
+    if (r.model.length === 0 || r.model.length > HEARTBEAT_LIMITS.modelNameChars) return `resident_weights[${i}].model: must be 1..${HEARTBEAT_LIMITS.modelNameChars} characters`;
+    const g = gpus.find((x) => x.index === r.gpuIndex);
+    if (!g) return `resident_weights[${i}].gpu_index: ${r.gpuIndex} is not one of the reported GPUs`;
+    if (r.weightsBytes > g.vramTotalBytes) return `resident_weights[${i}].weights_bytes: ${r.weightsBytes} exceeds the GPU's total ${g.vramTotalBytes}`;
   }
   return undefined;
 }

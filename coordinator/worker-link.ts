@@ -7,7 +7,7 @@
 
 import { RequestError, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { WorkerState } from "../proto/gen/shoal/v1/shoal.js";
-import { AssignReply, Assignment, CancelItems, Heartbeat } from "../proto/gen/shoal/v1/wire.js";
+import { AssignReply, Assignment, CancelItems, EvictReply, EvictRequest, Heartbeat } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
 import { errorMessage, ProtocolError } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
@@ -20,9 +20,10 @@ import { notFound, unavailable } from "./errors.js";
 import type { Fleet, WorkerRecord } from "./fleet.js";
 import type { CoordinatorOptions } from "./options.js";
 import type { ResultLog } from "./result-log.js";
+import type { Eviction } from "./scheduler/defrag.js";
 import type { Placed } from "./scheduler/engine.js";
 import type { VramLedger } from "./vram-ledger.js";
-import { heartbeatProblem } from "./wire-validation.js";
+import { heartbeatProblem, residentWeightsProblem } from "./wire-validation.js";
 import { placementSpans } from "./item-tracing.js";
 
 export interface WorkerLinkDeps {
@@ -83,6 +84,7 @@ export class WorkerLink {
       hb.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
       held,
     );
+    this.d.ledger.observeResident(worker.id, hb.residentWeights);
     this.d.reported(worker, hb, now);
     // A heartbeat can free room; many arrive per second in a large fleet, so their passes are
     // coalesced on a short timer instead of running one pass per heartbeat.
@@ -143,6 +145,7 @@ export class WorkerLink {
           accepted,
           true, // the answer lists only the items just taken, not all the worker holds
         );
+        if (!residentWeightsProblem(decoded.residentWeights, decoded.gpus)) this.d.ledger.observeResident(workerId, decoded.residentWeights);
       }
     } catch (err) {
       why = errorMessage(err);
@@ -232,6 +235,32 @@ export class WorkerLink {
         this.d.log.warn({ workerId, err: errorMessage(err) }, "cancel not sent");
       }
     }
+  }
+
+  /**
+   * Defragmentation: asks a worker to drop idle models' weights from one GPU (the decision is
+   * scheduler/defrag.ts's). Its answer carries its VRAM and resident weights after the eviction,
+   * applied to the ledger at once. Returns what it evicted and what it refused, and why; throws
+   * when it did not answer or refused the request whole.
+   */
+  async evict(e: Eviction): Promise<{ evicted: string[]; refused: { model: string; reason: string }[] }> {
+    const request = encodeMessage(EvictRequest, { gpuIndex: e.gpuIndex, models: e.models, reason: "defrag" });
+    const msg = await this.d.nc().request(this.d.names.evict(e.workerId), request, { timeout: this.d.opts.assignTimeoutMs });
+    const reply = decodeMessage(EvictReply, msg.subject, msg.data);
+    if (reply.error) throw new Error(`worker ${e.workerId} refused the eviction: ${reply.error}`);
+    const problem = reply.gpus.length > 0 ? residentWeightsProblem(reply.residentWeights, reply.gpus) : undefined;
+    if (problem) {
+      this.d.protocolError("evict_reply", msg.subject, problem);
+    } else if (reply.gpus.length > 0 && this.d.fleet.get(e.workerId)) {
+      this.d.ledger.observe(
+        e.workerId,
+        reply.gpus.map((g) => ({ index: g.index, name: g.name, totalBytes: g.vramTotalBytes, freeBytes: g.vramFreeBytes, source: g.source })),
+        [],
+        true, // lists no items: those it holds stay as they are
+      );
+      this.d.ledger.observeResident(e.workerId, reply.residentWeights);
+    }
+    return { evicted: reply.evicted, refused: reply.refused.map((r) => ({ model: r.model, reason: r.reason })) };
   }
 
   /** DrainWorker: no new items for the worker from now on; it finishes what it holds and leaves. */

@@ -26,6 +26,10 @@ export class Names {
   drain(workerId: string): string {
     return `${this.prefix}.worker.${workerId}.drain`;
   }
+  /** Defragmentation: the coordinator asks the worker to drop idle weights (EvictRequest). */
+  evict(workerId: string): string {
+    return `${this.prefix}.worker.${workerId}.evict`;
+  }
   results(batchId: string): string {
     return `${this.prefix}.results.${batchId}`;
   }

@@ -21,7 +21,7 @@ export interface RunningWorker {
 export async function createBackend(opts: WorkerOptions, log: Logger, metrics?: WorkerMetrics): Promise<InferenceBackend> {
   if (opts.simulate) {
     log.warn("SIMULATED backend: items sleep for work_ms instead of running a model");
-    return new SimulatedBackend([], { speed: opts.simSpeed, loadBytesPerS: opts.simLoadBytesPerS, vramBytes: opts.vramBytes });
+    return new SimulatedBackend([], { speed: opts.simSpeed, loadBytesPerS: opts.simLoadBytesPerS, vramBytes: opts.vramBytes, keepWeights: opts.simKeepWeights });
   }
   const { OnnxBackend } = await import("./inference/onnx-backend.js");
   const executionProviders = await checkedProviders(opts, log);

@@ -12,7 +12,7 @@ function shoalVersion(): string {
   }
 }
 
-export const PROTOCOL_ERROR_KINDS = ["assign", "cancel", "drain"] as const;
+export const PROTOCOL_ERROR_KINDS = ["assign", "cancel", "drain", "evict"] as const;
 export type ProtocolErrorKind = (typeof PROTOCOL_ERROR_KINDS)[number];
 
 interface BusyClock {
@@ -45,6 +45,7 @@ export class WorkerMetrics {
   private readonly protocolErrors: Counter;
   private readonly unexpectedErrors: Counter;
   private readonly promptPolicyItems: Counter;
+  private readonly evictions: Counter;
   private readonly busyClocks = new Map<string, BusyClock>();
   private residentNow = new Set<string>();
   /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
@@ -114,7 +115,7 @@ export class WorkerMetrics {
     );
     this.protocolErrors = new Counter({
       name: "shoal_protocol_errors_total",
-      help: "Requests from NATS refused because they broke the protocol (kind: assign, cancel, drain)",
+      help: "Requests from NATS refused because they broke the protocol (kind: assign, cancel, drain, evict)",
       labelNames: ["worker", "kind"],
       registers: r,
     });
@@ -125,7 +126,18 @@ export class WorkerMetrics {
       labelNames: ["worker", "model", "verdict"],
       registers: r,
     });
+    this.evictions = new Counter({
+      name: "shoal_worker_evictions_total",
+      help: "Models whose idle weights this worker dropped at the coordinator's request, by model and reason (defrag)",
+      labelNames: ["worker", "model", "reason"],
+      registers: r,
+    });
     this.inFlightGauge.set({ worker: this.workerId }, 0);
+  }
+
+  /** A model's idle weights were evicted (`model` is a served model's name: bounded). */
+  evicted(model: string, reason: string): void {
+    this.evictions.inc({ worker: this.workerId, model, reason });
   }
 
   unexpectedError(kind: "unhandled_rejection" | "uncaught_exception"): void {

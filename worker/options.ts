@@ -32,6 +32,8 @@ export interface WorkerOptions {
   simSpeed?: number;
   /** SIMULATION: bytes per second model weights load at (0 = instantly, the default). */
   simLoadBytesPerS?: number;
+  /** SIMULATION: idle loaded models keep their weights in the VRAM budget until evicted (--sim-keep-weights). */
+  simKeepWeights?: boolean;
   nvidiaSmi: string;
   /** Copies of each stream and bucket a worker creates when it starts first (--replicas); 1 when absent. */
   replicas?: number;

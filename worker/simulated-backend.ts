@@ -42,11 +42,16 @@ export interface SimulatedCosts {
   loadBytesPerS?: number;
   /** VRAM of the simulated GPU: loaded models with no item running are evicted (least recently used) to make room. */
   vramBytes?: number;
+  /**
+   * Loaded models keep their weights in the VRAM budget after their last item, as cached
+   * sessions hold a real GPU's memory, until the coordinator evicts them (defragmentation).
+   */
+  keepWeights?: boolean;
 }
 
 export class SimulatedBackend implements InferenceBackend {
   /** Loaded models: when the load ends (shared by every item of the model arriving meanwhile), last use. */
-  private readonly loaded = new Map<string, { ready: Promise<void>; lastUsed: number; running: number }>();
+  private readonly loaded = new Map<string, { ready: Promise<void>; lastUsed: number; running: number; loading: number }>();
   private readonly all: ModelManifest[];
   private readonly names: Set<string>;
   private readonly speed: number;
@@ -71,7 +76,7 @@ export class SimulatedBackend implements InferenceBackend {
     const weights = manifest.vram.weights_bytes;
     if (this.costs.vramBytes !== undefined) {
       let resident = [...this.loaded.keys()].reduce((s, m) => s + (this.all.find((x) => x.name === m)?.vram.weights_bytes ?? 0), 0);
-      const idle = [...this.loaded.entries()].filter(([, l]) => l.running === 0).sort((a, b) => a[1].lastUsed - b[1].lastUsed);
+      const idle = [...this.loaded.entries()].filter(([, l]) => l.running === 0 && l.loading === 0).sort((a, b) => a[1].lastUsed - b[1].lastUsed);
       while (resident + weights > this.costs.vramBytes && idle.length > 0) {
         const [evict] = idle.shift()!;
         this.loaded.delete(evict);
@@ -81,8 +86,20 @@ export class SimulatedBackend implements InferenceBackend {
     const ms = this.loadBytesPerS > 0 ? (weights / this.loadBytesPerS) * 1000 : 0;
     if (ms > 0) this.loads++;
     const ready = ms > 0 ? sleep(ms, signal) : Promise.resolve();
-    this.loaded.set(name, { ready, lastUsed: performance.now(), running: 0 });
+    this.loaded.set(name, { ready, lastUsed: performance.now(), running: 0, loading: 0 });
     return ready;
+  }
+
+  async evict(model: string): Promise<"evicted" | "not-loaded" | { refused: string }> {
+    const entry = this.loaded.get(model);
+    if (!entry) return "not-loaded";
+    if (entry.running > 0 || entry.loading > 0) return { refused: `${entry.running + entry.loading} item(s) of ${model} loading or running` };
+    this.loaded.delete(model);
+    return "evicted";
+  }
+
+  keptWeights(): string[] {
+    return this.costs.keepWeights ? [...this.loaded.keys()] : [];
   }
 
   async start(): Promise<void> {}
@@ -99,7 +116,15 @@ export class SimulatedBackend implements InferenceBackend {
     if (!this.names.has(job.model)) {
       throw new InferenceError("MODEL_NOT_FOUND", `model ${job.model} is not served here`, false);
     }
-    await this.load(job.model, signal);
+    const ready = this.load(job.model, signal);
+    const pending = this.loaded.get(job.model);
+    // While it waits for the load, the model counts as in use: an eviction must not drop it.
+    if (pending) pending.loading++;
+    try {
+      await ready;
+    } finally {
+      if (pending) pending.loading--;
+    }
     const entry = this.loaded.get(job.model);
     if (entry) entry.running++;
     try {

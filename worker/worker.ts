@@ -7,11 +7,14 @@ import {
   AssignReply,
   Assignment,
   CancelItems,
+  EvictReply,
+  EvictRequest,
   Heartbeat,
   ModelRegistration,
   type AssignedItem,
   type ItemOutcome,
   type LeaseRef,
+  type ResidentWeights,
 } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
 import { errorMessage, ProtocolError } from "../shared/errors.js";
@@ -127,6 +130,7 @@ export class ShoalWorker {
       this.nc.subscribe(this.names.assign(this.opts.id), { callback: (err, msg) => void (err || this.onAssign(msg)) }),
       this.nc.subscribe(this.names.cancel(this.opts.id), { callback: (err, msg) => void (err || this.onCancel(msg)) }),
       this.nc.subscribe(this.names.drain(this.opts.id), { callback: (err, msg) => void (err || this.onDrain(msg)) }),
+      this.nc.subscribe(this.names.evict(this.opts.id), { callback: (err, msg) => void (err || this.onEvict(msg)) }),
       this.nc.subscribe(this.names.coordinatorHello, { callback: () => void this.heartbeat() }),
     );
     this.state = "RUNNING";
@@ -188,7 +192,7 @@ export class ShoalWorker {
       if (this.state !== "RUNNING") errors.push(`worker is ${this.state.toLowerCase()}`);
       if (badLeases > 0) errors.push(`${badLeases} item(s) refused for a bad lease (${firstBadLease})`);
       if (refused > 0) errors.push(`${refused} item(s) do not fit the VRAM left here`);
-      reply = { accepted, error: errors.join("; "), gpus: this.gpuStatus() };
+      reply = { accepted, error: errors.join("; "), gpus: this.gpuStatus(), residentWeights: this.residentWeights() };
     } catch (err) {
       if (err instanceof ProtocolError) this.protocolError("assign", msg.subject, err.message);
       else this.log.error({ err: errorMessage(err) }, "bad assignment");
@@ -212,6 +216,87 @@ export class ShoalWorker {
     void this.drain().then(() => this.close());
   }
 
+  /**
+   * Defragmentation: the coordinator asks to drop idle models' weights from a GPU. Each model is
+   * evicted only when no item of it is held here (running or queued); otherwise it is refused
+   * with the reason, as is a model this worker does not serve. A malformed request is refused
+   * whole and counted, never thrown: stray bytes cannot stop a worker.
+   */
+  private async onEvict(msg: Msg): Promise<void> {
+    let reply: Partial<EvictReply>;
+    try {
+      const req = decodeMessage(EvictRequest, msg.subject, msg.data);
+      const problem = evictProblem(req, this.devices);
+      if (problem) {
+        this.protocolError("evict", msg.subject, problem);
+        reply = { error: problem };
+      } else {
+        const evicted: string[] = [];
+        const refused: { model: string; reason: string }[] = [];
+        const reason = req.reason === "defrag" ? "defrag" : "other";
+        for (const model of new Set(req.models)) {
+          const r = await this.evictOne(model, reason);
+          const ids = { workerId: this.opts.id, model, gpuIndex: req.gpuIndex, reason };
+          if (typeof r === "object") {
+            refused.push({ model, reason: r.refused });
+            this.log.info({ ...ids, refused: r.refused }, "eviction refused");
+          } else {
+            // Not loaded: nothing to free, and nothing left of it to count either.
+            evicted.push(model);
+            this.log.info(ids, r === "evicted" ? "model evicted" : "eviction asked for a model not loaded");
+          }
+        }
+        reply = { evicted, refused, gpus: this.gpuStatus(), residentWeights: this.residentWeights() };
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) this.protocolError("evict", msg.subject, err.message);
+      else this.log.error({ err: errorMessage(err) }, "bad evict request");
+      reply = { error: errorMessage(err) };
+    }
+    try {
+      if (msg.reply) msg.respond(encodeMessage(EvictReply, reply));
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, "evict reply not sent");
+    }
+  }
+
+  /** Evicts one model, or says why not. */
+  private async evictOne(model: string, reason: string): Promise<"evicted" | "not-loaded" | { refused: string }> {
+    if (!this.manifests.has(model)) return { refused: `model ${model} is not served by worker ${this.opts.id}` };
+    let held = 0;
+    for (const h of this.held.values()) if (h.model.name === model) held++;
+    if (held > 0) return { refused: `${held} item(s) of ${model} held here (running or queued)` };
+    if (!this.backend.evict) return { refused: "this inference backend cannot evict models" };
+    const r = await this.backend.evict(model);
+    if (r === "evicted") this.metrics?.evicted(model, reason);
+    return r;
+  }
+
+  /**
+   * Weights kept loaded and counted as used in a GPU's free figure whether or not an item of
+   * them runs (Heartbeat.resident_weights): what an eviction gives back. On a budget device,
+   * what the backend says it keeps (SIMULATED --sim-keep-weights); on a measured GPU, the
+   * sessions of a backend running on it (CUDA execution provider), which nvidia-smi counts.
+   */
+  private residentWeights(): ResidentWeights[] {
+    const out: ResidentWeights[] = [];
+    const add = (model: string, gpuIndex: number) => {
+      const m = this.manifests.get(model);
+      if (m) out.push({ model, gpuIndex, weightsBytes: m.vram.weights_bytes });
+    };
+    const budget = this.devices.find((d) => d.source === "budget");
+    if (budget && this.opts.simulate && this.opts.simKeepWeights) {
+      // Kept after their items end: the loaded models, and those of the items held (loading
+      // now or soon), so the coordinator never takes their weights as given back.
+      const kept = new Set(this.backend.keptWeights?.() ?? []);
+      for (const h of this.held.values()) if (h.gpuIndex === budget.index) kept.add(h.model.name);
+      for (const m of kept) add(m, budget.index);
+    }
+    const cuda = this.opts.executionProviders.map((p) => cudaDevice(p)).find((d) => d !== undefined);
+    if (this.devices.some((d) => d.source === "nvidia-smi" && d.index === cuda)) for (const m of this.backend.residentModels()) add(m, cuda!);
+    return out;
+  }
+
   private protocolError(kind: ProtocolErrorKind, subject: string, problem: string): void {
     this.metrics?.protocolError(kind);
     this.log.warn({ subject, problem }, `refusing a bad ${kind} request`);
@@ -224,8 +309,10 @@ export class ShoalWorker {
     for (const g of this.gpuStatus(false)) {
       const models = new Set<string>();
       for (const h of this.held.values()) if (h.gpuIndex === g.index) models.add(h.model.name);
-      // A measured GPU already holds the sessions the backend has loaded.
+      // A measured GPU already holds the sessions the backend has loaded; a budget device the
+      // weights the backend keeps (SIMULATED --sim-keep-weights).
       if (g.source !== "budget") for (const m of resident) models.add(m);
+      else for (const m of this.backend.keptWeights?.() ?? []) models.add(m);
       out.set(g.index, { free: g.vramFreeBytes, models });
     }
     return out;
@@ -418,6 +505,11 @@ export class ShoalWorker {
       let free: number;
       if (d.source === "budget") {
         const models = new Set(mine.map((h) => h.model));
+        // Weights the backend keeps loaded while idle hold the budget too, until evicted.
+        for (const name of this.backend.keptWeights?.() ?? []) {
+          const m = this.manifests.get(name);
+          if (m && !mine.some((h) => h.model.name === name)) models.add(m);
+        }
         const weights = [...models].reduce((s, m) => s + m.vram.weights_bytes, 0);
         free = d.totalBytes - weights - mine.reduce((s, h) => s + h.activation, 0);
       } else {
@@ -446,6 +538,7 @@ export class ShoalWorker {
       state: this.state === "RUNNING" ? WorkerState.WORKER_STATE_READY : WorkerState.WORKER_STATE_DRAINING,
       gpus,
       residentModels: this.backend.residentModels(),
+      residentWeights: this.residentWeights(),
       inFlight: [...this.held.values()].map((h) => h.lease),
       itemsDone: this.itemsDone,
       maxInFlight: this.opts.maxInFlight,
@@ -544,6 +637,16 @@ export class ShoalWorker {
 /** `_INBOX_<worker id>`: what a worker's NATS permissions allow it to subscribe to for replies. */
 export function workerInboxPrefix(workerId: string): string {
   return `_INBOX_${workerId}`;
+}
+
+/** Why an evict request cannot be acted on at all (a model this worker does not serve is refused per model instead). */
+function evictProblem(req: EvictRequest, devices: GpuDevice[]): string | undefined {
+  if (!devices.some((d) => d.index === req.gpuIndex)) return `gpu_index: ${req.gpuIndex} is not a GPU of this worker`;
+  if (req.models.length === 0 || req.models.length > 64) return `models: must list 1..64 models (got ${req.models.length})`;
+  const bad = req.models.findIndex((m) => m.length === 0 || m.length > 128);
+  if (bad >= 0) return `models[${bad}]: must be 1..128 characters`;
+  if (req.reason.length > 64) return "reason: longer than 64 characters";
+  return undefined;
 }
 
 function leaseProblem(lease: LeaseRef | undefined): string | undefined {

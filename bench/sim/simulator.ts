@@ -134,6 +134,9 @@ export interface SimResult {
   switches: number;
   /** Hedges placed, and how each pair ended (won: the copy ended the item; lost: the original did). */
   hedges: { placed: number; won: number; lost: number; cancelled: number };
+  /** Models evicted by defragmentation, and evictions the simulated worker refused (an item of the model held: must be 0). */
+  evictions: number;
+  evictionsRefused: number;
 }
 
 interface Held {
@@ -167,6 +170,14 @@ export interface SimOptions {
   maxVirtualMs?: number;
   /** Straggler hedging in the engine (coordinator/scheduler/hedging.ts); off when absent. */
   hedging?: { afterFactor: number };
+  /**
+   * Model residency: a model's weights stay on its GPU after its last item and count as used
+   * VRAM (reported to the ledger as resident weights, as a worker with --sim-keep-weights does)
+   * until an eviction drops them. Without it, idle weights are free VRAM (the default worker).
+   */
+  residency?: boolean;
+  /** Defragmentation (coordinator/scheduler/defrag.ts): the engine's evictions are carried out. */
+  defrag?: boolean;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -200,6 +211,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     timer: opts.measureDecisions ? () => performance.now() : undefined,
     hedging: opts.hedging,
   });
+  if (opts.defrag) engine.defrag = { busy: new Set(), evictions: [] };
 
   const gpus: GpuSim[] = w.gpus.map((spec) => {
     const worker: WorkerRecord = {
@@ -225,10 +237,14 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const freeOf = (g: GpuSim): number => {
     let weights = 0;
     for (const m of g.heldByModel.keys()) weights += models.get(m)!.weightsBytes;
+    // With residency, idle loaded models hold their weights too.
+    if (opts.residency) for (const m of g.loaded.keys()) if (!g.heldByModel.has(m)) weights += models.get(m)!.weightsBytes;
     return g.spec.vramBytes - weights - g.activations;
   };
-  const report = (g: GpuSim) =>
+  const report = (g: GpuSim) => {
     ledger.observe(g.spec.id, [{ index: 0, name: gpuName(g.spec), totalBytes: g.spec.vramBytes, freeBytes: Math.max(0, freeOf(g)), source: "budget" }], new Set(g.held.keys()));
+    if (opts.residency) ledger.observeResident(g.spec.id, [...g.loaded.keys()].map((m) => ({ gpuIndex: 0, model: m, weightsBytes: models.get(m)!.weightsBytes })));
+  };
   for (const g of gpus) report(g);
 
   const heap = new EventHeap<Ev>();
@@ -260,6 +276,8 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     plans: 0,
     switches: 0,
     hedges: { placed: 0, won: 0, lost: 0, cancelled: 0 },
+    evictions: 0,
+    evictionsRefused: 0,
   };
   const lpTime = new Map<string, number>();
   const times = new Map<string, SimResult["batchTimes"][number]>();
@@ -301,7 +319,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       const slot = p.batch.items[p.index]!;
       const m = models.get(slot.model)!;
       const activation = p.lease.activationBytes ?? m.activationBytes;
-      const weightsCounted = (g.heldByModel.get(slot.model) ?? 0) > 0;
+      const weightsCounted = (g.heldByModel.get(slot.model) ?? 0) > 0 || (opts.residency === true && g.loaded.has(slot.model));
       if (fits(freeOf(g), 0, { weightsBytes: m.weightsBytes, activationBytes: activation }, weightsCounted) === undefined) {
         res.refusedByWorker++;
         if (attempts.withdraw(p.batch, p.index, p.lease)) queue.add(p.batch.id, p.index, p.batch.record.batch!.priority);
@@ -421,12 +439,35 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     }
   };
 
+  /** The simulated worker carries out an eviction: refused while an item of the model is held. */
+  const evict = (g: GpuSim, model: string): boolean => {
+    if ((g.heldByModel.get(model) ?? 0) > 0) {
+      res.evictionsRefused++;
+      return false;
+    }
+    if (!g.loaded.delete(model)) return false;
+    res.evictions++;
+    g.worker.resident = new Set(g.loaded.keys());
+    return true;
+  };
+
   const pass = () => {
-    res.passes++;
-    const out = schedulePass(state, { nowMs: now, recoveringUntilMs: 0, policy: "best-fit", newToken: (a) => `${a}.${seq++}` });
-    for (const [workerId, list] of out) {
-      for (const p of list) if (p.hedge) res.hedges.placed++;
-      assign(gpuById.get(workerId)!, list);
+    // Evictions answer at once here, so the room they free is used by another pass at the same
+    // instant (bounded: each one drops at least one idle model).
+    for (let round = 0; round < 64; round++) {
+      res.passes++;
+      const out = schedulePass(state, { nowMs: now, recoveringUntilMs: 0, policy: "best-fit", newToken: (a) => `${a}.${seq++}` });
+      for (const [workerId, list] of out) {
+        for (const p of list) if (p.hedge) res.hedges.placed++;
+        assign(gpuById.get(workerId)!, list);
+      }
+      let freed = false;
+      for (const e of engine.defrag?.evictions ?? []) {
+        const g = gpuById.get(e.workerId)!;
+        for (const m of e.models) freed = evict(g, m) || freed;
+        report(g);
+      }
+      if (!freed) break;
     }
     // A running attempt falls due for a hedge later: a pass runs then (the coordinator's tick).
     const due = engine.hedgeCheckAtMs;

@@ -20,6 +20,8 @@ import type { VramEstimates } from "../vram-estimates.js";
 import type { VramLedger } from "../vram-ledger.js";
 import type { AffinityPlanner, ModelBacklog, PlannerGpu } from "./affinity.js";
 import { planHedges, type HedgeInfo, type HedgePolicy } from "./hedging.js";
+import { planEvictions, type BlockedModel, type DefragGpu, type Eviction } from "./defrag.js";
+import { gpuKey } from "../vram-ledger.js";
 
 /** One placement decision: this attempt of this item goes to `lease.workerId`, GPU `lease.gpuIndex`. */
 export interface Placed {
@@ -64,6 +66,16 @@ export interface EnginePolicy {
   hedgeCheckAtMs?: number;
   /** When the last hedging scan ran. */
   hedgeScannedAtMs?: number;
+  /** Defragmentation (defrag.ts, `--defrag`); absent = off. */
+  defrag?: DefragState;
+}
+
+/** What defragmentation keeps between passes: the caller sends `evictions` after each pass. */
+export interface DefragState {
+  /** GPU keys with an eviction on its way (the caller adds and removes them). */
+  busy: Set<string>;
+  /** The last pass's decisions: idle weights to evict so a blocked item fits. */
+  evictions: Eviction[];
 }
 
 export function newEnginePolicy(
@@ -140,6 +152,7 @@ function hedgeScanDue(eng: EnginePolicy, nowMs: number): boolean {
 /** The queue's part of a pass: every waiting item that fits somewhere now. */
 function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]> {
   const outgoing = new Map<string, Placed[]>();
+  if (state.engine?.defrag) state.engine.defrag.evictions = [];
   if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
   const workers = new Map<string, PlaceableWorker>();
   let slots = 0;
@@ -221,7 +234,55 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     list.push({ batch, index, lease });
     return true;
   }, slots);
+  if (eng?.defrag && failedNeed.size > 0) eng.defrag.evictions = planDefrag(state, eng, eng.defrag, workers, failedNeed, input.nowMs);
   return outgoing;
+}
+
+/** The blocked models and the fleet as defrag.ts reads them; nothing when no GPU holds idle weights. */
+function planDefrag(state: EngineState, eng: EnginePolicy, defrag: DefragState, workers: Map<string, PlaceableWorker>, failedNeed: Map<string, number>, nowMs: number): Eviction[] {
+  // Worth it only when some GPU holds idle weights (a cheap scan, no allocation).
+  let anyIdle = false;
+  for (const w of workers.values()) {
+    for (const g of state.ledger.gpusOf(w.id)) {
+      for (const m of state.ledger.residentWeights(g.key).keys()) if (!state.ledger.warm(g.key, m)) anyIdle = true;
+    }
+  }
+  if (!anyIdle) return [];
+  const gpus: DefragGpu[] = [];
+  // Every ready GPU, for the wait estimate.
+  for (const w of workers.values()) {
+    for (const g of state.ledger.gpusOf(w.id)) {
+      const resident = state.ledger.residentWeights(g.key);
+      const counted = new Set<string>(resident.keys());
+      for (const m of state.ledger.warmModels(g.key)) counted.add(m);
+      const idle = new Map<string, number>();
+      // A worker whose last report still counts items that have ended is not asked to evict:
+      // its figure understates the room, which its next report shows.
+      if (state.ledger.settled(w.id)) for (const [m, bytes] of resident) if (!state.ledger.warm(g.key, m)) idle.set(m, bytes);
+      gpus.push({ key: g.key, workerId: w.id, gpuIndex: g.index, availableBytes: state.ledger.available(g.key), slotsFree: w.slotsFree, serves: w.models, counted, idle, running: [] });
+    }
+  }
+  const blocked: BlockedModel[] = [];
+  for (const [model, activationBytes] of failedNeed) {
+    const need = eng.modelNeeds.get(model);
+    if (need && state.queue.waiting(model) > 0) blocked.push({ model, weightsBytes: need.weightsBytes, activationBytes });
+  }
+  if (blocked.length === 0) return [];
+  // When each running attempt on those GPUs is predicted to end, and the activations it gives
+  // back then (unknown without a predictor: it is not counted on to free room).
+  const byKey = new Map(gpus.map((g) => [g.key, g.running as { endsInMs: number; bytes: number }[]]));
+  for (const a of state.attempts.running()) {
+    const list = byKey.get(gpuKey(a.workerId, a.gpuIndex ?? 0));
+    if (!list) continue;
+    const endsInMs = eng.predictor && a.predictedMs > 0 ? Math.max(0, a.predictedMs - (nowMs - a.startMs)) : Infinity;
+    list.push({ endsInMs, bytes: a.activationBytes ?? 0 });
+  }
+  return planEvictions(
+    gpus,
+    blocked,
+    { loadMs: (m, bytes) => eng.predictor?.loadMs?.(m, bytes) ?? 0, waiting: (m) => state.queue.waiting(m) },
+    defrag.busy,
+  );
 }
 
 /** Records a model's need as the planner reads it; called for each item tried, and when items are queued. */

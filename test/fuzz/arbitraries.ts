@@ -9,6 +9,7 @@ import { ItemStatus, type Item, type SubmitBatchRequest, type Webhook } from "..
 import {
   Assignment,
   CancelItems,
+  EvictRequest,
   Heartbeat,
   ModelRegistration,
   ResultLogEntry,
@@ -373,12 +374,12 @@ export const metadataCase: fc.Arbitrary<MetadataCase> = fc.record({
 // ---------------------------------------------------------------------------------------------
 // NATS
 
-export type NatsTarget = "hb" | "hello" | "assign" | "cancel" | "drain" | "results" | "models";
+export type NatsTarget = "hb" | "hello" | "assign" | "cancel" | "drain" | "evict" | "results" | "models";
 
 export interface NatsCase {
   target: NatsTarget;
   /**
-   * The worker id (hb, assign, cancel, drain), batch id (results) or model name (models) in the
+   * The worker id (hb, assign, cancel, drain, evict), batch id (results) or model name (models) in the
    * subject or key; undefined means the real worker's id.
    */
   token: string | undefined;
@@ -471,6 +472,7 @@ function payloadFor(target: NatsTarget): fc.Arbitrary<Uint8Array> {
     // An empty payload is the legitimate "drain" command (authorization is a later issue);
     // the worker must refuse everything else.
     drain: bytes(64).filter((b) => b.length > 0),
+    evict: encoded(EvictRequest, fc.record({ gpuIndex: u32, models: fc.array(fc.oneof(nastyString(20), fc.constant(IMAGEGEN_TINY.name)), { maxLength: 70 }), reason: nastyString(80) })),
     results: encoded(ResultLogEntry, resultEntry),
     models: encoded(ModelRegistration, fc.record({ manifestJson, servedBy: fc.array(nastyString(10), { maxLength: 3 }) })),
   };
@@ -500,7 +502,7 @@ function natsCaseFor(target: NatsTarget): fc.Arbitrary<NatsCase> {
   });
 }
 
-const NATS_WEIGHTS: Record<NatsTarget, number> = { hb: 2, hello: 1, assign: 2, cancel: 1, drain: 1, results: 2, models: 1 };
+const NATS_WEIGHTS: Record<NatsTarget, number> = { hb: 2, hello: 1, assign: 2, cancel: 1, drain: 1, evict: 1, results: 2, models: 1 };
 
 export const natsCase: fc.Arbitrary<NatsCase> = fc.oneof(
   ...Object.entries(NATS_WEIGHTS).map(([target, weight]) => ({ weight, arbitrary: natsCaseFor(target as NatsTarget) })),

@@ -44,6 +44,8 @@ export class NatsTarget {
         return this.names.cancel(id);
       case "drain":
         return this.names.drain(id);
+      case "evict":
+        return this.names.evict(id);
       case "results":
         return this.names.results(c.token ?? "");
       case "models":

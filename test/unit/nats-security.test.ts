@@ -47,7 +47,7 @@ test("nats security - connect options carry the identity and TLS files", () => {
 test("nats auth - a worker may publish only its heartbeats, outcomes, artifacts and models, and hear only its own subjects", () => {
   const p = workerPermissions("fleet", "w7");
   assert.deepEqual(p.publish, ["fleet.hb.w7", "fleet.results.*", "$O.fleet-artifacts.C.*", "$O.fleet-artifacts.M.*", "$KV.fleet-models.*"]);
-  assert.deepEqual(p.subscribe, ["fleet.worker.w7.assign", "fleet.worker.w7.cancel", "fleet.worker.w7.drain", "fleet.coordinator.hello", "_INBOX_w7.>"]);
+  assert.deepEqual(p.subscribe, ["fleet.worker.w7.assign", "fleet.worker.w7.cancel", "fleet.worker.w7.drain", "fleet.worker.w7.evict", "fleet.coordinator.hello", "_INBOX_w7.>"]);
   assert.ok(!p.publish.some((s) => s.startsWith("$JS.API")), "no JetStream API: a worker reads, lists and purges nothing");
 });
 

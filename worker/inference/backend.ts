@@ -102,4 +102,16 @@ export interface InferenceBackend {
   run(job: InferenceJob, signal: CancelSignal): Promise<InferenceOutput>;
   /** Idempotent: terminates the threads and releases sessions. */
   close(): Promise<void>;
+  /**
+   * Drops a loaded model's weights (defragmentation). "evicted" when it held them and let go,
+   * "not-loaded" when it did not hold them; a string saying why when it will not now (an item
+   * of the model is loading or running). Absent: the backend cannot evict.
+   */
+  evict?(model: string): Promise<"evicted" | "not-loaded" | { refused: string }>;
+  /**
+   * Models whose weights stay in a VRAM budget device's memory while idle, so the worker counts
+   * them as used there (SIMULATED --sim-keep-weights). Absent or empty: on a budget device only
+   * models with an item held are counted (the default accounting).
+   */
+  keptWeights?(): string[];
 }

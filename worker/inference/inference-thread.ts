@@ -103,7 +103,12 @@ if (!isMainThread && parentPort !== null) {
   let chain = Promise.resolve();
   port.on("message", (msg: ToThread) => {
     if (msg.type === "run") chain = chain.then(() => run(msg));
-    else if (msg.type === "close") {
+    else if (msg.type === "evict") {
+      chain = chain.then(async () => {
+        const had = await cache.remove(msg.model);
+        post({ type: "evicted", requestId: msg.requestId, had, resident: cache.names() });
+      });
+    } else if (msg.type === "close") {
       chain = chain.then(async () => {
         await cache.clear();
         post({ type: "closed" });

@@ -38,6 +38,15 @@ export class ModelCache<M extends LoadedModel> {
     return [...this.entries.keys()];
   }
 
+  /** Releases one model now (defragmentation); false when it was not loaded. */
+  async remove(name: string): Promise<boolean> {
+    const entry = this.entries.get(name);
+    if (entry === undefined) return false;
+    this.entries.delete(name);
+    await entry.then((m) => m.release()).catch(() => {});
+    return true;
+  }
+
   async clear(): Promise<void> {
     const all = [...this.entries.values()];
     this.entries.clear();

@@ -98,6 +98,12 @@ export class OnnxBackend implements InferenceBackend {
     return this.pool?.residentModels() ?? [];
   }
 
+  /** Releases a model's sessions in the inference threads (defragmentation); refused while an item of it is queued or running. */
+  async evict(model: string): Promise<"evicted" | "not-loaded" | { refused: string }> {
+    if (this.pool === undefined || this.closing !== undefined) return { refused: "the inference backend is not running" };
+    return this.pool.evict(model);
+  }
+
   /** imagegen-tiny denoiser session runs so far: one per step per group, so batching shows here. */
   get denoiserCalls(): number {
     return this.pool?.stats().denoiserCalls ?? 0;

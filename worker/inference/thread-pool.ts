@@ -103,6 +103,8 @@ interface Slot {
   /** The group it runs; stays set after its cancels were answered early, until the thread reports. */
   current?: Group;
   resident: string[];
+  /** Evictions sent to the thread and not answered yet: resolved with whether it held the model. */
+  evictions?: Map<number, (had: boolean) => void>;
   lastError?: Error;
   onReady: { resolve: () => void; reject: (err: Error) => void };
 }
@@ -112,6 +114,7 @@ export class ThreadPool {
   private readonly queue: Task[] = [];
   private nextId = 0;
   private nextGroupId = 0;
+  private nextEvictionId = 0;
   private readonly counters: PoolStats = { groups: 0, items: 0, denoiserCalls: 0 };
   private started = false;
   private startFailures = 0;
@@ -161,6 +164,30 @@ export class ThreadPool {
     const names = new Set<string>();
     for (const slot of this.slots) for (const name of slot.resident) names.add(name);
     return [...names].sort();
+  }
+
+  /**
+   * Releases a model's sessions in every thread that holds it (defragmentation). Refused while
+   * an item of it is queued or running here; a thread busy with another model's group releases
+   * it once that group is done.
+   */
+  async evict(model: string): Promise<"evicted" | "not-loaded" | { refused: string }> {
+    let busy = this.queue.filter((t) => t.job.model === model).length;
+    for (const s of this.slots) busy += s.current?.tasks.filter((t) => !t.settled && t.job.model === model).length ?? 0;
+    if (busy > 0) return { refused: `${busy} item(s) of ${model} queued or running in the inference threads` };
+    const holders = [...this.slots].filter((s) => s.ready && s.resident.includes(model));
+    if (holders.length === 0) return "not-loaded";
+    const had = await Promise.all(
+      holders.map(
+        (s) =>
+          new Promise<boolean>((resolve) => {
+            const requestId = this.nextEvictionId++;
+            (s.evictions ??= new Map()).set(requestId, resolve);
+            s.worker.postMessage({ type: "evict", requestId, model } satisfies ToThread);
+          }),
+      ),
+    );
+    return had.some(Boolean) ? "evicted" : "not-loaded";
   }
 
   /** Items waiting for a thread. */
@@ -225,6 +252,13 @@ export class ThreadPool {
       case "log":
         this.options.logger[msg.level]({ ...msg.fields, thread: slot.id }, msg.msg);
         return;
+      case "evicted": {
+        slot.resident = msg.resident;
+        const resolve = slot.evictions?.get(msg.requestId);
+        slot.evictions?.delete(msg.requestId);
+        resolve?.(msg.had);
+        return;
+      }
       case "closed":
         void slot.worker.terminate();
         return;
@@ -233,6 +267,9 @@ export class ThreadPool {
 
   private onExit(slot: Slot, code: number): void {
     this.slots.delete(slot);
+    // A thread that is gone holds nothing: its pending evictions are answered as done.
+    for (const resolve of slot.evictions?.values() ?? []) resolve(true);
+    slot.evictions?.clear();
     const why = `inference thread ${slot.id} exited with code ${code}${slot.lastError ? `: ${slot.lastError.message}` : ""}`;
     if (!slot.ready) slot.onReady.reject(new Error(`${why} before it was ready`));
     const group = slot.current;

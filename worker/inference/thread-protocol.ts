@@ -34,7 +34,14 @@ export interface RunRequest {
   cancel: SharedArrayBuffer;
 }
 
-export type ToThread = RunRequest | { type: "close" };
+/** Release a model's sessions (defragmentation); answered with "evicted" after any group running before it. */
+export interface EvictRequest {
+  type: "evict";
+  requestId: number;
+  model: string;
+}
+
+export type ToThread = RunRequest | EvictRequest | { type: "close" };
 
 export interface RunStats {
   /** imagegen-tiny: denoiser session runs the group took (one per step, whatever its size). */
@@ -50,4 +57,6 @@ export type FromThread =
   /** A group is over: one result per item, in the request's order. */
   | { type: "done"; groupId: number; items: ItemResult[]; stats: RunStats; resident: string[]; loads: { model: string; seconds: number }[] }
   | { type: "log"; level: "info" | "warn" | "error"; msg: string; fields?: Record<string, unknown> }
+  /** An EvictRequest is done: whether the thread held the model, and what it holds now. */
+  | { type: "evicted"; requestId: number; had: boolean; resident: string[] }
   | { type: "closed" };

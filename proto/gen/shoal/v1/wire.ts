@@ -50,6 +50,18 @@ export interface Heartbeat {
   hostname: string;
   models: string[];
   heartbeatIntervalMs: number;
+  /**
+   * Weights the worker keeps loaded and counts as used in its GPUs' vram_free_bytes whether or
+   * not an item of the model runs (cached sessions on a measured GPU; a SIMULATED worker with
+   * --sim-keep-weights). Evicting them (EvictRequest) gives the bytes back.
+   */
+  residentWeights: ResidentWeights[];
+}
+
+export interface ResidentWeights {
+  model: string;
+  gpuIndex: number;
+  weightsBytes: number;
 }
 
 export interface GpuStatus {
@@ -101,6 +113,11 @@ export interface AssignReply {
    * coordinator's ledger does not wait for the next heartbeat.
    */
   gpus: GpuStatus[];
+  /**
+   * Its resident weights then (as in Heartbeat), models of the accepted items included where
+   * the worker will keep them after the items end.
+   */
+  residentWeights: ResidentWeights[];
 }
 
 /** Request on `<prefix>.worker.<worker_id>.cancel`. */
@@ -110,6 +127,34 @@ export interface CancelItems {
 
 /** Request on `<prefix>.worker.<worker_id>.drain`. */
 export interface DrainRequest {
+}
+
+/**
+ * Request on `<prefix>.worker.<worker_id>.evict` (defragmentation, coordinator/scheduler/
+ * defrag.ts): drop these models' idle weights from this GPU. The worker refuses a model with an
+ * item held (running or queued) and says why in EvictReply.
+ */
+export interface EvictRequest {
+  gpuIndex: number;
+  models: string[];
+  /** Why the coordinator asks (a metric label on the worker): "defrag". */
+  reason: string;
+}
+
+export interface EvictReply {
+  /** Models whose weights were dropped (or were not loaded at all: nothing left to free). */
+  evicted: string[];
+  refused: EvictRefusal[];
+  /** The worker's VRAM and resident weights after the eviction, so the ledger is exact at once. */
+  gpus: GpuStatus[];
+  residentWeights: ResidentWeights[];
+  /** Set when the whole request was refused (malformed, unknown GPU). */
+  error: string;
+}
+
+export interface EvictRefusal {
+  model: string;
+  reason: string;
 }
 
 /**
@@ -206,6 +251,7 @@ function createBaseHeartbeat(): Heartbeat {
     hostname: "",
     models: [],
     heartbeatIntervalMs: 0,
+    residentWeights: [],
   };
 }
 
@@ -246,6 +292,9 @@ export const Heartbeat: MessageFns<Heartbeat> = {
     }
     if (message.heartbeatIntervalMs !== 0) {
       writer.uint32(96).uint32(message.heartbeatIntervalMs);
+    }
+    for (const v of message.residentWeights) {
+      ResidentWeights.encode(v!, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -359,6 +408,14 @@ export const Heartbeat: MessageFns<Heartbeat> = {
             message.heartbeatIntervalMs = reader.uint32();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.residentWeights.push(ResidentWeights.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -411,6 +468,11 @@ export const Heartbeat: MessageFns<Heartbeat> = {
         : isSet(object.heartbeat_interval_ms)
         ? globalThis.Number(object.heartbeat_interval_ms)
         : 0,
+      residentWeights: globalThis.Array.isArray(object?.residentWeights)
+        ? object.residentWeights.map((e: any) => ResidentWeights.fromJSON(e))
+        : globalThis.Array.isArray(object?.resident_weights)
+        ? object.resident_weights.map((e: any) => ResidentWeights.fromJSON(e))
+        : [],
     };
   },
 
@@ -452,6 +514,9 @@ export const Heartbeat: MessageFns<Heartbeat> = {
     if (message.heartbeatIntervalMs !== 0) {
       obj.heartbeatIntervalMs = Math.round(message.heartbeatIntervalMs);
     }
+    if (message.residentWeights?.length) {
+      obj.residentWeights = message.residentWeights.map((e) => ResidentWeights.toJSON(e));
+    }
     return obj;
   },
 
@@ -472,6 +537,116 @@ export const Heartbeat: MessageFns<Heartbeat> = {
     message.hostname = object.hostname ?? "";
     message.models = object.models?.map((e) => e) || [];
     message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
+    message.residentWeights = object.residentWeights?.map((e) => ResidentWeights.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseResidentWeights(): ResidentWeights {
+  return { model: "", gpuIndex: 0, weightsBytes: 0 };
+}
+
+export const ResidentWeights: MessageFns<ResidentWeights> = {
+  encode(message: ResidentWeights, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.gpuIndex !== 0) {
+      writer.uint32(16).uint32(message.gpuIndex);
+    }
+    if (message.weightsBytes !== 0) {
+      writer.uint32(24).uint64(message.weightsBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResidentWeights {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResidentWeights();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.gpuIndex = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.weightsBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResidentWeights {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      gpuIndex: isSet(object.gpuIndex)
+        ? globalThis.Number(object.gpuIndex)
+        : isSet(object.gpu_index)
+        ? globalThis.Number(object.gpu_index)
+        : 0,
+      weightsBytes: isSet(object.weightsBytes)
+        ? globalThis.Number(object.weightsBytes)
+        : isSet(object.weights_bytes)
+        ? globalThis.Number(object.weights_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ResidentWeights): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.gpuIndex !== 0) {
+      obj.gpuIndex = Math.round(message.gpuIndex);
+    }
+    if (message.weightsBytes !== 0) {
+      obj.weightsBytes = Math.round(message.weightsBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResidentWeights>, I>>(base?: I): ResidentWeights {
+    return ResidentWeights.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResidentWeights>, I>>(object: I): ResidentWeights {
+    const message = createBaseResidentWeights();
+    message.model = object.model ?? "";
+    message.gpuIndex = object.gpuIndex ?? 0;
+    message.weightsBytes = object.weightsBytes ?? 0;
     return message;
   },
 };
@@ -1000,7 +1175,7 @@ export const AssignedItem: MessageFns<AssignedItem> = {
 };
 
 function createBaseAssignReply(): AssignReply {
-  return { accepted: [], error: "", gpus: [] };
+  return { accepted: [], error: "", gpus: [], residentWeights: [] };
 }
 
 export const AssignReply: MessageFns<AssignReply> = {
@@ -1013,6 +1188,9 @@ export const AssignReply: MessageFns<AssignReply> = {
     }
     for (const v of message.gpus) {
       GpuStatus.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.residentWeights) {
+      ResidentWeights.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1054,6 +1232,14 @@ export const AssignReply: MessageFns<AssignReply> = {
             message.gpus.push(GpuStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.residentWeights.push(ResidentWeights.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1071,6 +1257,11 @@ export const AssignReply: MessageFns<AssignReply> = {
       accepted: globalThis.Array.isArray(object?.accepted) ? object.accepted.map((e: any) => globalThis.String(e)) : [],
       error: isSet(object.error) ? globalThis.String(object.error) : "",
       gpus: globalThis.Array.isArray(object?.gpus) ? object.gpus.map((e: any) => GpuStatus.fromJSON(e)) : [],
+      residentWeights: globalThis.Array.isArray(object?.residentWeights)
+        ? object.residentWeights.map((e: any) => ResidentWeights.fromJSON(e))
+        : globalThis.Array.isArray(object?.resident_weights)
+        ? object.resident_weights.map((e: any) => ResidentWeights.fromJSON(e))
+        : [],
     };
   },
 
@@ -1085,6 +1276,9 @@ export const AssignReply: MessageFns<AssignReply> = {
     if (message.gpus?.length) {
       obj.gpus = message.gpus.map((e) => GpuStatus.toJSON(e));
     }
+    if (message.residentWeights?.length) {
+      obj.residentWeights = message.residentWeights.map((e) => ResidentWeights.toJSON(e));
+    }
     return obj;
   },
 
@@ -1096,6 +1290,7 @@ export const AssignReply: MessageFns<AssignReply> = {
     message.accepted = object.accepted?.map((e) => e) || [];
     message.error = object.error ?? "";
     message.gpus = object.gpus?.map((e) => GpuStatus.fromPartial(e)) || [];
+    message.residentWeights = object.residentWeights?.map((e) => ResidentWeights.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1217,6 +1412,335 @@ export const DrainRequest: MessageFns<DrainRequest> = {
   },
   fromPartial<I extends Exact<DeepPartial<DrainRequest>, I>>(_: I): DrainRequest {
     const message = createBaseDrainRequest();
+    return message;
+  },
+};
+
+function createBaseEvictRequest(): EvictRequest {
+  return { gpuIndex: 0, models: [], reason: "" };
+}
+
+export const EvictRequest: MessageFns<EvictRequest> = {
+  encode(message: EvictRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.gpuIndex !== 0) {
+      writer.uint32(8).uint32(message.gpuIndex);
+    }
+    for (const v of message.models) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EvictRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvictRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.gpuIndex = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.models.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EvictRequest {
+    return {
+      gpuIndex: isSet(object.gpuIndex)
+        ? globalThis.Number(object.gpuIndex)
+        : isSet(object.gpu_index)
+        ? globalThis.Number(object.gpu_index)
+        : 0,
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => globalThis.String(e)) : [],
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: EvictRequest): unknown {
+    const obj: any = {};
+    if (message.gpuIndex !== 0) {
+      obj.gpuIndex = Math.round(message.gpuIndex);
+    }
+    if (message.models?.length) {
+      obj.models = message.models;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EvictRequest>, I>>(base?: I): EvictRequest {
+    return EvictRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EvictRequest>, I>>(object: I): EvictRequest {
+    const message = createBaseEvictRequest();
+    message.gpuIndex = object.gpuIndex ?? 0;
+    message.models = object.models?.map((e) => e) || [];
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseEvictReply(): EvictReply {
+  return { evicted: [], refused: [], gpus: [], residentWeights: [], error: "" };
+}
+
+export const EvictReply: MessageFns<EvictReply> = {
+  encode(message: EvictReply, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.evicted) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.refused) {
+      EvictRefusal.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.gpus) {
+      GpuStatus.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.residentWeights) {
+      ResidentWeights.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.error !== "") {
+      writer.uint32(42).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EvictReply {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvictReply();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.evicted.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.refused.push(EvictRefusal.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.gpus.push(GpuStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.residentWeights.push(ResidentWeights.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EvictReply {
+    return {
+      evicted: globalThis.Array.isArray(object?.evicted) ? object.evicted.map((e: any) => globalThis.String(e)) : [],
+      refused: globalThis.Array.isArray(object?.refused)
+        ? object.refused.map((e: any) => EvictRefusal.fromJSON(e))
+        : [],
+      gpus: globalThis.Array.isArray(object?.gpus) ? object.gpus.map((e: any) => GpuStatus.fromJSON(e)) : [],
+      residentWeights: globalThis.Array.isArray(object?.residentWeights)
+        ? object.residentWeights.map((e: any) => ResidentWeights.fromJSON(e))
+        : globalThis.Array.isArray(object?.resident_weights)
+        ? object.resident_weights.map((e: any) => ResidentWeights.fromJSON(e))
+        : [],
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: EvictReply): unknown {
+    const obj: any = {};
+    if (message.evicted?.length) {
+      obj.evicted = message.evicted;
+    }
+    if (message.refused?.length) {
+      obj.refused = message.refused.map((e) => EvictRefusal.toJSON(e));
+    }
+    if (message.gpus?.length) {
+      obj.gpus = message.gpus.map((e) => GpuStatus.toJSON(e));
+    }
+    if (message.residentWeights?.length) {
+      obj.residentWeights = message.residentWeights.map((e) => ResidentWeights.toJSON(e));
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EvictReply>, I>>(base?: I): EvictReply {
+    return EvictReply.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EvictReply>, I>>(object: I): EvictReply {
+    const message = createBaseEvictReply();
+    message.evicted = object.evicted?.map((e) => e) || [];
+    message.refused = object.refused?.map((e) => EvictRefusal.fromPartial(e)) || [];
+    message.gpus = object.gpus?.map((e) => GpuStatus.fromPartial(e)) || [];
+    message.residentWeights = object.residentWeights?.map((e) => ResidentWeights.fromPartial(e)) || [];
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBaseEvictRefusal(): EvictRefusal {
+  return { model: "", reason: "" };
+}
+
+export const EvictRefusal: MessageFns<EvictRefusal> = {
+  encode(message: EvictRefusal, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EvictRefusal {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvictRefusal();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EvictRefusal {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: EvictRefusal): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EvictRefusal>, I>>(base?: I): EvictRefusal {
+    return EvictRefusal.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EvictRefusal>, I>>(object: I): EvictRefusal {
+    const message = createBaseEvictRefusal();
+    message.model = object.model ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
