@@ -21,7 +21,7 @@ import type { BatchQueue } from "./batch-queue.js";
 import type { ActiveBatch, Attempt } from "./batch-state.js";
 import { isTerminal, type BatchStore } from "./batch-store.js";
 import { CONTENT_POLICY_CODE, type ContentPolicyStage } from "./content-policy-stage.js";
-import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, unavailable } from "./errors.js";
+import { failedPrecondition, invalidArgument, notFound, resourceExhausted, ServerError, TermEndedError, unavailable } from "./errors.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
@@ -284,10 +284,14 @@ export class BatchApi {
     this.listen(batchId, listener);
     const onAbort = () => wake?.();
     signal.addEventListener("abort", onAbort);
+    // A closing coordinator wakes its watchers too: nothing else would, and a RunBatch waiting
+    // here would hang until its deadline (the edge carries it into the next term).
+    this.d.stopping.addEventListener("abort", onAbort);
     try {
       for (const s of active.items) if (s.state === "done") yield { event: { $case: "item", item: s.result! } };
       if (progress && !active.finalizing) yield { event: { $case: "batch", batch: this.runningView(active) } };
       while (!signal.aborted) {
+        if (buffer.length === 0 && this.d.stopping.aborted) throw new TermEndedError(batchId);
         if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
         wake = undefined;
         while (buffer.length > 0) {
@@ -299,6 +303,7 @@ export class BatchApi {
       }
     } finally {
       signal.removeEventListener("abort", onAbort);
+      this.d.stopping.removeEventListener("abort", onAbort);
       this.unlisten(batchId, listener);
     }
   }

@@ -25,4 +25,15 @@ export const resourceExhausted = (what: string) => new ServerError(status.RESOUR
 export const unauthenticated = (what: string) => new ServerError(status.UNAUTHENTICATED, what);
 export const permissionDenied = (what: string) => new ServerError(status.PERMISSION_DENIED, what);
 export const unavailable = (what: string) => new ServerError(status.UNAVAILABLE, what);
+/**
+ * A watch (WatchBatch, RunBatch's wait) ended because this term's coordinator closed: its lease
+ * was lost or the process is stopping. The batch is durable and keeps running; the gRPC edge
+ * follows it into this process's next term when there is one (grpc/server.ts), and otherwise
+ * answers UNAVAILABLE with this message.
+ */
+export class TermEndedError extends ServerError {
+  constructor(readonly batchId: string) {
+    super(status.UNAVAILABLE, `the coordinator stopped serving while batch ${batchId} ran (its term ended); the batch is stored and keeps running: GetBatch or WatchBatch ${batchId} at the active coordinator`);
+  }
+}
 export const failedPrecondition = (what: string) => new ServerError(status.FAILED_PRECONDITION, what);

@@ -53,7 +53,7 @@ export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Log
     throw startError;
   }
   const auth = new Auth(opts.apiKeys);
-  const grpc = await startGrpcServer(terms.facade, opts.grpcHost, opts.grpcPort, auth, log, metrics, opts.tls, { gate: () => terms.gate(), serving: () => terms.serving() });
+  const grpc = await startGrpcServer(terms.facade, opts.grpcHost, opts.grpcPort, auth, log, metrics, opts.tls, { gate: () => terms.gate(), serving: () => terms.serving(), self: () => terms.self.addr });
   terms.setPort(grpc.port);
   const http = opts.metricsPort > 0 ? await startMetricsServer(metrics.registry, opts.metricsPort, opts.metricsHost) : undefined;
   warnIfExposed(log, "the gRPC API", opts.grpcHost, [

@@ -83,6 +83,9 @@ function rpcServerSpan(service: string, method: string, md: Metadata): Span | un
   return startSpan(`${service}/${method}`, { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method } }, contextFromTraceparent(first("traceparent"), first("tracestate")));
 }
 
+/** How long a call whose term ended waits for this process's next term before answering UNAVAILABLE. */
+const TERM_FOLLOW_MS = 30_000;
+
 export class RpcEdge {
   constructor(
     private readonly service: string,
@@ -91,7 +94,32 @@ export class RpcEdge {
     private readonly metrics?: CoordinatorMetrics,
     /** Throws (UNAVAILABLE) when this coordinator may not answer: a standby names the active one. */
     private readonly gate?: () => void,
+    /** This process's advertised address (standby coordinators), to tell its own lease from another's. */
+    private readonly self?: () => string,
   ) {}
+
+  /**
+   * After a term ended under a call (TermEndedError): waits until this process serves again (it
+   * won the next term and recovered) and resolves true, or false when the call ended, the wait
+   * ran `maxMs`, or another coordinator holds the lease (its address is then what to tell the
+   * client). Without standbys there is no gate and nothing to wait for.
+   */
+  async awaitServing(signal: AbortSignal, maxMs = TERM_FOLLOW_MS): Promise<boolean> {
+    if (!this.gate) return false;
+    const until = performance.now() + maxMs;
+    while (!signal.aborted && performance.now() < until) {
+      try {
+        this.gate();
+        return true;
+      } catch (err) {
+        // A standby refusal that names an active coordinator other than this one: go there.
+        const named = err instanceof ServerError ? /the active coordinator is (\S+)$/.exec(err.message)?.[1] : undefined;
+        if (named !== undefined && this.self && named !== this.self()) return false;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return false;
+  }
 
   unary<Req, Res>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>) {
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {

@@ -5,6 +5,7 @@ import {
   FleetServiceService,
   WorkerState,
   type Batch,
+  type BatchEvent,
   type BatchServiceServer,
   type FleetServiceServer,
   type Worker,
@@ -18,7 +19,7 @@ import { addReflection } from "./reflection.js";
 import { type Auth, RpcEdge, requireOperator } from "./rpc-edge.js";
 import type { WorkerRecord } from "../fleet.js";
 import type { GpuView } from "../vram-ledger.js";
-import { invalidArgument, permissionDenied } from "../errors.js";
+import { invalidArgument, permissionDenied, TermEndedError } from "../errors.js";
 import { usageSince } from "../usage.js";
 import type { ApiKeyTable } from "../api-keys.js";
 
@@ -44,11 +45,19 @@ export function batchServiceImpl(c: Coordinator, edge: RpcEdge): BatchServiceSer
     submitBatch: edge.unary("SubmitBatch", (req, ctx) => c.submit(req, ctx.tenant, "", [], ctx.limits)),
     runBatch: edge.unary("RunBatch", async (req, ctx): Promise<Batch> => {
       const { batchId } = await c.submit(req, ctx.tenant, "", [], ctx.limits);
-      // The call's deadline and cancellation end the wait; the batch itself keeps running.
-      return c.waitTerminal(batchId, ctx.tenant, ctx.signal);
+      // The call's deadline and cancellation end the wait; the batch itself keeps running. A
+      // term that ends under the wait (a lease lost to a stalled event loop, say) is followed
+      // into this process's next term, which recovered the batch from JetStream.
+      for (;;) {
+        try {
+          return await c.waitTerminal(batchId, ctx.tenant, ctx.signal);
+        } catch (err) {
+          if (!(err instanceof TermEndedError) || !(await edge.awaitServing(ctx.signal))) throw err;
+        }
+      }
     }),
     getBatch: edge.unary("GetBatch", (req, ctx) => c.getBatch(req.batchId, ctx.tenant)),
-    watchBatch: edge.stream("WatchBatch", (req, ctx) => c.watch(req.batchId, ctx.tenant, ctx.signal, req.progress)),
+    watchBatch: edge.stream("WatchBatch", (req, ctx) => watchAcrossTerms(c, edge, req.batchId, ctx.tenant, ctx.signal, req.progress)),
     cancelBatch: edge.unary("CancelBatch", (req, ctx) => c.cancel(req.batchId, ctx.tenant)),
     retryBatch: edge.unary("RetryBatch", (req, ctx) => c.retry(req.batchId, ctx.tenant, ctx.limits)),
     listBatches: edge.unary("ListBatches", (req, ctx) => c.list(ctx.tenant, req.pageSize, req.pageToken)),
@@ -184,6 +193,29 @@ export function serverCredentials(tls: ServerTls | undefined): ServerCredentials
   return ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
 }
 
+/**
+ * WatchBatch that outlives a term of this process: when the term ends under it, the watch goes on
+ * in the next term, which sends the items already finished first again; those the client has
+ * are left out, so it sees each item once and then the terminal batch.
+ */
+async function* watchAcrossTerms(c: Coordinator, edge: RpcEdge, batchId: string, tenant: string, signal: AbortSignal, progress: boolean): AsyncGenerator<BatchEvent> {
+  const sent = new Set<number>();
+  for (;;) {
+    try {
+      for await (const ev of c.watch(batchId, tenant, signal, progress)) {
+        if (ev.event?.$case === "item") {
+          if (sent.has(ev.event.item.index)) continue;
+          sent.add(ev.event.item.index);
+        }
+        yield ev;
+      }
+      return;
+    } catch (err) {
+      if (!(err instanceof TermEndedError) || !(await edge.awaitServing(signal))) throw err;
+    }
+  }
+}
+
 export async function startGrpcServer(
   c: Coordinator,
   host: string,
@@ -193,11 +225,11 @@ export async function startGrpcServer(
   metrics?: CoordinatorMetrics,
   tls?: ServerTls,
   /** Standby coordinators: `gate` refuses calls while standby, `serving` is what health reports. */
-  standby?: { gate: () => void; serving: () => boolean },
+  standby?: { gate: () => void; serving: () => boolean; self: () => string },
 ): Promise<GrpcServerHandle> {
   const server = new Server({ "grpc.max_receive_message_length": MAX_MESSAGE, "grpc.max_send_message_length": MAX_MESSAGE });
   let serving = true;
-  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics, standby?.gate)));
+  server.addService(lenientService(BatchServiceService), batchServiceImpl(c, new RpcEdge("shoal.v1.BatchService", auth, log, metrics, standby?.gate, standby?.self)));
   server.addService(lenientService(FleetServiceService), fleetServiceImpl(c, new RpcEdge("shoal.v1.FleetService", auth, log, metrics, standby?.gate)));
   server.addService(HealthService, healthImpl(() => serving && (standby?.serving() ?? true)));
   addReflection(server);
