@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { webcrypto } from "node:crypto";
 import { hostname } from "node:os";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
@@ -19,6 +19,7 @@ import { BATCH_ID, MAX_LEASE_TOKEN_LENGTH, randomToken } from "../shared/ids.js"
 import type { Logger } from "../shared/logger.js";
 import { validateParams, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
+import { decodeParamsJson } from "../shared/params-wire.js";
 import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.js";
@@ -174,8 +175,11 @@ export class ShoalWorker {
             badLeases++;
             firstBadLease ??= problem;
           } else if (this.held.has(item.lease!.token)) accepted.push(item.lease!.token); // re-sent: already ours
-          else if (this.fits(item, room) && this.accept(item)) accepted.push(item.lease!.token);
-          else refused++;
+          else {
+            const params = paramsOf(item);
+            if (this.fits(item, params.params, room) && this.accept(item, params)) accepted.push(item.lease!.token);
+            else refused++;
+          }
         }
       }
       if (badLeases > 0) this.protocolError("assign", msg.subject, `${badLeases} item(s) with a bad lease; the first: ${firstBadLease}`);
@@ -231,11 +235,11 @@ export class ShoalWorker {
    * again, without counting an attempt) unless this GPU has room for it now, whatever the
    * coordinator's possibly stale view said.
    */
-  private fits(item: AssignedItem, room: Map<number, { free: number; models: Set<string> }>): boolean {
+  private fits(item: AssignedItem, params: Record<string, unknown>, room: Map<number, { free: number; models: Set<string> }>): boolean {
     const r = room.get(item.gpuIndex);
     if (!r) return false;
     const model = this.manifests.get(item.model);
-    const need = this.needOf(item, model);
+    const need = this.needOf(item, model, params);
     // Weights count as paid only where this worker really has them: an item it holds on this GPU,
     // or (measured GPUs) a session the backend has loaded. An unknown model has none to pay.
     const weightsCounted = !model || r.models.has(model.name);
@@ -251,8 +255,8 @@ export class ShoalWorker {
    * activations may be a learned estimate, larger than the manifest's. A figure the coordinator
    * left at 0 (an older coordinator, or a model it has no manifest for) is the manifest's here.
    */
-  private needOf(item: AssignedItem, model: ModelManifest | undefined): VramNeed {
-    const fromManifest = itemNeed(model, item.params ?? {});
+  private needOf(item: AssignedItem, model: ModelManifest | undefined, params: Record<string, unknown>): VramNeed {
+    const fromManifest = itemNeed(model, params);
     return {
       weightsBytes: item.weightsBytes > 0 ? item.weightsBytes : fromManifest.weightsBytes,
       activationBytes: item.vramBytes > 0 ? item.vramBytes : fromManifest.activationBytes,
@@ -260,11 +264,10 @@ export class ShoalWorker {
   }
 
   /** `item.lease` has passed leaseProblem(). */
-  private accept(item: AssignedItem): boolean {
+  private accept(item: AssignedItem, wire: WireParams): boolean {
     const lease = item.lease!;
     const model = this.manifests.get(item.model);
     const controller = new CancelToken();
-    const params = item.params ?? {};
     const held: HeldItem = {
       lease,
       attempt: item.attempt,
@@ -273,13 +276,13 @@ export class ShoalWorker {
       model: model ?? { name: item.model, version: "?", params: {}, vram: { weights_bytes: 0, activation_bytes: 0 } },
       gpuIndex: item.gpuIndex,
       // The coordinator's figure may be a learned one, larger than the manifest's.
-      activation: this.needOf(item, model).activationBytes,
+      activation: this.needOf(item, model, wire.params).activationBytes,
       controller,
       started: false,
     };
     this.held.set(lease.token, held);
     this.metrics?.inFlight(this.held.size);
-    void this.execute(held, params, item.timeoutMs || this.opts.itemTimeoutMs);
+    void this.execute(held, wire, item.timeoutMs || this.opts.itemTimeoutMs);
     return true;
   }
 
@@ -294,7 +297,7 @@ export class ShoalWorker {
     }
   }
 
-  private async execute(held: HeldItem, params: Record<string, unknown>, timeoutMs: number): Promise<void> {
+  private async execute(held: HeldItem, wire: WireParams, timeoutMs: number): Promise<void> {
     const { lease } = held;
     // Per-item lines carry batch and item ids; bindings are built only when a line is written.
     const ids = () => ({ batchId: lease.batchId, item: lease.index, attempt: held.attempt, model: held.model.name });
@@ -307,7 +310,8 @@ export class ShoalWorker {
       // The coordinator validated these params, but anything can be published on the assign
       // subject: a garbled or forged item must not reach the model (100000×100000 pixels would
       // take the process down), so it ends as the coordinator would have refused it.
-      const checked = validateParams(held.model, params);
+      if (wire.problem !== undefined) throw new InferenceError("INVALID_PARAMS", wire.problem, false);
+      const checked = validateParams(held.model, wire.params);
       if (checked.problems.length > 0) {
         throw new InferenceError("INVALID_PARAMS", checked.problems.map((p) => `${p.path}: ${p.message}`).join("; "), false);
       }
@@ -366,16 +370,18 @@ export class ShoalWorker {
     // no other worker can name (let alone replace) this artifact, and the coordinator accepts an
     // outcome only with artifacts under its own attempt's name (wire-validation.ts).
     const objectName = `${lease.batchId}/${lease.index}/${lease.token}/${name}`;
+    // One digest for the object's info and the outcome, computed by WebCrypto on libuv's thread
+    // pool: the main thread, which carries every item's NATS traffic, does not hash the bytes.
+    const sha256 = new Uint8Array(await webcrypto.subtle.digest("SHA-256", data));
     try {
-      await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024);
+      await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
     } catch (err) {
       // A full store fails this attempt with a message that says what to change; retryable,
       // because --retention frees room as old artifacts age out.
       const e = storageError(err, `the artifact store (${this.names.artifactsBucket})`, "--artifacts-max-bytes on the coordinator");
       throw new InferenceError("INFERENCE_FAILED", `artifact ${name} (${data.length} bytes) not stored: ${e.message}`, true);
     }
-    const sha256 = createHash("sha256").update(data).digest("hex");
-    return { name, contentType, sizeBytes: data.length, sha256, uri: ARTIFACT_URI_PREFIX + objectName };
+    return { name, contentType, sizeBytes: data.length, sha256: Buffer.from(sha256).toString("hex"), uri: ARTIFACT_URI_PREFIX + objectName };
   }
 
   private onCancel(msg: Msg): void {
@@ -438,6 +444,7 @@ export class ShoalWorker {
       hostname: hostname(),
       models: [...this.manifests.keys()],
       heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
+      readsParamsJson: true,
     };
     try {
       this.nc.publish(this.names.heartbeat(this.opts.id), encodeMessage(Heartbeat, hb));
@@ -530,6 +537,23 @@ export class ShoalWorker {
 /** `_INBOX_<worker id>`: what a worker's NATS permissions allow it to subscribe to for replies. */
 export function workerInboxPrefix(workerId: string): string {
   return `_INBOX_${workerId}`;
+}
+
+/** An assigned item's params as the worker reads them; `problem` when params_json cannot be read. */
+interface WireParams {
+  params: Record<string, unknown>;
+  problem?: string;
+}
+
+/**
+ * params_json when the coordinator sent it (this version), else the Struct (an older
+ * coordinator). Unreadable JSON leaves the params empty: the item is taken and ends
+ * INVALID_PARAMS with the reason, as params that fail validation do.
+ */
+function paramsOf(item: AssignedItem): WireParams {
+  if (item.paramsJson.length === 0) return { params: item.params ?? {} };
+  const decoded = decodeParamsJson(item.paramsJson);
+  return "problem" in decoded ? { params: {}, problem: decoded.problem } : decoded;
 }
 
 function leaseProblem(lease: LeaseRef | undefined): string | undefined {

@@ -17,6 +17,7 @@ const hb = (over: Partial<Heartbeat> = {}): Heartbeat => ({
   hostname: "h",
   models: [],
   heartbeatIntervalMs: 1000,
+  readsParamsJson: true,
   ...over,
 });
 
