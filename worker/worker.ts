@@ -1,4 +1,4 @@
-import { webcrypto } from "node:crypto";
+import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
@@ -335,7 +335,7 @@ export class ShoalWorker {
         this.metrics?.itemPeakVram(held.model.name, peakBytes);
         this.log.info({ ...ids(), peakVramBytes: peakBytes }, "item peak VRAM measured");
       }
-      const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
+      const artifacts = await Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data, a.sha256)));
       const runMs = Math.round(performance.now() - started);
       outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: peakBytes };
       if (this.log.isLevelEnabled("debug")) this.log.debug({ ...ids(), runMs }, "item succeeded");
@@ -365,14 +365,14 @@ export class ShoalWorker {
     if (this.held.size === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array): Promise<Artifact> {
+  private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array, digest: Uint8Array | undefined): Promise<Artifact> {
     // The attempt's token is part of the name: only the coordinator and this worker know it, so
     // no other worker can name (let alone replace) this artifact, and the coordinator accepts an
     // outcome only with artifacts under its own attempt's name (wire-validation.ts).
     const objectName = `${lease.batchId}/${lease.index}/${lease.token}/${name}`;
-    // One digest for the object's info and the outcome, computed by WebCrypto on libuv's thread
-    // pool: the main thread, which carries every item's NATS traffic, does not hash the bytes.
-    const sha256 = new Uint8Array(await webcrypto.subtle.digest("SHA-256", data));
+    // One digest for the object's info and the outcome: the inference thread's where it made one
+    // (the ONNX backend's threads hash what they produce), else computed here.
+    const sha256 = digest?.length === 32 ? digest : createHash("sha256").update(data).digest();
     try {
       await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
     } catch (err) {

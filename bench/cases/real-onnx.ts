@@ -8,7 +8,7 @@
 // cost per item shows most) and 512 × 512 (an item's cost relative to the path like real
 // users' items). One `shoal up` serves both.
 
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
@@ -120,8 +120,12 @@ async function throughShoalUp(
   const out: ShoalRun[] = [];
   let procs: UpProcs | undefined;
   try {
-    // --cpu-prof: every Node process of `shoal up` (and each thread) writes a profile when it exits.
-    const env: Record<string, string> = profileDir ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --cpu-prof --cpu-prof-dir=${profileDir}`.trim() } : {};
+    // --cpu-prof: every Node process of `shoal up` writes its main thread's profile when it exits
+    // (node refuses --cpu-prof in NODE_OPTIONS, so a preloaded module does it; cpu-profile-preload.ts).
+    const preload = new URL("../lib/cpu-profile-preload.js", import.meta.url).href;
+    const env: Record<string, string> = profileDir
+      ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import=${preload}`.trim(), SHOAL_BENCH_CPU_PROFILE_DIR: profileDir }
+      : {};
     const maxItems = Math.max(50, ...runs.map((r) => r.list.length));
     up = spawnTracked(
       "shoal up",
@@ -173,12 +177,12 @@ async function throughShoalUp(
     }
     rmSync(dataDir, { recursive: true, force: true });
   }
-  // Profiles are named CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile; thread 0 is the main thread.
+  // Profiles are named <pid>.cpuprofile (the main thread of that process).
   const workerProfiles: ProfileSummary[] = [];
   if (profileDir && procs) {
-    for (const f of readdirSync(profileDir).filter((f) => f.endsWith(".cpuprofile"))) {
-      const [, , , pid, thread] = f.split(".");
-      if (procs.workers.includes(Number(pid)) && thread === "0") workerProfiles.push(summarizeProfile(join(profileDir, f), 30));
+    for (const pid of procs.workers) {
+      const file = join(profileDir, `${pid}.cpuprofile`);
+      if (existsSync(file)) workerProfiles.push(summarizeProfile(file, 30));
     }
   }
   return { runs: out, workerProfiles };
