@@ -23,6 +23,8 @@ import type { BenchCase, CaseContext } from "./case.js";
 
 const TARGET_RATIO = 0.9;
 const TARGET_RATIO_LARGE = 0.97;
+/** Items each worker holds in the context row: 2 × threads × imagegen-tiny's max_batch (8). */
+const DEEP_MAX_IN_FLIGHT = 16;
 
 type ItemList = ReturnType<typeof items>;
 
@@ -110,7 +112,8 @@ async function throughShoalUp(
   runs: { list: ItemList; warm: ItemList }[],
   log: (m: string) => void,
   profileDir: string | undefined,
-): Promise<{ runs: ShoalRun[]; workerProfiles: ProfileSummary[] }> {
+  extraArgs: string[] = [],
+): Promise<{ runs: ShoalRun[]; profiles: Record<string, ProfileSummary> }> {
   const dataDir = mkdtempSync(join(tmpdir(), "shoal-bench-up-"));
   const grpcPort = await freePort();
   const natsPort = await freePort();
@@ -118,6 +121,8 @@ async function throughShoalUp(
   let children: number[] = [];
   let client: TestClient | undefined;
   const out: ShoalRun[] = [];
+  /** The timed batches, for the profiles: start-up and warm-up left out. */
+  const windows: { fromUs: number; toUs: number }[] = [];
   let procs: UpProcs | undefined;
   try {
     // --cpu-prof: every Node process of `shoal up` writes its main thread's profile when it exits
@@ -132,7 +137,7 @@ async function throughShoalUp(
       process.execPath,
       [
         CLI, "up", "--workers", String(workers), "--grpc-port", String(grpcPort), "--nats-port", String(natsPort),
-        "--metrics-port", "0", "--http-port", "0", "--data-dir", dataDir, "--gpu", "none", "--max-items", String(maxItems), "--log-level", "warn", "--log-format", "json",
+        "--metrics-port", "0", "--http-port", "0", "--data-dir", dataDir, "--gpu", "none", "--max-items", String(maxItems), "--log-level", "warn", "--log-format", "json", ...extraArgs,
       ],
       env,
     );
@@ -145,9 +150,11 @@ async function throughShoalUp(
     for (const { list, warm } of runs) {
       if (!(await runBatch(client, { items: warm }, 300_000))) throw new Error("shoal up: the warm-up batch did not finish");
       const before = cpuSnapshot(procs);
+      const fromUs = Number(process.hrtime.bigint() / 1000n);
       const t0 = performance.now();
       const batch = await runBatch(client, { items: list }, 600_000);
       const seconds = (performance.now() - t0) / 1000;
+      windows.push({ fromUs, toUs: Number(process.hrtime.bigint() / 1000n) });
       const after = cpuSnapshot(procs);
       if (!batch) throw new Error("shoal up: the batch did not finish within 600 s");
       const ok = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_SUCCEEDED).length;
@@ -177,15 +184,16 @@ async function throughShoalUp(
     }
     rmSync(dataDir, { recursive: true, force: true });
   }
-  // Profiles are named <pid>.cpuprofile (the main thread of that process).
-  const workerProfiles: ProfileSummary[] = [];
+  // Profiles are named <pid>.cpuprofile (the main thread of that process); only the timed batches count.
+  const profiles: Record<string, ProfileSummary> = {};
   if (profileDir && procs) {
-    for (const pid of procs.workers) {
+    const roles: [string, number | undefined][] = [["coordinator", procs.coordinator], ...procs.workers.map((pid, i): [string, number] => [`worker${i}Main`, pid])];
+    for (const [role, pid] of roles) {
       const file = join(profileDir, `${pid}.cpuprofile`);
-      if (existsSync(file)) workerProfiles.push(summarizeProfile(file, 30));
+      if (pid !== undefined && existsSync(file)) profiles[role] = summarizeProfile(file, 30, process.cwd(), windows);
     }
   }
-  return { runs: out, workerProfiles };
+  return { runs: out, profiles };
 }
 
 function warmOf(size: number, steps: number): ItemList {
@@ -219,8 +227,15 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     mkdirSync(profileDir, { recursive: true });
   }
   ctx.log(`shoal up --workers ${workers} (1 thread each)${profileDir ? `, profiles in ${profileDir}` : ""}`);
-  const { runs, workerProfiles } = await throughShoalUp(workers, [{ list, warm }, { list: largeList, warm: largeWarm }], ctx.log, profileDir);
+  const { runs, profiles } = await throughShoalUp(workers, [{ list, warm }, { list: largeList, warm: largeWarm }], ctx.log, profileDir);
   const [s, sLarge] = runs as [ShoalRun, ShoalRun];
+  // Context: the same 128×128 items with workers holding 16 items each (--max-in-flight 16: two
+  // groups of imagegen-tiny's max_batch 8 per thread, one running while the next waits) instead
+  // of the default 2 × threads. Direct hands its backend all 400 items at once; with 2 held, a
+  // worker's dynamic batching has at most 2 to group, and every item pays its own assignment,
+  // artifact writes and outcome message.
+  const deep = (await throughShoalUp(workers, [{ list, warm }], ctx.log, undefined, ["--max-in-flight", String(DEEP_MAX_IN_FLIGHT)])).runs[0]!;
+  ctx.log(`shoal up --max-in-flight ${DEEP_MAX_IN_FLIGHT}: ${deep.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}`);
   ctx.log(`shoal up: ${s.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}, ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
   const mainMs = (r: ShoalRun) => Object.entries(r.cpuMsPerItem).filter(([k]) => /^worker\d+Main$/.test(k)).reduce((a, [, v]) => a + v, 0);
   const outside = (r: ShoalRun) => mainMs(r) + (r.cpuMsPerItem.coordinator ?? 0) + (r.cpuMsPerItem.nats ?? 0);
@@ -248,6 +263,13 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       ratio: sLarge.itemsPerS / dLarge.itemsPerS,
       target: { of: "ratio", op: ">=", threshold: TARGET_RATIO_LARGE, text: `≥ ${TARGET_RATIO_LARGE} × direct` },
     }),
+    {
+      name: `the same with --max-in-flight ${DEEP_MAX_IN_FLIGHT} (context)`,
+      value: deep.itemsPerS,
+      unit: "items/s",
+      reference: { label: "onnxruntime direct", value: d.itemsPerS, unit: "items/s" },
+      ratio: deep.itemsPerS / d.itemsPerS,
+    },
     check({
       name: `CPU-ms per item outside inference (${p.size}×${p.size}: coordinator, nats-server, worker main threads)`,
       value: outside(s),
@@ -259,13 +281,18 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       value: mainMs(s),
       unit: "ms",
     },
+    {
+      name: `CPU-ms per item outside inference with --max-in-flight ${DEEP_MAX_IN_FLIGHT} (context)`,
+      value: outside(deep),
+      unit: "ms",
+    },
   ];
   return {
     params: {
       items: p.n, model: "imagegen-tiny", width: p.size, height: p.size, steps: p.steps, workers, threadsPerWorker, directThreads: threads, warmUpItems: warm.length,
       large: { items: large.n, width: large.size, height: large.size, steps: large.steps },
     },
-    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, shoalUpLarge: sLarge, ...(workerProfiles.length > 0 ? { workerMainThreadProfiles: workerProfiles } : {}) },
+    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, shoalUpLarge: sLarge, shoalUpDeep: deep, ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
     metrics,
   };
 }
