@@ -219,8 +219,13 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const alone = await direct(threads, false, list, warm);
   ctx.log(`direct, every item alone (batching off): ${alone.itemsPerS.toFixed(2)} items/s`);
   ctx.log(`direct: ${large.n} items ${large.size}×${large.size}`);
-  const dLarge = await direct(threads, true, largeList, largeWarm);
-  ctx.log(`direct ${large.size}×${large.size}: ${dLarge.itemsPerS.toFixed(2)} items/s`);
+  // At this size a batch of 8 images can be slower per image than one at a time (memory traffic
+  // of 8 × 512 × 512 activations): the reference is the faster of the two, what a script calling
+  // onnxruntime-node directly would pick.
+  const dLargeBatched = await direct(threads, true, largeList, largeWarm);
+  const dLargeAlone = await direct(threads, false, largeList, largeWarm);
+  const dLarge = dLargeBatched.itemsPerS >= dLargeAlone.itemsPerS ? { ...dLargeBatched, batching: true } : { ...dLargeAlone, batching: false };
+  ctx.log(`direct ${large.size}×${large.size}: ${dLargeBatched.itemsPerS.toFixed(2)} items/s batched, ${dLargeAlone.itemsPerS.toFixed(2)} items/s one at a time`);
   let profileDir: string | undefined;
   if (ctx.profileDir) {
     profileDir = join(ctx.profileDir, `onnx-${Date.now()}`);
@@ -259,7 +264,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       name: `imagegen-tiny ${large.size}×${large.size} items/s through shoal up`,
       value: sLarge.itemsPerS,
       unit: "items/s",
-      reference: { label: "onnxruntime direct", value: dLarge.itemsPerS, unit: "items/s" },
+      reference: { label: `onnxruntime direct (${dLarge.batching ? "batched" : "batching off"}: the faster)`, value: dLarge.itemsPerS, unit: "items/s" },
       ratio: sLarge.itemsPerS / dLarge.itemsPerS,
       target: { of: "ratio", op: ">=", threshold: TARGET_RATIO_LARGE, text: `≥ ${TARGET_RATIO_LARGE} × direct` },
     }),
@@ -292,7 +297,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       items: p.n, model: "imagegen-tiny", width: p.size, height: p.size, steps: p.steps, workers, threadsPerWorker, directThreads: threads, warmUpItems: warm.length,
       large: { items: large.n, width: large.size, height: large.size, steps: large.steps },
     },
-    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, shoalUpLarge: sLarge, shoalUpDeep: deep, ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
+    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, directLargeBatched: dLargeBatched, directLargeUnbatched: dLargeAlone, shoalUpLarge: sLarge, shoalUpDeep: deep, ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
     metrics,
   };
 }
