@@ -72,7 +72,7 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--terminal-retry-max <duration>", "longest wait between attempts of a failed terminal batch write").env("SHOAL_TERMINAL_RETRY_MAX").default("30s"))
     .addOption(new Option("--content-policy <file>", "JSON rules screening items' text before they are queued (docs/content-policy.md); reloaded on SIGHUP").env("SHOAL_CONTENT_POLICY"))
     .addOption(new Option("--forget-durations", "delete the learned item durations at start (they are learned again from outcomes)").env("SHOAL_FORGET_DURATIONS"))
-    .addOption(new Option("--lease-ttl <duration>", "standby coordinators: the active one's lease ends this long after its last renewal").env("SHOAL_LEASE_TTL").default("2s"))
+    .addOption(new Option("--lease-ttl <duration>", "standby coordinators: the active one's lease ends this long after its last renewal").env("SHOAL_LEASE_TTL").default("5s"))
     .addOption(new Option("--advertise-addr <host:port>", "the gRPC address standbys name when they send clients to this coordinator (default host:port)").env("SHOAL_ADVERTISE_ADDR"));
 }
 
@@ -174,7 +174,7 @@ export function replicas(v: unknown): number {
 
 /** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
 function leaseTtl(v: unknown): number {
-  const ms = parseDuration("--lease-ttl", String(v ?? "2s"));
+  const ms = parseDuration("--lease-ttl", String(v ?? "5s"));
   if (ms < 500 || ms > 60_000) throw new ConfigError("--lease-ttl", `"${String(v)}" must be between 500ms and 60s`);
   return ms;
 }

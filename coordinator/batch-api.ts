@@ -25,7 +25,8 @@ import { failedPrecondition, invalidArgument, notFound, resourceExhausted, Serve
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
-import { fitTerminalRecord, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
+import { encodeRecord, encodeRecordItems } from "./record-encoding.js";
+import { fitTerminalRecordBytes, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
 import { activeTraceparent, annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
@@ -143,7 +144,10 @@ export class BatchApi {
       // The submitting call's span: every item's spans join its trace, after a restart too.
       traceparent: activeTraceparent(),
     };
-    this.checkRecordFits(record, valid.map((v) => v.model));
+    // Encoded once: the items' bytes are kept for the terminal write (record-encoding.ts).
+    const itemsBytes = encodeRecordItems(record.items);
+    const encoded = encodeRecord(record, itemsBytes);
+    this.checkRecordFits(record, valid.map((v) => v.model), encoded.length);
     if (req.idempotencyKey) {
       const existing = await this.storing(() => this.d.store().claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
       if (existing) {
@@ -163,7 +167,7 @@ export class BatchApi {
       revision = await this.storing(async () => {
         const mark = this.d.store().markOpen(batchId).then(() => (marked = true));
         await Promise.all([mark, this.d.index().append(tenant, batchId)]);
-        return this.d.store().create(record);
+        return this.d.store().create(record, encoded);
       });
     } catch (err) {
       if (marked) void this.d.store().clearOpen(batchId).catch(() => undefined);
@@ -172,6 +176,7 @@ export class BatchApi {
       throw err;
     }
     const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
+    active.itemsBytes = itemsBytes;
     this.d.metrics?.batchesInMemory(this.d.active.size);
     this.d.metrics?.batchSubmitted();
     annotateActiveSpan("shoal.batch_id", batchId);
@@ -239,8 +244,8 @@ export class BatchApi {
   }
 
   /** A batch whose terminal record could never be stored is refused now, not retried later. */
-  private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1]): void {
-    const bound = terminalRecordBound(record, models);
+  private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1], encodedBytes: number): void {
+    const bound = terminalRecordBound(record, models, encodedBytes);
     const limit = this.maxRecordBytes();
     if (bound <= limit.bytes) return;
     this.d.metrics?.submitStorageFailed("record_too_large");
@@ -454,12 +459,20 @@ export class BatchApi {
     this.d.queue.removeBatch(batch.id);
     // The webhook's secret does not go into the terminal record: the pending delivery holds it
     // until the delivery is done, then it is deleted with it.
-    const record = fitTerminalRecord({ ...batch.record, webhook: withoutSecret(batch.record.webhook), batch: batch.final(new Date()) }, this.maxRecordBytes().bytes);
+    // Only the batch with its results (and the webhook) is encoded here: the items' bytes are
+    // the ones stored at submit (record-encoding.ts).
+    const itemsBytes = (batch.itemsBytes ??= encodeRecordItems(batch.record.items));
+    const { record, bytes: encoded } = fitTerminalRecordBytes(
+      { ...batch.record, webhook: withoutSecret(batch.record.webhook), batch: batch.final(new Date()) },
+      this.maxRecordBytes().bytes,
+      (r) => encodeRecord(r, itemsBytes),
+    );
     let webhook: Awaited<ReturnType<WebhookSender["record"]>>;
     let waiting = false;
     const outcome = await writeTerminal({
       store: this.d.store(),
       record,
+      encoded,
       revision: () => batch.revision,
       prepare: async () => {
         try {

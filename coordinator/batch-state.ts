@@ -25,6 +25,8 @@ export interface Attempt {
 export interface ItemSlot {
   model: string;
   params: Record<string, unknown>;
+  /** `params` as AssignedItem.params_json, built at the item's first assignment and kept for its retries. */
+  paramsJson?: Buffer;
   /** The manifest's need, fixed when the batch is validated (or resumed); learned estimates may raise the activations. */
   need: VramNeed;
   state: "pending" | "leased" | "done";
@@ -84,6 +86,11 @@ export class ActiveBatch {
   /** Why the terminal write last failed, while it is retried. */
   lastWriteError: Error | undefined;
   private writeFailed: { promise: Promise<Error>; resolve: (e: Error) => void } | undefined;
+  /**
+   * The record's items as stored bytes (record-encoding.ts), so the terminal write encodes only
+   * the results: set at submit; a batch resumed after a restart encodes its items once, there.
+   */
+  itemsBytes: Uint8Array | undefined;
 
   constructor(
     readonly record: BatchRecord,

@@ -53,10 +53,10 @@ export class BatchStore {
     this.keysStore = `the idempotency keys bucket (${names.idempotencyBucket})`;
   }
 
-  /** Stores a new batch; returns its revision. */
-  async create(record: BatchRecord): Promise<number> {
+  /** Stores a new batch; returns its revision. `encoded`: the record's bytes when the caller has them (record-encoding.ts). */
+  async create(record: BatchRecord, encoded?: Uint8Array): Promise<number> {
     try {
-      return await this.batches.create(record.batch!.id, encodeMessage(BatchRecord, record));
+      return await this.batches.create(record.batch!.id, encoded ?? encodeMessage(BatchRecord, record));
     } catch (err) {
       if (isWrongLastSequence(err)) throw new FinalizeConflict(`batch ${record.batch!.id} is stored already`, { cause: err });
       throw storageError(err, this.recordsStore, "--batches-max-bytes");
@@ -69,10 +69,10 @@ export class BatchStore {
     return { record: decodeMessage(BatchRecord, `kv:${batchId}`, e.value), revision: e.revision, writtenAtMs: e.created.getTime() };
   }
 
-  /** Replaces the record at `revision` (the terminal write, or a refresh of a running one). */
-  async replace(record: BatchRecord, revision: number): Promise<number> {
+  /** Replaces the record at `revision` (the terminal write, or a refresh of a running one). `encoded` as in create(). */
+  async replace(record: BatchRecord, revision: number, encoded?: Uint8Array): Promise<number> {
     try {
-      return await this.batches.update(record.batch!.id, encodeMessage(BatchRecord, record), revision);
+      return await this.batches.update(record.batch!.id, encoded ?? encodeMessage(BatchRecord, record), revision);
     } catch (err) {
       if (isWrongLastSequence(err)) throw new FinalizeConflict(`batch ${record.batch!.id} changed since revision ${revision}`, { cause: err });
       throw storageError(err, this.recordsStore, "--batches-max-bytes");

@@ -19,6 +19,8 @@ export interface WorkerRecord {
   /** An assignment found no subscriber: not placeable until its next heartbeat. */
   unreachable: boolean;
   heldReported: number;
+  /** Its heartbeats say it reads AssignedItem.params_json (a worker of this version); otherwise params go as a Struct. */
+  readsParamsJson?: boolean;
 }
 
 export type FleetChange = "joined" | "restarted" | "updated" | "stale";
@@ -61,6 +63,7 @@ export class Fleet {
     w.maxInFlight = Math.max(1, hb.maxInFlight);
     w.itemsDone = hb.itemsDone;
     w.heldReported = hb.inFlight.length;
+    w.readsParamsJson = hb.readsParamsJson;
     this.workers.set(w.id, w);
     return { worker: w, change };
   }

@@ -93,5 +93,5 @@ export const COORDINATOR_DEFAULTS = {
   defrag: true,
   loadBytesPerS: 0,
   replicas: 1,
-  leaseTtlMs: 2000,
+  leaseTtlMs: 5000,
 };

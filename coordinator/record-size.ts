@@ -34,8 +34,8 @@ export function resultAllowance(model: ModelManifest): number {
 }
 
 /** An upper bound of the terminal record's size, given the running record and each item's model. */
-export function terminalRecordBound(open: BatchRecord, models: readonly ModelManifest[]): number {
-  let bytes = BatchRecord.encode(open).finish().length + TERMINAL_FIELDS_BYTES;
+export function terminalRecordBound(open: BatchRecord, models: readonly ModelManifest[], openBytes = BatchRecord.encode(open).finish().length): number {
+  let bytes = openBytes + TERMINAL_FIELDS_BYTES;
   for (const m of models) bytes += resultAllowance(m);
   return bytes;
 }
@@ -45,13 +45,24 @@ export function terminalRecordBound(open: BatchRecord, models: readonly ModelMan
  * bytes, down to ERROR_MESSAGE_FLOOR bytes each; past that it is returned as small as it gets.
  */
 export function fitTerminalRecord(record: BatchRecord, limit: number): BatchRecord {
-  if (BatchRecord.encode(record).finish().length <= limit) return record;
+  return fitTerminalRecordBytes(record, limit).record;
+}
+
+/** fitTerminalRecord, with the bytes of the record returned, encoded by `encode`. */
+export function fitTerminalRecordBytes(
+  record: BatchRecord,
+  limit: number,
+  encode: (r: BatchRecord) => Uint8Array = (r) => BatchRecord.encode(r).finish(),
+): { record: BatchRecord; bytes: Uint8Array } {
+  let bytes = encode(record);
+  if (bytes.length <= limit) return { record, bytes };
   let fitted = record;
   for (const cap of [1024, 256, ERROR_MESSAGE_FLOOR]) {
     fitted = { ...record, batch: { ...record.batch!, results: record.batch!.results.map((r) => capMessage(r, cap)) } };
-    if (BatchRecord.encode(fitted).finish().length <= limit) return fitted;
+    bytes = encode(fitted);
+    if (bytes.length <= limit) return { record: fitted, bytes };
   }
-  return fitted;
+  return { record: fitted, bytes };
 }
 
 function capMessage(r: ItemResult, capBytes: number): ItemResult {

@@ -11,14 +11,16 @@ import { StorageError, storageError } from "../shared/storage-errors.js";
 import { FinalizeConflict, isTerminal, type StoredRecord } from "./batch-store.js";
 
 export interface TerminalStore {
-  replace(record: BatchRecord, revision: number): Promise<number>;
-  create(record: BatchRecord): Promise<number>;
+  replace(record: BatchRecord, revision: number, encoded?: Uint8Array): Promise<number>;
+  create(record: BatchRecord, encoded?: Uint8Array): Promise<number>;
   get(batchId: string): Promise<StoredRecord | undefined>;
 }
 
 export interface TerminalWrite {
   store: TerminalStore;
   record: BatchRecord;
+  /** The record's bytes, when the caller encoded it already (record-encoding.ts). */
+  encoded?: Uint8Array;
   /** The revision the write must replace; read at every attempt (a refresh may have moved it). */
   revision: () => number;
   /** Done once before the first successful write (e.g. recording the pending webhook). */
@@ -56,8 +58,8 @@ export async function writeTerminal(w: TerminalWrite): Promise<TerminalOutcome> 
         await w.prepare!();
         prepared = true;
       }
-      if (revision > 0) await w.store.replace(w.record, revision);
-      else await w.store.create(w.record);
+      if (revision > 0) await w.store.replace(w.record, revision, w.encoded);
+      else await w.store.create(w.record, w.encoded);
       return { stored: w.record.batch!, ours: true, attempts: attempt };
     } catch (err) {
       let failure: StorageError;

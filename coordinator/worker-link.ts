@@ -10,6 +10,7 @@ import { WorkerState } from "../proto/gen/shoal/v1/shoal.js";
 import { AssignReply, Assignment, CancelItems, EvictReply, EvictRequest, Heartbeat } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
 import { errorMessage, ProtocolError } from "../shared/errors.js";
+import { encodeParamsJson } from "../shared/params-wire.js";
 import type { Logger } from "../shared/logger.js";
 import { quoteInput } from "../shared/param-limits.js";
 import type { Names } from "../shared/subjects.js";
@@ -25,6 +26,8 @@ import type { Placed } from "./scheduler/engine.js";
 import type { VramLedger } from "./vram-ledger.js";
 import { heartbeatProblem, residentWeightsProblem } from "./wire-validation.js";
 import { placementSpans } from "./item-tracing.js";
+
+const NO_BYTES = Buffer.alloc(0);
 
 export interface WorkerLinkDeps {
   /** Read when used: the connection exists once the coordinator has started. */
@@ -111,13 +114,17 @@ export class WorkerLink {
 
   /** Sends one worker the attempts a pass placed there, and settles those it did not take. */
   async send(workerId: string, list: Placed[]): Promise<void> {
+    // Params go as JSON bytes, encoded once per item, to workers that read them; as a Struct to a
+    // worker of an older version (a rolling upgrade), which knows no other form.
+    const asJson = this.d.fleet.get(workerId)?.readsParamsJson === true;
     const assignment = encodeMessage(Assignment, {
       items: list.map(({ batch, index, lease }) => {
         const slot = batch.items[index]!;
         return {
           lease: { batchId: batch.id, index, token: lease.token },
           model: slot.model,
-          params: slot.params,
+          params: asJson ? undefined : slot.params,
+          paramsJson: asJson ? (slot.paramsJson ??= encodeParamsJson(slot.params)) : NO_BYTES,
           gpuIndex: lease.gpuIndex,
           vramBytes: lease.activationBytes ?? slot.need.activationBytes,
           // The need fixed at validation: the worker checks the same one (see shared/vram-need.ts).

@@ -25,6 +25,10 @@ export async function connectNats(url: string, name: string, log: Logger, client
     reconnectTimeWait: 250,
     waitOnFirstConnect: true,
     pingInterval: 10_000,
+    // Without this, nats.js builds an Error (with a captured stack) for every request and
+    // JetStream publish, in case it fails: a cost on each item's assignment, outcome and artifact
+    // chunk. Failures keep their message and subject; only the async stack trace is lost.
+    noAsyncTraces: true,
     ...(client.inboxPrefix ? { inboxPrefix: client.inboxPrefix } : {}),
     ...natsConnectSecurity(client.security),
     // Results of a terminal batch of thousands of items are one KV value; the server's

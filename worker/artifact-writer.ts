@@ -14,15 +14,32 @@ import { headers, nuid } from "@nats-io/transport-node";
 
 const CHUNK_BYTES = 128 * 1024;
 
-export async function writeArtifact(js: JetStreamClient, bucket: string, name: string, contentType: string, data: Uint8Array, maxPayload: number, timeoutMs = 5000): Promise<void> {
+/**
+ * `sha256` is the data's SHA-256 digest (32 bytes) when the caller has it already (the worker
+ * hashes each artifact once, off its main thread, for both this and the outcome); otherwise it is
+ * computed here.
+ */
+export async function writeArtifact(
+  js: JetStreamClient,
+  bucket: string,
+  name: string,
+  contentType: string,
+  data: Uint8Array,
+  maxPayload: number,
+  timeoutMs = 5000,
+  sha256?: Uint8Array,
+): Promise<void> {
   const id = nuid.next();
   const chunkSubject = `$O.${bucket}.C.${id}`;
   const chunkBytes = Math.max(1, Math.min(CHUNK_BYTES, maxPayload));
-  let chunks = 0;
+  // Every chunk is sent at once and then awaited together: one connection keeps their order in
+  // the stream, and the info that makes the object visible goes only after all are stored.
+  const writes: Promise<unknown>[] = [];
   for (let off = 0; off < data.length; off += chunkBytes) {
-    await js.publish(chunkSubject, data.subarray(off, off + chunkBytes), { timeout: timeoutMs });
-    chunks++;
+    writes.push(js.publish(chunkSubject, data.subarray(off, off + chunkBytes), { timeout: timeoutMs }));
   }
+  const chunks = writes.length;
+  await Promise.all(writes);
   const info = {
     name,
     description: contentType,
@@ -32,7 +49,7 @@ export async function writeArtifact(js: JetStreamClient, bucket: string, name: s
     size: data.length,
     chunks,
     mtime: new Date().toISOString(),
-    digest: `SHA-256=${urlSafe(createHash("sha256").update(data).digest("base64"))}`,
+    digest: `SHA-256=${urlSafe(Buffer.from(sha256 ?? createHash("sha256").update(data).digest()).toString("base64"))}`,
     deleted: false,
   };
   const h = headers();

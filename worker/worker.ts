@@ -22,6 +22,7 @@ import { BATCH_ID, MAX_LEASE_TOKEN_LENGTH, randomToken } from "../shared/ids.js"
 import type { Logger } from "../shared/logger.js";
 import { validateParams, type ModelManifest } from "../shared/manifest.js";
 import { connectNats } from "../shared/nats.js";
+import { decodeParamsJson } from "../shared/params-wire.js";
 import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
 import { fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.js";
@@ -183,8 +184,11 @@ export class ShoalWorker {
             badLeases++;
             firstBadLease ??= problem;
           } else if (this.held.has(item.lease!.token)) accepted.push(item.lease!.token); // re-sent: already ours
-          else if (this.fits(item, room) && this.accept(item, traces?.get(item.lease!.token))) accepted.push(item.lease!.token);
-          else refused++;
+          else {
+            const params = paramsOf(item);
+            if (this.fits(item, params.params, room) && this.accept(item, params, traces?.get(item.lease!.token))) accepted.push(item.lease!.token);
+            else refused++;
+          }
         }
       }
       if (badLeases > 0) this.protocolError("assign", msg.subject, `${badLeases} item(s) with a bad lease; the first: ${firstBadLease}`);
@@ -323,11 +327,11 @@ export class ShoalWorker {
    * again, without counting an attempt) unless this GPU has room for it now, whatever the
    * coordinator's possibly stale view said.
    */
-  private fits(item: AssignedItem, room: Map<number, { free: number; models: Set<string> }>): boolean {
+  private fits(item: AssignedItem, params: Record<string, unknown>, room: Map<number, { free: number; models: Set<string> }>): boolean {
     const r = room.get(item.gpuIndex);
     if (!r) return false;
     const model = this.manifests.get(item.model);
-    const need = this.needOf(item, model);
+    const need = this.needOf(item, model, params);
     // Weights count as paid only where this worker really has them: an item it holds on this GPU,
     // or (measured GPUs) a session the backend has loaded. An unknown model has none to pay.
     const weightsCounted = !model || r.models.has(model.name);
@@ -343,8 +347,8 @@ export class ShoalWorker {
    * activations may be a learned estimate, larger than the manifest's. A figure the coordinator
    * left at 0 (an older coordinator, or a model it has no manifest for) is the manifest's here.
    */
-  private needOf(item: AssignedItem, model: ModelManifest | undefined): VramNeed {
-    const fromManifest = itemNeed(model, item.params ?? {});
+  private needOf(item: AssignedItem, model: ModelManifest | undefined, params: Record<string, unknown>): VramNeed {
+    const fromManifest = itemNeed(model, params);
     return {
       weightsBytes: item.weightsBytes > 0 ? item.weightsBytes : fromManifest.weightsBytes,
       activationBytes: item.vramBytes > 0 ? item.vramBytes : fromManifest.activationBytes,
@@ -352,11 +356,10 @@ export class ShoalWorker {
   }
 
   /** `item.lease` has passed leaseProblem(). */
-  private accept(item: AssignedItem, traceparent?: string): boolean {
+  private accept(item: AssignedItem, wire: WireParams, traceparent?: string): boolean {
     const lease = item.lease!;
     const model = this.manifests.get(item.model);
     const controller = new CancelToken();
-    const params = item.params ?? {};
     const held: HeldItem = {
       lease,
       attempt: item.attempt,
@@ -365,7 +368,7 @@ export class ShoalWorker {
       model: model ?? { name: item.model, version: "?", params: {}, vram: { weights_bytes: 0, activation_bytes: 0 } },
       gpuIndex: item.gpuIndex,
       // The coordinator's figure may be a learned one, larger than the manifest's.
-      activation: this.needOf(item, model).activationBytes,
+      activation: this.needOf(item, model, wire.params).activationBytes,
       controller,
       started: false,
       span: traceparent
@@ -374,7 +377,7 @@ export class ShoalWorker {
     };
     this.held.set(lease.token, held);
     this.metrics?.inFlight(this.held.size);
-    void this.execute(held, params, item.timeoutMs || this.opts.itemTimeoutMs);
+    void this.execute(held, wire, item.timeoutMs || this.opts.itemTimeoutMs);
     return true;
   }
 
@@ -389,7 +392,7 @@ export class ShoalWorker {
     }
   }
 
-  private async execute(held: HeldItem, params: Record<string, unknown>, timeoutMs: number): Promise<void> {
+  private async execute(held: HeldItem, wire: WireParams, timeoutMs: number): Promise<void> {
     const { lease } = held;
     // Per-item lines carry batch and item ids; bindings are built only when a line is written.
     const ids = () => ({ batchId: lease.batchId, item: lease.index, attempt: held.attempt, model: held.model.name });
@@ -402,7 +405,8 @@ export class ShoalWorker {
       // The coordinator validated these params, but anything can be published on the assign
       // subject: a garbled or forged item must not reach the model (100000×100000 pixels would
       // take the process down), so it ends as the coordinator would have refused it.
-      const checked = validateParams(held.model, params);
+      if (wire.problem !== undefined) throw new InferenceError("INVALID_PARAMS", wire.problem, false);
+      const checked = validateParams(held.model, wire.params);
       if (checked.problems.length > 0) {
         throw new InferenceError("INVALID_PARAMS", checked.problems.map((p) => `${p.path}: ${p.message}`).join("; "), false);
       }
@@ -429,7 +433,7 @@ export class ShoalWorker {
       }
       const artifacts = await inChildSpan(held.span, "shoal.upload", (span) => {
         span?.setAttribute("shoal.artifacts", output.artifacts.length);
-        return Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data)));
+        return Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data, a.sha256)));
       });
       const runMs = Math.round(performance.now() - started);
       outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: peakBytes };
@@ -462,21 +466,23 @@ export class ShoalWorker {
     if (this.held.size === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array): Promise<Artifact> {
+  private async storeArtifact(lease: LeaseRef, name: string, contentType: string, data: Uint8Array, digest: Uint8Array | undefined): Promise<Artifact> {
     // The attempt's token is part of the name: only the coordinator and this worker know it, so
     // no other worker can name (let alone replace) this artifact, and the coordinator accepts an
     // outcome only with artifacts under its own attempt's name (wire-validation.ts).
     const objectName = `${lease.batchId}/${lease.index}/${lease.token}/${name}`;
+    // One digest for the object's info and the outcome: the inference thread's where it made one
+    // (the ONNX backend's threads hash what they produce), else computed here.
+    const sha256 = digest?.length === 32 ? digest : createHash("sha256").update(data).digest();
     try {
-      await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024);
+      await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
     } catch (err) {
       // A full store fails this attempt with a message that says what to change; retryable,
       // because --retention frees room as old artifacts age out.
       const e = storageError(err, `the artifact store (${this.names.artifactsBucket})`, "--artifacts-max-bytes on the coordinator");
       throw new InferenceError("INFERENCE_FAILED", `artifact ${name} (${data.length} bytes) not stored: ${e.message}`, true);
     }
-    const sha256 = createHash("sha256").update(data).digest("hex");
-    return { name, contentType, sizeBytes: data.length, sha256, uri: ARTIFACT_URI_PREFIX + objectName };
+    return { name, contentType, sizeBytes: data.length, sha256: Buffer.from(sha256).toString("hex"), uri: ARTIFACT_URI_PREFIX + objectName };
   }
 
   private onCancel(msg: Msg): void {
@@ -545,6 +551,7 @@ export class ShoalWorker {
       hostname: hostname(),
       models: [...this.manifests.keys()],
       heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
+      readsParamsJson: true,
     };
     try {
       this.nc.publish(this.names.heartbeat(this.opts.id), encodeMessage(Heartbeat, hb));
@@ -647,6 +654,23 @@ function evictProblem(req: EvictRequest, devices: GpuDevice[]): string | undefin
   if (bad >= 0) return `models[${bad}]: must be 1..128 characters`;
   if (req.reason.length > 64) return "reason: longer than 64 characters";
   return undefined;
+}
+
+/** An assigned item's params as the worker reads them; `problem` when params_json cannot be read. */
+interface WireParams {
+  params: Record<string, unknown>;
+  problem?: string;
+}
+
+/**
+ * params_json when the coordinator sent it (this version), else the Struct (an older
+ * coordinator). Unreadable JSON leaves the params empty: the item is taken and ends
+ * INVALID_PARAMS with the reason, as params that fail validation do.
+ */
+function paramsOf(item: AssignedItem): WireParams {
+  if (item.paramsJson.length === 0) return { params: item.params ?? {} };
+  const decoded = decodeParamsJson(item.paramsJson);
+  return "problem" in decoded ? { params: {}, problem: decoded.problem } : decoded;
 }
 
 function leaseProblem(lease: LeaseRef | undefined): string | undefined {

@@ -82,13 +82,22 @@ function area(location: string, fn: string): string {
   return parts.length > 1 ? `${parts[0]}/` : parts[0]!;
 }
 
-export function summarizeProfile(file: string, top = 25, root = process.cwd()): ProfileSummary {
+/**
+ * `windows`: only samples taken within these spans count (µs of the monotonic clock V8 stamps
+ * profiles with, which is process.hrtime's: a profiled process and the bench share it), e.g. the
+ * timed part of a run without start-up; wallMs is then their total length.
+ */
+export function summarizeProfile(file: string, top = 25, root = process.cwd(), windows?: { fromUs: number; toUs: number }[]): ProfileSummary {
   const profile = JSON.parse(readFileSync(file, "utf8")) as CpuProfile;
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const selfUs = new Map<number, number>();
   if (profile.samples && profile.timeDeltas) {
-    // Each sample's time is the delta to the next sample.
+    // Each sample's time is the delta to the next sample; a sample is stamped at startTime plus
+    // the deltas up to it.
+    let at = profile.startTime;
     for (let i = 0; i < profile.samples.length; i++) {
+      at += profile.timeDeltas[i] ?? 0;
+      if (windows && !windows.some((w) => at >= w.fromUs && at < w.toUs)) continue;
       const dt = profile.timeDeltas[i + 1] ?? 0;
       selfUs.set(profile.samples[i]!, (selfUs.get(profile.samples[i]!) ?? 0) + Math.max(0, dt));
     }
@@ -126,7 +135,7 @@ export function summarizeProfile(file: string, top = 25, root = process.cwd()): 
   }
   return {
     file,
-    wallMs: (profile.endTime - profile.startTime) / 1000,
+    wallMs: windows ? windows.reduce((t, w) => t + Math.max(0, Math.min(w.toUs, profile.endTime) - Math.max(w.fromUs, profile.startTime)), 0) / 1000 : (profile.endTime - profile.startTime) / 1000,
     busyMs: busyUs / 1000,
     idleMs: idleUs / 1000,
     gcMs: gcUs / 1000,

@@ -93,6 +93,7 @@ function heartbeat(w: SimWorker): void {
     hostname: host,
     models: [...manifests.keys()],
     heartbeatIntervalMs: intervalMs,
+    readsParamsJson: true, // params (unread here) come as JSON bytes, as to real workers
   };
   nc.publish(names.heartbeat(w.id), encodeMessage(Heartbeat, hb));
 }

@@ -424,6 +424,12 @@ const assignedItem = fc.record({
   lease: fc.option(leaseRef, { nil: undefined }),
   model: fc.oneof(fc.constant(IMAGEGEN_TINY.name), nastyString(20)),
   params: fc.oneof(validItem.map((i) => i.params), invalidItem(SMALL).map((i) => i.params)),
+  // This version's form of the params (JSON bytes; empty: read params); valid, invalid, garbage.
+  paramsJson: fc.oneof(
+    fc.constant(Buffer.alloc(0)),
+    fc.oneof(validItem.map((i) => i.params), invalidItem(SMALL).map((i) => i.params)).map((p) => Buffer.from(JSON.stringify(p ?? null))),
+    bytes(64).map((b) => Buffer.from(b)),
+  ),
   gpuIndex: fc.oneof(fc.constant(0), u32),
   vramBytes: u64,
   attempt: u32,

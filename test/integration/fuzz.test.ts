@@ -62,7 +62,7 @@ describe("fuzz - generated input never crashes or hangs the coordinator or a wor
       const batchId = "b_0000000000zzzzzzzzzz".replace(/z/g, "v");
       // 100000 × 100000 pixels would exhaust the worker's memory if it ran. weightsBytes 0: the
       // worker takes the weights from its own manifest, as from an older coordinator.
-      const bad = { lease: { batchId, index: 0, token: "1.fuzzbad" }, model: "imagegen-tiny", params: { prompt: "x", width: 100_000, height: 100_000, steps: 1 }, gpuIndex: 0, vramBytes: 1, weightsBytes: 0, attempt: 1, timeoutMs: 0 };
+      const bad = { lease: { batchId, index: 0, token: "1.fuzzbad" }, model: "imagegen-tiny", params: { prompt: "x", width: 100_000, height: 100_000, steps: 1 }, paramsJson: Buffer.alloc(0), gpuIndex: 0, vramBytes: 1, weightsBytes: 0, attempt: 1, timeoutMs: 0 };
       const badId = { ...bad, lease: { batchId: "x.y *", index: 0, token: "1.fuzzid" }, params: { prompt: "x", width: 64, height: 64, steps: 1 } };
       const reply = await nc.request(names.assign(f.workerId), encodeMessage(Assignment, { items: [bad, badId] }), { timeout: 10_000 });
       const answer = AssignReply.decode(reply.data);

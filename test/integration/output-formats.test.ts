@@ -1,6 +1,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -53,6 +54,8 @@ describe("output formats - imagegen-tiny items in png, jpeg and webp through a c
       assert.equal(a.contentType, want.contentType, `item ${r.index}`);
       const data = await client.artifact(a.uri, 30_000);
       assert.equal(data.length, a.sizeBytes);
+      // The digest the inference thread computed is the one of the bytes stored.
+      assert.equal(a.sha256, createHash("sha256").update(data).digest("hex"), `item ${r.index}`);
       const meta = await sharp(data).metadata();
       assert.equal(meta.format, want.format, `item ${r.index}`);
       assert.deepEqual([meta.width, meta.height], [base.width, base.height], `item ${r.index}`);

@@ -18,6 +18,7 @@ const hb = (over: Partial<Heartbeat> = {}): Heartbeat => ({
   models: [],
   heartbeatIntervalMs: 1000,
   residentWeights: [],
+  readsParamsJson: true,
   ...over,
 });
 

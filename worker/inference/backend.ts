@@ -23,6 +23,11 @@ export interface ArtifactData {
   name: string;
   contentType: string;
   data: Uint8Array;
+  /**
+   * SHA-256 of `data` (32 bytes) where the backend computed it off the worker's main thread (the
+   * inference threads hash what they produce); the worker hashes the rest itself.
+   */
+  sha256?: Uint8Array;
 }
 
 export interface InferenceOutput {

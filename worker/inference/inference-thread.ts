@@ -4,6 +4,7 @@
 // shape that run as one batch (dynamic batching). The thread keeps its own sessions (an LRU of
 // models) and reports which are loaded with every result.
 
+import { createHash } from "node:crypto";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import { InferenceError, type ArtifactData } from "./backend.js";
@@ -86,7 +87,9 @@ if (!isMainThread && parentPort !== null) {
       if (outcome instanceof InferenceError) {
         return { jobId: item.jobId, ok: false, code: outcome.code, message: outcome.message, retryable: outcome.retryable };
       }
-      return { jobId: item.jobId, ok: true, artifacts: outcome };
+      // Hashed here, beside the encoder, so the worker's main thread (which carries every item's
+      // NATS traffic) does not: the digest goes into the object's info and the outcome.
+      return { jobId: item.jobId, ok: true, artifacts: outcome.map((a) => ({ ...a, sha256: createHash("sha256").update(a.data).digest() })) };
     });
     // Transfer only buffers an artifact owns whole: a view into a shared pool must be copied.
     const transfer = items

@@ -51,6 +51,12 @@ export interface Heartbeat {
   models: string[];
   heartbeatIntervalMs: number;
   /**
+   * This worker reads AssignedItem.params_json (and falls back to params when it is empty): the
+   * coordinator sends params as JSON bytes only to workers that set this, so a worker of an
+   * older version, during a rolling upgrade, still gets them as a Struct.
+   */
+  readsParamsJson: boolean;
+  /**
    * Weights the worker keeps loaded and counts as used in its GPUs' vram_free_bytes whether or
    * not an item of the model runs (cached sessions on a measured GPU; a SIMULATED worker with
    * --sim-keep-weights). Evicting them (EvictRequest) gives the bytes back.
@@ -87,6 +93,11 @@ export interface Assignment {
 export interface AssignedItem {
   lease: LeaseRef | undefined;
   model: string;
+  /**
+   * The item's params as a coordinator before params_json sent them, and still sends them to a
+   * worker whose heartbeats do not set reads_params_json (a worker of that version). A worker uses
+   * this field only when params_json is empty.
+   */
   params: { [key: string]: any } | undefined;
   gpuIndex: number;
   /**
@@ -102,6 +113,13 @@ export interface AssignedItem {
    * Whether the weights are already resident is still the worker's own call.
    */
   weightsBytes: number;
+  /**
+   * The item's params as UTF-8 JSON (an object), validated once at submit and encoded once per
+   * item by the coordinator: a Struct costs a wrap and a field-by-field encode on every
+   * assignment and a decode and unwrap on the worker. Set for workers whose heartbeats say they
+   * read it (Heartbeat.reads_params_json); the worker validates the params again either way.
+   */
+  paramsJson: Buffer;
 }
 
 export interface AssignReply {
@@ -251,6 +269,7 @@ function createBaseHeartbeat(): Heartbeat {
     hostname: "",
     models: [],
     heartbeatIntervalMs: 0,
+    readsParamsJson: false,
     residentWeights: [],
   };
 }
@@ -292,6 +311,9 @@ export const Heartbeat: MessageFns<Heartbeat> = {
     }
     if (message.heartbeatIntervalMs !== 0) {
       writer.uint32(96).uint32(message.heartbeatIntervalMs);
+    }
+    if (message.readsParamsJson !== false) {
+      writer.uint32(112).bool(message.readsParamsJson);
     }
     for (const v of message.residentWeights) {
       ResidentWeights.encode(v!, writer.uint32(106).fork()).join();
@@ -408,6 +430,14 @@ export const Heartbeat: MessageFns<Heartbeat> = {
             message.heartbeatIntervalMs = reader.uint32();
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.readsParamsJson = reader.bool();
+            continue;
+          }
           case 13: {
             if (tag !== 106) {
               break;
@@ -468,6 +498,11 @@ export const Heartbeat: MessageFns<Heartbeat> = {
         : isSet(object.heartbeat_interval_ms)
         ? globalThis.Number(object.heartbeat_interval_ms)
         : 0,
+      readsParamsJson: isSet(object.readsParamsJson)
+        ? globalThis.Boolean(object.readsParamsJson)
+        : isSet(object.reads_params_json)
+        ? globalThis.Boolean(object.reads_params_json)
+        : false,
       residentWeights: globalThis.Array.isArray(object?.residentWeights)
         ? object.residentWeights.map((e: any) => ResidentWeights.fromJSON(e))
         : globalThis.Array.isArray(object?.resident_weights)
@@ -514,6 +549,9 @@ export const Heartbeat: MessageFns<Heartbeat> = {
     if (message.heartbeatIntervalMs !== 0) {
       obj.heartbeatIntervalMs = Math.round(message.heartbeatIntervalMs);
     }
+    if (message.readsParamsJson !== false) {
+      obj.readsParamsJson = message.readsParamsJson;
+    }
     if (message.residentWeights?.length) {
       obj.residentWeights = message.residentWeights.map((e) => ResidentWeights.toJSON(e));
     }
@@ -537,6 +575,7 @@ export const Heartbeat: MessageFns<Heartbeat> = {
     message.hostname = object.hostname ?? "";
     message.models = object.models?.map((e) => e) || [];
     message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
+    message.readsParamsJson = object.readsParamsJson ?? false;
     message.residentWeights = object.residentWeights?.map((e) => ResidentWeights.fromPartial(e)) || [];
     return message;
   },
@@ -976,6 +1015,7 @@ function createBaseAssignedItem(): AssignedItem {
     attempt: 0,
     timeoutMs: 0,
     weightsBytes: 0,
+    paramsJson: Buffer.alloc(0),
   };
 }
 
@@ -1004,6 +1044,9 @@ export const AssignedItem: MessageFns<AssignedItem> = {
     }
     if (message.weightsBytes !== 0) {
       writer.uint32(64).uint64(message.weightsBytes);
+    }
+    if (message.paramsJson.length !== 0) {
+      writer.uint32(74).bytes(message.paramsJson);
     }
     return writer;
   },
@@ -1085,6 +1128,14 @@ export const AssignedItem: MessageFns<AssignedItem> = {
             message.weightsBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.paramsJson = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1123,6 +1174,11 @@ export const AssignedItem: MessageFns<AssignedItem> = {
         : isSet(object.weights_bytes)
         ? globalThis.Number(object.weights_bytes)
         : 0,
+      paramsJson: isSet(object.paramsJson)
+        ? Buffer.from(bytesFromBase64(object.paramsJson))
+        : isSet(object.params_json)
+        ? Buffer.from(bytesFromBase64(object.params_json))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1152,6 +1208,9 @@ export const AssignedItem: MessageFns<AssignedItem> = {
     if (message.weightsBytes !== 0) {
       obj.weightsBytes = Math.round(message.weightsBytes);
     }
+    if (message.paramsJson.length !== 0) {
+      obj.paramsJson = base64FromBytes(message.paramsJson);
+    }
     return obj;
   },
 
@@ -1170,6 +1229,7 @@ export const AssignedItem: MessageFns<AssignedItem> = {
     message.attempt = object.attempt ?? 0;
     message.timeoutMs = object.timeoutMs ?? 0;
     message.weightsBytes = object.weightsBytes ?? 0;
+    message.paramsJson = object.paramsJson ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -2619,6 +2679,14 @@ export const ResultLogEntry: MessageFns<ResultLogEntry> = {
     return message;
   },
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
