@@ -61,6 +61,17 @@ export class VramLedger {
   private readonly warmCounts = new Map<string, Map<string, number>>();
   /** workerId → its live lease tokens, so a report only visits its own worker's leases. */
   private readonly leasesByWorker = new Map<string, Set<string>>();
+  /** Told the worker whose GPUs' free, reserved or warm figures changed (the placement index). */
+  private readonly listeners: ((workerId: string) => void)[] = [];
+
+  /** Calls `fn` with a worker's id whenever a figure placement reads on one of its GPUs changes. */
+  onChange(fn: (workerId: string) => void): void {
+    this.listeners.push(fn);
+  }
+
+  private changed(workerId: string): void {
+    for (const fn of this.listeners) fn(workerId);
+  }
 
   /**
    * A report from the worker (heartbeat, or its answer to an assignment): replaces each GPU's
@@ -100,6 +111,7 @@ export class VramLedger {
         lease.letGo = true;
       }
     }
+    this.changed(workerId);
   }
 
   available(key: string): number {
@@ -133,6 +145,7 @@ export class VramLedger {
     let m = this.warmCounts.get(key);
     if (!m) this.warmCounts.set(key, (m = new Map()));
     m.set(model, (m.get(model) ?? 0) + 1);
+    this.changed(g.workerId);
   }
 
   /** The lease ended (its outcome arrived, or it was taken back). Unknown tokens are ignored. */
@@ -148,6 +161,7 @@ export class VramLedger {
       const weights = this.warm(lease.gpuKey, lease.model) ? 0 : lease.weights;
       g.freeBytes = Math.min(g.totalBytes, g.freeBytes + lease.activation + weights);
     }
+    this.changed(g?.workerId ?? lease.gpuKey.slice(0, lease.gpuKey.lastIndexOf("/")));
   }
 
   removeWorker(workerId: string): void {
@@ -158,6 +172,7 @@ export class VramLedger {
       this.warmCounts.delete(g.key);
     }
     this.byWorker.delete(workerId);
+    this.changed(workerId);
   }
 
   /** Shared, not copied: callers must not modify it. */

@@ -160,6 +160,8 @@ export interface SimOptions {
   measureDecisions?: boolean;
   /** Stop after this much virtual time (a guard; the run then reports what did not end). */
   maxVirtualMs?: number;
+  /** Decide by scanning the fleet instead of the engine's GPU index (same decisions; for comparison). */
+  scan?: boolean;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -191,6 +193,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     predictor,
     observeDecision: opts.measureDecisions ? (s) => decisionTimes.push(s) : undefined,
     timer: opts.measureDecisions ? () => performance.now() : undefined,
+    scan: opts.scan,
   });
 
   const gpus: GpuSim[] = w.gpus.map((spec) => {

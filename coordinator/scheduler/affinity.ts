@@ -61,6 +61,19 @@ export function ratePerGpu(g: { totalBytes: number; slots: number; speed: number
   return Math.min(byVram, g.slots) * g.speed;
 }
 
+/** `allows` for a GPU whose planned models are `mine` (undefined: the plan left it free). */
+export function allowsPlanned(mine: ReadonlySet<string> | undefined, model: string, planned: ReadonlySet<string>): boolean {
+  if (!planned.has(model)) return true;
+  return mine?.has(model) ?? true;
+}
+
+/** `spillable` for a GPU whose planned models are `mine`. */
+export function spillablePlanned(mine: ReadonlySet<string> | undefined, waiting: (model: string) => number): boolean {
+  if (!mine) return true;
+  for (const m of mine) if (waiting(m) > 0) return false;
+  return true;
+}
+
 export class AffinityPlanner {
   /** gpuKey → the models it should serve now. */
   private allowedBy = new Map<string, Set<string>>();
@@ -82,18 +95,19 @@ export class AffinityPlanner {
     return this.allowedBy.size > 0;
   }
 
+  /** The plan: gpuKey → the models it should serve (a new map at every plan; the GPU index follows it). */
+  get currentPlan(): ReadonlyMap<string, ReadonlySet<string>> {
+    return this.allowedBy;
+  }
+
   /** Whether the plan lets GPU `key` serve `model` (always, for models the plan did not cover). */
   allows(key: string, model: string, planned: ReadonlySet<string>): boolean {
-    if (!planned.has(model)) return true;
-    return this.allowedBy.get(key)?.has(model) ?? true;
+    return allowsPlanned(this.allowedBy.get(key), model, planned);
   }
 
   /** The GPU's planned models have nothing waiting: it may take other work rather than idle. */
   spillable(key: string, waiting: (model: string) => number): boolean {
-    const mine = this.allowedBy.get(key);
-    if (!mine) return true;
-    for (const m of mine) if (waiting(m) > 0) return false;
-    return true;
+    return spillablePlanned(this.allowedBy.get(key), waiting);
   }
 
   /** Whether a re-plan is due: `replanMs` passed, or the set of models waiting or of GPUs changed. */
