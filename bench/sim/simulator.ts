@@ -399,7 +399,8 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
         error: oom ? { code: "OUT_OF_MEMORY", message: "simulated", retryable: true } : undefined,
         artifacts: [],
         runMs,
-        vramUsedBytes: oom ? 0 : (h.item.useBytes ?? 0),
+        // As the simulated backend does: an OUT_OF_MEMORY reports what the item needed.
+        vramUsedBytes: h.item.useBytes ?? 0,
       },
       g.spec.id,
       now,
@@ -407,7 +408,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     if (!oom && h.item.useBytes) estimates.observe(slot.shapeKey!, h.item.useBytes);
     if (oom) {
       res.estimateOoms++;
-      if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes);
+      if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes, h.item.useBytes ?? 0);
     } else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
     // As the coordinator does for a counted outcome: the slot was held from assignment (a load included) until now.
     if (!oom && effect.kind === "done" && h.assignedAtMs !== undefined) progress?.observeSlotTime(h.assignedAtMs, now, runMs);
