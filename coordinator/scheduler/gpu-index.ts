@@ -14,11 +14,11 @@
 // available VRAM (free less reserved) and then by fleet order, so the best GPU of a list is one
 // binary search away, and a decision looks at three lists per group.
 //
-// It follows the fleet incrementally: the ledger tells it which workers' VRAM figures changed
-// (reports, reservations, releases; only those GPUs are re-sorted, when the next decision
-// needs them), the engine tells it each worker's free slots, served and resident models once per
-// pass (only a worker whose figures changed moves), and a new affinity plan moves only the GPUs
-// whose planned models changed. Pure: no I/O, no clock.
+// It follows the fleet incrementally: the ledger tells it which worker's VRAM figures changed
+// (reports, reservations, releases) and only that worker's GPUs are re-sorted, at once, so a
+// decision pays only its own searches; the engine tells it each worker's free slots, served and
+// resident models once per pass (only a worker whose figures changed moves), and a new affinity
+// plan moves only the GPUs whose planned models changed. Pure: no I/O, no clock.
 
 import { bytesToReserve } from "../../shared/vram-need.js";
 import type { ItemNeed, Placement, PlacementPolicy } from "../placement.js";
@@ -116,7 +116,13 @@ export class GpuIndex {
   private order: WorkerEntry[] = [];
 
   constructor(readonly ledger: VramLedger) {
-    ledger.onChange((workerId) => this.dirty.add(workerId));
+    // Re-sorted as the change happens (a heartbeat, a reservation, a release), so a decision
+    // finds the lists in order and pays only its own searches.
+    ledger.onChange((workerId) => {
+      const w = this.workers.get(workerId);
+      if (w) this.refreshWorker(w);
+      else this.dirty.add(workerId);
+    });
   }
 
   /** Starts the engine's walk over the fleet (see syncWorker, endSync). */
@@ -147,7 +153,7 @@ export class GpuIndex {
     w.models = models;
     w.resident = resident;
     w.eligible = eligible;
-    if (changed) this.dirty.add(id);
+    if (changed) this.refreshWorker(w);
   }
 
   /** Ends the walk: workers not met take nothing; ranks follow the fleet's order again if it changed. */
@@ -155,7 +161,7 @@ export class GpuIndex {
     for (const w of this.workers.values()) {
       if (w.seenPass === this.pass || !w.eligible) continue;
       w.eligible = false;
-      this.dirty.add(w.id);
+      this.refreshWorker(w);
     }
     if (this.outOfOrder) {
       // A worker came back in the middle of the fleet's order: renumber and re-sort (rare).
@@ -163,10 +169,12 @@ export class GpuIndex {
       let rank = 0;
       for (const w of this.order) w.rank = rank++;
       for (const w of this.workers.values()) if (w.seenPass !== this.pass) w.rank = rank++;
+      this.outOfOrder = false;
       this.nextRank = rank;
       for (const w of this.workers.values()) this.dirty.add(w.id);
     }
     this.order = [];
+    this.flush();
   }
 
   /** A worker's free slots changed within the pass (the engine placed an item there). */
@@ -174,7 +182,7 @@ export class GpuIndex {
     const w = this.workers.get(id);
     if (!w || w.eligible === slotsFree > 0) return;
     w.eligible = slotsFree > 0;
-    this.dirty.add(id);
+    this.refreshWorker(w);
   }
 
   /** The affinity plan in force (gpuKey → planned models); a new one moves the GPUs whose set changed. */
