@@ -105,20 +105,23 @@ export function schedulePass(state: EngineState, input: PassInput): Map<string, 
   const eng = state.engine;
   // With an engine policy decisions read the GPU index; the walk below keeps its workers in step.
   const gpus = eng && !eng.scan ? gpuIndexOf(eng, state.ledger) : undefined;
-  gpus?.beginSync();
+  const walked: WorkerRecord[] = [];
   let slots = 0;
   for (const w of state.workers) {
-    if (w.state !== WorkerState.WORKER_STATE_READY || w.unreachable) {
-      gpus?.syncWorker(w.id, 0, w.models, w.resident);
-      continue;
-    }
+    walked.push(w);
+    if (w.state !== WorkerState.WORKER_STATE_READY || w.unreachable) continue;
     const free = w.maxInFlight - state.attempts.openOn(w.id);
     workers.set(w.id, { id: w.id, slotsFree: free, resident: w.resident, models: w.models });
-    gpus?.syncWorker(w.id, free, w.models, w.resident);
     slots += Math.max(0, free);
   }
-  gpus?.endSync();
   if (workers.size === 0 || slots === 0) return outgoing;
+  // Only a pass that can place brings the index's workers up to date (a full fleet with a long
+  // queue runs a pass per heartbeat that places nothing): every deciding pass syncs first.
+  if (gpus) {
+    gpus.beginSync();
+    for (const w of walked) gpus.syncWorker(w.id, workers.get(w.id)?.slotsFree ?? 0, w.models, w.resident);
+    gpus.endSync();
+  }
   const planner = eng?.affinity;
   const planned = new Set<string>();
   if (planner && eng) {
