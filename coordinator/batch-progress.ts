@@ -86,6 +86,15 @@ export class BatchProgress {
           const ms = this.engine!.predictMs(slot) + overhead;
           waitingItems++;
           waitingWorkMs += ms;
+          // Still no ETA before anything of the shape was learned: the overhead and the fleet's
+          // pace are not known either (and --forget-durations means exactly that).
+          const shape = slot.shapeKey ?? slot.model;
+          let p = pooled.get(shape);
+          if (!p) {
+            const pred = predictor.predict({ model: slot.model, shape });
+            pooled.set(shape, (p = { ms: pred.ms + overhead, guessed: pred.source === "default" }));
+          }
+          unknown ||= p.guessed;
         } else if (slot.state === "leased" && slot.lease && declared) {
           const ms = this.engine!.predictMs(slot, slot.lease.workerId) + overhead;
           runningRemainingMs.push(Math.max(ms - (nowMs - slot.lease.assignedAtMs), ms * OVERDUE_SHARE));
