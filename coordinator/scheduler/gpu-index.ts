@@ -159,7 +159,13 @@ export class GpuIndex {
   /** Ends the walk: workers not met take nothing; ranks follow the fleet's order again if it changed. */
   endSync(): void {
     for (const w of this.workers.values()) {
-      if (w.seenPass === this.pass || !w.eligible) continue;
+      if (w.seenPass === this.pass) continue;
+      // Gone from the fleet and from the ledger: forget it (worker ids come and go).
+      if (w.gpus.length === 0 && this.ledger.gpusOf(w.id).length === 0) {
+        this.workers.delete(w.id);
+        continue;
+      }
+      if (!w.eligible) continue;
       w.eligible = false;
       this.refreshWorker(w);
     }
