@@ -14,6 +14,8 @@ import { priorityWeight } from "./batch-queue.js";
 import type { ActiveBatch } from "./batch-state.js";
 import type { LearnedDurations } from "./learned-durations.js";
 import { estimateBatches, type BatchEta, type EtaBatch } from "./scheduler/eta.js";
+import type { DurationPredictor } from "./scheduler/engine.js";
+import { declaredMs } from "./scheduler/predictor.js";
 
 export interface BatchProgressView {
   queuePosition: number;
@@ -34,7 +36,15 @@ export class BatchProgress {
   private overheadSamples = 0;
   private recentRunning: { atMs: number; running: number }[] = [];
 
-  constructor(private readonly durations: LearnedDurations) {}
+  constructor(
+    private readonly durations: LearnedDurations,
+    /**
+     * The engine's predictor, for items that declare their run time (SIMULATED `work_ms`): the
+     * queue runs those longest first by it, so the items done first are the longest and a mean
+     * learned from them would overestimate the rest; the ETA predicts them as the queue ranks them.
+     */
+    private readonly engine?: DurationPredictor,
+  ) {}
 
   /** A counted outcome: its slot was held from assignment until now, `runMs` of it running. */
   observeSlotTime(assignedAtMs: number, nowMs: number, runMs: number): void {
@@ -71,7 +81,24 @@ export class BatchProgress {
       let lastShape: string | undefined;
       let p: { ms: number; guessed: boolean } | undefined;
       for (const slot of batch.items) {
-        if (slot.state === "pending") {
+        const declared = this.engine && declaredMs(slot) !== undefined;
+        if (slot.state === "pending" && declared) {
+          const ms = this.engine!.predictMs(slot) + overhead;
+          waitingItems++;
+          waitingWorkMs += ms;
+          // Still no ETA before anything of the shape was learned: the overhead and the fleet's
+          // pace are not known either (and --forget-durations means exactly that).
+          const shape = slot.shapeKey ?? slot.model;
+          let p = pooled.get(shape);
+          if (!p) {
+            const pred = predictor.predict({ model: slot.model, shape });
+            pooled.set(shape, (p = { ms: pred.ms + overhead, guessed: pred.source === "default" }));
+          }
+          unknown ||= p.guessed;
+        } else if (slot.state === "leased" && slot.lease && declared) {
+          const ms = this.engine!.predictMs(slot, slot.lease.workerId) + overhead;
+          runningRemainingMs.push(Math.max(ms - (nowMs - slot.lease.assignedAtMs), ms * OVERDUE_SHARE));
+        } else if (slot.state === "pending") {
           const shape = slot.shapeKey ?? slot.model;
           if (shape !== lastShape) {
             lastShape = shape;

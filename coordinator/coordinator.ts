@@ -139,7 +139,7 @@ export class Coordinator {
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
     this.learnedDurations = new LearnedDurations(this.ledger, log.child({ component: "durations" }), durationModel);
-    this.progress = new BatchProgress(this.learnedDurations);
+    this.progress = new BatchProgress(this.learnedDurations, this.durations);
     this.link = new WorkerLink({
       nc: () => this.nc!,
       resultLog: () => this.resultLog!,
@@ -405,9 +405,11 @@ export class Coordinator {
         this.progress.observeSlotTime(current.assignedAtMs, now, o.runMs);
       }
       // Learning takes only outcomes that counted: an ignored one's figures are nobody's.
-      if (slot?.shapeKey && effect.kind !== "ignored" && o.vramUsedBytes > 0) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
-      if (slot?.shapeKey && effect.kind !== "ignored" && o.error?.code === "OUT_OF_MEMORY") {
-        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes);
+      // An OUT_OF_MEMORY's figure is what the item needed (a floor), not a measured peak: it raises the estimate below.
+      const oom = o.error?.code === "OUT_OF_MEMORY";
+      if (slot?.shapeKey && effect.kind !== "ignored" && o.vramUsedBytes > 0 && !oom) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
+      if (slot?.shapeKey && effect.kind !== "ignored" && oom) {
+        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes, o.vramUsedBytes);
         if (!replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
       }
       if (effect.kind === "ignored") {

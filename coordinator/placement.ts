@@ -43,7 +43,8 @@ export function placeItem(
   gpuFilter?: (gpuKey: string) => boolean,
 ): Placement | undefined {
   let best: Placement | undefined;
-  let bestScore = Infinity;
+  let bestCat = Infinity;
+  let bestFit = Infinity;
   for (const w of workers) {
     if (w.slotsFree <= 0 || !w.models.has(item.model)) continue;
     const resident = w.resident.has(item.model);
@@ -59,10 +60,12 @@ export function placeItem(
       const bytes = bytesToReserve(item, warm);
       // Lower is better; a GPU with the model in use or loaded (no load time) outweighs any
       // difference in leftover bytes.
+      // Compared as a pair, not summed: a sum with 1e18 would round away differences below 128 bytes.
       const fit = policy === "best-fit" ? left : -left;
-      const score = (warm || resident ? 0 : 1) * 1e18 + fit;
-      if (score < bestScore) {
-        bestScore = score;
+      const cat = warm || resident ? 0 : 1;
+      if (cat < bestCat || (cat === bestCat && fit < bestFit)) {
+        bestCat = cat;
+        bestFit = fit;
         best = { workerId: w.id, gpuKey: g.key, gpuIndex: g.index, bytes, loads: warm ? undefined : item.model };
       }
     }

@@ -76,6 +76,17 @@ export class VramLedger {
    * figures understate what is free.
    */
   private readonly staleHeld = new Map<string, number>();
+  /** Told the worker whose GPUs' free, reserved or warm figures changed (the placement index). */
+  private readonly listeners: ((workerId: string) => void)[] = [];
+
+  /** Calls `fn` with a worker's id whenever a figure placement reads on one of its GPUs changes. */
+  onChange(fn: (workerId: string) => void): void {
+    this.listeners.push(fn);
+  }
+
+  private changed(workerId: string): void {
+    for (const fn of this.listeners) fn(workerId);
+  }
 
   /**
    * A report from the worker (heartbeat, or its answer to an assignment): replaces each GPU's
@@ -126,6 +137,7 @@ export class VramLedger {
         lease.letGo = true;
       }
     }
+    this.changed(workerId);
   }
 
   /** The resident weights a worker reports (all of them: the list replaces the last one). */
@@ -138,6 +150,7 @@ export class VramLedger {
       if (!m) this.residentByGpu.set(key, (m = new Map()));
       m.set(r.model, r.weightsBytes);
     }
+    this.changed(workerId);
   }
 
   /**
@@ -185,6 +198,7 @@ export class VramLedger {
     let m = this.warmCounts.get(key);
     if (!m) this.warmCounts.set(key, (m = new Map()));
     m.set(model, (m.get(model) ?? 0) + 1);
+    this.changed(g.workerId);
   }
 
   /** The lease ended (its outcome arrived, or it was taken back). Unknown tokens are ignored. */
@@ -201,6 +215,7 @@ export class VramLedger {
       const weights = this.warm(lease.gpuKey, lease.model) || this.residentWeights(lease.gpuKey).has(lease.model) ? 0 : lease.weights;
       g.freeBytes = Math.min(g.totalBytes, g.freeBytes + lease.activation + weights);
     }
+    this.changed(g?.workerId ?? lease.gpuKey.slice(0, lease.gpuKey.lastIndexOf("/")));
   }
 
   removeWorker(workerId: string): void {
@@ -213,6 +228,7 @@ export class VramLedger {
       this.residentByGpu.delete(g.key);
     }
     this.byWorker.delete(workerId);
+    this.changed(workerId);
   }
 
   /** Shared, not copied: callers must not modify it. */

@@ -11,9 +11,12 @@
 //     coordinator's next Assignment arrives at that worker is recorded. That includes the
 //     JetStream round trip of the outcome and the assign request, so it bounds the decision
 //     time from above.
+//   - the placement decision itself, from the coordinator's own shoal_placement_seconds
+//     histogram (its /metrics), read before and after the churn: the p99 of the decisions made
+//     meanwhile, as the upper edge of the bucket it falls in.
 
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { Stack } from "../../test/harness/processes.js";
+import { Stack, freePort } from "../../test/harness/processes.js";
 import { cpuShare, peakRssBytes, rssBytes, spawnBenchScript, stopProc, stopStack, trackStack, type BenchProc } from "../lib/procs.js";
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
 import { startShoal, type ShoalStack } from "../lib/shoal.js";
@@ -22,6 +25,34 @@ import type { BenchCase, CaseContext } from "./case.js";
 
 const GB = 1e9;
 const TARGETS = { rssBytes: 1e9, heartbeatShare: 0.25, placementP99Ms: 1 };
+
+/** Cumulative bucket counts of shoal_placement_seconds (le → count) from a /metrics text. */
+export function placementBuckets(text: string): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const line of text.split("\n")) {
+    const m = /^shoal_placement_seconds_bucket\{le="([^"]+)"\} (\S+)$/.exec(line);
+    if (m) out.set(m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2]));
+  }
+  return out;
+}
+
+/**
+ * The p-th percentile of the observations between two readings of the histogram, as the upper
+ * edge of its bucket (an upper bound); undefined when nothing was observed in between.
+ */
+export function bucketPercentile(before: Map<number, number>, after: Map<number, number>, p: number): { le: number; count: number } | undefined {
+  const edges = [...after.keys()].sort((a, b) => a - b);
+  const delta = edges.map((le) => (after.get(le) ?? 0) - (before.get(le) ?? 0));
+  const count = delta[delta.length - 1] ?? 0;
+  if (!(count > 0)) return undefined;
+  const i = delta.findIndex((c) => c >= (p / 100) * count);
+  return { le: edges[i]!, count };
+}
+
+async function readPlacement(metricsPort: number): Promise<Map<number, number>> {
+  const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, { signal: AbortSignal.timeout(10_000) });
+  return placementBuckets(await res.text());
+}
 
 async function control(nc: NatsConnection, name: string, cmd: Record<string, unknown>, timeoutMs = 10_000): Promise<Record<string, unknown>> {
   const reply = await nc.request(`bench.simfleet.${name}.ctl`, new TextEncoder().encode(JSON.stringify(cmd)), { timeout: timeoutMs });
@@ -39,10 +70,11 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   let nc: NatsConnection | undefined;
   try {
     await stack.startNats();
+    const metricsPort = await freePort();
     shoal = await startShoal({
       stack,
       // Heartbeat timeout 5 s: the whole fleet shares this machine's 2 cores with the coordinator.
-      coordinatorArgs: ["--max-items", "100000", "--max-queued-items", "1000000", "--heartbeat-timeout", "5s", "--unplaceable-grace", "1h"],
+      coordinatorArgs: ["--max-items", "100000", "--max-queued-items", "1000000", "--heartbeat-timeout", "5s", "--unplaceable-grace", "1h", "--metrics-port", String(metricsPort)],
       workers: [],
     });
     const coordPid = stack.coordinator!.pid;
@@ -85,6 +117,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     const rss = rssBytes(coordPid);
 
     ctx.log(`churn: ${p.churn} slots freed at ${p.churnRate}/s; time to the next assignment`);
+    const histBefore = await readPlacement(metricsPort);
     const perProcess = Math.ceil(p.churn / p.processes);
     const churns = await Promise.all(
       fleets.map((_, i) => control(nc!, `p${i}`, { op: "churn", count: perProcess, ratePerS: p.churnRate / p.processes }, 60_000 + (perProcess * 1000 * p.processes) / p.churnRate)),
@@ -95,6 +128,9 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     const fromPublish = samples.map((s) => s.fromPublishMs);
     const fromStored = samples.map((s) => s.fromStoredMs);
     const peakRss = peakRssBytes(coordPid);
+    const histAfter = await readPlacement(metricsPort);
+    const decisionP99 = bucketPercentile(histBefore, histAfter, 99);
+    const decisionP50 = bucketPercentile(histBefore, histAfter, 50);
 
     const hbShare = loaded.share - idle.share;
     const metrics: Metric[] = [
@@ -122,6 +158,17 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       }),
       { name: "slot freed → next assignment p50", value: percentile(fromPublish, 50), unit: "ms" },
     ];
+    if (decisionP99) {
+      metrics.push(
+        check({
+          name: `placement decision p99 (shoal_placement_seconds, ${decisionP99.count} decisions during the churn; bucket upper edge)`,
+          value: decisionP99.le * 1000,
+          unit: "ms",
+          reference: { label: "p50 bucket edge", value: (decisionP50?.le ?? NaN) * 1000, unit: "ms" },
+          target: { of: "value", op: "<=", threshold: TARGETS.placementP99Ms, text: `≤ ${TARGETS.placementP99Ms} ms` },
+        }),
+      );
+    }
     return {
       params: {
         simulatedWorkers: workers,
@@ -142,6 +189,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
         rssBytes: { idle: rssIdle, loaded: rss, peak: peakRss },
         submitSeconds: submitS,
         placement: {
+          histogram: { before: Object.fromEntries([...histBefore].map(([k, v]) => [String(k), v])), after: Object.fromEntries([...histAfter].map(([k, v]) => [String(k), v])) },
           samples: samples.length,
           missing,
           fromPublishMs: { p50: percentile(fromPublish, 50), p90: percentile(fromPublish, 90), p99: percentile(fromPublish, 99), max: Math.max(...fromPublish) },

@@ -33,6 +33,10 @@ import { VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import { fits } from "../../shared/vram-need.js";
 import { EventHeap } from "./heap.js";
+import { BatchProgress } from "../../coordinator/batch-progress.js";
+import { LearnedDurations } from "../../coordinator/learned-durations.js";
+import { pino } from "pino";
+import { etaErrorAt, type EtaSample } from "../lib/eta-accuracy.js";
 
 export interface SimGpuSpec {
   id: string;
@@ -137,10 +141,16 @@ export interface SimResult {
   /** Models evicted by defragmentation, and evictions the simulated worker refused (an item of the model held: must be 0). */
   evictions: number;
   evictionsRefused: number;
+  /**
+   * With `trackEta`: per batch that reached 25 % with an ETA, |ETA − end| / remaining time, as
+   * the coordinator's BatchProgress (scheduler/eta.ts) estimated it once a virtual second.
+   */
+  etaErrors?: number[];
 }
 
 interface Held {
   token: string;
+  assignedAtMs?: number;
   batch: ActiveBatch;
   index: number;
   model: string;
@@ -178,6 +188,10 @@ export interface SimOptions {
   residency?: boolean;
   /** Defragmentation (coordinator/scheduler/defrag.ts): the engine's evictions are carried out. */
   defrag?: boolean;
+  /** Decide by scanning the fleet instead of the engine's GPU index (same decisions; for comparison). */
+  scan?: boolean;
+  /** Estimate every running batch's completion once a virtual second, as the coordinator does, and score it (etaErrors). */
+  trackEta?: boolean;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -191,12 +205,27 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   // The GPU name carries the speed, as a real GPU's model name does: GPU types differ by it.
   const gpuName = (g: SimGpuSpec) => `SIMULATED x${g.speed}`;
   const typeOf = new Map(w.gpus.map((g) => [g.id, gpuTypeOf(gpuName(g), g.vramBytes)]));
-  const learned = new LearnedPredictor(new DurationModel(), {
-    gpuTypeOf: (id) => typeOf.get(id),
+  const predictorOpts = {
+    gpuTypeOf: (id: string) => typeOf.get(id),
     loadBytesPerS: Number.isFinite(w.loadBytesPerS) ? w.loadBytesPerS : 0,
     useDeclared: policy.durations === "declared",
-  });
+  };
+  const learned = new LearnedPredictor(new DurationModel(), predictorOpts);
   const predictor: DurationPredictor | undefined = policy.durations === "none" ? undefined : learned;
+  // The coordinator's own ETA path: BatchProgress over LearnedDurations (never started: no KV here),
+  // with a predictor of its own over the same learned model, so its speed refreshes do not move the engine's.
+  const progress = opts.trackEta ? new BatchProgress(new LearnedDurations(ledger, pino({ level: "silent" }), learned.model), predictor && new LearnedPredictor(learned.model, predictorOpts)) : undefined;
+  const etaSamples = new Map<string, EtaSample[]>();
+  const etaErrors: number[] = [];
+  let nextEtaAt = 0;
+  const refreshEta = (at: number) => {
+    progress!.refresh(at, batches.values());
+    for (const b of batches.values()) {
+      let list = etaSamples.get(b.id);
+      if (!list) etaSamples.set(b.id, (list = []));
+      list.push({ atMs: at, done: b.doneCount, total: b.items.length, etaMs: progress!.get(b.id)?.estimatedCompletionAt?.getTime() });
+    }
+  };
   const classify = (batchId: string, index: number) => {
     const slot = batches.get(batchId)!.items[index]!;
     noteNeed(engine, slot.model, slot.need.weightsBytes, estimates.activation(slot.shapeKey!, slot.need.activationBytes));
@@ -210,6 +239,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     observeDecision: opts.measureDecisions ? (s) => decisionTimes.push(s) : undefined,
     timer: opts.measureDecisions ? () => performance.now() : undefined,
     hedging: opts.hedging,
+    scan: opts.scan,
   });
   if (opts.defrag) engine.defrag = { busy: new Set(), evictions: [] };
 
@@ -326,7 +356,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
         continue;
       }
       const item = simItems.get(p.batch.id)![p.index]!;
-      g.held.set(p.lease.token, { token: p.lease.token, batch: p.batch, index: p.index, model: slot.model, activation, item });
+      g.held.set(p.lease.token, { token: p.lease.token, assignedAtMs: p.lease.assignedAtMs, batch: p.batch, index: p.index, model: slot.model, activation, item });
       g.heldByModel.set(slot.model, (g.heldByModel.get(slot.model) ?? 0) + 1);
       g.activations += activation;
       checkVram(g);
@@ -403,7 +433,8 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
         error: oom ? { code: "OUT_OF_MEMORY", message: "simulated", retryable: true } : undefined,
         artifacts: [],
         runMs,
-        vramUsedBytes: oom ? 0 : (h.item.useBytes ?? 0),
+        // As the simulated backend does: an OUT_OF_MEMORY reports what the item needed.
+        vramUsedBytes: h.item.useBytes ?? 0,
       },
       g.spec.id,
       now,
@@ -411,7 +442,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     if (!oom && h.item.useBytes) estimates.observe(slot.shapeKey!, h.item.useBytes);
     if (oom) {
       res.estimateOoms++;
-      if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes);
+      if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes, h.item.useBytes ?? 0);
     } else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
     if ((effect.kind === "done" || effect.kind === "closed") && effect.hedge) {
       res.hedges[effect.hedge.outcome]++;
@@ -423,6 +454,8 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
         report(og);
       }
     }
+    // As the coordinator does for a counted outcome: the slot was held from assignment (a load included) until now.
+    if (!oom && effect.kind === "done" && h.assignedAtMs !== undefined) progress?.observeSlotTime(h.assignedAtMs, now, runMs);
     if (effect.kind === "retry") queue.add(h.batch.id, h.index, h.batch.record.batch!.priority);
     else if (effect.kind === "done") {
       const e = ended.get(h.batch.id)!;
@@ -433,6 +466,11 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       lastDone = now;
       if (h.batch.isComplete) {
         times.get(h.batch.id)!.doneMs = now;
+        if (progress) {
+          const e = etaErrorAt(etaSamples.get(h.batch.id) ?? [], now);
+          if (e !== undefined) etaErrors.push(e);
+          etaSamples.delete(h.batch.id);
+        }
         queue.removeBatch(h.batch.id);
         batches.delete(h.batch.id);
       }
@@ -482,6 +520,12 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   while (heap.size > 0) {
     now = heap.peek()!.t;
     if (now > maxT) break;
+    // ETA refreshes between events see the state of their instant (nothing changes between events);
+    // they add no pass, so the schedule is the same with or without them.
+    if (progress) {
+      if (batches.size === 0) nextEtaAt = Math.max(nextEtaAt, now);
+      for (; nextEtaAt < now; nextEtaAt += 1000) if (batches.size > 0) refreshEta(nextEtaAt);
+    }
     // Every event at this instant, then one pass (as the coordinator coalesces passes).
     while (heap.size > 0 && heap.peek()!.t === now) {
       const e = heap.pop()!;
@@ -499,6 +543,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   }
 
   res.notEnded = remaining;
+  if (progress) res.etaErrors = etaErrors;
   res.plans = engine.affinity?.plans ?? 0;
   res.switches = engine.affinity?.switches ?? 0;
   const first = Math.min(...w.batches.map((b) => b.arrivalMs));

@@ -61,6 +61,19 @@ export function ratePerGpu(g: { totalBytes: number; slots: number; speed: number
   return Math.min(byVram, g.slots) * g.speed;
 }
 
+/** `allows` for a GPU whose planned models are `mine` (undefined: the plan left it free). */
+export function allowsPlanned(mine: ReadonlySet<string> | undefined, model: string, planned: ReadonlySet<string>): boolean {
+  if (!planned.has(model)) return true;
+  return mine?.has(model) ?? true;
+}
+
+/** `spillable` for a GPU whose planned models are `mine`. */
+export function spillablePlanned(mine: ReadonlySet<string> | undefined, waiting: (model: string) => number): boolean {
+  if (!mine) return true;
+  for (const m of mine) if (waiting(m) > 0) return false;
+  return true;
+}
+
 export class AffinityPlanner {
   /** gpuKey → the models it should serve now. */
   private allowedBy = new Map<string, Set<string>>();
@@ -82,18 +95,19 @@ export class AffinityPlanner {
     return this.allowedBy.size > 0;
   }
 
+  /** The plan: gpuKey → the models it should serve (a new map at every plan; the GPU index follows it). */
+  get currentPlan(): ReadonlyMap<string, ReadonlySet<string>> {
+    return this.allowedBy;
+  }
+
   /** Whether the plan lets GPU `key` serve `model` (always, for models the plan did not cover). */
   allows(key: string, model: string, planned: ReadonlySet<string>): boolean {
-    if (!planned.has(model)) return true;
-    return this.allowedBy.get(key)?.has(model) ?? true;
+    return allowsPlanned(this.allowedBy.get(key), model, planned);
   }
 
   /** The GPU's planned models have nothing waiting: it may take other work rather than idle. */
   spillable(key: string, waiting: (model: string) => number): boolean {
-    const mine = this.allowedBy.get(key);
-    if (!mine) return true;
-    for (const m of mine) if (waiting(m) > 0) return false;
-    return true;
+    return spillablePlanned(this.allowedBy.get(key), waiting);
   }
 
   /** Whether a re-plan is due: `replanMs` passed, or the set of models waiting or of GPUs changed. */
@@ -120,10 +134,13 @@ export class AffinityPlanner {
       this.allowedBy = next;
       return;
     }
-    // Classes of identical GPUs keep the LP small with a thousand workers.
+    // Classes of GPUs alike but for speed keep the LP small with a thousand workers. A class's
+    // capacity is the sum of its GPUs' speeds (rates are per unit of speed), and its share of a
+    // model is rounded to GPUs by that share of its count: GPUs of one size but many speeds are
+    // rounded together, not each alone (a class of one GPU can only be all or nothing).
     const classes = new Map<string, PlannerGpu[]>();
     for (const g of gpus) {
-      const key = `${g.totalBytes}|${g.speed}|${g.slots}|${[...g.models].sort().join(",")}`;
+      const key = `${g.totalBytes}|${g.slots}|${[...g.models].sort().join(",")}`;
       let list = classes.get(key);
       if (!list) classes.set(key, (list = []));
       list.push(g);
@@ -135,7 +152,7 @@ export class AffinityPlanner {
       cls.forEach((list, ci) => {
         const g = list[0]!;
         if (!g.models.has(name)) return;
-        const rate = ratePerGpu(g, b);
+        const rate = ratePerGpu({ ...g, speed: 1 }, b);
         if (rate > 0 && Number.isFinite(rate)) pairs.push({ m: mi, c: ci, rate });
       });
     });
@@ -160,7 +177,7 @@ export class AffinityPlanner {
         if (p.c === ci) row[1 + k] = 1;
       });
       A.push(row);
-      rhs.push(list.length);
+      rhs.push(list.reduce((s, g) => s + g.speed, 0));
     });
     const c = new Array<number>(nVars).fill(0);
     c[0] = 1;
@@ -174,10 +191,11 @@ export class AffinityPlanner {
     this.horizonMs = sol.value > 0 ? 1000 / sol.value : Infinity;
     cls.forEach((list, ci) => {
       const targets = new Map<string, number>();
+      const perSpeed = list.length / list.reduce((s, g) => s + g.speed, 0);
       pairs.forEach((p, k) => {
-        if (p.c === ci && sol.x[1 + k]! > 1e-9) targets.set(names[p.m]!, sol.x[1 + k]!);
+        if (p.c === ci && sol.x[1 + k]! > 1e-9) targets.set(names[p.m]!, sol.x[1 + k]! * perSpeed);
       });
-      this.roundClass(list, targets, backlog, next);
+      this.roundClass([...list].sort((a, b) => b.speed - a.speed), targets, backlog, next);
     });
     this.allowedBy = next;
   }

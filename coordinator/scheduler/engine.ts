@@ -18,7 +18,8 @@ import type { WorkerRecord } from "../fleet.js";
 import { placeItem, type PlaceableWorker, type Placement, type PlacementPolicy } from "../placement.js";
 import type { VramEstimates } from "../vram-estimates.js";
 import type { VramLedger } from "../vram-ledger.js";
-import type { AffinityPlanner, ModelBacklog, PlannerGpu } from "./affinity.js";
+import { allowsPlanned, spillablePlanned, type AffinityPlanner, type ModelBacklog, type PlannerGpu } from "./affinity.js";
+import { GpuIndex, type PlanSet } from "./gpu-index.js";
 import { planHedges, type HedgeInfo, type HedgePolicy } from "./hedging.js";
 import { planEvictions, type BlockedModel, type DefragGpu, type Eviction } from "./defrag.js";
 import { gpuKey } from "../vram-ledger.js";
@@ -68,6 +69,10 @@ export interface EnginePolicy {
   hedgeScannedAtMs?: number;
   /** Defragmentation (defrag.ts, `--defrag`); absent = off. */
   defrag?: DefragState;
+  /** The GPU index placement decisions read (made at the first pass, kept in step with the ledger). */
+  gpuIndex?: GpuIndex;
+  /** Decide by scanning the whole fleet instead of the index (the same decisions, slower: for comparison). */
+  scan?: boolean;
 }
 
 /** What defragmentation keeps between passes: the caller sends `evictions` after each pass. */
@@ -79,7 +84,7 @@ export interface DefragState {
 }
 
 export function newEnginePolicy(
-  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy } = {},
+  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean } = {},
 ): EnginePolicy {
   return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
@@ -155,21 +160,33 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
   if (state.engine?.defrag) state.engine.defrag.evictions = [];
   if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
   const workers = new Map<string, PlaceableWorker>();
+  const eng = state.engine;
+  // With an engine policy decisions read the GPU index; the walk below keeps its workers in step.
+  const gpus = eng && !eng.scan ? gpuIndexOf(eng, state.ledger) : undefined;
+  const walked: WorkerRecord[] = [];
   let slots = 0;
   for (const w of state.workers) {
+    walked.push(w);
     if (w.state !== WorkerState.WORKER_STATE_READY || w.unreachable) continue;
     const free = w.maxInFlight - state.attempts.openOn(w.id);
     workers.set(w.id, { id: w.id, slotsFree: free, resident: w.resident, models: w.models });
     slots += Math.max(0, free);
   }
   if (workers.size === 0 || slots === 0) return outgoing;
-  const eng = state.engine;
+  // Only a pass that can place brings the index's workers up to date (a full fleet with a long
+  // queue runs a pass per heartbeat that places nothing): every deciding pass syncs first.
+  if (gpus) {
+    gpus.beginSync();
+    for (const w of walked) gpus.syncWorker(w.id, workers.get(w.id)?.slotsFree ?? 0, w.models, w.resident);
+    gpus.endSync();
+  }
   const planner = eng?.affinity;
   const planned = new Set<string>();
   if (planner && eng) {
     const waiting = [...state.queue.backlogByGroup().keys()].sort().join(",");
     planner.maybePlan(input.nowMs, waiting, workers.size, () => plannerInputs(state, eng, workers, input.nowMs));
     for (const m of eng.modelNeeds.keys()) planned.add(m);
+    gpus?.usePlan(planner.currentPlan);
   }
   const waitingOf = (m: string) => state.queue.waiting(m);
   const timer = eng?.observeDecision ? eng.timer : undefined;
@@ -199,13 +216,16 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       return false;
     }
     const need = { model: slot.model, activationBytes: activation, weightsBytes: slot.need.weightsBytes };
+    // The index and the scan decide the same (test/unit/gpu-index.test.ts); the scan reads each GPU, the index a few lists.
+    const place = (accept?: (plan: PlanSet) => boolean, filter?: (gpuKey: string) => boolean): Placement | undefined =>
+      gpus ? gpus.place(need, input.policy, accept) : placeItem(need, workers.values(), state.ledger, input.policy, filter);
     let placement: Placement | undefined;
     if (planner?.active) {
       placement =
-        placeItem(need, workers.values(), state.ledger, input.policy, (key) => planner.allows(key, slot.model, planned)) ??
-        placeItem(need, workers.values(), state.ledger, input.policy, (key) => planner.spillable(key, waitingOf));
+        place((plan) => allowsPlanned(plan, slot.model, planned), (key) => planner.allows(key, slot.model, planned)) ??
+        place((plan) => spillablePlanned(plan, waitingOf), (key) => planner.spillable(key, waitingOf));
     } else {
-      placement = placeItem(need, workers.values(), state.ledger, input.policy);
+      placement = place();
     }
     if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
     if (!placement) {
@@ -228,7 +248,9 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       activationBytes: activation,
       weightsBytes: slot.need.weightsBytes,
     });
-    workers.get(placement.workerId)!.slotsFree--;
+    const pw = workers.get(placement.workerId)!;
+    pw.slotsFree--;
+    gpus?.setSlots(pw.id, pw.slotsFree);
     let list = outgoing.get(placement.workerId);
     if (!list) outgoing.set(placement.workerId, (list = []));
     list.push({ batch, index, lease });
@@ -283,6 +305,12 @@ function planDefrag(state: EngineState, eng: EnginePolicy, defrag: DefragState, 
     { loadMs: (m, bytes) => eng.predictor?.loadMs?.(m, bytes) ?? 0, waiting: (m) => state.queue.waiting(m) },
     defrag.busy,
   );
+}
+
+/** The engine's GPU index over this ledger (a new one if the ledger is not the one it follows). */
+function gpuIndexOf(eng: EnginePolicy, ledger: VramLedger): GpuIndex {
+  if (eng.gpuIndex?.ledger !== ledger) eng.gpuIndex = new GpuIndex(ledger);
+  return eng.gpuIndex;
 }
 
 /** Records a model's need as the planner reads it; called for each item tried, and when items are queued. */

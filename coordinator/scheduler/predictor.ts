@@ -33,6 +33,12 @@ export class LearnedPredictor implements DurationPredictor {
   private speeds = new Map<string, number>();
   private speedsAt = -Infinity;
   private readonly types = new Set<string>();
+  /**
+   * GPU type → Σ log(declared / measured) and the count, over items that declare their run time:
+   * each such outcome measures its GPU's speed directly, so speeds are known from the first
+   * outcome on each type instead of after enough pairs of types have run the same shapes.
+   */
+  private readonly declaredSpeed = new Map<string, { logSum: number; n: number }>();
 
   constructor(
     readonly model: DurationModel,
@@ -56,6 +62,13 @@ export class LearnedPredictor implements DurationPredictor {
   observe(slot: ItemSlot, workerId: string, ms: number): void {
     const gpuType = this.opts.gpuTypeOf(workerId);
     if (gpuType !== undefined) this.types.add(gpuType);
+    const declared = this.opts.useDeclared === false ? undefined : declaredMs(slot);
+    if (gpuType !== undefined && declared !== undefined && ms > 0) {
+      const s = this.declaredSpeed.get(gpuType) ?? { logSum: 0, n: 0 };
+      s.logSum += Math.log(declared / ms);
+      s.n++;
+      this.declaredSpeed.set(gpuType, s);
+    }
     this.model.observe({ model: slot.model, shape: slot.shapeKey ?? slot.model, gpuType }, ms);
   }
 
@@ -66,6 +79,8 @@ export class LearnedPredictor implements DurationPredictor {
   speedOf(workerId: string): number {
     const t = this.opts.gpuTypeOf(workerId);
     if (t === undefined) return 1;
+    const direct = this.declaredSpeed.get(t);
+    if (direct) return Math.exp(direct.logSum / direct.n);
     if (this.model.version - this.speedsAt >= (this.opts.speedRefreshEvery ?? 50)) this.refreshSpeeds();
     return this.speeds.get(t) ?? 1;
   }

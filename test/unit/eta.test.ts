@@ -217,3 +217,51 @@ test("eta - batch progress: summaries from the learned durations, slot overhead 
   progress.refresh(t + 400, [a]);
   assert.equal(progress.get("b"), undefined);
 });
+
+test("eta - batch progress predicts items that declare their run time with the engine's predictor (as the queue ranks them)", async () => {
+  const { BatchProgress } = await import("../../coordinator/batch-progress.js");
+  const { LearnedDurations } = await import("../../coordinator/learned-durations.js");
+  const { VramLedger } = await import("../../coordinator/vram-ledger.js");
+  const { DurationModel } = await import("../../coordinator/scheduler/durations.js");
+  const { LearnedPredictor } = await import("../../coordinator/scheduler/predictor.js");
+  const ledger = new VramLedger();
+  ledger.observe("w1", [{ index: 0, name: "SIMULATED x2", totalBytes: 1e10, freeBytes: 1e10, source: "budget" }], []);
+  const quiet = { info() {}, warn() {} } as unknown as ConstructorParameters<typeof LearnedDurations>[1];
+  const model = new DurationModel();
+  const learned = new LearnedDurations(ledger, quiet, model);
+  const engine = new LearnedPredictor(model, { gpuTypeOf: (id) => learned.gpuType(id, 0) });
+  const slot = (state: "pending" | "leased", workMs: number, assignedAtMs = 0) =>
+    ({ model: "sim-6g", shapeKey: "sim-6g|0x0", params: { work_ms: workMs }, state, lease: state === "leased" ? { workerId: "w1", gpuIndex: 0, assignedAtMs, token: "1.x" } : undefined }) as never;
+  // The longest items ran first and taught the learned model a mean of 4 s; the four waiting ones declare 1 s.
+  for (let i = 0; i < 4; i++) learned.observe("sim-6g", "sim-6g|0x0", "w1", 0, 4000);
+  engine.observe(slot("leased", 8000), "w1", 4000); // a declared 8 s item ran in 4 s here: this GPU is 2× nominal
+  const t = 1_000_000;
+  const batch = { id: "a", items: [slot("leased", 4000, t), ...[1, 2, 3, 4].map(() => slot("pending", 1000))], started: true, doneCount: 4, record: { batch: { priority: 0 } } } as never;
+  const withEngine = new BatchProgress(learned, engine);
+  withEngine.refresh(t, [batch]);
+  const eta = withEngine.get("a")!.estimatedCompletionAt!.getTime() - t;
+  // One slot (one item running): its 4 s at 2× is 2 s, then 4 × 1 s of declared work.
+  assert.ok(eta >= 6000 && eta < 7000, `declared: ETA in ${eta} ms`);
+  const withoutEngine = new BatchProgress(learned);
+  withoutEngine.refresh(t, [batch]);
+  const learnedEta = withoutEngine.get("a")!.estimatedCompletionAt!.getTime() - t;
+  assert.ok(learnedEta > 15_000, `learned mean only: ETA in ${learnedEta} ms (4 s per item)`);
+});
+
+test("eta - an item that declares its run time measures its GPU's speed from the first outcome", async () => {
+  const { DurationModel } = await import("../../coordinator/scheduler/durations.js");
+  const { LearnedPredictor } = await import("../../coordinator/scheduler/predictor.js");
+  const types: Record<string, string> = { fast: "A", slow: "B" };
+  const p = new LearnedPredictor(new DurationModel(), { gpuTypeOf: (id) => types[id] });
+  const slot = (workMs: number) => ({ model: "sim-6g", shapeKey: "sim-6g|0x0", params: { work_ms: workMs } }) as never;
+  assert.equal(p.speedOf("fast"), 1, "unknown until something ran there");
+  p.observe(slot(1000), "fast", 500);
+  p.observe(slot(1000), "slow", 2000);
+  assert.equal(p.speedOf("fast"), 2);
+  assert.equal(p.speedOf("slow"), 0.5);
+  assert.equal(p.predictMs(slot(1000), "slow"), 2000);
+  // Without declared durations the speeds wait for learned ratios between types.
+  const q = new LearnedPredictor(new DurationModel(), { gpuTypeOf: (id) => types[id], useDeclared: false });
+  q.observe(slot(1000), "fast", 500);
+  assert.equal(q.speedOf("fast"), 1);
+});

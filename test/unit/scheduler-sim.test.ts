@@ -126,3 +126,16 @@ test("scheduler options - flags parse, bad values are refused with the option na
   assert.throws(() => worker(["--simulate", "--vram", "8GB", "--sim-speed", "0"]), /--sim-speed/);
   assert.throws(() => worker(["--simulate", "--vram", "8GB", "--sim-speed", "fast"]), /--sim-speed/);
 });
+
+test("scheduler sim - ETA tracking scores every batch that reaches 25 % and leaves the schedule unchanged", () => {
+  const w = tenantsShape({ seed: 5, quick: true });
+  const p = byName("affinity+declared");
+  const plain = simulate(w, p);
+  const tracked = simulate(w, p, { trackEta: true });
+  assert.deepEqual(tracked.batchTimes, plain.batchTimes);
+  assert.equal(plain.etaErrors, undefined);
+  const errors = tracked.etaErrors ?? [];
+  // Batches of one item never have a sample at 25 % with something left; the others mostly do.
+  assert.ok(errors.length > 0 && errors.length <= w.batches.length, `${errors.length} of ${w.batches.length} batches scored`);
+  for (const e of errors) assert.ok(Number.isFinite(e) && e >= 0, `error ${e}`);
+});
