@@ -10,6 +10,9 @@ export interface IndexEntry {
   batchId: string;
 }
 
+/** How long one fetch of index entries waits for entries that were pending when it started. */
+const FETCH_EXPIRES_MS = 2000;
+
 /**
  * The list of batches, kept in JetStream so the coordinator's memory does not grow with every
  * batch it has ever seen. One stream, one subject per tenant, one small message (the batch id)
@@ -80,16 +83,33 @@ export class BatchIndex {
       await consumer.delete().catch(() => undefined);
       return out;
     }
-    const iter = await consumer.consume({ max_messages: Math.min(window, 1000) });
-    try {
-      for await (const m of iter) {
-        if (m.seq > hi) break;
-        out.push({ seq: m.seq, batchId: m.string() });
-        if (m.seq >= hi || m.info.pending === 0) break;
+    // Bounded fetches, not an open-ended consume: entries counted pending a moment ago may age
+    // out (--retention) before they are delivered, and a consume would then wait for ever for
+    // a message that no longer exists (a ListBatches hung to its deadline that way). A fetch
+    // that comes back empty ends the range.
+    for (;;) {
+      const iter = await consumer.fetch({ max_messages: Math.min(window, 1000), expires: FETCH_EXPIRES_MS });
+      let got = 0;
+      let done = false;
+      try {
+        for await (const m of iter) {
+          got++;
+          if (m.seq > hi) {
+            done = true;
+            break;
+          }
+          out.push({ seq: m.seq, batchId: m.string() });
+          if (m.seq >= hi || m.info.pending === 0) {
+            done = true;
+            break;
+          }
+        }
+      } finally {
+        await iter.close().catch(() => undefined);
       }
-    } finally {
-      await iter.close().catch(() => undefined);
+      if (done || got === 0) break;
     }
+    await consumer.delete().catch(() => undefined);
     return out;
   }
 }
