@@ -30,7 +30,7 @@ import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-so
 import { nvidiaSmiSampler, PeakVramSampler } from "./gpu/vram-peak.js";
 import { cudaDevice } from "./inference/cuda-provider.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
-import type { WorkerOptions } from "./options.js";
+import { defaultMaxInFlight, type WorkerOptions } from "./options.js";
 import { PromptPolicy } from "./prompt-policy.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { writeArtifact } from "./artifact-writer.js";
@@ -76,6 +76,8 @@ export class ShoalWorker {
   private timeoutTimer: NodeJS.Timeout | undefined;
   private heartbeatSeq = 0;
   private itemsDone = 0;
+  /** What heartbeats offer: --max-in-flight, or its default once the models are known (start()). */
+  private maxInFlight: number;
   private readonly incarnation = randomToken(8);
   private readonly names: Names;
   private manifests = new Map<string, ModelManifest>();
@@ -95,6 +97,7 @@ export class ShoalWorker {
     private readonly metrics?: WorkerMetrics,
   ) {
     this.names = new Names(opts.prefix);
+    this.maxInFlight = opts.maxInFlight;
     this.stopped = new Promise((r) => (this.resolveStopped = r));
   }
 
@@ -113,6 +116,10 @@ export class ShoalWorker {
     }
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);
+    if (this.opts.maxInFlightAuto === true) {
+      this.maxInFlight = defaultMaxInFlight(this.opts.threads, [...this.manifests.values()].map((m) => m.max_batch), this.opts.simulate);
+      this.log.info({ maxInFlight: this.maxInFlight }, "max in flight (default for the served models)");
+    }
     this.promptPolicy = new PromptPolicy(this.backend.models(), this.backend, this.log.child({ component: "prompt-policy" }));
     // Replies come to the worker's own inbox prefix, so NATS permissions can give each worker
     // identity its own replies and no one else's (docs/security.md).
@@ -547,7 +554,7 @@ export class ShoalWorker {
       residentWeights: this.residentWeights(),
       inFlight: [...this.held.values()].map((h) => h.lease),
       itemsDone: this.itemsDone,
-      maxInFlight: this.opts.maxInFlight,
+      maxInFlight: this.maxInFlight,
       hostname: hostname(),
       models: [...this.manifests.keys()],
       heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
