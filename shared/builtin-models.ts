@@ -48,6 +48,10 @@ export const IMAGEGEN_TINY: ModelManifest = {
   // step for all of them), whatever their output formats; each image is byte-identical to the
   // one drawn alone.
   max_batch: 8,
+  // ...but at most 8 × 256 × 256 output pixels per batch: on CPU a batch of 8 runs 1.4–1.7× the
+  // items/s of one at a time at 256 × 256, the same at 384 × 384 and half at 512 × 512
+  // (measure-batching.ts, docs/performance.md), so large images go in groups of 2 or 3.
+  max_batch_pixels: 8 * 256 * 256,
   vram: {
     weights_bytes: 256 * MiB,
     activation_bytes: 64 * MiB,
