@@ -48,10 +48,11 @@ export const IMAGEGEN_TINY: ModelManifest = {
   // step for all of them), whatever their output formats; each image is byte-identical to the
   // one drawn alone.
   max_batch: 8,
-  // ...but at most 8 × 256 × 256 output pixels per batch: on CPU a batch of 8 runs 1.4–1.7× the
-  // items/s of one at a time at 256 × 256, the same at 384 × 384 and half at 512 × 512
-  // (measure-batching.ts, docs/performance.md), so large images go in groups of 2 or 3.
-  max_batch_pixels: 8 * 256 * 256,
+  // ...but a batch holds at most one 512 × 512 image's pixels (4 × 256 × 256): on CPU with 2
+  // inference threads, batches at 512 × 512 ran slower than one at a time (groups of 8: about
+  // half; pairs: 0.7-0.9×), while small images gain from batching (docs/performance.md). So
+  // 128 × 128 batches by 8, 256 × 256 by 4, 384 × 384 and up run alone.
+  max_batch_pixels: 512 * 512,
   vram: {
     weights_bytes: 256 * MiB,
     activation_bytes: 64 * MiB,
