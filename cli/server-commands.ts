@@ -112,7 +112,7 @@ export function workerFlags(cmd: Command, forUp = false): Command {
     .addOption(new Option("--vram <size>", "VRAM budget when no GPU is measured, e.g. 8GiB").env("SHOAL_VRAM"))
     .addOption(new Option("--model-dir <dir>", "directory of extra models (<name>/manifest.json + .onnx)").env("SHOAL_MODEL_DIR"))
     .addOption(new Option("--threads <n>", "inference threads per worker").env("SHOAL_THREADS").default("1"))
-    .addOption(new Option("--max-in-flight <n>", "items a worker holds at once (default 2 × threads)").env("SHOAL_MAX_IN_FLIGHT"))
+    .addOption(new Option("--max-in-flight <n>", "items a worker holds at once (default 2 × threads; threads × max_batch × 2, at most 256, where a served model batches)").env("SHOAL_MAX_IN_FLIGHT"))
     .addOption(new Option("--heartbeat-interval <duration>", "how often workers report").env("SHOAL_HEARTBEAT_INTERVAL").default("1s"))
     .addOption(new Option("--drain-grace <duration>", "on SIGTERM/drain, how long in-flight items may finish").env("SHOAL_DRAIN_GRACE").default("30s"))
     .addOption(new Option("--execution-provider <ep>", "onnxruntime execution provider").env("SHOAL_EXECUTION_PROVIDER").choices(["cpu", "cuda"]).default("cpu"))
@@ -263,6 +263,8 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     modelDir: typeof raw.modelDir === "string" ? raw.modelDir : undefined,
     threads,
     maxInFlight: raw.maxInFlight !== undefined ? parseIntOption("--max-in-flight", String(raw.maxInFlight), 1, 100_000) : threads * 2,
+    // Replaced once the worker knows its models (worker/options.ts defaultMaxInFlight).
+    maxInFlightAuto: raw.maxInFlight === undefined,
     heartbeatIntervalMs: parseDuration("--heartbeat-interval", String(raw.heartbeatInterval)),
     itemTimeoutMs: 600_000,
     drainGraceMs: parseDuration("--drain-grace", String(raw.drainGrace)),

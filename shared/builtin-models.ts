@@ -48,6 +48,11 @@ export const IMAGEGEN_TINY: ModelManifest = {
   // step for all of them), whatever their output formats; each image is byte-identical to the
   // one drawn alone.
   max_batch: 8,
+  // ...but a batch holds at most one 512 × 512 image's pixels (4 × 256 × 256): on CPU with 2
+  // inference threads, batches at 512 × 512 ran slower than one at a time (groups of 8: about
+  // half; pairs: 0.7-0.9×), while small images gain from batching (docs/performance.md). So
+  // 128 × 128 batches by 8, 256 × 256 by 4, 384 × 384 and up run alone.
+  max_batch_pixels: 512 * 512,
   vram: {
     weights_bytes: 256 * MiB,
     activation_bytes: 64 * MiB,

@@ -64,6 +64,12 @@ export interface ModelManifest {
    * run as one inference call with a batch dimension. Default 1: every item runs alone.
    */
   max_batch?: number;
+  /**
+   * Image models: the most output pixels (width × height summed over the items) one batch may
+   * hold, so large images run in smaller groups or alone where a batch of max_batch is slower
+   * than one at a time (docs/performance.md). Absent: only max_batch bounds a batch.
+   */
+  max_batch_pixels?: number;
   builtin?: boolean;
   /**
    * The string params whose text the content policy screens (docs/content-policy.md): the
@@ -154,6 +160,9 @@ export function checkManifest(value: unknown): string[] {
   }
   if (m.max_batch !== undefined && (!Number.isSafeInteger(m.max_batch) || m.max_batch < 1)) {
     problems.push("max_batch: must be an integer ≥ 1");
+  }
+  if (m.max_batch_pixels !== undefined && (!Number.isSafeInteger(m.max_batch_pixels) || m.max_batch_pixels < 1)) {
+    problems.push("max_batch_pixels: must be an integer ≥ 1");
   }
   problems.push(...screeningProblems(m));
   if (m.inputs !== undefined) {

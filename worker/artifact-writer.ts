@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { headers, nuid } from "@nats-io/transport-node";
+import { JetStreamPublisher } from "../shared/jetstream-publisher.js";
 
 const CHUNK_BYTES = 128 * 1024;
 
@@ -20,7 +21,7 @@ const CHUNK_BYTES = 128 * 1024;
  * computed here.
  */
 export async function writeArtifact(
-  js: JetStreamClient,
+  js: JetStreamClient | JetStreamPublisher,
   bucket: string,
   name: string,
   contentType: string,
@@ -29,6 +30,10 @@ export async function writeArtifact(
   timeoutMs = 5000,
   sha256?: Uint8Array,
 ): Promise<void> {
+  // The worker passes its JetStreamPublisher (acks gathered on one subscription, no per-message
+  // request objects); anything else gets js.publish(), same guarantee.
+  const publish = (subject: string, payload: Uint8Array | string, h?: ReturnType<typeof headers>): Promise<unknown> =>
+    js instanceof JetStreamPublisher ? js.publish(subject, payload, { timeoutMs, ...(h ? { headers: h } : {}) }) : js.publish(subject, payload, { timeout: timeoutMs, ...(h ? { headers: h } : {}) });
   const id = nuid.next();
   const chunkSubject = `$O.${bucket}.C.${id}`;
   const chunkBytes = Math.max(1, Math.min(CHUNK_BYTES, maxPayload));
@@ -36,7 +41,7 @@ export async function writeArtifact(
   // the stream, and the info that makes the object visible goes only after all are stored.
   const writes: Promise<unknown>[] = [];
   for (let off = 0; off < data.length; off += chunkBytes) {
-    writes.push(js.publish(chunkSubject, data.subarray(off, off + chunkBytes), { timeout: timeoutMs }));
+    writes.push(publish(chunkSubject, data.subarray(off, off + chunkBytes)));
   }
   const chunks = writes.length;
   await Promise.all(writes);
@@ -55,7 +60,7 @@ export async function writeArtifact(
   const h = headers();
   h.set("Nats-Rollup", "sub");
   h.set("Nats-Expected-Last-Subject-Sequence", "0");
-  await js.publish(metaSubject(bucket, name), JSON.stringify(info), { headers: h, timeout: timeoutMs });
+  await publish(metaSubject(bucket, name), JSON.stringify(info), h);
 }
 
 /** The library's "base64url with padding". */

@@ -19,6 +19,11 @@ export interface WorkerOptions {
   threads: number;
   /** Items the coordinator may keep assigned here at once (running + queued). */
   maxInFlight: number;
+  /**
+   * True when --max-in-flight was not given: the worker replaces maxInFlight once its models are
+   * known (defaultMaxInFlight), so batching models get whole batches to group.
+   */
+  maxInFlightAuto?: boolean;
   heartbeatIntervalMs: number;
   itemTimeoutMs: number;
   drainGraceMs: number;
@@ -37,6 +42,27 @@ export interface WorkerOptions {
   nvidiaSmi: string;
   /** Copies of each stream and bucket a worker creates when it starts first (--replicas); 1 when absent. */
   replicas?: number;
+}
+
+/** The most items a worker holds by default, whatever its models batch (bounds queue memory and what one worker takes from a batch). */
+export const DEFAULT_MAX_IN_FLIGHT_CAP = 256;
+
+/**
+ * The default --max-in-flight once the served models are known. 2 × threads lets every thread
+ * have its next item waiting; where a model batches (manifest max_batch > 1) that would give the
+ * worker at most 2 items per thread, so groups never form and every item pays its own assignment,
+ * artifact writes and outcome message (docs/performance.md). Then the worker holds two full
+ * batches per thread, threads × max(max_batch) × 2, capped at DEFAULT_MAX_IN_FLIGHT_CAP (and
+ * never below 2 × threads). Simulated workers keep 2 × threads: the scheduler tests and the
+ * simulated benches were written for it. The coordinator still places by VRAM, so a worker only
+ * holds what its memory admits, whatever this says.
+ */
+export function defaultMaxInFlight(threads: number, maxBatches: readonly (number | undefined)[], simulate: boolean): number {
+  const base = threads * 2;
+  if (simulate) return base;
+  const batch = Math.max(1, ...maxBatches.map((b) => b ?? 1));
+  if (batch <= 1) return base;
+  return Math.max(base, Math.min(DEFAULT_MAX_IN_FLIGHT_CAP, threads * batch * 2));
 }
 
 export function defaultWorkerId(): string {

@@ -30,7 +30,8 @@ import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-so
 import { nvidiaSmiSampler, PeakVramSampler } from "./gpu/vram-peak.js";
 import { cudaDevice } from "./inference/cuda-provider.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
-import type { WorkerOptions } from "./options.js";
+import { JetStreamPublisher } from "../shared/jetstream-publisher.js";
+import { defaultMaxInFlight, type WorkerOptions } from "./options.js";
 import { PromptPolicy } from "./prompt-policy.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { writeArtifact } from "./artifact-writer.js";
@@ -65,6 +66,7 @@ export class ShoalWorker {
   /** Publishes only: a worker identity may write its outcomes, artifacts and models, and read nothing stored. */
   private js: JetStreamClient | undefined;
   private publisher: ResultPublisher | undefined;
+  private artifactPublisher: JetStreamPublisher | undefined;
   private vram: VramSource | undefined;
   private devices: GpuDevice[] = [];
   private measuredFree: Map<number, number> | undefined;
@@ -76,6 +78,8 @@ export class ShoalWorker {
   private timeoutTimer: NodeJS.Timeout | undefined;
   private heartbeatSeq = 0;
   private itemsDone = 0;
+  /** What heartbeats offer: --max-in-flight, or its default once the models are known (start()). */
+  private maxInFlight: number;
   private readonly incarnation = randomToken(8);
   private readonly names: Names;
   private manifests = new Map<string, ModelManifest>();
@@ -95,6 +99,7 @@ export class ShoalWorker {
     private readonly metrics?: WorkerMetrics,
   ) {
     this.names = new Names(opts.prefix);
+    this.maxInFlight = opts.maxInFlight;
     this.stopped = new Promise((r) => (this.resolveStopped = r));
   }
 
@@ -113,6 +118,10 @@ export class ShoalWorker {
     }
     await this.backend.start();
     for (const m of this.backend.models()) this.manifests.set(m.name, m);
+    if (this.opts.maxInFlightAuto === true) {
+      this.maxInFlight = defaultMaxInFlight(this.opts.threads, [...this.manifests.values()].map((m) => m.max_batch), this.opts.simulate);
+      this.log.info({ maxInFlight: this.maxInFlight }, "max in flight (default for the served models)");
+    }
     this.promptPolicy = new PromptPolicy(this.backend.models(), this.backend, this.log.child({ component: "prompt-policy" }));
     // Replies come to the worker's own inbox prefix, so NATS permissions can give each worker
     // identity its own replies and no one else's (docs/security.md).
@@ -120,6 +129,9 @@ export class ShoalWorker {
     // The coordinator creates the streams and buckets; a worker only publishes into them (its
     // NATS identity may do no more, see docs/security.md).
     this.js = jetstream(this.nc);
+    // Artifact chunks and infos: acks gathered on one subscription (shared/jetstream-publisher.ts).
+    this.artifactPublisher = new JetStreamPublisher(this.nc, workerInboxPrefix(this.opts.id));
+    this.artifactPublisher.start();
     this.publisher = new ResultPublisher(
       this.js,
       this.names,
@@ -475,7 +487,7 @@ export class ShoalWorker {
     // (the ONNX backend's threads hash what they produce), else computed here.
     const sha256 = digest?.length === 32 ? digest : createHash("sha256").update(data).digest();
     try {
-      await writeArtifact(this.js!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
+      await writeArtifact(this.artifactPublisher!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
     } catch (err) {
       // A full store fails this attempt with a message that says what to change; retryable,
       // because --retention frees room as old artifacts age out.
@@ -547,7 +559,7 @@ export class ShoalWorker {
       residentWeights: this.residentWeights(),
       inFlight: [...this.held.values()].map((h) => h.lease),
       itemsDone: this.itemsDone,
-      maxInFlight: this.opts.maxInFlight,
+      maxInFlight: this.maxInFlight,
       hostname: hostname(),
       models: [...this.manifests.keys()],
       heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
@@ -627,6 +639,7 @@ export class ShoalWorker {
       } catch (err) {
         this.log.warn({ err: errorMessage(err) }, "closing inference backend");
       }
+      this.artifactPublisher?.stop();
       try {
         await this.nc?.drain();
       } catch {

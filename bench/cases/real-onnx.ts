@@ -234,11 +234,10 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   ctx.log(`shoal up --workers ${workers} (1 thread each)${profileDir ? `, profiles in ${profileDir}` : ""}`);
   const { runs, profiles } = await throughShoalUp(workers, [{ list, warm }, { list: largeList, warm: largeWarm }], ctx.log, profileDir);
   const [s, sLarge] = runs as [ShoalRun, ShoalRun];
-  // Context: the same 128×128 items with workers holding 16 items each (--max-in-flight 16: two
-  // groups of imagegen-tiny's max_batch 8 per thread, one running while the next waits) instead
-  // of the default 2 × threads. Direct hands its backend all 400 items at once; with 2 held, a
-  // worker's dynamic batching has at most 2 to group, and every item pays its own assignment,
-  // artifact writes and outcome message.
+  // Context: the same 128×128 items with --max-in-flight 16 given explicitly (two groups of
+  // imagegen-tiny's max_batch 8 per thread). Since the worker's default fills batches
+  // (worker/options.ts defaultMaxInFlight) this is also the default for 1 thread; the row stays
+  // to compare against runs of older code, where the default was 2 × threads.
   const deep = (await throughShoalUp(workers, [{ list, warm }], ctx.log, undefined, ["--max-in-flight", String(DEEP_MAX_IN_FLIGHT)])).runs[0]!;
   ctx.log(`shoal up --max-in-flight ${DEEP_MAX_IN_FLIGHT}: ${deep.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}`);
   ctx.log(`shoal up: ${s.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}, ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);

@@ -3,6 +3,10 @@ import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { decode } from "fast-png";
 import { BatchState, ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
+import { connect } from "@nats-io/transport-node";
+import { Heartbeat } from "../../proto/gen/shoal/v1/wire.js";
+import { decodeMessage } from "../../shared/codec.js";
+import { Names } from "../../shared/subjects.js";
 import { Stack } from "../harness/processes.js";
 import { TestClient, grpcCode } from "../harness/client.js";
 
@@ -97,6 +101,22 @@ describe("end to end - 50 imagegen-tiny items through 1 coordinator and 2 worker
   test("end to end - GetBatch of an unknown id is NOT_FOUND", async () => {
     await assert.rejects(client.get("b_00000000000000000000"), (e) => grpcCode(e) === status.NOT_FOUND);
     await assert.rejects(client.get("no such batch"), (e) => grpcCode(e) === status.NOT_FOUND);
+  });
+
+  test("end to end - a worker serving imagegen-tiny (max_batch 8) offers two batches per thread by default", async () => {
+    // No --max-in-flight given, 1 thread: 1 × 8 × 2 = 16 items held, so queued items can group
+    // (worker/options.ts defaultMaxInFlight); 2 × threads would be 2, never a batch.
+    const nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
+    try {
+      const sub = nc.subscribe(new Names("shoal").heartbeat("w1"), { max: 1, timeout: 10_000 });
+      for await (const msg of sub) {
+        const hb = decodeMessage(Heartbeat, msg.subject, msg.data);
+        assert.equal(hb.workerId, "w1");
+        assert.equal(hb.maxInFlight, 16);
+      }
+    } finally {
+      await nc.close();
+    }
   });
 
   test("end to end - RunBatch waits for the terminal batch", async () => {

@@ -7,7 +7,7 @@ import { decode } from "fast-png";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import { checkManifest, type ModelManifest } from "../../shared/manifest.js";
 import { InferenceError, type InferenceJob, type InferenceOutput } from "../../worker/inference/backend.js";
-import { batchKey } from "../../worker/inference/batch-key.js";
+import { batchKey, maxBatchForPixels } from "../../worker/inference/batch-key.js";
 import { POISON_PROMPT_ENV } from "../../worker/inference/inference-thread.js";
 import { loadModelDir } from "../../worker/inference/model-dir.js";
 import { GraphBuilder } from "../../worker/inference/onnx-builder.js";
@@ -135,6 +135,31 @@ test("dynamic batching - batch keys: imagegen by width, height and steps; generi
   assert.notEqual(batchKey(generic, { x: [1, 2, 3] })?.key, batchKey(generic, { x: [1, 2] })?.key);
   assert.equal(batchKey(rowScaleManifest("g", 1), { x: [1] }), undefined);
   assert.equal(batchKey(rowScaleManifest("g", 4, [-1]), { x: [1] }), undefined, "the first dim is not a batch dim");
+});
+
+test("dynamic batching - max_batch_pixels bounds an image batch by its pixels; larger images run alone", () => {
+  const capped = { ...IMAGEGEN_TINY, max_batch: 8, max_batch_pixels: 4 * 256 * 256 };
+  assert.equal(batchKey(capped, item(0, { width: 128, height: 128 }))?.maxBatch, 8, "16 fit; max_batch bounds");
+  assert.equal(batchKey(capped, item(0, { width: 256, height: 256 }))?.maxBatch, 4);
+  assert.equal(batchKey(capped, item(0, { width: 384, height: 256 }))?.maxBatch, 2, "floor(4 × 65536 / 98304)");
+  assert.equal(batchKey(capped, item(0, { width: 512, height: 512 })), undefined, "over the cap: alone");
+  assert.equal(maxBatchForPixels(8, undefined, 1 << 20), 8, "no cap: max_batch");
+  assert.equal(maxBatchForPixels(8, 100, 1000), 1);
+  for (const bad of [0, -1, 2.5, "4"]) {
+    assert.ok(checkManifest({ ...IMAGEGEN_TINY, max_batch_pixels: bad }).some((p) => p.startsWith("max_batch_pixels:")), `max_batch_pixels ${JSON.stringify(bad)} was accepted`);
+  }
+});
+
+test("dynamic batching - a generic model cannot set max_batch_pixels", async () => {
+  const d = await mkdtemp(join(tmpdir(), "shoal-batching-dir-"));
+  try {
+    await writeModel(d, { ...rowScaleManifest("pixels", 4), max_batch_pixels: 1000 });
+    const scan = await loadModelDir(d);
+    assert.deepEqual(scan.models.map((m) => m.manifest.name), []);
+    assert.match(scan.problems[0]!.problems.join(" | "), /max_batch_pixels: only image models/);
+  } finally {
+    await rm(d, { recursive: true, force: true });
+  }
 });
 
 test("dynamic batching - a model whose first input dim is not the batch dim cannot set max_batch", async () => {

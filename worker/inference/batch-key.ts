@@ -25,13 +25,25 @@ export function batchKey(manifest: ModelManifest, params: Record<string, unknown
   if (maxBatch <= 1) return undefined;
   try {
     if (manifest.builtin === true && manifest.name === IMAGEGEN_TINY.name) {
-      return { key: `${manifest.name}|${imagegenShapeKey(imagegenRequest(params))}`, maxBatch };
+      const req = imagegenRequest(params);
+      const bounded = maxBatchForPixels(maxBatch, manifest.max_batch_pixels, req.width * req.height);
+      if (bounded <= 1) return undefined;
+      return { key: `${manifest.name}|${imagegenShapeKey(req)}`, maxBatch: bounded };
     }
     if (!batchesAlongDim0(manifest)) return undefined;
     return { key: `${manifest.name}|${genericShapeKey(manifest, params)}`, maxBatch };
   } catch {
     return undefined; // params that do not fit: the item runs alone and fails alone
   }
+}
+
+/**
+ * max_batch bounded by max_batch_pixels: how many items of `pixels` each fit one batch (at least
+ * 1: an image larger than the cap runs alone).
+ */
+export function maxBatchForPixels(maxBatch: number, maxBatchPixels: number | undefined, pixels: number): number {
+  if (maxBatchPixels === undefined || pixels <= 0) return maxBatch;
+  return Math.max(1, Math.min(maxBatch, Math.floor(maxBatchPixels / pixels)));
 }
 
 /**

@@ -117,6 +117,9 @@ function genericProblems(m: ModelManifest): string[] {
       }
     });
   }
+  if (m.max_batch_pixels !== undefined) {
+    problems.push("max_batch_pixels: only image models (imagegen-tiny) have pixels; bound a generic model's batches with max_batch");
+  }
   const artifacts = (m.outputs ?? []).map((o) => o.artifact);
   if (new Set(artifacts).size !== artifacts.length) problems.push("outputs: artifact names must be distinct");
   return problems;

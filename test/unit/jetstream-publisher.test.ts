@@ -1,0 +1,56 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { JetStreamApiError } from "@nats-io/jetstream";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
+import { JetStreamPublisher } from "../../shared/jetstream-publisher.js";
+
+/** A fake connection (unit test): records publishes; the test answers them as the server would. */
+function fakeConnection() {
+  let deliver: ((err: Error | null, msg: Msg) => void) | undefined;
+  let subject = "";
+  const sent: { subject: string; reply: string }[] = [];
+  const nc = {
+    subscribe(s: string, opts: { callback: (err: Error | null, msg: Msg) => void }) {
+      subject = s;
+      deliver = opts.callback;
+      return { unsubscribe: () => (deliver = undefined) };
+    },
+    publish(s: string, _data: unknown, opts: { reply: string }) {
+      if (s === "too.big") throw Object.assign(new Error("message size exceeds max_payload"), { name: "InvalidArgumentError" });
+      sent.push({ subject: s, reply: opts.reply });
+    },
+  } as unknown as NatsConnection;
+  const answer = (reply: string, body: string, code?: number) =>
+    deliver!(null, { subject: reply, data: new TextEncoder().encode(body), headers: code ? { code } : undefined } as unknown as Msg);
+  return { nc, sent, answer, subscribed: () => subject };
+}
+
+test("jetstream publisher - resolves with the PubAck, rejects with the server's error code, whatever the order of replies", async () => {
+  const f = fakeConnection();
+  const p = new JetStreamPublisher(f.nc, "_INBOX_w1");
+  p.start();
+  assert.match(f.subscribed(), /^_INBOX_w1\.jsack\.[^.]+\.\*$/);
+  const a = p.publish("$O.b.C.x", new Uint8Array([1]), { timeoutMs: 5000 });
+  const b = p.publish("$O.b.M.y", "{}", { timeoutMs: 5000 });
+  f.answer(f.sent[1]!.reply, JSON.stringify({ type: "io.nats.jetstream.api.v1.pub_ack", error: { code: 400, err_code: 10071, description: "wrong last sequence: 3" } }));
+  f.answer(f.sent[0]!.reply, JSON.stringify({ stream: "OBJ_b", seq: 7 }));
+  assert.deepEqual(await a, { stream: "OBJ_b", seq: 7 });
+  await assert.rejects(b, (err) => err instanceof JetStreamApiError && err.code === 10071 && /wrong last sequence/.test(err.message));
+  p.stop();
+});
+
+test("jetstream publisher - no stream (503), no answer in time, refused sizes and stop all reject", async () => {
+  const f = fakeConnection();
+  const p = new JetStreamPublisher(f.nc, "_INBOX_w1", 20);
+  p.start();
+  const none = p.publish("nowhere", "x", { timeoutMs: 5000 });
+  f.answer(f.sent[0]!.reply, "", 503);
+  await assert.rejects(none, /no responders/);
+  await assert.rejects(p.publish("slow", "x", { timeoutMs: 30 }), /no JetStream acknowledgement for slow in time/);
+  await assert.rejects(p.publish("too.big", "x", { timeoutMs: 5000 }), /max_payload/);
+  const pending = p.publish("left", "x", { timeoutMs: 5000 });
+  p.stop();
+  p.stop();
+  await assert.rejects(pending, /publisher stopped/);
+  await assert.rejects(p.publish("after", "x", { timeoutMs: 5000 }), /not started/);
+});
