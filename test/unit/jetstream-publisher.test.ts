@@ -39,9 +39,13 @@ test("jetstream publisher - resolves with the PubAck, rejects with the server's 
   p.stop();
 });
 
-test("jetstream publisher - no stream (503), no answer in time, refused sizes and stop all reject", async () => {
+test("jetstream publisher - no stream (503), no answer in time, refused sizes and stop all reject", async (t) => {
   const f = fakeConnection();
   const p = new JetStreamPublisher(f.nc, "_INBOX_w1", 20);
+  // The publisher's sweep timer is unref'd (a real NATS connection keeps a worker alive); the
+  // fake connection keeps nothing alive, so the timeout below needs something that does.
+  const keepAlive = setInterval(() => {}, 1000);
+  t.after(() => clearInterval(keepAlive));
   p.start();
   const none = p.publish("nowhere", "x", { timeoutMs: 5000 });
   f.answer(f.sent[0]!.reply, "", 503);
