@@ -103,9 +103,12 @@ describe("defrag - an idle resident model is evicted for an item that fits nowhe
     const [a, b] = await Promise.all([client.waitTerminal(long.batchId, 60_000), client.waitTerminal(small.batchId, 60_000)]);
     assert.equal(a.state, BatchState.BATCH_STATE_COMPLETED);
     assert.equal(b.state, BatchState.BATCH_STATE_COMPLETED);
-    // No eviction since, none refused: the model in use was never asked for.
-    assert.deepEqual(logged(worker, "model evicted").slice(before), []);
+    // None refused: the model in use was never asked for (the worker refuses a model with an
+    // item held, and says so). sim-12g may still be evicted once its item has ended and its
+    // weights are idle, when a pass reads the GPU's figures before the worker's next report
+    // shows the room its item gave back; that is allowed, a model in use is not.
     assert.deepEqual(logged(worker, "eviction refused"), []);
+    for (const e of logged(worker, "model evicted").slice(before)) assert.equal(e.model, "sim-12g", JSON.stringify(e));
 
     // Asked directly to evict a model with an item held, the worker refuses and says why.
     const held = await client.submit({ items: [{ model: "sim-6g", params: { work_ms: 1500, tag: "held" } }] });
