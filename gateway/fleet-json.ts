@@ -3,7 +3,7 @@
 // console draws as bars.
 
 import { WorkerState, type Batch, type Worker } from "../proto/gen/shoal/v1/shoal.js";
-import { batchStatus, progressJson, type BatchJson } from "./translate.js";
+import { batchHeadJson, type BatchJson } from "./translate.js";
 
 export function workerStateName(s: WorkerState): "ready" | "draining" | "lost" | "unknown" {
   switch (s) {
@@ -49,17 +49,5 @@ export function workerJson(w: Worker) {
 
 /** A batch in a list: its state and counts, no results (GET /v1/batch/{id} has those). */
 export function batchSummaryJson(b: Batch): Omit<BatchJson, "results"> & { labels: Record<string, string> } {
-  return {
-    batch_id: b.id,
-    status: batchStatus(b.state),
-    total: b.total,
-    succeeded: b.succeeded,
-    failed: b.failed,
-    cancelled: b.cancelled,
-    running: b.running,
-    created_at: b.createdAt?.toISOString() ?? null,
-    completed_at: b.completedAt?.toISOString() ?? null,
-    ...progressJson(b),
-    labels: b.labels,
-  };
+  return { ...batchHeadJson(b), labels: b.labels };
 }

@@ -111,7 +111,8 @@ export interface BatchJson {
   results: ResultJson[];
 }
 
-export function batchJson(b: Batch, urlFor: UrlFor): BatchJson {
+/** A batch's state, counts, times and progress: what a list shows and the full answer starts with. */
+export function batchHeadJson(b: Batch): Omit<BatchJson, "results"> {
   return {
     batch_id: b.id,
     status: batchStatus(b.state),
@@ -123,6 +124,12 @@ export function batchJson(b: Batch, urlFor: UrlFor): BatchJson {
     created_at: b.createdAt?.toISOString() ?? null,
     completed_at: b.completedAt?.toISOString() ?? null,
     ...progressJson(b),
+  };
+}
+
+export function batchJson(b: Batch, urlFor: UrlFor): BatchJson {
+  return {
+    ...batchHeadJson(b),
     results: [...b.results].sort((x, y) => x.index - y.index).map((r) => resultJson(r, urlFor)),
   };
 }
