@@ -12,7 +12,7 @@ import { isIP } from "node:net";
 import { channelCredentials, clientTlsPaths, loadClientTls } from "./client-tls.js";
 import { HealthClient, HealthCheckResponse_ServingStatus } from "../proto/gen/grpc/health/v1/health.js";
 import { FleetServiceClient, WorkerState } from "../proto/gen/shoal/v1/shoal.js";
-import { ConfigError } from "../shared/errors.js";
+import { ConfigError, errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import { natsSecurityFrom } from "../shared/nats-security.js";
 import { parseIntOption } from "../shared/units.js";
@@ -64,6 +64,9 @@ export interface UpOptions {
   /** With --nats: the NATS identity/TLS settings for the children, as env vars (SHOAL_NATS_*). */
   natsSecurityEnv: Record<string, string>;
 }
+
+/** How many times `up --nats-cluster` starts its servers before it gives up on the cluster forming. */
+const CLUSTER_FORM_ATTEMPTS = 3;
 
 /** Every env var of the NATS identity flags: cleared for children that get an identity from up. */
 export const NATS_SECURITY_ENV = {
@@ -160,11 +163,24 @@ export class Fleet {
       env: { ...process.env, ...env, SHOAL_PARENT_PID: String(process.pid) },
     });
     child.on("exit", (code, signal) => {
-      if (!this.stopping) this.log.error({ child: name, code, signal }, "child process exited unexpectedly");
+      // A child stopped on purpose (stopChild) has left the list first.
+      if (!this.stopping && this.children.some((c) => c.child === child)) this.log.error({ child: name, code, signal }, "child process exited unexpectedly");
     });
     this.children.push({ name, child });
     this.log.debug({ child: name, pid: child.pid }, "started");
     return child;
+  }
+
+  /** Stops one child on purpose (SIGTERM, then SIGKILL after 10 s) and forgets it. */
+  private async stopChild(child: ChildProcess): Promise<void> {
+    const i = this.children.findIndex((c) => c.child === child);
+    if (i >= 0) this.children.splice(i, 1);
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once("exit", () => r()));
+    child.kill("SIGTERM");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    await exited;
+    clearTimeout(timer);
   }
 
   async start(): Promise<{ natsUrl: string; grpcAddr: string; grpcListen: string; httpUrl: string | undefined; workerMetricsPorts: number[]; durability: string | undefined }> {
@@ -278,18 +294,40 @@ export class Fleet {
     const base = natsServerConfig(o.storage, version, bin);
     for (const note of base.notes) this.log.info({ natsServer: bin, version: formatVersion(version), fsync: o.storage.fsync }, note);
     const nodes = natsClusterNodes(o.natsCluster, o.natsPort, o.natsClusterPort, o.natsMonitorPort);
-    const started = nodes.map((node) => {
-      const conf = join(dataDir, `nats-server-${node.name}.conf`);
-      // Each node holds the passwords (the same users on every node): readable by the owner only.
-      writeFileSync(conf, base.text + natsClusterConfig(node, nodes) + natsAuthorizationConfig(process.env.SHOAL_PREFIX || "shoal", identities), { mode: 0o600 });
-      chmodSync(conf, 0o600);
-      const monitor = node.monitorPort > 0 ? ["-m", String(node.monitorPort)] : [];
-      const child = this.spawnChild(`nats-server ${node.name}`, bin, ["-js", "-sd", join(dataDir, "jetstream", node.name), "-a", "127.0.0.1", "-p", String(node.clientPort), ...monitor, "-c", conf]);
-      return { node, child };
-    });
-    await Promise.all(started.map(({ node, child }) => waitForPort(node.clientPort, "127.0.0.1", child, 15_000)));
     const natsUrl = natsClusterUrls(nodes);
-    await waitForJetStreamCluster(natsUrl, Math.min(3, nodes.length), 60_000, () => started.find((s) => s.child.exitCode !== null)?.node.name, identities.coordinator);
+    // One at a time, each listening before the next starts: servers dialling each other at the
+    // same moment are what races their routes (below).
+    const startNodes = async () => {
+      const started: { node: (typeof nodes)[number]; child: ChildProcess }[] = [];
+      for (const node of nodes) {
+        const conf = join(dataDir, `nats-server-${node.name}.conf`);
+        // Each node holds the passwords (the same users on every node): readable by the owner only.
+        writeFileSync(conf, base.text + natsClusterConfig(node, nodes) + natsAuthorizationConfig(process.env.SHOAL_PREFIX || "shoal", identities), { mode: 0o600 });
+        chmodSync(conf, 0o600);
+        const monitor = node.monitorPort > 0 ? ["-m", String(node.monitorPort)] : [];
+        const child = this.spawnChild(`nats-server ${node.name}`, bin, ["-js", "-sd", join(dataDir, "jetstream", node.name), "-a", "127.0.0.1", "-p", String(node.clientPort), ...monitor, "-c", conf]);
+        started.push({ node, child });
+        await waitForPort(node.clientPort, "127.0.0.1", child, 15_000);
+      }
+      return started;
+    };
+    let started = await startNodes();
+    // nats-server 2.10 now and then leaves one server of a freshly formed cluster out of the
+    // JetStream meta group for good ("no suitable peers for placement" until it restarts; see
+    // natsClusterConfig). Starting the servers again on their stores brings it in, so a cluster
+    // that has not formed in 20 s is restarted, twice at most, before `up` gives up.
+    for (let attempt = 1; ; attempt++) {
+      const last = attempt >= CLUSTER_FORM_ATTEMPTS;
+      try {
+        await waitForJetStreamCluster(natsUrl, Math.min(3, nodes.length), last ? 40_000 : 20_000, () => started.find((s) => s.child.exitCode !== null)?.node.name, identities.coordinator);
+        break;
+      } catch (err) {
+        if (last || started.some((s) => s.child.exitCode !== null)) throw err;
+        this.log.warn({ attempt, err: errorMessage(err) }, "the JetStream cluster did not form; starting its nats-servers again on their stores");
+        await Promise.all(started.map(({ child }) => this.stopChild(child)));
+        started = await startNodes();
+      }
+    }
     return { natsUrl, durability: `${nodes.length}-node JetStream cluster, 3 replicas, ${base.summary}` };
   }
 

@@ -13,7 +13,7 @@ import { BATCH_ID, newBatchId } from "../shared/ids.js";
 import type { Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
 import { quoteInput } from "../shared/param-limits.js";
-import { StorageError, storageError } from "../shared/storage-errors.js";
+import { retryWhileNothingStored, StorageError, storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, type Names } from "../shared/subjects.js";
 import type { VramNeed } from "../shared/vram-need.js";
 import { decodePageToken, encodePageToken, type BatchIndex, type IndexEntry } from "./batch-index.js";
@@ -219,7 +219,11 @@ export class BatchApi {
    */
   private async storing<T>(write: () => Promise<T>): Promise<T> {
     try {
-      return await write();
+      return await retryWhileNothingStored(write, {
+        windowMs: SUBMIT_ELECTION_WAIT_MS,
+        signal: this.d.stopping,
+        onRetry: (attempt, err) => this.d.log.warn({ attempt, err: errorMessage(err) }, "a submit write reached no stream; sending it again (a JetStream leader election?)"),
+      });
     } catch (err) {
       if (err instanceof ServerError) throw err;
       if (err instanceof DailyLimitExceeded) {
@@ -592,6 +596,14 @@ function skippedNote(batch: Batch): string {
   const parts = [...byCode].map(([code, n]) => `${n} ${code}${code === CONTENT_POLICY_CODE ? " (blocked by the content policy; never retried)" : ""}`);
   return `; not retried: ${parts.join(", ")}`;
 }
+
+/**
+ * How long SubmitBatch's writes are sent again while they reach no stream. A stream that lost
+ * its leader (a nats-server of the cluster died) answers nobody until another replica wins the
+ * election, 4-9 s in nats-server; the call waits that out rather than refuse the batch. Nothing
+ * is stored by a write that reached no stream, so sending it again cannot store it twice.
+ */
+const SUBMIT_ELECTION_WAIT_MS = 12_000;
 
 function storageStatus(e: StorageError, context: string): ServerError {
   const message = `${context}: ${e.message}`;

@@ -76,3 +76,42 @@ export function storageError(err: unknown, store: string, raise: string): Storag
   }
   return new StorageError("STORAGE_UNAVAILABLE", store, `${store} could not be written (${msg})`, { cause: err });
 }
+
+/**
+ * True when the write reached no stream at all: nats-server answered "no responders" (nats.js
+ * turns that into JetStreamNotEnabled for js.publish). Nothing was stored, so the same write may
+ * simply be sent again. In a cluster this is the gap while a stream whose leader was lost elects
+ * another (nats-server's election timeout is 4-9 s); on a single server it is JetStream itself
+ * being down. A timeout is not this: the write may have landed.
+ */
+export function isNothingStored(err: unknown): boolean {
+  if (err instanceof StorageError) return err.code === "STORAGE_UNAVAILABLE" && isNothingStored(err.cause);
+  if (!(err instanceof Error)) return false;
+  if (err.name === "JetStreamNotEnabled" || err.name === "NoRespondersError") return true;
+  const withCheck = err as Error & { isNoResponders?: () => boolean };
+  if (typeof withCheck.isNoResponders === "function" && withCheck.isNoResponders()) return true;
+  // JetStreamPublisher's 503 (shared/jetstream-publisher.ts).
+  return err.message.startsWith("no responders:");
+}
+
+/**
+ * Runs `write` again while it fails with nothing stored, with growing delays, for at most
+ * `windowMs`; then the last failure is thrown. Rides through a stream leader election in a
+ * cluster instead of refusing the call that happened to land in it.
+ */
+export async function retryWhileNothingStored<T>(
+  write: () => Promise<T>,
+  opts: { windowMs: number; signal?: AbortSignal; onRetry?: (attempt: number, err: unknown) => void },
+): Promise<T> {
+  const until = performance.now() + opts.windowMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write();
+    } catch (err) {
+      const delay = Math.min(250 * 2 ** (attempt - 1), 2000);
+      if (!isNothingStored(err) || opts.signal?.aborted || performance.now() + delay > until) throw err;
+      opts.onRetry?.(attempt, err);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}

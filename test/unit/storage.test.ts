@@ -15,7 +15,7 @@ import { fitTerminalRecord, terminalRecordBound } from "../../coordinator/record
 import { TerminalWriteStopped, writeTerminal, type TerminalStore } from "../../coordinator/terminal-writer.js";
 import { IMAGEGEN_TINY } from "../../shared/builtin-models.js";
 import { ConfigError } from "../../shared/errors.js";
-import { StorageError, isWrongLastSequence, storageError } from "../../shared/storage-errors.js";
+import { StorageError, isNothingStored, isWrongLastSequence, retryWhileNothingStored, storageError } from "../../shared/storage-errors.js";
 import { parseDuration } from "../../shared/units.js";
 import { SIMULATED_MODELS } from "../../worker/simulated-backend.js";
 
@@ -44,6 +44,49 @@ describe("storage - write failures", () => {
     assert.ok(isWrongLastSequence(apiError(10071, "wrong last sequence: 7", 400)));
     assert.ok(!isWrongLastSequence(apiError(10077, "maximum bytes exceeded")));
     assert.ok(!isWrongLastSequence(new Error("wrong last sequence: 7")));
+  });
+});
+
+describe("storage - a write that reached no stream", () => {
+  const noResponders = () => Object.assign(new Error("jetstream is not enabled"), { name: "JetStreamNotEnabled" });
+
+  test("storage - no responders means nothing stored; a timeout or a full store does not", () => {
+    assert.ok(isNothingStored(noResponders()));
+    assert.ok(isNothingStored(new Error("no responders: no stream stores shoal.results.x")));
+    assert.ok(isNothingStored(storageError(noResponders(), "x", "y")));
+    const timeout = Object.assign(new Error("timeout"), { name: "TimeoutError" });
+    assert.ok(!isNothingStored(timeout));
+    assert.ok(!isNothingStored(storageError(timeout, "x", "y")));
+    assert.ok(!isNothingStored(apiError(10077, "maximum bytes exceeded")));
+    assert.ok(!isNothingStored("no responders:"));
+  });
+
+  test("storage - sent again while nothing is stored (a leader election), within the window; other failures at once", async () => {
+    let calls = 0;
+    const retried: number[] = [];
+    const value = await retryWhileNothingStored(
+      async () => {
+        if (++calls < 3) throw noResponders();
+        return "stored";
+      },
+      { windowMs: 5000, onRetry: (attempt) => retried.push(attempt) },
+    );
+    assert.equal(value, "stored");
+    assert.deepEqual(retried, [1, 2]);
+
+    let full = 0;
+    await assert.rejects(retryWhileNothingStored(async () => { full++; throw apiError(10077, "maximum bytes exceeded"); }, { windowMs: 5000 }), /maximum bytes/);
+    assert.equal(full, 1, "a full store is not sent again");
+
+    let endless = 0;
+    await assert.rejects(retryWhileNothingStored(async () => { endless++; throw noResponders(); }, { windowMs: 800 }), { name: "JetStreamNotEnabled" });
+    assert.ok(endless >= 2 && endless <= 4, `tries within 800 ms: ${endless}`);
+
+    const stopping = new AbortController();
+    stopping.abort();
+    let stopped = 0;
+    await assert.rejects(retryWhileNothingStored(async () => { stopped++; throw noResponders(); }, { windowMs: 5000, signal: stopping.signal }));
+    assert.equal(stopped, 1, "a stopping coordinator does not send again");
   });
 });
 
