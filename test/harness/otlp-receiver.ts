@@ -10,6 +10,8 @@ export interface OtlpSpan {
   traceId: string;
   spanId: string;
   parentSpanId: string;
+  /** The W3C tracestate the span carries ("" for none). */
+  traceState: string;
   name: string;
   links: { traceId: string; spanId: string }[];
   attributes: Record<string, unknown>;
@@ -48,7 +50,7 @@ export class OtlpReceiver {
       const service = String(attrs(rs.resource.attributes)["service.name"]);
       for (const ss of rs.scopeSpans) {
         for (const s of ss.spans) {
-          this.spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId ?? "", name: s.name, links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId })), attributes: attrs(s.attributes ?? []) });
+          this.spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId ?? "", traceState: s.traceState ?? "", name: s.name, links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId })), attributes: attrs(s.attributes ?? []) });
         }
       }
     }
@@ -67,6 +69,7 @@ interface RawSpan {
   traceId: string;
   spanId: string;
   parentSpanId?: string;
+  traceState?: string;
   name: string;
   links?: { traceId: string; spanId: string }[];
   attributes?: Attr[];

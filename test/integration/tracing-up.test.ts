@@ -4,9 +4,11 @@
 // the HTTP gateway) exports to an OTLP/HTTP receiver in this test process. The test's own
 // OTEL_EXPORTER_OTLP_* variables are removed from up's environment, so only the flag can have
 // configured them. One batch is submitted with the CLI (its trace starts at the coordinator),
-// one over HTTP with a known traceparent (its trace starts at the caller); both traces must hold
-// the coordinator's and the worker's spans of that batch, the second the gateway's too. Then up
-// is stopped with SIGTERM and every process it started must be gone.
+// one over HTTP with a known traceparent and tracestate (its trace starts at the caller); both
+// traces must hold the coordinator's and the worker's spans of that batch, the second the
+// gateway's too, every one of them carrying the caller's tracestate (passed on through gRPC
+// metadata, the batch record and the NATS headers). Then up is stopped with SIGTERM and every
+// process it started must be gone.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -60,9 +62,10 @@ test("tracing - shoal up --otlp-endpoint: its coordinator, worker and gateway ex
 
     // Over HTTP, continuing the caller's trace.
     const caller = newTraceparent();
+    const tracestate = "vendor1=opaque-value,vendor2=k:v";
     const res = await fetch(`${up.httpUrl}/v1/batch`, {
       method: "POST",
-      headers: { "content-type": "application/json", traceparent: caller.traceparent },
+      headers: { "content-type": "application/json", traceparent: caller.traceparent, tracestate },
       body: JSON.stringify({ requests: Array.from({ length: ITEMS }, (_, i) => ({ model: "sim-6g", work_ms: 50, tag: `http ${i}` })) }),
       signal: AbortSignal.timeout(120_000),
     });
@@ -81,14 +84,16 @@ test("tracing - shoal up --otlp-endpoint: its coordinator, worker and gateway ex
       throw new Error(`${String(err)}; services seen: ${[...new Set(receiver.spans.map((s) => s.service))].join(", ")}; up's children said: ${exporting.join(" | ")}`);
     });
 
-    /** The batch's SubmitBatch, item and outcome spans: one trace, each from the process it names. */
-    const checkBatch = (batchId: string): OtlpSpan => {
+    /** The batch's SubmitBatch, item and outcome spans: one trace, each from the process it names, all with the trace's tracestate. */
+    const checkBatch = (batchId: string, traceState: string): OtlpSpan => {
       const spans = ofBatch(batchId);
       const [submit, ...more] = named(spans, "shoal.v1.BatchService/SubmitBatch");
       assert.ok(submit, `a SubmitBatch span of ${batchId}: ${spans.map((s) => `${s.service}/${s.name}`).join(", ")}`);
       assert.equal(more.length, 0);
       assert.equal(submit.service, "shoal-coordinator");
       const trace = receiver.spans.filter((s) => s.traceId === submit.traceId);
+      const withState = (s: OtlpSpan) => `${s.service}/${s.name}: ${JSON.stringify(s.traceState)}`;
+      assert.deepEqual(trace.filter((s) => s.traceState !== traceState).map(withState), [], `every span of the trace has tracestate ${JSON.stringify(traceState)}`);
       for (const item of named(spans, "shoal.item")) {
         assert.equal(item.service, "shoal-worker");
         assert.equal(item.traceId, submit.traceId, "the worker's item span is in the submitter's trace");
@@ -102,9 +107,9 @@ test("tracing - shoal up --otlp-endpoint: its coordinator, worker and gateway ex
       }
       return submit;
     };
-    const cliSubmit = checkBatch(cliBatch);
+    const cliSubmit = checkBatch(cliBatch, "");
     assert.equal(cliSubmit.parentSpanId, "", "the CLI sends no traceparent: the trace starts at the coordinator");
-    const httpSubmit = checkBatch(body.batch_id);
+    const httpSubmit = checkBatch(body.batch_id, tracestate);
     assert.equal(httpSubmit.traceId, caller.traceId, "the HTTP batch stays in the caller's trace");
     const gatewaySpan = receiver.spans.find((s) => s.spanId === httpSubmit.parentSpanId);
     assert.equal(gatewaySpan?.service, "shoal-gateway");
