@@ -131,9 +131,10 @@ export function registerClientCommands(program: Command, deps: ClientCommandDeps
 
   program
     .command("usage")
-    .description("items and GPU-seconds per tenant and UTC day (succeeded items are what is charged)")
+    .description("items and GPU-seconds per tenant and UTC day (succeeded items are what is charged), and the tenants' plan limits")
     .option("--tenant <name>", "one tenant's usage (an operator key may name any; a tenant key only its own)")
     .option("--since <YYYY-MM-DD>", "first UTC day shown (default: 30 days ago)", dayArg)
+    .option("--json", "print the days and the plan limits as JSON (as GET /v1/usage answers; null: no limit of the tenant's own)")
     .action(async (opts: commands.UsageOptions, command: Command) => run(command, (ctx) => commands.usage(ctx, opts)));
 
   program

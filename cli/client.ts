@@ -2,7 +2,7 @@
 // Shoal from Node) gets async functions and async iterables, API-key metadata on every call,
 // and one error type, ClientError, carrying the gRPC status name.
 
-import { activeTraceparent } from "../shared/tracing.js";
+import { activeTraceContext } from "../shared/tracing.js";
 import { Metadata, type CallOptions, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import {
   BatchServiceClient,
@@ -103,8 +103,9 @@ export function createClients(
     const md = new Metadata();
     if (apiKey) md.set("authorization", `Bearer ${apiKey}`);
     // The caller's trace, where its process traces (the gateway): the coordinator's spans join it.
-    const tp = activeTraceparent();
-    if (tp) md.set("traceparent", tp);
+    const tc = activeTraceContext();
+    if (tc) md.set("traceparent", tc.traceparent);
+    if (tc?.tracestate) md.set("tracestate", tc.tracestate);
     return md;
   };
 

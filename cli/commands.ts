@@ -22,7 +22,9 @@ import {
   itemErrorText,
   itemLine,
   modelsTable,
+  planLimitsTable,
   progressNote,
+  usageReportJson,
   usageTable,
   workersTable,
 } from "./views.js";
@@ -237,15 +239,18 @@ export interface ListOptions {
 export interface UsageOptions {
   tenant?: string;
   since?: string;
+  json?: boolean;
 }
 
+/** The usage table, then the plan limits of the tenants asked about (or both as JSON). */
 export async function usage(ctx: CommandContext, opts: UsageOptions = {}): Promise<number> {
-  const days = await ctx.clients.getUsage({ tenant: opts.tenant, since: opts.since });
-  if (days.length === 0) {
-    ctx.out.write("no usage recorded in that period\n");
+  const report = await ctx.clients.getUsageReport({ tenant: opts.tenant, since: opts.since });
+  if (opts.json) {
+    ctx.out.write(JSON.stringify(usageReportJson(report), null, 2) + "\n");
     return EXIT_OK;
   }
-  ctx.out.write(usageTable(days));
+  ctx.out.write(report.days.length === 0 ? "no usage recorded in that period\n" : usageTable(report.days));
+  ctx.out.write("\n" + planLimitsTable(report.limits));
   return EXIT_OK;
 }
 

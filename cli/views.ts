@@ -8,7 +8,9 @@ import {
   type ItemResult,
   type Model,
   type ModelParam,
+  type GetUsageResponse,
   type TenantDayUsage,
+  type TenantPlanLimits,
   type Worker,
 } from "../proto/gen/shoal/v1/shoal.js";
 import {
@@ -222,6 +224,48 @@ export function usageTable(days: TenantDayUsage[]): string {
     d.gpuSeconds.toFixed(1),
   ]);
   return formatTable(["DAY (UTC)", "TENANT", "ACCEPTED", "SUCCEEDED", "FAILED", "CONTENT_POLICY", "CANCELLED", "GPU-SECONDS"], rows, { alignRight: [2, 3, 4, 5, 6, 7] });
+}
+
+/** What a plan limit of 0 (none of the tenant's own) reads as, and why it is not the whole story. */
+export const UNLIMITED = "unlimited";
+const UNLIMITED_NOTE = `${UNLIMITED}: no limit of the tenant's own; the coordinator's --max-items and --max-queued-items still apply`;
+
+/**
+ * `shoal usage`: the plan limits (--api-keys-file) of the tenants asked about, under the usage
+ * table; GetUsage leaves out tenants without any limit, so an empty list says so in words.
+ */
+export function planLimitsTable(limits: TenantPlanLimits[]): string {
+  if (limits.length === 0) return `plan limits: none (no limits in the keys file for these tenants; only the coordinator's --max-items and --max-queued-items apply)\n`;
+  const limit = (n: number) => (n > 0 ? String(n) : UNLIMITED);
+  const rows = limits.map((l) => [l.tenant, limit(l.maxItemsPerBatch), limit(l.itemsPerDay), limit(l.maxQueuedItems)]);
+  const table = formatTable(["TENANT", "MAX_ITEMS_PER_BATCH", "ITEMS_PER_DAY", "MAX_QUEUED_ITEMS"], rows, { alignRight: [1, 2, 3] });
+  const anyUnlimited = rows.some((r) => r.includes(UNLIMITED));
+  return `plan limits (--api-keys-file):\n${table}${anyUnlimited ? `(${UNLIMITED_NOTE})\n` : ""}`;
+}
+
+/**
+ * GetUsage's answer as JSON (`shoal usage --json`, the gateway's GET /v1/usage): snake_case as in
+ * the proto, and a limit of 0 ("no limit of the tenant's own") as null.
+ */
+export function usageReportJson(report: GetUsageResponse): { days: Record<string, unknown>[]; limits: Record<string, unknown>[] } {
+  return {
+    days: report.days.map((d) => ({
+      tenant: d.tenant,
+      day: d.day,
+      accepted: d.accepted,
+      succeeded: d.succeeded,
+      failed: d.failed,
+      content_policy: d.contentPolicy,
+      cancelled: d.cancelled,
+      gpu_seconds: d.gpuSeconds,
+    })),
+    limits: report.limits.map((l) => ({
+      tenant: l.tenant,
+      max_items_per_batch: l.maxItemsPerBatch || null,
+      items_per_day: l.itemsPerDay || null,
+      max_queued_items: l.maxQueuedItems || null,
+    })),
+  };
 }
 
 export function batchesTable(batches: Batch[]): string {

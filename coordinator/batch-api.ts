@@ -26,10 +26,11 @@ import type { CoordinatorMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
 import { encodeRecord, encodeRecordItems } from "./record-encoding.js";
+import { submitterTrace } from "./item-tracing.js";
 import { fitTerminalRecordBytes, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
-import { activeTraceparent, annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
+import { annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
 import { validateSubmit } from "./validation.js";
 import { withoutSecret, type WebhookSender } from "./webhooks.js";
 import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
@@ -142,7 +143,7 @@ export class BatchApi {
       sourceIndices,
       policyBlocked,
       // The submitting call's span: every item's spans join its trace, after a restart too.
-      traceparent: activeTraceparent(),
+      ...submitterTrace(),
     };
     // Encoded once: the items' bytes are kept for the terminal write (record-encoding.ts).
     const itemsBytes = encodeRecordItems(record.items);

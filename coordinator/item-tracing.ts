@@ -1,12 +1,12 @@
 // The coordinator's spans of each item, in the trace of the call that submitted its batch (its
-// `traceparent` is stored in the batch record): how long it waited in the queue, its placement
+// `traceparent` and `tracestate` are stored in the batch record): how long it waited in the queue, its placement
 // (the assignment request to the worker, whose span the worker's spans hang under), and the
 // outcome when it comes back. Every function returns at once when tracing is off.
 
 import type { MsgHdrs } from "@nats-io/transport-node";
-import type { ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
+import type { BatchRecord, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
 import { itemTraceHeaders, itemTracesFrom } from "../shared/trace-headers.js";
-import { contextFromTraceparent, endSpan, SpanKind, startSpan, traceparentOf, tracingOn, type Span } from "../shared/tracing.js";
+import { activeTraceContext, contextFromTrace, contextFromTraceparent, endSpan, SpanKind, startSpan, traceContextOf, tracingOn, type Span } from "../shared/tracing.js";
 import type { Placed } from "./scheduler/engine.js";
 
 export interface PlacementSpans {
@@ -16,12 +16,18 @@ export interface PlacementSpans {
   end(accepted: Set<string>, why: string): void;
 }
 
+/** The submitting call's trace context, as the batch record keeps it (nothing when off or untraced). */
+export function submitterTrace(): Pick<BatchRecord, "traceparent" | "tracestate"> {
+  const tc = activeTraceContext();
+  return { traceparent: tc?.traceparent, tracestate: tc?.tracestate };
+}
+
 /** Spans `shoal.queue` (queued → placed) and `shoal.place` (open until the worker answers) of each item sent to a worker. */
 export function placementSpans(workerId: string, list: Placed[]): PlacementSpans | undefined {
   if (!tracingOn()) return undefined;
   const places = new Map<string, Span>();
   for (const { batch, index, lease } of list) {
-    const parent = contextFromTraceparent(batch.record.traceparent);
+    const parent = contextFromTraceparent(batch.record.traceparent, batch.record.tracestate);
     const slot = batch.items[index]!;
     const attrs = { "shoal.batch_id": batch.id, "shoal.item": index, "shoal.attempt": slot.attempts, "shoal.model": slot.model };
     endSpan(startSpan("shoal.queue", { attributes: attrs, startTime: slot.queuedAtMs }, parent), undefined);
@@ -29,7 +35,7 @@ export function placementSpans(workerId: string, list: Placed[]): PlacementSpans
     if (place) places.set(lease.token, place);
   }
   return {
-    headers: itemTraceHeaders([...places].map(([token, span]) => [token, traceparentOf(span)])),
+    headers: itemTraceHeaders([...places].map(([token, span]) => [token, traceContextOf(span)])),
     end: (accepted, why) => {
       for (const [token, span] of places) {
         span.setAttribute("shoal.accepted", accepted.has(token));
@@ -46,12 +52,12 @@ export function outcomeSpans(entry: ResultLogEntry, hdrs: MsgHdrs | undefined): 
   if (traces.size === 0) return undefined;
   const spans: Span[] = [];
   for (const o of entry.entry.results.outcomes) {
-    const tp = o.lease ? traces.get(o.lease.token) : undefined;
-    if (!tp || !o.lease) continue;
+    const tc = o.lease ? traces.get(o.lease.token) : undefined;
+    if (!tc || !o.lease) continue;
     const span = startSpan(
       "shoal.outcome",
       { kind: SpanKind.CONSUMER, attributes: { "shoal.batch_id": o.lease.batchId, "shoal.item": o.lease.index, "shoal.status": o.status, "shoal.worker_id": entry.entry.results.workerId.slice(0, 64) } },
-      contextFromTraceparent(tp),
+      contextFromTrace(tc),
     );
     if (span) spans.push(span);
   }

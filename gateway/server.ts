@@ -9,6 +9,7 @@ import { Readable } from "node:stream";
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { ShoalClients } from "../cli/client.js";
 import { ClientError } from "../cli/errors.js";
+import { usageReportJson } from "../cli/views.js";
 import type { Batch, Model } from "../proto/gen/shoal/v1/shoal.js";
 import type { Logger } from "../shared/logger.js";
 import { ClientPool } from "./client-pool.js";
@@ -138,26 +139,8 @@ export class Gateway {
       const tenant = typeof req.query.tenant === "string" ? req.query.tenant : "";
       const since = typeof req.query.since === "string" ? req.query.since : "";
       return this.withClients(req, apiKeyOf(req), async (c) => {
-        const report = await c.getUsageReport({ tenant, since });
-        return {
-          days: report.days.map((d) => ({
-            tenant: d.tenant,
-            day: d.day,
-            accepted: d.accepted,
-            succeeded: d.succeeded,
-            failed: d.failed,
-            content_policy: d.contentPolicy,
-            cancelled: d.cancelled,
-            gpu_seconds: d.gpuSeconds,
-          })),
-          // 0 from the coordinator is "no limit of the tenant's own": null here.
-          limits: report.limits.map((l) => ({
-            tenant: l.tenant,
-            max_items_per_batch: l.maxItemsPerBatch || null,
-            items_per_day: l.itemsPerDay || null,
-            max_queued_items: l.maxQueuedItems || null,
-          })),
-        };
+        // 0 from the coordinator is "no limit of the tenant's own": null here.
+        return usageReportJson(await c.getUsageReport({ tenant, since }));
       });
     });
 

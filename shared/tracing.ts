@@ -105,18 +105,53 @@ export function contextFromTraceparent(traceparent: string | undefined, tracesta
   return w3c.extract(ROOT_CONTEXT, carrier, { get: (c, k) => c[k], keys: (c) => Object.keys(c) });
 }
 
+/**
+ * A W3C trace context as it travels: `traceparent`, and `tracestate` when the trace has one
+ * (vendors' entries, which every hop must pass on unchanged: Shoal adds none of its own).
+ */
+export interface TraceContext {
+  traceparent: string;
+  tracestate?: string;
+}
+
+/** The context a TraceContext describes; the root context when there is none. */
+export function contextFromTrace(tc: TraceContext | undefined): Context {
+  return contextFromTraceparent(tc?.traceparent, tc?.tracestate);
+}
+
 /** The `traceparent` of the active span; undefined when off or when there is none. */
 export function activeTraceparent(): string | undefined {
   return tracingOn() ? traceparentOf(context.active()) : undefined;
 }
 
+/** The trace context of the active span (with its `tracestate`, if any); undefined when off or when there is none. */
+export function activeTraceContext(): TraceContext | undefined {
+  return tracingOn() ? traceContextOf(context.active()) : undefined;
+}
+
+/**
+ * The trace context of a span (or of a context's span): a child span keeps its parent's
+ * tracestate (the SDK copies it), so this is what the caller sent, re-serialised by the SDK's
+ * parser (at most 32 entries, 512 characters). Undefined when off or when there is none.
+ */
+export function traceContextOf(ctxOrSpan: Context | Span | undefined): TraceContext | undefined {
+  const carrier = injected(ctxOrSpan);
+  if (carrier?.traceparent === undefined) return undefined;
+  return carrier.tracestate ? { traceparent: carrier.traceparent, tracestate: carrier.tracestate } : { traceparent: carrier.traceparent };
+}
+
 /** The `traceparent` of a span (or of a context's span); undefined when off or when there is none. */
 export function traceparentOf(ctxOrSpan: Context | Span | undefined): string | undefined {
+  return injected(ctxOrSpan)?.traceparent;
+}
+
+/** The W3C headers (`traceparent`, `tracestate`) of a span or a context's span; undefined when off. */
+function injected(ctxOrSpan: Context | Span | undefined): Record<string, string> | undefined {
   if (!tracingOn() || ctxOrSpan === undefined) return undefined;
   const ctx = "spanContext" in ctxOrSpan ? trace.setSpan(ROOT_CONTEXT, ctxOrSpan) : ctxOrSpan;
   const carrier: Record<string, string> = {};
   w3c.inject(ctx, carrier, { set: (c, k, v) => (c[k] = v) });
-  return carrier.traceparent;
+  return carrier;
 }
 
 /** A link to the span a `traceparent` names (for a run that merges several traces' items). */

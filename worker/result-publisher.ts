@@ -5,6 +5,7 @@ import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import type { Names } from "../shared/subjects.js";
 import { itemTraceHeaders } from "../shared/trace-headers.js";
+import type { TraceContext } from "../shared/tracing.js";
 
 export interface ResultPublisherOptions {
   workerId: string;
@@ -16,7 +17,7 @@ export interface ResultPublisherOptions {
 interface Pending {
   outcome: ItemOutcome;
   /** The item's span on this worker, sent in the message's headers (shared/trace-headers.ts). */
-  traceparent: string | undefined;
+  trace: TraceContext | undefined;
   resolve: () => void;
 }
 
@@ -39,11 +40,11 @@ export class ResultPublisher {
     private readonly log: Logger,
   ) {}
 
-  publish(batchId: string, outcome: ItemOutcome, traceparent?: string): Promise<void> {
+  publish(batchId: string, outcome: ItemOutcome, trace?: TraceContext): Promise<void> {
     return new Promise((resolve) => {
       let list = this.pending.get(batchId);
       if (!list) this.pending.set(batchId, (list = []));
-      list.push({ outcome, traceparent, resolve });
+      list.push({ outcome, trace, resolve });
       if (list.length >= this.opts.maxOutcomesPerMessage) this.flushSoon(0);
       else this.flushSoon(this.opts.flushIntervalMs);
     });
@@ -74,7 +75,7 @@ export class ResultPublisher {
     const data = encodeMessage(ResultLogEntry, {
       entry: { $case: "results", results: { workerId: this.opts.workerId, outcomes: group.map((p) => p.outcome) } },
     });
-    const headers = group.some((p) => p.traceparent) ? itemTraceHeaders(group.map((p) => [p.outcome.lease?.token ?? "", p.traceparent])) : undefined;
+    const headers = group.some((p) => p.trace) ? itemTraceHeaders(group.map((p) => [p.outcome.lease?.token ?? "", p.trace])) : undefined;
     for (let attempt = 1; ; attempt++) {
       try {
         await this.js.publish(this.names.results(batchId), data, { timeout: 5000, headers });

@@ -37,7 +37,7 @@ import { ResultPublisher } from "./result-publisher.js";
 import { writeArtifact } from "./artifact-writer.js";
 import type { ProtocolErrorKind, WorkerMetrics } from "./metrics.js";
 import { itemTracesFrom } from "../shared/trace-headers.js";
-import { contextFromTraceparent, endSpan, inChildSpan, SpanKind, startSpan, traceparentOf, tracingOn, type Span } from "../shared/tracing.js";
+import { contextFromTrace, endSpan, inChildSpan, SpanKind, startSpan, traceContextOf, traceparentOf, tracingOn, type Span, type TraceContext } from "../shared/tracing.js";
 
 export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING" | "STOPPED";
 
@@ -368,7 +368,7 @@ export class ShoalWorker {
   }
 
   /** `item.lease` has passed leaseProblem(). */
-  private accept(item: AssignedItem, wire: WireParams, traceparent?: string): boolean {
+  private accept(item: AssignedItem, wire: WireParams, trace?: TraceContext): boolean {
     const lease = item.lease!;
     const model = this.manifests.get(item.model);
     const controller = new CancelToken();
@@ -383,8 +383,8 @@ export class ShoalWorker {
       activation: this.needOf(item, model, wire.params).activationBytes,
       controller,
       started: false,
-      span: traceparent
-        ? startSpan("shoal.item", { kind: SpanKind.CONSUMER, attributes: { "shoal.batch_id": lease.batchId, "shoal.item": lease.index, "shoal.attempt": item.attempt, "shoal.model": item.model, "shoal.worker_id": this.opts.id } }, contextFromTraceparent(traceparent))
+      span: trace
+        ? startSpan("shoal.item", { kind: SpanKind.CONSUMER, attributes: { "shoal.batch_id": lease.batchId, "shoal.item": lease.index, "shoal.attempt": item.attempt, "shoal.model": item.model, "shoal.worker_id": this.opts.id } }, contextFromTrace(trace))
         : undefined,
     };
     this.held.set(lease.token, held);
@@ -468,7 +468,7 @@ export class ShoalWorker {
     if (outcome.error?.code !== "CONTENT_POLICY") {
       this.metrics?.itemDone(this.manifests.has(held.model.name) ? held.model.name : "(unknown)", outcome.status, outcome.runMs / 1000, held.gpuIndex, held.started);
     }
-    await this.publisher!.publish(lease.batchId, outcome, traceparentOf(held.span));
+    await this.publisher!.publish(lease.batchId, outcome, traceContextOf(held.span));
     held.span?.setAttribute("shoal.status", outcome.error?.code ?? "SUCCEEDED");
     endSpan(held.span, outcome.error ? new Error(`${outcome.error.code}: ${outcome.error.message}`) : undefined);
     // Only now, with the outcome stored, does the item stop appearing in heartbeats.

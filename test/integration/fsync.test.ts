@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatVersion, natsServerConfig, natsServerVersion, SYNC_INTERVAL_SINCE, versionAtLeast } from "../../cli/nats-config.js";
@@ -13,6 +13,7 @@ import { findNatsServer } from "../../cli/up.js";
 import { BatchState } from "../../proto/gen/shoal/v1/shoal.js";
 import { TestClient } from "../harness/client.js";
 import { CLI, ROOT, freePort } from "../harness/processes.js";
+import { alive, childrenOf } from "../harness/shoal-up.js";
 
 interface Varz {
   version: string;
@@ -79,23 +80,6 @@ test("fsync - nats-server reports the sync settings of each config shoal up writ
     }
   }
 });
-
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === pid) out.push(Number(entry));
-    } catch {
-      /* exited meanwhile */
-    }
-  }
-  return out;
-}
-
-const alive = (pid: number) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
 
 test("fsync - shoal up --fsync always runs nats-server with sync always, and a batch completes", async () => {
   natsServer();

@@ -7,23 +7,7 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { decode } from "fast-png";
 import { CLI, ROOT, freePort } from "../harness/processes.js";
-
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === pid) out.push(Number(entry));
-    } catch {
-      /* exited meanwhile */
-    }
-  }
-  return out;
-}
-
-const alive = (pid: number) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+import { alive, childrenOf } from "../harness/shoal-up.js";
 
 test("shoal up - starts nats-server, a coordinator, 2 workers and the HTTP gateway, serves the CLI, and stops them all on SIGTERM", async () => {
   const dir = mkdtempSync(join(tmpdir(), "shoal-up-"));

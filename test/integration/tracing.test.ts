@@ -16,86 +16,12 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type IncomingMessage, type Server } from "node:http";
-import { randomBytes } from "node:crypto";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { BatchServiceClient, BatchState, WorkerState, type SubmitBatchRequest, type SubmitBatchResponse } from "../../proto/gen/shoal/v1/shoal.js";
 import { waitFor } from "../harness/batch-checks.js";
 import { TestClient } from "../harness/client.js";
+import { newTraceparent, OtlpReceiver, type OtlpSpan } from "../harness/otlp-receiver.js";
 import { Stack } from "../harness/processes.js";
-
-interface OtlpSpan {
-  service: string;
-  traceId: string;
-  spanId: string;
-  parentSpanId: string;
-  name: string;
-  links: { traceId: string; spanId: string }[];
-  attributes: Record<string, unknown>;
-}
-
-/** An OTLP/HTTP receiver: collects every span posted to /v1/traces (JSON encoding). */
-class OtlpReceiver {
-  readonly spans: OtlpSpan[] = [];
-  requests = 0;
-  private server: Server | undefined;
-
-  async start(port = 0, host = "127.0.0.1"): Promise<number> {
-    this.server = createServer((req, res) => void this.take(req).then(() => res.writeHead(200, { "content-type": "application/json" }).end("{}")));
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once("error", reject);
-      this.server!.listen(port, host, () => resolve());
-    });
-    return (this.server.address() as { port: number }).port;
-  }
-
-  private async take(req: IncomingMessage): Promise<void> {
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    this.requests++;
-    if (req.url !== "/v1/traces") return;
-    const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
-      resourceSpans: { resource: { attributes: Attr[] }; scopeSpans: { spans: RawSpan[] }[] }[];
-    };
-    for (const rs of body.resourceSpans) {
-      const service = String(attrs(rs.resource.attributes)["service.name"]);
-      for (const ss of rs.scopeSpans) {
-        for (const s of ss.spans) {
-          this.spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId ?? "", name: s.name, links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId })), attributes: attrs(s.attributes ?? []) });
-        }
-      }
-    }
-  }
-
-  stop(): Promise<void> {
-    return new Promise((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-  }
-}
-
-interface Attr {
-  key: string;
-  value: { stringValue?: string; intValue?: number | string; boolValue?: boolean; doubleValue?: number };
-}
-interface RawSpan {
-  traceId: string;
-  spanId: string;
-  parentSpanId?: string;
-  name: string;
-  links?: { traceId: string; spanId: string }[];
-  attributes?: Attr[];
-}
-
-function attrs(list: Attr[]): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const a of list) out[a.key] = a.value.stringValue ?? (a.value.intValue !== undefined ? Number(a.value.intValue) : undefined) ?? a.value.boolValue ?? a.value.doubleValue;
-  return out;
-}
-
-function newTraceparent(): { traceparent: string; traceId: string; spanId: string } {
-  const traceId = randomBytes(16).toString("hex");
-  const spanId = randomBytes(8).toString("hex");
-  return { traceparent: `00-${traceId}-${spanId}-01`, traceId, spanId };
-}
 
 const SMALL = { width: 64, height: 64, steps: 2 };
 

@@ -1,7 +1,8 @@
 // Tenants' usage with real processes: a keys file with two tenants (bob with items_per_day), a
 // content policy, a simulated worker (its GPU is simulated: work_ms) and a real one that only
 // registers imagegen-tiny for the blocked item. Usage per tenant and UTC day is read back from
-// the `<prefix>-usage` bucket and /metrics; a coordinator killed -9 mid-batch counts that batch
+// the `<prefix>-usage` bucket and /metrics, and through `shoal usage` (with the plan limits) and
+// GET /v1/usage; a coordinator killed -9 mid-batch counts that batch
 // once and the earlier ones not again; items_per_day refuses with the limit and its reset time.
 
 import { after, before, describe, test } from "node:test";
@@ -23,7 +24,7 @@ const OPS = "ops-key-0003";
 const KEYS = {
   tenants: [
     { name: "alice", keys: [ALICE] },
-    { name: "bob", keys: [BOB], limits: { items_per_day: 5 } },
+    { name: "bob", keys: [BOB], limits: { items_per_day: 5, max_items_per_batch: 20 } },
     { name: "ops", keys: [OPS], role: "operator" },
   ],
 };
@@ -166,9 +167,30 @@ describe("usage - per tenant and day, from durable records", () => {
     const row = own.stdout.split("\n").find((l) => l.startsWith(day))!;
     assert.deepEqual(row.trim().split(/\s+/).slice(0, 7), [day, "alice", String(aliceDay.accepted), String(aliceDay.succeeded), String(aliceDay.failed), String(aliceDay.contentPolicy), String(aliceDay.cancelled)]);
     assert.ok(!own.stdout.includes("bob"), "a tenant sees only its own usage");
+    // alice has no limits in the keys file: said in words under the table.
+    assert.match(own.stdout, /\n\nplan limits: none \(no limits in the keys file for these tenants; only the coordinator's --max-items and --max-queued-items apply\)\n$/);
     const all = await stack.cli(["usage", "--since", day], { SHOAL_API_KEY: OPS }, 60_000);
     assert.equal(all.code, 0, all.stderr);
     assert.ok(all.stdout.includes(" alice ") && all.stdout.includes(" bob "), all.stdout);
+    // The operator sees every configured tenant's limits: bob's (alice and ops have none), with
+    // the one bob has no limit of (max_queued_items) as unlimited.
+    const limitLines = (out: string) => out.slice(out.indexOf("plan limits (--api-keys-file):\n")).split("\n").slice(1).filter((l) => l !== "");
+    assert.ok(all.stdout.includes("plan limits (--api-keys-file):\n"), all.stdout);
+    const allLimits = limitLines(all.stdout);
+    assert.match(allLimits[0]!, /^TENANT +MAX_ITEMS_PER_BATCH +ITEMS_PER_DAY +MAX_QUEUED_ITEMS$/);
+    assert.deepEqual(allLimits[1]!.trim().split(/\s+/), ["bob", "20", "5", "unlimited"]);
+    assert.match(allLimits[2]!, /^\(unlimited: no limit of the tenant's own; the coordinator's --max-items and --max-queued-items still apply\)$/);
+    assert.equal(allLimits.length, 3, all.stdout);
+    // bob sees his own limits; --json has the days and the limits as GET /v1/usage has them.
+    const bobOwn = await stack.cli(["usage", "--since", day], { SHOAL_API_KEY: BOB }, 60_000);
+    assert.equal(bobOwn.code, 0, bobOwn.stderr);
+    assert.deepEqual(limitLines(bobOwn.stdout)[1]!.trim().split(/\s+/), ["bob", "20", "5", "unlimited"]);
+    const bobJson = await stack.cli(["usage", "--since", day, "--json"], { SHOAL_API_KEY: BOB }, 60_000);
+    assert.equal(bobJson.code, 0, bobJson.stderr);
+    const bobReport = JSON.parse(bobJson.stdout) as { days: { tenant: string; accepted: number; succeeded: number }[]; limits: unknown[] };
+    assert.deepEqual(bobReport.limits, [{ tenant: "bob", max_items_per_batch: 20, items_per_day: 5, max_queued_items: null }]);
+    const bobDay = (await usage("bob", day))!;
+    assert.deepEqual(bobReport.days.map((d) => [d.tenant, d.accepted, d.succeeded]), [["bob", bobDay.accepted, bobDay.succeeded]]);
     const denied = await stack.cli(["usage", "--tenant", "bob"], { SHOAL_API_KEY: ALICE }, 60_000);
     assert.notEqual(denied.code, 0);
     assert.match(denied.stderr, /PERMISSION_DENIED.*only its own usage/);
@@ -191,6 +213,8 @@ describe("usage - per tenant and day, from durable records", () => {
     assert.equal(mine.json.days[0].content_policy, aliceDay.contentPolicy);
     const bobs = await http(`/v1/usage?tenant=bob&since=${day}`, OPS);
     assert.deepEqual(bobs.json.days.map((d: { tenant: string }) => d.tenant), ["bob"]);
+    assert.deepEqual(bobs.json, bobReport, "the CLI's --json is GET /v1/usage's answer");
+    assert.deepEqual(mine.json.limits, [], "alice has no limits of her own");
     assert.equal((await http("/v1/usage?tenant=bob", ALICE)).res.status, 403);
     assert.equal((await http("/v1/usage?since=yesterday", ALICE)).res.status, 400);
     // bob used his 5 items today: over HTTP the refusal is a 429 naming the limit and its reset.

@@ -27,6 +27,8 @@ import {
   type BatchEvent,
   type BatchServiceServer,
   type FleetServiceServer,
+  type GetUsageRequest,
+  type GetUsageResponse,
   type SubmitBatchRequest,
 } from "../../proto/gen/shoal/v1/shoal.js";
 import { withDeadlines } from "../harness/client.js";
@@ -46,6 +48,9 @@ interface FakeState {
   events: BatchEvent[];
   batch: Batch;
   artifactSha: string;
+  /** GetUsage's answer, and the requests it got. */
+  usage: GetUsageResponse;
+  usageAsked: GetUsageRequest[];
 }
 
 function finishedBatch(state: BatchState): Batch {
@@ -86,6 +91,8 @@ function freshState(): FakeState {
     events: [...batch.results.map((item) => ({ event: { $case: "item" as const, item } })), { event: { $case: "batch", batch } }],
     batch,
     artifactSha: PNG_SHA,
+    usage: { days: [], limits: [] },
+    usageAsked: [],
   };
 }
 
@@ -119,8 +126,9 @@ const batchImpl: BatchServiceServer = {
     if (call.request.batchId !== fake.batch.id) return cb({ code: status.NOT_FOUND, details: `batch ${call.request.batchId} not found` } as ServiceError);
     cb(null, fake.batch);
   },
-  getUsage(_call, cb) {
-    cb(null, { days: [], limits: [] });
+  getUsage(call, cb) {
+    fake.usageAsked.push(call.request);
+    cb(null, fake.usage);
   },
   watchBatch(call: ServerWritableStream<{ batchId: string }, BatchEvent>) {
     for (const event of fake.events) call.write(event);
@@ -422,6 +430,45 @@ describe("cli commands", () => {
     assert.match(l.out, /^BATCH +STATE/);
     assert.match(l.out, /b_test +COMPLETED +2\/2/);
     assert.equal(l.err, "more: shoal list --page-size 1 --page-token next-1\n");
+  });
+
+  test("commands - usage prints the days, then each tenant's plan limits with unlimited for 0; --json has both", async () => {
+    fake.usage = {
+      days: [
+        { tenant: "bob", day: "2026-11-29", accepted: 7, succeeded: 5, failed: 1, contentPolicy: 1, cancelled: 0, gpuSeconds: 12.34 },
+        { tenant: "carol", day: "2026-11-30", accepted: 2, succeeded: 2, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 0.5 },
+      ],
+      limits: [
+        { tenant: "bob", maxItemsPerBatch: 20, itemsPerDay: 100, maxQueuedItems: 0 },
+        { tenant: "carol", maxItemsPerBatch: 0, itemsPerDay: 0, maxQueuedItems: 500 },
+      ],
+    };
+    const u = await shoal(["usage", "--since", "2026-11-01", "--tenant", "bob", "--addr", addr]);
+    assert.equal(u.exitCode, 0, u.err);
+    assert.deepEqual(fake.usageAsked.at(-1), { tenant: "bob", since: "2026-11-01" });
+    const lines = u.out.split("\n");
+    assert.match(lines[0]!, /^DAY \(UTC\) +TENANT +ACCEPTED/);
+    assert.match(lines[1]!, /^2026-11-29 +bob +7 +5 +1 +1 +0 +12\.3$/);
+    const at = lines.indexOf("plan limits (--api-keys-file):");
+    assert.ok(at > 2, u.out);
+    assert.match(lines[at + 1]!, /^TENANT +MAX_ITEMS_PER_BATCH +ITEMS_PER_DAY +MAX_QUEUED_ITEMS$/);
+    assert.match(lines[at + 2]!, /^bob +20 +100 +unlimited$/);
+    assert.match(lines[at + 3]!, /^carol +unlimited +unlimited +500$/);
+    assert.match(lines[at + 4]!, /^\(unlimited: no limit of the tenant's own; the coordinator's --max-items and --max-queued-items still apply\)$/);
+
+    const j = await shoal(["usage", "--json", "--addr", addr]);
+    assert.equal(j.exitCode, 0, j.err);
+    const json = JSON.parse(j.out) as { days: Record<string, unknown>[]; limits: Record<string, unknown>[] };
+    assert.deepEqual(json.days[0], { tenant: "bob", day: "2026-11-29", accepted: 7, succeeded: 5, failed: 1, content_policy: 1, cancelled: 0, gpu_seconds: 12.34 });
+    assert.deepEqual(json.limits, [
+      { tenant: "bob", max_items_per_batch: 20, items_per_day: 100, max_queued_items: null },
+      { tenant: "carol", max_items_per_batch: null, items_per_day: null, max_queued_items: 500 },
+    ]);
+
+    // No days and no limits: both said in words.
+    fake.usage = { days: [], limits: [] };
+    const none = await shoal(["usage", "--addr", addr]);
+    assert.equal(none.out, "no usage recorded in that period\n\nplan limits: none (no limits in the keys file for these tenants; only the coordinator's --max-items and --max-queued-items apply)\n");
   });
 
   test("commands - an unreachable coordinator is named with a hint", async () => {

@@ -7,10 +7,12 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { ConfigError } from "../../shared/errors.js";
-import { ITEM_TRACE_HEADER, itemTraceHeaders, itemTracesFrom } from "../../shared/trace-headers.js";
-import { activeTraceparent, contextFromTraceparent, inChildSpan, linkTo, otlpTracesUrl, startSpan, startTracing, traceparentOf, tracingOn, withinSpan } from "../../shared/tracing.js";
+import { headers } from "@nats-io/transport-node";
+import { ITEM_TRACE_HEADER, ITEM_TRACESTATE_HEADER, itemTraceHeaders, itemTracesFrom } from "../../shared/trace-headers.js";
+import { activeTraceContext, activeTraceparent, contextFromTrace, contextFromTraceparent, inChildSpan, linkTo, otlpTracesUrl, startSpan, startTracing, traceContextOf, traceparentOf, tracingOn, withinSpan } from "../../shared/tracing.js";
 
 const TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const TS = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
 
 describe("tracing", () => {
   test("tracing - the OTLP URL: flag, then OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, then OTEL_EXPORTER_OTLP_ENDPOINT; none is off", () => {
@@ -32,6 +34,8 @@ describe("tracing", () => {
     assert.equal(startSpan("x"), undefined);
     assert.equal(activeTraceparent(), undefined);
     assert.equal(traceparentOf(contextFromTraceparent(TP)), undefined);
+    assert.equal(traceContextOf(contextFromTraceparent(TP, TS)), undefined);
+    assert.equal(activeTraceContext(), undefined);
     assert.equal(await inChildSpan(undefined, "y", (s) => (s === undefined ? 7 : 0)), 7);
     assert.equal(withinSpan(undefined, () => 8), 8);
   });
@@ -42,8 +46,22 @@ describe("tracing", () => {
     assert.ok(h);
     assert.equal(h.values(ITEM_TRACE_HEADER).length, 2);
     const back = itemTracesFrom(h);
-    assert.deepEqual([...back], [["1.abc", TP], ["3.ghi", TP.replace("b7ad", "c7ad")]]);
+    assert.deepEqual([...back], [["1.abc", { traceparent: TP }], ["3.ghi", { traceparent: TP.replace("b7ad", "c7ad") }]]);
+    assert.equal(h.values(ITEM_TRACESTATE_HEADER).length, 0, "no tracestate header without a tracestate");
     assert.deepEqual([...itemTracesFrom(undefined)], []);
+  });
+
+  test("tracing - an item's tracestate travels beside its traceparent, in a header of its own", () => {
+    const h = itemTraceHeaders([["1.abc", { traceparent: TP, tracestate: TS }], ["2.def", { traceparent: TP }], ["3.ghi", undefined]])!;
+    // The traceparent header is what it was (a peer of an earlier version reads it unchanged).
+    assert.deepEqual(h.values(ITEM_TRACE_HEADER), [`1.abc ${TP}`, `2.def ${TP}`]);
+    assert.deepEqual(h.values(ITEM_TRACESTATE_HEADER), [`1.abc ${TS}`]);
+    assert.deepEqual([...itemTracesFrom(h)], [["1.abc", { traceparent: TP, tracestate: TS }], ["2.def", { traceparent: TP }]]);
+    // A tracestate whose item has no traceparent names no trace: ignored.
+    const orphan = headers();
+    orphan.append(ITEM_TRACE_HEADER, `1.abc ${TP}`);
+    orphan.append(ITEM_TRACESTATE_HEADER, `9.zzz ${TS}`);
+    assert.deepEqual([...itemTracesFrom(orphan)], [["1.abc", { traceparent: TP }]]);
   });
 
   test("tracing - started: spans continue a traceparent, links name it, stop() flushes them over OTLP/HTTP once", async () => {
@@ -66,6 +84,16 @@ describe("tracing", () => {
       assert.match(tp, /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-01$/, "same trace, new span");
       const inner = await inChildSpan(parent, "child", () => activeTraceparent());
       assert.match(inner ?? "", /^00-0af7651916cd43dd8448eb211c80319c-/);
+      // A tracestate comes in with the traceparent and goes out with every descendant's.
+      const stated = startSpan("stated", {}, contextFromTrace({ traceparent: TP, tracestate: TS }))!;
+      const statedChild = await inChildSpan(stated, "stated-child", () => activeTraceContext());
+      assert.equal(statedChild?.tracestate, TS);
+      assert.match(statedChild?.traceparent ?? "", /^00-0af7651916cd43dd8448eb211c80319c-/);
+      assert.deepEqual(traceContextOf(stated), { traceparent: traceparentOf(stated), tracestate: TS });
+      assert.deepEqual(traceContextOf(parent), { traceparent: tp }, "no tracestate: none made up");
+      // Not a tracestate (a member without '='): the SDK's parser drops it, nothing is passed on.
+      assert.deepEqual(traceContextOf(contextFromTrace({ traceparent: TP, tracestate: "no equals sign" })), { traceparent: TP });
+      stated.end();
       const linked = startSpan("merged", { links: [linkTo(TP)!] })!;
       linked.end();
       parent.end();
@@ -74,7 +102,8 @@ describe("tracing", () => {
       assert.equal(tracingOn(), false);
       const spans = bodies.flatMap((b) => b.body.resourceSpans.flatMap((rs: any) => rs.scopeSpans.flatMap((ss: any) => ss.spans.map((s: any) => ({ ...s, service: rs.resource.attributes.find((a: any) => a.key === "service.name").value.stringValue })))));
       assert.deepEqual(bodies.map((b) => b.url).filter((u) => u !== "/v1/traces"), []);
-      assert.deepEqual(spans.map((s: any) => s.name).sort(), ["child", "merged", "parent"]);
+      assert.deepEqual(spans.map((s: any) => s.name).sort(), ["child", "merged", "parent", "stated", "stated-child"]);
+      assert.equal(spans.find((s: any) => s.name === "stated-child").traceState, TS, "the exported span carries the tracestate");
       const byName = (n: string) => spans.find((s: any) => s.name === n);
       assert.equal(byName("parent").parentSpanId, "b7ad6b7169203331");
       assert.equal(byName("child").parentSpanId, byName("parent").spanId);

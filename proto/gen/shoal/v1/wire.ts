@@ -227,7 +227,14 @@ export interface BatchRecord {
    * coordinator does not trace: kept with the batch so the spans of items placed after a
    * restart still join the submitter's trace.
    */
-  traceparent?: string | undefined;
+  traceparent?:
+    | string
+    | undefined;
+  /**
+   * W3C tracestate of that call's span (the caller's vendor entries), absent when it had none:
+   * passed on with the traceparent to every span of the batch's items.
+   */
+  tracestate?: string | undefined;
 }
 
 /** One item refused by a content-policy rule: it ends FAILED with CONTENT_POLICY and this message. */
@@ -2157,6 +2164,7 @@ function createBaseBatchRecord(): BatchRecord {
     sourceIndices: [],
     policyBlocked: [],
     traceparent: undefined,
+    tracestate: undefined,
   };
 }
 
@@ -2192,6 +2200,9 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     }
     if (message.traceparent !== undefined) {
       writer.uint32(74).string(message.traceparent);
+    }
+    if (message.tracestate !== undefined) {
+      writer.uint32(82).string(message.tracestate);
     }
     return writer;
   },
@@ -2291,6 +2302,14 @@ export const BatchRecord: MessageFns<BatchRecord> = {
             message.traceparent = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.tracestate = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2330,6 +2349,7 @@ export const BatchRecord: MessageFns<BatchRecord> = {
         ? object.policy_blocked.map((e: any) => PolicyBlock.fromJSON(e))
         : [],
       traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : undefined,
+      tracestate: isSet(object.tracestate) ? globalThis.String(object.tracestate) : undefined,
     };
   },
 
@@ -2362,6 +2382,9 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     if (message.traceparent !== undefined) {
       obj.traceparent = message.traceparent;
     }
+    if (message.tracestate !== undefined) {
+      obj.tracestate = message.tracestate;
+    }
     return obj;
   },
 
@@ -2381,6 +2404,7 @@ export const BatchRecord: MessageFns<BatchRecord> = {
     message.sourceIndices = object.sourceIndices?.map((e) => e) || [];
     message.policyBlocked = object.policyBlocked?.map((e) => PolicyBlock.fromPartial(e)) || [];
     message.traceparent = object.traceparent ?? undefined;
+    message.tracestate = object.tracestate ?? undefined;
     return message;
   },
 };
