@@ -6,6 +6,7 @@ import { BatchState, ItemStatus, type Batch, type ItemError, type ItemResult } f
 import type { BatchRecord, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
 import { leaseAttempt } from "../shared/ids.js";
 import type { VramNeed } from "../shared/vram-need.js";
+import { shapeKey } from "./vram-estimates.js";
 
 /**
  * One try of one item on one worker (the wire calls its reference a LeaseRef). Opened and ended
@@ -52,6 +53,23 @@ export interface ItemSlot {
   shapeKey?: string;
   /** Since when no registered worker could ever fit this item (unset when one could). */
   unplaceableSinceMs?: number;
+}
+
+/** A pending item as it enters the queue: the one place an ItemSlot is made (coordinator and simulator). */
+export function newItemSlot(model: string, params: Record<string, unknown>, need: VramNeed, queuedAtMs: number, firstQueuedAtMs: number): ItemSlot {
+  return {
+    model,
+    params,
+    need,
+    state: "pending",
+    attempts: 0,
+    lease: undefined,
+    closed: undefined,
+    result: undefined,
+    queuedAtMs,
+    firstQueuedAtMs,
+    shapeKey: shapeKey(model, params),
+  };
 }
 
 /**

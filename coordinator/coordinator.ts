@@ -11,7 +11,7 @@ import { BatchApi } from "./batch-api.js";
 import { BatchIndex } from "./batch-index.js";
 import { BatchProgress } from "./batch-progress.js";
 import { BatchQueue } from "./batch-queue.js";
-import { ActiveBatch, type HedgeEnd, type ItemSlot } from "./batch-state.js";
+import { ActiveBatch, newItemSlot, type HedgeEnd, type ItemSlot } from "./batch-state.js";
 import { UsageStore, type DayUsage } from "./usage.js";
 import { BatchStore } from "./batch-store.js";
 import { ContentPolicyStage, finishBlockedItems } from "./content-policy-stage.js";
@@ -31,7 +31,7 @@ import type { Eviction } from "./scheduler/defrag.js";
 import { findUnplaceable, newEnginePolicy, noteNeed, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
 import { LearnedPredictor } from "./scheduler/predictor.js";
 import { DEFAULT_HEDGE_AFTER_FACTOR } from "./scheduler/hedging.js";
-import { VramEstimates, shapeKey } from "./vram-estimates.js";
+import { VramEstimates } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
 import type { TenantLimits } from "./api-keys.js";
@@ -244,19 +244,7 @@ export class Coordinator {
     const created = record.batch!.createdAt?.getTime() ?? now;
     const slots: ItemSlot[] = record.items.map((item, i) => {
       const params = item.params ?? {};
-      return {
-        model: item.model,
-        params,
-        need: needs?.[i] ?? itemNeed(this.models.get(item.model), params),
-        state: "pending",
-        attempts: 0,
-        lease: undefined,
-        closed: undefined,
-        result: undefined,
-        queuedAtMs: now,
-        firstQueuedAtMs: created,
-        shapeKey: shapeKey(item.model, params),
-      };
+      return newItemSlot(item.model, params, needs?.[i] ?? itemNeed(this.models.get(item.model), params), now, created);
     });
     const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts, writtenAtMs);
     this.active.set(active.id, active);

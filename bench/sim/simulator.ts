@@ -21,14 +21,14 @@ import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord } from "../../proto/gen/shoal/v1/wire.js";
 import { Attempts } from "../../coordinator/attempts.js";
 import { BatchQueue } from "../../coordinator/batch-queue.js";
-import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
+import { ActiveBatch, newItemSlot, type ItemSlot } from "../../coordinator/batch-state.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
 import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type EngineState, type Placed } from "../../coordinator/scheduler/engine.js";
 import { DurationModel, gpuTypeOf } from "../../coordinator/scheduler/durations.js";
 import { maximize } from "../../coordinator/scheduler/lp.js";
 import { LearnedPredictor } from "../../coordinator/scheduler/predictor.js";
-import { VramEstimates, shapeKey } from "../../coordinator/vram-estimates.js";
+import { VramEstimates } from "../../coordinator/vram-estimates.js";
 import { VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import { fits } from "../../shared/vram-need.js";
@@ -321,19 +321,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     const slots: ItemSlot[] = b.items.map((it) => {
       const m = models.get(it.model)!;
       const params: Record<string, unknown> = { work_ms: it.workMs, ...(it.width ? { width: it.width, height: it.width } : {}) };
-      return {
-        model: it.model,
-        params,
-        need: { weightsBytes: m.weightsBytes, activationBytes: m.activationBytes },
-        state: "pending",
-        attempts: 0,
-        lease: undefined,
-        closed: undefined,
-        result: undefined,
-        queuedAtMs: now,
-        firstQueuedAtMs: now,
-        shapeKey: shapeKey(it.model, params),
-      };
+      return newItemSlot(it.model, params, { weightsBytes: m.weightsBytes, activationBytes: m.activationBytes }, now, now);
     });
     const batch = new ActiveBatch(record, 0, slots, 5, now);
     batches.set(b.id, batch);
