@@ -200,6 +200,11 @@ export interface SimOptions {
    * need is reported, as the --simulate worker's backend does.
    */
   oomNeedUnknown?: boolean;
+  /**
+   * For analysis: the estimates start at every misestimated item's real need, as if learned
+   * before the run, so nothing runs out of memory (what OUT_OF_MEMORY handling could at best reach).
+   */
+  knownVram?: boolean;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -208,6 +213,9 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const ledger = new VramLedger();
   const attempts = new Attempts(ledger);
   const estimates = new VramEstimates();
+  if (opts.knownVram) {
+    for (const b of w.batches) for (const it of b.items) if (it.useBytes !== undefined) estimates.observe(shapeKey(it.model, it.width ? { width: it.width, height: it.width } : {}), it.useBytes);
+  }
   const batches = new Map<string, ActiveBatch>();
   const simItems = new Map<string, SimItem[]>();
   // The GPU name carries the speed, as a real GPU's model name does: GPU types differ by it.
