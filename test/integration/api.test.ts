@@ -97,6 +97,8 @@ describe("api - webhooks, tenants, retries, pages", () => {
     assert.equal(batch.results[1]!.error?.retryable, false);
     assert.equal(batch.results[2]!.error?.code, "OUT_OF_MEMORY");
     assert.equal(batch.results[2]!.error?.retryable, true);
+    // It ran out of memory once, reported its 100 GB need, and then fit no GPU: unplaceable, not another OOM.
+    assert.match(batch.results[2]!.error!.message, /needs \d+ bytes of VRAM; the largest GPU serving sim-6g/);
     const retry = await alice.sdk.retryBatch(batchId);
     assert.equal(retry.itemCount, 1);
     const retried = await pollUntilTerminal(alice, retry.batchId);
