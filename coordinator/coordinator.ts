@@ -31,7 +31,7 @@ import type { Eviction } from "./scheduler/defrag.js";
 import { findUnplaceable, newEnginePolicy, noteNeed, schedulePass, type EnginePolicy } from "./scheduler/engine.js";
 import { LearnedPredictor } from "./scheduler/predictor.js";
 import { DEFAULT_HEDGE_AFTER_FACTOR } from "./scheduler/hedging.js";
-import { VramEstimates } from "./vram-estimates.js";
+import { VramEstimates, learnFromOutcome } from "./vram-estimates.js";
 import { VramLedger } from "./vram-ledger.js";
 import { WebhookSender } from "./webhooks.js";
 import type { TenantLimits } from "./api-keys.js";
@@ -393,12 +393,11 @@ export class Coordinator {
         this.progress.observeSlotTime(current.assignedAtMs, now, o.runMs);
       }
       // Learning takes only outcomes that counted: an ignored one's figures are nobody's.
-      // An OUT_OF_MEMORY's figure is what the item needed (a floor), not a measured peak: it raises the estimate below.
-      const oom = o.error?.code === "OUT_OF_MEMORY";
-      if (slot?.shapeKey && effect.kind !== "ignored" && o.vramUsedBytes > 0 && !oom) this.estimates.observe(slot.shapeKey, o.vramUsedBytes);
-      if (slot?.shapeKey && effect.kind !== "ignored" && oom) {
-        const raised = this.estimates.raiseAfterOom(slot.shapeKey, reserved ?? slot.need.activationBytes, o.vramUsedBytes);
-        if (!replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
+      // (the same rule as bench/sim's simulator: vram-estimates.ts, learnFromOutcome).
+      if (slot?.shapeKey) {
+        const oom = o.error?.code === "OUT_OF_MEMORY";
+        const raised = learnFromOutcome(this.estimates, slot.shapeKey, { counted: effect.kind !== "ignored", oom, vramUsedBytes: o.vramUsedBytes, reservedBytes: reserved, manifestBytes: slot.need.activationBytes });
+        if (raised !== undefined && !replaying) this.log.warn({ batchId: batch.id, item: o.lease.index, workerId, neededBytes: o.vramUsedBytes, raisedTo: raised }, "item ran out of memory; placing it again with a larger estimate");
       }
       if (effect.kind === "ignored") {
         if (!replaying) this.countStale(effect.reason);

@@ -74,3 +74,31 @@ export class VramEstimates {
     return Math.ceil((bytes * (100 + this.marginPercent(key))) / 100);
   }
 }
+
+/** What one outcome tells the estimates (the same in the coordinator and in bench/sim's simulator). */
+export interface VramOutcome {
+  /** The outcome counted (an ignored one's figures are nobody's). */
+  counted: boolean;
+  /** It failed OUT_OF_MEMORY. */
+  oom: boolean;
+  /** vram_used_bytes: a success's measured peak, or what an OUT_OF_MEMORY item needed (0: unknown). */
+  vramUsedBytes: number;
+  /** Activations reserved for the attempt (undefined: not the current attempt; the manifest's is used). */
+  reservedBytes: number | undefined;
+  /** The manifest's activations for the item. */
+  manifestBytes: number;
+}
+
+/**
+ * Learns from one outcome of an item of shape `key`: a counted success's peak is observed; a
+ * counted OUT_OF_MEMORY raises the estimate (to the reported need when there is one). Returns the
+ * raised estimate after an OUT_OF_MEMORY, else undefined. The coordinator's results intake and the
+ * simulator both call it, so the simulator's estimates learn exactly as the coordinator's do.
+ */
+export function learnFromOutcome(estimates: VramEstimates, key: string, o: VramOutcome): number | undefined {
+  if (!o.counted) return undefined;
+  // An OUT_OF_MEMORY's figure is what the item needed (a floor), not a measured peak: it raises the estimate.
+  if (o.oom) return estimates.raiseAfterOom(key, o.reservedBytes ?? o.manifestBytes, o.vramUsedBytes);
+  if (o.vramUsedBytes > 0) estimates.observe(key, o.vramUsedBytes);
+  return undefined;
+}

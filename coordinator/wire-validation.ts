@@ -6,6 +6,7 @@ import { ItemStatus } from "../proto/gen/shoal/v1/shoal.js";
 import type { GpuStatus, Heartbeat, ItemOutcome, ResidentWeights } from "../proto/gen/shoal/v1/wire.js";
 import { MAX_LEASE_TOKEN_LENGTH, WORKER_ID } from "../shared/ids.js";
 import { ARTIFACT_URI_PREFIX } from "../shared/subjects.js";
+import { MAX_REPORTED_VRAM_BYTES } from "../shared/vram-need.js";
 
 export const ITEM_ERROR_CODES = new Set([
   "INVALID_PARAMS",
@@ -36,7 +37,7 @@ export const HEARTBEAT_LIMITS = {
 const MAX_GPUS = HEARTBEAT_LIMITS.gpus;
 const MAX_HELD = HEARTBEAT_LIMITS.held;
 /** Bounds no real attempt comes near; past them a figure would poison estimates and metrics. */
-const MAX_VRAM_USED_BYTES = 2 ** 50; // 1 PiB
+const MAX_VRAM_USED_BYTES = MAX_REPORTED_VRAM_BYTES; // 1 PiB
 const MAX_RUN_MS = 366 * 24 * 3600 * 1000;
 
 /** Returns why the heartbeat is unacceptable, or undefined. */

@@ -7,6 +7,12 @@
 
 import { activationBytes, type ModelManifest } from "./manifest.js";
 
+/**
+ * The largest VRAM figure an outcome may carry (vram_used_bytes: a measured peak, or an
+ * OUT_OF_MEMORY's need): the coordinator refuses an outcome above it, so a worker caps what it reports.
+ */
+export const MAX_REPORTED_VRAM_BYTES = 2 ** 50; // 1 PiB
+
 /** An item's VRAM need, split so the weights are paid once per GPU and the activations per item. */
 export interface VramNeed {
   /** The model's weights: paid by the first item of the model on a GPU. */

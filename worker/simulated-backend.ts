@@ -19,7 +19,7 @@ function simModel(name: string, weightsGb: number, activationGb: number): ModelM
       busy: { type: "boolean", default: false },
       fail: { type: "boolean", default: false },
       // What the item "really" uses; more than the reservation fails with OUT_OF_MEMORY, as a
-      // model whose manifest underestimates its need would on a real GPU.
+      // model whose manifest underestimates its need would on a real GPU, reporting this need.
       use_bytes: { type: "integer", minimum: 0 },
       tag: { type: "string", maxLength: 200 },
     },
@@ -125,6 +125,13 @@ export class SimulatedBackend implements InferenceBackend {
     } finally {
       if (pending) pending.loading--;
     }
+    // More than the reservation fails at once, after the load, as an allocation at the start of a
+    // real run does (the simulator charges the same: bench/sim/simulator.ts, oomMs), and says what
+    // the item needed, as the simulator's workers do, so the coordinator places it again with that.
+    const use = typeof job.params.use_bytes === "number" ? job.params.use_bytes : 0;
+    if (use > 0 && job.vramBytes !== undefined && job.vramBytes > 0 && use > job.vramBytes) {
+      throw new InferenceError("OUT_OF_MEMORY", `simulated: needed ${use} bytes, ${job.vramBytes} were reserved`, true, { neededBytes: use });
+    }
     const entry = this.loaded.get(job.model);
     if (entry) entry.running++;
     try {
@@ -143,10 +150,6 @@ export class SimulatedBackend implements InferenceBackend {
     }
     if (signal.aborted) throw new InferenceError("CANCELLED", "cancelled", false);
     if (job.params.fail === true) throw new InferenceError("INFERENCE_FAILED", "simulated failure", false);
-    const use = typeof job.params.use_bytes === "number" ? job.params.use_bytes : 0;
-    if (use > 0 && job.vramBytes !== undefined && job.vramBytes > 0 && use > job.vramBytes) {
-      throw new InferenceError("OUT_OF_MEMORY", `simulated: needed ${use} bytes, ${job.vramBytes} were reserved`, true);
-    }
     return { artifacts: [], peakBytes: use };
   }
 

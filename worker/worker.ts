@@ -25,7 +25,7 @@ import { connectNats } from "../shared/nats.js";
 import { decodeParamsJson } from "../shared/params-wire.js";
 import { storageError } from "../shared/storage-errors.js";
 import { ARTIFACT_URI_PREFIX, Names } from "../shared/subjects.js";
-import { fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.js";
+import { MAX_REPORTED_VRAM_BYTES, fits as fitsVram, itemNeed, type VramNeed } from "../shared/vram-need.js";
 import { detectVramSource, type GpuDevice, type VramSource } from "./gpu/vram-source.js";
 import { nvidiaSmiSampler, PeakVramSampler } from "./gpu/vram-peak.js";
 import { cudaDevice } from "./inference/cuda-provider.js";
@@ -448,7 +448,7 @@ export class ShoalWorker {
         return Promise.all(output.artifacts.map((a) => this.storeArtifact(lease, a.name, a.contentType, a.data, a.sha256)));
       });
       const runMs = Math.round(performance.now() - started);
-      outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: peakBytes };
+      outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: Math.min(peakBytes, MAX_REPORTED_VRAM_BYTES) };
       if (this.log.isLevelEnabled("debug")) this.log.debug({ ...ids(), runMs }, "item succeeded");
     } catch (err) {
       void this.peak?.end(lease.token);
@@ -460,7 +460,10 @@ export class ShoalWorker {
             : err
           : new InferenceError("INFERENCE_FAILED", errorMessage(err), true);
       const status = e.code === "CANCELLED" ? ItemStatus.ITEM_STATUS_CANCELLED : ItemStatus.ITEM_STATUS_FAILED;
-      outcome = { lease, status, error: { code: e.code, message: e.message, retryable: e.retryable }, artifacts: [], runMs, vramUsedBytes: 0 };
+      // An OUT_OF_MEMORY carries what the item needed where the backend can tell (the coordinator
+      // raises its estimate to it); capped so the figure never gets the outcome refused.
+      const needed = e.code === "OUT_OF_MEMORY" ? Math.min(e.neededBytes, MAX_REPORTED_VRAM_BYTES) : 0;
+      outcome = { lease, status, error: { code: e.code, message: e.message, retryable: e.retryable }, artifacts: [], runMs, vramUsedBytes: needed };
       (e.code === "CANCELLED" || e.code === "CONTENT_POLICY" ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))({ ...ids(), code: e.code, err: e.message, runMs }, "item did not succeed");
     }
     // Model names from the wire are unbounded: only served models get their own label. An item

@@ -28,7 +28,7 @@ import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type E
 import { DurationModel, gpuTypeOf } from "../../coordinator/scheduler/durations.js";
 import { maximize } from "../../coordinator/scheduler/lp.js";
 import { LearnedPredictor } from "../../coordinator/scheduler/predictor.js";
-import { VramEstimates } from "../../coordinator/vram-estimates.js";
+import { VramEstimates, learnFromOutcome, shapeKey } from "../../coordinator/vram-estimates.js";
 import { VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import { fits } from "../../shared/vram-need.js";
@@ -115,6 +115,8 @@ export interface SimResult {
   efficiency: number;
   /** Attempts that failed OUT_OF_MEMORY because the manifest underestimated (not placement). */
   estimateOoms: number;
+  /** OUT_OF_MEMORY attempts of items that had run out of memory before (0 when the retry reserves the reported need). */
+  repeatOoms: number;
   /** Times a GPU's VRAM in use (weights + reserved activations) exceeded its size: placement bugs. */
   overbooked: number;
   peakVramUse: number;
@@ -192,6 +194,17 @@ export interface SimOptions {
   scan?: boolean;
   /** Estimate every running batch's completion once a virtual second, as the coordinator does, and score it (etaErrors). */
   trackEta?: boolean;
+  /**
+   * Workers whose OUT_OF_MEMORY does not say what the item needed (vram_used_bytes 0), as a real
+   * ONNX backend's cannot: the estimate is then raised by half per OUT_OF_MEMORY. Default: the
+   * need is reported, as the --simulate worker's backend does.
+   */
+  oomNeedUnknown?: boolean;
+  /**
+   * For analysis: the estimates start at every misestimated item's real need, as if learned
+   * before the run, so nothing runs out of memory (what OUT_OF_MEMORY handling could at best reach).
+   */
+  knownVram?: boolean;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -200,6 +213,9 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const ledger = new VramLedger();
   const attempts = new Attempts(ledger);
   const estimates = new VramEstimates();
+  if (opts.knownVram) {
+    for (const b of w.batches) for (const it of b.items) if (it.useBytes !== undefined) estimates.observe(shapeKey(it.model, it.width ? { width: it.width, height: it.width } : {}), it.useBytes);
+  }
   const batches = new Map<string, ActiveBatch>();
   const simItems = new Map<string, SimItem[]>();
   // The GPU name carries the speed, as a real GPU's model name does: GPU types differ by it.
@@ -292,6 +308,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     idealMs: 0,
     efficiency: 0,
     estimateOoms: 0,
+    repeatOoms: 0,
     overbooked: 0,
     peakVramUse: 0,
     refusedByWorker: 0,
@@ -312,6 +329,8 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const lpTime = new Map<string, number>();
   const times = new Map<string, SimResult["batchTimes"][number]>();
   const ended = new Map<string, Uint8Array>();
+  /** Items that have run out of memory at least once ("batch/index"). */
+  const oomed = new Set<string>();
   let remaining = res.items;
   let tickPending = false;
   let lastDone = 0;
@@ -408,7 +427,11 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     if (!h) return; // cancelled meanwhile (the losing copy of a hedged item)
     const slot = h.batch.items[h.index]!;
     const runMs = oom ? w.oomMs : h.item.workMs / g.spec.speed;
-    const reserved = slot.lease?.token === token ? slot.lease.activationBytes : undefined;
+    // Either copy of a hedged item is current, as in the coordinator's intake.
+    const current = slot.lease?.token === token ? slot.lease : slot.hedge?.token === token ? slot.hedge : undefined;
+    const reserved = current?.activationBytes;
+    // As the simulated backend does: a success's peak, or what an OUT_OF_MEMORY item needed.
+    const usedBytes = oom && opts.oomNeedUnknown ? 0 : (h.item.useBytes ?? 0);
     if (!oom) {
       const m = models.get(h.model)!;
       const cap = (g.spec.vramBytes - m.weightsBytes) / m.activationBytes;
@@ -421,17 +444,21 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
         error: oom ? { code: "OUT_OF_MEMORY", message: "simulated", retryable: true } : undefined,
         artifacts: [],
         runMs,
-        // As the simulated backend does: an OUT_OF_MEMORY reports what the item needed.
-        vramUsedBytes: h.item.useBytes ?? 0,
+        vramUsedBytes: usedBytes,
       },
       g.spec.id,
       now,
     );
-    if (!oom && h.item.useBytes) estimates.observe(slot.shapeKey!, h.item.useBytes);
+    // The coordinator's own rule (vram-estimates.ts): a counted success's peak is observed, a
+    // counted OUT_OF_MEMORY raises the estimate to the need the worker reported.
+    learnFromOutcome(estimates, slot.shapeKey!, { counted: effect.kind !== "ignored", oom, vramUsedBytes: usedBytes, reservedBytes: reserved, manifestBytes: slot.need.activationBytes });
     if (oom) {
       res.estimateOoms++;
-      if (effect.kind !== "ignored") estimates.raiseAfterOom(slot.shapeKey!, reserved ?? slot.need.activationBytes, h.item.useBytes ?? 0);
-    } else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
+      const id = `${h.batch.id}/${h.index}`;
+      if (oomed.has(id)) res.repeatOoms++;
+      oomed.add(id);
+    }
+    else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
     if ((effect.kind === "done" || effect.kind === "closed") && effect.hedge) {
       res.hedges[effect.hedge.outcome]++;
       const other = effect.hedge.other;

@@ -37,7 +37,8 @@ describe("api - webhooks, tenants, retries, pages", () => {
     await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
     receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/hook`;
     await stack.startNats();
-    await stack.startCoordinator(["--api-keys", "alice:alice-key-123,bob:bob-key-4567", "--webhook-retries", "200ms,200ms,200ms", "--webhook-allow-private"]);
+    // A short unplaceable grace: an item that reported a need beyond every GPU fails soon (RetryBatch test).
+    await stack.startCoordinator(["--api-keys", "alice:alice-key-123,bob:bob-key-4567", "--webhook-retries", "200ms,200ms,200ms", "--webhook-allow-private", "--unplaceable-grace", "1s"]);
     await stack.startWorker("w1", ["--simulate", "--vram", "40GB"]);
     alice = new TestClient(stack.grpcAddr, "alice-key-123");
     bob = new TestClient(stack.grpcAddr, "bob-key-4567");
@@ -81,20 +82,23 @@ describe("api - webhooks, tenants, retries, pages", () => {
   });
 
   test("api - RetryBatch resubmits only the retryable failures", async () => {
-    // max attempts 3: a TIMEOUT-like retryable failure needs an item that fails retryably every
-    // time; sim-6g with use_bytes far beyond any GPU fails OUT_OF_MEMORY (retryable) until
-    // attempts run out, while fail:true is a non-retryable INFERENCE_FAILED.
+    // A retryable failure needs an item that fails retryably every time: sim-6g with use_bytes
+    // far beyond any GPU runs out of memory, reports that need, and then fits no GPU, so it fails
+    // OUT_OF_MEMORY (retryable) after the unplaceable grace; fail:true is a non-retryable
+    // INFERENCE_FAILED.
     const { batchId } = await alice.submit({
       items: [
         { model: "sim-zero", params: {} },
         { model: "sim-6g", params: { fail: true } },
-        { model: "sim-6g", params: { use_bytes: 30e9 } },
+        { model: "sim-6g", params: { use_bytes: 100e9 } },
       ],
     });
     const { batch } = await pollUntilTerminal(alice, batchId);
     assert.equal(batch.results[1]!.error?.retryable, false);
     assert.equal(batch.results[2]!.error?.code, "OUT_OF_MEMORY");
     assert.equal(batch.results[2]!.error?.retryable, true);
+    // It ran out of memory once, reported its 100 GB need, and then fit no GPU: unplaceable, not another OOM.
+    assert.match(batch.results[2]!.error!.message, /needs \d+ bytes of VRAM; the largest GPU serving sim-6g/);
     const retry = await alice.sdk.retryBatch(batchId);
     assert.equal(retry.itemCount, 1);
     const retried = await pollUntilTerminal(alice, retry.batchId);

@@ -26,7 +26,7 @@ describe("scheduler - with real processes", () => {
     await stack.stop();
   });
 
-  test("scheduler - an item that runs out of memory is placed again with a raised estimate, on a GPU with room", async () => {
+  test("scheduler - an item that runs out of memory reports its need and is placed again with it reserved, on a GPU with room", async () => {
     await stack.startCoordinator(["--max-attempts", "6"]);
     client = new TestClient(stack.grpcAddr);
     await Promise.all([
@@ -34,16 +34,16 @@ describe("scheduler - with real processes", () => {
       stack.startWorker("big", ["--simulate", "--vram", "40GB"]),
     ]);
     await client.waitForWorkers(2);
-    // sim-6g's manifest says 4 GB weights + 2 GB per item; this item really takes 7 GB. Each
-    // OUT_OF_MEMORY raises the estimate 1.5× (2 → 3 → 4.5 → 6.75 → 10.1 GB); only the 40 GB
-    // worker can hold 10.1 GB of activations, with or without the weights resident.
+    // sim-6g's manifest says 4 GB weights + 2 GB per item; this item really takes 7 GB. Its first
+    // attempt reserves 2 GB (the small worker is the best fit) and runs out of memory; the
+    // --simulate worker reports the 7 GB it needed, the coordinator raises the estimate to that
+    // (not by half: 2 → 3 → 4.5 → 6.75 → 10.1 GB, five attempts before workers said), and 4 + 7 GB
+    // only fit the 40 GB worker.
     const first = await client.run({ items: [{ model: "sim-6g", params: { use_bytes: 7 * GB } }] });
     const r = first.results[0]!;
     assert.equal(r.status, ItemStatus.ITEM_STATUS_SUCCEEDED, JSON.stringify(r.error));
-    // The item runs out of memory while the estimate is below 7 GB: 2, 3, 4.5 and 6.75 GB, so
-    // the fifth attempt, with 10.1 GB reserved, is the one that succeeds.
-    assert.equal(r.attempts, 5, "one attempt per estimate below what the item really takes");
-    assert.equal(r.workerId, "big", "10.1 GB of activations only fit the 40 GB worker");
+    assert.equal(r.attempts, 2, "one OUT_OF_MEMORY, then the retry with the reported need reserved");
+    assert.equal(r.workerId, "big", "7 GB of activations and 4 GB of weights only fit the 40 GB worker");
     // The estimate is learned: the same shape now goes to a worker with room at the first try.
     const second = await client.run({ items: [{ model: "sim-6g", params: { use_bytes: 7 * GB, tag: "again" } }] });
     assert.equal(second.results[0]!.attempts, 1);

@@ -47,7 +47,8 @@ describe("security - API keys and roles", () => {
     keysPath = join(stack.dir, "keys.json");
     writeFileSync(keysPath, keysFile(ALICE));
     await stack.startNats();
-    await stack.startCoordinator(["--api-keys-file", keysPath, "--api-keys", `carol:${CAROL}`]);
+    // A short unplaceable grace: the item that needs more than any GPU fails soon.
+    await stack.startCoordinator(["--api-keys-file", keysPath, "--api-keys", `carol:${CAROL}`, "--unplaceable-grace", "1s"]);
     await stack.startWorker("w-img", ["--vram", "8GiB"]);
     await stack.startWorker("w-sim", ["--simulate", "--vram", "40GB"]);
     await stack.startWorker("w-drain", ["--simulate", "--vram", "40GB"]);
@@ -65,7 +66,7 @@ describe("security - API keys and roles", () => {
 
   test("security keys - every batch RPC refuses another tenant's key; the owner gets the answer", async () => {
     const { batchId } = await alice.submit({
-      items: [{ model: "imagegen-tiny", params: { prompt: "a lighthouse", width: 64, height: 64, steps: 1 } }, { model: "sim-6g", params: { use_bytes: 30e9 } }],
+      items: [{ model: "imagegen-tiny", params: { prompt: "a lighthouse", width: 64, height: 64, steps: 1 } }, { model: "sim-6g", params: { use_bytes: 100e9 } }],
       idempotencyKey: "order-1",
     });
     const { batch } = await pollUntilTerminal(alice, batchId);

@@ -48,13 +48,20 @@ export type InferenceErrorCode =
 
 export class InferenceError extends Error {
   override readonly name = "InferenceError";
+  /**
+   * OUT_OF_MEMORY only: the activation bytes the item needed, where the backend can tell (0 when
+   * it cannot). The worker reports it (vram_used_bytes of the failed outcome) and the coordinator
+   * places the item again with that much reserved, instead of guessing by half.
+   */
+  readonly neededBytes: number;
   constructor(
     readonly code: InferenceErrorCode,
     message: string,
     readonly retryable: boolean,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; neededBytes?: number },
   ) {
     super(message, options);
+    this.neededBytes = options?.neededBytes ?? 0;
   }
 }
 
