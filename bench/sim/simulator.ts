@@ -192,6 +192,10 @@ export interface SimOptions {
   scan?: boolean;
   /** Estimate every running batch's completion once a virtual second, as the coordinator does, and score it (etaErrors). */
   trackEta?: boolean;
+  /** Earliest-finish holds in the tail (engine default: on); false isolates another mechanism, e.g. hedging. */
+  earliestFinish?: boolean;
+  /** Called for each attempt a GPU starts (for diagnostics: where the tail ran). */
+  onStart?: (e: { gpu: string; speed: number; model: string; workMs: number; assignedAtMs: number; startAtMs: number; endAtMs: number; oom: boolean }) => void;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -240,6 +244,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     timer: opts.measureDecisions ? () => performance.now() : undefined,
     hedging: opts.hedging,
     scan: opts.scan,
+    earliestFinish: opts.earliestFinish,
   });
   if (opts.defrag) engine.defrag = { busy: new Set(), evictions: [] };
 
@@ -367,6 +372,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       const oom = use > activation;
       const runMs = oom ? w.oomMs : item.workMs / g.spec.speed;
       push({ t: startAt + runMs, kind: "finish", gpu: g, token: p.lease.token, oom });
+      opts.onStart?.({ gpu: g.spec.id, speed: g.spec.speed, model: slot.model, workMs: item.workMs, assignedAtMs: now, startAtMs: startAt, endAtMs: startAt + runMs, oom });
     }
     report(g);
   };
@@ -507,11 +513,12 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       }
       if (!freed) break;
     }
-    // A running attempt falls due for a hedge later: a pass runs then (the coordinator's tick).
-    const due = engine.hedgeCheckAtMs;
-    if (due !== undefined && due > now && !hedgeTicks.has(due)) {
-      hedgeTicks.add(due);
-      push({ t: due, kind: "tick" });
+    // A running attempt falls due for a hedge later, or a slot an item is held for: a pass runs then.
+    for (const due of [engine.hedgeCheckAtMs, engine.holdCheckAtMs]) {
+      if (due !== undefined && due > now && !hedgeTicks.has(due)) {
+        hedgeTicks.add(due);
+        push({ t: due, kind: "tick" });
+      }
     }
   };
   const hedgeTicks = new Set<number>();

@@ -95,6 +95,14 @@ export class AffinityPlanner {
     return this.allowedBy.size > 0;
   }
 
+  /**
+   * When the backlog is predicted to end: the last plan's time plus its horizon (the LP's
+   * makespan for the work then waiting and running); Infinity without a plan.
+   */
+  get fluidEndMs(): number {
+    return this.active ? this.plannedAtMs + this.horizonMs : Infinity;
+  }
+
   /** The plan: gpuKey → the models it should serve (a new map at every plan; the GPU index follows it). */
   get currentPlan(): ReadonlyMap<string, ReadonlySet<string>> {
     return this.allowedBy;

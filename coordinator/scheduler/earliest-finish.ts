@@ -1,0 +1,131 @@
+// Earliest finish: at the end of the work, hold an item for a GPU that frees soon and finishes it
+// sooner than the free GPU placement found. Placement fills whatever GPU has room now; in the
+// tail that sends the last items to a slow GPU (an item of 300 ms at speed 0.7 ends after one
+// at speed 2 that starts 150 ms later) or to a GPU that must first load the model's weights
+// (2 s for sim-30g at 10 GB/s), while a faster GPU warm with the model frees a moment later.
+// The item's end is then the batch's end.
+//
+// The rule, for the GPU placement chose (the candidate): its predicted finish is
+//   now + load (0 where the weights are resident or counted) + the item's predicted run there;
+// an alternative is a slot of a GPU where an attempt of the same model runs (the weights are
+// paid there and its end gives back room for one more of the model): its finish is
+//   that attempt's predicted end + the item's predicted run on that GPU.
+// The item is held (left queued this pass) when an alternative finishes it first. Holding
+// books that slot: the next item of the pass sees it free only at the held item's predicted end,
+// so two items are not held for one slot.
+//
+// When it applies: only to an item whose finish on the candidate lies past the end of all the
+// work as the affinity plan predicts it (the fluid horizon: the LP's makespan for the backlog at
+// the last plan). Before that, the fleet has more work than time, a held item only moves work
+// between busy GPUs, and an idle GPU must take what it can; the tail is where one item's place
+// decides the end. (It also keeps the decision cheap: the running attempts are read only then.)
+//
+// Never starves: an alternative counts only while its attempt is predicted to end in the future
+// (one past its predicted end may run for ever: its GPU is not waited for), and an item is never
+// held past the finish it had on the candidate when it was first held (its deadline): every
+// wait is bounded by that item's own predicted time on the GPU that was free. `nextCheckAtMs`
+// says when the first booked slot falls due, so the caller runs a pass then even if no outcome
+// comes. Pure: no clock, no I/O; the engine builds one per pass.
+
+import type { ItemSlot } from "../batch-state.js";
+import type { OpenAttempt } from "../attempts.js";
+import type { DurationPredictor } from "./engine.js";
+
+/** A slot that frees when a running attempt ends: where an item of its model could run next. */
+interface FreeingSlot {
+  workerId: string;
+  gpuKey: string;
+  /** When it is predicted to be free: the attempt's predicted end, or the end of an item held for it this pass. */
+  freeAtMs: number;
+  /** Activations it gives back (an item needing more does not fit there). */
+  bytes: number;
+}
+
+export interface EarliestFinishInputs {
+  nowMs: number;
+  predictor: DurationPredictor;
+  /** When the work is predicted to end (the plan's fluid horizon); nothing is held before it. */
+  fluidEndMs: number;
+  running: () => Iterable<OpenAttempt>;
+  gpuKeyOf: (a: OpenAttempt) => string;
+  /** Whether the GPU may take an item of the model when it frees (ready, served, the plan allows it). */
+  accepts: (workerId: string, gpuKey: string, model: string) => boolean;
+  /** Free VRAM less reserved on the GPU now (what the freed activations add to). */
+  available: (gpuKey: string) => number;
+  /** Each held item's deadline, kept between passes (see the header). */
+  deadlines: WeakMap<ItemSlot, number>;
+}
+
+/** Where placement would put the item now. */
+export interface Candidate {
+  workerId: string;
+  /** The model's weights must be loaded there first. */
+  loads: boolean;
+}
+
+export class EarliestFinish {
+  private byModel: Map<string, FreeingSlot[]> | undefined;
+  /** Items held this pass. */
+  held = 0;
+  /** The earliest booked slot's predicted free time: a pass then places or re-decides its item. */
+  nextCheckAtMs: number | undefined;
+
+  constructor(private readonly inp: EarliestFinishInputs) {}
+
+  /**
+   * Whether to hold the item for a GPU that frees soon and finishes it first; when so, books
+   * that GPU's slot for it. `activationBytes` is what the item reserves.
+   */
+  hold(slot: ItemSlot, activationBytes: number, candidate: Candidate): boolean {
+    const { predictor, nowMs } = this.inp;
+    const load = candidate.loads ? (predictor.loadMs?.(slot.model, slot.need.weightsBytes) ?? 0) : 0;
+    const finish = nowMs + load + predictor.predictMs(slot, candidate.workerId);
+    // Not the tail: placement stands, nothing else is read.
+    if (!(finish > this.inp.fluidEndMs)) return false;
+    // Held before: never past the finish it had then (that bounds its wait).
+    const deadline = this.inp.deadlines.get(slot) ?? finish;
+    if (nowMs >= deadline) return false;
+    let best: FreeingSlot | undefined;
+    let bestEnd = finish;
+    for (const s of this.slotsOf(slot.model)) {
+      // Only a slot predicted to free later than now: one past its attempt's predicted end is
+      // not counted on (the attempt may run for ever, and the item would wait with it).
+      if (s.freeAtMs <= nowMs || s.freeAtMs >= bestEnd) continue;
+      if (s.bytes + Math.max(0, this.inp.available(s.gpuKey)) < activationBytes) continue;
+      if (!this.inp.accepts(s.workerId, s.gpuKey, slot.model)) continue;
+      const end = s.freeAtMs + predictor.predictMs(slot, s.workerId);
+      if (end < bestEnd) {
+        best = s;
+        bestEnd = end;
+      }
+    }
+    if (!best) {
+      this.inp.deadlines.delete(slot);
+      return false;
+    }
+    this.nextCheckAtMs = Math.min(this.nextCheckAtMs ?? Infinity, best.freeAtMs);
+    best.freeAtMs = bestEnd;
+    this.inp.deadlines.set(slot, deadline);
+    this.held++;
+    return true;
+  }
+
+  /** The item was placed: it is not held any more. */
+  placed(slot: ItemSlot): void {
+    this.inp.deadlines.delete(slot);
+  }
+
+  /** The running attempts' slots by model, read once per pass and only when an item is in the tail. */
+  private slotsOf(model: string): FreeingSlot[] {
+    if (!this.byModel) {
+      this.byModel = new Map();
+      for (const a of this.inp.running()) {
+        if (!(a.predictedMs > 0)) continue;
+        let list = this.byModel.get(a.model);
+        if (!list) this.byModel.set(a.model, (list = []));
+        list.push({ workerId: a.workerId, gpuKey: this.inp.gpuKeyOf(a), freeAtMs: a.startMs + a.predictedMs, bytes: a.activationBytes ?? 0 });
+      }
+    }
+    return this.byModel.get(model) ?? [];
+  }
+}
