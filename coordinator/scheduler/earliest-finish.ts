@@ -20,12 +20,12 @@
 // between busy GPUs, and an idle GPU must take what it can; the tail is where one item's place
 // decides the end. (It also keeps the decision cheap: the running attempts are read only then.)
 //
-// Never starves: an alternative counts only while its attempt is predicted to end in the future
-// (one past its predicted end may run for ever: its GPU is not waited for), and an item is never
-// held past the finish it had on the candidate when it was first held (its deadline): every
-// wait is bounded by that item's own predicted time on the GPU that was free. `nextCheckAtMs`
-// says when the first booked slot falls due, so the caller runs a pass then even if no outcome
-// comes. Pure: no clock, no I/O; the engine builds one per pass.
+// Never starves: an attempt past its predicted end is expected to run as long again as it has
+// overrun (an outcome a moment late still counts as freeing about now; one that overran long
+// stops being waited for), and an item is never held past the finish it had on the candidate
+// when it was first held (its deadline): every wait is bounded by that item's own predicted time
+// on the GPU that was free. `nextCheckAtMs` says when a held item must be decided again if no
+// outcome comes first. Pure: no clock, no I/O; the engine builds one per pass.
 
 import type { ItemSlot } from "../batch-state.js";
 import type { OpenAttempt } from "../attempts.js";
@@ -63,6 +63,15 @@ export interface Candidate {
   loads: boolean;
 }
 
+/**
+ * When a slot is expected to free: its predicted time while that is ahead; once past it, as much
+ * later again as the attempt has overrun (an outcome is a moment late on a busy fleet and the
+ * slot frees about now; one that overran long is not counted on to end soon).
+ */
+export function expectedFree(freeAtMs: number, nowMs: number): number {
+  return freeAtMs > nowMs ? freeAtMs : nowMs + (nowMs - freeAtMs);
+}
+
 export class EarliestFinish {
   private byModel: Map<string, FreeingSlot[]> | undefined;
   /** Items held this pass. */
@@ -88,12 +97,11 @@ export class EarliestFinish {
     let best: FreeingSlot | undefined;
     let bestEnd = finish;
     for (const s of this.slotsOf(slot.model)) {
-      // Only a slot predicted to free later than now: one past its attempt's predicted end is
-      // not counted on (the attempt may run for ever, and the item would wait with it).
-      if (s.freeAtMs <= nowMs || s.freeAtMs >= bestEnd) continue;
+      const free = expectedFree(s.freeAtMs, nowMs);
+      if (free >= bestEnd) continue;
       if (s.bytes + Math.max(0, this.inp.available(s.gpuKey)) < activationBytes) continue;
       if (!this.inp.accepts(s.workerId, s.gpuKey, slot.model)) continue;
-      const end = s.freeAtMs + predictor.predictMs(slot, s.workerId);
+      const end = free + predictor.predictMs(slot, s.workerId);
       if (end < bestEnd) {
         best = s;
         bestEnd = end;
@@ -103,7 +111,10 @@ export class EarliestFinish {
       this.inp.deadlines.delete(slot);
       return false;
     }
-    this.nextCheckAtMs = Math.min(this.nextCheckAtMs ?? Infinity, best.freeAtMs);
+    // Decide again when the slot is due (its outcome usually comes first), or, past due, when
+    // its growing overrun would let the free GPU finish first; at the latest at the deadline.
+    const recheck = best.freeAtMs > nowMs ? best.freeAtMs : nowMs + Math.max(1, finish - bestEnd);
+    this.nextCheckAtMs = Math.min(this.nextCheckAtMs ?? Infinity, recheck, deadline);
     best.freeAtMs = bestEnd;
     this.inp.deadlines.set(slot, deadline);
     this.held++;
