@@ -118,6 +118,11 @@ export class AffinityPlanner {
     return spillablePlanned(this.allowedBy.get(key), waiting);
   }
 
+  /** The queue is empty: whatever is queued next is planned at once, not on a plan of the last backlog. */
+  idle(): void {
+    this.plannedModels = "";
+  }
+
   /** Whether a re-plan is due: `replanMs` passed, or the set of models waiting or of GPUs changed. */
   due(nowMs: number, waitingModels: string, gpuCount: number): boolean {
     return nowMs - this.plannedAtMs >= this.opts.replanMs || waitingModels !== this.plannedModels || gpuCount !== this.plannedGpus;

@@ -7,9 +7,13 @@
 //
 // The rule, for the GPU placement chose (the candidate): its predicted finish is
 //   now + load (0 where the weights are resident or counted) + the item's predicted run there;
-// an alternative is a slot of a GPU where an attempt of the same model runs (the weights are
-// paid there and its end gives back room for one more of the model): its finish is
+// an alternative is a slot of a faster GPU where an attempt of the same model runs (the weights
+// are paid there and its end gives back room for one more of the model): its finish is
 //   that attempt's predicted end + the item's predicted run on that GPU.
+// Only faster GPUs: holding an item for a GPU of the same speed only to save the candidate's load
+// gained on fleets of equal GPUs with one batch (uniform-24gb 0.925 → 0.942) but lost where
+// batches keep arriving (tenants-priorities 0.984 → 0.972..0.981 over seeds): the next batch
+// is no tail, and the GPU left idle is capacity lost. Which GPU pays a load stays the plan's call.
 // The item is held (left queued this pass) when an alternative finishes it first. Holding
 // books that slot: the next item of the pass sees it free only at the held item's predicted end,
 // so two items are not held for one slot.
@@ -101,6 +105,8 @@ export class EarliestFinish {
       if (free >= bestEnd) continue;
       if (s.bytes + Math.max(0, this.inp.available(s.gpuKey)) < activationBytes) continue;
       if (!this.inp.accepts(s.workerId, s.gpuKey, slot.model)) continue;
+      // Only a faster GPU: between GPUs of one speed the plan's load decisions stand (see the header).
+      if (!(predictor.speedOf(s.workerId) > predictor.speedOf(candidate.workerId))) continue;
       const end = free + predictor.predictMs(slot, s.workerId);
       if (end < bestEnd) {
         best = s;
@@ -121,22 +127,25 @@ export class EarliestFinish {
     return true;
   }
 
-  /** The item was placed: it is not held any more. */
-  placed(slot: ItemSlot): void {
+  /** The item was placed (this attempt opened): it is not held any more, and its slot frees when the attempt ends. */
+  placed(slot: ItemSlot, a: OpenAttempt): void {
     this.inp.deadlines.delete(slot);
+    // The running attempts were read earlier in this pass: this one is a slot too.
+    if (this.byModel && a.predictedMs > 0) this.add(a);
   }
 
   /** The running attempts' slots by model, read once per pass and only when an item is in the tail. */
   private slotsOf(model: string): FreeingSlot[] {
     if (!this.byModel) {
       this.byModel = new Map();
-      for (const a of this.inp.running()) {
-        if (!(a.predictedMs > 0)) continue;
-        let list = this.byModel.get(a.model);
-        if (!list) this.byModel.set(a.model, (list = []));
-        list.push({ workerId: a.workerId, gpuKey: this.inp.gpuKeyOf(a), freeAtMs: a.startMs + a.predictedMs, bytes: a.activationBytes ?? 0 });
-      }
+      for (const a of this.inp.running()) if (a.predictedMs > 0) this.add(a);
     }
     return this.byModel.get(model) ?? [];
+  }
+
+  private add(a: OpenAttempt): void {
+    let list = this.byModel!.get(a.model);
+    if (!list) this.byModel!.set(a.model, (list = []));
+    list.push({ workerId: a.workerId, gpuKey: this.inp.gpuKeyOf(a), freeAtMs: a.startMs + a.predictedMs, bytes: a.activationBytes ?? 0 });
   }
 }

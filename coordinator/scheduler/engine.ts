@@ -171,7 +171,12 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
   const outgoing = new Map<string, Placed[]>();
   if (state.engine?.defrag) state.engine.defrag.evictions = [];
   if (state.engine) state.engine.holdCheckAtMs = undefined;
-  if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
+  if (input.nowMs < input.recoveringUntilMs) return outgoing;
+  if (state.queue.size === 0) {
+    // Nothing waits: the next items that come make a new backlog, planned afresh (its horizon too).
+    state.engine?.affinity?.idle();
+    return outgoing;
+  }
   const workers = new Map<string, PlaceableWorker>();
   const eng = state.engine;
   // With an engine policy decisions read the GPU index; the walk below keeps its workers in step.
@@ -264,7 +269,6 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       failedNeed.set(slot.model, Math.min(activation, failedNeed.get(slot.model) ?? Infinity));
       return false;
     }
-    finishes?.placed(slot);
     const attempt = slot.attempts + 1;
     const lease: Attempt = {
       token: input.newToken(attempt, batch.id, index, placement.workerId),
@@ -281,6 +285,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       activationBytes: activation,
       weightsBytes: slot.need.weightsBytes,
     });
+    finishes?.placed(slot, { model: slot.model, workerId: lease.workerId, gpuIndex: lease.gpuIndex, startMs: input.nowMs, predictedMs: lease.predictedMs ?? 0, activationBytes: activation });
     const pw = workers.get(placement.workerId)!;
     pw.slotsFree--;
     gpus?.setSlots(pw.id, pw.slotsFree);

@@ -148,21 +148,29 @@ test("earliest finish - an attempt past its predicted end is waited for only whi
   assert.equal(state.queue.size, 0);
 });
 
-test("earliest finish - a GPU that must load the model first counts its load time", () => {
-  // Equal speeds; warm: m's weights resident (its item runs); cold: must load m (2 s) first. The
-  // second item finishes at 1 s + 1 s on warm, at 2 s + 1 s on cold: it waits for warm.
+test("earliest finish - the free GPU's load time counts: a slightly faster warm GPU that frees soon is waited for", () => {
+  // warm: speed 1.25, m's weights resident, its item runs until 800 ms; cold: speed 1, must load
+  // m (2 s) first. The second item ends on warm at 800 + 800 = 1,600, on cold at 2,000 + 1,000.
   const load = 2000;
-  const state = makeState([makeWorker("warm", ["m"]), makeWorker("cold")], predictor({}, load));
+  const speeds = { warm: 1.25, cold: 1 };
+  const state = makeState([makeWorker("warm", ["m"]), makeWorker("cold")], predictor(speeds, load));
   const b = makeBatch("b", [1000, 1000]);
   submit(state, b);
   assert.deepEqual(placed(schedulePass(state, pass(0))), [{ item: "b/0", on: "warm" }]);
   assert.equal(b.items[1]!.state, "pending");
   finish(state, b, 0);
-  assert.deepEqual(placed(schedulePass(state, pass(1000))), [{ item: "b/1", on: "warm" }]);
-  // Where the model's weights are already resident nothing is loaded: the free GPU is as good.
-  const resident = makeState([makeWorker("warm", ["m"]), makeWorker("cold", ["m"])], predictor({}, load));
+  assert.deepEqual(placed(schedulePass(state, pass(800))), [{ item: "b/1", on: "warm" }]);
+  // Where the model's weights are resident nothing is loaded: cold ends it at 1,000, first.
+  const resident = makeState([makeWorker("warm", ["m"]), makeWorker("cold", ["m"])], predictor(speeds, load));
   submit(resident, makeBatch("b", [1000, 1000]));
   assert.deepEqual(placed(schedulePass(resident, pass(0))), [
+    { item: "b/0", on: "warm" },
+    { item: "b/1", on: "cold" },
+  ]);
+  // A GPU of the same speed is not waited for only to save a load: the plan decides loads.
+  const same = makeState([makeWorker("warm", ["m"]), makeWorker("cold")], predictor({}, load));
+  submit(same, makeBatch("b", [1000, 1000]));
+  assert.deepEqual(placed(schedulePass(same, pass(0))), [
     { item: "b/0", on: "warm" },
     { item: "b/1", on: "cold" },
   ]);
