@@ -65,6 +65,8 @@ export interface Candidate {
   workerId: string;
   /** The model's weights must be loaded there first. */
   loads: boolean;
+  /** The item's predicted run there (the attempt's predictedMs when placed). */
+  runMs: number;
 }
 
 /**
@@ -92,7 +94,7 @@ export class EarliestFinish {
   hold(slot: ItemSlot, activationBytes: number, candidate: Candidate): boolean {
     const { predictor, nowMs } = this.inp;
     const load = candidate.loads ? (predictor.loadMs?.(slot.model, slot.need.weightsBytes) ?? 0) : 0;
-    const finish = nowMs + load + predictor.predictMs(slot, candidate.workerId);
+    const finish = nowMs + load + candidate.runMs;
     // Not the tail: placement stands, nothing else is read.
     if (!(finish > this.inp.fluidEndMs)) return false;
     // Held before: never past the finish it had then (that bounds its wait).

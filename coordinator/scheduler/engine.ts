@@ -261,7 +261,8 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       placement = place();
     }
     // Placement found a GPU with room now; in the tail one that frees soon may finish the item first.
-    const held = placement !== undefined && finishes !== undefined && finishes.hold(slot, activation, { workerId: placement.workerId, loads: placement.loads !== undefined && !workers.get(placement.workerId)!.resident.has(slot.model) });
+    const predictedMs = placement ? eng?.predictor?.predictMs(slot, placement.workerId) : undefined;
+    const held = placement !== undefined && finishes !== undefined && finishes.hold(slot, activation, { workerId: placement.workerId, loads: placement.loads !== undefined && !workers.get(placement.workerId)!.resident.has(slot.model), runMs: predictedMs! });
     if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
     // Held: stays queued (not a failure to fit: nothing is learned about the model's room).
     if (held) return false;
@@ -276,7 +277,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       gpuIndex: placement.gpuIndex,
       assignedAtMs: input.nowMs,
       activationBytes: activation,
-      predictedMs: eng?.predictor?.predictMs(slot, placement.workerId),
+      predictedMs,
     };
     state.attempts.open(batch, index, lease, attempt, {
       gpuKey: placement.gpuKey,
