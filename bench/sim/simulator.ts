@@ -136,6 +136,8 @@ export interface SimResult {
   gpuUse: Record<string, number>;
   plans: number;
   switches: number;
+  /** Times an item was held in the tail for a faster GPU (scheduler/earliest-finish.ts; once per item per pass). */
+  holds: number;
   /** Hedges placed, and how each pair ended (won: the copy ended the item; lost: the original did). */
   hedges: { placed: number; won: number; lost: number; cancelled: number };
   /** Models evicted by defragmentation, and evictions the simulated worker refused (an item of the model held: must be 0). */
@@ -310,6 +312,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     gpuUse: {},
     plans: 0,
     switches: 0,
+    holds: 0,
     hedges: { placed: 0, won: 0, lost: 0, cancelled: 0 },
     evictions: 0,
     evictionsRefused: 0,
@@ -553,6 +556,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   if (progress) res.etaErrors = etaErrors;
   res.plans = engine.affinity?.plans ?? 0;
   res.switches = engine.affinity?.switches ?? 0;
+  res.holds = engine.holds ?? 0;
   const first = Math.min(...w.batches.map((b) => b.arrivalMs));
   res.makespanMs = lastDone - first;
   res.idealMs = idealMs(w) - first;
