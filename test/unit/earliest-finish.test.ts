@@ -6,11 +6,13 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import { Attempts } from "../../coordinator/attempts.js";
 import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import { BatchQueue } from "../../coordinator/batch-queue.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
+import { placeItem } from "../../coordinator/placement.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
 import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type EngineState, type PassInput, type Placed } from "../../coordinator/scheduler/engine.js";
 import { VramEstimates, shapeKey } from "../../coordinator/vram-estimates.js";
@@ -187,6 +189,41 @@ test("earliest finish - one slot is booked by one held item: the next item takes
     { item: "b/2", on: "slow" },
   ]);
   assert.equal(state.engine!.holds, 1);
+});
+
+test("earliest finish - property: an item left queued that fits somewhere is held, and none is held past its deadline", () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.constantFrom(0.25, 0.5, 1, 1.5, 2, 4), { minLength: 1, maxLength: 4 }),
+      fc.array(fc.integer({ min: 50, max: 3000 }), { minLength: 1, maxLength: 8 }),
+      fc.integer({ min: 1, max: 5000 }),
+      (speedList, work, later) => {
+        const speeds = Object.fromEntries(speedList.map((v, i) => [`w${i}`, v]));
+        const workers = speedList.map((_, i) => makeWorker(`w${i}`, ["m"]));
+        const state = makeState(workers, predictor(speeds));
+        const b = makeBatch("b", work);
+        submit(state, b);
+        // No attempt ever ends (every one overruns): passes at 0, at a random time, and far later.
+        for (const now of [0, later, 1e9]) {
+          schedulePass(state, pass(now));
+          const placeable = workers.map((w) => ({ id: w.id, slotsFree: w.maxInFlight - state.attempts.openOn(w.id), resident: w.resident, models: w.models }));
+          for (const slot of b.items) {
+            if (slot.state !== "pending") continue;
+            const fitsNow = placeItem({ model: slot.model, ...slot.need }, placeable, state.ledger, "best-fit") !== undefined;
+            const deadline = state.engine!.holdDeadlines?.get(slot);
+            if (fitsNow) {
+              assert.ok(deadline !== undefined, `at ${now}: an item that fits is queued without being held`);
+              assert.ok(now < deadline, `at ${now}: held past its deadline ${deadline}`);
+            }
+          }
+        }
+        // Far past every deadline: every item that fits anywhere has been placed.
+        const pending = b.items.filter((x) => x.state === "pending").length;
+        assert.equal(pending, Math.max(0, work.length - workers.length), "only items with no free worker are left");
+      },
+    ),
+    { numRuns: 200 },
+  );
 });
 
 test("earliest finish sim - the known-slow GPU does not take the last items: every batch ends sooner (fixed seeds)", () => {
