@@ -138,6 +138,8 @@ export interface SimResult {
   gpuUse: Record<string, number>;
   plans: number;
   switches: number;
+  /** Times an item was held in the tail for a faster GPU (scheduler/earliest-finish.ts; once per item per pass). */
+  holds: number;
   /** Hedges placed, and how each pair ended (won: the copy ended the item; lost: the original did). */
   hedges: { placed: number; won: number; lost: number; cancelled: number };
   /** Models evicted by defragmentation, and evictions the simulated worker refused (an item of the model held: must be 0). */
@@ -205,6 +207,10 @@ export interface SimOptions {
    * before the run, so nothing runs out of memory (what OUT_OF_MEMORY handling could at best reach).
    */
   knownVram?: boolean;
+  /** Earliest-finish holds in the tail (engine default: on); false isolates another mechanism, e.g. hedging. */
+  earliestFinish?: boolean;
+  /** Called for each attempt a GPU starts (for diagnostics: where the tail ran). */
+  onStart?: (e: { gpu: string; speed: number; model: string; workMs: number; assignedAtMs: number; startAtMs: number; endAtMs: number; oom: boolean }) => void;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -256,6 +262,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     timer: opts.measureDecisions ? () => performance.now() : undefined,
     hedging: opts.hedging,
     scan: opts.scan,
+    earliestFinish: opts.earliestFinish,
   });
   if (opts.defrag) engine.defrag = { busy: new Set(), evictions: [] };
 
@@ -322,6 +329,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     gpuUse: {},
     plans: 0,
     switches: 0,
+    holds: 0,
     hedges: { placed: 0, won: 0, lost: 0, cancelled: 0 },
     evictions: 0,
     evictionsRefused: 0,
@@ -374,6 +382,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       const oom = use > activation;
       const runMs = oom ? w.oomMs : item.workMs / g.spec.speed;
       push({ t: startAt + runMs, kind: "finish", gpu: g, token: p.lease.token, oom });
+      opts.onStart?.({ gpu: g.spec.id, speed: g.spec.speed, model: slot.model, workMs: item.workMs, assignedAtMs: now, startAtMs: startAt, endAtMs: startAt + runMs, oom });
     }
     report(g);
   };
@@ -522,11 +531,12 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       }
       if (!freed) break;
     }
-    // A running attempt falls due for a hedge later: a pass runs then (the coordinator's tick).
-    const due = engine.hedgeCheckAtMs;
-    if (due !== undefined && due > now && !hedgeTicks.has(due)) {
-      hedgeTicks.add(due);
-      push({ t: due, kind: "tick" });
+    // A running attempt falls due for a hedge later, or a slot an item is held for: a pass runs then.
+    for (const due of [engine.hedgeCheckAtMs, engine.holdCheckAtMs]) {
+      if (due !== undefined && due > now && !hedgeTicks.has(due)) {
+        hedgeTicks.add(due);
+        push({ t: due, kind: "tick" });
+      }
     }
   };
   const hedgeTicks = new Set<number>();
@@ -561,6 +571,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   if (progress) res.etaErrors = etaErrors;
   res.plans = engine.affinity?.plans ?? 0;
   res.switches = engine.affinity?.switches ?? 0;
+  res.holds = engine.holds ?? 0;
   const first = Math.min(...w.batches.map((b) => b.arrivalMs));
   res.makespanMs = lastDone - first;
   res.idealMs = idealMs(w) - first;

@@ -95,6 +95,14 @@ export class AffinityPlanner {
     return this.allowedBy.size > 0;
   }
 
+  /**
+   * When the backlog is predicted to end: the last plan's time plus its horizon (the LP's
+   * makespan for the work then waiting and running); Infinity without a plan.
+   */
+  get fluidEndMs(): number {
+    return this.active ? this.plannedAtMs + this.horizonMs : Infinity;
+  }
+
   /** The plan: gpuKey → the models it should serve (a new map at every plan; the GPU index follows it). */
   get currentPlan(): ReadonlyMap<string, ReadonlySet<string>> {
     return this.allowedBy;
@@ -108,6 +116,11 @@ export class AffinityPlanner {
   /** The GPU's planned models have nothing waiting: it may take other work rather than idle. */
   spillable(key: string, waiting: (model: string) => number): boolean {
     return spillablePlanned(this.allowedBy.get(key), waiting);
+  }
+
+  /** The queue is empty: whatever is queued next is planned at once, not on a plan of the last backlog. */
+  idle(): void {
+    this.plannedModels = "";
   }
 
   /** Whether a re-plan is due: `replanMs` passed, or the set of models waiting or of GPUs changed. */

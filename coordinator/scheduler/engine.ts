@@ -22,6 +22,7 @@ import { allowsPlanned, spillablePlanned, type AffinityPlanner, type ModelBacklo
 import { GpuIndex, type PlanSet } from "./gpu-index.js";
 import { planHedges, type HedgeInfo, type HedgePolicy } from "./hedging.js";
 import { planEvictions, type BlockedModel, type DefragGpu, type Eviction } from "./defrag.js";
+import { EarliestFinish } from "./earliest-finish.js";
 import { gpuKey } from "../vram-ledger.js";
 
 /** One placement decision: this attempt of this item goes to `lease.workerId`, GPU `lease.gpuIndex`. */
@@ -73,6 +74,17 @@ export interface EnginePolicy {
   gpuIndex?: GpuIndex;
   /** Decide by scanning the whole fleet instead of the index (the same decisions, slower: for comparison). */
   scan?: boolean;
+  /**
+   * Hold an item in the tail for a GPU that frees soon and finishes it first (earliest-finish.ts;
+   * on unless false). Off only where a simulation isolates another mechanism (hedging's tests).
+   */
+  earliestFinish?: boolean;
+  /** Each held item's deadline, kept between passes (earliest-finish.ts). */
+  holdDeadlines?: WeakMap<ItemSlot, number>;
+  /** Set by each pass: when the first slot an item is held for falls due (a pass should run then). */
+  holdCheckAtMs?: number;
+  /** Times an item was held for a GPU that finishes it first (one per item per pass). */
+  holds?: number;
 }
 
 /** What defragmentation keeps between passes: the caller sends `evictions` after each pass. */
@@ -84,7 +96,7 @@ export interface DefragState {
 }
 
 export function newEnginePolicy(
-  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean } = {},
+  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean; earliestFinish?: boolean } = {},
 ): EnginePolicy {
   return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
@@ -158,7 +170,13 @@ function hedgeScanDue(eng: EnginePolicy, nowMs: number): boolean {
 function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]> {
   const outgoing = new Map<string, Placed[]>();
   if (state.engine?.defrag) state.engine.defrag.evictions = [];
-  if (input.nowMs < input.recoveringUntilMs || state.queue.size === 0) return outgoing;
+  if (state.engine) state.engine.holdCheckAtMs = undefined;
+  if (input.nowMs < input.recoveringUntilMs) return outgoing;
+  if (state.queue.size === 0) {
+    // Nothing waits: the next items that come make a new backlog, planned afresh (its horizon too).
+    state.engine?.affinity?.idle();
+    return outgoing;
+  }
   const workers = new Map<string, PlaceableWorker>();
   const eng = state.engine;
   // With an engine policy decisions read the GPU index; the walk below keeps its workers in step.
@@ -189,6 +207,21 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     gpus?.usePlan(planner.currentPlan);
   }
   const waitingOf = (m: string) => state.queue.waiting(m);
+  // In the tail, an item may wait for a GPU that frees soon and finishes it first: needs the
+  // plan's horizon (when the work ends) and predicted durations.
+  const finishes =
+    planner?.active && eng?.predictor && eng.earliestFinish !== false
+      ? new EarliestFinish({
+          nowMs: input.nowMs,
+          predictor: eng.predictor,
+          fluidEndMs: planner.fluidEndMs,
+          running: () => state.attempts.running(),
+          gpuKeyOf: (a) => gpuKey(a.workerId, a.gpuIndex ?? 0),
+          accepts: (workerId, key, model) => workers.get(workerId)?.models.has(model) === true && (planner.allows(key, model, planned) || planner.spillable(key, waitingOf)),
+          available: (key) => state.ledger.available(key),
+          deadlines: (eng.holdDeadlines ??= new WeakMap()),
+        })
+      : undefined;
   const timer = eng?.observeDecision ? eng.timer : undefined;
   // Within a pass free VRAM only shrinks: once an item of a model fits nowhere, larger ones of
   // that model cannot fit either, so they are refused without another scan of the fleet.
@@ -227,7 +260,12 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     } else {
       placement = place();
     }
+    // Placement found a GPU with room now; in the tail one that frees soon may finish the item first.
+    const predictedMs = placement ? eng?.predictor?.predictMs(slot, placement.workerId) : undefined;
+    const held = placement !== undefined && finishes !== undefined && finishes.hold(slot, activation, { workerId: placement.workerId, loads: placement.loads !== undefined && !workers.get(placement.workerId)!.resident.has(slot.model), runMs: predictedMs! });
     if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
+    // Held: stays queued (not a failure to fit: nothing is learned about the model's room).
+    if (held) return false;
     if (!placement) {
       failedNeed.set(slot.model, Math.min(activation, failedNeed.get(slot.model) ?? Infinity));
       return false;
@@ -239,7 +277,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       gpuIndex: placement.gpuIndex,
       assignedAtMs: input.nowMs,
       activationBytes: activation,
-      predictedMs: eng?.predictor?.predictMs(slot, placement.workerId),
+      predictedMs,
     };
     state.attempts.open(batch, index, lease, attempt, {
       gpuKey: placement.gpuKey,
@@ -248,6 +286,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       activationBytes: activation,
       weightsBytes: slot.need.weightsBytes,
     });
+    finishes?.placed(slot, { model: slot.model, workerId: lease.workerId, gpuIndex: lease.gpuIndex, startMs: input.nowMs, predictedMs: lease.predictedMs ?? 0, activationBytes: activation });
     const pw = workers.get(placement.workerId)!;
     pw.slotsFree--;
     gpus?.setSlots(pw.id, pw.slotsFree);
@@ -256,6 +295,10 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     list.push({ batch, index, lease });
     return true;
   }, slots);
+  if (finishes && eng) {
+    eng.holdCheckAtMs = finishes.nextCheckAtMs;
+    eng.holds = (eng.holds ?? 0) + finishes.held;
+  }
   if (eng?.defrag && failedNeed.size > 0) eng.defrag.evictions = planDefrag(state, eng, eng.defrag, workers, failedNeed, input.nowMs);
   return outgoing;
 }
