@@ -90,6 +90,7 @@ export class Coordinator {
   /** The engine's policy state: affinity plan, predictor, decision timer. */
   private readonly engine: EnginePolicy;
   private plansCounted = 0;
+  private holdsCounted = 0;
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
@@ -493,6 +494,9 @@ export class Coordinator {
     this.wakeForHold(this.engine.holdCheckAtMs);
     const plans = this.engine.affinity?.plans ?? 0;
     for (; this.plansCounted < plans; this.plansCounted++) this.metrics?.replanned();
+    const holds = this.engine.holds ?? 0;
+    this.metrics?.held(holds - this.holdsCounted);
+    this.holdsCounted = holds;
   }
 
   /** Runs a pass at `atMs` (an item held for a GPU that is predicted to free then), unless one is set sooner. */

@@ -62,6 +62,7 @@ export class CoordinatorMetrics {
   private readonly contentPolicyLoads: Counter;
   private readonly placementSeconds: Histogram;
   private readonly replans: Counter;
+  private readonly holds: Counter;
   private readonly hedges: Counter;
   private readonly defragEvictions: Counter;
   private readonly tenantItems: Counter;
@@ -85,6 +86,11 @@ export class CoordinatorMetrics {
       registers,
     });
     this.replans = new Counter({ name: "shoal_scheduler_replans_total", help: "Times the affinity planner split the fleet between models again", registers });
+    this.holds = new Counter({
+      name: "shoal_scheduler_holds_total",
+      help: "Times a pass left an item queued for a faster GPU predicted to finish it sooner than a free one (earliest-finish holds, once per item per pass)",
+      registers,
+    });
     this.hedges = new Counter({
       name: "shoal_item_hedges_total",
       help: "Hedged items (a second copy of a straggler on an idle GPU) by how the pair ended: won (the copy ended the item), lost (the original did; the copy was cancelled), cancelled (one copy failed or was taken back, or the batch was cancelled)",
@@ -253,6 +259,10 @@ export class CoordinatorMetrics {
 
   replanned(): void {
     this.replans.inc();
+  }
+
+  held(n: number): void {
+    if (n > 0) this.holds.inc(n);
   }
 
   batchesInMemory(n: number): void {

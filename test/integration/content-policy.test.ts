@@ -14,6 +14,7 @@ import { BatchState, ItemStatus, type Batch } from "../../proto/gen/shoal/v1/sho
 import { writePromptGuardModel } from "../../worker/inference/prompt-guard.js";
 import { assertWholeBatch, pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
 import { TestClient, grpcCode } from "../harness/client.js";
+import { metric } from "../harness/metrics.js";
 import { freePort, Stack, type Proc } from "../harness/processes.js";
 
 const ALICE_KEY = "alice-key-123";
@@ -30,18 +31,6 @@ const BLOCKED_TEXTS = ["Pipe  Bomb", "pipe bomb", "SMUGGLING", "smuggle", "contr
 const small = (prompt: string, extra: Record<string, unknown> = {}) => ({ model: "imagegen-tiny", params: { prompt, width: 64, height: 64, steps: 1, ...extra } });
 const get = (url: string, init: RequestInit = {}) => fetch(url, { ...init, signal: AbortSignal.timeout(10_000) });
 
-/** The sum of a metric's series whose labels include every `want` pair. */
-async function metric(port: number, name: string, want: Record<string, string> = {}): Promise<number> {
-  const text = await (await get(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    const m = /^([a-z_]+)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const labels = Object.fromEntries([...(m[2] ?? "").matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
-    if (Object.entries(want).every(([k, v]) => labels[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 /** Polls through the restart (UNAVAILABLE while the coordinator comes back). */
 async function waitForTerminal(client: TestClient, batchId: string): Promise<Batch> {

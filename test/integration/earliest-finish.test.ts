@@ -1,7 +1,8 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BatchState } from "../../proto/gen/shoal/v1/shoal.js";
-import { Stack, type Proc } from "../harness/processes.js";
+import { Stack, freePort, type Proc } from "../harness/processes.js";
+import { metric } from "../harness/metrics.js";
 import { TestClient } from "../harness/client.js";
 import { assertWholeBatch, executionsPerItem } from "../harness/batch-checks.js";
 
@@ -24,11 +25,13 @@ describe("earliest finish - the last items wait for a fast worker that frees soo
   let stack: Stack;
   let client: TestClient;
   const workers = new Map<string, Proc>();
+  let metricsPort = 0;
 
   before(async () => {
     stack = new Stack();
     await stack.startNats();
-    await stack.startCoordinator(["--hedging", "off"]);
+    metricsPort = await freePort();
+    await stack.startCoordinator(["--hedging", "off", "--metrics-port", String(metricsPort)]);
     client = new TestClient(stack.grpcAddr);
     const one = ["--simulate", "--threads", "1", "--max-in-flight", "1", "--log-level", "debug"];
     // Best fit prefers the 16 GB GPU when both are free, so the first item of a pass takes the fast one.
@@ -49,6 +52,7 @@ describe("earliest finish - the last items wait for a fast worker that frees soo
     assertWholeBatch(batch, 2);
     assert.equal(batch.succeeded, 2);
     assert.deepEqual(batch.results.map((r) => r.workerId).sort(), [FAST, SLOW]);
+    assert.equal(await metric(metricsPort, "shoal_scheduler_holds_total"), 0, "nothing held while speeds are unknown");
   });
 
   test("earliest finish - with the speeds known, every item of the next batch runs on the fast worker, each once", async () => {
@@ -67,5 +71,6 @@ describe("earliest finish - the last items wait for a fast worker that frees soo
     const runs = executionsPerItem([...workers.values()].map((w) => w.logs), batchId);
     assert.deepEqual([...runs.entries()].sort((a, b) => a[0] - b[0]), [[0, 1], [1, 1], [2, 1]]);
     assert.equal(executionsPerItem([workers.get(SLOW)!.logs], batchId).size, 0, "nothing of the batch ran on the slow worker");
+    assert.ok((await metric(metricsPort, "shoal_scheduler_holds_total")) >= 2, "the two items that waited are counted as holds");
   });
 });

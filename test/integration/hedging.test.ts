@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { BatchState, ItemStatus, type Batch } from "../../proto/gen/shoal/v1/shoal.js";
 import { Stack, freePort, type Proc } from "../harness/processes.js";
 import { TestClient } from "../harness/client.js";
+import { metric } from "../harness/metrics.js";
 import { assertWholeBatch, executionsPerItem, pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
 
 // Straggler hedging with real processes: nats-server, a coordinator and SIMULATED workers (items
@@ -14,20 +15,7 @@ import { assertWholeBatch, executionsPerItem, pollUntilTerminal, waitFor } from 
 const FAST = ["fast-1", "fast-2"];
 const SLOW = "slow";
 
-const get = (url: string) => fetch(url, { signal: AbortSignal.timeout(10_000) });
 
-/** The sum of a metric's series whose labels include every `want` pair. */
-async function metric(port: number, name: string, want: Record<string, string> = {}): Promise<number> {
-  const text = await (await get(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    const m = /^([a-z_]+)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const labels = Object.fromEntries([...(m[2] ?? "").matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
-    if (Object.entries(want).every(([k, v]) => labels[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 interface Fleet {
   stack: Stack;
