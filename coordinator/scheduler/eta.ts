@@ -16,13 +16,29 @@
 // over about one item's duration, so it ends after the fluid finish by about half an item
 // (the mean maximum of its slots' end times).
 //
+// Batches still to come: while a batch runs, batches submitted after it join the sharing and
+// take their shares of the fleet from it. Given the recent arrivals (arrivals.ts: how many
+// batches arrive per ms, for how long from now, and examples of their work and shares), the
+// sweep goes on in small steps: batches arriving during a step join at the level of work per
+// share the sharing batches have reached, and each leaves when it has done its own work per
+// share, so the mass of shares dividing the free slots grows with arrivals and shrinks as they
+// end (the fluid of discriminatory processor sharing with arrivals). A large batch thus ends
+// later by what the arrivals take while it runs, a small one barely. The steps are bounded (about
+// STEPS over the horizon and over the largest work per share), so a refresh stays cheap. Without
+// arrivals the sweep is exactly the one above.
+//
+// The fleet is not always one pool: a model that fits few GPUs runs at most so many items at
+// once, whatever the rest of the fleet is free to do. estimateWithPools runs the same model on
+// such a pool (the batches' items of that model, its capacity) and keeps, per batch, the later
+// of the two ends.
+//
 // Queue position: 0 for a batch that has started (an item placed or done) or has nothing
 // waiting; otherwise 1 + the batches not started yet ahead of it in the queue's order, so the
 // next batch to start is 1.
 
 export interface EtaBatch {
   id: string;
-  /** Its turn weight in the queue (BatchQueue's priorityWeight). */
+  /** Its turn weight in the queue (BatchQueue's priorityWeight, or what the turns give it in effect: turn-weights.ts). */
   weight: number;
   /** An item of it has been placed (running or done). */
   started: boolean;
@@ -38,12 +54,24 @@ export interface EtaBatch {
   unknown?: boolean;
 }
 
+/** Batches expected to be submitted from now on (arrivals.ts). */
+export interface EtaArrivals {
+  /** Batches per ms. */
+  perMs: number;
+  /** For how long from now they keep arriving (ms). */
+  horizonMs: number;
+  /** Examples of what arrives: each batch's work in total (ms) and its share (as EtaBatch's: weight × mean item ms). */
+  samples: readonly { workMs: number; share: number }[];
+}
+
 export interface EtaInput {
   nowMs: number;
   /** The running batches in the queue's turn order. */
   batches: readonly EtaBatch[];
   /** Items the fleet runs at once; 0 when no worker runs anything (then waiting work has no ETA). */
   concurrency: number;
+  /** The batches expected to arrive meanwhile; none when absent. */
+  arrivals?: EtaArrivals;
 }
 
 export interface BatchEta {
@@ -54,6 +82,15 @@ export interface BatchEta {
 
 /** The smallest mean item duration a share is computed with (a batch of 0 ms items still moves). */
 const MIN_ITEM_MS = 1;
+
+function meanItemMs(b: EtaBatch): number {
+  return Math.max(MIN_ITEM_MS, b.waitingItems > 0 ? b.waitingWorkMs / b.waitingItems : 0);
+}
+
+/** A batch's share of the fleet while it has items waiting: its turn weight times its mean item duration. */
+export function shareOf(b: EtaBatch): number {
+  return (b.weight > 0 ? b.weight : 1) * meanItemMs(b);
+}
 
 export function estimateBatches(input: EtaInput): Map<string, BatchEta> {
   const { nowMs, batches } = input;
@@ -85,12 +122,13 @@ export function estimateBatches(input: EtaInput): Map<string, BatchEta> {
       continue;
     }
     const work = b.waitingWorkMs + b.runningRemainingMs.reduce((s, x) => s + x, 0);
-    const meanMs = Math.max(MIN_ITEM_MS, b.waitingWorkMs / b.waitingItems);
-    const share = Math.max(1, b.weight) * meanMs;
+    const meanMs = meanItemMs(b);
+    const share = shareOf(b);
     sharing.push({ b, share, key: work / share, meanMs, longestRunning });
   }
   if (sharing.length === 0 || concurrency <= 0) return out;
 
+  const arriving = input.arrivals && input.arrivals.perMs > 0 && input.arrivals.horizonMs > 0 ? new ArrivalFlow(input.arrivals, nowMs) : undefined;
   holding.sort((a, b) => a.end - b.end);
   sharing.sort((a, b) => a.key - b.key);
   let t = nowMs;
@@ -99,22 +137,27 @@ export function estimateBatches(input: EtaInput): Map<string, BatchEta> {
   let shareSum = sharing.reduce((s, x) => s + x.share, 0);
   let held = Math.min(heldSlots, concurrency);
   let h = 0;
+  const lastKey = sharing.at(-1)!.key;
   for (const s of sharing) {
     for (;;) {
       const free = Math.max(0, concurrency - held);
-      const rate = free / shareSum; // perShare per ms
+      const mass = shareSum + (arriving ? arriving.massAt(perShare) : 0);
+      const rate = free / mass; // perShare per ms
       const endsAt = rate > 0 ? t + (s.key - perShare) / rate : Infinity;
       const freedAt = h < holding.length ? holding[h]!.end : Infinity;
-      if (endsAt === Infinity && freedAt === Infinity) return out; // no capacity: the rest stay unknown
-      if (endsAt <= freedAt) {
-        perShare = s.key;
-        t = endsAt;
-        break;
+      // With arrivals the shares change continuously: small steps (see ArrivalFlow.stepEnd).
+      const stepAt = arriving ? arriving.stepEnd(t, mass, rate > 0 ? lastKey / STEPS / rate : Infinity) : Infinity;
+      if (endsAt === Infinity && freedAt === Infinity && stepAt === Infinity) return out; // no capacity: the rest stay unknown
+      const next = Math.min(endsAt, freedAt, stepAt);
+      const level = endsAt <= next ? s.key : perShare + rate * (next - t);
+      arriving?.arrive(t, next, (perShare + level) / 2);
+      perShare = level;
+      t = next;
+      if (endsAt <= next) break;
+      if (freedAt <= next) {
+        held = Math.max(0, held - holding[h]!.slots);
+        h++;
       }
-      perShare += rate * (freedAt - t);
-      t = freedAt;
-      held = Math.max(0, held - holding[h]!.slots);
-      h++;
     }
     shareSum -= s.share;
     // The last wave: its slots end spread over about one item; their maximum is later than the mean.
@@ -123,4 +166,111 @@ export function estimateBatches(input: EtaInput): Map<string, BatchEta> {
     if (!s.b.unknown) out.get(s.b.id)!.completionMs = Math.max(t + lastWave, nowMs + s.longestRunning);
   }
   return out;
+}
+
+/**
+ * A pool of GPUs of its own: the GPUs a model fits, running at most `concurrency` of its items
+ * at once, with the running batches summarised by their items of that model only.
+ */
+export interface EtaPool {
+  batches: readonly EtaBatch[];
+  concurrency: number;
+  arrivals?: EtaArrivals;
+}
+
+/**
+ * The fleet-wide estimate, with each batch's end pushed to its end in any pool that ends it later:
+ * a batch cannot end before its items of a model that fits few GPUs are done there, whatever
+ * the rest of the fleet is free to do. A pool without an end for a batch changes nothing.
+ */
+export function estimateWithPools(input: EtaInput, pools: readonly EtaPool[]): Map<string, BatchEta> {
+  const out = estimateBatches(input);
+  for (const pool of pools) {
+    const ends = estimateBatches({ nowMs: input.nowMs, batches: pool.batches, concurrency: pool.concurrency, arrivals: pool.arrivals });
+    for (const b of pool.batches) {
+      const end = ends.get(b.id)?.completionMs;
+      const e = out.get(b.id);
+      if (end !== undefined && e?.completionMs !== undefined && end > e.completionMs) e.completionMs = end;
+    }
+  }
+  return out;
+}
+
+/** Steps of the fluid with arrivals: about this many over the horizon, and over the largest batch's work per share. */
+const STEPS = 128;
+/** A step lets arrivals add at most this share of the mass sharing the fleet. */
+const STEP_GROWTH = 0.05;
+
+/**
+ * The expected arrivals as a fluid (see the header): cohorts of batches that arrived during a
+ * step of the sweep, each joining at the level of work per share the sharing batches had then,
+ * and leaving, example by example, when it has done its own work per share k = S / s. The mass
+ * of the cohorts still present at a level comes from the examples sorted by k with suffix sums.
+ */
+class ArrivalFlow {
+  private readonly keys: number[];
+  /** Σ s of the examples from index i on (sorted by key). */
+  private readonly shareFrom: number[];
+  private readonly meanShare: number;
+  private readonly untilMs: number;
+  private cohorts: { level: number; batches: number }[] = [];
+
+  constructor(
+    private readonly a: EtaArrivals,
+    nowMs: number,
+  ) {
+    const sorted = a.samples.filter((x) => x.workMs > 0 && x.share > 0).map((x) => ({ k: x.workMs / x.share, s: x.share }));
+    sorted.sort((x, y) => x.k - y.k);
+    this.keys = sorted.map((x) => x.k);
+    this.shareFrom = new Array<number>(sorted.length + 1).fill(0);
+    for (let i = sorted.length - 1; i >= 0; i--) this.shareFrom[i] = this.shareFrom[i + 1]! + sorted[i]!.s;
+    this.meanShare = sorted.length > 0 ? this.shareFrom[0]! / sorted.length : 0;
+    this.untilMs = sorted.length > 0 ? nowMs + a.horizonMs : nowMs;
+  }
+
+  /** The mean share of an arrived batch still present after it did `done` per share. */
+  private present(done: number): number {
+    let lo = 0;
+    let hi = this.keys.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.keys[mid]! <= done) lo = mid + 1;
+      else hi = mid;
+    }
+    return this.shareFrom[lo]! / this.keys.length;
+  }
+
+  /** The shares of the arrived batches still present when the sharing batches are at `level`. */
+  massAt(level: number): number {
+    if (this.cohorts.length === 0) return 0;
+    // Cohorts join in order of level: the ones whose every example has left are the first.
+    const maxKey = this.keys.at(-1)!;
+    let gone = 0;
+    while (gone < this.cohorts.length && level - this.cohorts[gone]!.level >= maxKey) gone++;
+    if (gone > 0) this.cohorts.splice(0, gone);
+    let mass = 0;
+    for (const c of this.cohorts) mass += c.batches * this.present(level - c.level);
+    return mass;
+  }
+
+  /**
+   * When the step from `t` must end: while batches arrive, before they add more than
+   * STEP_GROWTH of `mass` (and at least 1/STEPS of the horizon), and at the horizon; while
+   * arrived ones are present, after `levelStepMs` (1/STEPS of the largest work per share).
+   */
+  stepEnd(t: number, mass: number, levelStepMs: number): number {
+    let end = Infinity;
+    if (t < this.untilMs) {
+      const growth = (STEP_GROWTH * mass) / (this.a.perMs * this.meanShare);
+      end = Math.min(this.untilMs, t + Math.max(this.a.horizonMs / STEPS, growth));
+    }
+    if (this.cohorts.length > 0) end = Math.min(end, t + Math.max(1, levelStepMs));
+    return end;
+  }
+
+  /** Batches arriving between `from` and `to` (within the horizon) join at `level`. */
+  arrive(from: number, to: number, level: number): void {
+    const ms = Math.min(to, this.untilMs) - from;
+    if (ms > 0 && this.keys.length > 0) this.cohorts.push({ level, batches: this.a.perMs * ms });
+  }
 }
