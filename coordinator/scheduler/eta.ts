@@ -137,27 +137,36 @@ export function estimateBatches(input: EtaInput): Map<string, BatchEta> {
   let shareSum = sharing.reduce((s, x) => s + x.share, 0);
   let held = Math.min(heldSlots, concurrency);
   let h = 0;
-  const lastKey = sharing.at(-1)!.key;
+  const levelStep = sharing.at(-1)!.key / STEPS;
   for (const s of sharing) {
     for (;;) {
       const free = Math.max(0, concurrency - held);
-      const mass = shareSum + (arriving ? arriving.massAt(perShare) : 0);
-      const rate = free / mass; // perShare per ms
-      const endsAt = rate > 0 ? t + (s.key - perShare) / rate : Infinity;
       const freedAt = h < holding.length ? holding[h]!.end : Infinity;
-      // With arrivals the shares change continuously: small steps (see ArrivalFlow.stepEnd).
-      const stepAt = arriving ? arriving.stepEnd(t, mass, rate > 0 ? lastKey / STEPS / rate : Infinity) : Infinity;
-      if (endsAt === Infinity && freedAt === Infinity && stepAt === Infinity) return out; // no capacity: the rest stay unknown
-      const next = Math.min(endsAt, freedAt, stepAt);
-      const level = endsAt <= next ? s.key : perShare + rate * (next - t);
-      arriving?.arrive(t, next, (perShare + level) / 2);
-      perShare = level;
-      t = next;
-      if (endsAt <= next) break;
-      if (freedAt <= next) {
-        held = Math.max(0, held - holding[h]!.slots);
-        h++;
+      if (arriving) {
+        // With arrivals the shares change continuously: small steps (ArrivalFlow.step).
+        if (perShare >= s.key * (1 - 1e-12)) break;
+        const step = arriving.step(t, perShare, Math.min(s.key - perShare, levelStep), free, shareSum, freedAt);
+        if (!step) return out; // no capacity: the rest stay unknown
+        perShare = step.level;
+        t = step.t;
+        if (t >= freedAt) {
+          held = Math.max(0, held - holding[h]!.slots);
+          h++;
+        }
+        continue;
       }
+      const rate = free / shareSum; // perShare per ms
+      const endsAt = rate > 0 ? t + (s.key - perShare) / rate : Infinity;
+      if (endsAt === Infinity && freedAt === Infinity) return out; // no capacity: the rest stay unknown
+      if (endsAt <= freedAt) {
+        perShare = s.key;
+        t = endsAt;
+        break;
+      }
+      perShare += rate * (freedAt - t);
+      t = freedAt;
+      held = Math.max(0, held - holding[h]!.slots);
+      h++;
     }
     shareSum -= s.share;
     // The last wave: its slots end spread over about one item; their maximum is later than the mean.
@@ -197,80 +206,100 @@ export function estimateWithPools(input: EtaInput, pools: readonly EtaPool[]): M
 }
 
 /** Steps of the fluid with arrivals: about this many over the horizon, and over the largest batch's work per share. */
-const STEPS = 128;
-/** A step lets arrivals add at most this share of the mass sharing the fleet. */
-const STEP_GROWTH = 0.05;
+const STEPS = 32;
+/** Halvings when a step is bounded in time and its advance is solved for. */
+const BISECTIONS = 12;
 
 /**
  * The expected arrivals as a fluid (see the header): cohorts of batches that arrived during a
- * step of the sweep, each joining at the level of work per share the sharing batches had then,
- * and leaving, example by example, when it has done its own work per share k = S / s. The mass
- * of the cohorts still present at a level comes from the examples sorted by k with suffix sums.
+ * step of the sweep, each joining at the level of work per share the sharing batches had
+ * reached then, and leaving, example by example, when it has done its own work per share
+ * k = S / s. What the examples do while the level goes from d to d + Δ past their joining level
+ * is F(d + Δ) − F(d), F(y) = Σ s·min(k, y) = Σ_{k≤y} S + y · Σ_{k>y} s: prefix sums over the
+ * examples sorted by k, O(log n).
  */
 class ArrivalFlow {
   private readonly keys: number[];
-  /** Σ s of the examples from index i on (sorted by key). */
+  /** Σ S of the examples before index i, and Σ s from index i on (sorted by key). */
+  private readonly workBefore: number[];
   private readonly shareFrom: number[];
-  private readonly meanShare: number;
+  private readonly perMsPerExample: number;
   private readonly untilMs: number;
-  private cohorts: { level: number; batches: number }[] = [];
+  /** Cohorts by the level they joined at, each with its batches per example (batches / examples). */
+  private cohorts: { level: number; perExample: number }[] = [];
 
   constructor(
     private readonly a: EtaArrivals,
     nowMs: number,
   ) {
-    const sorted = a.samples.filter((x) => x.workMs > 0 && x.share > 0).map((x) => ({ k: x.workMs / x.share, s: x.share }));
+    const sorted = a.samples.filter((x) => x.workMs > 0 && x.share > 0).map((x) => ({ k: x.workMs / x.share, S: x.workMs, s: x.share }));
     sorted.sort((x, y) => x.k - y.k);
     this.keys = sorted.map((x) => x.k);
+    this.workBefore = [0];
+    for (const x of sorted) this.workBefore.push(this.workBefore.at(-1)! + x.S);
     this.shareFrom = new Array<number>(sorted.length + 1).fill(0);
     for (let i = sorted.length - 1; i >= 0; i--) this.shareFrom[i] = this.shareFrom[i + 1]! + sorted[i]!.s;
-    this.meanShare = sorted.length > 0 ? this.shareFrom[0]! / sorted.length : 0;
+    this.perMsPerExample = sorted.length > 0 ? a.perMs / sorted.length : 0;
     this.untilMs = sorted.length > 0 ? nowMs + a.horizonMs : nowMs;
   }
 
-  /** The mean share of an arrived batch still present after it did `done` per share. */
-  private present(done: number): number {
+  /** F(y): what the examples together do up to y of work per share past their joining level. */
+  private done(y: number): number {
+    if (y <= 0) return 0;
     let lo = 0;
     let hi = this.keys.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (this.keys[mid]! <= done) lo = mid + 1;
+      if (this.keys[mid]! <= y) lo = mid + 1;
       else hi = mid;
     }
-    return this.shareFrom[lo]! / this.keys.length;
+    return this.workBefore[lo]! + y * this.shareFrom[lo]!;
   }
 
-  /** The shares of the arrived batches still present when the sharing batches are at `level`. */
-  massAt(level: number): number {
-    if (this.cohorts.length === 0) return 0;
-    // Cohorts join in order of level: the ones whose every example has left are the first.
-    const maxKey = this.keys.at(-1)!;
-    let gone = 0;
-    while (gone < this.cohorts.length && level - this.cohorts[gone]!.level >= maxKey) gone++;
-    if (gone > 0) this.cohorts.splice(0, gone);
-    let mass = 0;
-    for (const c of this.cohorts) mass += c.batches * this.present(level - c.level);
-    return mass;
+  /** Work the fleet does while the level goes from `level` to `level + d` over `ms`: the sharing batches', the cohorts' and the newly arriving ones'. */
+  private work(level: number, d: number, shareSum: number, t: number, ms: number): number {
+    let w = shareSum * d;
+    for (const c of this.cohorts) w += c.perExample * (this.done(level - c.level + d) - this.done(level - c.level));
+    // Batches arriving during the step do on average half of it.
+    const arriveMs = Math.min(t + ms, this.untilMs) - t;
+    if (arriveMs > 0) w += this.perMsPerExample * arriveMs * this.done(d / 2);
+    return w;
   }
 
   /**
-   * When the step from `t` must end: while batches arrive, before they add more than
-   * STEP_GROWTH of `mass` (and at least 1/STEPS of the horizon), and at the horizon; while
-   * arrived ones are present, after `levelStepMs` (1/STEPS of the largest work per share).
+   * One step from (`t`, `level`): the level advances by `most` unless a holding batch frees its
+   * slots first (`freedAt`) or, while batches arrive, 1/STEPS of the horizon passes first (and at
+   * the horizon); then the advance in that time is solved for. Undefined when nothing can move.
    */
-  stepEnd(t: number, mass: number, levelStepMs: number): number {
-    let end = Infinity;
-    if (t < this.untilMs) {
-      const growth = (STEP_GROWTH * mass) / (this.a.perMs * this.meanShare);
-      end = Math.min(this.untilMs, t + Math.max(this.a.horizonMs / STEPS, growth));
+  step(t: number, level: number, most: number, free: number, shareSum: number, freedAt: number): { t: number; level: number } | undefined {
+    const maxKey = this.keys.at(-1) ?? 0;
+    let gone = 0;
+    while (gone < this.cohorts.length && level - this.cohorts[gone]!.level >= maxKey) gone++;
+    if (gone > 0) this.cohorts.splice(0, gone);
+    const arriving = t < this.untilMs;
+    const until = Math.min(freedAt, arriving ? Math.min(this.untilMs, t + this.a.horizonMs / STEPS) : Infinity);
+    if (free > 0) {
+      // The time the whole advance takes: work = free · ms, the arrivals' part growing with ms.
+      const fixed = this.work(level, most, shareSum, t, 0);
+      const perMs = arriving ? this.perMsPerExample * this.done(most / 2) : 0;
+      const ms = free > perMs ? fixed / (free - perMs) : Infinity;
+      if (t + ms <= until) return this.commit(t, ms, level, most);
     }
-    if (this.cohorts.length > 0) end = Math.min(end, t + Math.max(1, levelStepMs));
-    return end;
+    if (until === Infinity) return undefined;
+    const ms = until - t;
+    let lo = 0;
+    let hi = most;
+    for (let i = 0; i < BISECTIONS; i++) {
+      const mid = (lo + hi) / 2;
+      if (this.work(level, mid, shareSum, t, ms) <= free * ms) lo = mid;
+      else hi = mid;
+    }
+    return this.commit(t, ms, level, lo);
   }
 
-  /** Batches arriving between `from` and `to` (within the horizon) join at `level`. */
-  arrive(from: number, to: number, level: number): void {
-    const ms = Math.min(to, this.untilMs) - from;
-    if (ms > 0 && this.keys.length > 0) this.cohorts.push({ level, batches: this.a.perMs * ms });
+  private commit(t: number, ms: number, level: number, d: number): { t: number; level: number } {
+    const arriveMs = Math.min(t + ms, this.untilMs) - t;
+    if (arriveMs > 0 && this.keys.length > 0) this.cohorts.push({ level: level + d / 2, perExample: this.perMsPerExample * arriveMs });
+    return { t: t + ms, level: level + d };
   }
 }
