@@ -9,11 +9,21 @@
 // and the counted outcome an item also spends the assignment's round trip and the outcome's
 // group commit, which hold its slot too, so that overhead is measured here (per counted outcome:
 // time from assignment to outcome, less the run time) and added to every prediction.
+//
+// Three things the fleet-wide fluid model needs besides the batches present, all learned here
+// with the caller's clock: the batches submitted lately (scheduler/arrivals.ts), whose like will
+// take their shares while a batch runs; the turn weights the queue gives each priority in effect
+// (scheduler/turn-weights.ts); and, per model, how many of its items the fleet's GPUs could run
+// at once at most (its VRAM need against each GPU's total): a model that fits few GPUs is a pool
+// of its own, and a batch cannot end before its items of that model do there, whatever the rest
+// of the fleet is free to do (eta.ts, estimateWithPools).
 
 import { priorityWeight } from "./batch-queue.js";
-import type { ActiveBatch } from "./batch-state.js";
+import type { ActiveBatch, ItemSlot } from "./batch-state.js";
 import type { LearnedDurations } from "./learned-durations.js";
-import { estimateBatches, type BatchEta, type EtaBatch } from "./scheduler/eta.js";
+import { RecentArrivals } from "./scheduler/arrivals.js";
+import { LearnedTurnWeights } from "./scheduler/turn-weights.js";
+import { estimateWithPools, type BatchEta, type EtaBatch, type EtaPool } from "./scheduler/eta.js";
 import type { DurationPredictor } from "./scheduler/engine.js";
 import { declaredMs } from "./scheduler/predictor.js";
 
@@ -35,6 +45,15 @@ export class BatchProgress {
   private overheadMs = 0;
   private overheadSamples = 0;
   private recentRunning: { atMs: number; running: number }[] = [];
+  /** Batches submitted lately (their work and shares), for the share later ones take (scheduler/arrivals.ts): over the fleet, and per model for the models that are pools of their own. */
+  private readonly arrivals = new RecentArrivals();
+  private readonly arrivalsByModel = new Map<string, RecentArrivals>();
+  /** Batches already counted as arrivals. */
+  private seen = new Set<string>();
+  private lastRefreshMs: number | undefined;
+  /** What the queue's turns give each priority in effect, and each batch's waiting items at the last refresh. */
+  private readonly turns = new LearnedTurnWeights();
+  private waitingBefore = new Map<string, number>();
 
   constructor(
     private readonly durations: LearnedDurations,
@@ -54,6 +73,25 @@ export class BatchProgress {
     this.overheadMs += (overhead - this.overheadMs) * Math.max(OVERHEAD_ALPHA, 1 / this.overheadSamples);
   }
 
+  /**
+   * A batch (or its items of one model) seen for the first time: it arrived when its first item
+   * was queued, or, for the batches present at the first refresh (a restart recovers them all at
+   * once), then: one burst, which alone makes no stream. Its work counts what it has done already
+   * at the mean of the rest.
+   */
+  private noteArrival(into: RecentArrivals, batch: ActiveBatch, nominal: number, b: EtaBatch, doneItems: number, nowMs: number): void {
+    if (b.unknown) return;
+    const submittedMs = batch.items[0]?.firstQueuedAtMs ?? nowMs;
+    const atMs = Math.min(nowMs, Math.max(submittedMs, this.lastRefreshMs ?? nowMs));
+    const left = b.waitingWorkMs + b.runningRemainingMs.reduce((s, x) => s + x, 0);
+    const leftItems = b.waitingItems + b.runningRemainingMs.length;
+    if (leftItems === 0) return;
+    // Its share (eta.ts, shareOf) with the mean over all its items left: a batch placed whole at
+    // once also took its part of the fleet.
+    const meanItemMs = left / leftItems;
+    into.observe({ atMs, workMs: left + doneItems * meanItemMs, weight: nominal, meanItemMs });
+  }
+
   get(batchId: string): BatchProgressView | undefined {
     const e = this.current.get(batchId);
     if (!e) return undefined;
@@ -67,25 +105,51 @@ export class BatchProgress {
    */
   refresh(nowMs: number, batches: Iterable<ActiveBatch>): string[] {
     const summaries: EtaBatch[] = [];
+    /** Per model: its batches' summaries (their items of the model only), and the least VRAM one of its items needs. */
+    const models = new Map<string, { batches: EtaBatch[]; weightsBytes: number; activationBytes: number }>();
+    const waitingNow = new Map<string, number>();
+    const sharedTurns: { weight: number; starts: number }[] = [];
     const pooled = new Map<string, { ms: number; guessed: boolean }>();
     const onGpu = new Map<string, number>();
     let running = 0;
     const overhead = this.overheadMs;
     const predictor = this.durations.model;
     for (const batch of batches) {
-      let waitingItems = 0;
-      let waitingWorkMs = 0;
-      let unknown = false;
-      const runningRemainingMs: number[] = [];
+      const nominal = priorityWeight(batch.record.batch!.priority);
+      const weight = this.turns.weightOf(nominal);
+      const started = batch.started || batch.doneCount > 0;
+      const byModel = new Map<string, EtaBatch>();
+      // Its items mostly share one model: the last one's summary is reused without a lookup.
+      let lastModel: string | undefined;
+      let lastOf: EtaBatch | undefined;
+      const of = (slot: ItemSlot): EtaBatch => {
+        if (slot.model === lastModel) return lastOf!;
+        let b = byModel.get(slot.model);
+        if (!b) {
+          byModel.set(slot.model, (b = { id: batch.id, weight, started, waitingItems: 0, waitingWorkMs: 0, runningRemainingMs: [], unknown: false }));
+          const m = models.get(slot.model);
+          // (A slot without a need counts none: no pool of its own.)
+          const need = slot.need ?? { weightsBytes: 0, activationBytes: 0 };
+          if (!m) models.set(slot.model, { batches: [b], weightsBytes: need.weightsBytes, activationBytes: need.activationBytes });
+          else {
+            m.batches.push(b);
+            m.activationBytes = Math.min(m.activationBytes, need.activationBytes);
+          }
+        }
+        lastModel = slot.model;
+        return (lastOf = b);
+      };
       // Items of a batch mostly share one shape: the last one's prediction is reused without a lookup.
       let lastShape: string | undefined;
       let p: { ms: number; guessed: boolean } | undefined;
       for (const slot of batch.items) {
+        if (slot.state === "done") continue;
         const declared = this.engine && declaredMs(slot) !== undefined;
         if (slot.state === "pending" && declared) {
+          const b = of(slot);
           const ms = this.engine!.predictMs(slot) + overhead;
-          waitingItems++;
-          waitingWorkMs += ms;
+          b.waitingItems++;
+          b.waitingWorkMs += ms;
           // Still no ETA before anything of the shape was learned: the overhead and the fleet's
           // pace are not known either (and --forget-durations means exactly that).
           const shape = slot.shapeKey ?? slot.model;
@@ -94,10 +158,10 @@ export class BatchProgress {
             const pred = predictor.predict({ model: slot.model, shape });
             pooled.set(shape, (p = { ms: pred.ms + overhead, guessed: pred.source === "default" }));
           }
-          unknown ||= p.guessed;
+          b.unknown ||= p.guessed;
         } else if (slot.state === "leased" && slot.lease && declared) {
           const ms = this.engine!.predictMs(slot, slot.lease.workerId) + overhead;
-          runningRemainingMs.push(Math.max(ms - (nowMs - slot.lease.assignedAtMs), ms * OVERDUE_SHARE));
+          (of(slot).runningRemainingMs as number[]).push(Math.max(ms - (nowMs - slot.lease.assignedAtMs), ms * OVERDUE_SHARE));
         } else if (slot.state === "pending") {
           const shape = slot.shapeKey ?? slot.model;
           if (shape !== lastShape) {
@@ -108,9 +172,10 @@ export class BatchProgress {
               pooled.set(shape, (p = { ms: pred.ms + overhead, guessed: pred.source === "default" }));
             }
           }
-          waitingItems++;
-          waitingWorkMs += p!.ms;
-          unknown ||= p!.guessed;
+          const b = of(slot);
+          b.waitingItems++;
+          b.waitingWorkMs += p!.ms;
+          b.unknown ||= p!.guessed;
         } else if (slot.state === "leased" && slot.lease) {
           const lease = slot.lease;
           const gpu = `${lease.workerId}/${lease.gpuIndex}`;
@@ -121,24 +186,54 @@ export class BatchProgress {
             ms = predictor.predict({ model: slot.model, shape: slot.shapeKey ?? slot.model, gpuType }).ms + overhead;
             onGpu.set(key, ms);
           }
-          runningRemainingMs.push(Math.max(ms - (nowMs - lease.assignedAtMs), ms * OVERDUE_SHARE));
+          (of(slot).runningRemainingMs as number[]).push(Math.max(ms - (nowMs - lease.assignedAtMs), ms * OVERDUE_SHARE));
         }
       }
-      running += runningRemainingMs.length;
-      summaries.push({
-        id: batch.id,
-        weight: priorityWeight(batch.record.batch!.priority),
-        started: batch.started || batch.doneCount > 0,
-        waitingItems,
-        waitingWorkMs,
-        runningRemainingMs,
-        unknown,
-      });
+      // The whole batch: its models' summaries together.
+      const whole: EtaBatch = { id: batch.id, weight, started, waitingItems: 0, waitingWorkMs: 0, runningRemainingMs: [], unknown: false };
+      for (const b of byModel.values()) {
+        whole.waitingItems += b.waitingItems;
+        whole.waitingWorkMs += b.waitingWorkMs;
+        (whole.runningRemainingMs as number[]).push(...b.runningRemainingMs);
+        whole.unknown ||= b.unknown;
+      }
+      running += whole.runningRemainingMs.length;
+      summaries.push(whole);
+      if (!this.seen.has(batch.id)) {
+        this.seen.add(batch.id);
+        this.noteArrival(this.arrivals, batch, nominal, whole, batch.doneCount, nowMs);
+        const left = Math.max(1, whole.waitingItems + whole.runningRemainingMs.length);
+        for (const [model, b] of byModel) {
+          let into = this.arrivalsByModel.get(model);
+          if (!into) this.arrivalsByModel.set(model, (into = new RecentArrivals()));
+          this.noteArrival(into, batch, nominal, b, (batch.doneCount * (b.waitingItems + b.runningRemainingMs.length)) / left, nowMs);
+        }
+      }
+      // Items it started since the last refresh, when it had items waiting all along (turn-weights.ts).
+      const before = this.waitingBefore.get(batch.id);
+      if (before !== undefined && before > 0 && whole.waitingItems > 0) sharedTurns.push({ weight: nominal, starts: Math.max(0, before - whole.waitingItems) });
+      waitingNow.set(batch.id, whole.waitingItems);
     }
+    this.waitingBefore = waitingNow;
+    this.turns.observe(nowMs, sharedTurns);
+    if (this.seen.size > summaries.length) this.seen = new Set(summaries.map((b) => b.id));
+    this.lastRefreshMs = nowMs;
     this.recentRunning = this.recentRunning.filter((r) => nowMs - r.atMs < CONCURRENCY_WINDOW_MS);
     this.recentRunning.push({ atMs: nowMs, running });
     const concurrency = Math.max(...this.recentRunning.map((r) => r.running));
-    this.current = estimateBatches({ nowMs, batches: summaries, concurrency });
+
+    const weightOf = (w: number) => this.turns.weightOf(w);
+    // Models that fewer items of fit at once on the whole fleet than the fleet runs: pools of their own.
+    const pools: EtaPool[] = [];
+    const gpus = models.size > 0 ? this.durations.gpus() : [];
+    for (const [model, m] of models) {
+      if (!(m.activationBytes > 0)) continue;
+      let most = 0;
+      for (const g of gpus) if (g.totalBytes >= m.weightsBytes + m.activationBytes) most += Math.floor((g.totalBytes - m.weightsBytes) / m.activationBytes);
+      if (most > 0 && most < concurrency) pools.push({ batches: m.batches, concurrency: most, arrivals: this.arrivalsByModel.get(model)?.stream(nowMs, weightOf) });
+    }
+    for (const [model, a] of this.arrivalsByModel) if (!models.has(model) && a.stream(nowMs) === undefined) this.arrivalsByModel.delete(model);
+    this.current = estimateWithPools({ nowMs, batches: summaries, concurrency, arrivals: this.arrivals.stream(nowMs, weightOf) }, pools);
 
     const changed: string[] = [];
     for (const [id, e] of this.current) {

@@ -11,7 +11,7 @@ import type { KV } from "@nats-io/kv";
 import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import { DurationModel, gpuTypeOf, type DurationKey } from "./scheduler/durations.js";
-import type { VramLedger } from "./vram-ledger.js";
+import type { GpuView, VramLedger } from "./vram-ledger.js";
 
 export const DURATIONS_KEY = "durations";
 
@@ -59,6 +59,11 @@ export class LearnedDurations {
   gpuType(workerId: string, gpuIndex: number): string | undefined {
     const g = this.ledger.gpusOf(workerId).find((x) => x.index === gpuIndex);
     return g ? gpuTypeOf(g.name, g.totalBytes) : undefined;
+  }
+
+  /** The fleet's GPUs as the ledger knows them (the ETA reads their sizes). */
+  gpus(): readonly GpuView[] {
+    return this.ledger.all();
   }
 
   /** One counted outcome: the item of `model`/`shape` ran `runMs` on that worker's GPU. */
