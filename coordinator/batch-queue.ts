@@ -1,6 +1,8 @@
 // Items waiting for a GPU, kept per batch so that batches share the fleet fairly: each pass
 // visits active batches in turn and takes up to `weight` items from each (weight grows with
-// priority), so a 10,000-item batch cannot starve a 5-item one behind it.
+// priority), so a 10,000-item batch cannot starve a 5-item one behind it. A turn spans passes:
+// on a busy fleet each pass fills one or two freed slots, and the batch keeps the front until it
+// has taken its weight.
 //
 // Within a batch, items are kept per group (the scheduler groups by model): a group whose head
 // fits nowhere is blocked for the rest of the pass, and the batch goes on with its other groups,
@@ -119,6 +121,13 @@ class Group {
 class Lane {
   readonly groups = new Map<string, Group>();
   private nextSeq = 0;
+  /**
+   * Items taken in the lane's current turn, kept across passes: the turn ends (the lane goes to
+   * the back) once `weight` items were taken, however many passes that took. Without it a pass
+   * that frees one slot ended every turn after one item, and priorities stopped mattering on a
+   * busy fleet (deficit round robin, with the weight as the quantum).
+   */
+  usedInTurn = 0;
   constructor(
     readonly batchId: string,
     readonly weight: number,
@@ -232,7 +241,7 @@ export class BatchQueue {
       let progressed = false;
       for (const lane of [...this.lanes.values()]) {
         let servedNow = 0;
-        for (let k = 0; k < lane.weight && placed < budget; ) {
+        for (let k = lane.usedInTurn; k < lane.weight && placed < budget; ) {
           const next = lane.pick(blocked);
           if (!next) break;
           const r = tryPlace({ batchId: lane.batchId, index: next.entry.index });
@@ -253,11 +262,13 @@ export class BatchQueue {
           servedNow++;
           k++;
         }
+        lane.usedInTurn += servedNow;
         if (lane.size === 0) this.lanes.delete(lane.batchId);
-        else if (servedNow > 0) {
-          // Served: to the back of the turn order, so the next pass (often one freed slot)
-          // starts with a batch that was not; otherwise the oldest batch would win every
-          // freed slot of a scarce GPU.
+        else if (lane.usedInTurn >= lane.weight) {
+          // Its turn is over: to the back of the turn order, so the next pass (often one freed
+          // slot) starts with a batch that has not had its turn; otherwise the oldest batch
+          // would win every freed slot of a scarce GPU.
+          lane.usedInTurn = 0;
           this.lanes.delete(lane.batchId);
           this.lanes.set(lane.batchId, lane);
         }

@@ -1,13 +1,12 @@
 // What the queue's turns really give each priority, for the ETA (eta.ts). BatchQueue hands out
-// items by turns of up to `priorityWeight` items per batch, but a batch served in a pass goes to
-// the back of the turn order, so when passes place few items at a time (one slot freed per
-// outcome: a busy fleet) every batch gets about one item per turn whatever its weight, and when
-// a pass fills many free slots the weights hold. Which of the two a fleet sees depends on how its
-// outcomes arrive, so it is measured: per refresh interval, the items started by the batches that
+// items by turns of `priorityWeight` items per batch, a turn spanning passes, so the nominal
+// weights should hold; but what a class gets in effect also depends on things the weights do not
+// see (a batch whose model's GPUs are full is skipped; a batch with fewer items waiting than its
+// weight takes fewer), and before the turns spanned passes a busy fleet shared equally whatever
+// the priority. So it is measured: per refresh interval, the items started by the batches that
 // had items waiting all along, against what the nominal weights would have given each of them
 // of that interval's starts; summed per weight class over a sliding window, the ratio corrects
-// the class's weight (the nominal weights when the queue honours them, their mean for every
-// class when it shares equally). Comparing within each interval keeps a class seen only early
+// the class's weight. Comparing within each interval keeps a class seen only early
 // (when few batches shared the fleet and each started many items) from looking favoured. A class
 // seen little leans on its nominal weight (PRIOR_ITEMS started as expected).
 //

@@ -77,3 +77,15 @@ test("batch queue - a batch served in a pass goes to the back: one freed slot pe
   for (let pass = 0; pass < 6; pass++) q.drain((ref) => (winners.push(ref.batchId), true), 1);
   assert.deepEqual(winners, ["p", "q", "r", "p", "q", "r"]);
 });
+
+test("batch queue - priority holds on a busy fleet: one freed slot per pass, a turn spans passes until the batch took its weight", () => {
+  const q = new BatchQueue();
+  for (let i = 0; i < 100; i++) q.add("low", i, 0);
+  for (let i = 0; i < 100; i++) q.add("high", i, 3);
+  const winners: string[] = [];
+  for (let pass = 0; pass < 50; pass++) q.drain((ref) => (winners.push(ref.batchId), true), 1);
+  const high = winners.filter((b) => b === "high").length;
+  assert.equal(high, 40, `weights 4 : 1 over 50 single-slot passes: ${winners.join(",")}`);
+  // Turns, not bursts of whole passes: no batch waits more than one turn of the other.
+  assert.ok(!winners.join(",").includes("low,low"), "low never takes two in a row");
+});
