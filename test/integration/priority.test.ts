@@ -1,0 +1,51 @@
+// Priority with real processes: nats-server, a coordinator and one SIMULATED worker with a single
+// slot, so every pass places one item (the busy fleet case). Two batches of equal items, priority
+// 0 submitted first and priority 3 right after: batches take turns of 1 + priority items, a turn
+// spanning passes, so the priority-3 batch gets four items for each of the other's and ends long
+// before it. (With a turn ending at every pass that served the batch, they alternated one item
+// each and ended together.)
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { BatchState } from "../../proto/gen/shoal/v1/shoal.js";
+import { Stack } from "../harness/processes.js";
+import { TestClient } from "../harness/client.js";
+import { assertWholeBatch } from "../harness/batch-checks.js";
+
+const N = 12;
+const items = (tag: string) => Array.from({ length: N }, (_, i) => ({ model: "sim-6g", params: { work_ms: 60, tag: `${tag}-${i}` } }));
+
+describe("priority - a higher-priority batch gets a larger share of a busy worker", () => {
+  let stack: Stack;
+  let client: TestClient;
+
+  before(async () => {
+    stack = new Stack();
+    await stack.startNats();
+    await stack.startCoordinator(["--hedging", "off"]);
+    client = new TestClient(stack.grpcAddr);
+    await stack.startWorker("one-slot", ["--simulate", "--threads", "1", "--max-in-flight", "1", "--vram", "16GB"]);
+    await client.waitForWorkers(1);
+  });
+
+  after(async () => {
+    client?.close();
+    await stack?.stop();
+  });
+
+  test("priority - of two equal batches on one single-slot worker, priority 3 ends while priority 0 has done at most a third of its items", async () => {
+    const low = await client.submit({ items: items("low"), priority: 0 });
+    const high = await client.submit({ items: items("high"), priority: 3 });
+    const highBatch = await client.waitTerminal(high.batchId, 60_000);
+    const lowAtThatTime = await client.get(low.batchId);
+    assert.equal(highBatch.state, BatchState.BATCH_STATE_COMPLETED);
+    assertWholeBatch(highBatch, N);
+    // Weights 4 : 1: about 3 of the low batch's items by the time the high one's 12 are done
+    // (plus the one placed before the high batch arrived). Alternating would have done 11 or 12.
+    const lowDone = lowAtThatTime.succeeded + lowAtThatTime.failed;
+    assert.ok(lowDone <= N / 3, `the priority-0 batch had ${lowDone} of ${N} items done when the priority-3 batch ended`);
+    const lowBatch = await client.waitTerminal(low.batchId, 60_000);
+    assertWholeBatch(lowBatch, N);
+    assert.equal(lowBatch.succeeded, N, "the low-priority batch still completes");
+  });
+});
