@@ -41,6 +41,14 @@ import { fence } from "./outcome-fence.js";
 import { fenceConnection, type Fence } from "./fenced-connection.js";
 import { outcomeProblem } from "./wire-validation.js";
 import { outcomeSpans } from "./item-tracing.js";
+import { PassTrigger } from "./pass-trigger.js";
+
+/**
+ * The shortest time between two scheduling passes (ms; pass-trigger.ts): at the fleet's peak the
+ * outcome messages of one millisecond share a pass and its assignments, for at most 1 ms more
+ * latency on an item freed right after a pass (docs/performance.md, "The item path's CPU").
+ */
+const MIN_PASS_GAP_MS = 1;
 
 /**
  * The coordinator: accepts batches, places their items on workers by free VRAM, collects
@@ -97,7 +105,8 @@ export class Coordinator {
   /** A pass when the slot an item is held for falls due (scheduler/earliest-finish.ts), if no outcome comes first. */
   private holdTimer: NodeJS.Timeout | undefined;
   private holdTimerAtMs = Infinity;
-  private scheduleQueued = false;
+  /** Scheduling passes: requests before a pass share it, passes at least MIN_PASS_GAP_MS apart. */
+  private readonly passes = new PassTrigger(() => this.schedule(), MIN_PASS_GAP_MS);
   private closePromise: Promise<void> | undefined;
   private started = false;
   /** Aborted by close(): ends the retries of terminal writes (the next start resumes them). */
@@ -465,12 +474,7 @@ export class Coordinator {
   // Placement
 
   private scheduleSoon(): void {
-    if (this.scheduleQueued || !this.started) return;
-    this.scheduleQueued = true;
-    setImmediate(() => {
-      this.scheduleQueued = false;
-      this.schedule();
-    });
+    if (this.started) this.passes.request();
   }
 
   /** One pass of the pure engine (scheduler/engine.ts); this only sends what it decided. */
@@ -613,6 +617,7 @@ export class Coordinator {
       this.stopping.abort();
       if (this.tickTimer) clearInterval(this.tickTimer);
       if (this.holdTimer) clearTimeout(this.holdTimer);
+      this.passes.stop();
       this.link.stop();
       this.webhooks?.close();
       for (const s of this.subs) {

@@ -1,4 +1,4 @@
-import { AckPolicy, DeliverPolicy, jetstream, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, jetstream, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { ResultLogEntry, type LeaseRevoked } from "../proto/gen/shoal/v1/wire.js";
 import { decodeMessage, encodeMessage } from "../shared/codec.js";
@@ -26,6 +26,8 @@ export class ResultLog {
   private messages: ConsumerMessages | undefined;
   private loop: Promise<void> | undefined;
   private stopped = false;
+  /** Handled entries whose acks go out together (ackSoon). */
+  private unacked: JsMsg[] = [];
 
   constructor(
     nc: NatsConnection,
@@ -95,9 +97,33 @@ export class ResultLog {
             this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "results entry not applied");
           }
         }
-        m.ack();
+        this.ackSoon(m);
       }
     })();
+  }
+
+  /**
+   * Acks are sent together once the messages that arrived in this turn of the event loop are
+   * handled: nats.js writes to the socket once per turn that published something, and each entry
+   * handled would otherwise be a turn (a write, and a wake-up of nats-server) of its own. An ack
+   * only stops redelivery, and is still sent only after its entry was applied; one lost at a
+   * stop means a redelivery to the next coordinator, which the batch rules ignore.
+   */
+  private ackSoon(m: JsMsg): void {
+    this.unacked.push(m);
+    if (this.unacked.length === 1) setImmediate(() => this.flushAcks());
+  }
+
+  private flushAcks(): void {
+    const list = this.unacked;
+    this.unacked = [];
+    for (const m of list) {
+      try {
+        m.ack();
+      } catch (err) {
+        this.log.debug({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "results entry not acked; it will be delivered again");
+      }
+    }
   }
 
   /** Durable before the item is placed again, so a replay ignores the old attempt too. */
@@ -121,5 +147,6 @@ export class ResultLog {
     this.stopped = true;
     await this.messages?.close().catch(() => undefined);
     await this.loop?.catch(() => undefined);
+    this.flushAcks();
   }
 }

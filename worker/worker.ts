@@ -66,7 +66,7 @@ export class ShoalWorker {
   /** Publishes only: a worker identity may write its outcomes, artifacts and models, and read nothing stored. */
   private js: JetStreamClient | undefined;
   private publisher: ResultPublisher | undefined;
-  private artifactPublisher: JetStreamPublisher | undefined;
+  private jsPublisher: JetStreamPublisher | undefined;
   private vram: VramSource | undefined;
   private devices: GpuDevice[] = [];
   private measuredFree: Map<number, number> | undefined;
@@ -129,11 +129,12 @@ export class ShoalWorker {
     // The coordinator creates the streams and buckets; a worker only publishes into them (its
     // NATS identity may do no more, see docs/security.md).
     this.js = jetstream(this.nc);
-    // Artifact chunks and infos: acks gathered on one subscription (shared/jetstream-publisher.ts).
-    this.artifactPublisher = new JetStreamPublisher(this.nc, workerInboxPrefix(this.opts.id));
-    this.artifactPublisher.start();
+    // Artifact chunks and infos, and results messages: acks gathered on one subscription
+    // (shared/jetstream-publisher.ts), no nats.js request per write.
+    this.jsPublisher = new JetStreamPublisher(this.nc, workerInboxPrefix(this.opts.id));
+    this.jsPublisher.start();
     this.publisher = new ResultPublisher(
-      this.js,
+      this.jsPublisher,
       this.names,
       { workerId: this.opts.id, flushIntervalMs: 3, maxOutcomesPerMessage: 256 },
       this.log,
@@ -490,7 +491,7 @@ export class ShoalWorker {
     // (the ONNX backend's threads hash what they produce), else computed here.
     const sha256 = digest?.length === 32 ? digest : createHash("sha256").update(data).digest();
     try {
-      await writeArtifact(this.artifactPublisher!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
+      await writeArtifact(this.jsPublisher!, this.names.artifactsBucket, objectName, contentType, data, this.nc!.info?.max_payload ?? 1024 * 1024, 5000, sha256);
     } catch (err) {
       // A full store fails this attempt with a message that says what to change; retryable,
       // because --retention frees room as old artifacts age out.
@@ -642,7 +643,7 @@ export class ShoalWorker {
       } catch (err) {
         this.log.warn({ err: errorMessage(err) }, "closing inference backend");
       }
-      this.artifactPublisher?.stop();
+      this.jsPublisher?.stop();
       try {
         await this.nc?.drain();
       } catch {

@@ -57,3 +57,31 @@ test("outcome fence - live, only the current attempt's token from its assignee c
   assert.equal(fence(tokens, "b_1", 0, current, undefined, batch, false).ok, true);
   assert.equal(fence(tokens, "b_1", 0, "99.w1.forgedforgedforgedforged", undefined, batch, false).ok, false);
 });
+
+test("outcome fence - live, the open attempt's own token is recognised without recomputing its MAC; any other token is still checked", () => {
+  let macChecks = 0;
+  class CountingTokens extends LeaseTokens {
+    override holder(token: string, batchId: string, index: number): string | undefined {
+      macChecks++;
+      return super.holder(token, batchId, index);
+    }
+  }
+  const counting = new CountingTokens(key);
+  const current = counting.issue("b_1", 0, 2, "w1");
+  const batch = batchWith("b_1", { token: current, workerId: "w1" });
+  assert.deepEqual(fence(counting, "b_1", 0, current, "w1", batch, true), { ok: true, holder: "w1" });
+  assert.deepEqual(fence(counting, "b_1", 0, current, "w2", batch, true), { ok: false, reason: "wrong_worker", holder: "w1" });
+  assert.equal(macChecks, 0, "the open attempt's token needs no MAC check");
+  // One character off (the MAC's last): not the open attempt's token, so the MAC decides.
+  const last = current.at(-1) === "A" ? "B" : "A";
+  assert.deepEqual(fence(counting, "b_1", 0, current.slice(0, -1) + last, "w1", batch, true), { ok: false, reason: "forged_token" });
+  assert.equal(macChecks, 1);
+  // A hedge copy is open too.
+  const hedge = counting.issue("b_1", 0, 3, "w2");
+  batch.items[0]!.hedge = { token: hedge, workerId: "w2", gpuIndex: 0, assignedAtMs: 0 };
+  assert.deepEqual(fence(counting, "b_1", 0, hedge, "w2", batch, true), { ok: true, holder: "w2" });
+  assert.equal(macChecks, 1);
+  // Replay has no open attempts to compare with: always the MAC.
+  assert.equal(fence(counting, "b_1", 0, current, "w1", batch, false).ok, true);
+  assert.equal(macChecks, 2);
+});
