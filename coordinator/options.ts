@@ -61,6 +61,8 @@ export interface CoordinatorOptions {
   loadBytesPerS?: number;
   /** Evict idle resident weights to fit a waiting item (scheduler/defrag.ts); default on. */
   defrag?: boolean;
+  /** Hold a tail item for a faster GPU that finishes it sooner than a free one (scheduler/earliest-finish.ts); default on. */
+  earliestFinish?: boolean;
   /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */
   replicas?: number;
   /** Standby coordinators: how long the active one's lease lasts unrenewed (--lease-ttl); default LEASE_TTL_MS. */
@@ -91,6 +93,7 @@ export const COORDINATOR_DEFAULTS = {
   scheduler: "affinity" as "affinity" | "greedy",
   longestFirst: true,
   defrag: true,
+  earliestFinish: true,
   loadBytesPerS: 0,
   replicas: 1,
   leaseTtlMs: 5000,

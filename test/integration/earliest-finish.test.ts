@@ -73,4 +73,17 @@ describe("earliest finish - the last items wait for a fast worker that frees soo
     assert.equal(executionsPerItem([workers.get(SLOW)!.logs], batchId).size, 0, "nothing of the batch ran on the slow worker");
     assert.ok((await metric(metricsPort, "shoal_scheduler_holds_total")) >= 2, "the two items that waited are counted as holds");
   });
+
+  test("earliest finish - --earliest-finish off: the same batch takes the idle slow worker too", async () => {
+    // The learned speeds are kept in JetStream, so the restarted coordinator knows them as well.
+    await stack.kill(stack.coordinator!);
+    await stack.startCoordinator(["--hedging", "off", "--earliest-finish", "off", "--metrics-port", String(metricsPort)]);
+    await client.waitForWorkers(2);
+    const { batchId } = await client.submit({ items: items(3, 1000, "off") });
+    const batch = await client.waitTerminal(batchId, 60_000);
+    assertWholeBatch(batch, 3);
+    assert.equal(batch.succeeded, 3);
+    assert.ok(batch.results.some((r) => r.workerId === SLOW), `without holds the idle slow worker takes an item: ${batch.results.map((r) => r.workerId).join(", ")}`);
+    assert.equal(await metric(metricsPort, "shoal_scheduler_holds_total"), 0);
+  });
 });

@@ -34,14 +34,18 @@ describe("priority - a higher-priority batch gets a larger share of a busy worke
   });
 
   test("priority - of two equal batches on one single-slot worker, priority 3 ends while priority 0 has done at most a third of its items", async () => {
+    // A 3 s item holds the only slot while both batches are submitted, so both wait when the slot
+    // frees: the share does not depend on how fast the second submit follows the first.
+    const blocker = await client.submit({ items: [{ model: "sim-6g", params: { work_ms: 3000, tag: "blocker" } }] });
     const low = await client.submit({ items: items("low"), priority: 0 });
     const high = await client.submit({ items: items("high"), priority: 3 });
+    assert.equal((await client.get(blocker.batchId)).succeeded, 0, "both batches were submitted while the blocker ran");
     const highBatch = await client.waitTerminal(high.batchId, 60_000);
     const lowAtThatTime = await client.get(low.batchId);
     assert.equal(highBatch.state, BatchState.BATCH_STATE_COMPLETED);
     assertWholeBatch(highBatch, N);
-    // Weights 4 : 1: about 3 of the low batch's items by the time the high one's 12 are done
-    // (plus the one placed before the high batch arrived). Alternating would have done 11 or 12.
+    // Weights 4 : 1 (the low batch was first in the turn order): 3 of the low batch's items by the
+    // time the high one's 12 are done. Alternating would have done 11 or 12.
     const lowDone = lowAtThatTime.succeeded + lowAtThatTime.failed;
     assert.ok(lowDone <= N / 3, `the priority-0 batch had ${lowDone} of ${N} items done when the priority-3 batch ended`);
     const lowBatch = await client.waitTerminal(low.batchId, 60_000);

@@ -129,9 +129,12 @@ test("scheduler options - flags parse, bad values are refused with the option na
   assert.equal(d.scheduler, "affinity");
   assert.equal(d.longestFirst, true);
   assert.equal(d.loadBytesPerS, 0);
-  const g = coordinator(["--scheduler", "greedy", "--longest-first", "off", "--load-bandwidth", "10GB"]);
+  assert.equal(d.earliestFinish, true);
+  const g = coordinator(["--scheduler", "greedy", "--longest-first", "off", "--load-bandwidth", "10GB", "--earliest-finish", "off"]);
   assert.equal(g.scheduler, "greedy");
   assert.equal(g.longestFirst, false);
+  assert.equal(g.earliestFinish, false);
+  assert.throws(() => coordinator(["--earliest-finish", "maybe"]), /--earliest-finish/);
   assert.equal(g.loadBytesPerS, 10e9);
   const w = worker(["--simulate", "--vram", "8GB", "--sim-speed", "2.5", "--sim-load-bandwidth", "4GB"]);
   assert.equal(w.simSpeed, 2.5);
