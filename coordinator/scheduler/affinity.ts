@@ -52,6 +52,9 @@ export interface AffinityOptions {
   switchFactor: number;
 }
 
+/** Shares of a GPU below this are rounding noise: not worth a GPU's time-sharing. */
+const SHARE_EPS = 0.05;
+
 export const AFFINITY_DEFAULTS: AffinityOptions = { replanMs: 1000, switchFactor: 2 };
 
 /** Items of a model one GPU can run at once when it serves only that model (real-valued). */
@@ -219,8 +222,8 @@ export class AffinityPlanner {
    * old model's items), otherwise it gets its target rounded; then the counts are balanced to
    * the class's size. A GPU keeps its current model where it can; a GPU that must switch
    * prefers a model it already holds; a switch the remaining backlog cannot repay (see
-   * switchFactor) is skipped. Models left short of their fractional share may also use the GPUs
-   * of models given more than theirs (the fluid solution time-shares those GPUs).
+   * switchFactor) is skipped. Models left short of their fractional share may also use some GPUs
+   * of models given more than theirs (see shareShort).
    */
   private roundClass(list: PlannerGpu[], targets: Map<string, number>, backlog: ReadonlyMap<string, ModelBacklog>, out: Map<string, Set<string>>): void {
     const current = new Map<string, number>();
@@ -286,13 +289,37 @@ export class AffinityPlanner {
     }
     // GPUs the plan did not need (more GPUs than work): they take whatever waits.
     for (const g of free) out.delete(g.key);
-    const short = [...targets.entries()].filter(([m, t]) => t - (planned.get(m) ?? 0) > 0.05).map(([m]) => m);
-    if (short.length === 0) return;
-    for (const g of list) {
-      const mine = out.get(g.key);
-      if (!mine) continue;
-      const m = this.primary.get(g.key)!;
-      if ((planned.get(m) ?? 0) - (targets.get(m) ?? 0) > 0.05) for (const s of short) mine.add(s);
+    this.shareShort(list, targets, planned, out);
+  }
+
+  /**
+   * Rounding leaves some models short of their fractional share and others over theirs; the
+   * fluid solution time-shares a GPU between two models there. A short model may use the GPUs of
+   * over-planned models, but only as many as its shortfall (a model short by 0.3 GPU gets one
+   * GPU shared, not every over-planned one), each GPU lending at most its model's excess, GPUs
+   * already holding the short model's weights first. Opening every over-planned GPU to every
+   * short model let the short ones fill GPUs the plan kept for models only those GPUs can hold
+   * (sim-6g on the 80 GB GPUs sim-30g needs), and made small GPUs switch models for a few items.
+   */
+  private shareShort(list: PlannerGpu[], targets: Map<string, number>, planned: Map<string, number>, out: Map<string, Set<string>>): void {
+    const excess = new Map<string, number>();
+    for (const [m, n] of planned) excess.set(m, n - (targets.get(m) ?? 0));
+    const lenders = list.filter((g) => out.has(g.key) && (excess.get(this.primary.get(g.key)!) ?? 0) > SHARE_EPS);
+    if (lenders.length === 0) return;
+    for (const [s, t] of targets) {
+      let short = t - (planned.get(s) ?? 0);
+      if (short <= SHARE_EPS) continue;
+      // Stable: GPUs holding the weights first, then the class's order (fastest first).
+      const order = lenders.filter((g) => g.loaded.has(s)).concat(lenders.filter((g) => !g.loaded.has(s)));
+      for (const g of order) {
+        if (short <= SHARE_EPS) break;
+        const m = this.primary.get(g.key)!;
+        const lend = Math.min(short, excess.get(m)!, 1);
+        if (lend <= SHARE_EPS) continue;
+        out.get(g.key)!.add(s);
+        excess.set(m, excess.get(m)! - lend);
+        short -= lend;
+      }
     }
   }
 }
