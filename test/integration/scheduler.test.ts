@@ -95,7 +95,9 @@ describe("scheduler - with real processes", () => {
 
   test("scheduler - a worker restarting under the same id leaves nothing orphaned", async () => {
     // A heartbeat timeout far beyond the test's deadlines: only the restart can free the items.
-    await stack.startCoordinator(["--max-items", "500", "--heartbeat-timeout", "10m"]);
+    // Hedging off: copies on w2 of the crashed incarnation's overrunning items would otherwise end
+    // them before a slow restart is seen, leaving nothing to take back.
+    await stack.startCoordinator(["--max-items", "500", "--heartbeat-timeout", "10m", "--hedging", "off"]);
     client = new TestClient(stack.grpcAddr);
     const sim = ["--simulate", "--vram", "40GB", "--threads", "4", "--max-in-flight", "4"];
     const [w1] = await Promise.all([stack.startWorker("w1", sim), stack.startWorker("w2", sim)]);

@@ -37,10 +37,14 @@ function lineFrom(c: ChildProcess, text: string, timeoutMs: number): Promise<voi
 }
 
 test("bench cpu accounting - a child that burns 300 CPU-ms is charged about that; an idle one almost nothing", { timeout: 60_000 }, async () => {
+  // The idle child's own start-up (node's boot: 100-200 CPU-ms on a loaded machine) must fall
+  // before the window opens, or "idle" measures the boot: it is started, and ready, first.
+  const idle = spawn(process.execPath, ["-e", "console.log('READY'); setInterval(() => {}, 1000)"], { stdio: ["ignore", "pipe", "ignore"] });
+  children.push(idle);
+  await lineFrom(idle, "READY", 30_000);
   // Burns until its own CPU time reaches 300 ms (however busy the machine), then idles.
   const busy = spawn(process.execPath, ["-e", "while (process.cpuUsage().user < 300e3) {} console.log('DONE'); setInterval(() => {}, 1000)"], { stdio: ["ignore", "pipe", "ignore"] });
   children.push(busy);
-  const idle = idleNode();
   const done = lineFrom(busy, "DONE", 50_000);
   await new Promise((r) => setTimeout(r, 50));
   const w = cpuWindow({ busy: [busy.pid!], idle: [idle.pid!] });
