@@ -102,9 +102,6 @@ export class Coordinator {
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
   private tickTimer: NodeJS.Timeout | undefined;
-  /** A pass when the slot an item is held for falls due (scheduler/earliest-finish.ts), if no outcome comes first. */
-  private holdTimer: NodeJS.Timeout | undefined;
-  private holdTimerAtMs = Infinity;
   /** Scheduling passes: requests before a pass share it, passes at least MIN_PASS_GAP_MS apart. */
   private readonly passes = new PassTrigger(() => this.schedule(), MIN_PASS_GAP_MS);
   private closePromise: Promise<void> | undefined;
@@ -496,25 +493,14 @@ export class Coordinator {
       void this.link.send(workerId, list);
     }
     for (const e of this.engine.defrag?.evictions ?? []) this.sendEviction(e);
-    this.wakeForHold(this.engine.holdCheckAtMs);
+    // A pass when the slot an item is held for falls due (scheduler/earliest-finish.ts), if no outcome comes first.
+    const holdCheckAtMs = this.engine.holdCheckAtMs;
+    if (holdCheckAtMs !== undefined) this.passes.requestIn(holdCheckAtMs - Date.now());
     const plans = this.engine.affinity?.plans ?? 0;
     for (; this.plansCounted < plans; this.plansCounted++) this.metrics?.replanned();
     const holds = this.engine.holds ?? 0;
     this.metrics?.held(holds - this.holdsCounted);
     this.holdsCounted = holds;
-  }
-
-  /** Runs a pass at `atMs` (an item held for a GPU that is predicted to free then), unless one is set sooner. */
-  private wakeForHold(atMs: number | undefined): void {
-    if (atMs === undefined || atMs >= this.holdTimerAtMs) return;
-    if (this.holdTimer) clearTimeout(this.holdTimer);
-    this.holdTimerAtMs = atMs;
-    this.holdTimer = setTimeout(() => {
-      this.holdTimer = undefined;
-      this.holdTimerAtMs = Infinity;
-      this.scheduleSoon();
-    }, Math.max(0, atMs - Date.now()));
-    this.holdTimer.unref();
   }
 
   /** Carries one defragmentation decision to its worker; the GPU takes no other until it answers. */
@@ -617,7 +603,6 @@ export class Coordinator {
     this.closePromise = (async () => {
       this.stopping.abort();
       if (this.tickTimer) clearInterval(this.tickTimer);
-      if (this.holdTimer) clearTimeout(this.holdTimer);
       this.passes.stop();
       this.link.stop();
       this.webhooks?.close();

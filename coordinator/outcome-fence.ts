@@ -9,6 +9,7 @@
 // stored), so there an issued, unclosed token of the sender counts. The live run is stricter;
 // what a replay may count beyond it is still an attempt that this very worker was given.
 
+import { timingSafeEqual } from "node:crypto";
 import type { ActiveBatch } from "./batch-state.js";
 import type { LeaseTokens } from "./lease-tokens.js";
 
@@ -48,10 +49,10 @@ export function fence(tokens: LeaseTokens, batchId: string, index: number, token
   return { ok: true, holder };
 }
 
-/** Equal strings, compared without stopping at the first difference. */
+/** Equal tokens, compared in constant time (crypto.timingSafeEqual, as lease-tokens.ts checks MACs). */
 function sameToken(a: string | undefined, b: string): boolean {
   if (a === undefined || a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
-  return diff === 0;
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
 }

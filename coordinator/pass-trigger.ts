@@ -12,6 +12,9 @@ export class PassTrigger {
   private lastRunAtMs = -Infinity;
   private timer: NodeJS.Timeout | undefined;
   private immediate: NodeJS.Immediate | undefined;
+  /** A pass asked for later (requestAt), if none runs before. */
+  private wake: NodeJS.Timeout | undefined;
+  private wakeAtMs = Infinity;
 
   /** `now`: a monotonic clock in ms (tests pass their own). */
   constructor(
@@ -29,12 +32,33 @@ export class PassTrigger {
     else this.timer = setTimeout(() => this.fire(), wait);
   }
 
-  /** Drops a pass that was asked for and has not run. Idempotent. */
+  /**
+   * Asks for a pass `delayMs` from now (an item held for a GPU predicted to free then), unless
+   * one is already asked for sooner. A pass that runs before then does not cancel it: the held
+   * item may still be waiting.
+   */
+  requestIn(delayMs: number): void {
+    const atMs = this.now() + Math.max(0, delayMs);
+    if (atMs >= this.wakeAtMs) return;
+    if (this.wake) clearTimeout(this.wake);
+    this.wakeAtMs = atMs;
+    this.wake = setTimeout(() => {
+      this.wake = undefined;
+      this.wakeAtMs = Infinity;
+      this.request();
+    }, atMs - this.now());
+    this.wake.unref();
+  }
+
+  /** Drops the passes that were asked for and have not run. Idempotent. */
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     if (this.immediate) clearImmediate(this.immediate);
+    if (this.wake) clearTimeout(this.wake);
     this.timer = undefined;
     this.immediate = undefined;
+    this.wake = undefined;
+    this.wakeAtMs = Infinity;
     this.queued = false;
   }
 

@@ -9,13 +9,13 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import { Attempts } from "../../coordinator/attempts.js";
-import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
+import { ActiveBatch, newItemSlot, type ItemSlot } from "../../coordinator/batch-state.js";
 import { BatchQueue } from "../../coordinator/batch-queue.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
 import { placeItem } from "../../coordinator/placement.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
 import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type EngineState, type PassInput, type Placed } from "../../coordinator/scheduler/engine.js";
-import { VramEstimates, shapeKey } from "../../coordinator/vram-estimates.js";
+import { VramEstimates } from "../../coordinator/vram-estimates.js";
 import { VramLedger } from "../../coordinator/vram-ledger.js";
 import { POLICIES, simulate } from "../../bench/sim/simulator.js";
 import { hedgingShape } from "../../bench/sim/hedging-workload.js";
@@ -26,19 +26,7 @@ const declared = POLICIES.find((p) => p.name === "affinity+declared")!;
 
 /** Items of model m, each declaring its run time at nominal speed. */
 function makeBatch(id: string, workMs: number[]): ActiveBatch {
-  const slots: ItemSlot[] = workMs.map((w) => ({
-    model: "m",
-    params: { work_ms: w },
-    need: { weightsBytes: 1 * GB, activationBytes: 1 * GB },
-    state: "pending",
-    attempts: 0,
-    lease: undefined,
-    closed: undefined,
-    result: undefined,
-    queuedAtMs: 0,
-    firstQueuedAtMs: 0,
-    shapeKey: shapeKey("m", {}),
-  }));
+  const slots: ItemSlot[] = workMs.map((w) => newItemSlot("m", { work_ms: w }, { weightsBytes: 1 * GB, activationBytes: 1 * GB }, 0, 0));
   const record = {
     batch: { id, state: 1, total: slots.length, succeeded: 0, failed: 0, cancelled: 0, results: [], createdAt: new Date(0), completedAt: undefined, labels: {}, running: 0, priority: 0, queuePosition: 0, estimatedCompletionAt: undefined },
     items: [],

@@ -49,3 +49,21 @@ test("pass trigger - a request within the gap waits out the rest of it, and stop
   assert.equal(runs, 3);
   trigger.stop();
 });
+
+test("pass trigger - requestIn runs a pass later, keeps the soonest of several, and stop() drops it", async () => {
+  let runs = 0;
+  const trigger = new PassTrigger(() => runs++, 1);
+  trigger.requestIn(200);
+  trigger.requestIn(20); // sooner: replaces the 200 ms one
+  trigger.requestIn(500); // later than the one set: ignored
+  await sleep(5);
+  assert.equal(runs, 0, "not before its time");
+  await sleep(60);
+  assert.equal(runs, 1, "the soonest ran");
+  await sleep(250);
+  assert.equal(runs, 1, "the replaced and the ignored ones never run");
+  trigger.requestIn(20);
+  trigger.stop();
+  await sleep(60);
+  assert.equal(runs, 1, "a stopped trigger runs nothing");
+});
