@@ -37,16 +37,21 @@ async function varz(port: number): Promise<Varz> {
   return (await res.json()) as Varz;
 }
 
+/**
+ * /varz once it shows JetStream: the monitor port answers before JetStream has started, and a
+ * /varz read then has no `jetstream` yet. Past the deadline the last answer is returned as it is.
+ */
 async function waitForVarz(port: number, child: ChildProcess, timeoutMs: number): Promise<Varz> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     assert.equal(child.exitCode, null, "nats-server exited before serving /varz");
     try {
-      return await varz(port);
+      const v = await varz(port);
+      if (v.jetstream?.config || Date.now() > deadline) return v;
     } catch (err) {
       if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 100));
     }
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
