@@ -16,7 +16,7 @@ import { etaAccuracyMetrics, trackEta } from "../lib/eta-accuracy.js";
 import { capacity, capacityBound, type SimGpu, type SimModelNeed } from "../lib/ideal.js";
 import { spawnBenchScript, stopProc, stopStack, trackStack, type BenchProc } from "../lib/procs.js";
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
-import { runBatch, simWorker, startShoal, WORKER_HEARTBEAT, type ShoalStack } from "../lib/shoal.js";
+import { describeUnfinishedBatches, runBatch, simWorker, startShoal, WORKER_HEARTBEAT, type ShoalStack } from "../lib/shoal.js";
 import { mean, normal, percentile, seededRandom, sum } from "../lib/stats.js";
 import type { BenchCase, CaseContext } from "./case.js";
 
@@ -115,7 +115,7 @@ function toRequest(items: FleetItem[]) {
 async function runShoalBatch(shoal: ShoalStack, items: FleetItem[], deadlineMs: number) {
   const t0 = performance.now();
   const batch = await runBatch(shoal.client, { items: toRequest(items) }, deadlineMs);
-  if (!batch) throw new Error(`the batch did not finish within ${deadlineMs / 1000} s`);
+  if (!batch) throw new Error(`the batch did not finish within ${deadlineMs / 1000} s\n${await describeUnfinishedBatches(shoal.client)}`);
   const makespanS = (performance.now() - t0) / 1000;
   const ok = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_SUCCEEDED).length;
   if (ok !== items.length) throw new Error(`Shoal batch: ${ok} of ${items.length} items succeeded`);

@@ -4,7 +4,7 @@
 import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import type { SubmitInput } from "../../cli/client.js";
-import type { Batch } from "../../proto/gen/shoal/v1/shoal.js";
+import { BatchState, ItemStatus, WorkerState, type Batch } from "../../proto/gen/shoal/v1/shoal.js";
 import { Stack } from "../../test/harness/processes.js";
 import { TestClient } from "../../test/harness/client.js";
 import { stopStack, trackStack } from "./procs.js";
@@ -21,8 +21,12 @@ export interface ShoalStack {
   stop(): Promise<void>;
 }
 
-/** Bench processes log at warn: the harness reads every line, and info lines per batch would cost CPU the bench itself needs. */
-export const BENCH_LOG_LEVEL = "warn";
+/**
+ * Bench processes log at warn: the harness reads every line, and info lines per batch would cost
+ * CPU the bench itself needs. SHOAL_BENCH_LOG_LEVEL overrides it to look into a case (with
+ * SHOAL_TEST_VERBOSE=1 to see the lines).
+ */
+export const BENCH_LOG_LEVEL = process.env.SHOAL_BENCH_LOG_LEVEL ?? "warn";
 
 /** A SIMULATED worker: declared VRAM, items that sleep for work_ms. */
 export function simWorker(id: string, vram: string, maxInFlight: number, threads = Math.min(256, maxInFlight), extra: string[] = []): WorkerSpec {
@@ -78,6 +82,37 @@ export async function runBatch(client: TestClient, req: SubmitInput, timeoutMs: 
       if (code !== status.UNAVAILABLE || attempt >= 4 || Date.now() + 1000 >= deadline) throw err;
       await new Promise((r) => setTimeout(r, 1000));
     }
+  }
+}
+
+/**
+ * What a batch that did not finish in time was doing, for the error a case throws: its items by
+ * status, where the unfinished ones are, and what each worker says it holds. Best effort: a
+ * coordinator that does not answer is reported as such.
+ */
+export async function describeUnfinishedBatches(client: TestClient): Promise<string> {
+  try {
+    const { batches } = await client.list(5);
+    const open = batches.filter((b) => ![BatchState.BATCH_STATE_COMPLETED, BatchState.BATCH_STATE_FAILED, BatchState.BATCH_STATE_CANCELLED].includes(b.state));
+    const lines: string[] = [];
+    for (const summary of open) {
+      const b = await client.get(summary.id);
+      const byStatus = new Map<string, number>();
+      for (const r of b.results) byStatus.set(ItemStatus[r.status], (byStatus.get(ItemStatus[r.status]) ?? 0) + 1);
+      const unfinished = b.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_UNSPECIFIED);
+      lines.push(
+        `batch ${b.id} ${BatchState[b.state]}: ${[...byStatus].map(([s, n]) => `${n} ${s}`).join(", ")}; unfinished: ` +
+          unfinished
+            .slice(0, 10)
+            .map((r) => `#${r.index} on "${r.workerId}" after ${r.attempts} attempts`)
+            .join("; "),
+      );
+    }
+    const workers = await client.workers();
+    lines.push(`workers: ${workers.map((w) => `${w.id} ${WorkerState[w.state]} in flight ${w.itemsInFlight} done ${w.itemsDone}`).join("; ")}`);
+    return lines.join("\n");
+  } catch (err) {
+    return `(the coordinator did not say: ${(err as Error).message})`;
   }
 }
 
