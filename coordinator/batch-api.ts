@@ -276,13 +276,20 @@ export class BatchApi {
    * watch early.
    */
   async *watch(batchId: string, tenant: string, signal: AbortSignal, progress = false): AsyncGenerator<BatchEvent> {
-    const first = await this.getBatch(batchId, tenant);
+    let first = await this.getBatch(batchId, tenant);
+    let active = this.d.active.get(batchId);
+    // The batch can end between the read and here (its terminal write resolves in a microtask
+    // of its own): read it again from the store, where the terminal record now is.
+    if (!active && !isTerminal(first)) first = await this.getBatch(batchId, tenant);
     if (isTerminal(first)) {
       for (const r of first.results) yield { event: { $case: "item", item: r } };
       yield { event: { $case: "batch", batch: first } };
       return;
     }
-    const active = this.d.active.get(batchId)!;
+    active = this.d.active.get(batchId);
+    // Stored as running, yet not running here (a term that is ending): the edge carries the
+    // watch into the next term, which recovers the batch.
+    if (!active) throw new TermEndedError(batchId);
     const buffer: BatchEvent[] = [];
     let wake: (() => void) | undefined;
     const listener: BatchListener = (ev) => {
