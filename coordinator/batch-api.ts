@@ -73,6 +73,8 @@ export interface BatchApiDeps {
 
 export class BatchApi {
   private readonly listeners = new Map<string, Set<BatchListener>>();
+  /** Submits between claiming their id's idempotency key and activating (or failing): settle when done. */
+  private readonly storingBatches = new Map<string, Promise<void>>();
   private lastRefreshCheck = 0;
 
   constructor(private readonly d: BatchApiDeps) {}
@@ -149,48 +151,64 @@ export class BatchApi {
     const itemsBytes = encodeRecordItems(record.items);
     const encoded = encodeRecord(record, itemsBytes);
     this.checkRecordFits(record, valid.map((v) => v.model), encoded.length);
-    if (req.idempotencyKey) {
-      const existing = await this.storing(() => this.d.store().claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
-      if (existing) {
-        const total = this.d.active.get(existing)?.total ?? (await this.storing(() => this.d.store().get(existing)))?.record.batch!.total;
-        if (total !== undefined) return { batchId: existing, itemCount: total };
-        await this.storing(() => this.d.store().overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
-      }
-    }
-    // Counted as accepted (and checked against items_per_day) before it is stored; given back
-    // if storing fails, so a refused batch uses none of the tenant's day.
-    await this.reserveDaily(tenant, valid.length, limits, now, req.idempotencyKey, batchId);
-    // Marker and index entry first: a record that exists always has both, and a failure leaves
-    // at most a marker (removed at the next start) and an index entry ListBatches skips.
-    let revision: number;
-    let marked = false;
+    // Until this submit has activated its batch or failed, a call with the same key waits for it.
+    let settled!: () => void;
+    this.storingBatches.set(batchId, new Promise<void>((r) => (settled = r)));
     try {
-      revision = await this.storing(async () => {
-        const mark = this.d.store().markOpen(batchId).then(() => (marked = true));
-        await Promise.all([mark, this.d.index().append(tenant, batchId)]);
-        return this.d.store().create(record, encoded);
-      });
-    } catch (err) {
-      if (marked) void this.d.store().clearOpen(batchId).catch(() => undefined);
-      if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
-      void this.d.usage().release(tenant, valid.length, utcDay(now)).catch((e: unknown) => this.d.log.warn({ batchId, err: errorMessage(e) }, "accepted items not given back to the day's usage"));
-      throw err;
+      if (req.idempotencyKey) {
+        const existing = await this.storing(() => this.d.store().claimIdempotencyKey(tenant, req.idempotencyKey, batchId));
+        if (existing) {
+          // The first call with this key may still be storing its batch: its outcome decides.
+          await this.storingBatches.get(existing);
+          const total = this.d.active.get(existing)?.total ?? (await this.storing(() => this.finishedTotal(existing)));
+          if (total !== undefined) return { batchId: existing, itemCount: total };
+          // Neither running nor finished: that submit failed (and said so), even where its record
+          // landed. Not accepted, so this call takes the key.
+          await this.storing(() => this.d.store().overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
+        }
+      }
+      // Counted as accepted (and checked against items_per_day) before it is stored; given back
+      // if storing fails, so a refused batch uses none of the tenant's day.
+      await this.reserveDaily(tenant, valid.length, limits, now, req.idempotencyKey, batchId);
+      // Marker and index entry first: a record that exists always has both, and a failure leaves
+      // at most a marker (removed at the next start) and an index entry ListBatches skips.
+      let revision: number;
+      let marked = false;
+      try {
+        revision = await this.storing(async () => {
+          const mark = this.d.store().markOpen(batchId).then(() => (marked = true));
+          await Promise.all([mark, this.d.index().append(tenant, batchId)]);
+          return this.d.store().create(record, encoded);
+        });
+      } catch (err) {
+        // A write that timed out may still have landed: the record is removed too (best effort),
+        // so nothing lists a batch that was refused. A marker or record left behind is harmless:
+        // the next start removes the marker, and the batch's key is taken by the next call.
+        if (marked) void this.d.store().clearOpen(batchId).catch(() => undefined);
+        void this.d.store().discard(batchId).catch(() => undefined);
+        if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
+        void this.d.usage().release(tenant, valid.length, utcDay(now)).catch((e: unknown) => this.d.log.warn({ batchId, err: errorMessage(e) }, "accepted items not given back to the day's usage"));
+        throw err;
+      }
+      const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
+      active.itemsBytes = itemsBytes;
+      this.d.metrics?.batchesInMemory(this.d.active.size);
+      this.d.metrics?.batchSubmitted();
+      annotateActiveSpan("shoal.batch_id", batchId);
+      this.d.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
+      if (policyBlocked.length > 0) {
+        for (const b of policyBlocked) this.d.metrics?.itemFinished(active.items[b.index]!.result!);
+        // Rule names and indexes only: the text that matched is never logged.
+        this.d.log.info({ batchId, blocked: policyBlocked.length, items: policyBlocked.map((b) => b.index), rules: [...new Set(policyBlocked.map((b) => b.rule))] }, "items blocked by the content policy");
+        // Every item blocked: nothing will be queued, so the batch ends now (FAILED).
+        if (active.isComplete) this.finalizeInBackground(active);
+      }
+      this.d.scheduleSoon();
+      return { batchId, itemCount: valid.length };
+    } finally {
+      this.storingBatches.delete(batchId);
+      settled();
     }
-    const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
-    active.itemsBytes = itemsBytes;
-    this.d.metrics?.batchesInMemory(this.d.active.size);
-    this.d.metrics?.batchSubmitted();
-    annotateActiveSpan("shoal.batch_id", batchId);
-    this.d.log.info({ batchId, items: valid.length, priority: req.priority, retryOf: retryOf || undefined }, "batch accepted");
-    if (policyBlocked.length > 0) {
-      for (const b of policyBlocked) this.d.metrics?.itemFinished(active.items[b.index]!.result!);
-      // Rule names and indexes only: the text that matched is never logged.
-      this.d.log.info({ batchId, blocked: policyBlocked.length, items: policyBlocked.map((b) => b.index), rules: [...new Set(policyBlocked.map((b) => b.rule))] }, "items blocked by the content policy");
-      // Every item blocked: nothing will be queued, so the batch ends now (FAILED).
-      if (active.isComplete) this.finalizeInBackground(active);
-    }
-    this.d.scheduleSoon();
-    return { batchId, itemCount: valid.length };
   }
 
   /**
@@ -248,6 +266,12 @@ export class BatchApi {
       : { bytes: payload, why: `the NATS server's max_payload of ${payload + KV_OVERHEAD_BYTES} bytes, less ${KV_OVERHEAD_BYTES} for the KV envelope` };
   }
 
+  /** The item count of a stored batch that has finished; undefined when it is not stored or not finished. */
+  private async finishedTotal(batchId: string): Promise<number | undefined> {
+    const got = await this.d.store().get(batchId);
+    return got && isTerminal(got.record.batch!) ? got.record.batch!.total : undefined;
+  }
+
   /** A batch whose terminal record could never be stored is refused now, not retried later. */
   private checkRecordFits(record: BatchRecord, models: Parameters<typeof terminalRecordBound>[1], encodedBytes: number): void {
     const bound = terminalRecordBound(record, models, encodedBytes);
@@ -287,9 +311,13 @@ export class BatchApi {
       return;
     }
     active = this.d.active.get(batchId);
-    // Stored as running, yet not running here (a term that is ending): the edge carries the
-    // watch into the next term, which recovers the batch.
-    if (!active) throw new TermEndedError(batchId);
+    if (!active) {
+      // Stored as running, yet not running here. In a term that is ending, the edge carries the
+      // watch into the next term, which recovers the batch. Otherwise its SubmitBatch failed
+      // after the record landed (a write that timed out, yet was stored) and told its caller so.
+      if (this.d.stopping.aborted) throw new TermEndedError(batchId);
+      throw failedPrecondition(`batch ${batchId} was not accepted: its submit failed after its record was stored; submit it again`);
+    }
     const buffer: BatchEvent[] = [];
     let wake: (() => void) | undefined;
     const listener: BatchListener = (ev) => {

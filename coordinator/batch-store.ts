@@ -91,6 +91,11 @@ export class BatchStore {
     await this.batches.purge(OPEN_PREFIX + batchId);
   }
 
+  /** Removes the record of a batch whose submit failed (its write may have landed all the same). */
+  async discard(batchId: string): Promise<void> {
+    await this.batches.purge(batchId);
+  }
+
   /** Ids of the batches whose marker says they may still be running. */
   async openIds(): Promise<string[]> {
     const out: string[] = [];

@@ -5,7 +5,11 @@
 import { afterEach, beforeEach, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Stack, type Proc } from "../harness/processes.js";
-import { TestClient } from "../harness/client.js";
+import { status } from "@grpc/grpc-js";
+import { Kvm } from "@nats-io/kv";
+import { connect } from "@nats-io/transport-node";
+import { BatchState } from "../../proto/gen/shoal/v1/shoal.js";
+import { grpcCode, TestClient } from "../harness/client.js";
 import { assertWholeBatch, executionsPerItem, pollUntilTerminal } from "../harness/batch-checks.js";
 
 const N = 200;
@@ -57,6 +61,30 @@ describe("faults - restarts", () => {
     // The idempotency key still names the same batch after the restart.
     const again = await client.submit({ items: items(1, "c").slice(0, 3), idempotencyKey: key });
     assert.equal(again.batchId, batchId);
+  });
+
+  test("faults - a batch stored without being accepted (its submit failed after the record landed) is not what its idempotency key returns", async () => {
+    // The state a SubmitBatch leaves when its record write timed out yet landed: the record is
+    // stored, the open marker is gone, the caller was told UNAVAILABLE and retries under the same
+    // key. Made here for real: a batch is stored, the coordinator is killed, its marker removed.
+    const key = "orphan-key";
+    const { batchId: orphan } = await client.submit({ items: [{ model: "sim-6g", params: { work_ms: 20_000, tag: "orphan" } }], idempotencyKey: key });
+    await stack.kill(stack.coordinator!, "SIGKILL");
+    const nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
+    try {
+      await (await new Kvm(nc).open("shoal-batches")).purge(`open.${orphan}`);
+    } finally {
+      await nc.close();
+    }
+    await stack.startCoordinator(["--max-items", "1000"]);
+    // Before, the retry got the orphan's id and RunBatch waited on a batch that never runs.
+    const retried = await client.submit({ items: [{ model: "sim-6g", params: { work_ms: 1, tag: "retry" } }], idempotencyKey: key });
+    assert.notEqual(retried.batchId, orphan, "the key names a batch that runs, not the one never accepted");
+    const { batch } = await pollUntilTerminal(client, retried.batchId);
+    assert.equal(batch.state, BatchState.BATCH_STATE_COMPLETED);
+    assert.equal((await client.submit({ items: [{ model: "sim-6g", params: { work_ms: 1 } }], idempotencyKey: key })).batchId, retried.batchId, "the key now keeps naming the retried batch");
+    // Watching the orphan answers at once that it was never accepted, instead of waiting.
+    await assert.rejects(client.watch(orphan, 20_000), (err: unknown) => grpcCode(err) === status.FAILED_PRECONDITION);
   });
 
   test("faults - kill -9 nats-server mid-batch and start it on the same store: every client reconnects, nothing is lost", async () => {

@@ -2,7 +2,8 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BatchApi, type BatchApiDeps } from "../../coordinator/batch-api.js";
 import type { ActiveBatch } from "../../coordinator/batch-state.js";
-import { TermEndedError } from "../../coordinator/errors.js";
+import { status } from "@grpc/grpc-js";
+import { ServerError, TermEndedError } from "../../coordinator/errors.js";
 import { BatchState, ItemStatus, type Batch, type BatchEvent } from "../../proto/gen/shoal/v1/shoal.js";
 
 // WatchBatch (and RunBatch, which waits through it) reads the batch, then attaches to the running
@@ -32,13 +33,13 @@ class EndsAfterFirstRead extends Map<string, ActiveBatch> {
   }
 }
 
-function api(stored: Batch | undefined, active: Map<string, ActiveBatch>): BatchApi {
+function api(stored: Batch | undefined, active: Map<string, ActiveBatch>, stopping = new AbortController().signal): BatchApi {
   const running = { id: BATCH_ID, record: { tenant: TENANT }, snapshot: () => batch(BatchState.BATCH_STATE_RUNNING, 1), items: [] } as unknown as ActiveBatch;
   active.set(BATCH_ID, running);
   const deps = {
     active,
     ensureStarted: () => {},
-    stopping: new AbortController().signal,
+    stopping,
     store: () => ({ get: async () => (stored ? { record: { tenant: TENANT, batch: stored }, revision: 2, writtenAtMs: 0 } : undefined) }),
   } as unknown as BatchApiDeps;
   return new BatchApi(deps);
@@ -61,8 +62,15 @@ describe("batch watch - a batch that ends while the watch starts", () => {
     assert.ok(last?.$case === "batch" && last.batch.state === BatchState.BATCH_STATE_COMPLETED, "the last event is the terminal batch");
   });
 
-  test("batch watch - a batch stored as running but not running here ends the watch with TermEndedError (the edge follows it into the next term)", { timeout: 10_000 }, async () => {
+  test("batch watch - a batch stored as running but not running here, in a serving term, was never accepted: FAILED_PRECONDITION, not a wait", { timeout: 10_000 }, async () => {
     const watch = api(batch(BatchState.BATCH_STATE_RUNNING, 1), new EndsAfterFirstRead()).watch(BATCH_ID, TENANT, new AbortController().signal);
+    await assert.rejects(collect(watch), (err: unknown) => err instanceof ServerError && err.code === status.FAILED_PRECONDITION && /was not accepted/.test(err.message));
+  });
+
+  test("batch watch - the same in a term that is ending: TermEndedError (the edge follows it into the next term)", { timeout: 10_000 }, async () => {
+    const stopping = new AbortController();
+    stopping.abort();
+    const watch = api(batch(BatchState.BATCH_STATE_RUNNING, 1), new EndsAfterFirstRead(), stopping.signal).watch(BATCH_ID, TENANT, new AbortController().signal);
     await assert.rejects(collect(watch), (err: unknown) => err instanceof TermEndedError);
   });
 });
