@@ -52,6 +52,12 @@ interface HeldItem {
   activation: number;
   controller: CancelToken;
   started: boolean;
+  /**
+   * The run is over, so its memory is free, while its outcome is still being stored. It holds no
+   * VRAM from then: the coordinator frees its reservation when the outcome reaches it, which can
+   * be before this process has its PubAck, and its next assignment here must not be refused.
+   */
+  ran: boolean;
   /** `shoal.item`, the attempt on this worker, under the coordinator's placement span (tracing on only). */
   span?: Span;
 }
@@ -325,7 +331,7 @@ export class ShoalWorker {
     const out = new Map<number, { free: number; models: Set<string> }>();
     for (const g of this.gpuStatus(false)) {
       const models = new Set<string>();
-      for (const h of this.held.values()) if (h.gpuIndex === g.index) models.add(h.model.name);
+      for (const h of this.held.values()) if (h.gpuIndex === g.index && !h.ran) models.add(h.model.name);
       // A measured GPU already holds the sessions the backend has loaded; a budget device the
       // weights the backend keeps (SIMULATED --sim-keep-weights).
       if (g.source !== "budget") for (const m of resident) models.add(m);
@@ -384,6 +390,7 @@ export class ShoalWorker {
       activation: this.needOf(item, model, wire.params).activationBytes,
       controller,
       started: false,
+      ran: false,
       span: trace
         ? startSpan("shoal.item", { kind: SpanKind.CONSUMER, attributes: { "shoal.batch_id": lease.batchId, "shoal.item": lease.index, "shoal.attempt": item.attempt, "shoal.model": item.model, "shoal.worker_id": this.opts.id } }, contextFromTrace(trace))
         : undefined,
@@ -438,6 +445,7 @@ export class ShoalWorker {
       const output = await inChildSpan(held.span, "shoal.run", (span) =>
         this.backend.run({ id: lease.token, model: held.model.name, params: checked.params, batchId: lease.batchId, index: lease.index, vramBytes: held.activation, traceparent: traceparentOf(span) }, held.controller),
       );
+      held.ran = true;
       const measured = this.peak ? await this.peak.end(lease.token) : 0;
       const peakBytes = output.peakBytes > 0 ? output.peakBytes : measured;
       if (peakBytes > 0) {
@@ -452,6 +460,7 @@ export class ShoalWorker {
       outcome = { lease, status: ItemStatus.ITEM_STATUS_SUCCEEDED, error: undefined, artifacts, runMs, vramUsedBytes: Math.min(peakBytes, MAX_REPORTED_VRAM_BYTES) };
       if (this.log.isLevelEnabled("debug")) this.log.debug({ ...ids(), runMs }, "item succeeded");
     } catch (err) {
+      held.ran = true;
       void this.peak?.end(lease.token);
       const runMs = Math.round(performance.now() - started);
       const e =
@@ -523,7 +532,7 @@ export class ShoalWorker {
   /** Free VRAM per device: measured where nvidia-smi is, otherwise accounted from the budget. */
   private gpuStatus(clamp = true) {
     return this.devices.map((d) => {
-      const mine = [...this.held.values()].filter((h) => h.gpuIndex === d.index);
+      const mine = [...this.held.values()].filter((h) => h.gpuIndex === d.index && !h.ran);
       let free: number;
       if (d.source === "budget") {
         const models = new Set(mine.map((h) => h.model));

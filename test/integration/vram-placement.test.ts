@@ -56,3 +56,36 @@ describe("vram placement - a model whose need lies between two workers' VRAM", (
     assert.equal(big.gpus[0]!.source, "budget");
   });
 });
+
+// A finished item's memory is free when its run ends, while its outcome is still on its way to
+// JetStream. The coordinator frees the reservation when the outcome reaches it, which can be
+// before the worker has its PubAck; the worker must then take the next item, not refuse it.
+describe("vram placement - back-to-back items on a full GPU", () => {
+  const stack = new Stack();
+  let client: TestClient;
+
+  before(async () => {
+    await stack.startNats();
+    await stack.startCoordinator(["--max-items", "1000"]);
+    // 8 GB holds sim-6g's 4 GB weights and two items of 2 GB: every item waits for one to end.
+    await stack.startWorker("full", ["--simulate", "--vram", "8GB", "--threads", "4", "--max-in-flight", "4"]);
+    client = new TestClient(stack.grpcAddr);
+    await client.waitForWorkers(1);
+  });
+
+  after(async () => {
+    client?.close();
+    await stack.stop();
+  });
+
+  test("vram placement - a worker takes the item placed in the room an ended item left: no assignment refused while that outcome is stored", async () => {
+    const items = Array.from({ length: 200 }, (_, i) => ({ model: "sim-6g", params: { work_ms: 5, tag: `b2b ${i}` } }));
+    const batch = await client.run({ items }, 60_000);
+    assert.equal(batch.state, BatchState.BATCH_STATE_COMPLETED);
+    assert.equal(batch.succeeded, 200);
+    // Before, the worker counted an item's VRAM until its outcome's PubAck: 12-16 of these
+    // 200 items were refused and placed again.
+    const refused = stack.coordinator!.logs.filter((l) => l.msg === "assignment not taken; items go back to the queue");
+    assert.deepEqual(refused.map((l) => l.why), [], "assignments the worker refused");
+  });
+});
