@@ -45,12 +45,15 @@ export function stepDurations(m: StepMarks): Record<string, number> {
     if (from !== undefined && to !== undefined) out[name] = round3(to - from);
   };
   span("validate", m.received, m.validated);
+  // Before the usage count was stored at once with the marker and index entry, it came first.
   span("usageReserve", m.validated, m.usageReserved);
-  span("markerIndex", m.usageReserved ?? m.validated, m.markedIndexed);
+  span("usageMarkerIndex", m.usageReserved ?? m.validated, m.markedIndexed);
   span("recordCreate", m.markedIndexed, m.accepted);
   span("passAndSend", m.accepted, m.lastAssignSent);
-  span("assignReply", m.lastAssignSent, m.lastAssignTaken);
-  span("runAndResultStored", m.lastAssignTaken, m.lastOutcomeStored);
+  // The worker answers, runs and publishes at once: the coordinator may read the answer after
+  // the outcome is stored, so the reply is shown apart, not as a step of the sum.
+  span("(assignReply)", m.lastAssignSent, m.lastAssignTaken);
+  span("assignToResultStored", m.lastAssignSent, m.lastOutcomeStored);
   span("resultConsumed", m.lastOutcomeStored, m.complete);
   span("terminalPrepare", m.complete, m.prepared);
   span("terminalRecord", m.prepared, m.stored);
