@@ -27,6 +27,7 @@ import type { ModelRegistry } from "./model-registry.js";
 import type { CoordinatorOptions } from "./options.js";
 import { encodeRecord, encodeRecordItems } from "./record-encoding.js";
 import { submitterTrace } from "./item-tracing.js";
+import { stepDurations, wallNowMs, type StepMarks } from "./step-times.js";
 import { fitTerminalRecordBytes, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
@@ -81,6 +82,7 @@ export class BatchApi {
 
   async submit(req: SubmitBatchRequest, tenant: string, retryOf = "", sourceIndices: number[] = [], limits: TenantLimits = {}): Promise<{ batchId: string; itemCount: number }> {
     this.d.ensureStarted();
+    const steps: StepMarks | undefined = this.d.log.isLevelEnabled("debug") ? { received: wallNowMs() } : undefined;
     if (limits.maxItemsPerBatch !== undefined && req.items.length > limits.maxItemsPerBatch) {
       throw resourceExhausted(
         `batch has ${req.items.length} items, over tenant "${tenant}"'s limit max_items_per_batch = ${limits.maxItemsPerBatch} (--api-keys-file); submit smaller batches`,
@@ -151,6 +153,7 @@ export class BatchApi {
     const itemsBytes = encodeRecordItems(record.items);
     const encoded = encodeRecord(record, itemsBytes);
     this.checkRecordFits(record, valid.map((v) => v.model), encoded.length);
+    if (steps) steps.validated = wallNowMs();
     // Until this submit has activated its batch or failed, a call with the same key waits for it.
     let settled!: () => void;
     this.storingBatches.set(batchId, new Promise<void>((r) => (settled = r)));
@@ -167,17 +170,27 @@ export class BatchApi {
           await this.storing(() => this.d.store().overwriteIdempotencyKey(tenant, req.idempotencyKey, batchId));
         }
       }
-      // Counted as accepted (and checked against items_per_day) before it is stored; given back
-      // if storing fails, so a refused batch uses none of the tenant's day.
-      await this.reserveDaily(tenant, valid.length, limits, now, req.idempotencyKey, batchId);
-      // Marker and index entry first: a record that exists always has both, and a failure leaves
-      // at most a marker (removed at the next start) and an index entry ListBatches skips.
+      // Three writes come before the record, at once (none depends on another): the items counted
+      // as accepted (and checked against items_per_day), the open marker and the index entry. Only
+      // when all three are stored is the record written, so a record that exists always has its
+      // marker, its index entry and its count. A failure of any leaves at most a marker (removed
+      // here, else at the next start), an index entry ListBatches skips, and a count given back
+      // here; the batch is refused and uses none of the tenant's day.
       let revision: number;
       let marked = false;
+      let reserved = false;
       try {
         revision = await this.storing(async () => {
-          const mark = this.d.store().markOpen(batchId).then(() => (marked = true));
-          await Promise.all([mark, this.d.index().append(tenant, batchId)]);
+          const writes = await Promise.allSettled([
+            // Once counted, a retry of these writes (a JetStream election) does not count again.
+            reserved ? undefined : this.d.usage().reserve(tenant, valid.length, limits.itemsPerDay, now).then(() => (reserved = true)),
+            this.d.store().markOpen(batchId).then(() => (marked = true)),
+            this.d.index().append(tenant, batchId),
+          ]);
+          // Settled all, not the first failure: a count still in flight must be known to give it back.
+          const failed = writes.find((w) => w.status === "rejected");
+          if (failed) throw failed.reason;
+          if (steps) steps.markedIndexed = wallNowMs();
           return this.d.store().create(record, encoded);
         });
       } catch (err) {
@@ -187,11 +200,15 @@ export class BatchApi {
         if (marked) void this.d.store().clearOpen(batchId).catch(() => undefined);
         void this.d.store().discard(batchId).catch(() => undefined);
         if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
-        void this.d.usage().release(tenant, valid.length, utcDay(now)).catch((e: unknown) => this.d.log.warn({ batchId, err: errorMessage(e) }, "accepted items not given back to the day's usage"));
+        if (reserved) void this.d.usage().release(tenant, valid.length, utcDay(now)).catch((e: unknown) => this.d.log.warn({ batchId, err: errorMessage(e) }, "accepted items not given back to the day's usage"));
         throw err;
       }
       const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
       active.itemsBytes = itemsBytes;
+      if (steps) {
+        steps.accepted = wallNowMs();
+        active.steps = steps;
+      }
       this.d.metrics?.batchesInMemory(this.d.active.size);
       this.d.metrics?.batchSubmitted();
       annotateActiveSpan("shoal.batch_id", batchId);
@@ -208,19 +225,6 @@ export class BatchApi {
     } finally {
       this.storingBatches.delete(batchId);
       settled();
-    }
-  }
-
-  /**
-   * Counts the batch's items as accepted today; past the tenant's items_per_day the batch is
-   * refused with RESOURCE_EXHAUSTED naming the limit and the next UTC midnight, when it resets.
-   */
-  private async reserveDaily(tenant: string, items: number, limits: TenantLimits, now: Date, idempotencyKey: string, batchId: string): Promise<void> {
-    try {
-      await this.storing(() => this.d.usage().reserve(tenant, items, limits.itemsPerDay, now));
-    } catch (err) {
-      if (idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, idempotencyKey, batchId).catch(() => undefined);
-      throw err;
     }
   }
 
@@ -496,6 +500,7 @@ export class BatchApi {
    */
   private async writeFinal(batch: ActiveBatch): Promise<Batch> {
     batch.finalizing = true;
+    if (batch.steps) batch.steps.complete = wallNowMs();
     this.d.queue.removeBatch(batch.id);
     // The webhook's secret does not go into the terminal record: the pending delivery holds it
     // until the delivery is done, then it is deleted with it.
@@ -515,16 +520,24 @@ export class BatchApi {
       encoded,
       revision: () => batch.revision,
       prepare: async () => {
-        try {
-          webhook = await this.d.webhooks().record(batch.id, batch.record.webhook);
-        } catch (err) {
-          throw storageError(err, `the pending webhooks bucket (${this.d.names.webhooksBucket})`, "the server's max_file_store");
-        }
-        // Usage is counted before the record is stored, so a crash between the two loses no
-        // count; the next start writes the record again and the usage key, which lists the
-        // batches it counted, does not count it twice.
-        const added = await this.d.usage().recordBatch(batch.record.tenant, record.batch!);
-        if (added) this.d.metrics?.tenantUsage(this.d.tenantLabel(batch.record.tenant), added);
+        // The pending webhook and the batch's usage are both stored before the record, at once
+        // (neither depends on the other). Usage is counted before the record is stored, so a
+        // crash between the two loses no count; the next start writes the record again and the
+        // usage key, which lists the batches it counted, does not count it twice. Both writes are
+        // idempotent, so a failure of either retries both.
+        const recordWebhook = this.d.webhooks()
+          .record(batch.id, batch.record.webhook)
+          .catch((err: unknown) => {
+            throw storageError(err, `the pending webhooks bucket (${this.d.names.webhooksBucket})`, "the server's max_file_store");
+          });
+        const countUsage = this.d.usage().recordBatch(batch.record.tenant, record.batch!);
+        const [w, added] = await Promise.allSettled([recordWebhook, countUsage]);
+        // Counted in the metric once stored, even if the webhook's write failed (a retry finds it counted).
+        if (added.status === "fulfilled" && added.value) this.d.metrics?.tenantUsage(this.d.tenantLabel(batch.record.tenant), added.value);
+        if (w.status === "rejected") throw w.reason;
+        if (added.status === "rejected") throw added.reason;
+        webhook = w.value;
+        if (batch.steps) batch.steps.prepared = wallNowMs();
       },
       onFailure: (err, attempt, retryInMs) => {
         if (!waiting) this.d.metrics?.terminalWriteWaiting(1);
@@ -540,6 +553,10 @@ export class BatchApi {
       if (waiting) this.d.metrics?.terminalWriteWaiting(-1);
     });
     const stored = outcome.stored;
+    if (batch.steps) {
+      batch.steps.stored = wallNowMs();
+      this.d.log.debug({ batchId: batch.id, items: batch.total, steps: stepDurations(batch.steps) }, "batch step times");
+    }
     if (!outcome.ours) this.d.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
     this.d.active.delete(batch.id);
     this.d.metrics?.batchesInMemory(this.d.active.size);

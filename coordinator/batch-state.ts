@@ -7,6 +7,7 @@ import type { BatchRecord, ItemOutcome } from "../proto/gen/shoal/v1/wire.js";
 import { leaseAttempt } from "../shared/ids.js";
 import type { VramNeed } from "../shared/vram-need.js";
 import { shapeKey } from "./vram-estimates.js";
+import type { StepMarks } from "./step-times.js";
 
 /**
  * One try of one item on one worker (the wire calls its reference a LeaseRef). Opened and ended
@@ -109,6 +110,8 @@ export class ActiveBatch {
    * the results: set at submit; a batch resumed after a restart encodes its items once, there.
    */
   itemsBytes: Uint8Array | undefined;
+  /** Timestamps of its steps, only while the coordinator logs at debug (step-times.ts). */
+  steps: StepMarks | undefined;
 
   constructor(
     readonly record: BatchRecord,

@@ -231,7 +231,7 @@ export class Coordinator {
     await this.webhooks.start();
     this.subs.push(this.link.subscribeHeartbeats());
     await this.resultLog.startConsuming(
-      (entry, subject, headers) => this.onLogEntry(entry, subject, headers),
+      (entry, subject, headers, storedAtMs) => this.onLogEntry(entry, subject, headers, storedAtMs),
       (subject, problem) => this.protocolError("outcome", subject, problem),
     );
     // Ask every worker to report now rather than within its next interval.
@@ -320,9 +320,13 @@ export class Coordinator {
   // ---------------------------------------------------------------------------------------
   // Events from NATS
 
-  private onLogEntry(entry: ResultLogEntry, subject: string, headers?: MsgHdrs): void {
+  private onLogEntry(entry: ResultLogEntry, subject: string, headers?: MsgHdrs, storedAtMs?: () => number): void {
     const endSpans = outcomeSpans(entry, headers);
-    this.applyEntry(entry, false, subject.slice(subject.lastIndexOf(".") + 1));
+    const batchId = subject.slice(subject.lastIndexOf(".") + 1);
+    const stepped = this.active.get(batchId);
+    // Step times (step-times.ts): the last results message applied before the batch completes.
+    if (stepped?.steps && !stepped.finalizing && storedAtMs) stepped.steps.lastOutcomeStored = storedAtMs();
+    this.applyEntry(entry, false, batchId);
     endSpans?.();
     this.scheduleSoon();
   }

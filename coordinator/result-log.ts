@@ -6,8 +6,11 @@ import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import type { Names } from "../shared/subjects.js";
 
-/** `headers`: the message's NATS headers (the items' trace context, shared/trace-headers.ts). */
-export type LogEntryHandler = (entry: ResultLogEntry, subject: string, headers?: MsgHdrs) => void;
+/**
+ * `headers`: the message's NATS headers (the items' trace context, shared/trace-headers.ts);
+ * `storedAtMs`: when nats-server stored the message (its JetStream timestamp, wall clock in ms).
+ */
+export type LogEntryHandler = (entry: ResultLogEntry, subject: string, headers?: MsgHdrs, storedAtMs?: () => number) => void;
 /** Told about each live entry that does not decode, so it is counted as a protocol error. */
 export type UnreadableEntryHandler = (subject: string, problem: string) => void;
 
@@ -92,7 +95,7 @@ export class ResultLog {
         }
         if (entry) {
           try {
-            handler(entry, m.subject, m.headers);
+            handler(entry, m.subject, m.headers, () => Number(m.timestampNanos) / 1e6);
           } catch (err) {
             this.log.error({ subject: m.subject, seq: m.seq, err: errorMessage(err) }, "results entry not applied");
           }

@@ -99,11 +99,27 @@ export class DailyLimitExceeded extends Error {
 
 /** Compare-and-set attempts before an update gives up (each lost one means another writer moved). */
 const MAX_CAS_ATTEMPTS = 50;
+/** Keys (tenant × day) whose last stored value is kept between updates. */
+const MAX_KNOWN_KEYS = 1024;
+
+/** One caller's change to a key, waiting for the write that carries it. */
+interface QueuedChange {
+  change: (cur: DayUsage) => DayUsage | undefined;
+  resolve: (v: DayUsage | undefined) => void;
+  reject: (err: unknown) => void;
+}
+
+/** A key's updates from this process: those waiting, whether a write is in flight, and what this process last stored. */
+interface KeyQueue {
+  waiting: QueuedChange[];
+  writing: boolean;
+  /** The value and revision this process last read or wrote; a compare-and-set proves it current. */
+  known: { value: DayUsage; revision: number } | undefined;
+}
 
 export class UsageStore {
   private readonly where: string;
-  /** The last queued update of each key (see update()). */
-  private readonly queues = new Map<string, Promise<void>>();
+  private readonly keys = new Map<string, KeyQueue>();
 
   constructor(
     private readonly kv: KV,
@@ -120,43 +136,103 @@ export class UsageStore {
 
   /**
    * Applies `change` to the key's current value with compare-and-set, retrying when another
-   * writer got there first. `change` returning undefined means nothing to write.
+   * writer got there first. `change` returning undefined means nothing to write; `change`
+   * throwing refuses this update alone (e.g. DailyLimitExceeded), and nothing of it is written.
+   *
+   * Updates of one key from this process are group-committed: every change asked for while a
+   * write of the key is in flight goes, in order, into the next single write (the tenant's every
+   * submit and every terminal write share one key a day; one read and one write each, one at a
+   * time, made that key a queue that every batch waited in twice). Each caller's promise settles
+   * only once the write carrying its change is stored, so "counted before it is accepted" holds
+   * as before. The next write starts from the value this process stored last, without reading it
+   * again: the compare-and-set on its revision proves nobody else wrote since, and when another
+   * coordinator did, the key is read and the whole group applied again on top of its value.
    */
   private update(tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
-    // Updates of one key from this process go one at a time: many submits of one tenant at once
-    // would otherwise mostly lose their compare-and-set to each other. Only another coordinator
-    // can still win a race, and then the loser retries.
     const key = usageKey(tenant, day);
-    const prev = this.queues.get(key) ?? Promise.resolve();
-    const run = prev.then(() => this.casLoop(key, tenant, day, change));
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.queues.set(key, tail);
-    void tail.then(() => {
-      if (this.queues.get(key) === tail) this.queues.delete(key);
+    let q = this.keys.get(key);
+    if (!q) this.keys.set(key, (q = { waiting: [], writing: false, known: undefined }));
+    const queue = q;
+    return new Promise((resolve, reject) => {
+      queue.waiting.push({ change, resolve, reject });
+      if (!queue.writing) void this.drain(key, tenant, day, queue);
     });
-    return run;
   }
 
-  private async casLoop(key: string, tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
+  /** Writes the key's waiting changes, a group at a time, until none is left. */
+  private async drain(key: string, tenant: string, day: string, q: KeyQueue): Promise<void> {
+    q.writing = true;
+    while (q.waiting.length > 0) {
+      const group = q.waiting;
+      q.waiting = [];
+      await this.writeGroup(key, tenant, day, q, group);
+    }
+    q.writing = false;
+    // What this process stored is kept for the key's next update (a tenant's day); past
+    // MAX_KNOWN_KEYS idle ones are forgotten and read again when next updated.
+    if (this.keys.size > MAX_KNOWN_KEYS) for (const [k, other] of this.keys) if (!other.writing && other.waiting.length === 0) this.keys.delete(k);
+  }
+
+  private async writeGroup(key: string, tenant: string, day: string, q: KeyQueue, group: QueuedChange[]): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      const e = await this.kv.get(key);
-      const exists = e !== null && e.operation === "PUT";
-      const cur = exists ? e.json<DayUsage>() : emptyDay(tenant, day);
-      const next = change(cur);
-      if (next === undefined) return undefined;
+      let base = q.known;
+      let exists = true;
       try {
-        const data = JSON.stringify(next);
-        if (exists) await this.kv.update(key, data, e.revision);
-        else await this.kv.create(key, data);
-        return next;
+        if (!base) {
+          const e = await this.kv.get(key);
+          exists = e !== null && e.operation === "PUT";
+          base = exists ? { value: e!.json<DayUsage>(), revision: e!.revision } : { value: emptyDay(tenant, day), revision: 0 };
+        }
       } catch (err) {
+        this.settleAll(group, storageError(err, this.where, "the server's max_file_store"));
+        return;
+      }
+      // Each change sees the value with the changes before it applied; a refused one is skipped.
+      let cur = base.value;
+      let changed = false;
+      const outcomes: ({ ok: DayUsage | undefined } | { err: unknown })[] = [];
+      for (const c of group) {
+        try {
+          const next = c.change(cur);
+          if (next !== undefined) {
+            cur = next;
+            changed = true;
+          }
+          outcomes.push({ ok: next });
+        } catch (err) {
+          outcomes.push({ err });
+        }
+      }
+      if (!changed) {
+        this.settle(group, outcomes);
+        return;
+      }
+      try {
+        const data = JSON.stringify(cur);
+        const revision = exists && base.revision > 0 ? await this.kv.update(key, data, base.revision) : await this.kv.create(key, data);
+        q.known = { value: cur, revision };
+        this.settle(group, outcomes);
+        return;
+      } catch (err) {
+        // Another writer moved the key (or what this process knew is stale): read it, apply again.
+        q.known = undefined;
         if (isWrongLastSequence(err) && attempt < MAX_CAS_ATTEMPTS) continue;
-        throw storageError(err, this.where, "the server's max_file_store");
+        this.settleAll(group, storageError(err, this.where, "the server's max_file_store"));
+        return;
       }
     }
+  }
+
+  private settle(group: QueuedChange[], outcomes: ({ ok: DayUsage | undefined } | { err: unknown })[]): void {
+    group.forEach((c, i) => {
+      const o = outcomes[i]!;
+      if ("err" in o) c.reject(o.err);
+      else c.resolve(o.ok);
+    });
+  }
+
+  private settleAll(group: QueuedChange[], err: unknown): void {
+    for (const c of group) c.reject(err);
   }
 
   /**

@@ -26,6 +26,7 @@ import type { Placed } from "./scheduler/engine.js";
 import type { VramLedger } from "./vram-ledger.js";
 import { heartbeatProblem, residentWeightsProblem } from "./wire-validation.js";
 import { placementSpans } from "./item-tracing.js";
+import { wallNowMs } from "./step-times.js";
 
 const NO_BYTES = Buffer.alloc(0);
 
@@ -138,11 +139,14 @@ export class WorkerLink {
     let answered = false;
     let why = "";
     const spans = placementSpans(workerId, list);
+    const stepped = this.d.log.isLevelEnabled("debug") ? batchesWithSteps(list) : undefined;
+    if (stepped) for (const b of stepped) b.steps!.lastAssignSent = wallNowMs();
     try {
       const reply = await this.d.nc().request(this.d.names.assign(workerId), assignment, { timeout: this.d.opts.assignTimeoutMs, headers: spans?.headers });
       const decoded = decodeMessage(AssignReply, reply.subject, reply.data);
       accepted = new Set(decoded.accepted);
       answered = true;
+      if (stepped) for (const b of stepped) b.steps!.lastAssignTaken = wallNowMs();
       why = decoded.error;
       // The worker's VRAM with the accepted items counted: the ledger is exact again at once.
       if (decoded.gpus.length > 0 && this.d.fleet.get(workerId)) {
@@ -288,4 +292,11 @@ export class WorkerLink {
   stop(): void {
     if (this.heartbeatPass) clearTimeout(this.heartbeatPass);
   }
+}
+
+/** The batches of an assignment that keep step times (step-times.ts). */
+function batchesWithSteps(list: Placed[]): Set<ActiveBatch> {
+  const out = new Set<ActiveBatch>();
+  for (const p of list) if (p.batch.steps) out.add(p.batch);
+  return out;
 }

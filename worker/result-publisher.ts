@@ -9,8 +9,6 @@ import type { TraceContext } from "../shared/tracing.js";
 
 export interface ResultPublisherOptions {
   workerId: string;
-  /** How long outcomes wait to share one JetStream write. */
-  flushIntervalMs: number;
   maxOutcomesPerMessage: number;
   /** How long one write waits for the stream's acknowledgement before it is sent again (default 5000). */
   ackTimeoutMs?: number;
@@ -30,7 +28,12 @@ export type AckedPublisher = Pick<JetStreamPublisher, "publish">;
 
 /**
  * Publishes item outcomes durably to the results stream, many per message (group commit): one
- * JetStream write per item would cap the whole fleet near the stream's write rate. An outcome is
+ * JetStream write per item would cap the whole fleet near the stream's write rate. The group is
+ * whatever arrived while the previous write was in flight: with none in flight an outcome is
+ * written after the current turn of the event loop (the outcomes of that turn share it), else
+ * it waits for the write in flight to be stored and goes with everything else that waited. A
+ * fixed window (it was 3 ms) added its length to every outcome at low rates and was shorter
+ * than one write at high ones; this one costs nothing when idle and grows with the load. An outcome is
  * kept and re-sent until JetStream acknowledges it, so a result survives a nats-server restart
  * or a coordinator that is down; the returned promise resolves only once it is stored.
  *
@@ -40,7 +43,8 @@ export type AckedPublisher = Pick<JetStreamPublisher, "publish">;
  */
 export class ResultPublisher {
   private pending = new Map<string, Pending[]>();
-  private timer: NodeJS.Timeout | undefined;
+  /** A write of what is pending is asked for and has not taken it yet. */
+  private scheduled = false;
   private flushing: Promise<void> = Promise.resolve();
   private closed = false;
   private readonly store: string;
@@ -59,21 +63,22 @@ export class ResultPublisher {
       let list = this.pending.get(batchId);
       if (!list) this.pending.set(batchId, (list = []));
       list.push({ outcome, trace, resolve });
-      if (list.length >= this.opts.maxOutcomesPerMessage) this.flushSoon(0);
-      else this.flushSoon(this.opts.flushIntervalMs);
+      this.flushSoon();
     });
   }
 
-  private flushSoon(delay: number): void {
-    if (this.timer && delay > 0) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
+  /** Asks for a write of what is pending: after this turn, and after the write in flight. */
+  private flushSoon(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
       this.flushing = this.flushing.then(() => this.flush());
-    }, delay);
+    });
   }
 
   private async flush(): Promise<void> {
+    // From here on, new outcomes ask for the next write (they wait for this one).
+    this.scheduled = false;
     const batches = this.pending;
     this.pending = new Map();
     const writes: Promise<void>[] = [];
@@ -121,8 +126,6 @@ export class ResultPublisher {
 
   /** Flushes what is pending and waits until it is stored (or given up at shutdown). */
   async close(): Promise<void> {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
     this.closed = true;
     this.flushing = this.flushing.then(() => this.flush());
     await this.flushing;

@@ -142,7 +142,7 @@ export class ShoalWorker {
     this.publisher = new ResultPublisher(
       this.jsPublisher,
       this.names,
-      { workerId: this.opts.id, flushIntervalMs: 3, maxOutcomesPerMessage: 256 },
+      { workerId: this.opts.id, maxOutcomesPerMessage: 256 },
       this.log,
     );
     await this.registerModels();

@@ -19,6 +19,7 @@ import { spawnBenchScript, stopProc, stopStack, trackStack, type BenchProc } fro
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
 import { runBatch, simWorker, startShoal, type ShoalStack } from "../lib/shoal.js";
 import { mean, percentile, sleep, maxOf } from "../lib/stats.js";
+import { formatStepBreakdown, stepBreakdown, type StepBreakdown } from "../lib/step-breakdown.js";
 import { latencySummary, paced, pacedShape, peak, shoalRunner, zeroItems } from "../lib/zero-work.js";
 import type { BenchCase, CaseContext } from "./case.js";
 
@@ -60,8 +61,11 @@ function newestProfile(dir: string): string | undefined {
 
 async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const p = ctx.quick
-    ? { workers: 2, maxInFlight: 2000, warmItems: 200, batches: 2, batchSize: 1000, idleCalls: 10, pacedSeconds: 1, batchesPerSecond: 20 }
-    : { workers: 2, maxInFlight: 2000, warmItems: 2000, batches: 10, batchSize: 10_000, idleCalls: 200, pacedSeconds: 10, batchesPerSecond: 50 };
+    ? { workers: 2, maxInFlight: 2000, warmItems: 200, batches: 2, batchSize: 1000, idleCalls: 10, pacedSeconds: 1, batchesPerSecond: 20, fleetRateSeconds: 3 }
+    : { workers: 2, maxInFlight: 2000, warmItems: 2000, batches: 10, batchSize: 10_000, idleCalls: 200, pacedSeconds: 10, batchesPerSecond: 50, fleetRateSeconds: 10 };
+  // SHOAL_BENCH_STEPS=1: the coordinator logs at debug, one line of step times per batch, and the
+  // raw output gets the per-step breakdown of the 1,000 items/s window (bench/lib/step-breakdown.ts).
+  const withSteps = process.env.SHOAL_BENCH_STEPS === "1";
   const stack = trackStack(new Stack());
   let shoal: ShoalStack | undefined;
   try {
@@ -79,7 +83,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     }
     shoal = await startShoal({
       stack,
-      coordinatorArgs: ["--max-items", "100000", "--max-queued-items", "10000000"],
+      coordinatorArgs: ["--max-items", "100000", "--max-queued-items", "10000000", ...(withSteps ? ["--log-level", "debug"] : [])],
       coordinatorNodeArgs: profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [],
       workers: Array.from({ length: p.workers }, (_, i) => simWorker(`dispatch-${i + 1}`, "80GB", p.maxInFlight, 256)),
     });
@@ -121,19 +125,27 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     }
 
     // Paced, open loop: about half the peak rate, then the 1,000 items/s of a large GPU fleet.
-    const pacedAt = async (rate: number) => {
-      const shape = pacedShape(rate, p.pacedSeconds, p.batchesPerSecond);
+    // The 1,000 items/s window is always 20-item batches every 20 ms (50 a second), --quick too.
+    const pacedAt = async (rate: number, seconds: number, batchesPerSecond: number, clientMsById?: Map<string, number>) => {
+      const shape = pacedShape(rate, seconds, batchesPerSecond);
       ctx.log(`paced: ${shape.batches} batches of ${shape.batchSize} items every ${shape.intervalMs.toFixed(1)} ms (~${rate.toFixed(0)} items/s)`);
       const itemQueueRun: number[] = [];
       const window = cpuWindow(fleet);
-      const r = await paced(shoalRunner(client, 30_000, itemQueueRun), shape);
+      const r = await paced(shoalRunner(client, 30_000, itemQueueRun, clientMsById), shape);
       const cpu = window.end(Math.max(1, r.items));
       lostItems += r.lost;
       if (r.items === 0) throw new Error(`paced at ${rate.toFixed(0)} items/s: no batch finished before its deadline`);
       return { r, itemQueueRun, cpu };
     };
-    const half = await pacedAt(peakRate / 2);
-    const fleetRate = await pacedAt(FLEET_RATE);
+    const half = await pacedAt(peakRate / 2, p.pacedSeconds, p.batchesPerSecond);
+    const fleetRateClientMs = new Map<string, number>();
+    const fleetRate = await pacedAt(FLEET_RATE, p.fleetRateSeconds, 50, fleetRateClientMs);
+    let steps: StepBreakdown | undefined;
+    if (withSteps) {
+      await sleep(200); // the last batches' lines are read from the coordinator's output
+      steps = stepBreakdown(stack.coordinator!.logs, fleetRateClientMs);
+      ctx.log(formatStepBreakdown(steps));
+    }
 
     let profile: ProfileSummary | undefined;
     if (profileDir) {
@@ -239,7 +251,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       raw: {
         peak: { items: pk.items, seconds: pk.seconds, itemsPerS: peakRate, cpuCoresUsed: { ...Object.fromEntries(Object.entries(peakCpu.byProcess).map(([k, v]) => [k, v.cpuMs / 1000 / pk.seconds])), benchClient: (benchCpu.user + benchCpu.system) / 1e6 / pk.seconds }, fleetCpu: peakCpu },
         paced: pacedRaw(half),
-        pacedFleetRate: pacedRaw(fleetRate),
+        pacedFleetRate: { ...pacedRaw(fleetRate), ...(steps ? { stepBreakdownMs: steps } : {}) },
         lostItems,
         unloaded: { p50Ms: percentile(idle, 50), p99Ms: percentile(idle, 99), meanMs: mean(idle) },
         natsReference: nats,

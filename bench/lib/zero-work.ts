@@ -102,12 +102,15 @@ export function latencySummary(ms: number[]) {
 
 /**
  * A BatchRunner over Shoal's RunBatch with sim-zero items. Every item of a batch that ended must
- * have succeeded (else it throws); each succeeded item's queue_ms + run_ms goes to `itemQueueRun`.
+ * have succeeded (else it throws); each succeeded item's queue_ms + run_ms goes to `itemQueueRun`,
+ * and each batch's client-observed time to `clientMsById` (by batch id, for the step breakdown).
  */
-export function shoalRunner(client: TestClient, timeoutMs: number, itemQueueRun?: number[]): BatchRunner {
+export function shoalRunner(client: TestClient, timeoutMs: number, itemQueueRun?: number[], clientMsById?: Map<string, number>): BatchRunner {
   return async (size) => {
+    const s = performance.now();
     const b: Batch | undefined = await runBatch(client, { items: zeroItems(size) }, timeoutMs);
     if (!b) return false;
+    clientMsById?.set(b.id, performance.now() - s);
     if (b.succeeded !== size) throw new Error(`${b.succeeded} of ${size} sim-zero items succeeded`);
     if (itemQueueRun) for (const r of b.results) if (r.status === ItemStatus.ITEM_STATUS_SUCCEEDED) itemQueueRun.push(r.queueMs + r.runMs);
     return true;

@@ -78,7 +78,7 @@ function setup(t: { after: (f: () => void) => void }, fake = fakeConnection(), e
   const { log, lines } = recordingLogger();
   // Acks wait 2 s unless a test is about their timeout: a loaded machine must not turn a slow
   // answer of the test into a retry the test did not expect.
-  const pub = new ResultPublisher(js, new Names("shoal"), { workerId: "w1", flushIntervalMs: 3, maxOutcomesPerMessage: 256, ackTimeoutMs: 2000, retryStepMs: 5, ...extra }, log);
+  const pub = new ResultPublisher(js, new Names("shoal"), { workerId: "w1", maxOutcomesPerMessage: 256, ackTimeoutMs: 2000, retryStepMs: 5, ...extra }, log);
   t.after(async () => {
     // Whatever a failed test left unstored is given up (stopped publisher, closed result
     // publisher), so no retry loop outlives the test.
@@ -103,6 +103,24 @@ test("result publisher - outcomes share one message and resolve only with the st
   f.ack(f.sent[0]!, 1);
   await Promise.all(all);
   assert.equal(stored, 3);
+});
+
+test("result publisher - group commit: a lone outcome is written at once; those that come while a write is in flight share the next, sent once it is stored", async (t) => {
+  const f = setup(t);
+  const first = f.pub.publish("b1", outcome(0));
+  // No window: the write goes out after this turn of the event loop.
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(f.sent.length, 1, "written without waiting for company");
+  const later = [1, 2, 3].map((i) => f.pub.publish("b1", outcome(i)));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(f.sent.length, 1, "nothing else is written while the first write is in flight");
+  f.ack(f.sent[0]!, 1);
+  await first;
+  await until(() => f.sent.length === 2, "the second message");
+  assert.deepEqual(indexesOf(f.sent[1]!), [1, 2, 3], "everything that waited goes in one message");
+  f.ack(f.sent[1]!, 2);
+  await Promise.all(later);
 });
 
 test("result publisher - a write whose acknowledgement never comes times out and is sent again until stored", async (t) => {

@@ -136,6 +136,101 @@ test("usage - many updates of one key at once from one process all land", async 
   assert.equal(kv.conflicts, 0, "queued in process: no compare-and-set lost to ourselves");
 });
 
+/** FakeKv counting its reads and writes. */
+class CountingKv extends FakeKv {
+  reads = 0;
+  writes = 0;
+  failNextWrite: Error | undefined;
+  override async get(k: string) {
+    this.reads++;
+    return super.get(k);
+  }
+  override async create(k: string, v: string) {
+    this.writes++;
+    this.throwIfFailing();
+    return super.create(k, v);
+  }
+  override async update(k: string, v: string, rev: number) {
+    this.writes++;
+    this.throwIfFailing();
+    return super.update(k, v, rev);
+  }
+  private throwIfFailing(): void {
+    const e = this.failNextWrite;
+    this.failNextWrite = undefined;
+    if (e) throw e;
+  }
+}
+
+test("usage - updates asked for while a write is in flight share the next write (group commit), each settled once stored", async () => {
+  const kv = new CountingKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const day = new Date("2026-05-01T10:00:00Z");
+  const b = (id: string) => batch(id, day, [result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 1000)]);
+  // One reservation starts a write; the 100 updates asked for meanwhile go into one more.
+  const calls = [store.reserve("dave", 1, undefined, day), ...Array.from({ length: 50 }, () => store.reserve("dave", 2, undefined, day)), ...Array.from({ length: 50 }, (_, i) => store.recordBatch("dave", b(`b${i}`)))];
+  const settled = await Promise.allSettled(calls);
+  assert.ok(settled.every((s) => s.status === "fulfilled"));
+  assert.equal(kv.writes, 2, "two writes for 101 updates");
+  assert.equal(kv.reads, 1, "the key is read once; the second write starts from what the first stored");
+  const got = (await store.get("dave", "2026-05-01"))!;
+  assert.deepEqual([got.accepted, got.succeeded, got.batches.length, got.gpuSeconds], [101, 50, 50, 50]);
+  // recordBatch says what it added, and undefined for a batch already counted, within one group too.
+  const again = await Promise.all([store.recordBatch("dave", b("b-new")), store.recordBatch("dave", b("b-new")), store.recordBatch("dave", b("b0"))]);
+  assert.ok(again[0] !== undefined);
+  assert.deepEqual([again[1], again[2]], [undefined, undefined]);
+});
+
+test("usage - a reservation over the limit is refused alone; the others of its group are stored", async () => {
+  const kv = new CountingKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  const first = store.reserve("erin", 1, 10, now);
+  // One group after the first write, applied in order: 1 + 4 = 5 fits, + 6 = 11 does not (refused,
+  // counting nothing), + 5 = 10 fits.
+  const group = [store.reserve("erin", 4, 10, now), store.reserve("erin", 6, 10, now), store.reserve("erin", 5, 10, now)];
+  await first;
+  const [a, refused, c] = await Promise.allSettled(group);
+  assert.equal(a.status, "fulfilled");
+  assert.equal(refused.status, "rejected");
+  assert.ok(refused.status === "rejected" && refused.reason instanceof DailyLimitExceeded && refused.reason.acceptedToday === 5);
+  assert.equal(c.status, "fulfilled");
+  assert.equal((await store.get("erin", "2026-05-01"))!.accepted, 10);
+});
+
+test("usage - a write that fails refuses every update of its group, counts none of them, and the next update reads the key again", async () => {
+  const kv = new CountingKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  await store.reserve("fay", 1, undefined, now);
+  const readsBefore = kv.reads;
+  // The first update's write is in flight when the next two are asked for: they share the next
+  // write, which fails.
+  const first = store.reserve("fay", 1, undefined, now);
+  kv.failNextWrite = new Error("timeout");
+  const group = await Promise.allSettled([store.reserve("fay", 2, undefined, now), store.reserve("fay", 3, undefined, now)]);
+  await first;
+  assert.equal(kv.failNextWrite, undefined, "the group's write was the one that failed");
+  assert.deepEqual(group.map((g) => g.status), ["rejected", "rejected"]);
+  assert.equal((await store.get("fay", "2026-05-01"))!.accepted, 2);
+  await store.reserve("fay", 4, undefined, now);
+  assert.equal(kv.reads, readsBefore + 2, "after a failed write the key is read again (plus the get above)");
+  assert.equal((await store.get("fay", "2026-05-01"))!.accepted, 6);
+});
+
+test("usage - what this process stored last is not trusted past another writer: its compare-and-set fails, the group is applied on the other's value", async () => {
+  const kv = new CountingKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  await store.reserve("gus", 1, 3, now);
+  // Another coordinator counts 2 more meanwhile: our known revision is stale.
+  const k = usageKey("gus", "2026-05-01");
+  kv.entries.set(k, { value: JSON.stringify({ ...JSON.parse(kv.entries.get(k)!.value), accepted: 3 }), revision: ++kv.seq });
+  await assert.rejects(store.reserve("gus", 1, 3, now), DailyLimitExceeded, "the limit is checked against the other writer's count");
+  assert.equal(kv.conflicts, 1, "tried once on the stale value, then read again");
+  assert.equal((await store.get("gus", "2026-05-01"))!.accepted, 3);
+});
+
 test("usage - items_per_day: reservations up to the limit pass, the next is refused with the reset time and counts nothing", async () => {
   const kv = new FakeKv();
   const store = new UsageStore(kv as unknown as KV, "t-usage");
