@@ -553,6 +553,8 @@ export class BatchApi {
       if (waiting) this.d.metrics?.terminalWriteWaiting(-1);
     });
     const stored = outcome.stored;
+    // Stored terminal: nothing counts this batch again, so the usage key can drop its id.
+    this.d.usage().recordStored(batch.record.tenant, stored);
     if (batch.steps) {
       batch.steps.stored = wallNowMs();
       this.d.log.debug({ batchId: batch.id, items: batch.total, steps: stepDurations(batch.steps) }, "batch step times");

@@ -8,8 +8,12 @@
 // The day is the UTC day the batch was submitted (its created_at), for both: that day is stored
 // in the record, so a coordinator restarted after midnight counts the batch under the same key.
 // Every update is a compare-and-set on the key's revision, so two coordinators never lose or
-// double an update, and each key lists the batch ids already counted, so a restart that writes a
-// batch's terminal record again (or a second writer) does not count it twice.
+// double an update, and each key lists the batch ids counted whose terminal record may not be
+// stored yet, so a restart that writes a batch's terminal record again does not count it twice.
+// Once the record is stored nothing finishes that batch again (recovery resumes only batches
+// whose record is not terminal, and a deposed coordinator's writes are fenced), so its id leaves
+// the list with the key's next write: the list holds the tenant's batches finishing now, not
+// every batch of the day (which would outgrow a KV value within hours at 50 batches a second).
 
 import type { KV } from "@nats-io/kv";
 import { ItemStatus, type Batch } from "../proto/gen/shoal/v1/shoal.js";
@@ -32,7 +36,7 @@ export interface DayUsage extends BatchUsage {
   day: string;
   /** Items accepted by SubmitBatch (and RetryBatch) that day: what items_per_day limits. */
   accepted: number;
-  /** Ids of the batches whose outcome is counted, so none is counted twice. */
+  /** Ids of the batches whose outcome is counted and whose terminal record may not be stored yet, so none is counted twice. */
   batches: string[];
 }
 
@@ -115,6 +119,8 @@ interface KeyQueue {
   writing: boolean;
   /** The value and revision this process last read or wrote; a compare-and-set proves it current. */
   known: { value: DayUsage; revision: number } | undefined;
+  /** Ids of counted batches whose terminal record is stored: dropped from `batches` by the key's next write. */
+  stored: Set<string>;
 }
 
 export class UsageStore {
@@ -151,12 +157,17 @@ export class UsageStore {
   private update(tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
     const key = usageKey(tenant, day);
     let q = this.keys.get(key);
-    if (!q) this.keys.set(key, (q = { waiting: [], writing: false, known: undefined }));
-    const queue = q;
+    const queue = this.queueOf(key);
     return new Promise((resolve, reject) => {
       queue.waiting.push({ change, resolve, reject });
       if (!queue.writing) void this.drain(key, tenant, day, queue);
     });
+  }
+
+  private queueOf(key: string): KeyQueue {
+    let q = this.keys.get(key);
+    if (!q) this.keys.set(key, (q = { waiting: [], writing: false, known: undefined, stored: new Set() }));
+    return q;
   }
 
   /** Writes the key's waiting changes, a group at a time, until none is left. */
@@ -170,6 +181,7 @@ export class UsageStore {
     q.writing = false;
     // What this process stored is kept for the key's next update (a tenant's day); past
     // MAX_KNOWN_KEYS idle ones are forgotten and read again when next updated.
+    // (Ids it would have dropped then stay in the key: harmless, and few.)
     if (this.keys.size > MAX_KNOWN_KEYS) for (const [k, other] of this.keys) if (!other.writing && other.waiting.length === 0) this.keys.delete(k);
   }
 
@@ -207,10 +219,14 @@ export class UsageStore {
         this.settle(group, outcomes);
         return;
       }
+      // Batches whose terminal record is stored since the last write leave the list with this one.
+      const dropped = q.stored.size > 0 ? new Set(q.stored) : undefined;
+      if (dropped) cur = { ...cur, batches: cur.batches.filter((id) => !dropped.has(id)) };
       try {
         const data = JSON.stringify(cur);
         const revision = exists && base.revision > 0 ? await this.kv.update(key, data, base.revision) : await this.kv.create(key, data);
         q.known = { value: cur, revision };
+        if (dropped) for (const id of dropped) q.stored.delete(id);
         this.settle(group, outcomes);
         return;
       } catch (err) {
@@ -258,6 +274,15 @@ export class UsageStore {
     const day = utcDay(batch.createdAt ?? new Date());
     const written = await this.update(tenant, day, (cur) => addBatch(cur, batch.id, u));
     return written ? u : undefined;
+  }
+
+  /**
+   * The batch's terminal record is stored: nothing counts it again, so its id can leave the key's
+   * list. No write of its own: the key's next update (the tenant's next submit or terminal write)
+   * carries it.
+   */
+  recordStored(tenant: string, batch: Batch): void {
+    this.queueOf(usageKey(tenant, utcDay(batch.createdAt ?? new Date()))).stored.add(batch.id);
   }
 
   /** Every stored day from `since` (YYYY-MM-DD, inclusive) on, for one tenant or (undefined) all, oldest first. */
