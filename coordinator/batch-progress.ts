@@ -63,11 +63,6 @@ export class BatchProgress {
      * learned from them would overestimate the rest; the ETA predicts them as the queue ranks them.
      */
     private readonly engine?: DurationPredictor,
-    /**
-     * The queue starts each batch's longest items first (BatchQueue's longestFirst, the
-     * coordinator's default): a batch's last wave is then of its shortest items (eta.ts, lastItemMs).
-     */
-    private readonly longestFirst = true,
   ) {}
 
   /** A counted outcome: its slot was held from assignment until now, `runMs` of it running. */
@@ -155,7 +150,6 @@ export class BatchProgress {
           const ms = this.engine!.predictMs(slot) + overhead;
           b.waitingItems++;
           b.waitingWorkMs += ms;
-          if (this.longestFirst) b.lastItemMs = Math.min(b.lastItemMs ?? Infinity, ms);
           // Still no ETA before anything of the shape was learned: the overhead and the fleet's
           // pace are not known either (and --forget-durations means exactly that).
           const shape = slot.shapeKey ?? slot.model;
@@ -181,7 +175,6 @@ export class BatchProgress {
           const b = of(slot);
           b.waitingItems++;
           b.waitingWorkMs += p!.ms;
-          if (this.longestFirst) b.lastItemMs = Math.min(b.lastItemMs ?? Infinity, p!.ms);
           b.unknown ||= p!.guessed;
         } else if (slot.state === "leased" && slot.lease) {
           const lease = slot.lease;
@@ -201,7 +194,6 @@ export class BatchProgress {
       for (const b of byModel.values()) {
         whole.waitingItems += b.waitingItems;
         whole.waitingWorkMs += b.waitingWorkMs;
-        if (b.lastItemMs !== undefined) whole.lastItemMs = Math.min(whole.lastItemMs ?? Infinity, b.lastItemMs);
         (whole.runningRemainingMs as number[]).push(...b.runningRemainingMs);
         whole.unknown ||= b.unknown;
       }

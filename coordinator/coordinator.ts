@@ -150,7 +150,7 @@ export class Coordinator {
     this.fleet = new Fleet(opts.heartbeatTimeoutMs);
     this.models = new ModelRegistry(log.child({ component: "models" }));
     this.learnedDurations = new LearnedDurations(this.ledger, log.child({ component: "durations" }), durationModel);
-    this.progress = new BatchProgress(this.learnedDurations, this.durations, opts.longestFirst ?? true);
+    this.progress = new BatchProgress(this.learnedDurations, this.durations);
     this.link = new WorkerLink({
       nc: () => this.nc!,
       resultLog: () => this.resultLog!,

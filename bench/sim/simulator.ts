@@ -236,7 +236,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const predictor: DurationPredictor | undefined = policy.durations === "none" ? undefined : learned;
   // The coordinator's own ETA path: BatchProgress over LearnedDurations (never started: no KV here),
   // with a predictor of its own over the same learned model, so its speed refreshes do not move the engine's.
-  const progress = opts.trackEta ? new BatchProgress(new LearnedDurations(ledger, pino({ level: "silent" }), learned.model), predictor && new LearnedPredictor(learned.model, predictorOpts), policy.longestFirst) : undefined;
+  const progress = opts.trackEta ? new BatchProgress(new LearnedDurations(ledger, pino({ level: "silent" }), learned.model), predictor && new LearnedPredictor(learned.model, predictorOpts)) : undefined;
   const etaSamples = new Map<string, EtaSample[]>();
   const etaErrors: number[] = [];
   let nextEtaAt = 0;

@@ -52,11 +52,6 @@ export interface EtaBatch {
   /** Items waiting for a GPU, and their predicted run time in total (ms). */
   waitingItems: number;
   waitingWorkMs: number;
-  /**
-   * Predicted run time of the waiting item that will start last (ms): the queue starts a batch's
-   * longest items first, so its last wave is of its shortest ones. The mean item when absent.
-   */
-  lastItemMs?: number;
   /** Predicted remaining run time of each of its items running now (ms, ≥ 0). */
   runningRemainingMs: readonly number[];
   /**
@@ -181,12 +176,9 @@ export function estimateBatches(input: EtaInput): Map<string, BatchEta> {
       h++;
     }
     shareSum -= s.share;
-    // The last wave: its slots end spread over about one of its last items (the shortest, when
-    // the queue runs the longest first: not the mean, which overstates the tail of a batch of
-    // mixed durations); their maximum is later than the mean.
+    // The last wave: its slots end spread over about one item; their maximum is later than the mean.
     const slots = Math.max(1, Math.min(concurrency, s.b.waitingItems + s.b.runningRemainingMs.length));
-    const lastItemMs = s.b.lastItemMs !== undefined ? Math.max(MIN_ITEM_MS, Math.min(s.b.lastItemMs, s.meanMs)) : s.meanMs;
-    const lastWave = (lastItemMs / 2) * ((slots - 1) / (slots + 1));
+    const lastWave = (s.meanMs / 2) * ((slots - 1) / (slots + 1));
     if (!s.b.unknown) out.get(s.b.id)!.completionMs = Math.max(t + lastWave, nowMs + s.longestRunning);
   }
   return out;
