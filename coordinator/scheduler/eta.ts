@@ -19,8 +19,7 @@
 // Batches still to come: while a batch runs, batches submitted after it join the sharing and
 // take their shares of the fleet from it. Given the recent arrivals (arrivals.ts: how many
 // batches arrive per ms, for how long they have been seen arriving, and examples of their work
-// and shares), the
-// sweep goes on in small steps: batches arriving during a step join at the level of work per
+// and shares), the sweep goes on in small steps: batches arriving during a step join at the level of work per
 // share the sharing batches have reached, and each leaves when it has done its own work per
 // share, so the mass of shares dividing the free slots grows with arrivals and shrinks as they
 // end (the fluid of discriminatory processor sharing with arrivals). The fluid is an expectation,
@@ -30,8 +29,9 @@
 // the full rate for h and none after (the median length) made a low-priority batch's ETA, which
 // lies far out, count a stream that had in fact just stopped at its full rate all the way: its
 // ETA came out up to twice its remaining time (bench/sim tenants-priorities). A large batch thus ends
-// later by what the arrivals take while it runs, a small one barely. The steps are bounded (about
-// STEPS over the horizon and over the largest work per share), so a refresh stays cheap. Without
+// later by what the arrivals take while it runs, a small one barely. The steps are bounded (each
+// 1/STEPS of the stream's age at its start, so about STEPS · ln(1 + ARRIVAL_TAIL) while arrivals
+// are followed, and about STEPS over the largest work per share), so a refresh stays cheap. Without
 // arrivals the sweep is exactly the one above.
 //
 // The fleet is not always one pool: a model that fits few GPUs runs at most so many items at
