@@ -2,7 +2,9 @@
 // scheduling engine — schedulePass with the real queue, attempts, ledger and estimates — on a
 // virtual clock through seven fleet/workload shapes (bench/sim/workloads.ts), under each policy.
 // Efficiency = ideal / makespan, the ideal being the LP capacity bound of bench/lib/ideal.ts
-// (per arrival instant for workloads arriving over time). Also: the placement decision time
+// (per arrival instant for workloads arriving over time). The targets hold across seeds, not at
+// one: the default policy runs every shape at the run's seed and at SEED_STRIDE more (the rows
+// report the worst seed; raw.seeds has each), the other policies at the run's seed only. Also: the placement decision time
 // (what shoal_placement_seconds measures) and the process RSS with 1,000 workers and 100,000
 // queued items. Deterministic for a seed: no processes, no wall-clock in the results but the
 // decision times and the run's own duration.
@@ -19,12 +21,21 @@ const TARGET_EFFICIENCY = 0.9;
 export const DEFAULT_POLICY = "affinity+declared";
 const DECISION_P99_S = 0.001;
 const RSS_LIMIT_BYTES = 1e9;
+/** The default policy's seeds are ctx.seed + these (a policy tuned to one seed's draw is not the goal). */
+export const SEED_STRIDE = [0, 101, 202];
+
+/** The seeds the default policy runs each shape at. */
+export function simSeeds(seed: number): number[] {
+  return SEED_STRIDE.map((d) => seed + d);
+}
 
 async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const metrics: Metric[] = [];
   const table: Record<string, Record<string, number>> = {};
   const details: Record<string, Omit<SimResult, "batchTimes">[]> = {};
-  const eta: Record<string, { batches: number; median: number; p90: number }> = {};
+  const eta: Record<string, { batches: number; median: number; p90: number; seed: number }> = {};
+  const seeds = simSeeds(ctx.seed);
+  const perSeed: Record<string, { seed: number; efficiency: number; etaMedian?: number; etaBatches: number }[]> = {};
   // Scale: 1,000 workers, 100,000 queued items (quick: 100 and 5,000); every decision timed.
   const workers = ctx.quick ? 100 : 1000;
   const items = ctx.quick ? 5000 : 100_000;
@@ -51,21 +62,37 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       details[w.name]!.push(rest);
       ctx.log(`${w.name} ${p.name}: efficiency ${r.efficiency.toFixed(3)} (${r.items} items, ${(r.wallMs / 1000).toFixed(1)} s)`);
       if (p.name === DEFAULT_POLICY) {
-        const errors = r.etaErrors ?? [];
-        if (errors.length > 0) eta[w.name] = { batches: errors.length, median: percentile(errors, 50), p90: percentile(errors, 90) };
+        // The same shape drawn at the other seeds: the rows report the worst of them.
+        const runs = [{ seed: ctx.seed, r }];
+        for (const seed of seeds.slice(1)) {
+          const rs = simulate(shape({ seed, quick: ctx.quick }), p, { trackEta: true });
+          if (rs.notEnded > 0 || rs.doubleEnded > 0) throw new Error(`${w.name}/${p.name} seed ${seed}: ${rs.notEnded} items never ended, ${rs.doubleEnded} ended twice`);
+          runs.push({ seed, r: rs });
+        }
+        perSeed[w.name] = runs.map(({ seed, r }) => {
+          const errors = r.etaErrors ?? [];
+          return { seed, efficiency: r.efficiency, etaMedian: errors.length > 0 ? percentile(errors, 50) : undefined, etaBatches: errors.length };
+        });
+        ctx.log(`${w.name} ${p.name} per seed: ${perSeed[w.name]!.map((x) => `${x.seed}: ${x.efficiency.toFixed(3)} eta ${x.etaMedian?.toFixed(3) ?? "-"}`).join(", ")}`);
+        const worstEff = runs.reduce((a, b) => (b.r.efficiency < a.r.efficiency ? b : a));
+        const withEta = runs.filter((x) => (x.r.etaErrors ?? []).length > 0);
+        const worstEta = withEta.length > 0 ? withEta.reduce((a, b) => (percentile(b.r.etaErrors!, 50) > percentile(a.r.etaErrors!, 50) ? b : a)) : undefined;
+        const errors = worstEta?.r.etaErrors ?? [];
+        if (errors.length > 0) eta[w.name] = { batches: errors.length, median: percentile(errors, 50), p90: percentile(errors, 90), seed: worstEta!.seed };
+        const seedText = `worst of seeds ${seeds.join(", ")}`;
         metrics.push(
-          ...etaAccuracyMetrics(errors, `${w.name}, SIMULATED`),
+          ...etaAccuracyMetrics(errors, `${w.name}, SIMULATED, ${seedText}: seed ${worstEta?.seed}`),
           check({
             name: `${w.name}: efficiency (${p.name})`,
-            value: r.efficiency,
+            value: worstEff.r.efficiency,
             unit: "",
-            reference: { label: "ideal", value: r.idealMs / 1000, unit: "s" },
-            ratio: r.efficiency,
+            reference: { label: `ideal (${seedText}: seed ${worstEff.seed})`, value: worstEff.r.idealMs / 1000, unit: "s" },
+            ratio: worstEff.r.efficiency,
             target: { of: "value", op: ">=", threshold: TARGET_EFFICIENCY, text: `≥ ${TARGET_EFFICIENCY}` },
           }),
           check({
             name: `${w.name}: overbooked GPUs (placement-caused)`,
-            value: r.overbooked,
+            value: Math.max(...runs.map((x) => x.r.overbooked)),
             unit: "events",
             target: { of: "value", op: "<=", threshold: 0, text: "0" },
           }),
@@ -114,11 +141,12 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const { batchTimes: _bt, ...scaleRest } = r;
   const { batchTimes: _bt2, ...scanRest } = scan;
   return {
-    params: { seed: ctx.seed, shapes: Object.keys(table), policies: POLICIES, defaultPolicy: DEFAULT_POLICY, scale: { workers, items } },
-    raw: { efficiency: table, eta, details, scale: scaleRest, scaleScan: scanRest },
+    params: { seed: ctx.seed, seeds, shapes: Object.keys(table), policies: POLICIES, defaultPolicy: DEFAULT_POLICY, scale: { workers, items } },
+    raw: { efficiency: table, seeds: perSeed, eta, details, scale: scaleRest, scaleScan: scanRest },
     metrics,
     notes: [
       "SIMULATED fleets and a virtual clock; the scheduling engine is the coordinator's own code (schedulePass, BatchQueue, Attempts, VramLedger, VramEstimates, ActiveBatch)",
+      `the default policy's rows (efficiency, ETA, overbooking) are the worst over seeds ${seeds.join(", ")} (raw.seeds: each); the other policies' at seed ${ctx.seed}`,
       "ideal = LP capacity bound (bench/lib/ideal.ts, identical GPUs merged) at every arrival instant, and the longest item on the fastest GPU; model load time is not in it",
     ],
   };
@@ -126,8 +154,8 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
 
 export const simCase: BenchCase = {
   name: "sim",
-  title: "SIMULATED discrete-event runs of the real scheduling engine: seven fleet/workload shapes × policies, vs the LP ideal; decision time at 1,000 workers",
+  title: "SIMULATED discrete-event runs of the real scheduling engine: seven fleet/workload shapes × policies (the default policy at three seeds, worst reported), vs the LP ideal; decision time at 1,000 workers",
   simulated: true,
-  target: "every shape ≥ 0.90 of ideal; ETA at 25 % within 20 % of the remaining time (median over batches); decision p99 ≤ 1 ms and RSS ≤ 1 GB at 1,000 workers / 100,000 items",
+  target: "every shape ≥ 0.90 of ideal at each of three seeds; ETA at 25 % within 20 % of the remaining time (median over batches); decision p99 ≤ 1 ms and RSS ≤ 1 GB at 1,000 workers / 100,000 items",
   run,
 };

@@ -8,10 +8,10 @@
 // The rate counts the arrivals after the window's first instant over the time since it: a batch
 // (or a burst of batches submitted together) seen alone is not a stream, so a fleet given one
 // batch, or a coordinator that just recovered its batches, expects no arrivals and its ETAs are
-// those of the batches present. The stream is expected to go on for as long as it has been seen
-// (at most the window; the median of a duration known only to have lasted that long): a burst
-// of submissions is not taken to last for ever. A stream silent for many of its mean gaps has
-// ended.
+// those of the batches present. The horizon is how long the stream has been seen (at most the
+// window): eta.ts expects it to go on τ more with chance horizon / (horizon + τ), so a burst of
+// submissions is not taken to last for ever at its full rate. A stream silent for many of its
+// mean gaps has ended.
 
 import type { EtaArrivals } from "./eta.js";
 

@@ -18,13 +18,20 @@
 //
 // Batches still to come: while a batch runs, batches submitted after it join the sharing and
 // take their shares of the fleet from it. Given the recent arrivals (arrivals.ts: how many
-// batches arrive per ms, for how long from now, and examples of their work and shares), the
-// sweep goes on in small steps: batches arriving during a step join at the level of work per
+// batches arrive per ms, for how long they have been seen arriving, and examples of their work
+// and shares), the sweep goes on in small steps: batches arriving during a step join at the level of work per
 // share the sharing batches have reached, and each leaves when it has done its own work per
 // share, so the mass of shares dividing the free slots grows with arrivals and shrinks as they
-// end (the fluid of discriminatory processor sharing with arrivals). A large batch thus ends
-// later by what the arrivals take while it runs, a small one barely. The steps are bounded (about
-// STEPS over the horizon and over the largest work per share), so a refresh stays cheap. Without
+// end (the fluid of discriminatory processor sharing with arrivals). The fluid is an expectation,
+// so the arrivals come at their expected rate: the rate seen times the chance the stream still
+// goes on. A stream seen for h goes on for τ more with chance h / (h + τ) (all that is known of
+// its length is that it lasted h), so the rate τ from now is perMs · h / (h + τ). Arrivals at
+// the full rate for h and none after (the median length) made a low-priority batch's ETA, which
+// lies far out, count a stream that had in fact just stopped at its full rate all the way: its
+// ETA came out up to twice its remaining time (bench/sim tenants-priorities). A large batch thus ends
+// later by what the arrivals take while it runs, a small one barely. The steps are bounded (each
+// 1/STEPS of the stream's age at its start, so about STEPS · ln(1 + ARRIVAL_TAIL) while arrivals
+// are followed, and about STEPS over the largest work per share), so a refresh stays cheap. Without
 // arrivals the sweep is exactly the one above.
 //
 // The fleet is not always one pool: a model that fits few GPUs runs at most so many items at
@@ -58,7 +65,7 @@ export interface EtaBatch {
 export interface EtaArrivals {
   /** Batches per ms. */
   perMs: number;
-  /** For how long from now they keep arriving (ms). */
+  /** For how long they have been seen arriving (ms): they go on τ more with chance horizonMs / (horizonMs + τ). */
   horizonMs: number;
   /** Examples of what arrives: each batch's work in total (ms) and its share (as EtaBatch's: weight × mean item ms). */
   samples: readonly { workMs: number; share: number }[];
@@ -207,6 +214,11 @@ export function estimateWithPools(input: EtaInput, pools: readonly EtaPool[]): M
 
 /** Steps of the fluid with arrivals: about this many over the horizon, and over the largest batch's work per share. */
 const STEPS = 32;
+/**
+ * The expected arrivals are followed until this many times the stream's age from now (the chance
+ * it still goes on has fallen to 1/(1 + ARRIVAL_TAIL) there): a bound on the sweep's steps.
+ */
+const ARRIVAL_TAIL = 4;
 /** Halvings when a step is bounded in time and its advance is solved for. */
 const BISECTIONS = 12;
 
@@ -225,6 +237,7 @@ class ArrivalFlow {
   private readonly shareFrom: number[];
   private readonly perMsPerExample: number;
   private readonly untilMs: number;
+  private readonly nowMs: number;
   /** Cohorts by the level they joined at, each with its batches per example (batches / examples). */
   private cohorts: { level: number; perExample: number }[] = [];
 
@@ -240,7 +253,8 @@ class ArrivalFlow {
     this.shareFrom = new Array<number>(sorted.length + 1).fill(0);
     for (let i = sorted.length - 1; i >= 0; i--) this.shareFrom[i] = this.shareFrom[i + 1]! + sorted[i]!.s;
     this.perMsPerExample = sorted.length > 0 ? a.perMs / sorted.length : 0;
-    this.untilMs = sorted.length > 0 ? nowMs + a.horizonMs : nowMs;
+    this.nowMs = nowMs;
+    this.untilMs = sorted.length > 0 ? nowMs + ARRIVAL_TAIL * a.horizonMs : nowMs;
   }
 
   /** F(y): what the examples together do up to y of work per share past their joining level. */
@@ -262,7 +276,7 @@ class ArrivalFlow {
     for (const c of this.cohorts) w += c.perExample * (this.done(level - c.level + d) - this.done(level - c.level));
     // Batches arriving during the step do on average half of it.
     const arriveMs = Math.min(t + ms, this.untilMs) - t;
-    if (arriveMs > 0) w += this.perMsPerExample * arriveMs * this.done(d / 2);
+    if (arriveMs > 0) w += this.rateAt(t) * arriveMs * this.done(d / 2);
     return w;
   }
 
@@ -277,11 +291,11 @@ class ArrivalFlow {
     while (gone < this.cohorts.length && level - this.cohorts[gone]!.level >= maxKey) gone++;
     if (gone > 0) this.cohorts.splice(0, gone);
     const arriving = t < this.untilMs;
-    const until = Math.min(freedAt, arriving ? Math.min(this.untilMs, t + this.a.horizonMs / STEPS) : Infinity);
+    const until = Math.min(freedAt, arriving ? Math.min(this.untilMs, t + this.stepMs(t)) : Infinity);
     if (free > 0) {
       // The time the whole advance takes: work = free · ms, the arrivals' part growing with ms.
       const fixed = this.work(level, most, shareSum, t, 0);
-      const perMs = arriving ? this.perMsPerExample * this.done(most / 2) : 0;
+      const perMs = arriving ? this.rateAt(t) * this.done(most / 2) : 0;
       const ms = free > perMs ? fixed / (free - perMs) : Infinity;
       if (t + ms <= until) return this.commit(t, ms, level, most);
     }
@@ -299,7 +313,19 @@ class ArrivalFlow {
 
   private commit(t: number, ms: number, level: number, d: number): { t: number; level: number } {
     const arriveMs = Math.min(t + ms, this.untilMs) - t;
-    if (arriveMs > 0 && this.keys.length > 0) this.cohorts.push({ level: level + d / 2, perExample: this.perMsPerExample * arriveMs });
+    if (arriveMs > 0 && this.keys.length > 0) this.cohorts.push({ level: level + d / 2, perExample: this.rateAt(t) * arriveMs });
     return { t: t + ms, level: level + d };
+  }
+
+  /** A step of the sweep from `t`: 1/STEPS of the stream's age then (the rate changes by about that much within it). */
+  private stepMs(t: number): number {
+    return (this.a.horizonMs + (t - this.nowMs)) / STEPS;
+  }
+
+  /** Batches per ms per example expected during the step from `t`: the rate seen, times the chance the stream still goes on (see the header). */
+  private rateAt(t: number): number {
+    const h = this.a.horizonMs;
+    const mid = t - this.nowMs + this.stepMs(t) / 2;
+    return (this.perMsPerExample * h) / (h + mid);
   }
 }

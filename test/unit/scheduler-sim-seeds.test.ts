@@ -1,0 +1,50 @@
+// The sim bench's targets hold across seeds, not at one (issue 9: "a policy tuned to one shape is
+// not the goal"). Each test runs one (shape, seed) pair that missed a target on the default
+// policy before its fix, in full (not --quick), through the real engine and the coordinator's
+// own ETA path (BatchProgress), as bench/cases/sim.ts does. Deterministic: fixed seeds, virtual clock.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { POLICIES, simulate } from "../../bench/sim/simulator.js";
+import { misestimateShape, tenantsShape } from "../../bench/sim/workloads.js";
+import { DEFAULT_POLICY, simSeeds } from "../../bench/cases/sim.js";
+import { ETA_TARGET } from "../../bench/lib/eta-accuracy.js";
+import { percentile } from "../../bench/lib/stats.js";
+
+const TARGET_EFFICIENCY = 0.9;
+const policy = POLICIES.find((p) => p.name === DEFAULT_POLICY)!;
+
+test("scheduler sim seeds - tenants-priorities at seed 2: the ETA at 25 % is within 20 % of the remaining time (median over batches)", () => {
+  // On main the median was 0.201: the expected arrivals went on at their full rate for as long as
+  // the stream had been seen, then stopped, so a low-priority batch sampled just before the
+  // stream really ended was given up to twice its remaining time (eta.ts: arrivals now fade with
+  // the chance the stream still goes on).
+  const r = simulate(tenantsShape({ seed: 2 }), policy, { trackEta: true });
+  const errors = r.etaErrors ?? [];
+  assert.ok(errors.length >= 100, `only ${errors.length} batches were scored`);
+  const median = percentile(errors, 50);
+  assert.ok(median <= ETA_TARGET, `median ETA error ${median.toFixed(3)} > ${ETA_TARGET}`);
+  assert.equal(r.notEnded, 0);
+});
+
+test(
+  "scheduler sim seeds - misestimated-vram at seed 3: efficiency ≥ 0.90 of the LP ideal",
+  {
+    todo:
+      "known miss (0.894): the loss is model load time (≈5 % of a 31 s makespan of 0.6 s items: 0.94 with free loads) and sim-12g's 6.4 GB items running two to a 24 GB GPU; " +
+      "with the real needs known from the start it is 0.900, without any misestimate 0.887, so OOM learning is not the cause. See docs/performance.md (sim: across seeds)",
+  },
+  () => {
+    const r = simulate(misestimateShape({ seed: 3 }), policy);
+    assert.equal(r.overbooked, 0);
+    assert.equal(r.notEnded, 0);
+    assert.ok(r.efficiency >= TARGET_EFFICIENCY, `efficiency ${r.efficiency.toFixed(3)} < ${TARGET_EFFICIENCY}`);
+  },
+);
+
+test("scheduler sim seeds - the bench's seeds are the run's seed and two more, all distinct", () => {
+  const seeds = simSeeds(42);
+  assert.equal(seeds[0], 42);
+  assert.equal(new Set(seeds).size, seeds.length);
+  assert.ok(seeds.length >= 3);
+});
