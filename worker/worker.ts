@@ -415,7 +415,9 @@ export class ShoalWorker {
     // Items that batch more than the last ones: say so at once rather than at the next
     // heartbeat, so the coordinator sends enough of them for groups to form. (A lower figure
     // waits for the heartbeat: the items already sent are held either way.)
-    if (this.inFlightLimit !== undefined && held.batchCapacity > this.inFlightLimit.largestBatch()) this.limitRaised = true;
+    // (Before any item the figure is the default already: nothing to raise.)
+    const limit = this.inFlightLimit;
+    if (limit !== undefined && limit.largestBatch() > 0 && held.batchCapacity > limit.largestBatch()) this.limitRaised = true;
     void this.execute(held, wire, item.timeoutMs || this.opts.itemTimeoutMs);
     return true;
   }
