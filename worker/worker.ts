@@ -32,6 +32,7 @@ import { cudaDevice } from "./inference/cuda-provider.js";
 import { CancelToken, InferenceError, type InferenceBackend } from "./inference/backend.js";
 import { JetStreamPublisher } from "../shared/jetstream-publisher.js";
 import { defaultMaxInFlight, type WorkerOptions } from "./options.js";
+import { InFlightLimit } from "./in-flight-limit.js";
 import { PromptPolicy } from "./prompt-policy.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { writeArtifact } from "./artifact-writer.js";
@@ -58,6 +59,8 @@ interface HeldItem {
    * be before this process has its PubAck, and its next assignment here must not be refused.
    */
   ran: boolean;
+  /** Items one run could hold with it (the backend's batchCapacity; 1 alone): the default max-in-flight follows it. */
+  batchCapacity: number;
   /** `shoal.item`, the attempt on this worker, under the coordinator's placement span (tracing on only). */
   span?: Span;
 }
@@ -86,6 +89,10 @@ export class ShoalWorker {
   private itemsDone = 0;
   /** What heartbeats offer: --max-in-flight, or its default once the models are known (start()). */
   private maxInFlight: number;
+  /** The default --max-in-flight following the held items' batch sizes; undefined when fixed. */
+  private inFlightLimit: InFlightLimit | undefined;
+  /** An item taken in this assignment can batch more than the reported limit allows: report now. */
+  private limitRaised = false;
   private readonly incarnation = randomToken(8);
   private readonly names: Names;
   private manifests = new Map<string, ModelManifest>();
@@ -127,6 +134,9 @@ export class ShoalWorker {
     if (this.opts.maxInFlightAuto === true) {
       this.maxInFlight = defaultMaxInFlight(this.opts.threads, [...this.manifests.values()].map((m) => m.max_batch), this.opts.simulate);
       this.log.info({ maxInFlight: this.maxInFlight }, "max in flight (default for the served models)");
+      // The default then follows what the held items can batch (in-flight-limit.ts); a backend
+      // that does not batch, and a simulated worker, keep the fixed default.
+      if (this.backend.batchCapacity !== undefined && !this.opts.simulate) this.inFlightLimit = new InFlightLimit(this.opts.threads, this.maxInFlight);
     }
     this.promptPolicy = new PromptPolicy(this.backend.models(), this.backend, this.log.child({ component: "prompt-policy" }));
     // Replies come to the worker's own inbox prefix, so NATS permissions can give each worker
@@ -216,6 +226,10 @@ export class ShoalWorker {
       if (badLeases > 0) errors.push(`${badLeases} item(s) refused for a bad lease (${firstBadLease})`);
       if (refused > 0) errors.push(`${refused} item(s) do not fit the VRAM left here`);
       reply = { accepted, error: errors.join("; "), gpus: this.gpuStatus(), residentWeights: this.residentWeights() };
+      if (this.limitRaised) {
+        this.limitRaised = false;
+        void this.heartbeat();
+      }
     } catch (err) {
       if (err instanceof ProtocolError) this.protocolError("assign", msg.subject, err.message);
       else this.log.error({ err: errorMessage(err) }, "bad assignment");
@@ -391,12 +405,19 @@ export class ShoalWorker {
       controller,
       started: false,
       ran: false,
+      batchCapacity: this.inFlightLimit !== undefined && model !== undefined ? (this.backend.batchCapacity?.(model.name, wire.params) ?? 1) : 1,
       span: trace
         ? startSpan("shoal.item", { kind: SpanKind.CONSUMER, attributes: { "shoal.batch_id": lease.batchId, "shoal.item": lease.index, "shoal.attempt": item.attempt, "shoal.model": item.model, "shoal.worker_id": this.opts.id } }, contextFromTrace(trace))
         : undefined,
     };
     this.held.set(lease.token, held);
     this.metrics?.inFlight(this.held.size);
+    // Items that batch more than the last ones: say so at once rather than at the next
+    // heartbeat, so the coordinator sends enough of them for groups to form. (A lower figure
+    // waits for the heartbeat: the items already sent are held either way.)
+    // (Before any item the figure is the default already: nothing to raise.)
+    const limit = this.inFlightLimit;
+    if (limit !== undefined && limit.largestBatch() > 0 && held.batchCapacity > limit.largestBatch()) this.limitRaised = true;
     void this.execute(held, wire, item.timeoutMs || this.opts.itemTimeoutMs);
     return true;
   }
@@ -552,6 +573,18 @@ export class ShoalWorker {
     });
   }
 
+  /** The max_in_flight heartbeats report: the fixed figure, or the default following the held items. */
+  private reportedMaxInFlight(): number {
+    const limit = this.inFlightLimit;
+    if (limit === undefined) return this.maxInFlight;
+    limit.follow(this.unrunCapacities());
+    return limit.limit();
+  }
+
+  private *unrunCapacities(): Iterable<number> {
+    for (const h of this.held.values()) if (!h.ran) yield h.batchCapacity;
+  }
+
   private async heartbeat(): Promise<void> {
     if (!this.nc || this.nc.isClosed() || this.state === "STOPPED") return;
     try {
@@ -572,7 +605,7 @@ export class ShoalWorker {
       residentWeights: this.residentWeights(),
       inFlight: [...this.held.values()].map((h) => h.lease),
       itemsDone: this.itemsDone,
-      maxInFlight: this.maxInFlight,
+      maxInFlight: this.reportedMaxInFlight(),
       hostname: hostname(),
       models: [...this.manifests.keys()],
       heartbeatIntervalMs: this.opts.heartbeatIntervalMs,

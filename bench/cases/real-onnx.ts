@@ -8,7 +8,7 @@
 // cost per item shows most) and 512 × 512 (an item's cost relative to the path like real
 // users' items). One `shoal up` serves both.
 
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ItemStatus } from "../../proto/gen/shoal/v1/shoal.js";
@@ -35,18 +35,21 @@ function items(n: number, size: number, steps: number, tag = "bench image") {
   }));
 }
 
-async function direct(threads: number, batching: boolean, list: ItemList, warm: ItemList): Promise<{ seconds: number; itemsPerS: number }> {
+async function direct(threads: number, batching: boolean, list: ItemList, warm: ItemList): Promise<{ seconds: number; itemsPerS: number; cpuMsPerItem: number }> {
   const backend = new OnnxBackend({ threads, batching });
   try {
     await backend.start();
     const runAll = (l: ItemList, tag: string) =>
       Promise.all(l.map((it, i) => backend.run({ id: `${tag}-${i}`, model: it.model, params: it.params, batchId: "bench", index: i }, new AbortController().signal)));
     await runAll(warm, "warm");
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     const out = await runAll(list, "item");
     const seconds = (performance.now() - t0) / 1000;
+    // The whole process: inference threads, libvips' encoder threads, the main thread.
+    const cpu = process.cpuUsage(cpu0);
     if (out.some((o) => o.artifacts.length !== 1)) throw new Error("direct: an item produced no image");
-    return { seconds, itemsPerS: list.length / seconds };
+    return { seconds, itemsPerS: list.length / seconds, cpuMsPerItem: (cpu.user + cpu.system) / 1000 / list.length };
   } finally {
     await backend.close();
   }
@@ -65,6 +68,25 @@ function commandOf(pid: number): string {
   } catch {
     return "";
   }
+}
+
+/** CPU seconds of every thread of a process by thread id (threads that ended are gone: read before and after). */
+function threadsCpuSeconds(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      out[tid] = threadCpuSeconds(pid, Number(tid));
+    } catch {
+      /* the thread ended between the listing and the read */
+    }
+  }
+  return out;
 }
 
 /** The processes of one `shoal up`, by role, for CPU accounting. */
@@ -100,11 +122,19 @@ function cpuSnapshot(p: UpProcs): Record<string, number> {
 
 export interface ShoalRun {
   seconds: number;
+  /** Warm-up batches run before the timed one until every worker had run an item. */
+  warmUpBatches: number;
   itemsPerS: number;
   runMsTotal: number;
   byWorker: Record<string, number>;
   /** CPU ms per item during the timed batch, by process (workerNMain: the worker's main thread only). */
   cpuMsPerItem: Record<string, number>;
+  /**
+   * CPU ms per item of each worker's threads during the timed batch, the busiest first (Node does
+   * not name its threads: the first is the inference thread, `main` the main thread, the rest
+   * onnxruntime's, libuv's and libvips' threads).
+   */
+  threadCpuMsPerItem: Record<string, { tid: string; ms: number }[]>;
 }
 
 async function throughShoalUp(
@@ -148,23 +178,46 @@ async function throughShoalUp(
     log(`shoal up: ${workers} workers ready (pids ${[up.pid, ...children].join(", ")})`);
     client = new TestClient(`127.0.0.1:${grpcPort}`);
     for (const { list, warm } of runs) {
-      if (!(await runBatch(client, { items: warm }, 300_000))) throw new Error("shoal up: the warm-up batch did not finish");
+      // Warm every worker, as direct warms every thread: placement may put a whole warm-up batch
+      // on one worker (best fit), leaving the other to meet the items' shape first in the timed
+      // batch. So warm-up batches go on, up to 4, until each worker has run one item.
+      const warmed = new Set<string>();
+      let warmUpBatches = 0;
+      while (warmed.size < workers && warmUpBatches < 4) {
+        const w = await runBatch(client, { items: warm }, 300_000);
+        if (!w) throw new Error("shoal up: the warm-up batch did not finish");
+        warmUpBatches++;
+        for (const r of w.results) warmed.add(r.workerId);
+      }
+      if (warmed.size < workers) log(`shoal up: after ${warmUpBatches} warm-up batches only ${[...warmed].join(", ")} ran an item`);
       const before = cpuSnapshot(procs);
+      const threadsBefore = procs.workers.map((pid) => threadsCpuSeconds(pid));
       const fromUs = Number(process.hrtime.bigint() / 1000n);
       const t0 = performance.now();
       const batch = await runBatch(client, { items: list }, 600_000);
       const seconds = (performance.now() - t0) / 1000;
       windows.push({ fromUs, toUs: Number(process.hrtime.bigint() / 1000n) });
       const after = cpuSnapshot(procs);
+      const threadsAfter = procs.workers.map((pid) => threadsCpuSeconds(pid));
       if (!batch) throw new Error("shoal up: the batch did not finish within 600 s");
       const ok = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_SUCCEEDED).length;
       if (ok !== list.length) throw new Error(`shoal up: ${ok} of ${list.length} items succeeded: ${JSON.stringify(batch.results.find((r) => r.error)?.error)}`);
       out.push({
         seconds,
+        warmUpBatches,
         itemsPerS: list.length / seconds,
         runMsTotal: batch.results.reduce((s, r) => s + Number(r.runMs), 0),
         byWorker: Object.fromEntries([...new Set(batch.results.map((r) => r.workerId))].map((w) => [w, batch.results.filter((r) => r.workerId === w).length])),
         cpuMsPerItem: Object.fromEntries(Object.keys(after).map((k) => [k, ((after[k]! - (before[k] ?? 0)) * 1000) / list.length])),
+        threadCpuMsPerItem: Object.fromEntries(
+          procs.workers.map((pid, i) => [
+            `worker${i}`,
+            Object.entries(threadsAfter[i]!)
+              .map(([tid, cpu]) => ({ tid: tid === String(pid) ? "main" : tid, ms: ((cpu - (threadsBefore[i]![tid] ?? 0)) * 1000) / list.length }))
+              .filter((t) => t.ms >= 0.05)
+              .sort((a, b) => b.ms - a.ms),
+          ]),
+        ),
       });
     }
   } finally {
@@ -200,6 +253,80 @@ function warmOf(size: number, steps: number): ItemList {
   return items(4, size, steps, "warm-up");
 }
 
+/**
+ * SHOAL_BENCH_ONNX_ROWS=large runs only the 512 × 512 rows (direct both ways, one `shoal up`):
+ * a quarter of the case's time, for alternating before/after runs of the large item path.
+ * Unset or "all": every row.
+ */
+function largeOnly(): boolean {
+  const rows = process.env.SHOAL_BENCH_ONNX_ROWS ?? "all";
+  if (rows !== "all" && rows !== "large") throw new Error(`SHOAL_BENCH_ONNX_ROWS: "${rows}" must be all or large`);
+  return rows === "large";
+}
+
+/** The reference at 512 × 512: direct batched and one at a time, the faster of the two. */
+async function directLarge(ctx: CaseContext, threads: number, largeList: ItemList, largeWarm: ItemList, size: number) {
+  // At this size a batch of 8 images can be slower per image than one at a time (memory traffic
+  // of 8 × 512 × 512 activations): the reference is the faster of the two, what a script calling
+  // onnxruntime-node directly would pick.
+  const batched = await direct(threads, true, largeList, largeWarm);
+  const alone = await direct(threads, false, largeList, largeWarm);
+  const best = batched.itemsPerS >= alone.itemsPerS ? { ...batched, batching: true } : { ...alone, batching: false };
+  ctx.log(`direct ${size}×${size}: ${batched.itemsPerS.toFixed(2)} items/s batched, ${alone.itemsPerS.toFixed(2)} items/s one at a time`);
+  return { batched, alone, best };
+}
+
+const mainMsOf = (r: ShoalRun) => Object.entries(r.cpuMsPerItem).filter(([k]) => /^worker\d+Main$/.test(k)).reduce((a, [, v]) => a + v, 0);
+const outsideOf = (r: ShoalRun) => mainMsOf(r) + (r.cpuMsPerItem.coordinator ?? 0) + (r.cpuMsPerItem.nats ?? 0);
+
+/** CPU-ms per item of every process of `shoal up` (workers whole: inference and encoding included). */
+const fleetCpuOf = (r: ShoalRun) => Object.entries(r.cpuMsPerItem).filter(([k]) => !/Main$/.test(k)).reduce((a, [, v]) => a + v, 0);
+
+function largeMetrics(large: { size: number }, sLarge: ShoalRun, dLarge: { itemsPerS: number; batching: boolean; cpuMsPerItem: number }): Metric[] {
+  return [
+    check({
+      name: `imagegen-tiny ${large.size}×${large.size} items/s through shoal up`,
+      value: sLarge.itemsPerS,
+      unit: "items/s",
+      reference: { label: `onnxruntime direct (${dLarge.batching ? "batched" : "batching off"}: the faster)`, value: dLarge.itemsPerS, unit: "items/s" },
+      ratio: sLarge.itemsPerS / dLarge.itemsPerS,
+      target: { of: "ratio", op: ">=", threshold: TARGET_RATIO_LARGE, text: `≥ ${TARGET_RATIO_LARGE} × direct` },
+    }),
+    {
+      name: `CPU-ms per item outside inference (${large.size}×${large.size}: coordinator, nats-server, worker main threads)`,
+      value: outsideOf(sLarge),
+      unit: "ms",
+    },
+    {
+      // On a saturated machine the items/s ratio follows this one: every CPU-ms the fleet spends
+      // beyond direct's is taken from inference.
+      name: `CPU-ms per item, every process (${large.size}×${large.size})`,
+      value: fleetCpuOf(sLarge),
+      unit: "ms",
+      reference: { label: "direct, the same process", value: dLarge.cpuMsPerItem, unit: "ms" },
+      ratio: fleetCpuOf(sLarge) / dLarge.cpuMsPerItem,
+    },
+  ];
+}
+
+async function runLargeOnly(ctx: CaseContext, large: { n: number; size: number; steps: number }, largeList: ItemList, largeWarm: ItemList, workers: number, threads: number): Promise<CaseOutcome> {
+  ctx.log(`SHOAL_BENCH_ONNX_ROWS=large: only the ${large.size}×${large.size} rows; direct: ${large.n} items`);
+  const d = await directLarge(ctx, threads, largeList, largeWarm, large.size);
+  let profileDir: string | undefined;
+  if (ctx.profileDir) {
+    profileDir = join(ctx.profileDir, `onnx-${Date.now()}`);
+    mkdirSync(profileDir, { recursive: true });
+  }
+  const { runs, profiles } = await throughShoalUp(workers, [{ list: largeList, warm: largeWarm }], ctx.log, profileDir);
+  const sLarge = runs[0]!;
+  ctx.log(`shoal up: ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
+  return {
+    params: { rows: "large", model: "imagegen-tiny", workers, threadsPerWorker: 1, directThreads: threads, large: { items: large.n, width: large.size, height: large.size, steps: large.steps } },
+    raw: { directLarge: d.best, directLargeBatched: d.batched, directLargeUnbatched: d.alone, shoalUpLarge: sLarge, ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
+    metrics: largeMetrics(large, sLarge, d.best),
+  };
+}
+
 async function run(ctx: CaseContext): Promise<CaseOutcome> {
   // 128×128, 4 steps: an item takes a few ms, so it takes hundreds of items for the run to last
   // seconds rather than a fraction of one. 512×512 items take 16 × the pixels: fewer of them.
@@ -212,6 +339,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const warm = warmOf(p.size, p.steps);
   const largeList = items(large.n, large.size, large.steps, "large image");
   const largeWarm = warmOf(large.size, large.steps);
+  if (largeOnly()) return runLargeOnly(ctx, large, largeList, largeWarm, workers, threads);
 
   ctx.log(`direct: OnnxBackend with ${threads} threads, ${p.n} items ${p.size}×${p.size}, ${p.steps} steps, all submitted at once`);
   const d = await direct(threads, true, list, warm);
@@ -219,13 +347,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const alone = await direct(threads, false, list, warm);
   ctx.log(`direct, every item alone (batching off): ${alone.itemsPerS.toFixed(2)} items/s`);
   ctx.log(`direct: ${large.n} items ${large.size}×${large.size}`);
-  // At this size a batch of 8 images can be slower per image than one at a time (memory traffic
-  // of 8 × 512 × 512 activations): the reference is the faster of the two, what a script calling
-  // onnxruntime-node directly would pick.
-  const dLargeBatched = await direct(threads, true, largeList, largeWarm);
-  const dLargeAlone = await direct(threads, false, largeList, largeWarm);
-  const dLarge = dLargeBatched.itemsPerS >= dLargeAlone.itemsPerS ? { ...dLargeBatched, batching: true } : { ...dLargeAlone, batching: false };
-  ctx.log(`direct ${large.size}×${large.size}: ${dLargeBatched.itemsPerS.toFixed(2)} items/s batched, ${dLargeAlone.itemsPerS.toFixed(2)} items/s one at a time`);
+  const { batched: dLargeBatched, alone: dLargeAlone, best: dLarge } = await directLarge(ctx, threads, largeList, largeWarm, large.size);
   let profileDir: string | undefined;
   if (ctx.profileDir) {
     profileDir = join(ctx.profileDir, `onnx-${Date.now()}`);
@@ -241,8 +363,8 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const deep = (await throughShoalUp(workers, [{ list, warm }], ctx.log, undefined, ["--max-in-flight", String(DEEP_MAX_IN_FLIGHT)])).runs[0]!;
   ctx.log(`shoal up --max-in-flight ${DEEP_MAX_IN_FLIGHT}: ${deep.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}`);
   ctx.log(`shoal up: ${s.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}, ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
-  const mainMs = (r: ShoalRun) => Object.entries(r.cpuMsPerItem).filter(([k]) => /^worker\d+Main$/.test(k)).reduce((a, [, v]) => a + v, 0);
-  const outside = (r: ShoalRun) => mainMs(r) + (r.cpuMsPerItem.coordinator ?? 0) + (r.cpuMsPerItem.nats ?? 0);
+  const mainMs = mainMsOf;
+  const outside = outsideOf;
   const metrics: Metric[] = [
     check({
       name: "imagegen-tiny items/s through shoal up",
@@ -259,14 +381,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       reference: { label: "direct, batching off", value: alone.itemsPerS, unit: "items/s" },
       ratio: s.itemsPerS / alone.itemsPerS,
     },
-    check({
-      name: `imagegen-tiny ${large.size}×${large.size} items/s through shoal up`,
-      value: sLarge.itemsPerS,
-      unit: "items/s",
-      reference: { label: `onnxruntime direct (${dLarge.batching ? "batched" : "batching off"}: the faster)`, value: dLarge.itemsPerS, unit: "items/s" },
-      ratio: sLarge.itemsPerS / dLarge.itemsPerS,
-      target: { of: "ratio", op: ">=", threshold: TARGET_RATIO_LARGE, text: `≥ ${TARGET_RATIO_LARGE} × direct` },
-    }),
+    ...largeMetrics(large, sLarge, dLarge),
     {
       name: `the same with --max-in-flight ${DEEP_MAX_IN_FLIGHT} (context)`,
       value: deep.itemsPerS,

@@ -119,6 +119,29 @@ describe("end to end - 50 imagegen-tiny items through 1 coordinator and 2 worker
     }
   });
 
+  test("end to end - the default max-in-flight follows what the held items can batch (2 for 512 × 512 images, 16 for small ones)", async () => {
+    // imagegen-tiny runs 512 × 512 images alone (max_batch_pixels): a worker that held them
+    // reports 2 × threads, so it does not hoard items it cannot group; small images batch by 8
+    // again and bring back 16 (worker/in-flight-limit.ts). Nothing held keeps the last figure.
+    const reported = async (worker: string): Promise<number> => {
+      const nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
+      try {
+        const sub = nc.subscribe(new Names("shoal").heartbeat(worker), { max: 1, timeout: 10_000 });
+        for await (const msg of sub) return decodeMessage(Heartbeat, msg.subject, msg.data).maxInFlight;
+        throw new Error(`no heartbeat from ${worker}`);
+      } finally {
+        await nc.close();
+      }
+    };
+    const large = await client.run({ items: [{ model: "imagegen-tiny", params: { prompt: "a large red kite", width: 512, height: 512, steps: 1 } }] });
+    assert.equal(large.state, BatchState.BATCH_STATE_COMPLETED);
+    const ranLarge = large.results[0]!.workerId;
+    assert.equal(await reported(ranLarge), 2);
+    const small = await client.run({ items: Array.from({ length: 6 }, (_, i) => ({ model: "imagegen-tiny", params: { prompt: `a small kite ${i}`, width: 64, height: 64, steps: 1 } })) });
+    assert.equal(small.state, BatchState.BATCH_STATE_COMPLETED);
+    for (const w of new Set(small.results.map((r) => r.workerId))) assert.equal(await reported(w), 16, `${w} ran small images`);
+  });
+
   test("end to end - RunBatch waits for the terminal batch", async () => {
     const batch = await client.run({ items: [{ model: "imagegen-tiny", params: { prompt: "a red kite over the sea", width: 64, height: 64, steps: 1 } }] });
     assert.equal(batch.state, BatchState.BATCH_STATE_COMPLETED);

@@ -126,4 +126,10 @@ export interface InferenceBackend {
    * models with an item held are counted (the default accounting).
    */
   keptWeights?(): string[];
+  /**
+   * How many items like this one (model and params) one run could hold: its batch's max size
+   * under dynamic batching, 1 when it runs alone. Absent: the backend does not batch. The worker
+   * sizes its default --max-in-flight by it (in-flight-limit.ts).
+   */
+  batchCapacity?(model: string, params: Record<string, unknown>): number;
 }

@@ -132,6 +132,11 @@ export class OnnxBackend implements InferenceBackend {
     })());
   }
 
+  batchCapacity(model: string, params: Record<string, unknown>): number {
+    if (!this.options.batching) return 1;
+    return this.batchKeyOf({ id: "", model, params })?.maxBatch ?? 1;
+  }
+
   private batchKeyOf(job: PoolJob): BatchKey | undefined {
     const manifest = this.models().find((m) => m.name === job.model);
     return manifest === undefined ? undefined : batchKey(manifest, job.params);
