@@ -54,9 +54,12 @@ interface HeldItem {
   controller: CancelToken;
   started: boolean;
   /**
-   * The run is over, so its memory is free, while its outcome is still being stored. It holds no
-   * VRAM from then: the coordinator frees its reservation when the outcome reaches it, which can
-   * be before this process has its PubAck, and its next assignment here must not be refused.
+   * The run is over, so its memory is free, while its outcome is still being stored. This
+   * worker's own admission check counts no VRAM for it from then: the coordinator frees its
+   * reservation when the outcome reaches it, which can be before this process has its PubAck,
+   * and the item it places in that room must not be refused. The figures reported to the
+   * coordinator still count it until it is let go, as the coordinator's reservation does: a
+   * figure without it would be counted free twice there, once reported and once released.
    */
   ran: boolean;
   /** Items one run could hold with it (the backend's batchCapacity; 1 alone): the default max-in-flight follows it. */
@@ -343,7 +346,7 @@ export class ShoalWorker {
   private room(): Map<number, { free: number; models: Set<string> }> {
     const resident = new Set(this.backend.residentModels());
     const out = new Map<number, { free: number; models: Set<string> }>();
-    for (const g of this.gpuStatus(false)) {
+    for (const g of this.gpuStatus(false, true)) {
       const models = new Set<string>();
       for (const h of this.held.values()) if (h.gpuIndex === g.index && !h.ran) models.add(h.model.name);
       // A measured GPU already holds the sessions the backend has loaded; a budget device the
@@ -550,10 +553,13 @@ export class ShoalWorker {
     }
   }
 
-  /** Free VRAM per device: measured where nvidia-smi is, otherwise accounted from the budget. */
-  private gpuStatus(clamp = true) {
+  /**
+   * Free VRAM per device: measured where nvidia-smi is, otherwise accounted from the budget.
+   * `withoutRan`: the room for admission, without items whose run has ended (see HeldItem.ran).
+   */
+  private gpuStatus(clamp = true, withoutRan = false) {
     return this.devices.map((d) => {
-      const mine = [...this.held.values()].filter((h) => h.gpuIndex === d.index && !h.ran);
+      const mine = [...this.held.values()].filter((h) => h.gpuIndex === d.index && !(withoutRan && h.ran));
       let free: number;
       if (d.source === "budget") {
         const models = new Set(mine.map((h) => h.model));
