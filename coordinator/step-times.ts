@@ -14,9 +14,7 @@ export interface StepMarks {
   received: number;
   /** Validated and encoded: the writes begin. */
   validated?: number;
-  /** The day's usage reserved (items_per_day). */
-  usageReserved?: number;
-  /** Open marker and index entry stored. */
+  /** The day's usage count, the open marker and the index entry stored (written at once). */
   markedIndexed?: number;
   /** The batch record stored: the batch is accepted. */
   accepted?: number;
@@ -45,9 +43,7 @@ export function stepDurations(m: StepMarks): Record<string, number> {
     if (from !== undefined && to !== undefined) out[name] = round3(to - from);
   };
   span("validate", m.received, m.validated);
-  // Before the usage count was stored at once with the marker and index entry, it came first.
-  span("usageReserve", m.validated, m.usageReserved);
-  span("usageMarkerIndex", m.usageReserved ?? m.validated, m.markedIndexed);
+  span("usageMarkerIndex", m.validated, m.markedIndexed);
   span("recordCreate", m.markedIndexed, m.accepted);
   span("passAndSend", m.accepted, m.lastAssignSent);
   // The worker answers, runs and publishes at once: the coordinator may read the answer after

@@ -4,6 +4,7 @@
 import { randomUUID } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import type { SubmitInput } from "../../cli/client.js";
+import { isTerminal } from "../../coordinator/batch-store.js";
 import { BatchState, ItemStatus, WorkerState, type Batch } from "../../proto/gen/shoal/v1/shoal.js";
 import { Stack } from "../../test/harness/processes.js";
 import { TestClient } from "../../test/harness/client.js";
@@ -93,7 +94,7 @@ export async function runBatch(client: TestClient, req: SubmitInput, timeoutMs: 
 export async function describeUnfinishedBatches(client: TestClient): Promise<string> {
   try {
     const { batches } = await client.list(5);
-    const open = batches.filter((b) => ![BatchState.BATCH_STATE_COMPLETED, BatchState.BATCH_STATE_FAILED, BatchState.BATCH_STATE_CANCELLED].includes(b.state));
+    const open = batches.filter((b) => !isTerminal(b));
     const lines: string[] = [];
     for (const summary of open) {
       const b = await client.get(summary.id);
