@@ -22,6 +22,7 @@ import {
 } from "./server-commands.js";
 import { DEFAULT_FSYNC, DEFAULT_FSYNC_INTERVAL } from "./nats-config.js";
 import { Fleet, upOptionsFrom } from "./up.js";
+import { upBanner } from "./up-banner.js";
 import { otlpTracesUrl } from "../shared/tracing.js";
 
 // `shoal list | head` closes the pipe early: that is not an error.
@@ -137,19 +138,7 @@ workerFlags(up, true).action(async (raw) => {
     process.on("SIGHUP", () => fleet.reloadKeys());
     try {
       const { natsUrl, grpcAddr, grpcListen, httpUrl, workerMetricsPorts, durability } = await fleet.start();
-      const lines = [
-        "",
-        "Shoal is up:",
-        `  gRPC API        ${grpcListen}   (export SHOAL_ADDR=${grpcAddr})`,
-        ...(httpUrl ? [`  HTTP API        ${httpUrl}/v1   (OpenAPI: ${httpUrl}/v1/openapi.json)`, `  web console     ${httpUrl}/`] : []),
-        `  NATS            ${natsUrl}${durability ? `   (JetStream store in ${opts.dataDir}/jetstream, ${durability})` : ""}`,
-        `  metrics         http://127.0.0.1:${opts.metricsPort}/metrics (coordinator)`,
-        ...workerMetricsPorts.map((p, i) => `                  http://127.0.0.1:${p}/metrics (worker w${i + 1})`),
-        "  try             shoal submit examples/demo-batch.json --wait",
-        "  stop            Ctrl-C",
-        "",
-      ];
-      process.stdout.write(lines.join("\n") + "\n");
+      process.stdout.write(upBanner({ grpcListen, grpcAddr, httpUrl, natsUrl, dataDir: opts.dataDir, durability, metricsPort: opts.metricsPort, workerMetricsPorts }));
     } catch (err) {
       await fleet.stop(5000);
       throw err;
