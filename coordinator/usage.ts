@@ -4,16 +4,18 @@
 //   accepted rather than succeeded items is what stops a tenant from flooding the queue with
 //   work that then fails or is cancelled);
 // - each batch's outcome (succeeded, failed, content-policy, cancelled items and GPU-seconds, the
-//   sum of its items' run times), once, just before its terminal record is stored.
+//   sum of its items' run times), once, just after its terminal record is stored
+//   (terminal-usage.ts: its open marker stays until the count is stored, so a crash in between is
+//   counted by the next start).
 // The day is the UTC day the batch was submitted (its created_at), for both: that day is stored
 // in the record, so a coordinator restarted after midnight counts the batch under the same key.
 // Every update is a compare-and-set on the key's revision, so two coordinators never lose or
-// double an update, and each key lists the batch ids counted whose terminal record may not be
-// stored yet, so a restart that writes a batch's terminal record again does not count it twice.
-// Once the record is stored nothing finishes that batch again (recovery resumes only batches
-// whose record is not terminal, and a deposed coordinator's writes are fenced), so its id leaves
-// the list with the key's next write: the list holds the tenant's batches finishing now, not
-// every batch of the day (which would outgrow a KV value within hours at 50 batches a second).
+// double an update, and each key lists the batch ids counted whose open marker may still be
+// there, so a restart that counts a batch again (its marker is what tells it to) adds nothing.
+// Once the marker is removed nothing counts that batch again (recovery counts only batches with a
+// marker, and a deposed coordinator's writes are fenced), so its id leaves the list with the key's
+// next write: the list holds the tenant's batches finishing now, not every batch of the day
+// (which would outgrow a KV value within hours at 50 batches a second).
 
 import type { KV } from "@nats-io/kv";
 import { ItemStatus, type Batch } from "../proto/gen/shoal/v1/shoal.js";
@@ -36,7 +38,7 @@ export interface DayUsage extends BatchUsage {
   day: string;
   /** Items accepted by SubmitBatch (and RetryBatch) that day: what items_per_day limits. */
   accepted: number;
-  /** Ids of the batches whose outcome is counted and whose terminal record may not be stored yet, so none is counted twice. */
+  /** Ids of the batches whose outcome is counted and whose open marker may still be there, so none is counted twice. */
   batches: string[];
 }
 
@@ -119,13 +121,15 @@ interface KeyQueue {
   writing: boolean;
   /** The value and revision this process last read or wrote; a compare-and-set proves it current. */
   known: { value: DayUsage; revision: number } | undefined;
-  /** Ids of counted batches whose terminal record is stored: dropped from `batches` by the key's next write. */
+  /** Ids of counted batches whose open marker is removed: dropped from `batches` by the key's next write. */
   stored: Set<string>;
 }
 
 export class UsageStore {
   private readonly where: string;
   private readonly keys = new Map<string, KeyQueue>();
+  /** Updates asked for and not settled yet: a read (list) waits for them, so it sees what was asked before it. */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly kv: KV,
@@ -156,12 +160,22 @@ export class UsageStore {
    */
   private update(tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
     const key = usageKey(tenant, day);
-    let q = this.keys.get(key);
     const queue = this.queueOf(key);
-    return new Promise((resolve, reject) => {
+    const p = new Promise<DayUsage | undefined>((resolve, reject) => {
       queue.waiting.push({ change, resolve, reject });
       if (!queue.writing) void this.drain(key, tenant, day, queue);
     });
+    const tracked: Promise<void> = p.then(
+      () => void this.inFlight.delete(tracked),
+      () => void this.inFlight.delete(tracked),
+    );
+    this.inFlight.add(tracked);
+    return p;
+  }
+
+  /** Resolves once every update asked for before this call is settled (stored or failed). */
+  async settled(): Promise<void> {
+    if (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
   }
 
   private queueOf(key: string): KeyQueue {
@@ -219,7 +233,7 @@ export class UsageStore {
         this.settle(group, outcomes);
         return;
       }
-      // Batches whose terminal record is stored since the last write leave the list with this one.
+      // Batches whose open marker is removed since the last write leave the list with this one.
       const dropped = q.stored.size > 0 ? new Set(q.stored) : undefined;
       if (dropped) cur = { ...cur, batches: cur.batches.filter((id) => !dropped.has(id)) };
       try {
@@ -277,16 +291,22 @@ export class UsageStore {
   }
 
   /**
-   * The batch's terminal record is stored: nothing counts it again, so its id can leave the key's
-   * list. No write of its own: the key's next update (the tenant's next submit or terminal write)
-   * carries it.
+   * The counted batch's open marker is removed: nothing counts it again, so its id can leave the
+   * key's list. No write of its own: the key's next update (the tenant's next submit or terminal
+   * write) carries it.
    */
-  recordStored(tenant: string, batch: Batch): void {
+  countSettled(tenant: string, batch: Batch): void {
     this.queueOf(usageKey(tenant, utcDay(batch.createdAt ?? new Date()))).stored.add(batch.id);
   }
 
-  /** Every stored day from `since` (YYYY-MM-DD, inclusive) on, for one tenant or (undefined) all, oldest first. */
+  /**
+   * Every stored day from `since` (YYYY-MM-DD, inclusive) on, for one tenant or (undefined) all,
+   * oldest first. Waits first for the updates this process was asked for before the call (e.g.
+   * the count of a batch whose answer the caller has just had), so a reader of this coordinator
+   * sees them.
+   */
   async list(since: string, tenant?: string): Promise<DayUsage[]> {
+    await this.settled();
     const keys: string[] = [];
     for await (const k of await this.kv.keys()) {
       const dot = k.indexOf(".");

@@ -260,7 +260,7 @@ test("usage - GetUsage's since: a real YYYY-MM-DD as given, 30 days back when em
   for (const bad of ["2026-02-30", "2026-13-01", "yesterday", "2026-1-01", "2026-01-01T00:00:00Z"]) assert.equal(usageSince(bad, now), undefined, bad);
 });
 
-test("usage - a batch's id leaves the key's list with the next write once its terminal record is stored, so the list holds the batches finishing now, not the whole day", async () => {
+test("usage - a batch's id leaves the key's list with the next write once its open marker is removed, so the list holds the batches finishing now, not the whole day", async () => {
   const kv = new FakeKv();
   const store = new UsageStore(kv as unknown as KV, "t-usage");
   const day = new Date("2026-05-01T10:00:00Z");
@@ -269,14 +269,14 @@ test("usage - a batch's id leaves the key's list with the next write once its te
     const b = batch(`b${i}`, day, ok);
     await store.reserve("dave", 1, undefined, day);
     await store.recordBatch("dave", b);
-    store.recordStored("dave", b);
+    store.countSettled("dave", b);
   }
-  // One batch counted but not yet stored terminal (a coordinator killed between the two writes).
+  // One batch counted whose marker is not removed yet (a coordinator killed between the two writes).
   const pending = batch("b-pending", day, ok);
   await store.recordBatch("dave", pending);
   const got = (await store.get("dave", "2026-05-01"))!;
   assert.deepEqual([got.accepted, got.succeeded], [100, 101], "every batch counted once");
-  assert.deepEqual(got.batches, ["b-pending"], "only the batch whose terminal record may still be written again");
+  assert.deepEqual(got.batches, ["b-pending"], "only the batch a restart may still count again");
   assert.equal(await store.recordBatch("dave", pending), undefined, "that one is still not counted twice");
   assert.equal((await store.get("dave", "2026-05-01"))!.succeeded, 101);
 });
