@@ -11,7 +11,7 @@ import { JetStreamApiError } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { BatchState, ItemStatus, type Batch } from "../../proto/gen/shoal/v1/shoal.js";
 import { countTerminalUsage, holdUsageCountMs, type TerminalUsageDeps } from "../../coordinator/terminal-usage.js";
-import { UsageStore } from "../../coordinator/usage.js";
+import { outcomeKey, UsageStore } from "../../coordinator/usage.js";
 import { createLogger } from "../../shared/logger.js";
 
 const DAY = new Date("2026-05-01T10:00:00Z");
@@ -99,7 +99,7 @@ function harness(): Harness {
           throw new Error("timeout");
         }
         // What the count stored when the marker went: the order is the guarantee.
-        h.events.push(`clear ${id} (succeeded ${JSON.parse(kv.entries.get("2026-05-01.dave")?.value ?? '{"succeeded":0}').succeeded})`);
+        h.events.push(`clear ${id} (succeeded ${JSON.parse(kv.entries.get(outcomeKey("dave", "2026-05-01"))?.value ?? '{"succeeded":0}').succeeded})`);
         h.markers.delete(id);
       },
       metrics: { tenantUsage: (_t: string, u: { succeeded: number }) => h.metered.push(u.succeeded) } as unknown as TerminalUsageDeps["metrics"],
@@ -121,9 +121,9 @@ test("terminal usage - counted, then the open marker removed, then the id leaves
   assert.deepEqual(h.events, ["clear b1 (succeeded 3)"], "the marker went after the count was stored");
   assert.deepEqual(h.metered, [3]);
   assert.deepEqual((await h.usage.get("dave", "2026-05-01"))!.batches, ["b1"], "listed until the key's next write");
-  await h.usage.reserve("dave", 1, undefined, DAY);
+  await h.usage.recordBatch("dave", batch("b2", 1));
   const day = (await h.usage.get("dave", "2026-05-01"))!;
-  assert.deepEqual([day.succeeded, day.gpuSeconds, day.batches], [3, 0.75, []]);
+  assert.deepEqual([day.succeeded, day.gpuSeconds, day.batches], [4, 1, ["b2"]]);
 });
 
 test("terminal usage - a failed count is retried until stored; the marker stays until then", async () => {
@@ -144,14 +144,14 @@ test("terminal usage - a crash between the record and the count, or before the m
   h.markers.add("b1");
   assert.equal(await countTerminalUsage(h.deps(), "dave", b), "counted");
   assert.ok(h.markers.has("b1"), "the marker is still there");
-  await h.usage.reserve("dave", 1, undefined, DAY); // the key's next write keeps the id
-  assert.deepEqual((await h.usage.get("dave", "2026-05-01"))!.batches, ["b1"]);
+  await h.usage.recordBatch("dave", batch("b2", 1)); // the key's next write keeps the id
+  assert.deepEqual((await h.usage.get("dave", "2026-05-01"))!.batches, ["b1", "b2"]);
   // The next start (a fresh UsageStore, as a new process) finds the marker and the terminal record.
   const restarted = new UsageStore(h.kv as unknown as KV, "t-usage");
   const again = { ...h.deps(), usage: () => restarted };
   assert.equal(await countTerminalUsage(again, "dave", b), "already");
   assert.ok(!h.markers.has("b1"), "removed now");
-  assert.equal((await restarted.get("dave", "2026-05-01"))!.succeeded, 4, "counted once");
+  assert.equal((await restarted.get("dave", "2026-05-01"))!.succeeded, 5, "counted once (4, and b2's 1)");
   assert.deepEqual(h.metered, [4], "the metric counted it once too");
 });
 
