@@ -126,7 +126,7 @@ test("terminal usage - counted, then the open marker removed, then the id leaves
   assert.deepEqual([day.succeeded, day.gpuSeconds, day.batches], [4, 1, ["b2"]]);
 });
 
-test("terminal usage - a failed count is retried until stored; the marker stays until then", async () => {
+test("terminal usage - a failed count is retried until stored; the marker stays until then", { timeout: 10_000 }, async () => {
   const h = harness();
   h.kv.failWrites = 3;
   h.markers.add("b1");
@@ -155,7 +155,7 @@ test("terminal usage - a crash between the record and the count, or before the m
   assert.deepEqual(h.metered, [4], "the metric counted it once too");
 });
 
-test("terminal usage - a coordinator stopping before the count leaves the marker for the next start", async () => {
+test("terminal usage - a coordinator stopping before the count leaves the marker for the next start", { timeout: 10_000 }, async () => {
   const h = harness();
   h.kv.failWrites = 1_000;
   h.markers.add("b1");
@@ -168,7 +168,7 @@ test("terminal usage - a coordinator stopping before the count leaves the marker
   assert.equal(await h.usage.get("dave", "2026-05-01"), undefined, "nothing counted");
 });
 
-test("terminal usage - a read of the usage waits for the counts asked for before it (the batch's answer comes before its count is stored)", async () => {
+test("terminal usage - a read of the usage waits for the counts asked for before it (the batch's answer comes before its count is stored)", { timeout: 10_000 }, async () => {
   const h = harness();
   let open!: () => void;
   h.kv.gate = new Promise((r) => (open = r));

@@ -289,7 +289,7 @@ test("usage - a batch's id leaves the key's list with the next write once its op
   assert.equal((await store.get("dave", "2026-05-01"))!.succeeded, 101);
 });
 
-test("usage - submits and terminal counts write different keys (a submit never waits behind a terminal count); a day is the two summed", async () => {
+test("usage - submits and terminal counts write different keys (a submit never waits behind a terminal count); a day is the two summed", { timeout: 10_000 }, async () => {
   const kv = new FakeKv();
   const store = new UsageStore(kv as unknown as KV, "t-usage");
   const now = new Date("2026-05-01T10:00:00Z");
