@@ -30,6 +30,7 @@ import { submitterTrace } from "./item-tracing.js";
 import { stepDurations, wallNowMs, type StepMarks } from "./step-times.js";
 import { fitTerminalRecordBytes, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
+import { countTerminalUsage, holdUsageCountMs, type TerminalUsageOutcome } from "./terminal-usage.js";
 import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
 import { annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
 import { validateSubmit } from "./validation.js";
@@ -77,6 +78,8 @@ export class BatchApi {
   /** Submits between claiming their id's idempotency key and activating (or failing): settle when done. */
   private readonly storingBatches = new Map<string, Promise<void>>();
   private lastRefreshCheck = 0;
+  /** Test hook only (terminal-usage.ts HOLD_USAGE_COUNT_ENV). */
+  private readonly holdUsageCountMs = holdUsageCountMs();
 
   constructor(private readonly d: BatchApiDeps) {}
 
@@ -496,7 +499,8 @@ export class BatchApi {
   /**
    * Writes the terminal batch with every result, retried until stored (see terminal-writer.ts),
    * then lets the batch go from memory. The pending webhook is recorded before the record, so a
-   * crash between the two cannot lose the delivery.
+   * crash between the two cannot lose the delivery; the batch's usage is counted after it, and its
+   * open marker removed only then (terminal-usage.ts).
    */
   private async writeFinal(batch: ActiveBatch): Promise<Batch> {
     batch.finalizing = true;
@@ -520,23 +524,13 @@ export class BatchApi {
       encoded,
       revision: () => batch.revision,
       prepare: async () => {
-        // The pending webhook and the batch's usage are both stored before the record, at once
-        // (neither depends on the other). Usage is counted before the record is stored, so a
-        // crash between the two loses no count; the next start writes the record again and the
-        // usage key, which lists the batches it counted, does not count it twice. Both writes are
-        // idempotent, so a failure of either retries both.
-        const recordWebhook = this.d.webhooks()
+        // The pending webhook is stored before the record, so a crash between the two cannot
+        // lose the delivery. The batch's usage is counted after the record (countUsage below).
+        webhook = await this.d.webhooks()
           .record(batch.id, batch.record.webhook)
           .catch((err: unknown) => {
             throw storageError(err, `the pending webhooks bucket (${this.d.names.webhooksBucket})`, "the server's max_file_store");
           });
-        const countUsage = this.d.usage().recordBatch(batch.record.tenant, record.batch!);
-        const [w, added] = await Promise.allSettled([recordWebhook, countUsage]);
-        // Counted in the metric once stored, even if the webhook's write failed (a retry finds it counted).
-        if (added.status === "fulfilled" && added.value) this.d.metrics?.tenantUsage(this.d.tenantLabel(batch.record.tenant), added.value);
-        if (w.status === "rejected") throw w.reason;
-        if (added.status === "rejected") throw added.reason;
-        webhook = w.value;
         if (batch.steps) batch.steps.prepared = wallNowMs();
       },
       onFailure: (err, attempt, retryInMs) => {
@@ -553,16 +547,20 @@ export class BatchApi {
       if (waiting) this.d.metrics?.terminalWriteWaiting(-1);
     });
     const stored = outcome.stored;
-    // Stored terminal: nothing counts this batch again, so the usage key can drop its id.
-    this.d.usage().recordStored(batch.record.tenant, stored);
-    if (batch.steps) {
-      batch.steps.stored = wallNowMs();
-      this.d.log.debug({ batchId: batch.id, items: batch.total, steps: stepDurations(batch.steps) }, "batch step times");
-    }
+    if (batch.steps) batch.steps.stored = wallNowMs();
     if (!outcome.ours) this.d.log.warn({ batchId: batch.id }, "batch was already finalized elsewhere; keeping the stored result");
+    // The usage count follows the record, off the batch's answer; the open marker is removed only
+    // once it is stored (terminal-usage.ts). Asked for before watchers are told, so a GetUsage
+    // after the answer waits for it. Counted whoever wrote the record (ours is false too when an
+    // earlier try of our own write landed unacknowledged): the count is idempotent by batch id.
+    const steps = batch.steps;
+    void this.countUsage(batch.record.tenant, stored).then((how) => {
+      if (!steps) return;
+      if (how !== "stopped") steps.usageCounted = wallNowMs();
+      this.d.log.debug({ batchId: batch.id, items: batch.total, steps: stepDurations(steps) }, "batch step times");
+    });
     this.d.active.delete(batch.id);
     this.d.metrics?.batchesInMemory(this.d.active.size);
-    void this.d.store().clearOpen(batch.id).catch((err) => this.d.log.warn({ batchId: batch.id, err: errorMessage(err) }, "open marker not removed; the next start removes it"));
     this.d.metrics?.batchFinished(stored);
     this.d.log.info(
       { batchId: batch.id, state: BatchState[stored.state], succeeded: stored.succeeded, failed: stored.failed, cancelled: stored.cancelled, attempts: outcome.attempts },
@@ -572,6 +570,28 @@ export class BatchApi {
     this.listeners.delete(batch.id);
     if (outcome.ours) this.d.webhooks().send(webhook);
     return stored;
+  }
+
+  /** Counts a stored terminal batch's usage, then removes its open marker (terminal-usage.ts); never rejects. */
+  countUsage(tenant: string, stored: Batch): Promise<TerminalUsageOutcome> {
+    return countTerminalUsage(
+      {
+        usage: this.d.usage,
+        clearOpen: (id) => this.d.store().clearOpen(id),
+        metrics: this.d.metrics,
+        tenantLabel: this.d.tenantLabel,
+        log: this.d.log,
+        signal: this.d.stopping,
+        retryInitialMs: this.d.opts.terminalRetryInitialMs,
+        retryMaxMs: this.d.opts.terminalRetryMaxMs,
+        holdMs: this.holdUsageCountMs,
+      },
+      tenant,
+      stored,
+    ).catch((err: unknown) => {
+      this.d.log.error({ batchId: stored.id, err: errorMessage(err) }, "usage of a finished batch not counted; the next start counts it");
+      return "stopped" as const;
+    });
   }
 
   /**

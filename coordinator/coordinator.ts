@@ -183,6 +183,7 @@ export class Coordinator {
       fenced: (kind, reason) => this.fenced(kind, reason),
       applyEntry: (entry, replaying, subjectBatchId) => this.applyEntry(entry, replaying, subjectBatchId),
       finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
+      countUsage: (tenant, batch) => this.api.countUsage(tenant, batch),
       cancel: (batchId, running) => this.link.cancel(batchId, running),
     });
     this.api = new BatchApi({

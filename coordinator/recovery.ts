@@ -1,8 +1,10 @@
 // Recovery after a restart: the coordinator's memory is rebuilt from what JetStream holds. Every
 // batch with an open marker is resumed from its record (KV) and its results log, replayed with
-// the same rules as live; then, for one heartbeat timeout, nothing is placed while the attempts
+// the same rules as live (a terminal one only has its usage counted, once, and its marker
+// removed); then, for one heartbeat timeout, nothing is placed while the attempts
 // workers report holding are adopted instead of placed again (their results are still coming).
 
+import type { Batch } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord, Heartbeat, ResultLogEntry } from "../proto/gen/shoal/v1/wire.js";
 import { errorMessage } from "../shared/errors.js";
 import { leaseAttempt } from "../shared/ids.js";
@@ -38,6 +40,8 @@ export interface RecoveryDeps {
   /** Applies one results-log entry, as the live consumer does (`replaying` silences metrics and events). */
   applyEntry: (entry: ResultLogEntry, replaying: boolean, subjectBatchId?: string) => void;
   finalizeInBackground: (batch: ActiveBatch) => void;
+  /** Counts a terminal batch's usage (once, by batch id), then removes its open marker (terminal-usage.ts). */
+  countUsage: (tenant: string, batch: Batch) => Promise<unknown>;
   /** Asks a worker to stop attempts of items that ended meanwhile (worker-link's cancel). */
   cancel: (batchId: string, running: { index: number; lease: Attempt }[]) => void;
 }
@@ -65,11 +69,19 @@ export class Recovery {
       }
     }
     let resumed = 0;
+    let counting = 0;
     for (const id of await this.d.store().openIds()) {
       const got = await this.d.store().get(id);
-      if (!got || isTerminal(got.record.batch!)) {
-        // Finalized just before a crash, or never stored (the submit failed after the marker).
+      if (!got) {
+        // Never stored (the submit failed after the marker).
         await this.d.store().clearOpen(id).catch((err) => this.d.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
+        continue;
+      }
+      if (isTerminal(got.record.batch!)) {
+        // Finalized just before a crash: its usage may not be counted yet (the marker is removed
+        // only once it is). Counting again adds nothing when it was; the marker goes after it.
+        void this.d.countUsage(got.record.tenant, got.record.batch!);
+        counting++;
         continue;
       }
       const active = this.d.activate(got.record, got.revision, got.writtenAtMs);
@@ -85,6 +97,7 @@ export class Recovery {
       if (active.isComplete) this.d.finalizeInBackground(active);
     }
     this.d.metrics?.batchesInMemory(this.d.active.size);
+    if (counting > 0) this.d.log.info({ batches: counting }, "finished batches whose usage may not be counted: counting them (once)");
     if (resumed > 0) {
       this.recoveringUntil = Date.now() + this.d.heartbeatTimeoutMs;
       this.d.log.info({ resumed, waitMs: this.d.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");

@@ -1,6 +1,6 @@
 // Where a batch's time goes, step by step: a few timestamps per batch (not per item), kept only
 // while the coordinator logs at debug level, and logged as one "batch step times" line when the
-// batch's terminal record is stored. The bench's dispatch case reads these lines
+// batch's usage is counted (after its terminal record). The bench's dispatch case reads these lines
 // (SHOAL_BENCH_STEPS=1, docs/performance.md) to split the added latency of a batch into its
 // steps; with the level above debug nothing is allocated and every call below returns at once.
 //
@@ -26,10 +26,12 @@ export interface StepMarks {
   lastOutcomeStored?: number;
   /** That outcome was applied: every item is done and the terminal write begins. */
   complete?: number;
-  /** The terminal write's preparation (pending webhook, the day's usage) is stored. */
+  /** The terminal write's preparation (the pending webhook) is stored. */
   prepared?: number;
   /** The terminal record is stored. */
   stored?: number;
+  /** The batch's usage is counted (after the record, off the answer's path: terminal-usage.ts). */
+  usageCounted?: number;
 }
 
 export function wallNowMs(): number {
@@ -54,6 +56,8 @@ export function stepDurations(m: StepMarks): Record<string, number> {
   span("terminalPrepare", m.complete, m.prepared);
   span("terminalRecord", m.prepared, m.stored);
   span("total", m.received, m.stored);
+  // After the record, while watchers already have their answer: apart, not part of the total.
+  span("(usageAfterRecord)", m.stored, m.usageCounted);
   return out;
 }
 

@@ -1,19 +1,23 @@
-// Per-tenant usage by UTC day, kept in the KV bucket `<prefix>-usage` (key `<day>.<tenant>`,
-// tenant "_" when API keys are off) as JSON. Two things are counted:
-// - accepted items, when SubmitBatch stores a batch: what `items_per_day` limits (counting
-//   accepted rather than succeeded items is what stops a tenant from flooding the queue with
-//   work that then fails or is cancelled);
-// - each batch's outcome (succeeded, failed, content-policy, cancelled items and GPU-seconds, the
-//   sum of its items' run times), once, just before its terminal record is stored.
+// Per-tenant usage by UTC day, kept in the KV bucket `<prefix>-usage` as JSON, tenant "_" when
+// API keys are off. Two things are counted, each in its own key of the tenant's day:
+// - accepted items (key `<day>.<tenant>`), when SubmitBatch stores a batch: what `items_per_day`
+//   limits (counting accepted rather than succeeded items is what stops a tenant from flooding
+//   the queue with work that then fails or is cancelled);
+// - each batch's outcome (key `<day>._done.<tenant>`: succeeded, failed, content-policy, cancelled
+//   items and GPU-seconds, the sum of its items' run times), once, just after its terminal record
+//   is stored (terminal-usage.ts: its open marker stays until the count is stored, so a crash in
+//   between is counted by the next start).
+// Two keys because each key's writes go one at a time: with one, every submit waited behind the
+// tenant's terminal counts. A day as read (get, list, GetUsage) is the two summed.
 // The day is the UTC day the batch was submitted (its created_at), for both: that day is stored
 // in the record, so a coordinator restarted after midnight counts the batch under the same key.
 // Every update is a compare-and-set on the key's revision, so two coordinators never lose or
-// double an update, and each key lists the batch ids counted whose terminal record may not be
-// stored yet, so a restart that writes a batch's terminal record again does not count it twice.
-// Once the record is stored nothing finishes that batch again (recovery resumes only batches
-// whose record is not terminal, and a deposed coordinator's writes are fenced), so its id leaves
-// the list with the key's next write: the list holds the tenant's batches finishing now, not
-// every batch of the day (which would outgrow a KV value within hours at 50 batches a second).
+// double an update, and the outcome key lists the batch ids counted whose open marker may still be
+// there, so a restart that counts a batch again (its marker is what tells it to) adds nothing.
+// Once the marker is removed nothing counts that batch again (recovery counts only batches with a
+// marker, and a deposed coordinator's writes are fenced), so its id leaves the list with the key's
+// next write: the list holds the tenant's batches finishing now, not every batch of the day
+// (which would outgrow a KV value within hours at 50 batches a second).
 
 import type { KV } from "@nats-io/kv";
 import { ItemStatus, type Batch } from "../proto/gen/shoal/v1/shoal.js";
@@ -36,7 +40,7 @@ export interface DayUsage extends BatchUsage {
   day: string;
   /** Items accepted by SubmitBatch (and RetryBatch) that day: what items_per_day limits. */
   accepted: number;
-  /** Ids of the batches whose outcome is counted and whose terminal record may not be stored yet, so none is counted twice. */
+  /** Ids of the batches whose outcome is counted and whose open marker may still be there, so none is counted twice. */
   batches: string[];
 }
 
@@ -51,8 +55,49 @@ export function nextUtcMidnight(at: Date): Date {
 }
 
 /** Tenant "" (API keys off) is stored as "_", a name no configured tenant can have. */
+function tenantInKey(tenant: string): string {
+  return tenant === "" ? "_" : tenant;
+}
+
+/** The key of a tenant's day where submits count the items accepted (what items_per_day checks). */
 export function usageKey(tenant: string, day: string): string {
-  return `${day}.${tenant === "" ? "_" : tenant}`;
+  return `${day}.${tenantInKey(tenant)}`;
+}
+
+/**
+ * What comes after `<day>.` in the key where a tenant's finished batches are counted: no
+ * configured tenant name starts with "_" (api-keys.ts), so `<day>._done.<tenant>` never names
+ * another tenant's accepted key. Apart from the accepted key so that a submit never waits behind
+ * the tenant's terminal counts (each key's writes go one at a time); a day is the two summed.
+ */
+const OUTCOME_PART = "_done.";
+
+/** The key of a tenant's day where finished batches are counted (succeeded, failed, ..., the batch ids). */
+export function outcomeKey(tenant: string, day: string): string {
+  return `${day}.${OUTCOME_PART}${tenantInKey(tenant)}`;
+}
+
+/** The day and the tenant (as in the key: "_" for none) a usage key counts for. */
+export function parseUsageKey(key: string): { day: string; tenant: string } {
+  const dot = key.indexOf(".");
+  const rest = key.slice(dot + 1);
+  return { day: key.slice(0, dot), tenant: rest.startsWith(OUTCOME_PART) ? rest.slice(OUTCOME_PART.length) : rest };
+}
+
+/** One day of a tenant from its two keys (either may be missing), summed. */
+export function mergeDays(a: DayUsage | undefined, b: DayUsage | undefined): DayUsage | undefined {
+  if (!a || !b) return a ?? b;
+  return {
+    tenant: a.tenant,
+    day: a.day,
+    accepted: a.accepted + b.accepted,
+    succeeded: a.succeeded + b.succeeded,
+    failed: a.failed + b.failed,
+    contentPolicy: a.contentPolicy + b.contentPolicy,
+    cancelled: a.cancelled + b.cancelled,
+    gpuSeconds: Math.round((a.gpuSeconds + b.gpuSeconds) * 1000) / 1000,
+    batches: [...a.batches, ...b.batches],
+  };
 }
 
 export function emptyDay(tenant: string, day: string): DayUsage {
@@ -119,13 +164,15 @@ interface KeyQueue {
   writing: boolean;
   /** The value and revision this process last read or wrote; a compare-and-set proves it current. */
   known: { value: DayUsage; revision: number } | undefined;
-  /** Ids of counted batches whose terminal record is stored: dropped from `batches` by the key's next write. */
+  /** Ids of counted batches whose open marker is removed: dropped from `batches` by the key's next write. */
   stored: Set<string>;
 }
 
 export class UsageStore {
   private readonly where: string;
   private readonly keys = new Map<string, KeyQueue>();
+  /** Updates asked for and not settled yet: a read (list) waits for them, so it sees what was asked before it. */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly kv: KV,
@@ -134,10 +181,15 @@ export class UsageStore {
     this.where = `the usage bucket (${bucket})`;
   }
 
+  /** The tenant's day as stored: its accepted key and its outcome key, summed. */
   async get(tenant: string, day: string): Promise<DayUsage | undefined> {
-    const e = await this.kv.get(usageKey(tenant, day));
-    if (!e || e.operation !== "PUT") return undefined;
-    return e.json<DayUsage>();
+    const [a, b] = await Promise.all([this.read(usageKey(tenant, day)), this.read(outcomeKey(tenant, day))]);
+    return mergeDays(a, b);
+  }
+
+  private async read(key: string): Promise<DayUsage | undefined> {
+    const e = await this.kv.get(key);
+    return e && e.operation === "PUT" ? e.json<DayUsage>() : undefined;
   }
 
   /**
@@ -154,14 +206,23 @@ export class UsageStore {
    * again: the compare-and-set on its revision proves nobody else wrote since, and when another
    * coordinator did, the key is read and the whole group applied again on top of its value.
    */
-  private update(tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
-    const key = usageKey(tenant, day);
-    let q = this.keys.get(key);
+  private update(key: string, tenant: string, day: string, change: (cur: DayUsage) => DayUsage | undefined): Promise<DayUsage | undefined> {
     const queue = this.queueOf(key);
-    return new Promise((resolve, reject) => {
+    const p = new Promise<DayUsage | undefined>((resolve, reject) => {
       queue.waiting.push({ change, resolve, reject });
       if (!queue.writing) void this.drain(key, tenant, day, queue);
     });
+    const tracked: Promise<void> = p.then(
+      () => void this.inFlight.delete(tracked),
+      () => void this.inFlight.delete(tracked),
+    );
+    this.inFlight.add(tracked);
+    return p;
+  }
+
+  /** Resolves once every update asked for before this call is settled (stored or failed). */
+  async settled(): Promise<void> {
+    if (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
   }
 
   private queueOf(key: string): KeyQueue {
@@ -219,7 +280,7 @@ export class UsageStore {
         this.settle(group, outcomes);
         return;
       }
-      // Batches whose terminal record is stored since the last write leave the list with this one.
+      // Batches whose open marker is removed since the last write leave the list with this one.
       const dropped = q.stored.size > 0 ? new Set(q.stored) : undefined;
       if (dropped) cur = { ...cur, batches: cur.batches.filter((id) => !dropped.has(id)) };
       try {
@@ -257,7 +318,7 @@ export class UsageStore {
    */
   async reserve(tenant: string, items: number, limit: number | undefined, now: Date): Promise<void> {
     const day = utcDay(now);
-    await this.update(tenant, day, (cur) => {
+    await this.update(usageKey(tenant, day), tenant, day, (cur) => {
       if (limit !== undefined && cur.accepted + items > limit) throw new DailyLimitExceeded(cur.accepted, items, limit, nextUtcMidnight(now));
       return { ...cur, accepted: cur.accepted + items };
     });
@@ -265,42 +326,48 @@ export class UsageStore {
 
   /** Gives back a reservation whose batch was not stored after all. */
   async release(tenant: string, items: number, day: string): Promise<void> {
-    await this.update(tenant, day, (cur) => ({ ...cur, accepted: Math.max(0, cur.accepted - items) }));
+    await this.update(usageKey(tenant, day), tenant, day, (cur) => ({ ...cur, accepted: Math.max(0, cur.accepted - items) }));
   }
 
   /** Counts a terminal batch under its submission day; returns what it added, or undefined when counted already. */
   async recordBatch(tenant: string, batch: Batch): Promise<BatchUsage | undefined> {
     const u = batchUsage(batch);
     const day = utcDay(batch.createdAt ?? new Date());
-    const written = await this.update(tenant, day, (cur) => addBatch(cur, batch.id, u));
+    const written = await this.update(outcomeKey(tenant, day), tenant, day, (cur) => addBatch(cur, batch.id, u));
     return written ? u : undefined;
   }
 
   /**
-   * The batch's terminal record is stored: nothing counts it again, so its id can leave the key's
-   * list. No write of its own: the key's next update (the tenant's next submit or terminal write)
-   * carries it.
+   * The counted batch's open marker is removed: nothing counts it again, so its id can leave the
+   * key's list. No write of its own: the key's next update (the tenant's next submit or terminal
+   * write) carries it.
    */
-  recordStored(tenant: string, batch: Batch): void {
-    this.queueOf(usageKey(tenant, utcDay(batch.createdAt ?? new Date()))).stored.add(batch.id);
+  countSettled(tenant: string, batch: Batch): void {
+    this.queueOf(outcomeKey(tenant, utcDay(batch.createdAt ?? new Date()))).stored.add(batch.id);
   }
 
-  /** Every stored day from `since` (YYYY-MM-DD, inclusive) on, for one tenant or (undefined) all, oldest first. */
+  /**
+   * Every stored day from `since` (YYYY-MM-DD, inclusive) on, for one tenant or (undefined) all,
+   * oldest first. Waits first for the updates this process was asked for before the call (e.g.
+   * the count of a batch whose answer the caller has just had), so a reader of this coordinator
+   * sees them.
+   */
   async list(since: string, tenant?: string): Promise<DayUsage[]> {
-    const keys: string[] = [];
+    await this.settled();
+    // Each tenant-day's keys (accepted, outcome), by the day and tenant they count for.
+    const byDay = new Map<string, string[]>();
     for await (const k of await this.kv.keys()) {
-      const dot = k.indexOf(".");
-      const day = k.slice(0, dot);
-      const t = k.slice(dot + 1);
+      const { day, tenant: t } = parseUsageKey(k);
       if (day < since) continue;
-      if (tenant !== undefined && t !== (tenant === "" ? "_" : tenant)) continue;
-      keys.push(k);
+      if (tenant !== undefined && t !== tenantInKey(tenant)) continue;
+      const at = `${day}.${t}`;
+      byDay.set(at, [...(byDay.get(at) ?? []), k]);
     }
-    keys.sort();
     const out: DayUsage[] = [];
-    for (const k of keys) {
-      const e = await this.kv.get(k);
-      if (e && e.operation === "PUT") out.push(e.json<DayUsage>());
+    for (const at of [...byDay.keys()].sort()) {
+      let day: DayUsage | undefined;
+      for (const k of byDay.get(at)!) day = mergeDays(day, await this.read(k));
+      if (day) out.push(day);
     }
     return out;
   }

@@ -149,11 +149,11 @@ export class Stack {
    * the previous one, a restarted coordinator is standby until the old lease runs out and then
    * recovers before it serves.
    */
-  async startCoordinator(args: string[] = [], grpcPort?: number, opts: { waitActive?: boolean } = {}): Promise<Proc> {
+  async startCoordinator(args: string[] = [], grpcPort?: number, opts: { waitActive?: boolean; env?: Record<string, string> } = {}): Promise<Proc> {
     const port = grpcPort ?? (this.grpcAddr ? Number(this.grpcAddr.split(":")[1]) : await freePort());
     const child = spawn(process.execPath, [...this.coordinatorNodeArgs, CLI, "coordinator", "--nats", this.natsUrl, "--grpc-port", String(port), "--grpc-host", "127.0.0.1", "--metrics-port", "0", "--log-format", "json", "--heartbeat-timeout", "1500ms", ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info" },
+      env: { ...process.env, SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? "info", ...opts.env },
     });
     const p = trackProcess("coordinator", child);
     this.procs.push(p);

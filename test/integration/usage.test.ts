@@ -57,14 +57,46 @@ describe("usage - per tenant and day, from durable records", () => {
   const stack = new Stack();
   let alice: TestClient;
   let bob: TestClient;
+  let ops: TestClient;
   let nc: NatsConnection;
   let metricsPort = 0;
   let coordinatorArgs: string[] = [];
 
-  const usage = async (tenant: string, day: string): Promise<Day | undefined> => {
+  /**
+   * The stored day as it is in the bucket now: its two keys summed, `<day>.<tenant>` (items
+   * accepted, written by submits) and `<day>._done.<tenant>` (finished batches, written after their
+   * terminal records), apart so that submits never wait behind terminal counts.
+   */
+  const storedUsage = async (tenant: string, day: string): Promise<Day | undefined> => {
     const kv = await new Kvm(nc).open("shoal-usage");
-    const e = await kv.get(`${day}.${tenant}`);
-    return e && e.operation === "PUT" ? e.json<Day>() : undefined;
+    const read = async (key: string) => {
+      const e = await kv.get(key);
+      return e && e.operation === "PUT" ? e.json<Day>() : undefined;
+    };
+    const [accepted, done] = await Promise.all([read(`${day}.${tenant}`), read(`${day}._done.${tenant}`)]);
+    if (!accepted && !done) return undefined;
+    const zero: Day = { accepted: 0, succeeded: 0, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 0, batches: [] };
+    const a = accepted ?? zero;
+    const d = done ?? zero;
+    assert.deepEqual([a.succeeded, a.failed, a.gpuSeconds, a.batches], [0, 0, 0, []], "nothing finished is counted in the accepted key");
+    assert.equal(d.accepted, 0, "nothing accepted is counted in the finished key");
+    return { ...d, accepted: a.accepted };
+  };
+  /**
+   * The stored day once the coordinator's counts asked for so far are stored: a batch's usage is
+   * counted just after its terminal record, and GetUsage waits for the counts in flight (what a
+   * client reading its usage after a batch's answer relies on). Checked equal to GetUsage's answer.
+   */
+  const usage = async (tenant: string, day: string): Promise<Day | undefined> => {
+    const viaApi = (await ops.sdk.getUsage({ tenant, since: day })).find((d) => d.day === day);
+    const stored = await storedUsage(tenant, day);
+    assert.deepEqual(viaApi && [viaApi.accepted, viaApi.succeeded, viaApi.failed], stored && [stored.accepted, stored.succeeded, stored.failed], `GetUsage and the bucket agree on ${tenant}'s ${day}`);
+    return stored;
+  };
+  const openMarker = async (batchId: string): Promise<boolean> => {
+    const kv = await new Kvm(nc).open("shoal-batches");
+    const e = await kv.get(`open.${batchId}`);
+    return e !== null && e.operation === "PUT";
   };
 
   before(async () => {
@@ -80,13 +112,15 @@ describe("usage - per tenant and day, from durable records", () => {
     await stack.startWorker("w-img", ["--vram", "8GiB"]);
     alice = new TestClient(stack.grpcAddr, ALICE);
     bob = new TestClient(stack.grpcAddr, BOB);
-    await new TestClient(stack.grpcAddr, OPS).waitForWorkers(2, 120_000);
+    ops = new TestClient(stack.grpcAddr, OPS);
+    await ops.waitForWorkers(2, 120_000);
     nc = await connect({ servers: stack.natsUrl, timeout: 10_000 });
   });
 
   after(async () => {
     alice?.close();
     bob?.close();
+    ops?.close();
     await nc?.close();
     await stack.stop();
   });
@@ -145,9 +179,10 @@ describe("usage - per tenant and day, from durable records", () => {
     assert.equal(a2Done.state, BatchState.BATCH_STATE_COMPLETED);
     const after = (await usage("alice", a2Done.createdAt!.toISOString().slice(0, 10)))!;
     assert.deepEqual([after.accepted, after.succeeded, after.failed, after.contentPolicy], [10, 8, 1, 1], "a1 once, a2 once");
-    // a1's terminal record was stored before a2's submit, whose write dropped its id: the list
-    // keeps only batches whose terminal record may still be written again (a2 until the next write).
-    assert.deepEqual(after.batches, [a2.batchId]);
+    // The list keeps the batches a restart may count again: a2 until the key's next write. a1's
+    // marker was removed long ago, but its id was to leave with the key's next write by the
+    // coordinator that was killed (what it meant to drop is in its memory only): it stays, harmless.
+    assert.deepEqual(after.batches, [a1.batchId, a2.batchId]);
     assert.equal((await usage("bob", day))!.succeeded, 5);
     // The restarted coordinator's metrics hold a2 only: a1 was not counted again.
     assert.equal(await metric(metricsPort, "shoal_tenant_items_total", { tenant: "alice", status: "succeeded" }), 6);
@@ -230,5 +265,51 @@ describe("usage - per tenant and day, from durable records", () => {
     checkResponse("POST", over.url, over, overJson);
     assert.equal(over.status, 429);
     assert.match(overJson.error.message, /items_per_day = 5 .*resets at \d{4}-\d{2}-\d{2}T00:00:00\.000Z/);
+  });
+
+  test("usage - kill -9 between a batch's terminal record and its usage count: the next start counts it, once; a client reading its usage after an answer sees its batch", async () => {
+    const day = new Date().toISOString().slice(0, 10);
+    const before = (await usage("alice", day))!;
+    // TEST HOOK (coordinator/terminal-usage.ts): this coordinator holds every count for 10
+    // minutes after the terminal record is stored, so the kill lands between the two writes.
+    await stack.kill(stack.coordinator!, "SIGKILL");
+    await stack.startCoordinator(coordinatorArgs, undefined, { env: { SHOAL_TEST_HOLD_USAGE_COUNT_MS: "600000" } });
+    const a = await alice.submit({ items: [sim({ work_ms: 200 }), sim({ work_ms: 200 }), sim({ fail: true })] });
+    const { batch: done } = await pollUntilTerminal(alice, a.batchId);
+    assert.equal(done.state, BatchState.BATCH_STATE_COMPLETED);
+    const held = (await storedUsage("alice", day))!;
+    assert.deepEqual(
+      [held.accepted, held.succeeded, held.failed],
+      [before.accepted + 3, before.succeeded, before.failed],
+      "accepted at submit; the outcome not counted yet: the terminal record came first",
+    );
+    assert.ok(await openMarker(a.batchId), "the open marker stays until the count is stored");
+    await stack.kill(stack.coordinator!, "SIGKILL");
+
+    await stack.startCoordinator(coordinatorArgs);
+    await waitFor("the next start counts the finished batch and removes its marker", async () => !(await openMarker(a.batchId)), 30_000);
+    const counted = (await usage("alice", day))!;
+    const runSeconds = done.results.reduce((sum, r) => sum + Number(r.runMs), 0) / 1000;
+    assert.deepEqual([counted.accepted - before.accepted, counted.succeeded - before.succeeded, counted.failed - before.failed], [3, 2, 1]);
+    assert.ok(Math.abs(counted.gpuSeconds - before.gpuSeconds - runSeconds) < 0.002, "its GPU-seconds once");
+    assert.equal(await metric(metricsPort, "shoal_tenant_items_total", { tenant: "alice", status: "succeeded" }), 2, "the restarted coordinator counted it");
+
+    // Another kill -9 and start: the marker is gone, nothing counts the batch again.
+    await stack.kill(stack.coordinator!, "SIGKILL");
+    await stack.startCoordinator(coordinatorArgs);
+    // A client's own batch, then its usage at once: GetUsage waits for the count asked for
+    // before the answer (the count is stored just after the terminal record).
+    const b = await alice.run({ items: [sim({ work_ms: 10 })] }, 60_000);
+    assert.equal(b.state, BatchState.BATCH_STATE_COMPLETED);
+    const own = (await alice.sdk.getUsage({ since: day })).find((d) => d.day === day)!;
+    assert.deepEqual([own.accepted, own.succeeded, own.failed], [counted.accepted + 1, counted.succeeded + 1, counted.failed], "a counted once, b already counted");
+    assert.equal(await metric(metricsPort, "shoal_tenant_items_total", { tenant: "alice", status: "succeeded" }), 1, "only b counted by this start");
+    // bob's items_per_day is still exact after the restarts: he used his 5, one more is refused.
+    const refusal = await bob.submit({ items: [sim({})] }).then(
+      () => assert.fail("a batch over items_per_day was accepted after the restarts"),
+      (e: unknown) => e as Error,
+    );
+    assert.equal(grpcCode(refusal), status.RESOURCE_EXHAUSTED);
+    assert.match(refusal.message, /5 items accepted today \(UTC\) and this batch adds 1, over its limit items_per_day = 5/);
   });
 });

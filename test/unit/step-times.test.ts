@@ -19,6 +19,7 @@ test("step times - durations between consecutive marks; the assign reply apart; 
     complete: 1010,
     prepared: 1012.25,
     stored: 1014,
+    usageCounted: 1015.5,
   });
   assert.deepEqual(d, {
     validate: 0.5,
@@ -31,6 +32,7 @@ test("step times - durations between consecutive marks; the assign reply apart; 
     terminalPrepare: 2.25,
     terminalRecord: 1.75,
     total: 14,
+    "(usageAfterRecord)": 1.5,
   });
   const partial = stepDurations({ received: 5, validated: 6 });
   assert.deepEqual(partial, { validate: 1 });

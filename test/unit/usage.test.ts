@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { BatchState, ItemStatus, type Batch, type ItemResult } from "../../proto/gen/shoal/v1/shoal.js";
-import { DailyLimitExceeded, UsageStore, addBatch, batchUsage, emptyDay, nextUtcMidnight, usageKey, usageSince, utcDay } from "../../coordinator/usage.js";
+import { DailyLimitExceeded, UsageStore, addBatch, batchUsage, emptyDay, mergeDays, nextUtcMidnight, outcomeKey, parseUsageKey, usageKey, usageSince, utcDay } from "../../coordinator/usage.js";
 
 function result(index: number, status: ItemStatus, runMs: number, code = ""): ItemResult {
   return { index, status, error: code ? { code, message: code, retryable: false } : undefined, artifacts: [], workerId: "w", attempts: 1, queueMs: 0, runMs, model: "m" };
@@ -79,6 +79,12 @@ test("usage - UTC day and the next midnight, whatever the local time zone", () =
   assert.equal(nextUtcMidnight(new Date("2028-02-28T12:00:00Z")).toISOString(), "2028-02-29T00:00:00.000Z");
   assert.equal(usageKey("alice", "2026-03-31"), "2026-03-31.alice");
   assert.equal(usageKey("", "2026-03-31"), "2026-03-31._");
+  assert.equal(outcomeKey("alice", "2026-03-31"), "2026-03-31._done.alice");
+  assert.equal(outcomeKey("", "2026-03-31"), "2026-03-31._done._");
+  // Tenant names may hold dots, never start with "_": each key names one tenant.
+  for (const [k, t] of [["2026-03-31.a.b", "a.b"], ["2026-03-31._done.a.b", "a.b"], ["2026-03-31._", "_"], ["2026-03-31._done._", "_"], ["2026-03-31.done.x", "done.x"]]) {
+    assert.deepEqual(parseUsageKey(k!), { day: "2026-03-31", tenant: t }, k);
+  }
 });
 
 test("usage - a batch adds each item once by status; CONTENT_POLICY is apart from failed; GPU-seconds sum run_ms", () => {
@@ -115,8 +121,9 @@ test("usage - a lost compare-and-set is retried on top of the other writer's val
   await store.reserve("alice", 1, undefined, day);
   // Another coordinator stores its count between our read and our write (a direct write, as
   // that coordinator's compare-and-set would have landed).
+  await store.recordBatch("alice", batch("b-first", day, []));
   kv.interfere = () => {
-    const k = usageKey("alice", "2026-05-01");
+    const k = outcomeKey("alice", "2026-05-01");
     const cur = JSON.parse(kv.entries.get(k)!.value);
     const other = addBatch(cur, "b-other", { succeeded: 1, failed: 0, contentPolicy: 0, cancelled: 0, gpuSeconds: 1 })!;
     kv.entries.set(k, { value: JSON.stringify(other), revision: ++kv.seq });
@@ -124,7 +131,7 @@ test("usage - a lost compare-and-set is retried on top of the other writer's val
   await store.recordBatch("alice", batch("b-ours", day, [result(0, ItemStatus.ITEM_STATUS_FAILED, 500, "TIMEOUT")]));
   const got = (await store.get("alice", "2026-05-01"))!;
   assert.equal(kv.conflicts, 1, "our first write lost its compare-and-set");
-  assert.deepEqual([got.accepted, got.succeeded, got.failed, got.gpuSeconds, [...got.batches].sort()], [1, 1, 1, 1.5, ["b-other", "b-ours"]]);
+  assert.deepEqual([got.accepted, got.succeeded, got.failed, got.gpuSeconds, [...got.batches].sort()], [1, 1, 1, 1.5, ["b-first", "b-other", "b-ours"]]);
 });
 
 test("usage - many updates of one key at once from one process all land", async () => {
@@ -167,12 +174,13 @@ test("usage - updates asked for while a write is in flight share the next write 
   const store = new UsageStore(kv as unknown as KV, "t-usage");
   const day = new Date("2026-05-01T10:00:00Z");
   const b = (id: string) => batch(id, day, [result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 1000)]);
-  // One reservation starts a write; the 100 updates asked for meanwhile go into one more.
+  // Reservations and terminal counts go to the day's two keys. On each, the first update starts a
+  // write and the ones asked for meanwhile go into one more.
   const calls = [store.reserve("dave", 1, undefined, day), ...Array.from({ length: 50 }, () => store.reserve("dave", 2, undefined, day)), ...Array.from({ length: 50 }, (_, i) => store.recordBatch("dave", b(`b${i}`)))];
   const settled = await Promise.allSettled(calls);
   assert.ok(settled.every((s) => s.status === "fulfilled"));
-  assert.equal(kv.writes, 2, "two writes for 101 updates");
-  assert.equal(kv.reads, 1, "the key is read once; the second write starts from what the first stored");
+  assert.equal(kv.writes, 4, "two writes per key for 101 updates");
+  assert.equal(kv.reads, 2, "each key is read once; its second write starts from what its first stored");
   const got = (await store.get("dave", "2026-05-01"))!;
   assert.deepEqual([got.accepted, got.succeeded, got.batches.length, got.gpuSeconds], [101, 50, 50, 50]);
   // recordBatch says what it added, and undefined for a batch already counted, within one group too.
@@ -214,7 +222,7 @@ test("usage - a write that fails refuses every update of its group, counts none 
   assert.deepEqual(group.map((g) => g.status), ["rejected", "rejected"]);
   assert.equal((await store.get("fay", "2026-05-01"))!.accepted, 2);
   await store.reserve("fay", 4, undefined, now);
-  assert.equal(kv.reads, readsBefore + 2, "after a failed write the key is read again (plus the get above)");
+  assert.equal(kv.reads, readsBefore + 3, "after a failed write the key is read again (plus the get above: its two keys)");
   assert.equal((await store.get("fay", "2026-05-01"))!.accepted, 6);
 });
 
@@ -260,7 +268,7 @@ test("usage - GetUsage's since: a real YYYY-MM-DD as given, 30 days back when em
   for (const bad of ["2026-02-30", "2026-13-01", "yesterday", "2026-1-01", "2026-01-01T00:00:00Z"]) assert.equal(usageSince(bad, now), undefined, bad);
 });
 
-test("usage - a batch's id leaves the key's list with the next write once its terminal record is stored, so the list holds the batches finishing now, not the whole day", async () => {
+test("usage - a batch's id leaves the key's list with the next write once its open marker is removed, so the list holds the batches finishing now, not the whole day", async () => {
   const kv = new FakeKv();
   const store = new UsageStore(kv as unknown as KV, "t-usage");
   const day = new Date("2026-05-01T10:00:00Z");
@@ -269,14 +277,42 @@ test("usage - a batch's id leaves the key's list with the next write once its te
     const b = batch(`b${i}`, day, ok);
     await store.reserve("dave", 1, undefined, day);
     await store.recordBatch("dave", b);
-    store.recordStored("dave", b);
+    store.countSettled("dave", b);
   }
-  // One batch counted but not yet stored terminal (a coordinator killed between the two writes).
+  // One batch counted whose marker is not removed yet (a coordinator killed between the two writes).
   const pending = batch("b-pending", day, ok);
   await store.recordBatch("dave", pending);
   const got = (await store.get("dave", "2026-05-01"))!;
   assert.deepEqual([got.accepted, got.succeeded], [100, 101], "every batch counted once");
-  assert.deepEqual(got.batches, ["b-pending"], "only the batch whose terminal record may still be written again");
+  assert.deepEqual(got.batches, ["b-pending"], "only the batch a restart may still count again");
   assert.equal(await store.recordBatch("dave", pending), undefined, "that one is still not counted twice");
   assert.equal((await store.get("dave", "2026-05-01"))!.succeeded, 101);
+});
+
+test("usage - submits and terminal counts write different keys (a submit never waits behind a terminal count); a day is the two summed", { timeout: 10_000 }, async () => {
+  const kv = new FakeKv();
+  const store = new UsageStore(kv as unknown as KV, "t-usage");
+  const now = new Date("2026-05-01T10:00:00Z");
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  // Every write of the outcome key is held: a reservation must still be stored meanwhile.
+  const realUpdate = kv.update.bind(kv);
+  const realCreate = kv.create.bind(kv);
+  const held = (k: string) => k === outcomeKey("hal", "2026-05-01");
+  kv.update = async (k: string, v: string, rev: number) => (held(k) && (await gate), realUpdate(k, v, rev));
+  kv.create = async (k: string, v: string) => (held(k) && (await gate), realCreate(k, v));
+  const counting = store.recordBatch("hal", batch("b1", now, [result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 1000), result(1, ItemStatus.ITEM_STATUS_FAILED, 0, "TIMEOUT")]));
+  await store.reserve("hal", 2, 3, now);
+  assert.equal(JSON.parse(kv.entries.get(usageKey("hal", "2026-05-01"))!.value).accepted, 2, "stored while the terminal count's write is held");
+  await assert.rejects(store.reserve("hal", 2, 3, now), DailyLimitExceeded, "the limit is still exact");
+  open();
+  await counting;
+  const day = (await store.get("hal", "2026-05-01"))!;
+  assert.deepEqual([day.accepted, day.succeeded, day.failed, day.gpuSeconds, day.batches], [2, 1, 1, 1, ["b1"]]);
+  // A day stored before the split (one key with both) still reads whole, plus what the outcome key adds.
+  kv.entries.set(usageKey("ivy", "2026-05-01"), { value: JSON.stringify({ ...emptyDay("ivy", "2026-05-01"), accepted: 5, succeeded: 4, gpuSeconds: 2 }), revision: ++kv.seq });
+  await store.recordBatch("ivy", batch("b2", now, [result(0, ItemStatus.ITEM_STATUS_SUCCEEDED, 500)]));
+  const listed = await store.list("2026-05-01");
+  assert.deepEqual(listed.map((d) => [d.tenant, d.accepted, d.succeeded, d.gpuSeconds]), [["hal", 2, 1, 1], ["ivy", 5, 5, 2.5]]);
+  assert.deepEqual(mergeDays(undefined, undefined), undefined);
 });
