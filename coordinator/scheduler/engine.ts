@@ -20,6 +20,7 @@ import type { VramEstimates } from "../vram-estimates.js";
 import type { VramLedger } from "../vram-ledger.js";
 import { allowsPlanned, spillablePlanned, type AffinityPlanner, type ModelBacklog, type PlannerGpu } from "./affinity.js";
 import { GpuIndex, type PlanSet } from "./gpu-index.js";
+import { strands } from "./packing.js";
 import { planHedges, type HedgeInfo, type HedgePolicy } from "./hedging.js";
 import { planEvictions, type BlockedModel, type DefragGpu, type Eviction } from "./defrag.js";
 import { EarliestFinish } from "./earliest-finish.js";
@@ -85,6 +86,13 @@ export interface EnginePolicy {
   holdCheckAtMs?: number;
   /** Times an item was held for a GPU that finishes it first (one per item per pass). */
   holds?: number;
+  /**
+   * Pass over an item whose chosen GPU it would strand, placing the items behind it first
+   * (packing.ts; on unless false). Off only to measure what it does.
+   */
+  packing?: boolean;
+  /** Times an item was passed over for stranding its GPU (one per item per pass). */
+  deferrals?: number;
 }
 
 /** What defragmentation keeps between passes: the caller sends `evictions` after each pass. */
@@ -96,7 +104,7 @@ export interface DefragState {
 }
 
 export function newEnginePolicy(
-  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean; earliestFinish?: boolean } = {},
+  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean; earliestFinish?: boolean; packing?: boolean } = {},
 ): EnginePolicy {
   return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
@@ -235,7 +243,11 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     }
     return true;
   };
-  state.queue.drain(({ batchId, index }) => {
+  // Packing (packing.ts): the first walk passes over items that would strand their GPU's VRAM;
+  // a second walk places them wherever they fit once the items behind them have had the room.
+  let deferring = eng !== undefined && eng.packing !== false;
+  let deferred = 0;
+  const tryPlace = ({ batchId, index }: { batchId: string; index: number }): "drop" | "block" | "stop" | boolean => {
     const batch = state.batches.get(batchId);
     const slot = batch?.items[index];
     if (!batch || !slot || slot.state !== "pending") return "drop"; // done or adopted meanwhile
@@ -259,6 +271,14 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
         place((plan) => spillablePlanned(plan, waitingOf), (key) => planner.spillable(key, waitingOf));
     } else {
       placement = place();
+    }
+    if (deferring && placement && activation > 0) {
+      const gpu = state.ledger.gpusOf(placement.workerId).find((g) => g.key === placement!.gpuKey);
+      if (gpu && strands(gpu.totalBytes, slot.need.weightsBytes, activation)) {
+        if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
+        deferred++;
+        return false;
+      }
     }
     // Placement found a GPU with room now; in the tail one that frees soon may finish the item first.
     const predictedMs = placement ? eng?.predictor?.predictMs(slot, placement.workerId) : undefined;
@@ -294,7 +314,13 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     if (!list) outgoing.set(placement.workerId, (list = []));
     list.push({ batch, index, lease });
     return true;
-  }, slots);
+  };
+  let placedNow = state.queue.drain(tryPlace, slots);
+  if (deferred > 0) {
+    if (eng) eng.deferrals = (eng.deferrals ?? 0) + deferred;
+    deferring = false;
+    placedNow += state.queue.drain(tryPlace, slots - placedNow);
+  }
   if (finishes && eng) {
     eng.holdCheckAtMs = finishes.nextCheckAtMs;
     eng.holds = (eng.holds ?? 0) + finishes.held;
