@@ -245,8 +245,19 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
   };
   // Packing (packing.ts): the first walk passes over items that would strand their GPU's VRAM;
   // a second walk places them wherever they fit once the items behind them have had the room.
-  let deferring = eng !== undefined && eng.packing !== false;
+  const packing = eng !== undefined && eng.packing !== false;
+  let deferring = packing;
   let deferred = 0;
+  let totals: Map<string, number> | undefined;
+  const noPackingGpu = new Set<string>();
+  const strandsOn = (key: string, weightsBytes: number, activationBytes: number): boolean => {
+    if (!totals) {
+      totals = new Map();
+      for (const w of workers.keys()) for (const g of state.ledger.gpusOf(w)) totals.set(g.key, g.totalBytes);
+    }
+    const total = totals.get(key);
+    return total !== undefined && strands(total, weightsBytes, activationBytes);
+  };
   const tryPlace = ({ batchId, index }: { batchId: string; index: number }): "drop" | "block" | "stop" | boolean => {
     const batch = state.batches.get(batchId);
     const slot = batch?.items[index];
@@ -272,9 +283,19 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     } else {
       placement = place();
     }
-    if (deferring && placement && activation > 0) {
-      const gpu = state.ledger.gpusOf(placement.workerId).find((g) => g.key === placement!.gpuKey);
-      if (gpu && strands(gpu.totalBytes, slot.need.weightsBytes, activation)) {
+    if (packing && placement && activation > 0 && strandsOn(placement.gpuKey, slot.need.weightsBytes, activation)) {
+      // A GPU the plan accepts where the item packs, as warm as the one chosen (no extra load),
+      // rather than the tightest; found by a fleet scan, only for items that would strand.
+      // Within a pass free VRAM only shrinks: a need that found no such GPU finds none later.
+      const needKey = `${slot.model}|${activation}|${placement.loads === undefined ? "warm" : "any"}`;
+      let alt: Placement | undefined;
+      if (!noPackingGpu.has(needKey)) {
+        alt = placeItem(need, workers.values(), state.ledger, input.policy, (key) => !strandsOn(key, slot.need.weightsBytes, activation) && (!planner?.active || planner.allows(key, slot.model, planned) || planner.spillable(key, waitingOf)));
+        if (alt && alt.loads !== undefined && placement.loads === undefined) alt = undefined;
+        if (!alt) noPackingGpu.add(needKey);
+      }
+      if (alt) placement = alt;
+      else if (deferring) {
         if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
         deferred++;
         return false;

@@ -6,10 +6,13 @@
 // eleven 6.4 GB items with 1.6 GB (2 %) left. Best fit picks the tightest GPU, so left alone the
 // 6.4 GB items settle on the 24 GB GPUs.
 //
-// The engine's pass therefore passes over an item whose chosen GPU it would strand (more than
-// STRAND_SHARE of the room) and places the items behind it first (a smaller item of the model
-// takes the room); the items passed over are placed in a second walk of the same pass wherever
-// they fit then, so no GPU is left idle for them: the rule only reorders within a pass. Pure.
+// The engine's pass therefore treats an item whose chosen GPU it would strand (more than
+// STRAND_SHARE of the room) in two steps (scheduler/engine.ts, placeQueued): it goes to a GPU
+// the plan accepts where it packs, as warm as the one chosen, when one has room now (a fleet scan,
+// only for such items; a need that finds none is not looked for again in the pass); otherwise
+// it is passed over and the items behind it are placed first (a smaller item of the model takes
+// the room). Items passed over are placed in a second walk of the same pass wherever they fit
+// then, so no GPU is left idle for them: the rule only reorders within a pass. Pure.
 
 /** Above this share of a GPU's room stranded, an item waits for the rest of the pass. */
 export const STRAND_SHARE = 0.1;

@@ -60,20 +60,25 @@ function batch(id: string, activations: number[]): ActiveBatch {
   return new ActiveBatch(record, 1, slots, 3, 0);
 }
 
-/** One worker with one 24 GB GPU serving model m (8 GB of weights), the engine policy on. */
-function oneGpu(activations: number[], packing?: boolean): EngineState {
+/** Workers of one GPU each (`sizes` in GB, worker "w" first, then "w1", ...) serving model m (8 GB of weights), the engine policy on. */
+function fleet(activations: number[], packing?: boolean, sizes = [24]): EngineState {
   const ledger = new VramLedger();
-  ledger.observe("w", [{ index: 0, name: "g", totalBytes: 24 * GB, freeBytes: 24 * GB, source: "budget" }], []);
-  const worker: WorkerRecord = { id: "w", incarnation: "i", state: WorkerState.WORKER_STATE_READY, lastSeenMs: 0, lastSeq: 1, hostname: "w", resident: new Set(), models: new Set(["m"]), maxInFlight: 64, itemsDone: 0, heldReported: 0, unreachable: false };
+  const workers: WorkerRecord[] = sizes.map((gb, i) => {
+    const id = i === 0 ? "w" : `w${i}`;
+    ledger.observe(id, [{ index: 0, name: "g", totalBytes: gb * GB, freeBytes: gb * GB, source: "budget" }], []);
+    return { id, incarnation: "i", state: WorkerState.WORKER_STATE_READY, lastSeenMs: 0, lastSeq: 1, hostname: id, resident: new Set<string>(), models: new Set(["m"]), maxInFlight: 64, itemsDone: 0, heldReported: 0, unreachable: false };
+  });
   const b = batch("b", activations);
   const queue = new BatchQueue();
   for (let i = 0; i < activations.length; i++) queue.add("b", i, 0);
-  return { queue, batches: new Map([["b", b]]), workers: [worker], ledger, attempts: new Attempts(ledger), estimates: new VramEstimates(), engine: newEnginePolicy({ packing }) };
+  return { queue, batches: new Map([["b", b]]), workers, ledger, attempts: new Attempts(ledger), estimates: new VramEstimates(), engine: newEnginePolicy({ packing }) };
 }
+const oneGpu = (activations: number[], packing?: boolean) => fleet(activations, packing);
 
-const pass = (state: EngineState) => {
+/** One pass; the indices placed on worker `on`. */
+const pass = (state: EngineState, on = "w") => {
   let n = 0;
-  return (schedulePass(state, { nowMs: 1_000, recoveringUntilMs: 0, policy: "best-fit", newToken: (a) => `${a}.t${n++}` }).get("w") ?? []).map((p) => p.index).sort();
+  return (schedulePass(state, { nowMs: 1_000, recoveringUntilMs: 0, policy: "best-fit", newToken: (a) => `${a}.t${n++}` }).get(on) ?? []).map((p) => p.index).sort();
 };
 
 test("packing - an item that would strand its GPU waits for the smaller items behind it", () => {
@@ -96,4 +101,16 @@ test("packing - an item passed over is still placed in the same pass when nothin
   assert.equal(state.queue.size, 1);
   // And the ledger never holds more than the GPU: 8 + 2 × 6.4 GB.
   assert.ok(Math.abs(state.ledger.available("w/0") - 3.2 * GB) < 1);
+});
+
+test("packing - an item that would strand the tightest GPU goes where it packs when that GPU has room", () => {
+  // A 24 GB and an 80 GB GPU, both cold: best fit alone takes the 24 GB one (3.2 GB of its room
+  // stranded by 6.4 GB items); the 80 GB one holds them with 2 % left.
+  const packed = fleet([6.4 * GB], undefined, [24, 80]);
+  assert.deepEqual(pass(packed, "w1"), [0]);
+  const inOrder = fleet([6.4 * GB], false, [24, 80]);
+  assert.deepEqual(pass(inOrder, "w"), [0]);
+  // A 5.2 GB item packs on the 24 GB GPU: best fit as before.
+  const small = fleet([5.2 * GB], undefined, [24, 80]);
+  assert.deepEqual(pass(small, "w"), [0]);
 });
