@@ -250,6 +250,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
   let deferred = 0;
   let totals: Map<string, number> | undefined;
   const noPackingGpu = new Set<string>();
+  const deferredNeed = new Set<string>();
   const strandsOn = (key: string, weightsBytes: number, activationBytes: number): boolean => {
     if (!totals) {
       totals = new Map();
@@ -265,6 +266,10 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     const t0 = timer?.();
     const activation = state.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
     if (eng) noteNeed(eng, slot.model, slot.need.weightsBytes, activation);
+    // A need passed over in this pass is passed over again without a decision (at 100,000
+    // items a try each would walk every batch's lookahead per pass); the items behind it are
+    // still tried: a smaller one may take the room.
+    if (deferring && deferredNeed.has(`${slot.model}|${activation}`)) return false;
     const failed = failedNeed.get(slot.model);
     if (failed !== undefined && activation >= failed) {
       // No item of the model smaller than the one that failed was ever seen: none behind can fit.
@@ -298,6 +303,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
       else if (deferring) {
         if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
         deferred++;
+        deferredNeed.add(`${slot.model}|${activation}`);
         return false;
       }
     }
