@@ -214,7 +214,7 @@ export interface SimOptions {
   /** Passing over items that would strand their GPU's VRAM (scheduler/packing.ts; engine default: on); false measures what it does. */
   packing?: boolean;
   /** Called for each attempt a GPU starts (for diagnostics: where the tail ran). */
-  onStart?: (e: { gpu: string; speed: number; model: string; workMs: number; assignedAtMs: number; startAtMs: number; endAtMs: number; oom: boolean }) => void;
+  onStart?: (e: { gpu: string; speed: number; model: string; workMs: number; useBytes: number; assignedAtMs: number; startAtMs: number; endAtMs: number; oom: boolean }) => void;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -388,7 +388,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       const oom = use > activation;
       const runMs = oom ? w.oomMs : item.workMs / g.spec.speed;
       push({ t: startAt + runMs, kind: "finish", gpu: g, token: p.lease.token, oom });
-      opts.onStart?.({ gpu: g.spec.id, speed: g.spec.speed, model: slot.model, workMs: item.workMs, assignedAtMs: now, startAtMs: startAt, endAtMs: startAt + runMs, oom });
+      opts.onStart?.({ gpu: g.spec.id, speed: g.spec.speed, model: slot.model, workMs: item.workMs, useBytes: use, assignedAtMs: now, startAtMs: startAt, endAtMs: startAt + runMs, oom });
     }
     report(g);
   };

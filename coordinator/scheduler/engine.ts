@@ -248,15 +248,10 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
   const packing = eng !== undefined && eng.packing !== false;
   let deferring = packing;
   let deferred = 0;
-  let totals: Map<string, number> | undefined;
   const noPackingGpu = new Set<string>();
   const deferredNeed = new Set<string>();
   const strandsOn = (key: string, weightsBytes: number, activationBytes: number): boolean => {
-    if (!totals) {
-      totals = new Map();
-      for (const w of workers.keys()) for (const g of state.ledger.gpusOf(w)) totals.set(g.key, g.totalBytes);
-    }
-    const total = totals.get(key);
+    const total = state.ledger.totalBytes(key);
     return total !== undefined && strands(total, weightsBytes, activationBytes);
   };
   const tryPlace = ({ batchId, index }: { batchId: string; index: number }): "drop" | "block" | "stop" | boolean => {
@@ -290,12 +285,16 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     }
     if (packing && placement && activation > 0 && strandsOn(placement.gpuKey, slot.need.weightsBytes, activation)) {
       // A GPU the plan accepts where the item packs, as warm as the one chosen (no extra load),
-      // rather than the tightest; found by a fleet scan, only for items that would strand.
+      // rather than the tightest; found by the GPU index with a per-GPU filter (a fleet scan with
+      // --scan), only for items that would strand.
       // Within a pass free VRAM only shrinks: a need that found no such GPU finds none later.
       const needKey = `${slot.model}|${activation}|${placement.loads === undefined ? "warm" : "any"}`;
       let alt: Placement | undefined;
       if (!noPackingGpu.has(needKey)) {
-        alt = placeItem(need, workers.values(), state.ledger, input.policy, (key) => !strandsOn(key, slot.need.weightsBytes, activation) && (!planner?.active || planner.allows(key, slot.model, planned) || planner.spillable(key, waitingOf)));
+        const packs = (key: string) => !strandsOn(key, slot.need.weightsBytes, activation);
+        alt = gpus
+          ? gpus.place(need, input.policy, planner?.active ? (plan) => allowsPlanned(plan, slot.model, planned) || spillablePlanned(plan, waitingOf) : undefined, (g) => packs(g.key))
+          : placeItem(need, workers.values(), state.ledger, input.policy, (key) => packs(key) && (!planner?.active || planner.allows(key, slot.model, planned) || planner.spillable(key, waitingOf)));
         if (alt && alt.loads !== undefined && placement.loads === undefined) alt = undefined;
         if (!alt) noPackingGpu.add(needKey);
       }
