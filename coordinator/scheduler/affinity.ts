@@ -71,7 +71,8 @@ export const LEND_WEIGHTS_FACTOR = 2;
 export function lendRepays(totalBytes: number, lenderWeightsBytes: number, weightsBytes: number, lend: number): boolean {
   const room = totalBytes - lenderWeightsBytes;
   if (room <= 0) return false;
-  return lend >= LEND_WEIGHTS_FACTOR * (weightsBytes / room);
+  // At the boundary it lends (the LP's shares carry rounding noise of 1e-16).
+  return lend >= LEND_WEIGHTS_FACTOR * (weightsBytes / room) - 1e-9;
 }
 
 export const AFFINITY_DEFAULTS: AffinityOptions = { replanMs: 1000, switchFactor: 2 };
@@ -339,6 +340,9 @@ export class AffinityPlanner {
         if (lend <= SHARE_EPS) continue;
         // Both models' weights on one GPU: the share lent must repay the room the second takes.
         if (!lendRepays(g.totalBytes, backlog.get(m)?.weightsBytes ?? 0, backlog.get(s)?.weightsBytes ?? 0, lend)) continue;
+        // A GPU that must load the short model lends only while the backlog repays the load, as
+        // a switch (roundClass): in the tail a load outlasts the work it would take.
+        if (!g.loaded.has(s) && this.horizonMs < this.opts.switchFactor * (backlog.get(s)?.loadMs ?? 0)) continue;
         out.get(g.key)!.add(s);
         excess.set(m, excess.get(m)! - lend);
         short -= lend;
