@@ -5,12 +5,14 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { WorkerState } from "../../proto/gen/shoal/v1/shoal.js";
 import { Attempts } from "../../coordinator/attempts.js";
 import { ActiveBatch, type ItemSlot } from "../../coordinator/batch-state.js";
 import { BatchQueue } from "../../coordinator/batch-queue.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
-import { newEnginePolicy, schedulePass, type EngineState } from "../../coordinator/scheduler/engine.js";
+import { newEnginePolicy, noteNeed, schedulePass, type EngineState } from "../../coordinator/scheduler/engine.js";
+import { placeItem } from "../../coordinator/placement.js";
 import { STRAND_SHARE, strandedShare, strands } from "../../coordinator/scheduler/packing.js";
 import { VramEstimates, shapeKey } from "../../coordinator/vram-estimates.js";
 import { VramLedger } from "../../coordinator/vram-ledger.js";
@@ -113,4 +115,35 @@ test("packing - an item that would strand the tightest GPU goes where it packs w
   // A 5.2 GB item packs on the 24 GB GPU: best fit as before.
   const small = fleet([5.2 * GB], undefined, [24, 80]);
   assert.deepEqual(pass(small, "w"), [0]);
+});
+
+test("packing - property: a pass never overbooks a GPU, and leaves queued no item that fits somewhere (fast-check)", () => {
+  // Random fleets of one-GPU workers and random item sizes, the rule on: whatever it passes over
+  // in the first walk, the second places wherever it fits then.
+  const sizes = fc.array(fc.constantFrom(16, 24, 48, 80), { minLength: 1, maxLength: 4 });
+  const items = fc.array(fc.constantFrom(2, 4, 5.2, 6.4, 10, 12), { minLength: 1, maxLength: 40 });
+  fc.assert(
+    fc.property(sizes, items, (gb, acts) => {
+      const state = fleet(acts.map((a) => a * GB), undefined, gb);
+      // As the coordinator does when items are queued: the engine knows each model's smallest need.
+      for (const a of acts) noteNeed(state.engine!, "m", 8 * GB, a * GB);
+      pass(state);
+      const workers = [...state.workers];
+      for (const w of workers) {
+        const g = state.ledger.gpusOf(w.id)[0]!;
+        assert.ok(g.reservedBytes <= g.freeBytes, `${w.id}: ${g.reservedBytes} reserved of ${g.freeBytes} free`);
+      }
+      const placeable = workers.map((w) => ({ id: w.id, slotsFree: w.maxInFlight - state.attempts.openOn(w.id), resident: w.resident, models: w.models }));
+      const b = state.batches.get("b")!;
+      let pending = 0;
+      for (const slot of b.items) {
+        if (slot.state !== "pending") continue;
+        pending++;
+        const p = placeItem({ model: slot.model, ...slot.need }, placeable, state.ledger, "best-fit");
+        assert.equal(p, undefined, `an item of ${slot.need.activationBytes / GB} GB fits on ${p?.gpuKey} but was left queued`);
+      }
+      assert.equal(state.queue.size, pending);
+    }),
+    { numRuns: 200 },
+  );
 });
