@@ -58,6 +58,7 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--hedge-min-overrun <duration>", "an item counts as overrunning its predicted time only once it is also this much past it").env("SHOAL_HEDGE_MIN_OVERRUN").default("1s"))
     .addOption(new Option("--load-bandwidth <size>", "bytes per second GPUs load model weights at, the cost of switching a GPU to another model (0 = unknown)").env("SHOAL_LOAD_BANDWIDTH").default("0"))
     .addOption(new Option("--earliest-finish <on|off>", "let a batch's last items wait for a faster GPU that frees soon when it would finish them sooner than a free slower one").env("SHOAL_EARLIEST_FINISH").choices(["on", "off"]).default("on"))
+    .addOption(new Option("--packing <on|off>", "send an item whose size would strand more than a tenth of its GPU's room to a GPU where it packs, or place the smaller items behind it first").env("SHOAL_PACKING").choices(["on", "off"]).default("on"))
     .addOption(new Option("--defrag <on|off>", "evict idle resident weights when that opens room for a waiting item that fits nowhere and the wait saved beats the reload").env("SHOAL_DEFRAG").choices(["on", "off"]).default("on"))
     .addOption(new Option("--api-keys <list>", "tenant:key,... ; when set, clients must send a key").env("SHOAL_API_KEYS"))
     .addOption(new Option("--api-keys-file <file>", "JSON keys file (tenants, roles, limits; see docs/security.md); reloaded on SIGHUP").env("SHOAL_API_KEYS_FILE"))
@@ -242,6 +243,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     hedgeMinOverrunMs: parseDuration("--hedge-min-overrun", String(raw.hedgeMinOverrun ?? "1s")),
     defrag: raw.defrag !== "off",
     earliestFinish: raw.earliestFinish !== "off",
+    packing: raw.packing !== "off",
     loadBytesPerS: optionalBytes("--load-bandwidth", raw.loadBandwidth ?? "0"),
     terminalRetryInitialMs: COORDINATOR_DEFAULTS.terminalRetryInitialMs,
     terminalRetryMaxMs: Math.max(COORDINATOR_DEFAULTS.terminalRetryInitialMs, parseDuration("--terminal-retry-max", String(raw.terminalRetryMax ?? "30s"))),

@@ -143,6 +143,7 @@ export class Coordinator {
       timer: () => performance.now(),
       hedging: opts.hedging === false ? undefined : { afterFactor: opts.hedgeAfterFactor ?? DEFAULT_HEDGE_AFTER_FACTOR, minOverrunMs: opts.hedgeMinOverrunMs },
       earliestFinish: opts.earliestFinish ?? true,
+      packing: opts.packing ?? true,
     });
     if (opts.defrag ?? true) this.engine.defrag = { busy: new Set(), evictions: [] };
     this.names = new Names(opts.prefix);

@@ -63,6 +63,8 @@ export interface CoordinatorOptions {
   defrag?: boolean;
   /** Hold a tail item for a faster GPU that finishes it sooner than a free one (scheduler/earliest-finish.ts); default on. */
   earliestFinish?: boolean;
+  /** Items whose size would strand their GPU's VRAM go where they pack, or after the smaller ones (scheduler/packing.ts); default on. */
+  packing?: boolean;
   /** Copies of each stream, bucket and object store (--replicas); 1 when absent. */
   replicas?: number;
   /** Standby coordinators: how long the active one's lease lasts unrenewed (--lease-ttl); default LEASE_TTL_MS. */
@@ -94,6 +96,7 @@ export const COORDINATOR_DEFAULTS = {
   longestFirst: true,
   defrag: true,
   earliestFinish: true,
+  packing: true,
   loadBytesPerS: 0,
   replicas: 1,
   leaseTtlMs: 5000,

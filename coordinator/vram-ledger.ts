@@ -167,6 +167,11 @@ export class VramLedger {
     return this.residentByGpu.get(key) ?? EMPTY;
   }
 
+  /** The GPU's size (undefined for a GPU no report named). */
+  totalBytes(key: string): number | undefined {
+    return this.gpus.get(key)?.totalBytes;
+  }
+
   available(key: string): number {
     const g = this.gpus.get(key);
     return g ? g.freeBytes - g.reservedBytes : 0;

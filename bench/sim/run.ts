@@ -2,6 +2,7 @@
 //   node dist/bench/sim/run.js [--quick] [--seed N] [--only shape1,shape2] [--policy p1,p2] [--eta]
 //     [--oom-need-unknown] (workers' OUT_OF_MEMORY without the need, as a real ONNX backend's)
 //     [--known-vram] (estimates start at the real needs: nothing runs out of memory)
+//     [--no-packing] (items that would strand their GPU's VRAM are placed in order: scheduler/packing.ts off)
 // --eta scores the coordinator's ETAs as the sim bench case does (median and p90 of the error at
 // 25 % over the batches), under every policy run.
 import { percentile } from "../lib/stats.js";
@@ -16,7 +17,7 @@ const onlyAt = args.indexOf("--only");
 const only = onlyAt >= 0 ? args[onlyAt + 1]!.split(",") : undefined;
 const polAt = args.indexOf("--policy");
 const pols = polAt >= 0 ? args[polAt + 1]!.split(",") : undefined;
-const simOpts = { oomNeedUnknown: args.includes("--oom-need-unknown"), knownVram: args.includes("--known-vram"), trackEta: args.includes("--eta") };
+const simOpts = { oomNeedUnknown: args.includes("--oom-need-unknown"), knownVram: args.includes("--known-vram"), trackEta: args.includes("--eta"), packing: args.includes("--no-packing") ? false : undefined };
 for (const shape of SHAPES) {
   const w = shape({ seed, quick });
   if (only && !only.includes(w.name)) continue;

@@ -140,6 +140,8 @@ export interface SimResult {
   switches: number;
   /** Times an item was held in the tail for a faster GPU (scheduler/earliest-finish.ts; once per item per pass). */
   holds: number;
+  /** Times an item was passed over for a pass because it would strand its GPU's VRAM (scheduler/packing.ts). */
+  deferrals: number;
   /** Hedges placed, and how each pair ended (won: the copy ended the item; lost: the original did). */
   hedges: { placed: number; won: number; lost: number; cancelled: number };
   /** Models evicted by defragmentation, and evictions the simulated worker refused (an item of the model held: must be 0). */
@@ -209,8 +211,10 @@ export interface SimOptions {
   knownVram?: boolean;
   /** Earliest-finish holds in the tail (engine default: on); false isolates another mechanism, e.g. hedging. */
   earliestFinish?: boolean;
+  /** Passing over items that would strand their GPU's VRAM (scheduler/packing.ts; engine default: on); false measures what it does. */
+  packing?: boolean;
   /** Called for each attempt a GPU starts (for diagnostics: where the tail ran). */
-  onStart?: (e: { gpu: string; speed: number; model: string; workMs: number; assignedAtMs: number; startAtMs: number; endAtMs: number; oom: boolean }) => void;
+  onStart?: (e: { gpu: string; speed: number; model: string; workMs: number; useBytes: number; assignedAtMs: number; startAtMs: number; endAtMs: number; oom: boolean }) => void;
 }
 
 export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {}): SimResult {
@@ -263,6 +267,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     hedging: opts.hedging,
     scan: opts.scan,
     earliestFinish: opts.earliestFinish,
+    packing: opts.packing,
   });
   if (opts.defrag) engine.defrag = { busy: new Set(), evictions: [] };
 
@@ -330,6 +335,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
     plans: 0,
     switches: 0,
     holds: 0,
+    deferrals: 0,
     hedges: { placed: 0, won: 0, lost: 0, cancelled: 0 },
     evictions: 0,
     evictionsRefused: 0,
@@ -382,7 +388,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       const oom = use > activation;
       const runMs = oom ? w.oomMs : item.workMs / g.spec.speed;
       push({ t: startAt + runMs, kind: "finish", gpu: g, token: p.lease.token, oom });
-      opts.onStart?.({ gpu: g.spec.id, speed: g.spec.speed, model: slot.model, workMs: item.workMs, assignedAtMs: now, startAtMs: startAt, endAtMs: startAt + runMs, oom });
+      opts.onStart?.({ gpu: g.spec.id, speed: g.spec.speed, model: slot.model, workMs: item.workMs, useBytes: use, assignedAtMs: now, startAtMs: startAt, endAtMs: startAt + runMs, oom });
     }
     report(g);
   };
@@ -572,6 +578,7 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   res.plans = engine.affinity?.plans ?? 0;
   res.switches = engine.affinity?.switches ?? 0;
   res.holds = engine.holds ?? 0;
+  res.deferrals = engine.deferrals ?? 0;
   const first = Math.min(...w.batches.map((b) => b.arrivalMs));
   res.makespanMs = lastDone - first;
   res.idealMs = idealMs(w) - first;

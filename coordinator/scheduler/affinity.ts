@@ -55,6 +55,26 @@ export interface AffinityOptions {
 /** Shares of a GPU below this are rounding noise: not worth a GPU's time-sharing. */
 const SHARE_EPS = 0.05;
 
+/**
+ * A GPU lends a share of its time to a short model only when that share is at least this many
+ * times the share of its room the short model's weights take (see shareShort): both models run
+ * on it at once, so the second model's weights shrink the room of the first for as long as they
+ * share, and the items of either fit it less well (misestimated-vram: sim-30g lent 0.4 of an
+ * 80 GB GPU whose plan is sim-12g took 20 of its 72 GB of room for the whole run).
+ */
+export const LEND_WEIGHTS_FACTOR = 2;
+
+/**
+ * Whether lending `lend` of a GPU of `totalBytes` whose model has `lenderWeightsBytes` of weights
+ * to a model with `weightsBytes` of weights gains more GPU time than the weights cost it.
+ */
+export function lendRepays(totalBytes: number, lenderWeightsBytes: number, weightsBytes: number, lend: number): boolean {
+  const room = totalBytes - lenderWeightsBytes;
+  if (room <= 0) return false;
+  // At the boundary it lends (the LP's shares carry rounding noise of 1e-16).
+  return lend >= LEND_WEIGHTS_FACTOR * (weightsBytes / room) - 1e-9;
+}
+
 export const AFFINITY_DEFAULTS: AffinityOptions = { replanMs: 1000, switchFactor: 2 };
 
 /** Items of a model one GPU can run at once when it serves only that model (real-valued). */
@@ -289,7 +309,7 @@ export class AffinityPlanner {
     }
     // GPUs the plan did not need (more GPUs than work): they take whatever waits.
     for (const g of free) out.delete(g.key);
-    this.shareShort(list, targets, planned, out);
+    this.shareShort(list, targets, planned, out, backlog);
   }
 
   /**
@@ -300,8 +320,10 @@ export class AffinityPlanner {
    * already holding the short model's weights first. Opening every over-planned GPU to every
    * short model let the short ones fill GPUs the plan kept for models only those GPUs can hold
    * (sim-6g on the 80 GB GPUs sim-30g needs), and made small GPUs switch models for a few items.
+   * A GPU lends only a share that repays the room the short model's weights take on it (see
+   * lendRepays): otherwise the short model waits for its own GPUs, or for a later plan.
    */
-  private shareShort(list: PlannerGpu[], targets: Map<string, number>, planned: Map<string, number>, out: Map<string, Set<string>>): void {
+  private shareShort(list: PlannerGpu[], targets: Map<string, number>, planned: Map<string, number>, out: Map<string, Set<string>>, backlog: ReadonlyMap<string, ModelBacklog>): void {
     const excess = new Map<string, number>();
     for (const [m, n] of planned) excess.set(m, n - (targets.get(m) ?? 0));
     const lenders = list.filter((g) => out.has(g.key) && (excess.get(this.primary.get(g.key)!) ?? 0) > SHARE_EPS);
@@ -316,6 +338,11 @@ export class AffinityPlanner {
         const m = this.primary.get(g.key)!;
         const lend = Math.min(short, excess.get(m)!, 1);
         if (lend <= SHARE_EPS) continue;
+        // Both models' weights on one GPU: the share lent must repay the room the second takes.
+        if (!lendRepays(g.totalBytes, backlog.get(m)?.weightsBytes ?? 0, backlog.get(s)?.weightsBytes ?? 0, lend)) continue;
+        // A GPU that must load the short model lends only while the backlog repays the load, as
+        // a switch (roundClass): in the tail a load outlasts the work it would take.
+        if (!g.loaded.has(s) && this.horizonMs < this.opts.switchFactor * (backlog.get(s)?.loadMs ?? 0)) continue;
         out.get(g.key)!.add(s);
         excess.set(m, excess.get(m)! - lend);
         short -= lend;

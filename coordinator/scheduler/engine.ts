@@ -20,6 +20,7 @@ import type { VramEstimates } from "../vram-estimates.js";
 import type { VramLedger } from "../vram-ledger.js";
 import { allowsPlanned, spillablePlanned, type AffinityPlanner, type ModelBacklog, type PlannerGpu } from "./affinity.js";
 import { GpuIndex, type PlanSet } from "./gpu-index.js";
+import { strands } from "./packing.js";
 import { planHedges, type HedgeInfo, type HedgePolicy } from "./hedging.js";
 import { planEvictions, type BlockedModel, type DefragGpu, type Eviction } from "./defrag.js";
 import { EarliestFinish } from "./earliest-finish.js";
@@ -85,6 +86,13 @@ export interface EnginePolicy {
   holdCheckAtMs?: number;
   /** Times an item was held for a GPU that finishes it first (one per item per pass). */
   holds?: number;
+  /**
+   * Pass over an item whose chosen GPU it would strand, placing the items behind it first
+   * (packing.ts; on unless false). Off only to measure what it does.
+   */
+  packing?: boolean;
+  /** Times an item was passed over for stranding its GPU (one per item per pass). */
+  deferrals?: number;
 }
 
 /** What defragmentation keeps between passes: the caller sends `evictions` after each pass. */
@@ -96,7 +104,7 @@ export interface DefragState {
 }
 
 export function newEnginePolicy(
-  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean; earliestFinish?: boolean } = {},
+  opts: { affinity?: AffinityPlanner; predictor?: DurationPredictor; observeDecision?: (s: number) => void; timer?: () => number; hedging?: HedgePolicy; scan?: boolean; earliestFinish?: boolean; packing?: boolean } = {},
 ): EnginePolicy {
   return { ...opts, modelNeeds: new Map(), minActivation: new Map() };
 }
@@ -235,13 +243,28 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     }
     return true;
   };
-  state.queue.drain(({ batchId, index }) => {
+  // Packing (packing.ts): the first walk passes over items that would strand their GPU's VRAM;
+  // a second walk places them wherever they fit once the items behind them have had the room.
+  const packing = eng !== undefined && eng.packing !== false;
+  let deferring = packing;
+  let deferred = 0;
+  const noPackingGpu = new Set<string>();
+  const deferredNeed = new Set<string>();
+  const strandsOn = (key: string, weightsBytes: number, activationBytes: number): boolean => {
+    const total = state.ledger.totalBytes(key);
+    return total !== undefined && strands(total, weightsBytes, activationBytes);
+  };
+  const tryPlace = ({ batchId, index }: { batchId: string; index: number }): "drop" | "block" | "stop" | boolean => {
     const batch = state.batches.get(batchId);
     const slot = batch?.items[index];
     if (!batch || !slot || slot.state !== "pending") return "drop"; // done or adopted meanwhile
     const t0 = timer?.();
     const activation = state.estimates.activation(slot.shapeKey!, slot.need.activationBytes);
     if (eng) noteNeed(eng, slot.model, slot.need.weightsBytes, activation);
+    // A need passed over in this pass is passed over again without a decision (at 100,000
+    // items a try each would walk every batch's lookahead per pass); the items behind it are
+    // still tried: a smaller one may take the room.
+    if (deferring && deferredNeed.has(`${slot.model}|${activation}`)) return false;
     const failed = failedNeed.get(slot.model);
     if (failed !== undefined && activation >= failed) {
       // No item of the model smaller than the one that failed was ever seen: none behind can fit.
@@ -259,6 +282,29 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
         place((plan) => spillablePlanned(plan, waitingOf), (key) => planner.spillable(key, waitingOf));
     } else {
       placement = place();
+    }
+    if (packing && placement && activation > 0 && strandsOn(placement.gpuKey, slot.need.weightsBytes, activation)) {
+      // A GPU the plan accepts where the item packs, as warm as the one chosen (no extra load),
+      // rather than the tightest; found by the GPU index with a per-GPU filter (a fleet scan with
+      // --scan), only for items that would strand.
+      // Within a pass free VRAM only shrinks: a need that found no such GPU finds none later.
+      const needKey = `${slot.model}|${activation}|${placement.loads === undefined ? "warm" : "any"}`;
+      let alt: Placement | undefined;
+      if (!noPackingGpu.has(needKey)) {
+        const packs = (key: string) => !strandsOn(key, slot.need.weightsBytes, activation);
+        alt = gpus
+          ? gpus.place(need, input.policy, planner?.active ? (plan) => allowsPlanned(plan, slot.model, planned) || spillablePlanned(plan, waitingOf) : undefined, (g) => packs(g.key))
+          : placeItem(need, workers.values(), state.ledger, input.policy, (key) => packs(key) && (!planner?.active || planner.allows(key, slot.model, planned) || planner.spillable(key, waitingOf)));
+        if (alt && alt.loads !== undefined && placement.loads === undefined) alt = undefined;
+        if (!alt) noPackingGpu.add(needKey);
+      }
+      if (alt) placement = alt;
+      else if (deferring) {
+        if (t0 !== undefined) eng!.observeDecision!((timer!() - t0) / 1000);
+        deferred++;
+        deferredNeed.add(`${slot.model}|${activation}`);
+        return false;
+      }
     }
     // Placement found a GPU with room now; in the tail one that frees soon may finish the item first.
     const predictedMs = placement ? eng?.predictor?.predictMs(slot, placement.workerId) : undefined;
@@ -294,7 +340,13 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
     if (!list) outgoing.set(placement.workerId, (list = []));
     list.push({ batch, index, lease });
     return true;
-  }, slots);
+  };
+  let placedNow = state.queue.drain(tryPlace, slots);
+  if (deferred > 0) {
+    if (eng) eng.deferrals = (eng.deferrals ?? 0) + deferred;
+    deferring = false;
+    placedNow += state.queue.drain(tryPlace, slots - placedNow);
+  }
   if (finishes && eng) {
     eng.holdCheckAtMs = finishes.nextCheckAtMs;
     eng.holds = (eng.holds ?? 0) + finishes.held;

@@ -208,9 +208,11 @@ export class GpuIndex {
 
   /**
    * The placement `placeItem` would choose among the GPUs of the groups `accept` takes (all
-   * without it), or undefined when the item fits on none of them.
+   * without it), or undefined when the item fits on none of them. With `gpuOk`, only the GPUs it
+   * accepts count (as placeItem's gpuFilter): each list is walked from its best entry past the
+   * ones it refuses, so a filter that refuses many GPUs of a list costs a walk, not a search.
    */
-  place(item: ItemNeed, policy: PlacementPolicy, accept?: (plan: PlanSet) => boolean): Placement | undefined {
+  place(item: ItemNeed, policy: PlacementPolicy, accept?: (plan: PlanSet) => boolean, gpuOk?: (gpu: GpuView) => boolean): Placement | undefined {
     this.flush();
     let best: GpuEntry | undefined;
     let bestCat = Infinity;
@@ -225,11 +227,23 @@ export class GpuIndex {
         const warm = kind === WARM;
         const bytes = bytesToReserve(item, warm);
         let g: GpuEntry | undefined;
-        if (policy === "best-fit") {
-          g = list[lowerBound(list, bytes)];
+        if (!gpuOk) {
+          if (policy === "best-fit") {
+            g = list[lowerBound(list, bytes)];
+          } else {
+            const top = list[list.length - 1]!;
+            if (top.keyAvail >= bytes) g = list[lowerBound(list, top.keyAvail)];
+          }
+        } else if (policy === "best-fit") {
+          // Ascending from the least room that fits: the first GPU the filter accepts.
+          for (let i = lowerBound(list, bytes); i < list.length && !g; i++) if (gpuOk(list[i]!.view)) g = list[i];
         } else {
-          const top = list[list.length - 1]!;
-          if (top.keyAvail >= bytes) g = list[lowerBound(list, top.keyAvail)];
+          // Descending from the most room; among equal room the first in fleet order wins.
+          for (let i = list.length - 1; i >= 0 && list[i]!.keyAvail >= bytes; i--) {
+            const e = list[i]!;
+            if (g && e.keyAvail < g.keyAvail) break;
+            if (gpuOk(e.view)) g = e;
+          }
         }
         if (!g) continue;
         // As fits() computes it: the bytes left over after the item.

@@ -98,6 +98,13 @@ test("gpu index - decides exactly as the fleet scan on random fleets and histori
             const scanned = placeItem(need, placeable, ledger, policy, filter);
             const indexed = index.place(need, policy, accept);
             assert.deepEqual(indexed, scanned);
+            // With a per-GPU filter as packing's (by GPU size), the
+            // index walks its lists past the refused GPUs and still decides as the scan (24 and 48 GB refused).
+            const sized = (key: string) => Math.round((ledger.totalBytes(key) ?? 0) / GB) % 3 !== 0;
+            assert.deepEqual(
+              index.place(need, policy, accept, (g) => sized(g.key)),
+              placeItem(need, placeable, ledger, policy, (key) => sized(key) && (filter?.(key) ?? true)),
+            );
             if (scanned) {
               const token = `t${counter++}`;
               ledger.reserve(token, scanned.gpuKey, scanned.bytes, op.model, need.activationBytes, need.weightsBytes);

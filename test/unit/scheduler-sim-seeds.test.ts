@@ -26,13 +26,29 @@ test("scheduler sim seeds - tenants-priorities at seed 2: the ETA at 25 % is wit
   assert.equal(r.notEnded, 0);
 });
 
-// misestimated-vram misses 0.90 at seed 3 (0.894) and five other seeds: a known miss, written up
-// in docs/performance.md (sim: across seeds), not a test that cannot fail. What must hold there:
-test("scheduler sim seeds - misestimated-vram at seed 3: OOMs are learnt without overbooking, and every item ends", () => {
-  const r = simulate(misestimateShape({ seed: 3 }), policy);
+// misestimated-vram missed 0.90 at seeds 3, 6, 7, 8, 9 and 10 (0.888-0.896 on main at 87ab310):
+// sim-12g items of 6.4 GB ran two to a 24 GB GPU, stranding 3.2 GB of its 16 GB of room, where
+// three 5.2 GB items fill it. The engine now passes over an item that would strand its GPU's
+// room for the smaller items behind it, and sends it where it packs when such a GPU has room
+// (coordinator/scheduler/packing.ts). Seeds 12, 143 and 244 still missed (0.887-0.891): the
+// 80 GB GPU planned for sim-12g was lent to sim-30g for the whole run, 28 GB of weights on it.
+// A GPU now lends only a share that repays the short model's weights (affinity.ts, lendRepays).
+// Seed 7 misses (0.886) since: written up in docs/performance.md, not asserted here.
+for (const seed of [3, 6, 8, 9, 10, 12, 42, 143, 244]) {
+  test(`scheduler sim seeds - misestimated-vram at seed ${seed}: >= 0.90 of the ideal, OOMs learnt without overbooking, every item ends`, () => {
+    const r = simulate(misestimateShape({ seed }), policy);
+    assert.equal(r.overbooked, 0);
+    assert.equal(r.notEnded, 0);
+    assert.ok(r.deferrals > 0, "no item was passed over for packing");
+    assert.ok(r.efficiency >= 0.9, `efficiency ${r.efficiency.toFixed(3)} < 0.90`);
+  });
+}
+
+test("scheduler sim seeds - misestimated-vram at seed 7 (a known miss, 0.886): OOMs learnt without overbooking, every item ends", () => {
+  const r = simulate(misestimateShape({ seed: 7 }), policy);
   assert.equal(r.overbooked, 0);
   assert.equal(r.notEnded, 0);
-  assert.ok(r.efficiency > 0.85, `efficiency ${r.efficiency.toFixed(3)} (0.894 when written)`);
+  assert.ok(r.efficiency > 0.85, `efficiency ${r.efficiency.toFixed(3)} (0.886 when written)`);
 });
 
 test("scheduler sim seeds - the bench's seeds are the run's seed and two more, all distinct", () => {
