@@ -23,7 +23,7 @@ import type { ActiveBatch, ItemSlot } from "./batch-state.js";
 import type { LearnedDurations } from "./learned-durations.js";
 import { RecentArrivals } from "./scheduler/arrivals.js";
 import { LearnedTurnWeights } from "./scheduler/turn-weights.js";
-import { estimateWithPools, type BatchEta, type EtaBatch, type EtaPool } from "./scheduler/eta.js";
+import { estimateWithPools, splitConcurrency, type BatchEta, type EtaBatch, type EtaPool } from "./scheduler/eta.js";
 import type { DurationPredictor } from "./scheduler/engine.js";
 import { declaredMs } from "./scheduler/predictor.js";
 
@@ -223,15 +223,31 @@ export class BatchProgress {
     const concurrency = Math.max(...this.recentRunning.map((r) => r.running));
 
     const weightOf = (w: number) => this.turns.weightOf(w);
-    // Models that fewer items of fit at once on the whole fleet than the fleet runs: pools of their own.
-    const pools: EtaPool[] = [];
+    // The fleet as the affinity planner splits it between the models: each holds a part of the
+    // slots in proportion to its backlog, at most what the VRAM lets it run (eta.ts,
+    // splitConcurrency), and its batches' items there end no earlier than that part allows. The
+    // fleet-wide estimate alone let a batch whose items left are of one model share slots the
+    // planner keeps for another model's backlog (bench/sim tenants-priorities: such batches ended
+    // ~30 % later than estimated). With one batch the parts are its own work's, so they end with
+    // the fleet: only the VRAM's caps are kept then.
     const gpus = models.size > 0 ? this.durations.gpus() : [];
+    const demands: { model: string; batches: EtaBatch[]; workMs: number; most: number }[] = [];
     for (const [model, m] of models) {
-      if (!(m.activationBytes > 0)) continue;
-      let most = 0;
-      for (const g of gpus) if (g.totalBytes >= m.weightsBytes + m.activationBytes) most += Math.floor((g.totalBytes - m.weightsBytes) / m.activationBytes);
-      if (most > 0 && most < concurrency) pools.push({ batches: m.batches, concurrency: most, arrivals: this.arrivalsByModel.get(model)?.stream(nowMs, weightOf) });
+      let most = Infinity;
+      if (m.activationBytes > 0) {
+        most = 0;
+        for (const g of gpus) if (g.totalBytes >= m.weightsBytes + m.activationBytes) most += Math.floor((g.totalBytes - m.weightsBytes) / m.activationBytes);
+      }
+      let workMs = 0;
+      for (const b of m.batches) workMs += b.waitingWorkMs + b.runningRemainingMs.reduce((s, x) => s + x, 0);
+      demands.push({ model, batches: m.batches, workMs, most });
     }
+    const parts = summaries.length > 1 ? splitConcurrency(concurrency, demands) : demands.map((d) => (d.workMs > 0 ? d.most : 0));
+    const pools: EtaPool[] = [];
+    demands.forEach((d, i) => {
+      const part = parts[i]!;
+      if (part > 0 && part < concurrency) pools.push({ batches: d.batches, concurrency: part, arrivals: this.arrivalsByModel.get(d.model)?.stream(nowMs, weightOf) });
+    });
     for (const [model, a] of this.arrivalsByModel) if (!models.has(model) && a.stream(nowMs) === undefined) this.arrivalsByModel.delete(model);
     this.current = estimateWithPools({ nowMs, batches: summaries, concurrency, arrivals: this.arrivals.stream(nowMs, weightOf) }, pools);
 

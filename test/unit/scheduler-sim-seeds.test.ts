@@ -26,6 +26,19 @@ test("scheduler sim seeds - tenants-priorities at seed 2: the ETA at 25 % is wit
   assert.equal(r.notEnded, 0);
 });
 
+test("scheduler sim seeds - tenants-priorities at seed 6: the ETA at 25 % is within 20 % of the remaining time (median over batches)", () => {
+  // 0.228 before: the fleet-wide fluid let a batch whose items left were of the small models
+  // share the slots of the 80 GB GPUs, which the affinity planner keeps for sim-30g (its backlog
+  // holds them), so those batches ended about 30 % later than estimated. Each model is now a part
+  // of the fleet in proportion to its backlog (eta.ts, splitConcurrency), as the planner splits it.
+  const r = simulate(tenantsShape({ seed: 6 }), policy, { trackEta: true });
+  const errors = r.etaErrors ?? [];
+  assert.ok(errors.length >= 100, `only ${errors.length} batches were scored`);
+  const median = percentile(errors, 50);
+  assert.ok(median <= ETA_TARGET, `median ETA error ${median.toFixed(3)} > ${ETA_TARGET}`);
+  assert.equal(r.notEnded, 0);
+});
+
 // misestimated-vram misses 0.90 at seed 3 (0.894) and five other seeds: a known miss, written up
 // in docs/performance.md (sim: across seeds), not a test that cannot fail. What must hold there:
 test("scheduler sim seeds - misestimated-vram at seed 3: OOMs are learnt without overbooking, and every item ends", () => {
