@@ -54,6 +54,13 @@ export class BatchProgress {
   /** What the queue's turns give each priority in effect, and each batch's waiting items at the last refresh. */
   private readonly turns = new LearnedTurnWeights();
   private waitingBefore = new Map<string, number>();
+  /**
+   * The mean speed of the GPUs running items that declare their run time, at the last refresh:
+   * a declared run time is at speed 1, and the fleet's slots do `declaredPace` of it per ms, so a
+   * waiting item is predicted at declared / pace (where it runs is not known yet; the running ones
+   * say where items run). 1 until any runs.
+   */
+  private declaredPace = 1;
 
   constructor(
     private readonly durations: LearnedDurations,
@@ -112,6 +119,8 @@ export class BatchProgress {
     const pooled = new Map<string, { ms: number; guessed: boolean }>();
     const onGpu = new Map<string, number>();
     let running = 0;
+    let paceSum = 0;
+    let paceItems = 0;
     const overhead = this.overheadMs;
     const predictor = this.durations.model;
     for (const batch of batches) {
@@ -147,7 +156,7 @@ export class BatchProgress {
         const declared = this.engine && declaredMs(slot) !== undefined;
         if (slot.state === "pending" && declared) {
           const b = of(slot);
-          const ms = this.engine!.predictMs(slot) + overhead;
+          const ms = this.engine!.predictMs(slot) / this.declaredPace + overhead;
           b.waitingItems++;
           b.waitingWorkMs += ms;
           // Still no ETA before anything of the shape was learned: the overhead and the fleet's
@@ -160,7 +169,12 @@ export class BatchProgress {
           }
           b.unknown ||= p.guessed;
         } else if (slot.state === "leased" && slot.lease && declared) {
-          const ms = this.engine!.predictMs(slot, slot.lease.workerId) + overhead;
+          const onItsGpu = this.engine!.predictMs(slot, slot.lease.workerId);
+          if (onItsGpu > 0) {
+            paceSum += this.engine!.predictMs(slot) / onItsGpu;
+            paceItems++;
+          }
+          const ms = onItsGpu + overhead;
           (of(slot).runningRemainingMs as number[]).push(Math.max(ms - (nowMs - slot.lease.assignedAtMs), ms * OVERDUE_SHARE));
         } else if (slot.state === "pending") {
           const shape = slot.shapeKey ?? slot.model;
@@ -214,6 +228,7 @@ export class BatchProgress {
       if (before !== undefined && before > 0 && whole.waitingItems > 0) sharedTurns.push({ weight: nominal, starts: Math.max(0, before - whole.waitingItems) });
       waitingNow.set(batch.id, whole.waitingItems);
     }
+    if (paceItems > 0) this.declaredPace = paceSum / paceItems;
     this.waitingBefore = waitingNow;
     this.turns.observe(nowMs, sharedTurns);
     if (this.seen.size > summaries.length) this.seen = new Set(summaries.map((b) => b.id));
