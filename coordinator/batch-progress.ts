@@ -23,7 +23,7 @@ import type { ActiveBatch, ItemSlot } from "./batch-state.js";
 import type { LearnedDurations } from "./learned-durations.js";
 import { RecentArrivals } from "./scheduler/arrivals.js";
 import { LearnedTurnWeights } from "./scheduler/turn-weights.js";
-import { estimateWithPools, type BatchEta, type EtaBatch, type EtaPool } from "./scheduler/eta.js";
+import { estimateWithPools, splitConcurrency, type BatchEta, type EtaBatch, type EtaPool } from "./scheduler/eta.js";
 import type { DurationPredictor } from "./scheduler/engine.js";
 import { declaredMs } from "./scheduler/predictor.js";
 
@@ -54,6 +54,13 @@ export class BatchProgress {
   /** What the queue's turns give each priority in effect, and each batch's waiting items at the last refresh. */
   private readonly turns = new LearnedTurnWeights();
   private waitingBefore = new Map<string, number>();
+  /**
+   * The mean speed of the GPUs running items that declare their run time, at the last refresh:
+   * a declared run time is at speed 1, and the fleet's slots do `declaredPace` of it per ms, so a
+   * waiting item is predicted at declared / pace (where it runs is not known yet; the running ones
+   * say where items run). 1 until any runs.
+   */
+  private declaredPace = 1;
 
   constructor(
     private readonly durations: LearnedDurations,
@@ -112,6 +119,8 @@ export class BatchProgress {
     const pooled = new Map<string, { ms: number; guessed: boolean }>();
     const onGpu = new Map<string, number>();
     let running = 0;
+    let paceSum = 0;
+    let paceItems = 0;
     const overhead = this.overheadMs;
     const predictor = this.durations.model;
     for (const batch of batches) {
@@ -147,7 +156,7 @@ export class BatchProgress {
         const declared = this.engine && declaredMs(slot) !== undefined;
         if (slot.state === "pending" && declared) {
           const b = of(slot);
-          const ms = this.engine!.predictMs(slot) + overhead;
+          const ms = this.engine!.predictMs(slot) / this.declaredPace + overhead;
           b.waitingItems++;
           b.waitingWorkMs += ms;
           // Still no ETA before anything of the shape was learned: the overhead and the fleet's
@@ -160,7 +169,12 @@ export class BatchProgress {
           }
           b.unknown ||= p.guessed;
         } else if (slot.state === "leased" && slot.lease && declared) {
-          const ms = this.engine!.predictMs(slot, slot.lease.workerId) + overhead;
+          const onItsGpu = this.engine!.predictMs(slot, slot.lease.workerId);
+          if (onItsGpu > 0) {
+            paceSum += this.engine!.predictMs(slot) / onItsGpu;
+            paceItems++;
+          }
+          const ms = onItsGpu + overhead;
           (of(slot).runningRemainingMs as number[]).push(Math.max(ms - (nowMs - slot.lease.assignedAtMs), ms * OVERDUE_SHARE));
         } else if (slot.state === "pending") {
           const shape = slot.shapeKey ?? slot.model;
@@ -214,6 +228,7 @@ export class BatchProgress {
       if (before !== undefined && before > 0 && whole.waitingItems > 0) sharedTurns.push({ weight: nominal, starts: Math.max(0, before - whole.waitingItems) });
       waitingNow.set(batch.id, whole.waitingItems);
     }
+    if (paceItems > 0) this.declaredPace = paceSum / paceItems;
     this.waitingBefore = waitingNow;
     this.turns.observe(nowMs, sharedTurns);
     if (this.seen.size > summaries.length) this.seen = new Set(summaries.map((b) => b.id));
@@ -223,15 +238,31 @@ export class BatchProgress {
     const concurrency = Math.max(...this.recentRunning.map((r) => r.running));
 
     const weightOf = (w: number) => this.turns.weightOf(w);
-    // Models that fewer items of fit at once on the whole fleet than the fleet runs: pools of their own.
-    const pools: EtaPool[] = [];
+    // The fleet as the affinity planner splits it between the models: each holds a part of the
+    // slots in proportion to its backlog, at most what the VRAM lets it run (eta.ts,
+    // splitConcurrency), and its batches' items there end no earlier than that part allows. The
+    // fleet-wide estimate alone let a batch whose items left are of one model share slots the
+    // planner keeps for another model's backlog (bench/sim tenants-priorities: such batches ended
+    // ~30 % later than estimated). With one batch the parts are its own work's, so they end with
+    // the fleet: only the VRAM's caps are kept then.
     const gpus = models.size > 0 ? this.durations.gpus() : [];
+    const demands: { model: string; batches: EtaBatch[]; workMs: number; most: number }[] = [];
     for (const [model, m] of models) {
-      if (!(m.activationBytes > 0)) continue;
-      let most = 0;
-      for (const g of gpus) if (g.totalBytes >= m.weightsBytes + m.activationBytes) most += Math.floor((g.totalBytes - m.weightsBytes) / m.activationBytes);
-      if (most > 0 && most < concurrency) pools.push({ batches: m.batches, concurrency: most, arrivals: this.arrivalsByModel.get(model)?.stream(nowMs, weightOf) });
+      let most = Infinity;
+      if (m.activationBytes > 0) {
+        most = 0;
+        for (const g of gpus) if (g.totalBytes >= m.weightsBytes + m.activationBytes) most += Math.floor((g.totalBytes - m.weightsBytes) / m.activationBytes);
+      }
+      let workMs = 0;
+      for (const b of m.batches) workMs += b.waitingWorkMs + b.runningRemainingMs.reduce((s, x) => s + x, 0);
+      demands.push({ model, batches: m.batches, workMs, most });
     }
+    const parts = summaries.length > 1 ? splitConcurrency(concurrency, demands) : demands.map((d) => (d.workMs > 0 ? d.most : 0));
+    const pools: EtaPool[] = [];
+    demands.forEach((d, i) => {
+      const part = parts[i]!;
+      if (part > 0 && part < concurrency) pools.push({ batches: d.batches, concurrency: part, arrivals: this.arrivalsByModel.get(d.model)?.stream(nowMs, weightOf) });
+    });
     for (const [model, a] of this.arrivalsByModel) if (!models.has(model) && a.stream(nowMs) === undefined) this.arrivalsByModel.delete(model);
     this.current = estimateWithPools({ nowMs, batches: summaries, concurrency, arrivals: this.arrivals.stream(nowMs, weightOf) }, pools);
 

@@ -240,7 +240,10 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
   const predictor: DurationPredictor | undefined = policy.durations === "none" ? undefined : learned;
   // The coordinator's own ETA path: BatchProgress over LearnedDurations (never started: no KV here),
   // with a predictor of its own over the same learned model, so its speed refreshes do not move the engine's.
-  const progress = opts.trackEta ? new BatchProgress(new LearnedDurations(ledger, pino({ level: "silent" }), learned.model), predictor && new LearnedPredictor(learned.model, predictorOpts)) : undefined;
+  // It learns the GPU types' speeds from the same outcomes (observeSpeed), as the coordinator's one
+  // shared predictor does: without them, items on fast or slow GPUs were predicted at speed 1.
+  const etaPredictor = opts.trackEta && predictor ? new LearnedPredictor(learned.model, predictorOpts) : undefined;
+  const progress = opts.trackEta ? new BatchProgress(new LearnedDurations(ledger, pino({ level: "silent" }), learned.model), etaPredictor) : undefined;
   const etaSamples = new Map<string, EtaSample[]>();
   const etaErrors: number[] = [];
   let nextEtaAt = 0;
@@ -473,7 +476,10 @@ export function simulate(w: SimWorkload, policy: SimPolicy, opts: SimOptions = {
       if (oomed.has(id)) res.repeatOoms++;
       oomed.add(id);
     }
-    else if (predictor && effect.kind === "done") learned.observe(slot, g.spec.id, runMs);
+    else if (predictor && effect.kind === "done") {
+      learned.observe(slot, g.spec.id, runMs);
+      etaPredictor?.observeSpeed(slot, g.spec.id, runMs);
+    }
     if ((effect.kind === "done" || effect.kind === "closed") && effect.hedge) {
       res.hedges[effect.hedge.outcome]++;
       const other = effect.hedge.other;

@@ -35,9 +35,12 @@
 // arrivals the sweep is exactly the one above.
 //
 // The fleet is not always one pool: a model that fits few GPUs runs at most so many items at
-// once, whatever the rest of the fleet is free to do. estimateWithPools runs the same model on
-// such a pool (the batches' items of that model, its capacity) and keeps, per batch, the later
-// of the two ends.
+// once, whatever the rest of the fleet is free to do, and the affinity planner keeps each GPU on
+// the models it serves, splitting the fleet between the models by their backlog so that they
+// drain together (splitConcurrency). A batch's items of one model thus share that model's part of
+// the fleet with the other batches' items of it, not the whole fleet. estimateWithPools runs the
+// same model on each such pool (the batches' items of that model, its part) and keeps, per
+// batch, the latest of the ends.
 //
 // Queue position: 0 for a batch that has started (an item placed or done) or has nothing
 // waiting; otherwise 1 + the batches not started yet ahead of it in the queue's order, so the
@@ -327,5 +330,42 @@ class ArrivalFlow {
     const h = this.a.horizonMs;
     const mid = t - this.nowMs + this.stepMs(t) / 2;
     return (this.perMsPerExample * h) / (h + mid);
+  }
+}
+
+/** A model's part of the fleet's backlog, for splitConcurrency. */
+export interface ModelDemand {
+  /** Its predicted work left (ms): items waiting and the rest of those running. */
+  workMs: number;
+  /** The most of its items the fleet's GPUs could run at once (Infinity when unbounded). */
+  most: number;
+}
+
+/**
+ * How many of the fleet's `concurrency` slots each model is expected to hold while its work
+ * lasts. The affinity planner splits the GPUs between the models by their backlog so that they
+ * all drain together (affinity.ts: the capacity LP, every model's work done at one rate λ), so a
+ * model's part is the concurrency × its share of the work, except that a model the VRAM lets run
+ * only `most` items at once holds at most that, the slots it cannot use going to the others in
+ * proportion (water-filling). Models without work get 0.
+ */
+export function splitConcurrency(concurrency: number, models: readonly ModelDemand[]): number[] {
+  const out = models.map(() => 0);
+  let left = Math.max(0, concurrency);
+  const open = new Set(models.map((_, i) => i).filter((i) => models[i]!.workMs > 0));
+  for (;;) {
+    const work = [...open].reduce((s, i) => s + models[i]!.workMs, 0);
+    if (open.size === 0 || !(work > 0)) return out;
+    // Models whose proportional part exceeds what they can hold are capped; the rest share what is left.
+    const capped = [...open].filter((i) => (left * models[i]!.workMs) / work > models[i]!.most);
+    if (capped.length === 0) {
+      for (const i of open) out[i] = (left * models[i]!.workMs) / work;
+      return out;
+    }
+    for (const i of capped) {
+      out[i] = models[i]!.most;
+      left = Math.max(0, left - models[i]!.most);
+      open.delete(i);
+    }
   }
 }

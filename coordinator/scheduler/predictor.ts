@@ -60,6 +60,16 @@ export class LearnedPredictor implements DurationPredictor {
 
   /** A counted outcome: `ms` of `slot` on `workerId`'s GPU. */
   observe(slot: ItemSlot, workerId: string, ms: number): void {
+    this.observeSpeed(slot, workerId, ms);
+    this.model.observe({ model: slot.model, shape: slot.shapeKey ?? slot.model, gpuType: this.opts.gpuTypeOf(workerId) }, ms);
+  }
+
+  /**
+   * What a counted outcome says of its GPU type's speed, without teaching the duration model: for
+   * a second predictor over the same model (the simulator's ETA path keeps its own, so that its
+   * speed refreshes do not move the engine's), which must not count each outcome twice.
+   */
+  observeSpeed(slot: ItemSlot, workerId: string, ms: number): void {
     const gpuType = this.opts.gpuTypeOf(workerId);
     if (gpuType !== undefined) this.types.add(gpuType);
     const declared = this.opts.useDeclared === false ? undefined : declaredMs(slot);
@@ -69,7 +79,6 @@ export class LearnedPredictor implements DurationPredictor {
       s.n++;
       this.declaredSpeed.set(gpuType, s);
     }
-    this.model.observe({ model: slot.model, shape: slot.shapeKey ?? slot.model, gpuType }, ms);
   }
 
   /**

@@ -3,7 +3,8 @@
 // carries progress events, `shoal get` shows both, and the terminal batch has neither. Learned
 // durations live in the `shoal-scheduler` KV bucket and survive a kill -9 of the coordinator:
 // right after the restart a batch gets an ETA before any of its items has finished, which a
-// coordinator started with --forget-durations cannot give.
+// coordinator started with --forget-durations cannot give. With two models queued, a batch's ETA
+// follows its model's part of the fleet (as the scheduler splits the GPUs by backlog).
 
 import { afterEach, beforeEach, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -101,6 +102,36 @@ describe("eta - queue position and estimated completion with real processes", ()
     const last = events[events.length - 1]!;
     assert.ok(last.event?.$case === "batch" && last.event.batch.state === BatchState.BATCH_STATE_COMPLETED, "the stream ends with the terminal batch");
     assert.equal(last.event.batch.estimatedCompletionAt, undefined);
+  });
+
+  test("eta - a high-priority batch of one model is estimated at that model's part of the fleet, not the whole fleet's", async () => {
+    await stack.startCoordinator();
+    client = new TestClient(stack.grpcAddr);
+    await stack.startWorker("w1", ONE_SLOT);
+    await stack.startWorker("w2", ONE_SLOT);
+    await client.waitForWorkers(2);
+    const of = (model: string, n: number, workMs: number, tag: string) => items(n, workMs, tag).map((it) => ({ ...it, model }));
+    // Both models learned first, so neither batch's items are pure guesses.
+    assertWholeBatch(await client.run({ items: [...of("sim-6g", 2, 200, "warm6"), ...of("sim-12g", 2, 200, "warm12")] }), 4);
+
+    // As much work of each model: the scheduler's split gives each about one of the two slots.
+    // By turns alone "hi" (priority 4, weight 5 against 1) would get 5/6 of both: ~7 s for 12 items.
+    const lo = await client.submit({ items: of("sim-6g", 12, 1000, "lo"), priority: 0 });
+    const hi = await client.submit({ items: of("sim-12g", 12, 1000, "hi"), priority: 4 });
+    let seen: { left: number; aheadMs: number } | undefined;
+    await waitFor("the high-priority batch running with an ETA and 8 or more items left", async () => {
+      const b = await client.get(hi.batchId);
+      const atMs = Date.now();
+      const left = b.total - b.succeeded - b.failed - b.cancelled;
+      if (b.running > 0 && left >= 8 && b.estimatedCompletionAt) seen = { left, aheadMs: b.estimatedCompletionAt.getTime() - atMs };
+      return seen !== undefined || left < 8;
+    }, 30_000);
+    assert.ok(seen, "no sample of the batch with an ETA while 8 or more of its items were left");
+    // At one slot's pace its items left take about left × 1 s (the estimate is up to a second old:
+    // one item less); at 5/6 of two slots, 0.6 × that.
+    assert.ok(seen.aheadMs >= 0.8 * (seen.left - 1) * 1000, `ETA ${seen.aheadMs} ms ahead with ${seen.left} items of 1 s left`);
+    assertWholeBatch((await pollUntilTerminal(client, hi.batchId, { timeoutMs: 90_000 })).batch, 12);
+    assertWholeBatch((await pollUntilTerminal(client, lo.batchId, { timeoutMs: 90_000 })).batch, 12);
   });
 
   test("eta - learned durations are kept in KV and survive a kill -9 of the coordinator; --forget-durations drops them", async () => {

@@ -238,10 +238,13 @@ test("eta - batch progress predicts items that declare their run time with the e
   const t = 1_000_000;
   const batch = { id: "a", items: [slot("leased", 4000, t), ...[1, 2, 3, 4].map(() => slot("pending", 1000))], started: true, doneCount: 4, record: { batch: { priority: 0 } } } as never;
   const withEngine = new BatchProgress(learned, engine);
+  withEngine.refresh(t - 1000, [batch]); // the pace of the GPUs running items is the last refresh's
   withEngine.refresh(t, [batch]);
   const eta = withEngine.get("a")!.estimatedCompletionAt!.getTime() - t;
-  // One slot (one item running): its 4 s at 2× is 2 s, then 4 × 1 s of declared work.
-  assert.ok(eta >= 6000 && eta < 7000, `declared: ETA in ${eta} ms`);
+  // One slot (one item running): its 4 s at 2× is 2 s, then 4 × 1 s of declared work at the pace of
+  // the GPU running items (2×): 2 s more. Before the pace was counted the waiting items were taken
+  // at speed 1 (6-7 s), so on the simulator's mixed-speeds fleet the ETA was off by the fleet's mean speed.
+  assert.ok(eta >= 4000 && eta < 5000, `declared: ETA in ${eta} ms`);
   const withoutEngine = new BatchProgress(learned);
   withoutEngine.refresh(t, [batch]);
   const learnedEta = withoutEngine.get("a")!.estimatedCompletionAt!.getTime() - t;
@@ -260,6 +263,13 @@ test("eta - an item that declares its run time measures its GPU's speed from the
   assert.equal(p.speedOf("fast"), 2);
   assert.equal(p.speedOf("slow"), 0.5);
   assert.equal(p.predictMs(slot(1000), "slow"), 2000);
+  // A second predictor over the same model learns the speeds alone (the simulator's ETA path):
+  // the model is not taught twice.
+  const model = new DurationModel();
+  const second = new LearnedPredictor(model, { gpuTypeOf: (id) => types[id] });
+  second.observeSpeed(slot(1000), "fast", 500);
+  assert.equal(second.speedOf("fast"), 2);
+  assert.equal(model.predict({ model: "sim-6g", shape: "sim-6g|0x0" }).samples, 0);
   // Without declared durations the speeds wait for learned ratios between types.
   const q = new LearnedPredictor(new DurationModel(), { gpuTypeOf: (id) => types[id], useDeclared: false });
   q.observe(slot(1000), "fast", 500);

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { POLICIES, simulate } from "../../bench/sim/simulator.js";
-import { misestimateShape, tenantsShape } from "../../bench/sim/workloads.js";
+import { misestimateShape, speedsShape, tenantsShape } from "../../bench/sim/workloads.js";
 import { DEFAULT_POLICY, simSeeds } from "../../bench/cases/sim.js";
 import { ETA_TARGET } from "../../bench/lib/eta-accuracy.js";
 import { percentile } from "../../bench/lib/stats.js";
@@ -23,6 +23,31 @@ test("scheduler sim seeds - tenants-priorities at seed 2: the ETA at 25 % is wit
   assert.ok(errors.length >= 100, `only ${errors.length} batches were scored`);
   const median = percentile(errors, 50);
   assert.ok(median <= ETA_TARGET, `median ETA error ${median.toFixed(3)} > ${ETA_TARGET}`);
+  assert.equal(r.notEnded, 0);
+});
+
+test("scheduler sim seeds - tenants-priorities at seed 6: the ETA at 25 % is within 20 % of the remaining time (median over batches)", () => {
+  // 0.228 before: the fleet-wide fluid let a batch whose items left were of the small models
+  // share the slots of the 80 GB GPUs, which the affinity planner keeps for sim-30g (its backlog
+  // holds them), so those batches ended about 30 % later than estimated. Each model is now a part
+  // of the fleet in proportion to its backlog (eta.ts, splitConcurrency), as the planner splits it.
+  const r = simulate(tenantsShape({ seed: 6 }), policy, { trackEta: true });
+  const errors = r.etaErrors ?? [];
+  assert.ok(errors.length >= 100, `only ${errors.length} batches were scored`);
+  const median = percentile(errors, 50);
+  assert.ok(median <= ETA_TARGET, `median ETA error ${median.toFixed(3)} > ${ETA_TARGET}`);
+  assert.equal(r.notEnded, 0);
+});
+
+test("scheduler sim seeds - mixed-speeds at seed 8: the ETA at 25 % is within 20 % of the remaining time", () => {
+  // 0.259 before: items that declare their run time (at speed 1) were predicted at speed 1 while
+  // waiting, whatever the speeds of the GPUs that run them (0.5-2x here); they are now predicted at
+  // the mean speed of the GPUs running such items (BatchProgress), and the simulator's ETA
+  // predictor learns the GPU types' speeds as the coordinator's does (observeSpeed).
+  const r = simulate(speedsShape({ seed: 8 }), policy, { trackEta: true });
+  const errors = r.etaErrors ?? [];
+  assert.equal(errors.length, 1, "one batch, scored once");
+  assert.ok(errors[0]! <= ETA_TARGET, `ETA error ${errors[0]!.toFixed(3)} > ${ETA_TARGET}`);
   assert.equal(r.notEnded, 0);
 });
 
