@@ -46,6 +46,7 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--metrics-host <host>", "/metrics listen address").env("SHOAL_METRICS_HOST").default(d.metricsHost))
     .addOption(new Option("--grpc-port <port>", "gRPC port").env("SHOAL_GRPC_PORT").default(String(d.grpcPort)))
     .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_METRICS_PORT").default(String(d.metricsPort)))
+    .addOption(new Option("--event-loop-resolution <duration>", "how often the event-loop delay metrics (nodejs_eventloop_lag_*) sample; finer costs idle CPU").env("SHOAL_EVENT_LOOP_RESOLUTION").default("250ms"))
     .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default(String(d.maxItems)))
     .addOption(new Option("--max-attempts <n>", "attempts per item before it fails").env("SHOAL_MAX_ATTEMPTS").default(String(d.maxAttempts)))
     .addOption(new Option("--heartbeat-timeout <duration>", "a worker silent this long is lost").env("SHOAL_HEARTBEAT_TIMEOUT").default("3s"))
@@ -107,6 +108,7 @@ export function workerFlags(cmd: Command, forUp = false): Command {
       .addOption(new Option("--id <id>", "worker id (stable across restarts of the same GPU)").env("SHOAL_WORKER_ID"))
       .addOption(new Option("--gpu <which>", "auto, none or a GPU index").env("SHOAL_GPU").default("auto"))
       .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_WORKER_METRICS_PORT").default("9465"))
+      .addOption(new Option("--event-loop-resolution <duration>", "how often the event-loop delay metrics (nodejs_eventloop_lag_*) sample; finer costs idle CPU").env("SHOAL_EVENT_LOOP_RESOLUTION").default("250ms"))
       .addOption(new Option("--metrics-host <host>", "/metrics listen address").env("SHOAL_WORKER_METRICS_HOST").default("127.0.0.1"));
   }
   return cmd
@@ -174,6 +176,13 @@ export function replicas(v: unknown): number {
 }
 
 /** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
+/** `--event-loop-resolution`: Node's event-loop monitor takes whole milliseconds, at least 1. */
+function eventLoopResolution(v: unknown): number {
+  const ms = parseDuration("--event-loop-resolution", String(v ?? "250ms"));
+  if (!Number.isInteger(ms) || ms < 1 || ms > 60_000) throw new ConfigError("--event-loop-resolution", `"${String(v)}" must be whole milliseconds between 1ms and 60s`);
+  return ms;
+}
+
 function leaseTtl(v: unknown): number {
   const ms = parseDuration("--lease-ttl", String(v ?? "5s"));
   if (ms < 500 || ms > 60_000) throw new ConfigError("--lease-ttl", `"${String(v)}" must be between 500ms and 60s`);
@@ -213,6 +222,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     tls: serverTlsFrom(raw),
     metricsHost: String(raw.metricsHost ?? COORDINATOR_DEFAULTS.metricsHost),
     metricsPort: port("--metrics-port", raw.metricsPort),
+    eventLoopResolutionMs: eventLoopResolution(raw.eventLoopResolution),
     maxItems: parseIntOption("--max-items", String(raw.maxItems), 1, 100_000),
     maxAttempts: parseIntOption("--max-attempts", String(raw.maxAttempts), 1, 100),
     heartbeatTimeoutMs: parseDuration("--heartbeat-timeout", String(raw.heartbeatTimeout)),
@@ -272,6 +282,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     drainGraceMs: parseDuration("--drain-grace", String(raw.drainGrace)),
     metricsPort: port("--metrics-port", raw.metricsPort ?? 9465),
     metricsHost: String(raw.metricsHost ?? "127.0.0.1"),
+    eventLoopResolutionMs: eventLoopResolution(raw.eventLoopResolution),
     executionProviders: [String(raw.executionProvider ?? "cpu")],
     simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
     simSpeed: simSpeed(raw.simSpeed ?? "1"),
