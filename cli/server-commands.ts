@@ -333,16 +333,35 @@ export async function runUntilSignal(log: Logger | undefined, start: () => Promi
 /**
  * `shoal up` sets SHOAL_PARENT_PID for its children: if `up` dies without cleaning up
  * (kill -9), its coordinator and workers notice and exit instead of living on as orphans.
+ * With SHOAL_PARENT_PIPE=stdin (up ≥ this version) stdin is a pipe up holds open and never
+ * writes: its EOF is the news, with no timer. A 1 s poll of the pid woke every idle child once a
+ * second (docs/performance.md, "The fleet's idle cost"); it stays for a parent without the pipe.
  */
 function watchParent(log: Logger | undefined): void {
   const parent = Number(process.env.SHOAL_PARENT_PID);
   if (!Number.isInteger(parent) || parent <= 1) return;
+  let gone = false;
+  const exit = (via: string) => {
+    if (gone) return;
+    gone = true;
+    log?.warn({ parent, via }, "parent process is gone; exiting");
+    process.kill(process.pid, "SIGTERM");
+  };
+  const stdin = process.stdin as NodeJS.ReadStream & { unref?: () => void };
+  if (process.env.SHOAL_PARENT_PIPE === "stdin" && !stdin.isTTY) {
+    stdin.on("data", () => undefined); // up writes nothing; anything that comes is dropped
+    stdin.once("end", () => exit("pipe closed"));
+    stdin.once("error", () => exit("pipe error"));
+    stdin.resume();
+    // The pipe alone does not keep the process running.
+    stdin.unref?.();
+    return;
+  }
   const timer = setInterval(() => {
     try {
       process.kill(parent, 0);
     } catch {
-      log?.warn({ parent }, "parent process is gone; exiting");
-      process.kill(process.pid, "SIGTERM");
+      exit("pid poll");
     }
   }, 1000);
   timer.unref();
