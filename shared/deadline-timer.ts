@@ -4,6 +4,9 @@ export interface TimerApi {
   clear(handle: unknown): void;
 }
 
+/** The longest delay setTimeout takes (2^31 - 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 const NODE_TIMERS: TimerApi = {
   set: (fn, ms) => setTimeout(fn, ms).unref(),
   clear: (h) => clearTimeout(h as NodeJS.Timeout),
@@ -52,8 +55,10 @@ export class DeadlineTimer {
     this.disarm();
     this.armedFor = atMs;
     // Whole milliseconds, rounded up: a timer firing a fraction early would find nothing due
-    // and arm again for less than a millisecond.
-    this.handle = this.timers.set(() => this.fire(), Math.max(1, Math.ceil(atMs - this.clock())));
+    // and arm again for less than a millisecond. At most setTimeout's limit (~24.8 days): past
+    // it Node fires after 1 ms, which would make a far deadline (--item-timeout 30d) a busy loop;
+    // firing at the limit finds nothing due and arms again for the rest.
+    this.handle = this.timers.set(() => this.fire(), Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(atMs - this.clock()))));
   }
 
   private disarm(): void {

@@ -108,3 +108,26 @@ test("deadline timer - waits whole milliseconds, rounded up and at least 1 (a de
   f.advance(102);
   assert.equal(f.armedCount(), 0);
 });
+
+test("deadline timer - a deadline beyond setTimeout's limit (2^31 - 1 ms) waits the limit and arms again, never a 1 ms loop", () => {
+  const f = fakeTimers();
+  const limit = 2 ** 31 - 1;
+  const far = 30 * 24 * 3600 * 1000; // --item-timeout 30d
+  let calls = 0;
+  const timer = new DeadlineTimer(
+    (now) => {
+      calls++;
+      return now >= far ? undefined : far;
+    },
+    f.clock,
+    f.api,
+  );
+  timer.add(far);
+  assert.deepEqual(f.armedAt(), [limit]);
+  f.advance(limit);
+  assert.equal(calls, 1);
+  assert.deepEqual(f.armedAt(), [far], "the rest, in one more timer");
+  f.advance(far);
+  assert.equal(calls, 2);
+  assert.equal(f.armedCount(), 0);
+});
