@@ -175,14 +175,14 @@ export function replicas(v: unknown): number {
   return parseIntOption("--replicas", String(v ?? "1"), 1, 5);
 }
 
-/** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
-/** `--event-loop-resolution`: Node's event-loop monitor takes whole milliseconds, at least 1. */
+/** `--event-loop-resolution`: Node's event-loop monitor takes whole milliseconds (parseDuration rounds), at least 1. */
 function eventLoopResolution(v: unknown): number {
   const ms = parseDuration("--event-loop-resolution", String(v ?? "250ms"));
-  if (!Number.isInteger(ms) || ms < 1 || ms > 60_000) throw new ConfigError("--event-loop-resolution", `"${String(v)}" must be whole milliseconds between 1ms and 60s`);
+  if (!Number.isInteger(ms) || ms < 1 || ms > 60_000) throw new ConfigError("--event-loop-resolution", `"${String(v)}" must be between 1ms and 60s`);
   return ms;
 }
 
+/** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
 function leaseTtl(v: unknown): number {
   const ms = parseDuration("--lease-ttl", String(v ?? "5s"));
   if (ms < 500 || ms > 60_000) throw new ConfigError("--lease-ttl", `"${String(v)}" must be between 500ms and 60s`);

@@ -57,3 +57,25 @@ test("process metrics - the event-loop gauges report the delay alone (an idle lo
     handle.stop();
   }
 });
+
+test("process metrics - --event-loop-resolution: 250 ms by default on both processes, a duration, refused outside 1ms..60s with the option named", async () => {
+  const { Command } = await import("commander");
+  const { commonOptions, coordinatorFlags, coordinatorOptionsFrom, workerFlags, workerOptionsFrom } = await import("../../cli/server-commands.js");
+  const coordinator = (args: string[]) => {
+    const cmd = commonOptions(coordinatorFlags(new Command("coordinator"))).exitOverride();
+    cmd.parse(args, { from: "user" });
+    return coordinatorOptionsFrom(cmd.opts());
+  };
+  const worker = (args: string[]) => {
+    const cmd = commonOptions(workerFlags(new Command("worker"))).exitOverride();
+    cmd.parse(args, { from: "user" });
+    return workerOptionsFrom(cmd.opts());
+  };
+  assert.equal(coordinator([]).eventLoopResolutionMs, 250);
+  assert.equal(worker([]).eventLoopResolutionMs, 250);
+  assert.equal(coordinator(["--event-loop-resolution", "1s"]).eventLoopResolutionMs, 1000);
+  assert.equal(worker(["--event-loop-resolution", "10ms"]).eventLoopResolutionMs, 10);
+  assert.throws(() => coordinator(["--event-loop-resolution", "0ms"]), /--event-loop-resolution: "0ms" must be between 1ms and 60s/);
+  assert.throws(() => worker(["--event-loop-resolution", "2m"]), /--event-loop-resolution: "2m" must be between 1ms and 60s/);
+  assert.throws(() => worker(["--event-loop-resolution", "often"]), /--event-loop-resolution: "often" is not a duration/);
+});
