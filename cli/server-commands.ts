@@ -46,6 +46,7 @@ export function coordinatorFlags(cmd: Command): Command {
     .addOption(new Option("--metrics-host <host>", "/metrics listen address").env("SHOAL_METRICS_HOST").default(d.metricsHost))
     .addOption(new Option("--grpc-port <port>", "gRPC port").env("SHOAL_GRPC_PORT").default(String(d.grpcPort)))
     .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_METRICS_PORT").default(String(d.metricsPort)))
+    .addOption(new Option("--event-loop-resolution <duration>", "how often the event-loop delay metrics (nodejs_eventloop_lag_*) sample; finer costs idle CPU").env("SHOAL_EVENT_LOOP_RESOLUTION").default("250ms"))
     .addOption(new Option("--max-items <n>", "most items per batch").env("SHOAL_MAX_ITEMS").default(String(d.maxItems)))
     .addOption(new Option("--max-attempts <n>", "attempts per item before it fails").env("SHOAL_MAX_ATTEMPTS").default(String(d.maxAttempts)))
     .addOption(new Option("--heartbeat-timeout <duration>", "a worker silent this long is lost").env("SHOAL_HEARTBEAT_TIMEOUT").default("3s"))
@@ -108,6 +109,7 @@ export function workerFlags(cmd: Command, forUp = false): Command {
       .addOption(new Option("--id <id>", "worker id (stable across restarts of the same GPU)").env("SHOAL_WORKER_ID"))
       .addOption(new Option("--gpu <which>", "auto, none or a GPU index").env("SHOAL_GPU").default("auto"))
       .addOption(new Option("--metrics-port <port>", "Prometheus /metrics port (0 = off)").env("SHOAL_WORKER_METRICS_PORT").default("9465"))
+      .addOption(new Option("--event-loop-resolution <duration>", "how often the event-loop delay metrics (nodejs_eventloop_lag_*) sample; finer costs idle CPU").env("SHOAL_EVENT_LOOP_RESOLUTION").default("250ms"))
       .addOption(new Option("--metrics-host <host>", "/metrics listen address").env("SHOAL_WORKER_METRICS_HOST").default("127.0.0.1"));
   }
   return cmd
@@ -174,6 +176,13 @@ export function replicas(v: unknown): number {
   return parseIntOption("--replicas", String(v ?? "1"), 1, 5);
 }
 
+/** `--event-loop-resolution`: Node's event-loop monitor takes whole milliseconds (parseDuration rounds), at least 1. */
+function eventLoopResolution(v: unknown): number {
+  const ms = parseDuration("--event-loop-resolution", String(v ?? "250ms"));
+  if (!Number.isInteger(ms) || ms < 1 || ms > 60_000) throw new ConfigError("--event-loop-resolution", `"${String(v)}" must be between 1ms and 60s`);
+  return ms;
+}
+
 /** Below 500 ms a renewal cannot keep up with a busy NATS; above a minute nobody wants the failover. */
 function leaseTtl(v: unknown): number {
   const ms = parseDuration("--lease-ttl", String(v ?? "5s"));
@@ -214,6 +223,7 @@ export function coordinatorOptionsFrom(raw: Raw): CoordinatorOptions {
     tls: serverTlsFrom(raw),
     metricsHost: String(raw.metricsHost ?? COORDINATOR_DEFAULTS.metricsHost),
     metricsPort: port("--metrics-port", raw.metricsPort),
+    eventLoopResolutionMs: eventLoopResolution(raw.eventLoopResolution),
     maxItems: parseIntOption("--max-items", String(raw.maxItems), 1, 100_000),
     maxAttempts: parseIntOption("--max-attempts", String(raw.maxAttempts), 1, 100),
     heartbeatTimeoutMs: parseDuration("--heartbeat-timeout", String(raw.heartbeatTimeout)),
@@ -274,6 +284,7 @@ export function workerOptionsFrom(raw: Raw): WorkerOptions {
     drainGraceMs: parseDuration("--drain-grace", String(raw.drainGrace)),
     metricsPort: port("--metrics-port", raw.metricsPort ?? 9465),
     metricsHost: String(raw.metricsHost ?? "127.0.0.1"),
+    eventLoopResolutionMs: eventLoopResolution(raw.eventLoopResolution),
     executionProviders: [String(raw.executionProvider ?? "cpu")],
     simulate: raw.simulate === true || raw.simulate === "true" || raw.simulate === "1",
     simSpeed: simSpeed(raw.simSpeed ?? "1"),
@@ -324,16 +335,35 @@ export async function runUntilSignal(log: Logger | undefined, start: () => Promi
 /**
  * `shoal up` sets SHOAL_PARENT_PID for its children: if `up` dies without cleaning up
  * (kill -9), its coordinator and workers notice and exit instead of living on as orphans.
+ * With SHOAL_PARENT_PIPE=stdin (up ≥ this version) stdin is a pipe up holds open and never
+ * writes: its EOF is the news, with no timer. A 1 s poll of the pid woke every idle child once a
+ * second (docs/performance.md, "The fleet's idle cost"); it stays for a parent without the pipe.
  */
 function watchParent(log: Logger | undefined): void {
   const parent = Number(process.env.SHOAL_PARENT_PID);
   if (!Number.isInteger(parent) || parent <= 1) return;
+  let gone = false;
+  const exit = (via: string) => {
+    if (gone) return;
+    gone = true;
+    log?.warn({ parent, via }, "parent process is gone; exiting");
+    process.kill(process.pid, "SIGTERM");
+  };
+  const stdin = process.stdin as NodeJS.ReadStream & { unref?: () => void };
+  if (process.env.SHOAL_PARENT_PIPE === "stdin" && !stdin.isTTY) {
+    stdin.on("data", () => undefined); // up writes nothing; anything that comes is dropped
+    stdin.once("end", () => exit("pipe closed"));
+    stdin.once("error", () => exit("pipe error"));
+    stdin.resume();
+    // The pipe alone does not keep the process running.
+    stdin.unref?.();
+    return;
+  }
   const timer = setInterval(() => {
     try {
       process.kill(parent, 0);
     } catch {
-      log?.warn({ parent }, "parent process is gone; exiting");
-      process.kill(process.pid, "SIGTERM");
+      exit("pid poll");
     }
   }, 1000);
   timer.unref();

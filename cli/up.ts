@@ -158,9 +158,13 @@ export class Fleet {
   ) {}
 
   private spawnChild(name: string, cmd: string, args: string[], env: Record<string, string> = {}): ChildProcess {
+    // Shoal's own children get a pipe as stdin that up never writes: the kernel closes it when up
+    // exits, however it dies, and the child's watchParent (cli/server-commands.ts) sees the EOF
+    // without polling. nats-server keeps no stdin.
+    const shoalChild = cmd === process.execPath;
     const child = spawn(cmd, args, {
-      stdio: ["ignore", "inherit", "inherit"],
-      env: { ...process.env, ...env, SHOAL_PARENT_PID: String(process.pid) },
+      stdio: [shoalChild ? "pipe" : "ignore", "inherit", "inherit"],
+      env: { ...process.env, ...env, SHOAL_PARENT_PID: String(process.pid), ...(shoalChild ? { SHOAL_PARENT_PIPE: "stdin" } : {}) },
     });
     child.on("exit", (code, signal) => {
       // A child stopped on purpose (stopChild) has left the list first.

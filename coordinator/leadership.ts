@@ -62,9 +62,31 @@ export class Leadership {
     private readonly o: LeadershipOptions,
   ) {}
 
-  /** How often the lease is renewed, and how often a standby looks whether it is free. */
+  /** How often a standby looks whether the lease is free (TTL/8: a takeover's delay after expiry). */
   get intervalMs(): number {
     return Math.max(50, Math.floor(this.o.ttlMs / 8));
+  }
+
+  /**
+   * How often the active coordinator renews: TTL/4. Each renewal is a JetStream write and its
+   * reply, so on an idle fleet renewals were the coordinator's most frequent work after
+   * heartbeats (docs/performance.md, "The fleet's idle cost"); TTL/8 renewed twice as often for
+   * no gain, because how soon a standby takes over depends on the TTL and its own looks, not on
+   * this. nextStepInMs keeps the margin a late renewal needs.
+   */
+  get renewEveryMs(): number {
+    return Math.max(50, Math.floor(this.o.ttlMs / 4));
+  }
+
+  /**
+   * The wait before the next step. A standby looks every intervalMs. The active one renews
+   * renewEveryMs after its last step, but sends each renewal at least one look (TTL/8) before
+   * its own end of the lease: a renewal whose reply came back late (a loaded machine) moved
+   * that end less far, and waiting the full period would let the lease run out.
+   */
+  nextStepInMs(now = performance.now()): number {
+    if (this.state !== "active") return this.intervalMs;
+    return Math.max(0, Math.min(this.renewEveryMs, this.validUntil - now - this.intervalMs));
   }
 
   /**
@@ -106,7 +128,7 @@ export class Leadership {
     if (!this.running) return;
     this.timer = setTimeout(() => {
       this.busy = this.step().finally(() => this.schedule());
-    }, this.intervalMs);
+    }, this.nextStepInMs());
   }
 
   private async step(): Promise<void> {

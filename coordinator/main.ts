@@ -33,7 +33,7 @@ export interface RunningCoordinator {
  * coordinator's state; the gRPC API and /metrics all along. Stopped in reverse order.
  */
 export async function startCoordinatorProcess(opts: CoordinatorOptions, log: Logger): Promise<RunningCoordinator> {
-  const metrics = new CoordinatorMetrics();
+  const metrics = new CoordinatorMetrics(opts.eventLoopResolutionMs);
   const guard = installCrashGuard(log, (kind) => metrics.unexpectedError(kind));
   let rejectFatal: (err: unknown) => void = () => undefined;
   const fatal = new Promise<never>((_, reject) => (rejectFatal = reject));

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { collectProcessMetrics } from "../shared/process-metrics.js";
 import { BatchState, ItemStatus, WorkerState, type Batch, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
 import { STORAGE_FAILURE_REASONS, type StorageFailureReason } from "../shared/storage-errors.js";
 import type { WorkerRecord } from "./fleet.js";
@@ -68,8 +69,9 @@ export class CoordinatorMetrics {
   private readonly tenantItems: Counter;
   private readonly tenantGpuSeconds: Counter;
 
-  constructor() {
-    collectDefaultMetrics({ register: this.registry });
+  /** `eventLoopResolutionMs`: how often the event-loop delay is sampled (shared/process-metrics.ts). */
+  constructor(eventLoopResolutionMs?: number) {
+    collectProcessMetrics(this.registry, eventLoopResolutionMs);
     const registers = [this.registry];
     this.batches = new Counter({ name: "shoal_batches_total", help: "Batches by state: submitted, then their terminal state", labelNames: ["state"], registers });
     this.items = new Counter({ name: "shoal_items_total", help: "Items that reached a terminal state", labelNames: ["model", "status", "code"], registers });

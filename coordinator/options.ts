@@ -16,6 +16,8 @@ export interface CoordinatorOptions {
   tls: ServerTls | undefined;
   metricsHost: string;
   metricsPort: number;
+  /** How often the event-loop delay metrics sample (shared/process-metrics.ts); default 250 ms. */
+  eventLoopResolutionMs?: number;
   maxItems: number;
   maxAttempts: number;
   /** A worker is lost after this long without a heartbeat. */

@@ -48,8 +48,6 @@ export class JetStreamPublisher {
   start(): void {
     if (this.sub) return;
     this.sub = this.nc.subscribe(`${this.replyBase}*`, { callback: (err, msg) => void (err || this.onAck(msg)) });
-    this.sweepTimer = setInterval(() => this.sweep(), this.sweepMs);
-    this.sweepTimer.unref();
   }
 
   publish(subject: string, data: Uint8Array | string, opts: { timeoutMs: number; headers?: MsgHdrs }): Promise<PubAck> {
@@ -57,6 +55,11 @@ export class JetStreamPublisher {
     const id = ++this.next;
     return new Promise<PubAck>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject, deadline: performance.now() + opts.timeoutMs, subject });
+      // The sweep runs only while writes wait: an idle process is not woken 4 times a second.
+      if (!this.sweepTimer) {
+        this.sweepTimer = setInterval(() => this.sweep(), this.sweepMs);
+        this.sweepTimer.unref();
+      }
       try {
         // nats.js refuses a message over max_payload here (InvalidArgumentError), as js.publish does.
         this.nc.publish(subject, data, { reply: `${this.replyBase}${id}`, ...(opts.headers ? { headers: opts.headers } : {}) });
@@ -107,6 +110,10 @@ export class JetStreamPublisher {
         this.waiting.delete(id);
         w.reject(new JetStreamTimeoutError(`no JetStream acknowledgement for ${w.subject} in time`));
       }
+    }
+    if (this.waiting.size === 0) {
+      clearInterval(this.sweepTimer);
+      this.sweepTimer = undefined;
     }
   }
 }

@@ -44,7 +44,7 @@ async function checkedProviders(opts: WorkerOptions, log: Logger): Promise<strin
 }
 
 export async function startWorkerProcess(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {
-  const metrics = new WorkerMetrics(opts.id);
+  const metrics = new WorkerMetrics(opts.id, undefined, opts.eventLoopResolutionMs);
   const guard = installCrashGuard(log, (kind) => metrics.unexpectedError(kind));
   const worker = new ShoalWorker(opts, await createBackend(opts, log, metrics), log, metrics);
   await worker.start();

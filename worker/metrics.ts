@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { collectProcessMetrics } from "../shared/process-metrics.js";
 import { ItemStatus, itemStatusToJSON } from "../proto/gen/shoal/v1/shoal.js";
 import type { GpuDevice } from "./gpu/vram-source.js";
 
@@ -55,8 +56,10 @@ export class WorkerMetrics {
   constructor(
     private readonly workerId: string,
     private readonly nowMs: () => number = () => performance.now(),
+    /** How often the event-loop delay is sampled (shared/process-metrics.ts). */
+    eventLoopResolutionMs?: number,
   ) {
-    collectDefaultMetrics({ register: this.registry });
+    collectProcessMetrics(this.registry, eventLoopResolutionMs);
     const r = [this.registry];
     this.total = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM of each GPU", labelNames: ["worker", "gpu"], registers: r });
     this.free = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM of each GPU as last measured or accounted", labelNames: ["worker", "gpu"], registers: r });

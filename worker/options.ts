@@ -30,6 +30,8 @@ export interface WorkerOptions {
   metricsPort: number;
   /** Listen address of /metrics; default 127.0.0.1. */
   metricsHost?: string;
+  /** How often the event-loop delay metrics sample (shared/process-metrics.ts); default 250 ms. */
+  eventLoopResolutionMs?: number;
   executionProviders: string[];
   /** Use the simulated backend (load tests, benchmarks): items sleep instead of computing. */
   simulate: boolean;

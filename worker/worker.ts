@@ -39,6 +39,7 @@ import { writeArtifact } from "./artifact-writer.js";
 import type { ProtocolErrorKind, WorkerMetrics } from "./metrics.js";
 import { itemTracesFrom } from "../shared/trace-headers.js";
 import { contextFromTrace, endSpan, inChildSpan, SpanKind, startSpan, traceContextOf, traceparentOf, tracingOn, type Span, type TraceContext } from "../shared/tracing.js";
+import { DeadlineTimer } from "../shared/deadline-timer.js";
 
 export type WorkerLifecycle = "INITIALIZED" | "RUNNING" | "DRAINING" | "STOPPING" | "STOPPED";
 
@@ -87,7 +88,8 @@ export class ShoalWorker {
   private readonly held = new Map<string, HeldItem>();
   private readonly subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
-  private timeoutTimer: NodeJS.Timeout | undefined;
+  /** Armed for the earliest deadline of a held item, only while items are held (shared/deadline-timer.ts). */
+  private readonly timeouts = new DeadlineTimer((now) => this.sweepTimeouts(now));
   private heartbeatSeq = 0;
   private itemsDone = 0;
   /** What heartbeats offer: --max-in-flight, or its default once the models are known (start()). */
@@ -175,8 +177,6 @@ export class ShoalWorker {
     await this.heartbeat();
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.opts.heartbeatIntervalMs);
     this.heartbeatTimer.unref();
-    this.timeoutTimer = setInterval(() => this.sweepTimeouts(), 100);
-    this.timeoutTimer.unref();
   }
 
   /** Models that are not built in are published so the coordinator can validate their items. */
@@ -414,6 +414,7 @@ export class ShoalWorker {
         : undefined,
     };
     this.held.set(lease.token, held);
+    this.timeouts.add(held.deadline);
     this.metrics?.inFlight(this.held.size);
     // Items that batch more than the last ones: say so at once rather than at the next
     // heartbeat, so the coordinator sends enough of them for groups to form. (A lower figure
@@ -426,15 +427,19 @@ export class ShoalWorker {
   }
 
   /** One timer for every held item's timeout, not one per item (thousands are held at scale). */
-  private sweepTimeouts(): void {
-    const now = performance.now();
+  /** Aborts the held items past their deadline; returns the next deadline still pending. */
+  private sweepTimeouts(now: number): number | undefined {
+    let next: number | undefined;
     for (const h of this.held.values()) {
-      if (!h.timedOut && now > h.deadline) {
+      if (h.timedOut) continue;
+      if (now >= h.deadline) {
         h.timedOut = true;
         h.controller.abort();
-      }
+      } else if (next === undefined || h.deadline < next) next = h.deadline;
     }
+    return next;
   }
+
 
   private async execute(held: HeldItem, wire: WireParams, timeoutMs: number): Promise<void> {
     const { lease } = held;
@@ -671,7 +676,7 @@ export class ShoalWorker {
     this.state = "STOPPING";
     this.closePromise = (async () => {
       if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-      if (this.timeoutTimer) clearInterval(this.timeoutTimer);
+      this.timeouts.stop();
       this.peak?.stop();
       for (const s of this.subs) {
         try {

@@ -143,7 +143,8 @@ async function throughShoalUp(
   log: (m: string) => void,
   profileDir: string | undefined,
   extraArgs: string[] = [],
-): Promise<{ runs: ShoalRun[]; profiles: Record<string, ProfileSummary> }> {
+  idleSeconds = 0,
+): Promise<{ runs: ShoalRun[]; profiles: Record<string, ProfileSummary>; idle?: IdleCost }> {
   const dataDir = mkdtempSync(join(tmpdir(), "shoal-bench-up-"));
   const grpcPort = await freePort();
   const natsPort = await freePort();
@@ -154,6 +155,7 @@ async function throughShoalUp(
   /** The timed batches, for the profiles: start-up and warm-up left out. */
   const windows: { fromUs: number; toUs: number }[] = [];
   let procs: UpProcs | undefined;
+  let idle: IdleCost | undefined;
   try {
     // --cpu-prof: every Node process of `shoal up` writes its main thread's profile when it exits
     // (node refuses --cpu-prof in NODE_OPTIONS, so a preloaded module does it; cpu-profile-preload.ts).
@@ -220,6 +222,7 @@ async function throughShoalUp(
         ),
       });
     }
+    if (idleSeconds > 0) idle = await measureIdle(procs, idleSeconds);
   } finally {
     client?.close();
     if (up) {
@@ -246,7 +249,56 @@ async function throughShoalUp(
       if (pid !== undefined && existsSync(file)) profiles[role] = summarizeProfile(file, 30, process.cwd(), windows);
     }
   }
-  return { runs: out, profiles };
+  return { runs: out, profiles, ...(idle ? { idle } : {}) };
+}
+
+/** CPU ms per second of each process of `shoal up` with no batch, and of them all (`fleet`). */
+export type IdleCost = Record<string, number>;
+
+/** Nanoseconds on a CPU of every live thread of a process (schedstat: finer than stat's 10 ms ticks). */
+function onCpuSeconds(pid: number): number {
+  let ns = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+    } catch {
+      /* the thread ended between the listing and the read */
+    }
+  }
+  return ns / 1e9;
+}
+
+/**
+ * The fleet's idle cost (issue 13): after the timed batches, with nothing submitted, the CPU of
+ * every process over `seconds` (after 2 s for the last outcomes, acks and timers to settle).
+ * What the fleet spends per second whether items flow or not; at 512 × 512 (~10 items/s) every
+ * ms/s of it is ~0.1 CPU-ms per item. bench/idle-cost.ts measures the same in more detail.
+ */
+async function measureIdle(p: UpProcs, seconds: number): Promise<IdleCost> {
+  await new Promise((r) => setTimeout(r, 2000));
+  const pids: Record<string, number> = { up: p.up, ...(p.coordinator ? { coordinator: p.coordinator } : {}), ...(p.nats ? { nats: p.nats } : {}) };
+  p.workers.forEach((pid, i) => (pids[`worker${i}`] = pid));
+  const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, onCpuSeconds(pid)]));
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const wallS = (performance.now() - t0) / 1000;
+  const out: IdleCost = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, ((onCpuSeconds(pid) - before[k]!) * 1000) / wallS]));
+  out.fleet = Object.values(out).reduce((a, b) => a + b, 0);
+  return out;
+}
+
+const IDLE_SECONDS = 10;
+
+function idleMetric(idle: IdleCost | undefined): Metric[] {
+  if (!idle) return [];
+  return [
+    check({
+      name: `fleet idle CPU ms/s, every process (shoal up --workers 2 after its batches, nothing submitted, ${IDLE_SECONDS} s)`,
+      value: idle.fleet!,
+      unit: "ms/s",
+      target: { of: "value", op: "<=", threshold: 10, text: "≤ 10 ms/s" },
+    }),
+  ];
 }
 
 function warmOf(size: number, steps: number): ItemList {
@@ -317,13 +369,13 @@ async function runLargeOnly(ctx: CaseContext, large: { n: number; size: number; 
     profileDir = join(ctx.profileDir, `onnx-${Date.now()}`);
     mkdirSync(profileDir, { recursive: true });
   }
-  const { runs, profiles } = await throughShoalUp(workers, [{ list: largeList, warm: largeWarm }], ctx.log, profileDir);
+  const { runs, profiles, idle } = await throughShoalUp(workers, [{ list: largeList, warm: largeWarm }], ctx.log, profileDir, [], ctx.quick ? 0 : IDLE_SECONDS);
   const sLarge = runs[0]!;
   ctx.log(`shoal up: ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
   return {
     params: { rows: "large", model: "imagegen-tiny", workers, threadsPerWorker: 1, directThreads: threads, large: { items: large.n, width: large.size, height: large.size, steps: large.steps } },
-    raw: { directLarge: d.best, directLargeBatched: d.batched, directLargeUnbatched: d.alone, shoalUpLarge: sLarge, ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
-    metrics: largeMetrics(large, sLarge, d.best),
+    raw: { directLarge: d.best, directLargeBatched: d.batched, directLargeUnbatched: d.alone, shoalUpLarge: sLarge, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
+    metrics: [...largeMetrics(large, sLarge, d.best), ...idleMetric(idle)],
   };
 }
 
@@ -354,7 +406,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     mkdirSync(profileDir, { recursive: true });
   }
   ctx.log(`shoal up --workers ${workers} (1 thread each)${profileDir ? `, profiles in ${profileDir}` : ""}`);
-  const { runs, profiles } = await throughShoalUp(workers, [{ list, warm }, { list: largeList, warm: largeWarm }], ctx.log, profileDir);
+  const { runs, profiles, idle } = await throughShoalUp(workers, [{ list, warm }, { list: largeList, warm: largeWarm }], ctx.log, profileDir, [], ctx.quick ? 0 : IDLE_SECONDS);
   const [s, sLarge] = runs as [ShoalRun, ShoalRun];
   // Context: the same 128×128 items with --max-in-flight 16 given explicitly (two groups of
   // imagegen-tiny's max_batch 8 per thread). Since the worker's default fills batches
@@ -405,13 +457,14 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       value: outside(deep),
       unit: "ms",
     },
+    ...idleMetric(idle),
   ];
   return {
     params: {
       items: p.n, model: "imagegen-tiny", width: p.size, height: p.size, steps: p.steps, workers, threadsPerWorker, directThreads: threads, warmUpItems: warm.length,
       large: { items: large.n, width: large.size, height: large.size, steps: large.steps },
     },
-    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, directLargeBatched: dLargeBatched, directLargeUnbatched: dLargeAlone, shoalUpLarge: sLarge, shoalUpDeep: deep, ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
+    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, directLargeBatched: dLargeBatched, directLargeUnbatched: dLargeAlone, shoalUpLarge: sLarge, shoalUpDeep: deep, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
     metrics,
   };
 }

@@ -54,6 +54,11 @@ export class ShoalUp {
   private child: ChildProcess | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
 
+  /** The pid of `up` itself (undefined before start and after stop). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   get grpcAddr(): string {
     return `127.0.0.1:${this.grpcPort}`;
   }

@@ -58,3 +58,23 @@ test("jetstream publisher - no stream (503), no answer in time, refused sizes an
   await assert.rejects(pending, /publisher stopped/);
   await assert.rejects(p.publish("after", "x", { timeoutMs: 5000 }), /not started/);
 });
+
+test("jetstream publisher - its timeout sweep runs only while writes wait (no timer in an idle process)", async (t) => {
+  const f = fakeConnection();
+  const p = new JetStreamPublisher(f.nc, "_INBOX_w1", 10);
+  const keepAlive = setInterval(() => {}, 1000);
+  t.after(() => clearInterval(keepAlive));
+  const sweepArmed = () => (p as unknown as { sweepTimer?: unknown }).sweepTimer !== undefined;
+  p.start();
+  assert.equal(sweepArmed(), false, "started, nothing sent: no timer");
+  const a = p.publish("s", "x", { timeoutMs: 5000 });
+  assert.equal(sweepArmed(), true, "a write waits: the sweep runs");
+  f.answer(f.sent[0]!.reply, JSON.stringify({ stream: "S", seq: 1 }));
+  await a;
+  // The next sweep finds nothing waiting and stops itself.
+  for (let i = 0; i < 200 && sweepArmed(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(sweepArmed(), false, "nothing waits: the timer is gone");
+  // A later write still times out: the sweep comes back with it.
+  await assert.rejects(p.publish("late", "x", { timeoutMs: 20 }), /no JetStream acknowledgement for late in time/);
+  p.stop();
+});
