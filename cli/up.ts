@@ -18,6 +18,7 @@ import { natsSecurityFrom } from "../shared/nats-security.js";
 import { parseIntOption } from "../shared/units.js";
 import { fleetIdentities, natsAuthorizationConfig, type FleetIdentities, type NatsUser } from "./nats-auth.js";
 import { waitForJetStreamCluster } from "./nats-cluster-ready.js";
+import { natsServerLauncher, stopLeftoverNatsServer } from "./nats-server-process.js";
 import {
   DEFAULT_NATS_CLUSTER_PORT,
   formatVersion,
@@ -137,6 +138,32 @@ function waitForPort(port: number, host: string, child: ChildProcess, timeoutMs:
   });
 }
 
+/** Whether something already accepts connections on host:port (a port up is about to give a server). */
+function portAnswers(port: number, host: string): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const sock = tcpConnect({ port, host }, () => {
+      sock.destroy();
+      resolvePromise(true);
+    });
+    sock.on("error", () => {
+      sock.destroy();
+      resolvePromise(false);
+    });
+  });
+}
+
+/**
+ * Starts nats-server on its pid file, after stopping one an earlier up of this data dir left
+ * (cli/nats-server-process.ts), and refuses a port another process holds: a server answering
+ * there would pass the readiness check while ours failed to bind.
+ */
+async function checkNatsPortFree(port: number, pidFile: string, conf: string, log: Logger): Promise<void> {
+  await stopLeftoverNatsServer(pidFile, conf, log);
+  if (await portAnswers(port, "127.0.0.1")) {
+    throw new ConfigError("--nats-port", `127.0.0.1:${port} is already in use by another process; stop it, or pick another port (--nats-port, SHOAL_NATS_PORT), or give --nats to use a running nats-server`);
+  }
+}
+
 async function poll(what: string, timeoutMs: number, check: () => Promise<boolean>, children: ChildProcess[]): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -214,7 +241,10 @@ export class Fleet {
       this.log.info({ identities: join(dataDir, "nats-identities.json"), users: 1 + workerIds.length }, "nats-server requires a user per role (coordinator, each worker); anonymous connections are refused");
       durability = config.summary;
       const monitor = o.natsMonitorPort > 0 ? ["-m", String(o.natsMonitorPort)] : [];
-      const nats = this.spawnChild("nats-server", bin, ["-js", "-sd", join(dataDir, "jetstream"), "-a", "127.0.0.1", "-p", String(o.natsPort), ...monitor, "-c", conf]);
+      const pidFile = join(dataDir, "nats-server.pid");
+      await checkNatsPortFree(o.natsPort, pidFile, conf, this.log);
+      const run = natsServerLauncher(bin);
+      const nats = this.spawnChild("nats-server", run.cmd, [...run.prefix, "-js", "-sd", join(dataDir, "jetstream"), "-a", "127.0.0.1", "-p", String(o.natsPort), ...monitor, "-c", conf, "-P", pidFile]);
       await waitForPort(o.natsPort, "127.0.0.1", nats, 15_000);
       natsUrl = `nats://127.0.0.1:${o.natsPort}`;
     }
@@ -309,7 +339,10 @@ export class Fleet {
         writeFileSync(conf, base.text + natsClusterConfig(node, nodes) + natsAuthorizationConfig(process.env.SHOAL_PREFIX || "shoal", identities), { mode: 0o600 });
         chmodSync(conf, 0o600);
         const monitor = node.monitorPort > 0 ? ["-m", String(node.monitorPort)] : [];
-        const child = this.spawnChild(`nats-server ${node.name}`, bin, ["-js", "-sd", join(dataDir, "jetstream", node.name), "-a", "127.0.0.1", "-p", String(node.clientPort), ...monitor, "-c", conf]);
+        const pidFile = join(dataDir, `nats-server-${node.name}.pid`);
+        await checkNatsPortFree(node.clientPort, pidFile, conf, this.log);
+        const run = natsServerLauncher(bin);
+        const child = this.spawnChild(`nats-server ${node.name}`, run.cmd, [...run.prefix, "-js", "-sd", join(dataDir, "jetstream", node.name), "-a", "127.0.0.1", "-p", String(node.clientPort), ...monitor, "-c", conf, "-P", pidFile]);
         started.push({ node, child });
         await waitForPort(node.clientPort, "127.0.0.1", child, 15_000);
       }

@@ -40,10 +40,14 @@ export interface ShoalUpOptions {
   env: NodeJS.ProcessEnv;
   /** How long `up` may take to print "Shoal is up". */
   readyTimeoutMs?: number;
+  /** The embedded nats-server's port (default: a free one). */
+  natsPort?: number;
+  /** stop() leaves the data dir for a later `up` of it (`new ShoalUp(dir)`), which removes it. */
+  keepDataDir?: boolean;
 }
 
 export class ShoalUp {
-  readonly dir = mkdtempSync(join(tmpdir(), "shoal-up-"));
+  readonly dir: string;
   grpcPort = 0;
   natsPort = 0;
   httpPort = 0;
@@ -53,6 +57,17 @@ export class ShoalUp {
   children: number[] = [];
   private child: ChildProcess | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
+  private keepDataDir = false;
+
+  /** `dir`: the directory of an earlier ShoalUp started with keepDataDir (its data dir is reused). */
+  constructor(dir?: string) {
+    this.dir = dir ?? mkdtempSync(join(tmpdir(), "shoal-up-"));
+  }
+
+  /** The data dir `up` runs on. */
+  get dataDir(): string {
+    return join(this.dir, "data");
+  }
 
   /** The pid of `up` itself (undefined before start and after stop). */
   get pid(): number | undefined {
@@ -68,8 +83,9 @@ export class ShoalUp {
   }
 
   async start(opts: ShoalUpOptions): Promise<void> {
-    [this.grpcPort, this.natsPort, this.httpPort] = [await freePort(), await freePort(), await freePort()];
-    const args = [CLI, "up", "--grpc-port", String(this.grpcPort), "--nats-port", String(this.natsPort), "--http-port", String(this.httpPort), "--metrics-port", "0", "--data-dir", join(this.dir, "data"), "--log-format", "json", ...opts.args];
+    [this.grpcPort, this.natsPort, this.httpPort] = [await freePort(), opts.natsPort ?? (await freePort()), await freePort()];
+    this.keepDataDir = opts.keepDataDir ?? false;
+    const args = [CLI, "up", "--grpc-port", String(this.grpcPort), "--nats-port", String(this.natsPort), "--http-port", String(this.httpPort), "--metrics-port", "0", "--data-dir", this.dataDir, "--log-format", "json", ...opts.args];
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT, env: opts.env });
     this.child = child;
     child.stdout!.on("data", (d) => (this.stdout += d));
@@ -112,7 +128,7 @@ export class ShoalUp {
         /* gone meanwhile */
       }
     }
-    rmSync(this.dir, { recursive: true, force: true });
+    if (!this.keepDataDir) rmSync(this.dir, { recursive: true, force: true });
     return { code: timedOut ? null : child.exitCode, survivors, timedOut };
   }
 }
