@@ -35,22 +35,32 @@ function threadCounters(pid: number, tid: number): Counters {
   return { cpuS: onCpuNs / 1e9, voluntary: field("voluntary_ctxt_switches"), involuntary: field("nonvoluntary_ctxt_switches") };
 }
 
-function processCounters(pid: number): { whole: Counters; main: Counters; threads: number } {
-  const whole: Counters = { cpuS: 0, voluntary: 0, involuntary: 0 };
-  let threads = 0;
+function processCounters(pid: number): { byThread: Map<number, Counters>; main: Counters; threads: number } {
+  const byThread = new Map<number, Counters>();
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
-      const c = threadCounters(pid, Number(tid));
-      whole.cpuS += c.cpuS;
-      whole.voluntary += c.voluntary;
-      whole.involuntary += c.involuntary;
-      threads++;
+      byThread.set(Number(tid), threadCounters(pid, Number(tid)));
     } catch {
       /* the thread ended between the listing and the read */
     }
   }
-  // Threads that end within the window are not counted (an idle fleet starts none).
-  return { whole, main: threadCounters(pid, pid), threads };
+  return { byThread, main: threadCounters(pid, pid), threads: byThread.size };
+}
+
+/**
+ * A process's counters over the window, thread by thread: a sum over the live threads drops when
+ * one ends (see bench/lib/thread-cpu.ts), so a thread ended in the window counts nothing and one
+ * started in it counts all it used.
+ */
+function wholeDelta(before: Map<number, Counters>, after: Map<number, Counters>): Counters {
+  const d: Counters = { cpuS: 0, voluntary: 0, involuntary: 0 };
+  for (const [tid, a] of after) {
+    const b = before.get(tid);
+    d.cpuS += Math.max(0, a.cpuS - (b?.cpuS ?? 0));
+    d.voluntary += Math.max(0, a.voluntary - (b?.voluntary ?? 0));
+    d.involuntary += Math.max(0, a.involuntary - (b?.involuntary ?? 0));
+  }
+  return d;
 }
 
 function roleOf(pid: number): string {
@@ -112,12 +122,13 @@ async function main(): Promise<void> {
     rows = pids.map((pid) => {
       const a = processCounters(pid);
       const b = before.get(pid)!;
+      const whole = wholeDelta(b.byThread, a.byThread);
       return {
         role: pid === up.pid ? "shoal up" : roleOf(pid),
         pid,
-        cpuMsPerS: ((a.whole.cpuS - b.whole.cpuS) * 1000) / wallS,
+        cpuMsPerS: (whole.cpuS * 1000) / wallS,
         mainCpuMsPerS: ((a.main.cpuS - b.main.cpuS) * 1000) / wallS,
-        wakeupsPerS: (a.whole.voluntary - b.whole.voluntary) / wallS,
+        wakeupsPerS: whole.voluntary / wallS,
         mainWakeupsPerS: (a.main.voluntary - b.main.voluntary) / wallS,
         threads: a.threads,
       };

@@ -20,6 +20,7 @@ import { childPids, cpuSeconds, spawnTracked, stopProc, trackPid, untrackPid, ty
 import { check, type CaseOutcome, type Metric } from "../lib/report.js";
 import { runBatch } from "../lib/shoal.js";
 import type { BenchCase, CaseContext } from "./case.js";
+import { cpuSecondsBetween, threadCpu } from "../lib/thread-cpu.js";
 
 const TARGET_RATIO = 0.9;
 const TARGET_RATIO_LARGE = 0.97;
@@ -255,19 +256,6 @@ async function throughShoalUp(
 /** CPU ms per second of each process of `shoal up` with no batch, and of them all (`fleet`). */
 export type IdleCost = Record<string, number>;
 
-/** Nanoseconds on a CPU of every live thread of a process (schedstat: finer than stat's 10 ms ticks). */
-function onCpuSeconds(pid: number): number {
-  let ns = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
-    } catch {
-      /* the thread ended between the listing and the read */
-    }
-  }
-  return ns / 1e9;
-}
-
 /**
  * The fleet's idle cost (issue 13): after the timed batches, with nothing submitted, the CPU of
  * every process over `seconds` (after 2 s for the last outcomes, acks and timers to settle).
@@ -278,11 +266,12 @@ async function measureIdle(p: UpProcs, seconds: number): Promise<IdleCost> {
   await new Promise((r) => setTimeout(r, 2000));
   const pids: Record<string, number> = { up: p.up, ...(p.coordinator ? { coordinator: p.coordinator } : {}), ...(p.nats ? { nats: p.nats } : {}) };
   p.workers.forEach((pid, i) => (pids[`worker${i}`] = pid));
-  const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, onCpuSeconds(pid)]));
+  const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, threadCpu(pid)]));
   const t0 = performance.now();
   await new Promise((r) => setTimeout(r, seconds * 1000));
   const wallS = (performance.now() - t0) / 1000;
-  const out: IdleCost = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, ((onCpuSeconds(pid) - before[k]!) * 1000) / wallS]));
+  // Per thread (bench/lib/thread-cpu.ts): pool threads ending in the window made a sum over live threads negative.
+  const out: IdleCost = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, (cpuSecondsBetween(before[k]!, threadCpu(pid)) * 1000) / wallS]));
   out.fleet = Object.values(out).reduce((a, b) => a + b, 0);
   return out;
 }
