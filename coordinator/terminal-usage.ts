@@ -14,6 +14,7 @@ import { errorMessage } from "../shared/errors.js";
 import type { Logger } from "../shared/logger.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { BatchUsage, UsageStore } from "./usage.js";
+import { sleepUnlessAborted } from "../shared/sleep.js";
 
 /**
  * TEST HOOK, for crash-recovery tests only: when SHOAL_TEST_HOLD_USAGE_COUNT_MS is set, the
@@ -47,7 +48,7 @@ export type TerminalUsageOutcome = "counted" | "already" | "stopped";
  * GetUsage that comes after the batch's answer waits for it (UsageStore.list).
  */
 export async function countTerminalUsage(d: TerminalUsageDeps, tenant: string, batch: Batch): Promise<TerminalUsageOutcome> {
-  if (d.holdMs !== undefined && d.holdMs > 0) await sleep(d.holdMs, d.signal);
+  if (d.holdMs !== undefined && d.holdMs > 0) await sleepUnlessAborted(d.holdMs, d.signal);
   let delay = d.retryInitialMs;
   let added: BatchUsage | undefined;
   for (let attempt = 1; ; attempt++) {
@@ -59,7 +60,7 @@ export async function countTerminalUsage(d: TerminalUsageDeps, tenant: string, b
       // Full jitter, as the terminal write's retries: many batches failing together spread out.
       const wait = Math.round(delay / 2 + Math.random() * (delay / 2));
       d.log.warn({ batchId: batch.id, attempt, retryInMs: wait, err: errorMessage(err) }, "usage of a finished batch not counted yet; retrying (its open marker stays until it is)");
-      await sleep(wait, d.signal);
+      await sleepUnlessAborted(wait, d.signal);
       delay = Math.min(d.retryMaxMs, delay * 2);
     }
   }
@@ -82,17 +83,4 @@ export function holdUsageCountMs(env: NodeJS.ProcessEnv = process.env): number |
   if (v === undefined || v === "") return undefined;
   const n = Number(v);
   return Number.isFinite(n) && n >= 0 ? n : undefined;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -9,6 +9,7 @@ import type { Batch } from "../proto/gen/shoal/v1/shoal.js";
 import type { BatchRecord } from "../proto/gen/shoal/v1/wire.js";
 import { StorageError, storageError } from "../shared/storage-errors.js";
 import { FinalizeConflict, isTerminal, type StoredRecord } from "./batch-store.js";
+import { sleepUnlessAborted } from "../shared/sleep.js";
 
 export interface TerminalStore {
   replace(record: BatchRecord, revision: number, encoded?: Uint8Array): Promise<number>;
@@ -81,23 +82,10 @@ export async function writeTerminal(w: TerminalWrite): Promise<TerminalOutcome> 
       // Full jitter keeps many batches that failed together from retrying in lockstep.
       const wait = Math.round(delay / 2 + Math.random() * (delay / 2));
       w.onFailure(failure, attempt, wait);
-      await sleep(wait, w.signal);
+      await sleepUnlessAborted(wait, w.signal);
       delay = Math.min(w.maxDelayMs, delay * 2);
       // A refresh of the running record that landed meanwhile moved the revision to replace.
       if (w.revision() !== known) revision = known = w.revision();
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
