@@ -106,10 +106,31 @@ function runBatch(tag: string, onProgress: (done: number) => void): Promise<Driv
     void p.exited.then((code) => {
       setTimeout(() => {
         clearInterval(timer);
-        reject(new Error(`driver ${tag} exited ${code} without a result: ${p.output.slice(-20).join("\n")}`));
+        reject(new Error(`driver ${tag} exited ${code} without a result:\n${driverFailure(p)}`));
       }, 500);
     });
   });
+}
+
+/**
+ * What a failed driver said (its events and its error's first lines, not the error's byte dumps)
+ * and what every coordinator logged about its batch and its idempotency key: enough to tell a
+ * lost batch from a client that asked the wrong coordinator.
+ */
+function driverFailure(p: Proc): string {
+  const events = p.output.filter((l) => l.startsWith("{"));
+  const error = p.output.filter((l) => !l.startsWith("{") && !/^\s*[\d,\s]+$/.test(l)).slice(0, 25);
+  const batchId = (events.map((l) => JSON.parse(l) as { batchId?: string }).find((e) => e.batchId)?.batchId) ?? /"(b_[0-9a-z]+)"/.exec(p.output.join("\n"))?.[1];
+  const said: string[] = [];
+  for (const [name, list] of coordinators) {
+    for (const c of list) {
+      for (const l of c.logs) {
+        const text = JSON.stringify(l);
+        if ((batchId && text.includes(batchId)) || Number(l.level) >= 40) said.push(`[${name} pid ${c.pid}] ${text.slice(0, 600)}`);
+      }
+    }
+  }
+  return [`events:`, ...events, `error:`, ...error, `batch ${batchId ?? "(none)"}: coordinators' lines about it and their warnings (last 60):`, ...said.slice(-60)].join("\n");
 }
 
 /** How many times each item ran to success on each worker, from the workers' debug logs. */
