@@ -123,11 +123,8 @@ export class BatchProgress {
     let paceItems = 0;
     const overhead = this.overheadMs;
     const predictor = this.durations.model;
-    /** Batch id → its nominal turn weight (1 + priority): the planner's weight on its work. */
-    const nominalOf = new Map<string, number>();
     for (const batch of batches) {
       const nominal = priorityWeight(batch.record.batch!.priority);
-      nominalOf.set(batch.id, nominal);
       const weight = this.turns.weightOf(nominal);
       const started = batch.started || batch.doneCount > 0;
       const byModel = new Map<string, EtaBatch>();
@@ -242,7 +239,7 @@ export class BatchProgress {
 
     const weightOf = (w: number) => this.turns.weightOf(w);
     // The fleet as the affinity planner splits it between the models: each holds a part of the
-    // slots in proportion to its priority-weighted backlog, at most what the VRAM lets it run (eta.ts,
+    // slots in proportion to its backlog, at most what the VRAM lets it run (eta.ts,
     // splitConcurrency), and its batches' items there end no earlier than that part allows. The
     // fleet-wide estimate alone let a batch whose items left are of one model share slots the
     // planner keeps for another model's backlog (bench/sim tenants-priorities: such batches ended
@@ -256,10 +253,8 @@ export class BatchProgress {
         most = 0;
         for (const g of gpus) if (g.totalBytes >= m.weightsBytes + m.activationBytes) most += Math.floor((g.totalBytes - m.weightsBytes) / m.activationBytes);
       }
-      // Weighted by priority as the planner weighs it (affinity.ts, weightedWorkMs): a model
-      // carrying high-priority work holds a larger part while that work lasts.
       let workMs = 0;
-      for (const b of m.batches) workMs += (nominalOf.get(b.id) ?? 1) * (b.waitingWorkMs + b.runningRemainingMs.reduce((s, x) => s + x, 0));
+      for (const b of m.batches) workMs += b.waitingWorkMs + b.runningRemainingMs.reduce((s, x) => s + x, 0);
       demands.push({ model, batches: m.batches, workMs, most });
     }
     const parts = summaries.length > 1 ? splitConcurrency(concurrency, demands) : demands.map((d) => (d.workMs > 0 ? d.most : 0));
