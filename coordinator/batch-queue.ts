@@ -43,6 +43,13 @@ export interface GroupBacklog {
   count: number;
   /** Sum of the waiting items' ranks. */
   rank: number;
+  /**
+   * The same sums with each item counted `priorityWeight` times (its batch's turn weight): the
+   * affinity planner splits the fleet by these, so a model carrying high-priority work gets a
+   * larger share of the GPUs while that work waits, as its batch gets more turns in the queue.
+   */
+  weightedCount: number;
+  weightedRank: number;
 }
 
 interface Entry {
@@ -191,10 +198,13 @@ export class BatchQueue {
     lane.push(index, cls);
     this.total++;
     const b = this.backlog.get(cls.group);
+    const wt = lane.weight;
     if (b) {
       b.count++;
       b.rank += cls.rank;
-    } else this.backlog.set(cls.group, { count: 1, rank: cls.rank });
+      b.weightedCount += wt;
+      b.weightedRank += cls.rank * wt;
+    } else this.backlog.set(cls.group, { count: 1, rank: cls.rank, weightedCount: wt, weightedRank: cls.rank * wt });
   }
 
   /** Drops a batch's waiting items (cancel, finalize) and returns them. */
@@ -203,7 +213,7 @@ export class BatchQueue {
     if (!lane) return [];
     this.lanes.delete(batchId);
     const left: Entry[] = [];
-    for (const g of lane.groups.values()) for (const e of g.removeAll()) this.taken(g.name, e.rank, left, e);
+    for (const g of lane.groups.values()) for (const e of g.removeAll()) this.taken(g.name, e.rank, lane.weight, left, e);
     left.sort((a, b) => a.seq - b.seq);
     return left.map((e) => e.index);
   }
@@ -255,7 +265,7 @@ export class BatchQueue {
             continue;
           }
           next.group.shift();
-          this.taken(next.group.name, next.entry.rank);
+          this.taken(next.group.name, next.entry.rank, lane.weight);
           progressed = true;
           if (r === "drop") continue;
           placed++;
@@ -279,12 +289,14 @@ export class BatchQueue {
     return placed;
   }
 
-  private taken(group: string, rank: number, into?: Entry[], e?: Entry): void {
+  private taken(group: string, rank: number, weight: number, into?: Entry[], e?: Entry): void {
     this.total--;
     const b = this.backlog.get(group);
     if (b) {
       b.count--;
       b.rank -= rank;
+      b.weightedCount -= weight;
+      b.weightedRank -= rank * weight;
       if (b.count <= 0) this.backlog.delete(group);
     }
     if (into && e) into.push(e);
@@ -293,6 +305,7 @@ export class BatchQueue {
   /** The head of the group fits nowhere: try the next few items behind it. */
   private placeBehind(batchId: string, group: Group, tryPlace: (ref: QueuedRef) => PlaceResult, budget: number): number {
     let placed = 0;
+    const weight = this.lanes.get(batchId)?.weight ?? 1;
     for (let k = 1, tried = 0; tried < LOOKAHEAD && placed < budget; tried++) {
       const next = group.behind(k);
       if (!next) break;
@@ -300,7 +313,7 @@ export class BatchQueue {
       if (r === "stop" || r === "block") break;
       if (r) {
         group.take(next.index);
-        this.taken(group.name, next.rank);
+        this.taken(group.name, next.rank, weight);
         if (r !== "drop") placed++;
       } else {
         k++;

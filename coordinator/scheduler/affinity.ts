@@ -8,7 +8,8 @@
 //   maximize λ  s.t.  Σ_c rate(c,m)·u(m,c) ≥ λ·W_m  for each model,  Σ_m u(m,c) ≤ n_c  for each class,
 //
 // where a class is a set of identical GPUs (VRAM, speed, slots, models served), n_c how many, W_m
-// the model's backlog (predicted milliseconds of its waiting and running items), rate(c,m) the
+// the model's backlog (predicted milliseconds of its waiting and running items, each weighted by
+// 1 + its batch's priority as the queue's turns are: see weightedWorkMs), rate(c,m) the
 // items of m one GPU of c runs at once ((VRAM − weights) / activations, at most its slots) times
 // its speed, and u(m,c) how many GPUs of class c serve m. The fractional u is rounded to whole
 // GPUs per class, keeping each GPU on the model it serves now wherever the rounding allows (a
@@ -34,6 +35,11 @@ export interface PlannerGpu {
 export interface ModelBacklog {
   /** Predicted milliseconds (at speed 1) of the model's waiting and running items. */
   workMs: number;
+  /**
+   * The same work weighted by priority (each item × 1 + its batch's priority, as the queue's
+   * turns weigh it): what the fleet is split by. Absent: workMs.
+   */
+  weightedWorkMs?: number;
   /** Items waiting. */
   waiting: number;
   weightsBytes: number;
@@ -193,38 +199,53 @@ export class AffinityPlanner {
       });
     });
     const nVars = 1 + pairs.length;
-    const A: number[][] = [];
-    const rhs: number[] = [];
     const served = new Set(pairs.map((p) => p.m));
-    names.forEach((name, mi) => {
-      if (!served.has(mi)) return;
-      const row = new Array<number>(nVars).fill(0);
-      // Work in seconds keeps the tableau's numbers in a comfortable range.
-      row[0] = backlog.get(name)!.workMs / 1000;
-      pairs.forEach((p, k) => {
-        if (p.m === mi) row[1 + k] = -p.rate;
+    // The capacity LP for the given work per model: λ is its rate, x the GPUs per (model, class).
+    const solve = (workMs: (name: string) => number): { value: number; x: number[] } => {
+      const A: number[][] = [];
+      const rhs: number[] = [];
+      names.forEach((name, mi) => {
+        if (!served.has(mi)) return;
+        const row = new Array<number>(nVars).fill(0);
+        // Work in seconds keeps the tableau's numbers in a comfortable range.
+        row[0] = workMs(name) / 1000;
+        pairs.forEach((p, k) => {
+          if (p.m === mi) row[1 + k] = -p.rate;
+        });
+        A.push(row);
+        rhs.push(0);
       });
-      A.push(row);
-      rhs.push(0);
-    });
-    cls.forEach((list, ci) => {
-      const row = new Array<number>(nVars).fill(0);
-      pairs.forEach((p, k) => {
-        if (p.c === ci) row[1 + k] = 1;
+      cls.forEach((list, ci) => {
+        const row = new Array<number>(nVars).fill(0);
+        pairs.forEach((p, k) => {
+          if (p.c === ci) row[1 + k] = 1;
+        });
+        A.push(row);
+        rhs.push(list.reduce((s, g) => s + g.speed, 0));
       });
-      A.push(row);
-      rhs.push(list.reduce((s, g) => s + g.speed, 0));
-    });
-    const c = new Array<number>(nVars).fill(0);
-    c[0] = 1;
+      const c = new Array<number>(nVars).fill(0);
+      c[0] = 1;
+      return maximize(c, A, rhs);
+    };
+    const real = (name: string) => backlog.get(name)!.workMs;
+    const weighted = (name: string) => backlog.get(name)!.weightedWorkMs ?? backlog.get(name)!.workMs;
+    // Priority weights that are the same for every model scale every row alike: the split is the
+    // unweighted one, and one LP does.
+    const ratios = names.map((n) => weighted(n) / real(n));
+    const byPriority = ratios.some((r) => Number.isFinite(r) && r > 0 && Math.abs(r - ratios[0]!) > 1e-9 * Math.max(1, r));
     let sol: { value: number; x: number[] };
+    let horizonSol: { value: number; x: number[] };
     try {
-      sol = maximize(c, A, rhs);
+      // The split follows the priority-weighted work (high-priority work gets GPUs ahead of
+      // low-priority work of other models); the horizon (when the backlog ends, what a switch
+      // must repay, the earliest-finish bound) is the real work's.
+      horizonSol = solve(real);
+      sol = byPriority ? solve(weighted) : horizonSol;
     } catch {
       this.allowedBy = next;
       return;
     }
-    this.horizonMs = sol.value > 0 ? 1000 / sol.value : Infinity;
+    this.horizonMs = horizonSol.value > 0 ? 1000 / horizonSol.value : Infinity;
     cls.forEach((list, ci) => {
       const targets = new Map<string, number>();
       const perSpeed = list.length / list.reduce((s, g) => s + g.speed, 0);

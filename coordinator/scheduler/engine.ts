@@ -441,12 +441,16 @@ function plannerInputs(state: EngineState, eng: EnginePolicy, workers: Map<strin
     }
     return b;
   };
+  // Each model's mean priority weight over its waiting work (1 + priority, as the queue's turns).
+  const meanWeight = new Map<string, number>();
   for (const [m, q] of state.queue.backlogByGroup()) {
     const b = entry(m);
     if (!b) continue;
     b.waiting += q.count;
     // Without a predictor every item counts as one unit of work.
     b.workMs += eng.predictor ? q.rank : q.count * 1000;
+    const mean = eng.predictor && q.rank > 0 ? q.weightedRank / q.rank : q.count > 0 ? q.weightedCount / q.count : 1;
+    if (Number.isFinite(mean) && mean > 0) meanWeight.set(m, mean);
   }
   for (const a of state.attempts.running()) {
     const b = entry(a.model);
@@ -456,6 +460,10 @@ function plannerInputs(state: EngineState, eng: EnginePolicy, workers: Map<strin
     // What is left of it, in nominal-speed ms.
     b.workMs += Math.max(0, predicted - (nowMs - a.startMs)) * speed;
   }
+  // The split follows priority: a model's work counts its mean weight times (its running items
+  // too, at the mean of its waiting ones, so one priority class everywhere scales every model
+  // alike and changes nothing). The durations stay real in workMs (horizon, switch costs).
+  for (const [m, b] of backlog) b.weightedWorkMs = b.workMs * (meanWeight.get(m) ?? 1);
   return { gpus, backlog };
 }
 

@@ -56,7 +56,10 @@ test("batch queue - groups: a blocked model does not hold back the batch's other
   const model = (i: number) => (i % 2 === 0 ? "a" : "b");
   const q = new BatchQueue({ classify: (_b, i) => ({ group: model(i), rank: i }), longestFirst: true });
   for (let i = 0; i < 8; i++) q.add("x", i);
-  assert.deepEqual(Object.fromEntries([...q.backlogByGroup()].map(([g, v]) => [g, { ...v }])), { a: { count: 4, rank: 12 }, b: { count: 4, rank: 16 } });
+  assert.deepEqual(Object.fromEntries([...q.backlogByGroup()].map(([g, v]) => [g, { ...v }])), {
+    a: { count: 4, rank: 12, weightedCount: 4, weightedRank: 12 },
+    b: { count: 4, rank: 16, weightedCount: 4, weightedRank: 16 },
+  });
   const order: number[] = [];
   // Model "a" fits nowhere this pass ("block": nothing of it can fit); "b" still goes, longest first.
   q.drain((ref) => (model(ref.index) === "a" ? "block" : (order.push(ref.index), true)));
@@ -88,4 +91,26 @@ test("batch queue - priority holds on a busy fleet: one freed slot per pass, a t
   assert.equal(high, 40, `weights 4 : 1 over 50 single-slot passes: ${winners.join(",")}`);
   // Turns, not bursts of whole passes: no batch waits more than one turn of the other.
   assert.ok(!winners.join(",").includes("low,low"), "low never takes two in a row");
+});
+
+test("batch queue - the backlog per group also counts each item by its batch's turn weight (1 + priority), through placement and removal", () => {
+  const q = new BatchQueue({ classify: (_b, i) => ({ group: "m", rank: 10 + i }) });
+  for (let i = 0; i < 3; i++) q.add("lo", i, 0);
+  for (let i = 0; i < 2; i++) q.add("hi", i, 4);
+  const m = () => ({ ...q.backlogByGroup().get("m")! });
+  // lo: ranks 10+11+12 at weight 1; hi: ranks 10+11 at weight 5.
+  assert.deepEqual(m(), { count: 5, rank: 54, weightedCount: 3 + 10, weightedRank: 33 + 5 * 21 });
+  // Place one item of each batch (one turn item each would be lo's 1 and hi's up to 5: budget 2).
+  const placed: string[] = [];
+  q.drain((ref) => (placed.push(`${ref.batchId}${ref.index}`), true), 2);
+  const rank = (id: string) => 10 + Number(id.slice(-1));
+  const weight = (id: string) => (id.startsWith("hi") ? 5 : 1);
+  const left = m();
+  assert.equal(left.count, 3);
+  assert.equal(left.weightedCount, 13 - placed.reduce((s, id) => s + weight(id), 0));
+  assert.equal(left.weightedRank, 138 - placed.reduce((s, id) => s + weight(id) * rank(id), 0));
+  // Removing a batch takes its weighted share out too.
+  q.removeBatch("hi");
+  q.removeBatch("lo");
+  assert.equal(q.backlogByGroup().size, 0);
 });
