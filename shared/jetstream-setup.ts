@@ -101,9 +101,16 @@ export async function ensureInfrastructure(nc: NatsConnection, names: Names, lim
     );
   }
   const kvm = new Kvm(nc);
+  // Replicated, a KV read by default is a direct get that any replica may answer, including one
+  // that has not applied the latest write yet (JetStream promises no read-after-write for direct
+  // gets). A coordinator that reads a record another one just wrote (after a failover: a batch's
+  // record, its idempotency key) must see it, so with replicas reads go to the stream leader.
+  // With one server there is one copy, and the direct get is as current.
+  const consistentReads = r > 1 ? { allow_direct: false } : {};
   const kv = async (bucket: string, ttlMs: number, maxBytes: number, flag: string): Promise<KV> => {
-    const store = await createOrExplain(() => kvm.create(bucket, { storage: StorageType.File, history: 1, ttl: ttlMs, max_bytes: bytes(maxBytes), replicas: r }), flag, r);
-    if (apply) await applyLimits(jsm, `KV_${bucket}`, { max_age: ttlMs * MS_NS, max_bytes: bytes(maxBytes), num_replicas: r }, flag, log);
+    const store = await createOrExplain(() => kvm.create(bucket, { storage: StorageType.File, history: 1, ttl: ttlMs, max_bytes: bytes(maxBytes), replicas: r, ...consistentReads }), flag, r);
+    // A bucket made before it was replicated answered direct gets: it is changed too.
+    if (apply) await applyLimits(jsm, `KV_${bucket}`, { max_age: ttlMs * MS_NS, max_bytes: bytes(maxBytes), num_replicas: r, ...consistentReads }, flag, log);
     return store;
   };
   const [batches, idempotency, models, webhooks, scheduler, usage] = await Promise.all([
@@ -147,7 +154,7 @@ async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig>
   return false;
 }
 
-type Limits = Pick<StreamConfig, "max_age" | "max_bytes"> & { discard?: DiscardPolicy; num_replicas?: number };
+type Limits = Pick<StreamConfig, "max_age" | "max_bytes"> & { discard?: DiscardPolicy; num_replicas?: number; allow_direct?: boolean };
 
 /**
  * Updates a stream whose age or byte limit, or replica count, differs from what is configured
@@ -162,7 +169,8 @@ async function applyLimits(jsm: JetStreamManager, stream: string, want: Limits, 
   const changed =
     config.max_age !== maxAge || config.max_bytes !== want.max_bytes || (want.discard !== undefined && config.discard !== want.discard) || config.duplicate_window !== dup;
   const replicasChanged = want.num_replicas !== undefined && (config.num_replicas || 1) !== want.num_replicas;
-  if (!changed && !replicasChanged) return;
+  const directChanged = want.allow_direct !== undefined && (config.allow_direct ?? false) !== want.allow_direct;
+  if (!changed && !replicasChanged && !directChanged) return;
   const update = {
     ...config,
     max_age: maxAge,
@@ -170,6 +178,7 @@ async function applyLimits(jsm: JetStreamManager, stream: string, want: Limits, 
     duplicate_window: dup,
     ...(want.discard !== undefined ? { discard: want.discard } : {}),
     ...(want.num_replicas !== undefined ? { num_replicas: want.num_replicas } : {}),
+    ...(want.allow_direct !== undefined ? { allow_direct: want.allow_direct } : {}),
   };
   await createOrExplain(() => jsm.streams.update(stream, update), flag, want.num_replicas);
   log?.info(

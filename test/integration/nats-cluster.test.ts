@@ -23,11 +23,23 @@ const items = (workMs: number, tag: string, n = N) => Array.from({ length: n }, 
 
 /** Replicas of every stream behind Shoal's streams, buckets and object store. */
 async function replicasOf(servers: string, auth?: { user: string; password: string }): Promise<Map<string, number>> {
+  return new Map([...(await streamsOf(servers, auth))].map(([name, c]) => [name, c.num_replicas]));
+}
+
+/**
+ * The KV buckets whose reads may still be answered by any replica (direct gets): with replicas
+ * none may be, so a coordinator reads what another one just wrote (jetstream-setup.ts).
+ */
+async function directKvOf(servers: string, auth?: { user: string; password: string }): Promise<string[]> {
+  return [...(await streamsOf(servers, auth))].filter(([name, c]) => name.startsWith("KV_") && c.allow_direct).map(([name]) => name);
+}
+
+async function streamsOf(servers: string, auth?: { user: string; password: string }): Promise<Map<string, { num_replicas: number; allow_direct?: boolean }>> {
   const names = new Names("shoal");
   const nc = await connect({ servers: servers.split(","), timeout: 10_000, ...(auth ? { user: auth.user, pass: auth.password, inboxPrefix: "_INBOX_coordinator" } : {}) });
   try {
     const jsm = await jetstreamManager(nc, { timeout: 10_000 });
-    const out = new Map<string, number>();
+    const out = new Map<string, { num_replicas: number; allow_direct?: boolean }>();
     for (const stream of [
       names.resultsStream,
       names.batchIndexStream,
@@ -39,7 +51,7 @@ async function replicasOf(servers: string, auth?: { user: string; password: stri
     ]) {
       // The batch index is made by the coordinator only; before it starts there is none.
       const info = await jsm.streams.info(stream).catch(() => undefined);
-      if (info) out.set(stream, info.config.num_replicas);
+      if (info) out.set(stream, { num_replicas: info.config.num_replicas, allow_direct: info.config.allow_direct });
     }
     return out;
   } finally {
@@ -85,6 +97,7 @@ describe("NATS cluster", () => {
     await client.waitForWorkers(3);
     const replicas = await replicasOf(cluster.urls);
     assert.deepEqual([...replicas.values()], Array(replicas.size).fill(3), `replicas: ${JSON.stringify([...replicas])}`);
+    assert.deepEqual(await directKvOf(cluster.urls), [], "KV buckets whose reads any replica may answer");
 
     const { batchId } = await client.submit({ items: items(100, "k") });
     let killed = "";
@@ -122,6 +135,7 @@ describe("NATS cluster", () => {
     await waitFor("the stores", async () => (await replicasOf(cluster!.urls).catch(() => new Map())).size >= 6, 30_000);
     const before = await replicasOf(cluster.urls);
     assert.equal(before.get(new Names("shoal").resultsStream), 1);
+    assert.ok((await directKvOf(cluster.urls)).length > 0, "made with 1 replica, the KV buckets answer direct gets");
     await stack.kill(first);
     // Raising the stores to 3 replicas keeps a loaded cluster busy for seconds; a longer lease
     // keeps the renewals from running out meanwhile (see docs/cluster.md, known issues).
@@ -131,6 +145,7 @@ describe("NATS cluster", () => {
     await client.waitForWorkers(1);
     const after = await replicasOf(cluster.urls);
     assert.deepEqual([...after.values()], Array(after.size).fill(3), `replicas: ${JSON.stringify([...after])}`);
+    assert.deepEqual(await directKvOf(cluster.urls), [], "KV buckets made with 1 replica still answer direct gets from any replica");
     assert.ok(coordinator.logs.some((l) => l.msg === "storage limits updated" && l.replicas === 3), "the coordinator logged the change");
     const { batchId } = await client.submit({ items: items(1, "r", 5) });
     assertWholeBatch((await pollUntilTerminal(client, batchId)).batch, 5);
