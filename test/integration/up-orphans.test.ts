@@ -78,7 +78,7 @@ test("shoal up - a nats-server an earlier up of the data dir left running is sto
       const warned = (second.stdout + second.stderr).split("\n").find((l) => l.includes("left running by an earlier `shoal up`"));
       assert.ok(warned, "up says it stopped the leftover");
       assert.equal((JSON.parse(warned!) as { pid?: number }).pid, leftoverPid);
-      const now = up2Nats(second);
+      const now = natsServersOf(second);
       assert.equal(now.length, 1);
       assert.notEqual(now[0], leftoverPid, "up runs its own nats-server");
     } finally {
@@ -91,7 +91,7 @@ test("shoal up - a nats-server an earlier up of the data dir left running is sto
   }
 });
 
-function up2Nats(up: ShoalUp): number[] {
+function natsServersOf(up: ShoalUp): number[] {
   return up.children.filter((pid) => commandOf(pid).includes("nats-server"));
 }
 
