@@ -14,7 +14,7 @@ import { connect } from "@nats-io/transport-node";
 import { Names } from "../../shared/subjects.js";
 import { CLI, ROOT, Stack, type Proc } from "../harness/processes.js";
 import { NatsCluster } from "../harness/nats-cluster.js";
-import { TestClient } from "../harness/client.js";
+import { TestClient, isTransient } from "../harness/client.js";
 import { assertWholeBatch, executionsPerItem, pollUntilTerminal, waitFor } from "../harness/batch-checks.js";
 
 const N = 150;
@@ -121,7 +121,17 @@ describe("NATS cluster", () => {
     const twice = [...runs].filter(([, n]) => n > 1).map(([i]) => i);
     assert.deepEqual(twice, [], `items ran more than once: ${twice.join(", ")}`);
     // With two of three servers the cluster still takes new batches.
-    const after = await client.submit({ items: items(1, "k2", 10) });
+    // As a client does: a submit that meets the coordinator's connection moving off the killed
+    // server answers UNAVAILABLE, and is sent again under the same idempotency key.
+    let after: { batchId: string } | undefined;
+    for (const until = Date.now() + 30_000; !after; ) {
+      try {
+        after = await client.submit({ items: items(1, "k2", 10), idempotencyKey: "cluster-after-kill" });
+      } catch (err) {
+        if (!isTransient(err) || Date.now() > until) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
     assertWholeBatch((await pollUntilTerminal(client, after.batchId)).batch, 10);
   });
 
