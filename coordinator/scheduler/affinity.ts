@@ -283,6 +283,7 @@ export class AffinityPlanner {
       for (const [m, n] of want) if (n > 0 && (worst === undefined || n - targets.get(m)! > want.get(worst)! - targets.get(worst)!)) worst = m;
       want.set(worst!, want.get(worst!)! - 1);
     }
+    this.outrankRounding(list.length, targets, want, backlog);
     const ceilSum = Math.min(list.length, [...targets.values()].reduce((a, t) => a + Math.ceil(t - 1e-6), 0));
     while (total() < ceilSum) {
       let best: string | undefined;
@@ -331,6 +332,37 @@ export class AffinityPlanner {
     // GPUs the plan did not need (more GPUs than work): they take whatever waits.
     for (const g of free) out.delete(g.key);
     this.shareShort(list, targets, planned, out, backlog);
+  }
+
+  /**
+   * A model whose weighted share rounded to no GPU of the class, but whose waiting work has a
+   * higher priority than a model the rounding gave two or more, takes one of that model's GPUs.
+   * Left at none, it would wait for the lower-priority backlog to shrink (its share grows only as
+   * that backlog ends) unless a GPU can lend it time, which needs room for both models' weights:
+   * on GPUs that hold one model at a time a priority-1 batch of 20 items submitted behind 400
+   * priority-0 items of another model ran only at the end. One GPU for its short work is what
+   * the fluid share means there (its 0.2 GPU of time, taken at once); the switch-cost rule
+   * (roundClass step 3) still keeps a GPU where the backlog cannot repay the load. Equal
+   * priorities change nothing: the unweighted split is the LP's as before.
+   */
+  private outrankRounding(size: number, targets: Map<string, number>, want: Map<string, number>, backlog: ReadonlyMap<string, ModelBacklog>): void {
+    if (size < 2) return;
+    const weight = (m: string) => {
+      const b = backlog.get(m);
+      return b && b.workMs > 0 && b.waiting > 0 ? (b.weightedWorkMs ?? b.workMs) / b.workMs : 0;
+    };
+    const starved = [...targets].filter(([m, t]) => t > SHARE_EPS && (want.get(m) ?? 0) === 0).sort((a, b) => weight(b[0]) - weight(a[0]) || b[1] - a[1]);
+    for (const [m] of starved) {
+      let donor: string | undefined;
+      for (const [d, n] of want) {
+        if (n < 2 || weight(d) >= weight(m) - 1e-9) continue;
+        // The donor is the one most over its share (ties: the larger count).
+        if (donor === undefined || n - targets.get(d)! > want.get(donor)! - targets.get(donor)!) donor = d;
+      }
+      if (donor === undefined) continue;
+      want.set(donor, want.get(donor)! - 1);
+      want.set(m, 1);
+    }
   }
 
   /**

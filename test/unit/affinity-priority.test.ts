@@ -87,3 +87,37 @@ test("affinity priority - sim: a priority-4 batch of another model ends before h
     assert.ok(lowEnd < 1.1 * base.get("low-a")!.doneMs, `${p.name}: low-a ended at ${lowEnd} ms, ${base.get("low-a")!.doneMs} ms when b was priority 0`);
   }
 });
+
+test("affinity priority - a higher-priority model whose share rounds to no GPU takes one when no GPU can lend it time", () => {
+  // Weighted 3,800 : 200 s on 4 GPUs → b's share 0.2 GPU, rounded to none; a 16 GB GPU cannot
+  // hold both 10 GB models, so no GPU of a can lend b time either.
+  const low = new AffinityPlanner();
+  low.plan(gpus(4), backlog({ workMs: 3_800_000, weighted: 3_800_000 }, { workMs: 200_000, weighted: 200_000 }));
+  assert.equal(serving(low.currentPlan, "b"), 0, "at equal priority the rounding stands (b runs from spill or later plans)");
+  const urgent = new AffinityPlanner();
+  urgent.plan(gpus(4), backlog({ workMs: 3_800_000, weighted: 3_800_000 }, { workMs: 100_000, weighted: 200_000 }));
+  assert.equal(serving(urgent.currentPlan, "b"), 1, "priority-1 b gets a GPU of its own");
+  assert.equal(serving(urgent.currentPlan, "a"), 3);
+  // Kept at the next plan while b's work lasts (the hysteresis of roundClass), not flapping.
+  urgent.plan(gpus(4), backlog({ workMs: 3_700_000, weighted: 3_700_000 }, { workMs: 60_000, weighted: 120_000 }));
+  assert.equal(serving(urgent.currentPlan, "b"), 1);
+  // A lower-priority model never takes a GPU this way.
+  const lower = new AffinityPlanner();
+  lower.plan(gpus(4), backlog({ workMs: 3_800_000, weighted: 7_600_000 }, { workMs: 200_000, weighted: 200_000 }));
+  assert.equal(serving(lower.currentPlan, "b"), 0);
+});
+
+test("affinity priority - sim: a priority-1 batch whose share rounds to no GPU does not wait for the priority-0 backlog", () => {
+  for (const p of POLICIES.filter((p) => p.affinity)) {
+    const times = (priority: number) => new Map(simulate(lateOtherModel(priority), p).batchTimes.map((b) => [b.id, b]));
+    const base = times(0);
+    const urgent = times(1);
+    const lowEnd = urgent.get("low-a")!.doneMs;
+    const b = urgent.get("late-b")!.doneMs;
+    // 20 items at priority 1 against 400 at 0: weighted share 40 / 440 of 4 GPUs = 0.36, none
+    // when rounded. Without this rule they ended at 16.2 s of 28.3 s; with it at 12.1 s (11.3 s
+    // with declared times); at priority 0, 24.3 s.
+    assert.ok(b < 0.5 * lowEnd, `${p.name}: priority-1 late-b ended at ${b} ms, low-a at ${lowEnd} ms`);
+    assert.ok(lowEnd < 1.1 * base.get("low-a")!.doneMs, `${p.name}: low-a ended at ${lowEnd} ms, ${base.get("low-a")!.doneMs} ms when b was priority 0`);
+  }
+});
