@@ -30,7 +30,15 @@ import { submitterTrace } from "./item-tracing.js";
 import { stepDurations, wallNowMs, type StepMarks } from "./step-times.js";
 import { fitTerminalRecordBytes, KV_OVERHEAD_BYTES, terminalRecordBound } from "./record-size.js";
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
-import { countTerminalUsage, holdUsageCountMs, type TerminalUsageOutcome } from "./terminal-usage.js";
+import { countTerminalUsage, holdMsFromEnv, holdUsageCountMs, type TerminalUsageOutcome } from "./terminal-usage.js";
+import { sleepUnlessAborted } from "../shared/sleep.js";
+
+/**
+ * TEST HOOK, for failover tests only: when SHOAL_TEST_HOLD_SUBMIT_ANSWER_MS is set, a submit
+ * waits that long after its batch is stored and before it checks its term and answers, so a test
+ * can pause the coordinator past its lease in between. Nothing else uses this variable.
+ */
+export const HOLD_SUBMIT_ANSWER_ENV = "SHOAL_TEST_HOLD_SUBMIT_ANSWER_MS";
 import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
 import { annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
 import { validateSubmit } from "./validation.js";
@@ -65,6 +73,11 @@ export interface BatchApiDeps {
   ensureStarted: () => void;
   /** Aborted when the coordinator stops: ends the retries of terminal writes (the next start resumes them). */
   stopping: AbortSignal;
+  /**
+   * Whether this coordinator still holds its term (the fence's view of the lease); absent: always
+   * (a coordinator without standbys). Read when a submit's writes are stored, before it answers.
+   */
+  holdsTerm?: () => boolean;
   /** A running batch's queue position and ETA (batch-progress.ts); undefined until first estimated. */
   progress?: (batchId: string) => { queuePosition: number; estimatedCompletionAt: Date | undefined } | undefined;
   /** Per-tenant usage by day (usage.ts); exists once the coordinator has started. */
@@ -80,6 +93,8 @@ export class BatchApi {
   private lastRefreshCheck = 0;
   /** Test hook only (terminal-usage.ts HOLD_USAGE_COUNT_ENV). */
   private readonly holdUsageCountMs = holdUsageCountMs();
+  /** Test hook only (HOLD_SUBMIT_ANSWER_ENV). */
+  private readonly holdSubmitAnswerMs = holdMsFromEnv(HOLD_SUBMIT_ANSWER_ENV);
 
   constructor(private readonly d: BatchApiDeps) {}
 
@@ -205,6 +220,25 @@ export class BatchApi {
         if (req.idempotencyKey) void this.d.store().releaseIdempotencyKey(tenant, req.idempotencyKey, batchId).catch(() => undefined);
         if (reserved) void this.d.usage().release(tenant, valid.length, utcDay(now)).catch((e: unknown) => this.d.log.warn({ batchId, err: errorMessage(e) }, "accepted items not given back to the day's usage"));
         throw err;
+      }
+      if (this.holdSubmitAnswerMs) {
+        this.d.log.warn({ batchId, holdMs: this.holdSubmitAnswerMs }, "batch stored; holding the answer (test hook)");
+        await sleepUnlessAborted(this.holdSubmitAnswerMs, this.d.stopping);
+      }
+      // A coordinator whose term ended while it stored the batch must not accept it: the next
+      // term's recovery read the open markers when it started, and a write of this term that
+      // JetStream applied after that read (sent before the fence closed, applied late under load)
+      // is not among them, so the batch would be stored and answered but never run. Refused, the
+      // client retries at the active coordinator: with the same idempotency key it gets this
+      // batch if that coordinator resumed it, else a new one; nothing it was told is accepted is
+      // left unrun. (Acknowledged while the term held, the writes were applied before the fence
+      // closed, so before any later term's recovery read them.)
+      if (this.d.holdsTerm && !this.d.holdsTerm()) {
+        this.d.log.warn({ batchId }, "batch stored as this coordinator's term ended; not accepted here (the client retries at the active coordinator)");
+        throw unavailable(
+          `this coordinator stopped being the active one while it stored the batch, so it cannot accept it; retry at the active coordinator with the same idempotency_key ` +
+            `(it answers with batch ${batchId} if it resumed it; without a key a retry may run the items twice)`,
+        );
       }
       const active = this.d.activate(record, revision, undefined, valid.map((v) => v.need));
       active.itemsBytes = itemsBytes;

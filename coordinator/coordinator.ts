@@ -206,6 +206,7 @@ export class Coordinator {
       scheduleSoon: () => this.scheduleSoon(),
       ensureStarted: () => this.ensureStarted(),
       stopping: this.stopping.signal,
+      holdsTerm: this.fence ? () => this.fence!.allows() : undefined,
       progress: (batchId) => this.progress.get(batchId),
       usage: () => this.usage!,
       tenantLabel: (tenant) => (this.tenantLabels.has(tenant) ? tenant : "other"),

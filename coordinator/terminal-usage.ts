@@ -79,7 +79,12 @@ export async function countTerminalUsage(d: TerminalUsageDeps, tenant: string, b
 
 /** The hold of the test hook, from the environment (undefined when unset or not a number). */
 export function holdUsageCountMs(env: NodeJS.ProcessEnv = process.env): number | undefined {
-  const v = env[HOLD_USAGE_COUNT_ENV];
+  return holdMsFromEnv(HOLD_USAGE_COUNT_ENV, env);
+}
+
+/** A test hook's hold in ms from the environment variable `name` (undefined when unset or not a number). */
+export function holdMsFromEnv(name: string, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const v = env[name];
   if (v === undefined || v === "") return undefined;
   const n = Number(v);
   return Number.isFinite(n) && n >= 0 ? n : undefined;

@@ -164,3 +164,60 @@ describe("standby coordinators", () => {
     assertWholeBatch((await pollUntilTerminal(client!, again.batchId)).batch, 10);
   });
 });
+
+describe("standby coordinators - a submit whose term ends while its batch is stored", () => {
+  let stack: Stack;
+  let coordinators: Proc[] = [];
+  let clients: TestClient[] = [];
+  const HOLD_MS = 8000;
+
+  beforeEach(async () => {
+    stack = new Stack();
+    await stack.startNats();
+    const [p1, p2] = [await freePort(), await freePort()];
+    // The first holds every submit's answer after its batch is stored (test hook), long enough
+    // to be paused past its lease in between.
+    const a = await stack.startCoordinator(["--max-items", "1000", "--lease-ttl", "2s"], p1, { env: { SHOAL_TEST_HOLD_SUBMIT_ANSWER_MS: String(HOLD_MS) } });
+    const b = await stack.startCoordinator(["--max-items", "1000", "--lease-ttl", "2s"], p2, { waitActive: false });
+    coordinators = [a, b];
+    clients = [new TestClient(`127.0.0.1:${p1}`), new TestClient(`127.0.0.1:${p1},127.0.0.1:${p2}`)];
+    await stack.startWorker("w1", SIM);
+    await clients[1]!.waitForWorkers(1);
+  });
+
+  afterEach(async () => {
+    for (const c of clients) c.close();
+    for (const p of coordinators) {
+      try {
+        process.kill(p.pid, "SIGCONT");
+      } catch {
+        /* gone */
+      }
+    }
+    await stack.stop();
+  });
+
+  test("standby - paused past its lease between storing a batch and answering, the old coordinator refuses it (UNAVAILABLE); the same key at the active one gets the batch, which completes", async () => {
+    const [old, standby] = coordinators as [Proc, Proc];
+    const held = clients[0]!.submit({ items: items(20, "held", 10), idempotencyKey: "held-across-terms" }).then(
+      (r) => ({ ok: r }),
+      (err: unknown) => ({ err }),
+    );
+    await waitFor("the batch stored and its answer held", () => old.logs.some((l) => l.msg === "batch stored; holding the answer (test hook)"), 30_000);
+    const storedId = String(old.logs.find((l) => l.msg === "batch stored; holding the answer (test hook)")!.batchId);
+    process.kill(old.pid, "SIGSTOP");
+    await waitFor("the standby serving", () => standby.logs.some((l) => l.msg === "active coordinator serving"), 30_000);
+    process.kill(old.pid, "SIGCONT");
+    const answer = await held;
+    assert.ok("err" in answer, `a coordinator whose term ended answered the submit: ${JSON.stringify((answer as { ok?: unknown }).ok)}`);
+    assert.equal(grpcCode(answer.err), status.UNAVAILABLE, String(answer.err));
+    assert.match(String((answer.err as Error).message), /stopped being the active one while it stored the batch/);
+    // The client's retry with the same key, at whichever coordinator is active now.
+    const again = await clients[1]!.submit({ items: items(20, "held", 10), idempotencyKey: "held-across-terms" });
+    assert.equal(again.batchId, storedId, "the active coordinator resumed the stored batch and answers with it");
+    const { batch, partialTerminalPolls } = await pollUntilTerminal(clients[1]!, again.batchId);
+    assert.equal(partialTerminalPolls, 0);
+    assertWholeBatch(batch, 10);
+    assert.equal(batch.succeeded, 10);
+  });
+});
