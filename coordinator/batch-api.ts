@@ -10,6 +10,7 @@ import type { BatchRecord } from "../proto/gen/shoal/v1/wire.js";
 import type { TenantLimits } from "./api-keys.js";
 import { errorMessage } from "../shared/errors.js";
 import { BATCH_ID, newBatchId } from "../shared/ids.js";
+import { isRecentBatch, rereadWhileMissing } from "./fresh-read.js";
 import type { Infrastructure } from "../shared/jetstream-setup.js";
 import type { Logger } from "../shared/logger.js";
 import { quoteInput } from "../shared/param-limits.js";
@@ -329,7 +330,13 @@ export class BatchApi {
     this.d.ensureStarted();
     const active = this.d.active.get(batchId);
     if (active && active.record.tenant === tenant) return this.runningView(active);
-    const got = BATCH_ID.test(batchId) ? await this.d.store().get(batchId) : undefined;
+    let got = BATCH_ID.test(batchId) ? await this.d.store().get(batchId) : undefined;
+    // A batch created moments ago may be missing from a stale leader's answer (fresh-read.ts).
+    if (!got && isRecentBatch(batchId, Date.now())) {
+      got = await rereadWhileMissing(() => this.d.store().get(batchId), this.d.stopping);
+      if (got) this.d.log.warn({ batchId }, "a recent batch's record was missing from one read and found by a later one (a stale read after a JetStream leader change?)");
+      else if (this.d.active.get(batchId)?.record.tenant === tenant) return this.runningView(this.d.active.get(batchId)!);
+    }
     if (!got || got.record.tenant !== tenant) throw notFound(`batch ${quoteInput(batchId)} not found`);
     return got.record.batch!;
   }

@@ -186,6 +186,7 @@ export class Coordinator {
       finalizeInBackground: (batch) => this.api.finalizeInBackground(batch),
       countUsage: (tenant, batch) => this.api.countUsage(tenant, batch),
       cancel: (batchId, running) => this.link.cancel(batchId, running),
+      signal: this.stopping.signal,
     });
     this.api = new BatchApi({
       nc: () => this.nc,

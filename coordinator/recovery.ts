@@ -14,7 +14,8 @@ import type { Names } from "../shared/subjects.js";
 import type { Attempts } from "./attempts.js";
 import type { BatchIndex } from "./batch-index.js";
 import type { ActiveBatch, Attempt } from "./batch-state.js";
-import { isTerminal, type BatchStore } from "./batch-store.js";
+import { isTerminal, type BatchStore, type StoredRecord } from "./batch-store.js";
+import { isRecentBatch, rereadWhileMissing } from "./fresh-read.js";
 import type { WorkerRecord } from "./fleet.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { ResultLog } from "./result-log.js";
@@ -44,6 +45,12 @@ export interface RecoveryDeps {
   countUsage: (tenant: string, batch: Batch) => Promise<unknown>;
   /** Asks a worker to stop attempts of items that ended meanwhile (worker-link's cancel). */
   cancel: (batchId: string, running: { index: number; lease: Attempt }[]) => void;
+  /** Aborted when the coordinator stops: ends the re-reads of missing records (fresh-read.ts). */
+  signal?: AbortSignal;
+  /** The wall clock (Date.now when absent): which batches are recent, from their ids. */
+  now?: () => number;
+  /** The waits between re-reads of a recent batch's missing record (fresh-read.ts REREAD_DELAYS_MS when absent). */
+  rereadDelaysMs?: readonly number[];
 }
 
 export class Recovery {
@@ -70,19 +77,13 @@ export class Recovery {
     }
     let resumed = 0;
     let counting = 0;
-    for (const id of await this.d.store().openIds()) {
-      const got = await this.d.store().get(id);
-      if (!got) {
-        // Never stored (the submit failed after the marker).
-        await this.d.store().clearOpen(id).catch((err) => this.d.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
-        continue;
-      }
+    const resume = async (id: string, got: StoredRecord): Promise<void> => {
       if (isTerminal(got.record.batch!)) {
         // Finalized just before a crash: its usage may not be counted yet (the marker is removed
         // only once it is). Counting again adds nothing when it was; the marker goes after it.
         void this.d.countUsage(got.record.tenant, got.record.batch!);
         counting++;
-        continue;
+        return;
       }
       const active = this.d.activate(got.record, got.revision, got.writtenAtMs);
       for (const entry of await this.d.resultLog().replay(id)) {
@@ -95,12 +96,47 @@ export class Recovery {
       }
       resumed++;
       if (active.isComplete) this.d.finalizeInBackground(active);
+    };
+    const missing: string[] = [];
+    for (const id of await this.d.store().openIds()) {
+      const got = await this.d.store().get(id);
+      if (got) await resume(id, got);
+      else missing.push(id);
     }
+    await this.settleMissing(missing, resume);
     this.d.metrics?.batchesInMemory(this.d.active.size);
     if (counting > 0) this.d.log.info({ batches: counting }, "finished batches whose usage may not be counted: counting them (once)");
     if (resumed > 0) {
       this.recoveringUntil = Date.now() + this.d.heartbeatTimeoutMs;
       this.d.log.info({ resumed, waitMs: this.d.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
+    }
+  }
+
+  /**
+   * Open markers whose record was not found. Old ones belong to submits that failed after the
+   * marker: removed. A recent one may be a batch whose record a stale leader did not have yet
+   * (fresh-read.ts): read again for a few seconds, resumed if found; if still missing its marker
+   * stays, so a later start looks again instead of losing the batch for good.
+   */
+  private async settleMissing(ids: string[], resume: (id: string, got: StoredRecord) => Promise<void>): Promise<void> {
+    const now = this.d.now?.() ?? Date.now();
+    const recent = ids.filter((id) => isRecentBatch(id, now));
+    for (const id of ids) {
+      if (recent.includes(id)) continue;
+      // Never stored (the submit failed after the marker).
+      await this.d.store().clearOpen(id).catch((err) => this.d.log.warn({ batchId: id, err: errorMessage(err) }, "stale open marker not removed"));
+    }
+    if (recent.length === 0) return;
+    const signal = this.d.signal ?? new AbortController().signal;
+    const found = await Promise.all(recent.map((id) => rereadWhileMissing(() => this.d.store().get(id), signal, this.d.rereadDelaysMs)));
+    for (const [i, id] of recent.entries()) {
+      const got = found[i];
+      if (got) {
+        this.d.log.warn({ batchId: id }, "a recent batch's record was missing from one read and found by a later one (a stale read after a JetStream leader change?); resumed");
+        await resume(id, got);
+      } else {
+        this.d.log.warn({ batchId: id }, "an open marker of a recent batch has no record (its submit failed, or the read was stale); marker kept for the next start to look again");
+      }
     }
   }
 

@@ -18,6 +18,12 @@ export function randomToken(length: number): string {
 }
 
 export const BATCH_ID = /^b_[0-9a-v]{20}$/;
+
+/** When a batch id was made (ms since the epoch), from its first 10 characters; undefined if it is no batch id. */
+export function batchIdCreatedMs(batchId: string): number | undefined {
+  if (!BATCH_ID.test(batchId)) return undefined;
+  return parseInt(batchId.slice(2, 12), 32);
+}
 /** Worker ids become NATS subject tokens and metric labels. */
 export const WORKER_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
