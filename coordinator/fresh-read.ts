@@ -5,9 +5,10 @@
 // shared/jetstream-setup.ts), but nats-server 2.10 does not promise read-after-write across a
 // leader change: an old leader can still answer a get for a moment, without the writes the new
 // leader took since (NATS ADR-53, "Read-after-Write": guaranteed only from 2.12 on, with a
-// minimum sequence in the request). A record missing in that window read as NOT_FOUND for a
-// batch the client had just been told was accepted (seen once in the network-namespace test,
-// after a nats-server was killed and restarted), and recovery would take the open marker of such
+// minimum sequence in the request). A record missing in that window reads as NOT_FOUND for a
+// batch the client had just been told was accepted (the network-namespace test saw such a
+// NOT_FOUND once, after a nats-server was killed and restarted; this is the suspected cause,
+// not a proven one), and recovery would take the open marker of such
 // a batch for one whose submit failed and remove it, so the batch would never run. A batch id
 // carries its creation time (shared/ids.ts), and only a recent write can be missing this way:
 // an old leader has every write from before its term ended.
