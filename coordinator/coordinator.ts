@@ -42,6 +42,8 @@ import { fenceConnection, type Fence } from "./fenced-connection.js";
 import { outcomeProblem } from "./wire-validation.js";
 import { outcomeSpans } from "./item-tracing.js";
 import { PassTrigger } from "./pass-trigger.js";
+import { nextTickAtMs } from "./tick-schedule.js";
+import { DeadlineTimer } from "../shared/deadline-timer.js";
 
 /**
  * The shortest time between two scheduling passes (ms; pass-trigger.ts): at the fleet's peak the
@@ -101,7 +103,14 @@ export class Coordinator {
   private holdsCounted = 0;
   private readonly active = new Map<string, ActiveBatch>();
   private readonly subs: Subscription[] = [];
-  private tickTimer: NodeJS.Timeout | undefined;
+  /** The tick, armed for its next time (tick-schedule.ts): every timeout / 6 while batches run, at the next heartbeat expiry when idle. */
+  private readonly tickTimer = new DeadlineTimer(
+    () => {
+      this.tick();
+      return this.nextTickAt();
+    },
+    () => Date.now(),
+  );
   /** Scheduling passes: requests before a pass share it, passes at least MIN_PASS_GAP_MS apart. */
   private readonly passes = new PassTrigger(() => this.schedule(), MIN_PASS_GAP_MS);
   private closePromise: Promise<void> | undefined;
@@ -240,9 +249,8 @@ export class Coordinator {
     );
     // Ask every worker to report now rather than within its next interval.
     this.nc.publish(this.names.coordinatorHello);
-    this.tickTimer = setInterval(() => this.tick(), Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6)));
-    this.tickTimer.unref();
     this.started = true;
+    this.tickTimer.add(Date.now() + this.tickPeriodMs());
     this.log.info({ active: this.active.size, retentionMs: this.opts.storage.retentionMs }, "coordinator ready");
   }
 
@@ -263,6 +271,8 @@ export class Coordinator {
     });
     const active = new ActiveBatch(record, revision, slots, this.opts.maxAttempts, writtenAtMs);
     this.active.set(active.id, active);
+    // Back to the busy cadence if the tick was armed for an idle coordinator's later time.
+    if (this.started) this.tickTimer.add(Date.now() + this.tickPeriodMs());
     finishBlockedItems(active); // refused by the content policy at submit: never queued
     for (let i = 0; i < slots.length; i++) if (slots[i]!.state === "pending") this.queue.add(active.id, i, record.batch!.priority);
     return active;
@@ -536,6 +546,24 @@ export class Coordinator {
       });
   }
 
+  /** The tick's cadence while batches run: lost workers are found within timeout + this. */
+  private tickPeriodMs(): number {
+    return Math.max(100, Math.floor(this.opts.heartbeatTimeoutMs / 6));
+  }
+
+  private nextTickAt(): number {
+    const now = Date.now();
+    return nextTickAtMs({
+      nowMs: now,
+      busy: this.active.size > 0 || now < this.recovery.until,
+      periodMs: this.tickPeriodMs(),
+      // Not more than the heartbeat timeout: a worker heard from after the tick was armed then
+      // expires no earlier than it fires.
+      idleMaxMs: Math.max(this.tickPeriodMs(), this.opts.heartbeatTimeoutMs),
+      nextLostAtMs: this.fleet.nextLostAtMs(),
+    });
+  }
+
   private tick(): void {
     const now = Date.now();
     this.link.sweep(now);
@@ -610,7 +638,7 @@ export class Coordinator {
     if (this.closePromise) return this.closePromise;
     this.closePromise = (async () => {
       this.stopping.abort();
-      if (this.tickTimer) clearInterval(this.tickTimer);
+      this.tickTimer.stop();
       this.passes.stop();
       this.link.stop();
       this.webhooks?.close();

@@ -80,6 +80,21 @@ export class Fleet {
     return lost;
   }
 
+  /**
+   * The earliest time sweep() would find a worker lost if no heartbeat came first (the tick is
+   * armed for it: coordinator/tick-schedule.ts); undefined when no worker is live.
+   */
+  nextLostAtMs(): number | undefined {
+    let earliest: number | undefined;
+    for (const w of this.workers.values()) {
+      if (w.state === WorkerState.WORKER_STATE_LOST) continue;
+      // sweep() marks a worker silent for more than lostAfterMs: the first millisecond past it.
+      const at = w.lastSeenMs + this.lostAfterMs + 1;
+      if (earliest === undefined || at < earliest) earliest = at;
+    }
+    return earliest;
+  }
+
   /** Forgets LOST workers after a while so the list does not grow forever. */
   forget(nowMs: number, afterMs: number): void {
     for (const [id, w] of this.workers) if (w.state === WorkerState.WORKER_STATE_LOST && nowMs - w.lastSeenMs > afterMs) this.workers.delete(id);
