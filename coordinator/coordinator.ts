@@ -273,6 +273,7 @@ export class Coordinator {
     this.active.set(active.id, active);
     // Back to the busy cadence if the tick was armed for an idle coordinator's later time.
     if (this.started) this.tickTimer.add(Date.now() + this.tickPeriodMs());
+    this.metrics?.batchesInMemory(this.active.size); // and the event-loop monitor on (shared/process-metrics.ts)
     finishBlockedItems(active); // refused by the content policy at submit: never queued
     for (let i = 0; i < slots.length; i++) if (slots[i]!.state === "pending") this.queue.add(active.id, i, record.batch!.priority);
     return active;

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { collectProcessMetrics } from "../shared/process-metrics.js";
+import { collectProcessMetrics, type ProcessMetricsHandle } from "../shared/process-metrics.js";
 import { BatchState, ItemStatus, WorkerState, type Batch, type ItemResult } from "../proto/gen/shoal/v1/shoal.js";
 import { STORAGE_FAILURE_REASONS, type StorageFailureReason } from "../shared/storage-errors.js";
 import type { WorkerRecord } from "./fleet.js";
@@ -68,10 +68,13 @@ export class CoordinatorMetrics {
   private readonly defragEvictions: Counter;
   private readonly tenantItems: Counter;
   private readonly tenantGpuSeconds: Counter;
+  private readonly processMetrics: ProcessMetricsHandle;
 
   /** `eventLoopResolutionMs`: how often the event-loop delay is sampled (shared/process-metrics.ts). */
   constructor(eventLoopResolutionMs?: number) {
-    collectProcessMetrics(this.registry, eventLoopResolutionMs);
+    this.processMetrics = collectProcessMetrics(this.registry, eventLoopResolutionMs);
+    // Sampled only while batches run (batchesInMemory below): no event-loop timer when idle.
+    this.processMetrics.setBusy(false);
     const registers = [this.registry];
     this.batches = new Counter({ name: "shoal_batches_total", help: "Batches by state: submitted, then their terminal state", labelNames: ["state"], registers });
     this.items = new Counter({ name: "shoal_items_total", help: "Items that reached a terminal state", labelNames: ["model", "status", "code"], registers });
@@ -269,6 +272,7 @@ export class CoordinatorMetrics {
 
   batchesInMemory(n: number): void {
     this.inMemory.set(n);
+    this.processMetrics.setBusy(n > 0);
   }
 
   fenced(kind: string, reason: string): void {

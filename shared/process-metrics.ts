@@ -4,6 +4,21 @@ import { Gauge, collectDefaultMetrics, type Registry } from "prom-client";
 /** Default sampling period of the event-loop delay monitor (`--event-loop-resolution`). */
 export const DEFAULT_EVENT_LOOP_RESOLUTION_MS = 250;
 
+/** How long the monitor keeps sampling after the process's last work ended (see setBusy). */
+export const EVENT_LOOP_IDLE_LINGER_MS = 2000;
+
+/** The handle of the process metrics: the owner says when it holds work. */
+export interface ProcessMetricsHandle {
+  /**
+   * Whether the process holds work (a worker's held items, the coordinator's running batches).
+   * The event-loop monitor samples while it does and for EVENT_LOOP_IDLE_LINGER_MS after; then
+   * it stops until the next work, so an idle process does not wake for it. Busy at creation.
+   */
+  setBusy(busy: boolean): void;
+  /** Idempotent. */
+  stop(): void;
+}
+
 /**
  * prom-client's event-loop gauges, which this module registers itself (same names, same help),
  * so that the dashboard's `nodejs_eventloop_lag_p99_seconds` keeps working.
@@ -24,7 +39,11 @@ const LAG_GAUGES = ["min", "max", "mean", "stddev", "p50", "p90", "p99"] as cons
  * stall longer than the resolution is always seen; a shorter one is seen when it overlaps a
  * firing (probability ~ stall / resolution).
  */
-export function collectProcessMetrics(registry: Registry, resolutionMs = DEFAULT_EVENT_LOOP_RESOLUTION_MS): { stop(): void } {
+export function collectProcessMetrics(
+  registry: Registry,
+  resolutionMs = DEFAULT_EVENT_LOOP_RESOLUTION_MS,
+  lingerMs = EVENT_LOOP_IDLE_LINGER_MS,
+): ProcessMetricsHandle {
   // prom-client cannot leave its monitor out: given the longest period Node accepts it never
   // fires, and its gauges are taken out of the registry for the ones below.
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 2 ** 31 - 1 });
@@ -46,8 +65,14 @@ export function collectProcessMetrics(registry: Registry, resolutionMs = DEFAULT
     collect() {
       const start = process.hrtime.bigint();
       setImmediate(() => lag.set(Number(process.hrtime.bigint() - start) / 1e9));
-      // No firing since the last scrape (scrapes closer than the resolution): keep the figures.
-      if (histogram.count === 0) return;
+      if (histogram.count === 0) {
+        // Paused (no work held, see setBusy) and nothing recorded since the last scrape: the
+        // percentiles read 0, there is no delay to report; `nodejs_eventloop_lag_seconds` above
+        // still measures one turn of the loop at every scrape.
+        if (!sampling) for (const g of LAG_GAUGES) gauges[g].set(0);
+        // Otherwise no firing since the last scrape (scrapes closer than the resolution): keep the figures.
+        return;
+      }
       gauges.min.set(delaySeconds(histogram.min));
       gauges.max.set(delaySeconds(histogram.max));
       gauges.mean.set(delaySeconds(histogram.mean));
@@ -63,5 +88,39 @@ export function collectProcessMetrics(registry: Registry, resolutionMs = DEFAULT
   gauges = Object.fromEntries(
     LAG_GAUGES.map((g) => [g, new Gauge({ name: `nodejs_eventloop_lag_${g}_seconds`, help: `The ${g} of the recorded event loop delays.`, registers: [registry] })]),
   ) as Record<(typeof LAG_GAUGES)[number], Gauge>;
-  return { stop: () => histogram.disable() };
+  // Why pause at all: at 4 firings a second the monitor was most of an idle worker's wake-ups (4 of
+  // 5) and 4 of the coordinator's ~8 (docs/performance.md, "The fleet's idle cost, second round").
+  let sampling = true;
+  let stopped = false;
+  let pauseTimer: NodeJS.Timeout | undefined;
+  const clearPause = () => {
+    if (pauseTimer) clearTimeout(pauseTimer);
+    pauseTimer = undefined;
+  };
+  return {
+    setBusy(busy: boolean) {
+      if (stopped) return;
+      if (busy) {
+        clearPause();
+        if (!sampling) {
+          sampling = true;
+          histogram.enable();
+        }
+      } else if (sampling && !pauseTimer) {
+        // The linger keeps a trickle of short items (one ends, the next comes) from toggling
+        // the timer for each and leaves the end of a burst measured.
+        pauseTimer = setTimeout(() => {
+          pauseTimer = undefined;
+          sampling = false;
+          histogram.disable();
+        }, lingerMs).unref();
+      }
+    },
+    stop() {
+      stopped = true;
+      clearPause();
+      sampling = false;
+      histogram.disable();
+    },
+  };
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { collectProcessMetrics } from "../shared/process-metrics.js";
+import { collectProcessMetrics, type ProcessMetricsHandle } from "../shared/process-metrics.js";
 import { ItemStatus, itemStatusToJSON } from "../proto/gen/shoal/v1/shoal.js";
 import type { GpuDevice } from "./gpu/vram-source.js";
 
@@ -48,6 +48,7 @@ export class WorkerMetrics {
   private readonly promptPolicyItems: Counter;
   private readonly evictions: Counter;
   private readonly busyClocks = new Map<string, BusyClock>();
+  private readonly processMetrics: ProcessMetricsHandle;
   private residentNow = new Set<string>();
   /** Loads already counted by modelLoaded() that resident() has not seen appear yet. */
   private readonly timedLoads = new Set<string>();
@@ -59,7 +60,9 @@ export class WorkerMetrics {
     /** How often the event-loop delay is sampled (shared/process-metrics.ts). */
     eventLoopResolutionMs?: number,
   ) {
-    collectProcessMetrics(this.registry, eventLoopResolutionMs);
+    this.processMetrics = collectProcessMetrics(this.registry, eventLoopResolutionMs);
+    // Sampled only while items are held (inFlight below): no event-loop timer on an idle worker.
+    this.processMetrics.setBusy(false);
     const r = [this.registry];
     this.total = new Gauge({ name: "shoal_worker_vram_total_bytes", help: "VRAM of each GPU", labelNames: ["worker", "gpu"], registers: r });
     this.free = new Gauge({ name: "shoal_worker_vram_free_bytes", help: "Free VRAM of each GPU as last measured or accounted", labelNames: ["worker", "gpu"], registers: r });
@@ -210,6 +213,7 @@ export class WorkerMetrics {
 
   inFlight(n: number): void {
     this.inFlightGauge.set({ worker: this.workerId }, n);
+    this.processMetrics.setBusy(n > 0);
   }
 
   /** A backend that times its loads reports each one here. */

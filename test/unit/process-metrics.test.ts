@@ -79,3 +79,48 @@ test("process metrics - --event-loop-resolution: 250 ms by default on both proce
   assert.throws(() => worker(["--event-loop-resolution", "2m"]), /--event-loop-resolution: "2m" must be between 1ms and 60s/);
   assert.throws(() => worker(["--event-loop-resolution", "often"]), /--event-loop-resolution: "often" is not a duration/);
 });
+
+test("process metrics - the monitor samples only while the owner holds work (and a linger after); paused, a stall is not recorded and the percentiles read 0", async () => {
+  const resolutionMs = 20;
+  const lingerMs = 100;
+  const registry = new Registry();
+  const handle = collectProcessMetrics(registry, resolutionMs, lingerMs);
+  const stall = (ms: number) => {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      /* a stall of the event loop */
+    }
+  };
+  try {
+    handle.setBusy(false);
+    handle.setBusy(false); // idempotent: one pause, after the linger
+    await sleep(lingerMs + 5 * resolutionMs);
+    await registry.metrics(); // drains what the linger recorded
+    stall(8 * resolutionMs);
+    await sleep(3 * resolutionMs);
+    const paused = await registry.metrics();
+    // A sampling monitor would have recorded the stall (~8 × the resolution) here.
+    assert.equal(gauge(paused, "nodejs_eventloop_lag_max_seconds"), 0, "paused: nothing recorded");
+    assert.equal(gauge(paused, "nodejs_eventloop_lag_p99_seconds"), 0);
+    // Work again: sampling at once (no linger on the way in), and the stall shows.
+    handle.setBusy(true);
+    await sleep(2.5 * resolutionMs);
+    stall(8 * resolutionMs);
+    await sleep(2 * resolutionMs);
+    const busy = gauge(await registry.metrics(), "nodejs_eventloop_lag_max_seconds");
+    assert.ok(busy >= (5 * resolutionMs) / 1000, `busy: the stall shows (${busy} s)`);
+    // Work that ends and comes back within the linger never pauses it.
+    handle.setBusy(false);
+    await sleep(lingerMs / 4);
+    handle.setBusy(true);
+    await sleep(lingerMs);
+    await registry.metrics();
+    await sleep(2.5 * resolutionMs);
+    stall(8 * resolutionMs);
+    await sleep(2 * resolutionMs);
+    assert.ok(gauge(await registry.metrics(), "nodejs_eventloop_lag_max_seconds") >= (5 * resolutionMs) / 1000, "still sampling");
+  } finally {
+    handle.stop();
+    handle.stop();
+  }
+});
