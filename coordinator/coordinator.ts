@@ -106,7 +106,15 @@ export class Coordinator {
   /** The tick, armed for its next time (tick-schedule.ts): every timeout / 6 while batches run, at the next heartbeat expiry when idle. */
   private readonly tickTimer = new DeadlineTimer(
     () => {
-      this.tick();
+      try {
+        this.tick();
+      } catch (err) {
+        // Re-armed all the same (an interval went on after a throw, and lost-worker detection
+        // hangs on this timer); the error still reaches the crash guard as an uncaught exception.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
       return this.nextTickAt();
     },
     () => Date.now(),
