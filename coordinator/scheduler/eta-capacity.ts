@@ -13,7 +13,7 @@
 // models' claims on the same GPUs at once; it is a lower bound on the remaining time (the fleet
 // cannot do better than its fluid split), so the ETA takes the later of the two. Pure.
 
-import { AffinityPlanner, type ModelBacklog, type PlannerGpu } from "./affinity.js";
+import { maximize } from "./lp.js";
 
 export interface CapacityGpu {
   key: string;
@@ -32,18 +32,54 @@ export interface CapacityModel {
 
 /**
  * The fluid horizon (ms from now) of the given work on the given GPUs, by VRAM only (no slot
- * limit, every GPU serving every model that fits it); undefined when there is no work or no GPU
- * can hold some model's item.
+ * limit, every GPU serving every model that fits it): maximize λ s.t. Σ_c rate(m,c)·u(m,c) ≥ λ·W_m,
+ * Σ_m u(m,c) ≤ n_c, the affinity planner's LP (affinity.ts) over classes of GPUs of one size, each
+ * of the sum of its GPUs' speeds; 1 / λ. GPUs are merged by size, so a fleet of a thousand is a
+ * few variables (the planner's own plan also rounds to whole GPUs, 60 ms at 1,000 GPUs: too much
+ * once a second). Models without activations (unbounded items per GPU) bind nothing and are left
+ * out. Undefined when there is no work, or no GPU can hold some model's item.
  */
 export function capacityHorizonMs(gpus: readonly CapacityGpu[], models: readonly CapacityModel[]): number | undefined {
-  const work = models.filter((m) => m.workMs > 0);
+  const work = models.filter((m) => m.workMs > 0 && m.activationBytes > 0);
   if (work.length === 0 || gpus.length === 0) return undefined;
-  const names = new Set(work.map((m) => m.model));
-  const plannerGpus: PlannerGpu[] = gpus.map((g) => ({ key: g.key, totalBytes: g.totalBytes, speed: g.speed, slots: Infinity, models: names, loaded: new Set() }));
-  for (const m of work) if (!gpus.some((g) => g.totalBytes >= m.weightsBytes + m.activationBytes)) return undefined;
-  const backlog = new Map<string, ModelBacklog>(work.map((m) => [m.model, { workMs: m.workMs, waiting: 1, weightsBytes: m.weightsBytes, activationBytes: m.activationBytes, loadMs: 0 }]));
-  const planner = new AffinityPlanner();
-  planner.plan(plannerGpus, backlog);
-  const h = planner.horizonMs;
-  return planner.active && Number.isFinite(h) && h > 0 ? h : undefined;
+  const sizes = new Map<number, number>();
+  for (const g of gpus) if (g.speed > 0) sizes.set(g.totalBytes, (sizes.get(g.totalBytes) ?? 0) + g.speed);
+  const classes = [...sizes.entries()];
+  const pairs: { m: number; c: number; rate: number }[] = [];
+  work.forEach((m, mi) =>
+    classes.forEach(([total], ci) => {
+      if (total >= m.weightsBytes + m.activationBytes) pairs.push({ m: mi, c: ci, rate: (total - m.weightsBytes) / m.activationBytes });
+    }),
+  );
+  if (work.some((_, mi) => !pairs.some((p) => p.m === mi))) return undefined;
+  const nVars = 1 + pairs.length;
+  const A: number[][] = [];
+  const b: number[] = [];
+  work.forEach((m, mi) => {
+    const row = new Array<number>(nVars).fill(0);
+    // Work in seconds keeps the tableau's numbers in a comfortable range.
+    row[0] = m.workMs / 1000;
+    pairs.forEach((p, k) => {
+      if (p.m === mi) row[1 + k] = -p.rate;
+    });
+    A.push(row);
+    b.push(0);
+  });
+  classes.forEach(([, speeds], ci) => {
+    const row = new Array<number>(nVars).fill(0);
+    pairs.forEach((p, k) => {
+      if (p.c === ci) row[1 + k] = 1;
+    });
+    A.push(row);
+    b.push(speeds);
+  });
+  const c = new Array<number>(nVars).fill(0);
+  c[0] = 1;
+  let lambda: number;
+  try {
+    lambda = maximize(c, A, b).value;
+  } catch {
+    return undefined;
+  }
+  return lambda > 0 && Number.isFinite(lambda) ? 1000 / lambda : undefined;
 }

@@ -32,3 +32,16 @@ test("eta capacity - no work, no GPU, or a model no GPU holds: no bound", () => 
   assert.equal(capacityHorizonMs([], [{ ...big, workMs: 1000 }]), undefined);
   assert.equal(capacityHorizonMs([{ key: "s", totalBytes: 16 * GB, speed: 1 }], [{ ...big, workMs: 1000 }]), undefined);
 });
+
+test("eta capacity - a model without activations binds nothing; GPUs of one size are one class whatever their speeds", () => {
+  const free = { model: "free", weightsBytes: 0, activationBytes: 0 };
+  assert.equal(capacityHorizonMs([g80("a")], [{ ...free, workMs: 1000 }]), undefined);
+  near(capacityHorizonMs([g80("a")], [{ ...free, workMs: 1000 }, { ...big, workMs: 60_000 }]), 10_000);
+  // A thousand GPUs of three sizes: the same bound as their sizes' totals (speeds 1 and 3 add up to 2 per pair).
+  const fleet = Array.from({ length: 1000 }, (_, i) => ({ key: `g${i}`, totalBytes: [16, 24, 80][i % 3]! * GB, speed: i % 2 === 0 ? 1 : 3 }));
+  const h = capacityHorizonMs(fleet, [{ ...big, workMs: 3_000_000 }]);
+  // big fits the 80 GB GPUs only (333 of them, 6 items each): their speeds, summed, are the class's.
+  const speeds = fleet.filter((g) => g.totalBytes === 80 * GB).reduce((s, g) => s + g.speed, 0);
+  assert.equal(speeds, 167 + 3 * 166);
+  near(h, 3_000_000 / (6 * speeds));
+});
