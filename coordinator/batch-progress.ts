@@ -23,6 +23,7 @@ import type { ActiveBatch, ItemSlot } from "./batch-state.js";
 import type { LearnedDurations } from "./learned-durations.js";
 import { RecentArrivals } from "./scheduler/arrivals.js";
 import { LearnedTurnWeights } from "./scheduler/turn-weights.js";
+import { capacityHorizonMs } from "./scheduler/eta-capacity.js";
 import { estimateWithPools, splitConcurrency, type BatchEta, type EtaBatch, type EtaPool } from "./scheduler/eta.js";
 import type { DurationPredictor } from "./scheduler/engine.js";
 import { declaredMs } from "./scheduler/predictor.js";
@@ -265,6 +266,20 @@ export class BatchProgress {
     });
     for (const [model, a] of this.arrivalsByModel) if (!models.has(model) && a.stream(nowMs) === undefined) this.arrivalsByModel.delete(model);
     this.current = estimateWithPools({ nowMs, batches: summaries, concurrency, arrivals: this.arrivals.stream(nowMs, weightOf) }, pools);
+    // One batch with items waiting: it cannot end before the fleet's VRAM could run its work left,
+    // split between its models as the planner splits the GPUs (eta-capacity.ts). The items-at-once
+    // count above was taken on another mix of models; with more batches their shares decide.
+    if (summaries.length === 1 && summaries[0]!.waitingItems > 0) {
+      const e = this.current.get(summaries[0]!.id);
+      if (e?.completionMs !== undefined) {
+        const pace = this.declaredPace > 0 ? this.declaredPace : 1;
+        const horizon = capacityHorizonMs(
+          gpus.map((g) => ({ key: g.key, totalBytes: g.totalBytes, speed: (this.engine?.speedOf(g.workerId) ?? 1) / pace })),
+          demands.map((d) => ({ model: d.model, workMs: d.workMs, weightsBytes: models.get(d.model)!.weightsBytes, activationBytes: models.get(d.model)!.activationBytes })),
+        );
+        if (horizon !== undefined) e.completionMs = Math.max(e.completionMs, nowMs + horizon);
+      }
+    }
 
     const changed: string[] = [];
     for (const [id, e] of this.current) {
