@@ -128,7 +128,10 @@ export class Recovery {
     }
     if (recent.length === 0) return;
     const signal = this.d.signal ?? new AbortController().signal;
-    const found = await Promise.all(recent.map((id) => rereadWhileMissing(() => this.d.store().get(id), signal, this.d.rereadDelaysMs)));
+    // A re-read that fails (JetStream still electing after a server loss) counts as missing: it
+    // must not fail the term's start, and the marker it keeps is looked at again next time.
+    const reread = (id: string) => this.d.store().get(id).catch((err: unknown) => (this.d.log.warn({ batchId: id, err: errorMessage(err) }, "re-reading a recent batch's record failed"), undefined));
+    const found = await Promise.all(recent.map((id) => rereadWhileMissing(() => reread(id), signal, this.d.rereadDelaysMs)));
     for (const [i, id] of recent.entries()) {
       const got = found[i];
       if (got) {

@@ -124,11 +124,17 @@ describe("NATS cluster", () => {
     // As a client does: a submit that meets the coordinator's connection moving off the killed
     // server answers UNAVAILABLE, and is sent again under the same idempotency key.
     let after: { batchId: string } | undefined;
-    for (const until = Date.now() + 30_000; !after; ) {
+    // Up to 60 s: on a loaded machine the coordinator may lose its lease while JetStream elects
+    // new leaders, and a term's start waits for those elections (seen: over 30 s in CI).
+    for (const until = Date.now() + 60_000; !after; ) {
       try {
         after = await client.submit({ items: items(1, "k2", 10), idempotencyKey: "cluster-after-kill" });
       } catch (err) {
-        if (!isTransient(err) || Date.now() > until) throw err;
+        if (!isTransient(err) || Date.now() > until) {
+          // What the coordinator said about its terms and storage since the kill, for the reader.
+          const said = stack.coordinator!.logs.filter((l) => Number(l.level) >= 40 || /term|elected|recover|resumed|serving/.test(String(l.msg)));
+          throw new Error(`the submit after the kill: ${String(err)}\ncoordinator (last 40 lines of warnings and terms):\n${said.slice(-40).map((l) => JSON.stringify(l).slice(0, 400)).join("\n")}`);
+        }
         await new Promise((r) => setTimeout(r, 500));
       }
     }
