@@ -257,6 +257,7 @@ export class Coordinator {
     );
     // Ask every worker to report now rather than within its next interval.
     this.nc.publish(this.names.coordinatorHello);
+    this.recovery.askedToReport(Date.now());
     this.started = true;
     this.tickTimer.add(Date.now() + this.tickPeriodMs());
     this.log.info({ active: this.active.size, retentionMs: this.opts.storage.retentionMs }, "coordinator ready");

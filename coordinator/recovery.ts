@@ -107,9 +107,19 @@ export class Recovery {
     this.d.metrics?.batchesInMemory(this.d.active.size);
     if (counting > 0) this.d.log.info({ batches: counting }, "finished batches whose usage may not be counted: counting them (once)");
     if (resumed > 0) {
-      this.recoveringUntil = Date.now() + this.d.heartbeatTimeoutMs;
+      // Nothing is placed until the workers were asked to report and had a heartbeat timeout to
+      // do it (askedToReport): the rest of the start (the heartbeat subscription, the results
+      // consumer) can outlast a whole timeout while JetStream elects leaders, and a window that
+      // began here had then closed before the first report, so items still running on their
+      // workers were placed again (seen: the netns nats-server kill, 7 items run twice).
+      this.recoveringUntil = Infinity;
       this.d.log.info({ resumed, waitMs: this.d.heartbeatTimeoutMs }, "resumed running batches; waiting for workers to report their items");
     }
+  }
+
+  /** The workers were just asked to report (the coordinator's hello): the wait for them starts now. */
+  askedToReport(nowMs: number): void {
+    if (this.recoveringUntil === Infinity) this.recoveringUntil = nowMs + this.d.heartbeatTimeoutMs;
   }
 
   /**
