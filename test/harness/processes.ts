@@ -19,7 +19,18 @@ export function natsServerBinary(): string {
   throw new Error("nats-server not found: run ./scripts/setup.sh (installs it with apt-get)");
 }
 
+/**
+ * A port free right now, for a process the test starts next to listen on. Picked at random below
+ * the kernel's ephemeral range (32768+ on Linux): a port the kernel hands out for `listen(0)` is
+ * also handed out as the local port of outgoing connections, so between this check and the
+ * process's own bind another test's connection could take it (seen in CI: `shoal up`'s
+ * coordinator failed with EADDRINUSE). Below the range only another test's pick can collide.
+ */
 export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await canListen(port)) return port;
+  }
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);
@@ -27,6 +38,14 @@ export async function freePort(): Promise<number> {
       const port = (srv.address() as { port: number }).port;
       srv.close(() => resolve(port));
     });
+  });
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once("error", () => resolve(false));
+    srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
   });
 }
 
