@@ -125,31 +125,18 @@ describe("fresh read - recovery", () => {
     assert.deepEqual(store.cleared, []);
     assert.equal(store.reads.get(recent), 4, "one read and three re-reads");
   });
+
+  test("fresh read - a re-read that fails during recovery counts as missing: the term still starts and the marker is kept", { timeout: 10_000 }, async () => {
+    const recent = newBatchId();
+    extraMarkers = [recent];
+    const store = flakyStore(new Map(), 0);
+    let reads = 0;
+    const failing = { ...store, get: async () => (++reads === 1 ? undefined : Promise.reject(new Error("TIMEOUT"))) };
+    const activated: string[] = [];
+    await recovery(failing as unknown as ReturnType<typeof flakyStore>, activated).recover();
+    assert.deepEqual(activated, []);
+    assert.deepEqual(store.cleared, []);
+    assert.equal(reads, 4, "one read and three re-reads, the failed ones included");
+  });
 });
 
-test("fresh read - a re-read that fails during recovery counts as missing: the term still starts and the marker is kept", { timeout: 10_000 }, async () => {
-  const recent = newBatchId();
-  extraMarkers = [recent];
-  const store = flakyStore(new Map(), 0);
-  let reads = 0;
-  const failing = { ...store, get: async () => (++reads === 1 ? undefined : Promise.reject(new Error("TIMEOUT"))) };
-  const activated: string[] = [];
-  const deps = {
-    infra: () => ({ batchIndexCreated: false }),
-    store: () => failing,
-    resultLog: () => ({ replay: async () => [] }),
-    log: quietLog,
-    metrics: undefined,
-    active: new Map(),
-    heartbeatTimeoutMs: 1000,
-    activate: (record: BatchRecord) => (activated.push(record.batch!.id), { isComplete: false }),
-    applyEntry: () => {},
-    finalizeInBackground: () => {},
-    countUsage: async () => {},
-    rereadDelaysMs: [5, 5],
-  } as unknown as RecoveryDeps;
-  await new Recovery(deps).recover();
-  assert.deepEqual(activated, []);
-  assert.deepEqual(store.cleared, []);
-  assert.equal(reads, 3, "one read and two re-reads, the failed ones included");
-});
