@@ -40,13 +40,22 @@ export function placementBuckets(text: string): Map<number, number> {
  * The p-th percentile of the observations between two readings of the histogram, as the upper
  * edge of its bucket (an upper bound); undefined when nothing was observed in between.
  */
-export function bucketPercentile(before: Map<number, number>, after: Map<number, number>, p: number): { le: number; count: number } | undefined {
+/**
+ * The upper edge of the bucket holding the p-th percentile of the observations between two reads
+ * of a histogram. When it falls in the +Inf bucket (a decision slower than the largest edge: a
+ * stall of a loaded machine) the largest finite edge is returned with `above`: the percentile is
+ * at least that, and a results file cannot hold Infinity.
+ */
+export function bucketPercentile(before: Map<number, number>, after: Map<number, number>, p: number): { le: number; count: number; above: boolean } | undefined {
   const edges = [...after.keys()].sort((a, b) => a - b);
   const delta = edges.map((le) => (after.get(le) ?? 0) - (before.get(le) ?? 0));
   const count = delta[delta.length - 1] ?? 0;
   if (!(count > 0)) return undefined;
   const i = delta.findIndex((c) => c >= (p / 100) * count);
-  return { le: edges[i]!, count };
+  const le = edges[i]!;
+  if (Number.isFinite(le)) return { le, count, above: false };
+  const finite = edges.filter((e) => Number.isFinite(e));
+  return { le: finite[finite.length - 1] ?? 0, count, above: true };
 }
 
 async function readPlacement(metricsPort: number): Promise<Map<number, number>> {
@@ -161,7 +170,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     if (decisionP99) {
       metrics.push(
         check({
-          name: `placement decision p99 (shoal_placement_seconds, ${decisionP99.count} decisions during the churn; bucket upper edge)`,
+          name: `placement decision p99 (shoal_placement_seconds, ${decisionP99.count} decisions during the churn; ${decisionP99.above ? "above the largest bucket: at least this" : "bucket upper edge"})`,
           value: decisionP99.le * 1000,
           unit: "ms",
           reference: { label: "p50 bucket edge", value: (decisionP50?.le ?? NaN) * 1000, unit: "ms" },
