@@ -26,7 +26,7 @@ import type { WorkerRecord } from "../../coordinator/fleet.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
 import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type EngineState, type Placed } from "../../coordinator/scheduler/engine.js";
 import { DurationModel, gpuTypeOf } from "../../coordinator/scheduler/durations.js";
-import { maximize } from "../../coordinator/scheduler/lp.js";
+import { type CapacityPair, capacityRate } from "../../coordinator/scheduler/lp.js";
 import { LearnedPredictor } from "../../coordinator/scheduler/predictor.js";
 import { VramEstimates, learnFromOutcome, shapeKey } from "../../coordinator/vram-estimates.js";
 import { VramLedger, gpuKey } from "../../coordinator/vram-ledger.js";
@@ -617,40 +617,25 @@ export function classCapacityBoundMs(gpus: SimGpuSpec[], models: SimModel[], wor
   const cls = [...classes.values()];
   const ms = models.filter((m) => (workMs.get(m.name) ?? 0) > 0);
   if (ms.length === 0) return 0;
-  const pairs: { m: number; c: number; rate: number }[] = [];
+  const pairs: CapacityPair[] = [];
   ms.forEach((m, mi) =>
     cls.forEach(({ g }, ci) => {
       if (g.models && !g.models.includes(m.name.split("|")[0]!)) return;
       if (g.vramBytes < m.weightsBytes + m.activationBytes) return;
       // As ideal.ts's capacity(): VRAM only (real-valued), no slot limit.
       const cap = m.activationBytes > 0 ? (g.vramBytes - m.weightsBytes) / m.activationBytes : g.slots;
-      pairs.push({ m: mi, c: ci, rate: cap * g.speed });
+      pairs.push({ model: mi, cls: ci, rate: cap * g.speed });
     }),
   );
-  const nVars = 1 + pairs.length;
-  const A: number[][] = [];
-  const b: number[] = [];
   ms.forEach((m, mi) => {
-    if (!pairs.some((p) => p.m === mi)) throw new Error(`no GPU can hold model ${m.name}`);
-    const row = new Array<number>(nVars).fill(0);
-    row[0] = workMs.get(m.name)! / 1000;
-    pairs.forEach((p, k) => {
-      if (p.m === mi) row[1 + k] = -p.rate;
-    });
-    A.push(row);
-    b.push(0);
+    if (!pairs.some((p) => p.model === mi)) throw new Error(`no GPU can hold model ${m.name}`);
   });
-  cls.forEach(({ n }, ci) => {
-    const row = new Array<number>(nVars).fill(0);
-    pairs.forEach((p, k) => {
-      if (p.c === ci) row[1 + k] = 1;
-    });
-    A.push(row);
-    b.push(n);
-  });
-  const c = new Array<number>(nVars).fill(0);
-  c[0] = 1;
-  return 1000 / maximize(c, A, b).value;
+  const { lambda } = capacityRate(
+    ms.map((m) => workMs.get(m.name)! / 1000),
+    pairs,
+    cls.map(({ n }) => n),
+  );
+  return 1000 / lambda;
 }
 
 /**

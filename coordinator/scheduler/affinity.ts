@@ -18,7 +18,7 @@
 // The plan is a preference, not a wall: a GPU none of whose planned models has items waiting
 // takes any item that fits (work conservation), see `spillable`. Pure: the time is passed in.
 
-import { maximize } from "./lp.js";
+import { type CapacityPair, capacityRate } from "./lp.js";
 
 export interface PlannerGpu {
   key: string;
@@ -188,53 +188,27 @@ export class AffinityPlanner {
       list.push(g);
     }
     const cls = [...classes.values()];
-    const pairs: { m: number; c: number; rate: number }[] = [];
+    const pairs: CapacityPair[] = [];
     names.forEach((name, mi) => {
       const b = backlog.get(name)!;
       cls.forEach((list, ci) => {
         const g = list[0]!;
         if (!g.models.has(name)) return;
         const rate = ratePerGpu({ ...g, speed: 1 }, b);
-        if (rate > 0 && Number.isFinite(rate)) pairs.push({ m: mi, c: ci, rate });
+        if (rate > 0 && Number.isFinite(rate)) pairs.push({ model: mi, cls: ci, rate });
       });
     });
-    const nVars = 1 + pairs.length;
-    const served = new Set(pairs.map((p) => p.m));
-    // The capacity LP for the given work per model: λ is its rate, x the GPUs per (model, class).
-    const solve = (workMs: (name: string) => number): { value: number; x: number[] } => {
-      const A: number[][] = [];
-      const rhs: number[] = [];
-      names.forEach((name, mi) => {
-        if (!served.has(mi)) return;
-        const row = new Array<number>(nVars).fill(0);
-        // Work in seconds keeps the tableau's numbers in a comfortable range.
-        row[0] = workMs(name) / 1000;
-        pairs.forEach((p, k) => {
-          if (p.m === mi) row[1 + k] = -p.rate;
-        });
-        A.push(row);
-        rhs.push(0);
-      });
-      cls.forEach((list, ci) => {
-        const row = new Array<number>(nVars).fill(0);
-        pairs.forEach((p, k) => {
-          if (p.c === ci) row[1 + k] = 1;
-        });
-        A.push(row);
-        rhs.push(list.reduce((s, g) => s + g.speed, 0));
-      });
-      const c = new Array<number>(nVars).fill(0);
-      c[0] = 1;
-      return maximize(c, A, rhs);
-    };
+    const capacity = cls.map((list) => list.reduce((s, g) => s + g.speed, 0));
+    // λ is the rate of the given work per model, share the GPUs per (model, class).
+    const solve = (workMs: (name: string) => number) => capacityRate(names.map((n) => workMs(n) / 1000), pairs, capacity);
     const real = (name: string) => backlog.get(name)!.workMs;
     const weighted = (name: string) => backlog.get(name)!.weightedWorkMs ?? backlog.get(name)!.workMs;
     // Priority weights that are the same for every model scale every row alike: the split is the
     // unweighted one, and one LP does.
     const ratios = names.map((n) => weighted(n) / real(n));
     const byPriority = ratios.some((r) => Number.isFinite(r) && r > 0 && Math.abs(r - ratios[0]!) > 1e-9 * Math.max(1, r));
-    let sol: { value: number; x: number[] };
-    let horizonSol: { value: number; x: number[] };
+    let sol: ReturnType<typeof capacityRate>;
+    let horizonSol: ReturnType<typeof capacityRate>;
     try {
       // The split follows the priority-weighted work (high-priority work gets GPUs ahead of
       // low-priority work of other models); the horizon (when the backlog ends, what a switch
@@ -245,12 +219,12 @@ export class AffinityPlanner {
       this.allowedBy = next;
       return;
     }
-    this.horizonMs = horizonSol.value > 0 ? 1000 / horizonSol.value : Infinity;
+    this.horizonMs = horizonSol.lambda > 0 ? 1000 / horizonSol.lambda : Infinity;
     cls.forEach((list, ci) => {
       const targets = new Map<string, number>();
       const perSpeed = list.length / list.reduce((s, g) => s + g.speed, 0);
       pairs.forEach((p, k) => {
-        if (p.c === ci && sol.x[1 + k]! > 1e-9) targets.set(names[p.m]!, sol.x[1 + k]! * perSpeed);
+        if (p.cls === ci && sol.share[k]! > 1e-9) targets.set(names[p.model]!, sol.share[k]! * perSpeed);
       });
       this.roundClass([...list].sort((a, b) => b.speed - a.speed), targets, backlog, next);
     });

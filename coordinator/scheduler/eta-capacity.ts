@@ -13,7 +13,7 @@
 // models' claims on the same GPUs at once; it is a lower bound on the remaining time (the fleet
 // cannot do better than its fluid split), so the ETA takes the later of the two. Pure.
 
-import { maximize } from "./lp.js";
+import { type CapacityPair, capacityRate } from "./lp.js";
 
 export interface CapacityGpu {
   key: string;
@@ -45,39 +45,20 @@ export function capacityHorizonMs(gpus: readonly CapacityGpu[], models: readonly
   const sizes = new Map<number, number>();
   for (const g of gpus) if (g.speed > 0) sizes.set(g.totalBytes, (sizes.get(g.totalBytes) ?? 0) + g.speed);
   const classes = [...sizes.entries()];
-  const pairs: { m: number; c: number; rate: number }[] = [];
+  const pairs: CapacityPair[] = [];
   work.forEach((m, mi) =>
     classes.forEach(([total], ci) => {
-      if (total >= m.weightsBytes + m.activationBytes) pairs.push({ m: mi, c: ci, rate: (total - m.weightsBytes) / m.activationBytes });
+      if (total >= m.weightsBytes + m.activationBytes) pairs.push({ model: mi, cls: ci, rate: (total - m.weightsBytes) / m.activationBytes });
     }),
   );
-  if (work.some((_, mi) => !pairs.some((p) => p.m === mi))) return undefined;
-  const nVars = 1 + pairs.length;
-  const A: number[][] = [];
-  const b: number[] = [];
-  work.forEach((m, mi) => {
-    const row = new Array<number>(nVars).fill(0);
-    // Work in seconds keeps the tableau's numbers in a comfortable range.
-    row[0] = m.workMs / 1000;
-    pairs.forEach((p, k) => {
-      if (p.m === mi) row[1 + k] = -p.rate;
-    });
-    A.push(row);
-    b.push(0);
-  });
-  classes.forEach(([, speeds], ci) => {
-    const row = new Array<number>(nVars).fill(0);
-    pairs.forEach((p, k) => {
-      if (p.c === ci) row[1 + k] = 1;
-    });
-    A.push(row);
-    b.push(speeds);
-  });
-  const c = new Array<number>(nVars).fill(0);
-  c[0] = 1;
+  if (work.some((_, mi) => !pairs.some((p) => p.model === mi))) return undefined;
   let lambda: number;
   try {
-    lambda = maximize(c, A, b).value;
+    lambda = capacityRate(
+      work.map((m) => m.workMs / 1000),
+      pairs,
+      classes.map(([, speeds]) => speeds),
+    ).lambda;
   } catch {
     return undefined;
   }

@@ -1,6 +1,7 @@
-// A small linear-program solver, shared by the scheduler's affinity planner (the fluid split of
-// GPUs between models) and the bench's ideal (bench/lib/ideal.ts computes the same LP as a
-// lower bound on makespan). Pure.
+// A small linear-program solver and the capacity LP built on it. The LP is shared by the
+// scheduler's affinity planner (the fluid split of GPUs between models), the ETA's capacity bound
+// (eta-capacity.ts) and the simulator's ideal; bench/lib/ideal.ts solves the per-GPU form of the
+// same LP as the bench's lower bound on makespan. Pure.
 
 /**
  * Dense simplex for `maximize c·x s.t. A x ≤ b, x ≥ 0` with b ≥ 0 (the origin is feasible), with
@@ -46,4 +47,50 @@ export function maximize(c: number[], A: number[][], b: number[]): { value: numb
     if (v < n) x[v] = T[i]![n + m]!;
   });
   return { value: obj[n + m]!, x };
+}
+
+/** One (model, GPU class) pair the capacity LP may use: `rate` items of work per unit of the class's capacity. */
+export interface CapacityPair {
+  model: number;
+  cls: number;
+  rate: number;
+}
+
+/**
+ * The capacity LP that the affinity planner splits GPUs by and the ETA bounds a batch's end by:
+ *
+ *   maximize λ  s.t.  Σ_c rate(m,c)·u(m,c) ≥ λ·W_m  for each model m,  Σ_m u(m,c) ≤ capacity_c,
+ *
+ * where `workSeconds[m]` is W_m (seconds: keeps the tableau's numbers in a comfortable range), a
+ * model without pairs is left out (nothing can run it), and u follows `pairs`' order. λ is the
+ * rate at which every model's work is done at once, so 1 / λ is the fluid horizon in seconds.
+ * Throws when the program is unbounded (no work at all binds λ).
+ */
+export function capacityRate(workSeconds: readonly number[], pairs: readonly CapacityPair[], capacity: readonly number[]): { lambda: number; share: number[] } {
+  const nVars = 1 + pairs.length;
+  const A: number[][] = [];
+  const b: number[] = [];
+  const served = new Set(pairs.map((p) => p.model));
+  workSeconds.forEach((w, m) => {
+    if (!served.has(m)) return;
+    const row = new Array<number>(nVars).fill(0);
+    row[0] = w;
+    pairs.forEach((p, k) => {
+      if (p.model === m) row[1 + k] = -p.rate;
+    });
+    A.push(row);
+    b.push(0);
+  });
+  capacity.forEach((cap, ci) => {
+    const row = new Array<number>(nVars).fill(0);
+    pairs.forEach((p, k) => {
+      if (p.cls === ci) row[1 + k] = 1;
+    });
+    A.push(row);
+    b.push(cap);
+  });
+  const c = new Array<number>(nVars).fill(0);
+  c[0] = 1;
+  const { value, x } = maximize(c, A, b);
+  return { lambda: value, share: x.slice(1) };
 }
