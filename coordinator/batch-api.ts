@@ -33,6 +33,11 @@ import { fitTerminalRecordBytes, KV_OVERHEAD_BYTES, terminalRecordBound } from "
 import { TerminalWriteStopped, writeTerminal } from "./terminal-writer.js";
 import { countTerminalUsage, holdMsFromEnv, holdUsageCountMs, type TerminalUsageOutcome } from "./terminal-usage.js";
 import { sleepUnlessAborted } from "../shared/sleep.js";
+import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
+import { annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
+import { validateSubmit } from "./validation.js";
+import { withoutSecret, type WebhookSender } from "./webhooks.js";
+import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
 
 /**
  * TEST HOOK, for failover tests only: when SHOAL_TEST_HOLD_SUBMIT_ANSWER_MS is set, a submit
@@ -40,11 +45,6 @@ import { sleepUnlessAborted } from "../shared/sleep.js";
  * can pause the coordinator past its lease in between. Nothing else uses this variable.
  */
 export const HOLD_SUBMIT_ANSWER_ENV = "SHOAL_TEST_HOLD_SUBMIT_ANSWER_MS";
-import { DailyLimitExceeded, utcDay, type UsageStore } from "./usage.js";
-import { annotateActiveSpan, endSpan, startSpan } from "../shared/tracing.js";
-import { validateSubmit } from "./validation.js";
-import { withoutSecret, type WebhookSender } from "./webhooks.js";
-import { MAX_WEBHOOK_URL_BYTES, webhookTargetProblem } from "./webhook-target.js";
 
 type BatchListener = (ev: BatchEvent) => void;
 
