@@ -89,6 +89,8 @@ export interface BatchApiDeps {
 
 export class BatchApi {
   private readonly listeners = new Map<string, Set<BatchListener>>();
+  /** The listeners of watches that asked for progress events (emitProgress). */
+  private readonly progressListeners = new WeakSet<BatchListener>();
   /** Submits between claiming their id's idempotency key and activating (or failing): settle when done. */
   private readonly storingBatches = new Map<string, Promise<void>>();
   private lastRefreshCheck = 0;
@@ -374,7 +376,7 @@ export class BatchApi {
       buffer.push(ev);
       wake?.();
     };
-    this.listen(batchId, listener);
+    this.listen(batchId, listener, progress);
     const onAbort = () => wake?.();
     signal.addEventListener("abort", onAbort);
     // A closing coordinator wakes its watchers too: nothing else would, and a RunBatch waiting
@@ -401,10 +403,40 @@ export class BatchApi {
     }
   }
 
-  /** Resolves with the terminal batch. */
+  /**
+   * Resolves with the terminal batch (RunBatch). The same checks as watch(), but it listens for
+   * the terminal event alone: going through watch() cost every item's event a buffer slot and a
+   * turn of an async generator that RunBatch then dropped.
+   */
   async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
-    for await (const ev of this.watch(batchId, tenant, signal)) if (ev.event?.$case === "batch" && isTerminal(ev.event.batch)) return ev.event.batch;
-    throw new Error("watch ended before the batch was terminal");
+    let first = await this.getBatch(batchId, tenant);
+    // As in watch(): the batch can end between the read and here.
+    if (!this.d.active.get(batchId) && !isTerminal(first)) first = await this.getBatch(batchId, tenant);
+    if (isTerminal(first)) return first;
+    if (!this.d.active.get(batchId)) {
+      if (this.d.stopping.aborted) throw new TermEndedError(batchId);
+      throw failedPrecondition(`batch ${batchId} was not accepted: its submit failed after its record was stored; submit it again`);
+    }
+    return new Promise<Batch>((resolve, reject) => {
+      const end = (settle: () => void) => {
+        signal.removeEventListener("abort", onAbort);
+        this.d.stopping.removeEventListener("abort", onAbort);
+        this.unlisten(batchId, listener);
+        settle();
+      };
+      const listener: BatchListener = (ev) => {
+        if (ev.event?.$case === "batch" && isTerminal(ev.event.batch)) {
+          const batch = ev.event.batch;
+          end(() => resolve(batch));
+        }
+      };
+      // A closing coordinator ends the wait: the edge carries the call into the next term.
+      const onAbort = () => end(() => reject(this.d.stopping.aborted ? new TermEndedError(batchId) : new Error("the call ended before the batch was terminal")));
+      this.listen(batchId, listener);
+      signal.addEventListener("abort", onAbort);
+      this.d.stopping.addEventListener("abort", onAbort);
+      if (signal.aborted || this.d.stopping.aborted) onAbort();
+    });
   }
 
   async cancel(batchId: string, tenant: string): Promise<Batch> {
@@ -663,10 +695,11 @@ export class BatchApi {
 
   // ---------------------------------------------------------------------------------------
 
-  private listen(batchId: string, l: BatchListener): void {
+  private listen(batchId: string, l: BatchListener, progress = false): void {
     let set = this.listeners.get(batchId);
     if (!set) this.listeners.set(batchId, (set = new Set()));
     set.add(l);
+    if (progress) this.progressListeners.add(l);
   }
 
   private unlisten(batchId: string, l: BatchListener): void {
@@ -691,7 +724,9 @@ export class BatchApi {
    */
   emitProgress(batchId: string): void {
     const active = this.d.active.get(batchId);
-    if (!active || active.finalizing || !this.listeners.get(batchId)?.size) return;
+    // A view of the batch costs a copy of its results: made only for a watcher that asked for
+    // progress (RunBatch and plain watches drop these events).
+    if (!active || active.finalizing || ![...(this.listeners.get(batchId) ?? [])].some((l) => this.progressListeners.has(l))) return;
     this.emit(batchId, { event: { $case: "batch", batch: this.runningView(active) } });
   }
 

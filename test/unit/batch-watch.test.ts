@@ -74,3 +74,73 @@ describe("batch watch - a batch that ends while the watch starts", () => {
     await assert.rejects(collect(watch), (err: unknown) => err instanceof TermEndedError);
   });
 });
+
+// RunBatch waits for the terminal event alone (BatchApi.waitTerminal): the same start-up checks
+// as the watch, then one listener that ignores item and progress events.
+describe("batch watch - RunBatch's wait for the terminal batch", () => {
+  test("batch watch - waitTerminal answers from the stored terminal record when the batch ended while it started", { timeout: 10_000 }, async () => {
+    const got = await api(batch(BatchState.BATCH_STATE_COMPLETED, 2), new EndsAfterFirstRead()).waitTerminal(BATCH_ID, TENANT, new AbortController().signal);
+    assert.equal(got.state, BatchState.BATCH_STATE_COMPLETED);
+  });
+
+  test("batch watch - waitTerminal: FAILED_PRECONDITION for a batch never accepted, TermEndedError in an ending term", { timeout: 10_000 }, async () => {
+    await assert.rejects(
+      api(batch(BatchState.BATCH_STATE_RUNNING, 1), new EndsAfterFirstRead()).waitTerminal(BATCH_ID, TENANT, new AbortController().signal),
+      (err: unknown) => err instanceof ServerError && err.code === status.FAILED_PRECONDITION,
+    );
+    const stopping = new AbortController();
+    stopping.abort();
+    await assert.rejects(api(batch(BatchState.BATCH_STATE_RUNNING, 1), new EndsAfterFirstRead(), stopping.signal).waitTerminal(BATCH_ID, TENANT, new AbortController().signal), (err: unknown) => err instanceof TermEndedError);
+  });
+
+  test("batch watch - waitTerminal resolves on the terminal event, not on item or progress events, and stops listening", { timeout: 10_000 }, async () => {
+    const a = api(batch(BatchState.BATCH_STATE_RUNNING, 1), new Map());
+    let settled = false;
+    const wait = a.waitTerminal(BATCH_ID, TENANT, new AbortController().signal).finally(() => (settled = true));
+    await new Promise((r) => setImmediate(r));
+    a.emit(BATCH_ID, { event: { $case: "item", item: batch(BatchState.BATCH_STATE_RUNNING, 1).results[0]! } });
+    a.emit(BATCH_ID, { event: { $case: "batch", batch: batch(BatchState.BATCH_STATE_RUNNING, 1) } });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(settled, false, "an item event or a running batch does not end the wait");
+    a.emit(BATCH_ID, { event: { $case: "batch", batch: batch(BatchState.BATCH_STATE_COMPLETED, 2) } });
+    assert.equal((await wait).state, BatchState.BATCH_STATE_COMPLETED);
+    assert.equal((a as unknown as { listeners: Map<string, Set<unknown>> }).listeners.get(BATCH_ID)?.size ?? 0, 0, "the listener is removed");
+  });
+
+  test("batch watch - waitTerminal ends when the term ends (TermEndedError) or the call does, instead of waiting forever", { timeout: 10_000 }, async () => {
+    const stopping = new AbortController();
+    const a = api(batch(BatchState.BATCH_STATE_RUNNING, 1), new Map(), stopping.signal);
+    const wait = a.waitTerminal(BATCH_ID, TENANT, new AbortController().signal);
+    await new Promise((r) => setImmediate(r));
+    stopping.abort();
+    await assert.rejects(wait, (err: unknown) => err instanceof TermEndedError);
+    const call = new AbortController();
+    const b = api(batch(BatchState.BATCH_STATE_RUNNING, 1), new Map());
+    const waitB = b.waitTerminal(BATCH_ID, TENANT, call.signal);
+    await new Promise((r) => setImmediate(r));
+    call.abort();
+    await assert.rejects(waitB, /ended before the batch was terminal/);
+  });
+
+  test("batch watch - progress views are made only for watches that asked for progress", { timeout: 10_000 }, async () => {
+    const active = new Map<string, ActiveBatch>();
+    const a = api(batch(BatchState.BATCH_STATE_RUNNING, 1), active);
+    let views = 0;
+    const running = active.get(BATCH_ID)! as unknown as { snapshot: () => Batch };
+    const snapshot = running.snapshot;
+    running.snapshot = () => (views++, snapshot());
+    void a.waitTerminal(BATCH_ID, TENANT, new AbortController().signal).catch(() => {});
+    const plain = a.watch(BATCH_ID, TENANT, new AbortController().signal)[Symbol.asyncIterator]();
+    void plain.next();
+    await new Promise((r) => setImmediate(r));
+    views = 0; // the reads that started both (getBatch) made theirs
+    a.emitProgress(BATCH_ID);
+    assert.equal(views, 0, "RunBatch and a watch without progress need no view");
+    const withProgress = a.watch(BATCH_ID, TENANT, new AbortController().signal, true)[Symbol.asyncIterator]();
+    await withProgress.next(); // the first running view, sent at the start
+    const before = views;
+    a.emitProgress(BATCH_ID);
+    assert.equal(views, before + 1, "a progress watch gets a view");
+    a.emit(BATCH_ID, { event: { $case: "batch", batch: batch(BatchState.BATCH_STATE_COMPLETED, 2) } });
+  });
+});
