@@ -36,7 +36,15 @@ function items(n: number, size: number, steps: number, tag = "bench image") {
   }));
 }
 
-async function direct(threads: number, batching: boolean, list: ItemList, warm: ItemList): Promise<{ seconds: number; itemsPerS: number; cpuMsPerItem: number }> {
+interface DirectRun {
+  seconds: number;
+  itemsPerS: number;
+  cpuMsPerItem: number;
+  /** At 512 × 512: whether the faster of the two ways was batched (directLarge). */
+  batching?: boolean;
+}
+
+async function direct(threads: number, batching: boolean, list: ItemList, warm: ItemList): Promise<DirectRun> {
   const backend = new OnnxBackend({ threads, batching });
   try {
     await backend.start();
@@ -138,21 +146,41 @@ export interface ShoalRun {
   threadCpuMsPerItem: Record<string, { tid: string; ms: number }[]>;
 }
 
+/**
+ * One timed row through `shoal up`: its items, its warm-up, and the direct run it is compared
+ * with. The direct run is measured right before each round's timed batch, in this process, while
+ * `shoal up` is idle: this machine's speed moves by tens of percent within a minute (the same
+ * items ran 7 and 9.5 CPU-ms apart in runs minutes apart), so a ratio is only worth something
+ * between runs measured side by side.
+ */
+interface TimedRow {
+  list: ItemList;
+  warm: ItemList;
+  direct?: () => Promise<DirectRun>;
+}
+
+/** One round of a row: the direct run (when the row has one) and then the timed batch through `shoal up`. */
+interface Round {
+  shoal: ShoalRun;
+  direct?: DirectRun;
+}
+
 async function throughShoalUp(
   workers: number,
-  runs: { list: ItemList; warm: ItemList }[],
+  runs: TimedRow[],
   log: (m: string) => void,
   profileDir: string | undefined,
   extraArgs: string[] = [],
   idleSeconds = 0,
-): Promise<{ runs: ShoalRun[]; profiles: Record<string, ProfileSummary>; idle?: IdleCost }> {
+  rounds = 1,
+): Promise<{ runs: Round[][]; profiles: Record<string, ProfileSummary>; idle?: IdleCost }> {
   const dataDir = mkdtempSync(join(tmpdir(), "shoal-bench-up-"));
   const grpcPort = await freePort();
   const natsPort = await freePort();
   let up: BenchProc | undefined;
   let children: number[] = [];
   let client: TestClient | undefined;
-  const out: ShoalRun[] = [];
+  const out: Round[][] = [];
   /** The timed batches, for the profiles: start-up and warm-up left out. */
   const windows: { fromUs: number; toUs: number }[] = [];
   let procs: UpProcs | undefined;
@@ -180,48 +208,31 @@ async function throughShoalUp(
     procs = rolesOf(up.pid, children);
     log(`shoal up: ${workers} workers ready (pids ${[up.pid, ...children].join(", ")})`);
     client = new TestClient(`127.0.0.1:${grpcPort}`);
-    for (const { list, warm } of runs) {
-      // Warm every worker, as direct warms every thread: placement may put a whole warm-up batch
-      // on one worker (best fit), leaving the other to meet the items' shape first in the timed
-      // batch. So warm-up batches go on, up to 4, until each worker has run one item.
+    for (const { list, warm, direct: directRun } of runs) {
+      // Warm every worker, as direct warms every thread. Placement keeps a short batch on the
+      // worker that holds the model already (a second worker would pay the model's load for a
+      // few items: scheduler/affinity.ts, the switch rule), leaving the other to meet the model
+      // and the items' shape first in the timed batch. So warm-up batches go on, each twice the
+      // last (4, 8, ... 64 items), until each worker has run one item: a batch large enough
+      // repays the load on a second worker, as the timed batch does.
       const warmed = new Set<string>();
       let warmUpBatches = 0;
-      while (warmed.size < workers && warmUpBatches < 4) {
-        const w = await runBatch(client, { items: warm }, 300_000);
+      while (warmed.size < workers && warmUpBatches < WARM_UP_BATCHES) {
+        const n = warm.length * 2 ** warmUpBatches;
+        const w = await runBatch(client, { items: Array.from({ length: n }, (_, i) => warm[i % warm.length]!) }, 300_000);
         if (!w) throw new Error("shoal up: the warm-up batch did not finish");
         warmUpBatches++;
         for (const r of w.results) warmed.add(r.workerId);
       }
       if (warmed.size < workers) log(`shoal up: after ${warmUpBatches} warm-up batches only ${[...warmed].join(", ")} ran an item`);
-      const before = cpuSnapshot(procs);
-      const threadsBefore = procs.workers.map((pid) => threadsCpuSeconds(pid));
-      const fromUs = Number(process.hrtime.bigint() / 1000n);
-      const t0 = performance.now();
-      const batch = await runBatch(client, { items: list }, 600_000);
-      const seconds = (performance.now() - t0) / 1000;
-      windows.push({ fromUs, toUs: Number(process.hrtime.bigint() / 1000n) });
-      const after = cpuSnapshot(procs);
-      const threadsAfter = procs.workers.map((pid) => threadsCpuSeconds(pid));
-      if (!batch) throw new Error("shoal up: the batch did not finish within 600 s");
-      const ok = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_SUCCEEDED).length;
-      if (ok !== list.length) throw new Error(`shoal up: ${ok} of ${list.length} items succeeded: ${JSON.stringify(batch.results.find((r) => r.error)?.error)}`);
-      out.push({
-        seconds,
-        warmUpBatches,
-        itemsPerS: list.length / seconds,
-        runMsTotal: batch.results.reduce((s, r) => s + Number(r.runMs), 0),
-        byWorker: Object.fromEntries([...new Set(batch.results.map((r) => r.workerId))].map((w) => [w, batch.results.filter((r) => r.workerId === w).length])),
-        cpuMsPerItem: Object.fromEntries(Object.keys(after).map((k) => [k, ((after[k]! - (before[k] ?? 0)) * 1000) / list.length])),
-        threadCpuMsPerItem: Object.fromEntries(
-          procs.workers.map((pid, i) => [
-            `worker${i}`,
-            Object.entries(threadsAfter[i]!)
-              .map(([tid, cpu]) => ({ tid: tid === String(pid) ? "main" : tid, ms: ((cpu - (threadsBefore[i]![tid] ?? 0)) * 1000) / list.length }))
-              .filter((t) => t.ms >= 0.05)
-              .sort((a, b) => b.ms - a.ms),
-          ]),
-        ),
-      });
+      const row: Round[] = [];
+      out.push(row);
+      for (let round = 0; round < rounds; round++) {
+        const d = directRun ? await directRun() : undefined;
+        const shoal = await timedBatch(client, procs, list, warmUpBatches, windows);
+        row.push({ shoal, ...(d ? { direct: d } : {}) });
+        if (d) log(`round ${round + 1} of ${rounds}: direct ${d.itemsPerS.toFixed(2)}, shoal up ${shoal.itemsPerS.toFixed(2)} items/s (${(shoal.itemsPerS / d.itemsPerS).toFixed(3)})`);
+      }
     }
     if (idleSeconds > 0) idle = await measureIdle(procs, idleSeconds);
   } finally {
@@ -253,17 +264,51 @@ async function throughShoalUp(
   return { runs: out, profiles, ...(idle ? { idle } : {}) };
 }
 
+/** One timed batch through `shoal up`, with the CPU every process and worker thread spent on it. */
+async function timedBatch(client: TestClient, procs: UpProcs, list: ItemList, warmUpBatches: number, windows: { fromUs: number; toUs: number }[]): Promise<ShoalRun> {
+  const before = cpuSnapshot(procs);
+  const threadsBefore = procs.workers.map((pid) => threadsCpuSeconds(pid));
+  const fromUs = Number(process.hrtime.bigint() / 1000n);
+  const t0 = performance.now();
+  const batch = await runBatch(client, { items: list }, 600_000);
+  const seconds = (performance.now() - t0) / 1000;
+  windows.push({ fromUs, toUs: Number(process.hrtime.bigint() / 1000n) });
+  const after = cpuSnapshot(procs);
+  const threadsAfter = procs.workers.map((pid) => threadsCpuSeconds(pid));
+  if (!batch) throw new Error("shoal up: the batch did not finish within 600 s");
+  const ok = batch.results.filter((r) => r.status === ItemStatus.ITEM_STATUS_SUCCEEDED).length;
+  if (ok !== list.length) throw new Error(`shoal up: ${ok} of ${list.length} items succeeded: ${JSON.stringify(batch.results.find((r) => r.error)?.error)}`);
+  return {
+    seconds,
+    warmUpBatches,
+    itemsPerS: list.length / seconds,
+    runMsTotal: batch.results.reduce((s, r) => s + Number(r.runMs), 0),
+    byWorker: Object.fromEntries([...new Set(batch.results.map((r) => r.workerId))].map((w) => [w, batch.results.filter((r) => r.workerId === w).length])),
+    cpuMsPerItem: Object.fromEntries(Object.keys(after).map((k) => [k, ((after[k]! - (before[k] ?? 0)) * 1000) / list.length])),
+    threadCpuMsPerItem: Object.fromEntries(
+      procs.workers.map((pid, i) => [
+        `worker${i}`,
+        Object.entries(threadsAfter[i]!)
+          .map(([tid, cpu]) => ({ tid: tid === String(pid) ? "main" : tid, ms: ((cpu - (threadsBefore[i]![tid] ?? 0)) * 1000) / list.length }))
+          .filter((t) => t.ms >= 0.05)
+          .sort((a, b) => b.ms - a.ms),
+      ]),
+    ),
+  };
+}
+
 /** CPU ms per second of each process of `shoal up` with no batch, and of them all (`fleet`). */
 export type IdleCost = Record<string, number>;
 
 /**
  * The fleet's idle cost (issue 13): after the timed batches, with nothing submitted, the CPU of
- * every process over `seconds` (after 2 s for the last outcomes, acks and timers to settle).
+ * every process over `seconds` (after IDLE_SETTLE_MS for the last outcomes, acks, timers and
+ * collections to settle).
  * What the fleet spends per second whether items flow or not; at 512 × 512 (~10 items/s) every
  * ms/s of it is ~0.1 CPU-ms per item. bench/idle-cost.ts measures the same in more detail.
  */
 async function measureIdle(p: UpProcs, seconds: number): Promise<IdleCost> {
-  await new Promise((r) => setTimeout(r, 2000));
+  await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
   const pids: Record<string, number> = { up: p.up, ...(p.coordinator ? { coordinator: p.coordinator } : {}), ...(p.nats ? { nats: p.nats } : {}) };
   p.workers.forEach((pid, i) => (pids[`worker${i}`] = pid));
   const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, threadCpu(pid)]));
@@ -276,7 +321,32 @@ async function measureIdle(p: UpProcs, seconds: number): Promise<IdleCost> {
   return out;
 }
 
-const IDLE_SECONDS = 10;
+/**
+ * The idle window. Sampled in 2.5 s steps for 40 s after the batches, every process idles at
+ * 2-5 ms/s but now and then spends 100-150 CPU-ms at once (a full collection: 40-56 ms/s in its
+ * step), each process once in 15-30 s, at no fixed time. A 10 s window met none of them or two
+ * (12.7 and 50.3 ms/s in two runs of the same build); 30 s averages over them.
+ */
+const IDLE_SECONDS = 30;
+
+/**
+ * Rounds of direct-then-`shoal up` per row (1 with --quick); the row reports the median round
+ * (medianRound). Three rounds add about a minute to the case.
+ */
+const ROUNDS = 3;
+
+/**
+ * The idle window starts this long after the last batch. A Node process that allocated and then
+ * went quiet runs V8's memory reducer: up to three full collections, the first about 8 s after
+ * the allocation stopped (measured: `shoal up`'s own process, idle since its start, spends about
+ * 200 CPU-ms on them 11 s after its workers are ready, in `--trace-gc`). They happen once per
+ * burst, not per second, and a window that met them read 31-36 ms/s instead of 13. The idle-cost
+ * runs in docs/performance.md use `node dist/bench/idle-cost.js --settle 15` for the same reason.
+ */
+const IDLE_SETTLE_MS = 15_000;
+
+/** Warm-up batches of 4, 8, 16, 32 and 64 items at most (see throughShoalUp). */
+const WARM_UP_BATCHES = 5;
 
 function idleMetric(idle: IdleCost | undefined): Metric[] {
   if (!idle) return [];
@@ -317,6 +387,20 @@ async function directLarge(ctx: CaseContext, threads: number, largeList: ItemLis
   return { batched, alone, best };
 }
 
+/**
+ * The round whose ratio to its own direct run is the median of the row's (the lower middle of an
+ * even count): the row reports that round whole, so its items/s, its direct reference and its
+ * CPU rows come from the same minute. Every round's ratio is kept beside it.
+ */
+function medianRound(row: Round[]): { shoal: ShoalRun; direct: DirectRun; ratios: number[] } {
+  const paired = row.filter((r): r is Required<Round> => r.direct !== undefined);
+  if (paired.length === 0) throw new Error("onnx: a row without direct runs has no ratio");
+  const ratio = (r: Required<Round>) => r.shoal.itemsPerS / r.direct.itemsPerS;
+  const sorted = [...paired].sort((a, b) => ratio(a) - ratio(b));
+  const mid = sorted[Math.floor((sorted.length - 1) / 2)]!;
+  return { shoal: mid.shoal, direct: mid.direct, ratios: paired.map(ratio) };
+}
+
 const mainMsOf = (r: ShoalRun) => Object.entries(r.cpuMsPerItem).filter(([k]) => /^worker\d+Main$/.test(k)).reduce((a, [, v]) => a + v, 0);
 const outsideOf = (r: ShoalRun) => mainMsOf(r) + (r.cpuMsPerItem.coordinator ?? 0) + (r.cpuMsPerItem.nats ?? 0);
 
@@ -352,19 +436,23 @@ function largeMetrics(large: { size: number }, sLarge: ShoalRun, dLarge: { items
 
 async function runLargeOnly(ctx: CaseContext, large: { n: number; size: number; steps: number }, largeList: ItemList, largeWarm: ItemList, workers: number, threads: number): Promise<CaseOutcome> {
   ctx.log(`SHOAL_BENCH_ONNX_ROWS=large: only the ${large.size}×${large.size} rows; direct: ${large.n} items`);
-  const d = await directLarge(ctx, threads, largeList, largeWarm, large.size);
+  let d: Awaited<ReturnType<typeof directLarge>> | undefined;
   let profileDir: string | undefined;
   if (ctx.profileDir) {
     profileDir = join(ctx.profileDir, `onnx-${Date.now()}`);
     mkdirSync(profileDir, { recursive: true });
   }
-  const { runs, profiles, idle } = await throughShoalUp(workers, [{ list: largeList, warm: largeWarm }], ctx.log, profileDir, [], ctx.quick ? 0 : IDLE_SECONDS);
-  const sLarge = runs[0]!;
+  const rounds = ctx.quick ? 1 : ROUNDS;
+  const largeDirect = async () => (d = await directLarge(ctx, threads, largeList, largeWarm, large.size)).best;
+  const { runs, profiles, idle } = await throughShoalUp(workers, [{ list: largeList, warm: largeWarm, direct: largeDirect }], ctx.log, profileDir, [], ctx.quick ? 0 : IDLE_SECONDS, rounds);
+  const mLarge = medianRound(runs[0]!);
+  const sLarge = mLarge.shoal;
+  const dLargeBest = mLarge.direct as DirectRun & { batching: boolean };
   ctx.log(`shoal up: ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
   return {
     params: { rows: "large", model: "imagegen-tiny", workers, threadsPerWorker: 1, directThreads: threads, large: { items: large.n, width: large.size, height: large.size, steps: large.steps } },
-    raw: { directLarge: d.best, directLargeBatched: d.batched, directLargeUnbatched: d.alone, shoalUpLarge: sLarge, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
-    metrics: [...largeMetrics(large, sLarge, d.best), ...idleMetric(idle)],
+    raw: { directLarge: dLargeBest, directLargeBatched: d!.batched, directLargeUnbatched: d!.alone, shoalUpLarge: sLarge, largeRatios: mLarge.ratios, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
+    metrics: [...largeMetrics(large, sLarge, dLargeBest), ...idleMetric(idle)],
   };
 }
 
@@ -383,25 +471,39 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   if (largeOnly()) return runLargeOnly(ctx, large, largeList, largeWarm, workers, threads);
 
   ctx.log(`direct: OnnxBackend with ${threads} threads, ${p.n} items ${p.size}×${p.size}, ${p.steps} steps, all submitted at once`);
-  const d = await direct(threads, true, list, warm);
-  ctx.log(`direct: ${d.itemsPerS.toFixed(2)} items/s`);
   const alone = await direct(threads, false, list, warm);
   ctx.log(`direct, every item alone (batching off): ${alone.itemsPerS.toFixed(2)} items/s`);
-  ctx.log(`direct: ${large.n} items ${large.size}×${large.size}`);
-  const { batched: dLargeBatched, alone: dLargeAlone, best: dLarge } = await directLarge(ctx, threads, largeList, largeWarm, large.size);
+  const rounds = ctx.quick ? 1 : ROUNDS;
+  const smallDirect = () => direct(threads, true, list, warm);
+  let dLargeBoth: Awaited<ReturnType<typeof directLarge>> | undefined;
+  const largeDirect = async () => (dLargeBoth = await directLarge(ctx, threads, largeList, largeWarm, large.size)).best;
   let profileDir: string | undefined;
   if (ctx.profileDir) {
     profileDir = join(ctx.profileDir, `onnx-${Date.now()}`);
     mkdirSync(profileDir, { recursive: true });
   }
   ctx.log(`shoal up --workers ${workers} (1 thread each)${profileDir ? `, profiles in ${profileDir}` : ""}`);
-  const { runs, profiles, idle } = await throughShoalUp(workers, [{ list, warm }, { list: largeList, warm: largeWarm }], ctx.log, profileDir, [], ctx.quick ? 0 : IDLE_SECONDS);
-  const [s, sLarge] = runs as [ShoalRun, ShoalRun];
+  const { runs, profiles, idle } = await throughShoalUp(
+    workers,
+    [
+      { list, warm, direct: smallDirect },
+      { list: largeList, warm: largeWarm, direct: largeDirect },
+    ],
+    ctx.log,
+    profileDir,
+    [],
+    ctx.quick ? 0 : IDLE_SECONDS,
+    rounds,
+  );
+  const small = medianRound(runs[0]!);
+  const mLarge = medianRound(runs[1]!);
+  const [s, d] = [small.shoal, small.direct];
+  const [sLarge, dLarge] = [mLarge.shoal, mLarge.direct as DirectRun & { batching: boolean }];
   // Context: the same 128×128 items with --max-in-flight 16 given explicitly (two groups of
   // imagegen-tiny's max_batch 8 per thread). Since the worker's default fills batches
   // (worker/options.ts defaultMaxInFlight) this is also the default for 1 thread; the row stays
   // to compare against runs of older code, where the default was 2 × threads.
-  const deep = (await throughShoalUp(workers, [{ list, warm }], ctx.log, undefined, ["--max-in-flight", String(DEEP_MAX_IN_FLIGHT)])).runs[0]!;
+  const deep = (await throughShoalUp(workers, [{ list, warm }], ctx.log, undefined, ["--max-in-flight", String(DEEP_MAX_IN_FLIGHT)])).runs[0]![0]!.shoal;
   ctx.log(`shoal up --max-in-flight ${DEEP_MAX_IN_FLIGHT}: ${deep.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}`);
   ctx.log(`shoal up: ${s.itemsPerS.toFixed(2)} items/s at ${p.size}×${p.size}, ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
   const mainMs = mainMsOf;
@@ -453,7 +555,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
       items: p.n, model: "imagegen-tiny", width: p.size, height: p.size, steps: p.steps, workers, threadsPerWorker, directThreads: threads, warmUpItems: warm.length,
       large: { items: large.n, width: large.size, height: large.size, steps: large.steps },
     },
-    raw: { direct: d, directUnbatched: alone, shoalUp: s, directLarge: dLarge, directLargeBatched: dLargeBatched, directLargeUnbatched: dLargeAlone, shoalUpLarge: sLarge, shoalUpDeep: deep, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
+    raw: { direct: d, directUnbatched: alone, shoalUp: s, ratios: small.ratios, directLarge: dLarge, directLargeBatched: dLargeBoth!.batched, directLargeUnbatched: dLargeBoth!.alone, shoalUpLarge: sLarge, largeRatios: mLarge.ratios, shoalUpDeep: deep, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
     metrics,
   };
 }
