@@ -1,10 +1,8 @@
 // Lower bounds on makespan: what no scheduler, however clever, could beat. The fleet case is
 // measured against these, so "efficiency" = ideal / makespan is at most 1.
 
-import { maximize } from "../../coordinator/scheduler/lp.js";
+import { type CapacityPair, capacityRate } from "../../coordinator/scheduler/lp.js";
 import { sum } from "./stats.js";
-
-export { maximize };
 
 export interface SimGpu {
   id: string;
@@ -41,38 +39,20 @@ export function capacity(g: SimGpu, m: SimModelNeed): number {
  *   maximize λ  s.t.  Σ_g cap(g,m)·u_{m,g} ≥ λ·W_m  for each model,  Σ_m u_{m,g} ≤ 1  for each GPU,  u ≥ 0.
  */
 export function capacityBound(gpus: SimGpu[], models: SimModelNeed[], workByModel: Map<string, number>): number {
-  const pairs: { m: number; g: number; cap: number }[] = [];
-  models.forEach((m, mi) => gpus.forEach((g, gi) => {
-    const cap = capacity(g, m);
-    if (cap > 0) pairs.push({ m: mi, g: gi, cap });
-  }));
-  // Variables: x0 = λ, x1.. = u for each pair. Constraints A x ≤ b.
-  const nVars = 1 + pairs.length;
-  const A: number[][] = [];
-  const b: number[] = [];
+  // The shared capacity LP (coordinator/scheduler/lp.ts) with every GPU its own class of capacity 1.
+  const pairs: CapacityPair[] = [];
+  models.forEach((m, mi) =>
+    gpus.forEach((g, gi) => {
+      const cap = capacity(g, m);
+      if (cap > 0) pairs.push({ model: mi, cls: gi, rate: cap });
+    }),
+  );
+  const work = models.map((m) => Math.max(0, workByModel.get(m.name) ?? 0));
   models.forEach((m, mi) => {
-    const W = workByModel.get(m.name) ?? 0;
-    if (W <= 0) return;
-    if (!pairs.some((p) => p.m === mi)) throw new Error(`no GPU can hold model ${m.name}`);
-    const row = new Array<number>(nVars).fill(0);
-    row[0] = W;
-    pairs.forEach((p, k) => {
-      if (p.m === mi) row[1 + k] = -p.cap;
-    });
-    A.push(row);
-    b.push(0);
+    if (work[mi]! > 0 && !pairs.some((p) => p.model === mi)) throw new Error(`no GPU can hold model ${m.name}`);
   });
-  gpus.forEach((_, gi) => {
-    const row = new Array<number>(nVars).fill(0);
-    pairs.forEach((p, k) => {
-      if (p.g === gi) row[1 + k] = 1;
-    });
-    A.push(row);
-    b.push(1);
-  });
-  const c = new Array<number>(nVars).fill(0);
-  c[0] = 1;
-  const lambda = maximize(c, A, b).value;
+  // A model without work binds nothing: its pairs stay variables, its row is left out.
+  const { lambda } = capacityRate(work, pairs.filter((p) => work[p.model]! > 0), gpus.map(() => 1));
   return 1 / lambda;
 }
 

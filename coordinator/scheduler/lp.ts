@@ -1,7 +1,7 @@
 // A small linear-program solver and the capacity LP built on it. The LP is shared by the
 // scheduler's affinity planner (the fluid split of GPUs between models), the ETA's capacity bound
-// (eta-capacity.ts) and the simulator's ideal; bench/lib/ideal.ts solves the per-GPU form of the
-// same LP as the bench's lower bound on makespan. Pure.
+// (eta-capacity.ts), the simulator's ideal and the bench's lower bound on makespan
+// (bench/lib/ideal.ts, every GPU its own class). Pure.
 
 /**
  * Dense simplex for `maximize c·x s.t. A x ≤ b, x ≥ 0` with b ≥ 0 (the origin is feasible), with
