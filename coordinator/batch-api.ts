@@ -350,24 +350,13 @@ export class BatchApi {
    * watch early.
    */
   async *watch(batchId: string, tenant: string, signal: AbortSignal, progress = false): AsyncGenerator<BatchEvent> {
-    let first = await this.getBatch(batchId, tenant);
-    let active = this.d.active.get(batchId);
-    // The batch can end between the read and here (its terminal write resolves in a microtask
-    // of its own): read it again from the store, where the terminal record now is.
-    if (!active && !isTerminal(first)) first = await this.getBatch(batchId, tenant);
-    if (isTerminal(first)) {
-      for (const r of first.results) yield { event: { $case: "item", item: r } };
-      yield { event: { $case: "batch", batch: first } };
+    const found = await this.attach(batchId, tenant);
+    if ("terminal" in found) {
+      for (const r of found.terminal.results) yield { event: { $case: "item", item: r } };
+      yield { event: { $case: "batch", batch: found.terminal } };
       return;
     }
-    active = this.d.active.get(batchId);
-    if (!active) {
-      // Stored as running, yet not running here. In a term that is ending, the edge carries the
-      // watch into the next term, which recovers the batch. Otherwise its SubmitBatch failed
-      // after the record landed (a write that timed out, yet was stored) and told its caller so.
-      if (this.d.stopping.aborted) throw new TermEndedError(batchId);
-      throw failedPrecondition(`batch ${batchId} was not accepted: its submit failed after its record was stored; submit it again`);
-    }
+    const { active } = found;
     const buffer: BatchEvent[] = [];
     let wake: (() => void) | undefined;
     const listener: BatchListener = (ev) => {
@@ -404,19 +393,32 @@ export class BatchApi {
   }
 
   /**
-   * Resolves with the terminal batch (RunBatch). The same checks as watch(), but it listens for
-   * the terminal event alone: going through watch() cost every item's event a buffer slot and a
-   * turn of an async generator that RunBatch then dropped.
+   * Where a watch of the batch starts: its stored terminal record, or the batch running here.
+   * Refuses a batch stored as running that does not run here.
+   */
+  private async attach(batchId: string, tenant: string): Promise<{ terminal: Batch } | { active: ActiveBatch }> {
+    let first = await this.getBatch(batchId, tenant);
+    // The batch can end between the read and here (its terminal write resolves in a microtask
+    // of its own): read it again from the store, where the terminal record now is.
+    if (!this.d.active.get(batchId) && !isTerminal(first)) first = await this.getBatch(batchId, tenant);
+    if (isTerminal(first)) return { terminal: first };
+    const active = this.d.active.get(batchId);
+    if (active) return { active };
+    // Stored as running, yet not running here. In a term that is ending, the edge carries the
+    // watch into the next term, which recovers the batch. Otherwise its SubmitBatch failed after
+    // the record landed (a write that timed out, yet was stored) and told its caller so.
+    if (this.d.stopping.aborted) throw new TermEndedError(batchId);
+    throw failedPrecondition(`batch ${batchId} was not accepted: its submit failed after its record was stored; submit it again`);
+  }
+
+  /**
+   * Resolves with the terminal batch (RunBatch). The same start as watch() (attach), but it
+   * listens for the terminal event alone: going through watch() cost every item's event a buffer
+   * slot and a turn of an async generator that RunBatch then dropped.
    */
   async waitTerminal(batchId: string, tenant: string, signal: AbortSignal): Promise<Batch> {
-    let first = await this.getBatch(batchId, tenant);
-    // As in watch(): the batch can end between the read and here.
-    if (!this.d.active.get(batchId) && !isTerminal(first)) first = await this.getBatch(batchId, tenant);
-    if (isTerminal(first)) return first;
-    if (!this.d.active.get(batchId)) {
-      if (this.d.stopping.aborted) throw new TermEndedError(batchId);
-      throw failedPrecondition(`batch ${batchId} was not accepted: its submit failed after its record was stored; submit it again`);
-    }
+    const found = await this.attach(batchId, tenant);
+    if ("terminal" in found) return found.terminal;
     return new Promise<Batch>((resolve, reject) => {
       const end = (settle: () => void) => {
         signal.removeEventListener("abort", onAbort);
@@ -702,6 +704,11 @@ export class BatchApi {
     if (progress) this.progressListeners.add(l);
   }
 
+  private wantsProgress(batchId: string): boolean {
+    for (const l of this.listeners.get(batchId) ?? []) if (this.progressListeners.has(l)) return true;
+    return false;
+  }
+
   private unlisten(batchId: string, l: BatchListener): void {
     this.listeners.get(batchId)?.delete(l);
   }
@@ -726,7 +733,7 @@ export class BatchApi {
     const active = this.d.active.get(batchId);
     // A view of the batch costs a copy of its results: made only for a watcher that asked for
     // progress (RunBatch and plain watches drop these events).
-    if (!active || active.finalizing || ![...(this.listeners.get(batchId) ?? [])].some((l) => this.progressListeners.has(l))) return;
+    if (!active || active.finalizing || !this.wantsProgress(batchId)) return;
     this.emit(batchId, { event: { $case: "batch", batch: this.runningView(active) } });
   }
 

@@ -37,14 +37,11 @@ export function placementBuckets(text: string): Map<number, number> {
 }
 
 /**
- * The p-th percentile of the observations between two readings of the histogram, as the upper
- * edge of its bucket (an upper bound); undefined when nothing was observed in between.
- */
-/**
  * The upper edge of the bucket holding the p-th percentile of the observations between two reads
- * of a histogram. When it falls in the +Inf bucket (a decision slower than the largest edge: a
- * stall of a loaded machine) the largest finite edge is returned with `above`: the percentile is
- * at least that, and a results file cannot hold Infinity.
+ * of a histogram (an upper bound); undefined when nothing was observed in between. When it falls
+ * in the +Inf bucket (a decision slower than the largest edge: a stall of a loaded machine) the
+ * largest finite edge is returned with `above`: the percentile is at least that, and a results
+ * file cannot hold Infinity.
  */
 export function bucketPercentile(before: Map<number, number>, after: Map<number, number>, p: number): { le: number; count: number; above: boolean } | undefined {
   const edges = [...after.keys()].sort((a, b) => a - b);

@@ -51,7 +51,7 @@ export function capacityBound(gpus: SimGpu[], models: SimModelNeed[], workByMode
   models.forEach((m, mi) => {
     if (work[mi]! > 0 && !pairs.some((p) => p.model === mi)) throw new Error(`no GPU can hold model ${m.name}`);
   });
-  // A model without work binds nothing: its pairs stay variables, its row is left out.
+  // A model without work binds nothing: its pairs, and with them its row, are left out.
   const { lambda } = capacityRate(work, pairs.filter((p) => work[p.model]! > 0), gpus.map(() => 1));
   return 1 / lambda;
 }
