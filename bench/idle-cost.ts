@@ -3,7 +3,12 @@
 // over a window of N seconds. Issue 13: at 512 × 512 (~10 items/s over the fleet) every idle
 // ms/s is ~0.1 CPU-ms per item, so this is a per-item cost as much as a standby one.
 //
-//   node dist/bench/idle-cost.js [--workers 2] [--seconds 20] [--settle 5] [--json out.json] [--cpu-prof DIR] [-- extra `shoal up` args]
+//   node dist/bench/idle-cost.js [--workers 2] [--seconds 20] [--settle 5] [--batches 0] [--json out.json] [--cpu-prof DIR] [-- extra `shoal up` args]
+//
+// --batches N: before the settle, N RunBatch calls of 50 imagegen-tiny items (128 × 128, 4 steps)
+// one after another, so the window shows the idle of a fleet that has worked (what the onnx case's
+// idle row reads) rather than a fresh one: after a burst of allocation V8 keeps collecting for a
+// while, which a fresh fleet never does.
 //
 // --cpu-prof DIR: every Node process of the `shoal up` profiles its main thread (as the bench's
 // --cpu-prof, bench/lib/cpu-profile-preload.ts); the window's JavaScript is summarized per process.
@@ -18,6 +23,8 @@ import { join } from "node:path";
 import { CLI, freePort } from "../test/harness/processes.js";
 import { formatProfileSummary, summarizeProfile } from "./lib/cpuprofile.js";
 import { childPids, spawnTracked, stopEverything, stopProc, trackPid } from "./lib/procs.js";
+import { runBatch } from "./lib/shoal.js";
+import { TestClient } from "../test/harness/client.js";
 
 interface Counters {
   cpuS: number;
@@ -91,6 +98,7 @@ async function main(): Promise<void> {
   const workers = Number(arg("--workers", "2"));
   const seconds = Number(arg("--seconds", "20"));
   const settle = Number(arg("--settle", "5"));
+  const batches = Number(arg("--batches", "0"));
   const jsonOut = process.argv.includes("--json") ? arg("--json", "") : "";
   const profileDir = process.argv.includes("--cpu-prof") ? arg("--cpu-prof", "") : "";
   const preload = new URL("./lib/cpu-profile-preload.js", import.meta.url).href;
@@ -112,6 +120,7 @@ async function main(): Promise<void> {
     await up.waitForLine((l) => l.includes("Shoal is up"), 180_000);
     const pids = [up.pid, ...childPids(up.pid)];
     pids.slice(1).forEach(trackPid);
+    if (batches > 0) await runWarmBatches(grpcPort, batches);
     await new Promise((r) => setTimeout(r, settle * 1000));
     const before = new Map(pids.map((p) => [p, processCounters(p)]));
     const t0 = performance.now();
@@ -152,6 +161,23 @@ async function main(): Promise<void> {
       const file = join(profileDir, `${r.pid}.cpuprofile`);
       if (existsSync(file)) console.log(`\n${r.role} ${r.pid}\n${formatProfileSummary(summarizeProfile(file, 15, process.cwd(), [window]))}`);
     }
+  }
+}
+
+async function runWarmBatches(grpcPort: number, batches: number): Promise<void> {
+  const client = new TestClient(`127.0.0.1:${grpcPort}`);
+  try {
+    for (let b = 0; b < batches; b++) {
+      const items = Array.from({ length: 50 }, (_, i) => ({
+        model: "imagegen-tiny",
+        params: { prompt: `idle bench ${b}.${i}: a red ceramic mug on a wooden table`, width: 128, height: 128, steps: 4, seed: 1000 + i },
+      }));
+      const done = await runBatch(client, { items }, 300_000);
+      if (!done || done.succeeded !== items.length) throw new Error(`warm batch ${b + 1}: ${done ? `${done.succeeded} of ${items.length} succeeded` : "did not finish in 300 s"}`);
+    }
+    console.log(`${batches} batches of 50 items run; settling ${arg("--settle", "5")} s`);
+  } finally {
+    client.close();
   }
 }
 

@@ -24,6 +24,13 @@
 // between busy GPUs, and an idle GPU must take what it can; the tail is where one item's place
 // decides the end. (It also keeps the decision cheap: the running attempts are read only then.)
 //
+// Not for short items: a held item waits for the freeing attempt's outcome to come back (the
+// worker's results write, its delivery, a pass), a few ms even on a quiet fleet, which the
+// predicted free time does not count. An item whose whole predicted time on the free GPU (load
+// and run) is under HOLD_MIN_GAIN_MS cannot finish elsewhere sooner by more than that, so it is
+// placed at once; for such items the scan of the running attempts would cost more than it could
+// win (zero-work items at 17,000 a second: a walk of thousands of attempts in every pass).
+//
 // Never starves: an attempt past its predicted end is expected to run as long again as it has
 // overrun (an outcome a moment late still counts as freeing about now; one that overran long
 // stops being waited for), and an item is never held past the finish it had on the candidate
@@ -54,6 +61,12 @@ export interface EarliestFinishInputs {
   gpuKeyOf: (a: OpenAttempt) => string;
   /** Whether the GPU may take an item of the model when it frees (ready, served, the plan allows it). */
   accepts: (workerId: string, gpuKey: string, model: string) => boolean;
+  /**
+   * The highest speed (predictor.speedOf) among the workers that serve the model; optional. Where
+   * no worker is faster than the candidate nothing can be held for (only faster GPUs are), so
+   * the running attempts are not read: on a fleet of one GPU type that is every pass.
+   */
+  fastestSpeed?: (model: string) => number;
   /** Free VRAM less reserved on the GPU now (what the freed activations add to). */
   available: (gpuKey: string) => number;
   /** Each held item's deadline, kept between passes (see the header). */
@@ -74,6 +87,9 @@ export interface Candidate {
  * later again as the attempt has overrun (an outcome is a moment late on a busy fleet and the
  * slot frees about now; one that overran long is not counted on to end soon).
  */
+/** Below this, an item's predicted load + run on the free GPU, it is never held (see the header). */
+export const HOLD_MIN_GAIN_MS = 5;
+
 export function expectedFree(freeAtMs: number, nowMs: number): number {
   return freeAtMs > nowMs ? freeAtMs : nowMs + (nowMs - freeAtMs);
 }
@@ -94,9 +110,14 @@ export class EarliestFinish {
   hold(slot: ItemSlot, activationBytes: number, candidate: Candidate): boolean {
     const { predictor, nowMs } = this.inp;
     const load = candidate.loads ? (predictor.loadMs?.(slot.model, slot.need.weightsBytes) ?? 0) : 0;
+    // Short: nothing to gain that the outcome's way back would not cost (see the header).
+    if (!(load + candidate.runMs >= HOLD_MIN_GAIN_MS)) return false;
     const finish = nowMs + load + candidate.runMs;
     // Not the tail: placement stands, nothing else is read.
     if (!(finish > this.inp.fluidEndMs)) return false;
+    // No faster GPU serves the model: the scan below could find nothing.
+    const candidateSpeed = predictor.speedOf(candidate.workerId);
+    if (this.inp.fastestSpeed && !(this.inp.fastestSpeed(slot.model) > candidateSpeed)) return false;
     // Held before: never past the finish it had then (that bounds its wait).
     const deadline = this.inp.deadlines.get(slot) ?? finish;
     if (nowMs >= deadline) return false;
@@ -108,7 +129,7 @@ export class EarliestFinish {
       if (s.bytes + Math.max(0, this.inp.available(s.gpuKey)) < activationBytes) continue;
       if (!this.inp.accepts(s.workerId, s.gpuKey, slot.model)) continue;
       // Only a faster GPU: between GPUs of one speed the plan's load decisions stand (see the header).
-      if (!(predictor.speedOf(s.workerId) > predictor.speedOf(candidate.workerId))) continue;
+      if (!(predictor.speedOf(s.workerId) > candidateSpeed)) continue;
       const end = free + predictor.predictMs(slot, s.workerId);
       if (end < bestEnd) {
         best = s;

@@ -174,6 +174,20 @@ function hedgeScanDue(eng: EnginePolicy, nowMs: number): boolean {
   return false;
 }
 
+/** The highest speed among the pass's workers that serve a model, worked out once per model per pass. */
+function fastestSpeedOf(workers: ReadonlyMap<string, PlaceableWorker>, predictor: DurationPredictor): (model: string) => number {
+  const byModel = new Map<string, number>();
+  return (model) => {
+    let fastest = byModel.get(model);
+    if (fastest === undefined) {
+      fastest = -Infinity;
+      for (const w of workers.values()) if (w.models.has(model)) fastest = Math.max(fastest, predictor.speedOf(w.id));
+      byModel.set(model, fastest);
+    }
+    return fastest;
+  };
+}
+
 /** The queue's part of a pass: every waiting item that fits somewhere now. */
 function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]> {
   const outgoing = new Map<string, Placed[]>();
@@ -227,6 +241,7 @@ function placeQueued(state: EngineState, input: PassInput): Map<string, Placed[]
           gpuKeyOf: (a) => gpuKey(a.workerId, a.gpuIndex ?? 0),
           accepts: (workerId, key, model) => workers.get(workerId)?.models.has(model) === true && (planner.allows(key, model, planned) || planner.spillable(key, waitingOf)),
           available: (key) => state.ledger.available(key),
+          fastestSpeed: fastestSpeedOf(workers, eng.predictor),
           deadlines: (eng.holdDeadlines ??= new WeakMap()),
         })
       : undefined;

@@ -14,6 +14,7 @@ import { BatchQueue } from "../../coordinator/batch-queue.js";
 import type { WorkerRecord } from "../../coordinator/fleet.js";
 import { placeItem } from "../../coordinator/placement.js";
 import { AffinityPlanner } from "../../coordinator/scheduler/affinity.js";
+import { EarliestFinish, HOLD_MIN_GAIN_MS } from "../../coordinator/scheduler/earliest-finish.js";
 import { newEnginePolicy, noteNeed, schedulePass, type DurationPredictor, type EngineState, type PassInput, type Placed } from "../../coordinator/scheduler/engine.js";
 import { VramEstimates } from "../../coordinator/vram-estimates.js";
 import { VramLedger } from "../../coordinator/vram-ledger.js";
@@ -177,6 +178,70 @@ test("earliest finish - one slot is booked by one held item: the next item takes
     { item: "b/2", on: "slow" },
   ]);
   assert.equal(state.engine!.holds, 1);
+});
+
+test("earliest finish - a short item is placed at once, however much faster a GPU that frees soon is; the running attempts are not read", () => {
+  // As in the first test, at 1/400 the size: fast (speed 2) frees at 1.25 ms and would end the
+  // second item at 2.5 ms, slow (0.5) at 5 ms. A gain under HOLD_MIN_GAIN_MS is not waited for:
+  // the freeing attempt's outcome takes about that long to come back.
+  const state = makeState([makeWorker("fast"), makeWorker("slow")], predictor({ fast: 2, slow: 0.5 }));
+  const short = (HOLD_MIN_GAIN_MS * 0.5) / 2; // 1.25 ms on slow: under the bound, load none
+  const b = makeBatch("b", [2.5, short]);
+  submit(state, b);
+  assert.deepEqual(placed(schedulePass(state, pass(0))), [
+    { item: "b/0", on: "fast" },
+    { item: "b/1", on: "slow" },
+  ]);
+  assert.equal(state.engine!.holds ?? 0, 0);
+  // The bound is on load + run: a short item that must first load its model may still wait.
+  const slot = newItemSlot("m", { work_ms: 1 }, { weightsBytes: GB, activationBytes: GB }, 0, 0);
+  let reads = 0;
+  const rule = (loadMs: number) =>
+    new EarliestFinish({
+      nowMs: 0,
+      predictor: predictor({ fast: 2, slow: 1 }, loadMs),
+      fluidEndMs: 0,
+      running: () => {
+        reads++;
+        return [{ model: "m", workerId: "fast", startMs: 0, predictedMs: 0.5, activationBytes: GB, token: "t", gpuIndex: 0 } as never];
+      },
+      gpuKeyOf: () => "fast/0",
+      accepts: () => true,
+      available: () => 0,
+      deadlines: new WeakMap(),
+    });
+  assert.equal(rule(0).hold(slot, GB, { workerId: "slow", loads: false, runMs: 1 }), false);
+  assert.equal(reads, 0, "no scan of the running attempts for an item that cannot gain");
+  assert.equal(rule(2000).hold(slot, GB, { workerId: "slow", loads: true, runMs: 1 }), true, "2 s of load on the free GPU: worth waiting 0.5 ms for the warm one");
+  assert.equal(reads, 1);
+});
+
+test("earliest finish - where no worker serving the model is faster than the free GPU, nothing is held and the running attempts are not read", () => {
+  const slot = newItemSlot("m", { work_ms: 1000 }, { weightsBytes: GB, activationBytes: GB }, 0, 0);
+  let reads = 0;
+  const rule = (speeds: Record<string, number>) => {
+    const pred = predictor(speeds);
+    return new EarliestFinish({
+      nowMs: 0,
+      predictor: pred,
+      fluidEndMs: 0,
+      running: () => {
+        reads++;
+        return [{ model: "m", workerId: "b", startMs: 0, predictedMs: 10, activationBytes: GB, token: "t", gpuIndex: 0 } as never];
+      },
+      gpuKeyOf: (a) => `${a.workerId}/0`,
+      accepts: () => true,
+      available: () => 0,
+      fastestSpeed: () => Math.max(...Object.keys(speeds).map((w) => pred.speedOf(w))),
+      deadlines: new WeakMap(),
+    });
+  };
+  // One GPU type: b frees in 10 ms, but at a's speed; waiting for it cannot end the item sooner.
+  assert.equal(rule({ a: 1, b: 1 }).hold(slot, GB, { workerId: "a", loads: false, runMs: 1000 }), false);
+  assert.equal(reads, 0, "no scan of the running attempts on a fleet of one speed");
+  // b twice as fast: it frees at 10 ms and ends the item at 510 ms, before a's 1,000.
+  assert.equal(rule({ a: 1, b: 2 }).hold(slot, GB, { workerId: "a", loads: false, runMs: 1000 }), true);
+  assert.equal(reads, 1);
 });
 
 test("earliest finish - property: an item left queued that fits somewhere is held, and none is held past its deadline", () => {
