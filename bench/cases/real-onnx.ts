@@ -149,8 +149,8 @@ export interface ShoalRun {
 
 /**
  * One timed row through `shoal up`: its items, its warm-up, and the direct run it is compared
- * with. The direct run is measured right before each round's timed batch, in this process, while
- * `shoal up` is idle: this machine's speed moves by tens of percent within a minute (the same
+ * with. The direct run is measured next to each round's timed batch (before it in odd rounds,
+ * after it in even ones), in this process, while `shoal up` is idle: this machine's speed moves by tens of percent within a minute (the same
  * items ran 7 and 9.5 CPU-ms apart in runs minutes apart), so a ratio is only worth something
  * between runs measured side by side.
  */
@@ -164,6 +164,8 @@ interface TimedRow {
 interface Round {
   shoal: ShoalRun;
   direct?: DirectRun;
+  /** The timed batch ran before the direct run (even rounds; see throughShoalUp). */
+  shoalFirst?: boolean;
 }
 
 async function throughShoalUp(
@@ -229,10 +231,21 @@ async function throughShoalUp(
       const row: Round[] = [];
       out.push(row);
       for (let round = 0; round < rounds; round++) {
-        const d = directRun ? await directRun() : undefined;
-        const shoal = await timedBatch(client, procs, list, warmUpBatches, windows);
-        row.push({ shoal, ...(d ? { direct: d } : {}) });
-        if (d) log(`round ${round + 1} of ${rounds}: direct ${d.itemsPerS.toFixed(2)}, shoal up ${shoal.itemsPerS.toFixed(2)} items/s (${(shoal.itemsPerS / d.itemsPerS).toFixed(3)})`);
+        // Which side goes first alternates (direct first in odd rounds, `shoal up` in even ones):
+        // the side that runs right after the other's 2 cores of inference runs slower on this
+        // machine, and with direct always first the fleet always paid for it.
+        const shoalFirst = round % 2 === 1;
+        let d: DirectRun | undefined;
+        let shoal: ShoalRun;
+        if (shoalFirst) {
+          shoal = await timedBatch(client, procs, list, warmUpBatches, windows);
+          d = directRun ? await directRun() : undefined;
+        } else {
+          d = directRun ? await directRun() : undefined;
+          shoal = await timedBatch(client, procs, list, warmUpBatches, windows);
+        }
+        row.push({ shoal, ...(d ? { direct: d, shoalFirst } : {}) });
+        if (d) log(`round ${round + 1} of ${rounds} (${shoalFirst ? "shoal up first" : "direct first"}): direct ${d.itemsPerS.toFixed(2)}, shoal up ${shoal.itemsPerS.toFixed(2)} items/s (${(shoal.itemsPerS / d.itemsPerS).toFixed(3)})`);
       }
     }
     if (idleSeconds > 0) idle = await measureIdle(procs, idleSeconds);
@@ -331,8 +344,9 @@ async function measureIdle(p: UpProcs, seconds: number): Promise<IdleCost> {
 const IDLE_SECONDS = 30;
 
 /**
- * Rounds of direct-then-`shoal up` per row (1 with --quick); the row reports the median round
- * (medianRound). Three rounds add about a minute to the case.
+ * Rounds of a direct run and a `shoal up` run per row, in alternating order (1 round, direct
+ * first, with --quick); the row reports the median round (medianRound). Three rounds add about a
+ * minute to the case.
  */
 const ROUNDS = 3;
 
@@ -397,6 +411,11 @@ function directLargeRaw({ ways, ...best }: DirectRun): Record<string, DirectRun 
  * even count): the row reports that round whole, so its items/s, its direct reference and its
  * CPU rows come from the same minute. Every round's ratio is kept beside it.
  */
+/** Which side ran first in each round (raw.ratios and raw.largeRatios are in this order). */
+function roundOrder(rounds: number): string[] {
+  return Array.from({ length: rounds }, (_, i) => (i % 2 === 1 ? "shoal up first" : "direct first"));
+}
+
 function medianRound(row: Round[]): { shoal: ShoalRun; direct: DirectRun; ratios: number[] } {
   const paired = row.filter((r): r is Required<Round> => r.direct !== undefined);
   if (paired.length === 0) throw new Error("onnx: a row without direct runs has no ratio");
@@ -454,7 +473,7 @@ async function runLargeOnly(ctx: CaseContext, large: { n: number; size: number; 
   const dLargeBest = mLarge.direct as DirectRun & { batching: boolean };
   ctx.log(`shoal up: ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
   return {
-    params: { rows: "large", model: "imagegen-tiny", workers, threadsPerWorker: 1, directThreads: threads, large: { items: large.n, width: large.size, height: large.size, steps: large.steps } },
+    params: { rows: "large", model: "imagegen-tiny", workers, threadsPerWorker: 1, directThreads: threads, large: { items: large.n, width: large.size, height: large.size, steps: large.steps }, roundOrder: roundOrder(rounds) },
     raw: { ...directLargeRaw(dLargeBest), shoalUpLarge: sLarge, largeRatios: mLarge.ratios, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
     metrics: [...largeMetrics(large, sLarge, dLargeBest), ...idleMetric(idle)],
   };
@@ -557,6 +576,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
     params: {
       items: p.n, model: "imagegen-tiny", width: p.size, height: p.size, steps: p.steps, workers, threadsPerWorker, directThreads: threads, warmUpItems: warm.length,
       large: { items: large.n, width: large.size, height: large.size, steps: large.steps },
+      roundOrder: roundOrder(rounds),
     },
     raw: { direct: d, directUnbatched: alone, shoalUp: s, ratios: small.ratios, ...directLargeRaw(dLarge), shoalUpLarge: sLarge, largeRatios: mLarge.ratios, shoalUpDeep: deep, ...(idle ? { idleCpuMsPerS: idle } : {}), ...(Object.keys(profiles).length > 0 ? { profiles } : {}) },
     metrics,
