@@ -150,9 +150,9 @@ export interface ShoalRun {
 /**
  * One timed row through `shoal up`: its items, its warm-up, and the direct run it is compared
  * with. The direct run is measured next to each round's timed batch (before it in odd rounds,
- * after it in even ones), in this process, while `shoal up` is idle: this machine's speed moves by tens of percent within a minute (the same
- * items ran 7 and 9.5 CPU-ms apart in runs minutes apart), so a ratio is only worth something
- * between runs measured side by side.
+ * after it in even ones), in this process, while `shoal up` is idle: this machine's speed moves
+ * by tens of percent within a minute (the same items ran 7 and 9.5 CPU-ms apart in runs minutes
+ * apart), so a ratio is only worth something between runs measured side by side.
  */
 interface TimedRow {
   list: ItemList;
@@ -164,8 +164,6 @@ interface TimedRow {
 interface Round {
   shoal: ShoalRun;
   direct?: DirectRun;
-  /** The timed batch ran before the direct run (even rounds; see throughShoalUp). */
-  shoalFirst?: boolean;
 }
 
 async function throughShoalUp(
@@ -234,7 +232,7 @@ async function throughShoalUp(
         // Which side goes first alternates (direct first in odd rounds, `shoal up` in even ones):
         // the side that runs right after the other's 2 cores of inference runs slower on this
         // machine, and with direct always first the fleet always paid for it.
-        const shoalFirst = round % 2 === 1;
+        const shoalFirst = shoalFirstIn(round);
         let d: DirectRun | undefined;
         let shoal: ShoalRun;
         if (shoalFirst) {
@@ -244,7 +242,7 @@ async function throughShoalUp(
           d = directRun ? await directRun() : undefined;
           shoal = await timedBatch(client, procs, list, warmUpBatches, windows);
         }
-        row.push({ shoal, ...(d ? { direct: d, shoalFirst } : {}) });
+        row.push({ shoal, ...(d ? { direct: d } : {}) });
         if (d) log(`round ${round + 1} of ${rounds} (${shoalFirst ? "shoal up first" : "direct first"}): direct ${d.itemsPerS.toFixed(2)}, shoal up ${shoal.itemsPerS.toFixed(2)} items/s (${(shoal.itemsPerS / d.itemsPerS).toFixed(3)})`);
       }
     }
@@ -406,16 +404,21 @@ function directLargeRaw({ ways, ...best }: DirectRun): Record<string, DirectRun 
   return { directLarge: best, directLargeBatched: ways?.batched, directLargeUnbatched: ways?.alone };
 }
 
+/** Whether `shoal up` runs before direct in round `round` (0-based): in every second round. */
+function shoalFirstIn(round: number): boolean {
+  return round % 2 === 1;
+}
+
+/** Which side ran first in each round (raw.ratios and raw.largeRatios are in this order). */
+function roundOrder(rounds: number): string[] {
+  return Array.from({ length: rounds }, (_, i) => (shoalFirstIn(i) ? "shoal up first" : "direct first"));
+}
+
 /**
  * The round whose ratio to its own direct run is the median of the row's (the lower middle of an
  * even count): the row reports that round whole, so its items/s, its direct reference and its
  * CPU rows come from the same minute. Every round's ratio is kept beside it.
  */
-/** Which side ran first in each round (raw.ratios and raw.largeRatios are in this order). */
-function roundOrder(rounds: number): string[] {
-  return Array.from({ length: rounds }, (_, i) => (i % 2 === 1 ? "shoal up first" : "direct first"));
-}
-
 function medianRound(row: Round[]): { shoal: ShoalRun; direct: DirectRun; ratios: number[] } {
   const paired = row.filter((r): r is Required<Round> => r.direct !== undefined);
   if (paired.length === 0) throw new Error("onnx: a row without direct runs has no ratio");

@@ -82,14 +82,14 @@ export interface Candidate {
   runMs: number;
 }
 
+/** Below this, an item's predicted load + run on the free GPU, it is never held (see the header). */
+export const HOLD_MIN_GAIN_MS = 5;
+
 /**
  * When a slot is expected to free: its predicted time while that is ahead; once past it, as much
  * later again as the attempt has overrun (an outcome is a moment late on a busy fleet and the
  * slot frees about now; one that overran long is not counted on to end soon).
  */
-/** Below this, an item's predicted load + run on the free GPU, it is never held (see the header). */
-export const HOLD_MIN_GAIN_MS = 5;
-
 export function expectedFree(freeAtMs: number, nowMs: number): number {
   return freeAtMs > nowMs ? freeAtMs : nowMs + (nowMs - freeAtMs);
 }
