@@ -422,6 +422,8 @@ export class ShoalWorker {
     // (Before any item the figure is the default already: nothing to raise.)
     const limit = this.inFlightLimit;
     if (limit !== undefined && limit.largestBatch() > 0 && held.batchCapacity > limit.largestBatch()) this.limitRaised = true;
+    // Debug only (one line per item): where an item went, before it ran.
+    if (this.log.isLevelEnabled("debug")) this.log.debug({ batchId: lease.batchId, item: lease.index, attempt: item.attempt, model: item.model }, "item accepted");
     void this.execute(held, wire, item.timeoutMs || this.opts.itemTimeoutMs);
     return true;
   }

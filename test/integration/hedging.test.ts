@@ -150,6 +150,8 @@ describe("hedging - a coordinator restart while both copies run", () => {
     const first = f.stack.coordinator!;
     await waitFor("the hedge", () => hedgesOf(first, batchId).length > 0, 60_000);
     const slowIndex = Number(hedgesOf(first, batchId)[0]!.item);
+    const copyWorker = String(hedgesOf(first, batchId)[0]!.workerId);
+    await waitFor("the copy to reach its worker", () => f.workers.get(copyWorker)!.logs.some((l) => l.msg === "item accepted" && l.batchId === batchId && Number(l.item) === slowIndex), 30_000);
     await f.stack.kill(first, "SIGKILL");
     await f.stack.startCoordinator(["--max-items", "100", "--metrics-port", String(f.metricsPort)]);
     const { batch, partialTerminalPolls } = await pollUntilTerminal(f.client, batchId, { timeoutMs: 120_000 });
@@ -181,6 +183,9 @@ describe("hedging - the copy ends the item while the coordinator is down", () =>
     const hedge = hedgesOf(first, batchId)[0]!;
     const slowIndex = Number(hedge.item);
     const copyWorker = String(hedge.workerId);
+    // The decision is logged just before the copy is sent: a kill in between (a loaded machine
+    // can deschedule the coordinator there) leaves no copy to end the item while it is down.
+    await waitFor("the copy to reach its worker", () => f.workers.get(copyWorker)!.logs.some((l) => l.msg === "item accepted" && l.batchId === batchId && Number(l.item) === slowIndex), 30_000);
     await f.stack.kill(first, "SIGKILL");
     // The copy ends and its outcome goes to the results stream while no coordinator runs.
     await waitFor("the copy to succeed", () => f.workers.get(copyWorker)!.logs.some((l) => l.msg === "item succeeded" && l.batchId === batchId && Number(l.item) === slowIndex), 60_000);
