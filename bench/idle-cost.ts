@@ -120,7 +120,10 @@ async function main(): Promise<void> {
     await up.waitForLine((l) => l.includes("Shoal is up"), 180_000);
     const pids = [up.pid, ...childPids(up.pid)];
     pids.slice(1).forEach(trackPid);
-    if (batches > 0) await runWarmBatches(grpcPort, batches);
+    if (batches > 0) {
+      await runWarmBatches(grpcPort, batches);
+      console.log(`${batches} batches of 50 items run; settling ${settle} s`);
+    }
     await new Promise((r) => setTimeout(r, settle * 1000));
     const before = new Map(pids.map((p) => [p, processCounters(p)]));
     const t0 = performance.now();
@@ -175,7 +178,6 @@ async function runWarmBatches(grpcPort: number, batches: number): Promise<void> 
       const done = await runBatch(client, { items }, 300_000);
       if (!done || done.succeeded !== items.length) throw new Error(`warm batch ${b + 1}: ${done ? `${done.succeeded} of ${items.length} succeeded` : "did not finish in 300 s"}`);
     }
-    console.log(`${batches} batches of 50 items run; settling ${arg("--settle", "5")} s`);
   } finally {
     client.close();
   }

@@ -160,7 +160,7 @@ interface TimedRow {
   direct?: () => Promise<DirectRun>;
 }
 
-/** One round of a row: the direct run (when the row has one) and then the timed batch through `shoal up`. */
+/** One round of a row: the timed batch through `shoal up` and the direct run (when the row has one), in the round's order (shoalFirstIn). */
 interface Round {
   shoal: ShoalRun;
   direct?: DirectRun;
@@ -434,7 +434,7 @@ const outsideOf = (r: ShoalRun) => mainMsOf(r) + (r.cpuMsPerItem.coordinator ?? 
 /** CPU-ms per item of every process of `shoal up` (workers whole: inference and encoding included). */
 const fleetCpuOf = (r: ShoalRun) => Object.entries(r.cpuMsPerItem).filter(([k]) => !/Main$/.test(k)).reduce((a, [, v]) => a + v, 0);
 
-function largeMetrics(large: { size: number }, sLarge: ShoalRun, dLarge: { itemsPerS: number; batching: boolean; cpuMsPerItem: number }): Metric[] {
+function largeMetrics(large: { size: number }, sLarge: ShoalRun, dLarge: DirectRun): Metric[] {
   return [
     check({
       name: `imagegen-tiny ${large.size}×${large.size} items/s through shoal up`,
@@ -473,7 +473,7 @@ async function runLargeOnly(ctx: CaseContext, large: { n: number; size: number; 
   const { runs, profiles, idle } = await throughShoalUp(workers, [{ list: largeList, warm: largeWarm, direct: largeDirect }], ctx.log, profileDir, [], ctx.quick ? 0 : IDLE_SECONDS, rounds);
   const mLarge = medianRound(runs[0]!);
   const sLarge = mLarge.shoal;
-  const dLargeBest = mLarge.direct as DirectRun & { batching: boolean };
+  const dLargeBest = mLarge.direct;
   ctx.log(`shoal up: ${sLarge.itemsPerS.toFixed(2)} items/s at ${large.size}×${large.size}`);
   return {
     params: { rows: "large", model: "imagegen-tiny", workers, threadsPerWorker: 1, directThreads: threads, large: { items: large.n, width: large.size, height: large.size, steps: large.steps }, roundOrder: roundOrder(rounds) },
@@ -523,7 +523,7 @@ async function run(ctx: CaseContext): Promise<CaseOutcome> {
   const small = medianRound(runs[0]!);
   const mLarge = medianRound(runs[1]!);
   const [s, d] = [small.shoal, small.direct];
-  const [sLarge, dLarge] = [mLarge.shoal, mLarge.direct as DirectRun & { batching: boolean }];
+  const [sLarge, dLarge] = [mLarge.shoal, mLarge.direct];
   // Context: the same 128×128 items with --max-in-flight 16 given explicitly (two groups of
   // imagegen-tiny's max_batch 8 per thread). Since the worker's default fills batches
   // (worker/options.ts defaultMaxInFlight) this is also the default for 1 thread; the row stays
